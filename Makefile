@@ -1,0 +1,29 @@
+# The two set-up commands in README.md. Each creates .venv from the pinned requirements first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/heraldry acquire --board sim --channels 4 --duration 0.0005 --window 20 \
+	    --test-signal pairs --pair-rate 2e6 --efficiency 0.5 --dark-rate 2e5 --pair-delay 30 \
+	    --delay 0=30 --herald 0b011 --herald 0b110 --seed 1 \
+	    --out demo.npz --summary-json demo-summary.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
