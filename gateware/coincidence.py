@@ -1,0 +1,321 @@
+"""Coincidence windows and herald rules (see ``docs/architecture.md``, section *Coincidence unit
+and herald generator*).
+
+Two components, wired side by side on the same per-cycle events:
+
+* :class:`CoincidenceUnit` keeps the open window and says, per cycle, which of the cycle's events
+  join it, the window pattern before and after them, and (registered) which window closed.
+* :class:`HeraldGenerator` turns that per-cycle window view into herald firings (combinational,
+  in the cycle of the completing events) and registered herald pins.
+
+They are separate because the herald path is latency-critical (one clock edge from the events to
+the pin) while the window state is not; the generator only needs the unit's combinational
+``join`` and ``prev_pattern`` outputs.
+
+Every time comparison is a difference modulo ``2**time_bits(fine_bits)``, so both blocks work
+across the wrap of the coarse counter.
+"""
+
+from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..protocol import COARSE_BITS, HERALD_WIDTH_BITS, MAX_CHANNELS, MAX_RULES, WINDOW_BITS, \
+    time_bits
+
+__all__ = ["CoincidenceUnit", "HeraldGenerator"]
+
+
+def _check(channels, rules=1, fine_bits=0):
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
+    if not 1 <= rules <= MAX_RULES:
+        raise ValueError(f"rules must be 1..{MAX_RULES}, not {rules}")
+    if fine_bits < 0:
+        raise ValueError(f"fine_bits must be >= 0, not {fine_bits}")
+
+
+def _fine(time, fine_bits):
+    return time[:fine_bits]
+
+
+class CoincidenceUnit(wiring.Component):
+    """The open coincidence window, advanced once per cycle.
+
+    A window opens at the first event when none is open, with ``t0`` = that event's time; every
+    event with ``t0 <= t < t0 + window`` joins it (sets its channel's bit of the pattern); the
+    window closes once time reaches ``t0 + window``, whether or not an event arrives then, and
+    events at ``t0 + window`` or later open the next window.
+
+    Parameters
+    ----------
+    channels : int
+        Number of channels ``N`` (1 .. ``MAX_CHANNELS``).
+    fine_bits : int
+        ``F``: bins per cycle are ``2**F``; timestamps are ``time_bits(F)`` wide. For ``F > 0``
+        the window must be at least ``2**F`` bins; then at most one window closes per cycle, all
+        events of a cycle that do not fit the open window fit one new window, and its ``t0`` is
+        the earliest of their times.
+
+    Members
+    -------
+    events : In(N)
+        Channels with an event in this cycle (at most one event per channel per cycle).
+    times : In(ArrayLayout(time_bits(F), N))
+        Their timestamps (bins). The coarse part equals ``ref``; for ``F = 0`` the whole time does,
+        so ``times`` is not used.
+    ref : In(COARSE_BITS)
+        Coarse (delayed) time of this cycle; increments by one every cycle. Lets windows close
+        when no event arrives.
+    window : In(WINDOW_BITS)
+        Window length ``W`` in bins (``W >= 1``; ``W >= 2**F``). Change it only while stopped.
+    clear : In(1)
+        Drops the open window without reporting it; this cycle's events are ignored.
+    prev_pattern : Out(N)
+        Combinational: pattern of the window open at the start of this cycle, before this cycle's
+        events; 0 if none is open (in particular when the events open a new window).
+    join : Out(N)
+        Combinational: events of this cycle that join the window of ``prev_pattern``. The others
+        (``events & ~join``) open a new window in this cycle. For ``F = 0`` either all or none of
+        a cycle's events join.
+    pattern : Out(N)
+        Combinational: pattern of the window that holds this cycle's latest events, including
+        them (``prev_pattern | join`` if no new window opens, else ``events & ~join``); 0 if no
+        window is open and no event arrives.
+    closed : Out(1)
+        Registered: one-cycle pulse per closed window, in the cycle after the cycle that holds
+        the window's last bin ``t0 + W - 1``. For ``F = 0`` that is the cycle whose ``ref`` is
+        ``t0 + W``. At most one close per cycle.
+    closed_pattern : Out(N), closed_t0 : Out(time_bits(F))
+        Registered, valid with ``closed``: the closed window's pattern and ``t0``.
+
+    Latency: ``prev_pattern``, ``join``, ``pattern`` are combinational from the inputs (0 cycles);
+    ``closed*`` are registered (see above).
+    """
+
+    def __init__(self, channels, fine_bits=0):
+        _check(channels, fine_bits=fine_bits)
+        self.channels = channels
+        self.fine_bits = fine_bits
+        tb = time_bits(fine_bits)
+        super().__init__({
+            "events":         In(channels),
+            "times":          In(data.ArrayLayout(unsigned(tb), channels)),
+            "ref":            In(COARSE_BITS),
+            "window":         In(WINDOW_BITS),
+            "clear":          In(1),
+            "prev_pattern":   Out(channels),
+            "join":           Out(channels),
+            "pattern":        Out(channels),
+            "closed":         Out(1),
+            "closed_pattern": Out(channels),
+            "closed_t0":      Out(tb),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, f = self.channels, self.fine_bits
+        tb = time_bits(f)
+
+        is_open = Signal()
+        t0 = Signal(tb)
+        acc = Signal(n)          # pattern of the open window; kept 0 while none is open
+
+        events = Signal(n)
+        m.d.comb += events.eq(Mux(self.clear, 0, self.events))
+
+        if f == 0:
+            # The window is dropped at the end of the cycle that holds its last bin, so a window
+            # still open at the start of a cycle accepts every event of that cycle.
+            m.d.comb += self.join.eq(Mux(is_open, events, 0))
+            new_t0 = self.ref
+        else:
+            fits = Cat((self.times[i] - t0)[:tb] < self.window for i in range(n))
+            m.d.comb += self.join.eq(events & fits & Mux(is_open, (1 << n) - 1, 0))
+            # The new window starts at the earliest event that does not fit the open one; all of
+            # them share this cycle's coarse time.
+            newcomer = events & ~self.join
+            least = Mux(newcomer[0], _fine(self.times[0], f), (1 << f) - 1)
+            for i in range(1, n):
+                fine = _fine(self.times[i], f)
+                least = Mux(newcomer[i] & (fine < least), fine, least)
+            least_fine = Signal(f)
+            m.d.comb += least_fine.eq(least)
+            new_t0 = Cat(least_fine, self.ref)
+
+        new_events = events & ~self.join
+        opening = new_events.any()
+
+        cur_open = is_open | opening
+        cur_t0 = Signal(tb)
+        cur_acc = Signal(n)
+        m.d.comb += [
+            cur_t0.eq(Mux(opening, new_t0, t0)),
+            cur_acc.eq(Mux(opening, new_events, acc | self.join)),
+            self.prev_pattern.eq(acc),
+            self.pattern.eq(cur_acc),
+        ]
+
+        # First bin of the next cycle. The window after this cycle's events has no bin left
+        # there once next - t0 >= W (modulo 2**tb: t0 is at most W bins behind).
+        next_first = Cat(C(0, f), (self.ref + 1)[:COARSE_BITS])
+        expire = cur_open & ((next_first - cur_t0)[:tb] >= self.window)
+
+        m.d.sync += self.closed.eq(0)
+        with m.If(self.clear):
+            m.d.sync += [is_open.eq(0), acc.eq(0)]
+        if f > 0:
+            # Events beyond the open window: it closes now, the new one (t0 above the old window's
+            # last bin, in this cycle) cannot expire in this cycle because W >= 2**F.
+            with m.Elif(opening & is_open):
+                m.d.sync += [
+                    self.closed.eq(1),
+                    self.closed_pattern.eq(acc | self.join),
+                    self.closed_t0.eq(t0),
+                    t0.eq(new_t0),
+                    acc.eq(new_events),
+                ]
+        with m.Elif(expire):
+            m.d.sync += [
+                self.closed.eq(1),
+                self.closed_pattern.eq(cur_acc),
+                self.closed_t0.eq(cur_t0),
+                is_open.eq(0),
+                acc.eq(0),
+            ]
+        with m.Else():
+            m.d.sync += [is_open.eq(cur_open), t0.eq(cur_t0), acc.eq(cur_acc)]
+
+        return m
+
+
+class HeraldGenerator(wiring.Component):
+    """Herald rules: fire when a window's pattern first contains a rule's mask; drive pins.
+
+    Rule ``r`` fires in the cycle whose events make the pattern of their window contain
+    ``herald_mask[r]`` when it did not before, so at most once per window. With ``F > 0`` the
+    completing event is the earliest event of the cycle after which the window's pattern contains
+    the mask; events of the cycle at the same time count, later ones do not. A rule fires at most
+    once per cycle even when a window closes and the next opens within the cycle: the completing
+    event of the old window is on a channel of the mask, and that channel has no other event in
+    the cycle to complete the new window. A mask of 0 never fires.
+
+    Parameters
+    ----------
+    channels : int
+        Number of channels ``N``.
+    rules : int
+        Number of herald rules ``R`` (1 .. ``MAX_RULES``).
+    fine_bits : int
+        ``F``, as for :class:`CoincidenceUnit`.
+
+    Members
+    -------
+    events, times, ref : In
+        The same per-cycle inputs as the :class:`CoincidenceUnit`'s.
+    join, prev_pattern : In(N)
+        The :class:`CoincidenceUnit`'s combinational outputs of the same name.
+    herald_mask : In(ArrayLayout(N, R))
+        Channel mask of each rule.
+    herald_width : In(HERALD_WIDTH_BITS)
+        Pin pulse length in cycles (0: pins stay low).
+    clear : In(1)
+        Suppresses firing in this cycle and drops the pins at the next edge.
+    fire : Out(R)
+        Combinational: one-cycle pulse per firing, in the cycle the completing events are
+        presented.
+    herald_time : Out(ArrayLayout(time_bits(F), R))
+        Combinational, valid with ``fire[r]``: time of rule r's completing event (``ref`` for
+        ``F = 0``).
+    herald_pattern : Out(ArrayLayout(N, R))
+        Combinational, valid with ``fire[r]``: the window's pattern right after the completing
+        event (including every event of the window at the same time).
+    herald : Out(R)
+        Registered pins. A firing in cycle ``c`` drives pin r high in cycles
+        ``c + 1 .. c + herald_width``; a firing while high restarts the count.
+
+    Latency: ``fire`` 0 cycles from ``events``; ``herald`` one clock edge after the events.
+    """
+
+    def __init__(self, channels, rules, fine_bits=0):
+        _check(channels, rules, fine_bits)
+        self.channels = channels
+        self.rules = rules
+        self.fine_bits = fine_bits
+        tb = time_bits(fine_bits)
+        super().__init__({
+            "events":         In(channels),
+            "times":          In(data.ArrayLayout(unsigned(tb), channels)),
+            "ref":            In(COARSE_BITS),
+            "join":           In(channels),
+            "prev_pattern":   In(channels),
+            "herald_mask":    In(data.ArrayLayout(unsigned(channels), rules)),
+            "herald_width":   In(HERALD_WIDTH_BITS),
+            "clear":          In(1),
+            "fire":           Out(rules),
+            "herald_time":    Out(data.ArrayLayout(unsigned(tb), rules)),
+            "herald_pattern": Out(data.ArrayLayout(unsigned(channels), rules)),
+            "herald":         Out(rules),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, f = self.channels, self.fine_bits
+
+        events = Signal(n)
+        m.d.comb += events.eq(Mux(self.clear, 0, self.events))
+        newcomer = events & ~self.join
+        fine = [_fine(self.times[i], f) for i in range(n)]
+
+        # Per event i: the pattern of its window before this cycle (`before`) and right after
+        # the event and every event of the same window at the same time (`after`).
+        before, after = [], []
+        for i in range(n):
+            b, a = Signal(n, name=f"before{i}"), Signal(n, name=f"after{i}")
+            base = Mux(self.join[i], self.prev_pattern, 0)
+            same = Mux(self.join[i], self.join, newcomer)
+            if f > 0:
+                same = same & Cat(fine[j] <= fine[i] for j in range(n))
+            m.d.comb += [b.eq(base), a.eq(base | same)]
+            before.append(b)
+            after.append(a)
+
+        for r in range(self.rules):
+            mask = self.herald_mask[r]
+            cand = Signal(n, name=f"cand{r}")
+            m.d.comb += cand.eq(Cat(
+                events[i] & ((before[i] & mask) != mask) & ((after[i] & mask) == mask)
+                for i in range(n)))
+            if f > 0:
+                # The earliest candidates complete the mask; they share one time and window.
+                first = Signal(n, name=f"first{r}")
+                m.d.comb += first.eq(Cat(
+                    cand[i] & ~Cat(cand[j] & (fine[j] < fine[i]) for j in range(n)).any()
+                    for i in range(n)))
+            else:
+                first = cand   # one time per cycle and, for F = 0, one window per cycle
+            pattern, time_fine = 0, C(0, f)
+            for i in range(n):
+                pattern = pattern | Mux(first[i], after[i], 0)
+                time_fine = time_fine | Mux(first[i], fine[i], 0)
+            m.d.comb += [
+                self.fire[r].eq(cand.any()),
+                self.herald_pattern[r].eq(pattern),
+                self.herald_time[r].eq(Cat(time_fine[:f], self.ref)),
+            ]
+
+            # Cycles the pin stays high after the current one.
+            remaining = Signal(HERALD_WIDTH_BITS, name=f"remaining{r}")
+            with m.If(self.clear):
+                m.d.sync += [remaining.eq(0), self.herald[r].eq(0)]
+            with m.Elif(self.fire[r]):
+                m.d.sync += [
+                    self.herald[r].eq(self.herald_width != 0),
+                    remaining.eq(Mux(self.herald_width != 0, self.herald_width - 1, 0)),
+                ]
+            with m.Elif(remaining != 0):
+                m.d.sync += remaining.eq(remaining - 1)
+            with m.Else():
+                m.d.sync += self.herald[r].eq(0)
+
+        return m

@@ -1,0 +1,228 @@
+"""The tagger core: every block from the pins to the record stream, in one clock domain.
+
+Data flow (docs/architecture.md)::
+
+    pins -> PHY -> [test-signal mux] -> input stage -> delay line -> coincidence unit + heralds
+                                                                   -> merger -> records
+                                                                   -> counters
+"""
+
+from amaranth.hdl import Cat, Module, Signal
+from amaranth.lib import wiring, stream
+from amaranth.lib.wiring import In, Out
+
+from ..protocol import (COARSE_BITS, COUNTER_BITS, CounterMap, Source, config_layout,
+                        record_layout, time_bits)
+from .channel import InputStage
+from .coincidence import CoincidenceUnit, HeraldGenerator
+from .counters import Counters
+from .delay import DelayLine
+from .merger import Merger
+from .phy import GenericPHY, PHYSignature
+from .testsignal import TestSignal
+
+__all__ = ["TaggerCore"]
+
+
+class TaggerCore(wiring.Component):
+    """N-channel time tagger with coincidence counters, herald outputs and a merged record stream.
+
+    Parameters
+    ----------
+    channels : int
+        N inputs, 1..8.
+    rules : int
+        Herald rules (and herald output pins).
+    phy : class
+        PHY component class (``GenericPHY`` by default); instantiated once per channel with no
+        arguments, it must have ``pin: In(1)`` and ``phy: Out(PHYSignature(phy.fine_bits))``,
+        and class attributes ``fine_bits`` and ``latency``.
+    fifo_depth : int
+        Merger FIFO depth in bundles (one bundle = everything that happened in one cycle).
+    delay_depth : int
+        Events each delay line holds.
+    counter_init : int
+        Reset value of the coarse counter (tests start near a wrap with it).
+
+    Members
+    -------
+    pins : In(N)
+        Detector inputs, asynchronous (synchronised in the PHY).
+    config : In(config_layout(N, R))
+        Configuration; change only while stopped (``run`` low and the pipeline drained).
+    run : In(1)
+        Run gate, sampled by the input stages only (docs/architecture.md, "Run gate").
+    clear : In(1)
+        Strobe, while stopped: zero every counter, forget the open window, empty the delay lines,
+        re-seed the test signal. ``busy`` is high while the counter memory is being cleared.
+    records : Out(stream.Signature(record_layout(F)))
+        The merged record stream.
+    counter_addr : In(range(CounterMap.size)), counter_data : Out(COUNTER_BITS)
+        Counter read port, data valid one cycle after the address.
+    herald : Out(R)
+        Herald output pins.
+    now : Out(COARSE_BITS)
+        The coarse counter.
+
+    Attributes
+    ----------
+    latency : int
+        Cycles from the cycle after an edge's sampling clock edge to the cycle its event leaves
+        the input stage (``phy.latency + 1``). An event of bin ``b`` (zero delay) reaches the
+        coincidence unit in the cycle where ``now == b + latency``.
+    """
+
+    def __init__(self, channels=4, rules=2, *, phy=GenericPHY, fifo_depth=256, delay_depth=16,
+                 counter_init=0):
+        self.channels = channels
+        self.rules = rules
+        self.phy_cls = phy
+        self.fine_bits = phy.fine_bits
+        self.fifo_depth = fifo_depth
+        self.delay_depth = delay_depth
+        self.counter_init = counter_init
+        self.latency = phy.latency + 1
+        self.map = CounterMap(channels, rules)
+        super().__init__({
+            "pins":         In(channels),
+            "config":       In(config_layout(channels, rules)),
+            "run":          In(1),
+            "clear":        In(1),
+            "records":      Out(stream.Signature(record_layout(self.fine_bits))),
+            "counter_addr": In(range(self.map.size)),
+            "counter_data": Out(COUNTER_BITS),
+            "busy":         Out(1),
+            "herald":       Out(rules),
+            "now":          Out(COARSE_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, r, f = self.channels, self.rules, self.fine_bits
+        cfg = self.config
+
+        now = Signal(COARSE_BITS, init=self.counter_init)
+        m.d.sync += now.eq(now + 1)
+        m.d.comb += self.now.eq(now)
+        # Coarse (delayed) time of the events that reach the coincidence unit in this cycle.
+        ref = Signal(COARSE_BITS)
+        m.d.comb += ref.eq(now - self.latency)
+
+        m.submodules.test_signal = test = TestSignal(n)
+        m.d.comb += [
+            test.config.eq(cfg.test),
+            test.clear.eq(self.clear),
+        ]
+        for c in range(n):
+            m.d.comb += test.sources[c].eq(cfg.channel[c].source)
+
+        delayed = []
+        for c in range(n):
+            phy = self.phy_cls()
+            m.submodules[f"phy{c}"] = phy
+            m.d.comb += phy.pin.eq(self.pins[c])
+
+            # The test signal replaces the PHY's output, so its events are timestamped alike.
+            source = PHYSignature(f).create(path=(f"source{c}",))
+            with m.If(cfg.channel[c].source == Source.PIN):
+                m.d.comb += [
+                    source.rise.eq(phy.phy.rise), source.rise_fine.eq(phy.phy.rise_fine),
+                    source.fall.eq(phy.phy.fall), source.fall_fine.eq(phy.phy.fall_fine),
+                ]
+            with m.Else():
+                m.d.comb += source.rise.eq(test.rise[c])
+
+            stage = InputStage(f, phy.latency)
+            m.submodules[f"input{c}"] = stage
+            m.d.comb += [
+                stage.phy.rise.eq(source.rise), stage.phy.rise_fine.eq(source.rise_fine),
+                stage.phy.fall.eq(source.fall), stage.phy.fall_fine.eq(source.fall_fine),
+                stage.config.eq(cfg.channel[c]),
+                stage.now.eq(now),
+                stage.run.eq(self.run),
+                stage.clear.eq(self.clear),
+            ]
+
+            line = DelayLine(f, self.delay_depth)
+            m.submodules[f"delay{c}"] = line
+            m.d.comb += [
+                line.i.event.eq(stage.event),
+                line.i.time.eq(stage.time),
+                line.delay.eq(cfg.channel[c].delay),
+                line.now.eq(now),
+                line.clear.eq(self.clear),
+            ]
+            delayed.append(line)
+
+        events = Signal(n)
+        m.d.comb += events.eq(Cat(line.o.event for line in delayed))
+        overflow = Signal(n)
+        m.d.comb += overflow.eq(Cat(line.overflow for line in delayed))
+
+        m.submodules.coincidence = coinc = CoincidenceUnit(n, f)
+        m.submodules.heralds = heralds = HeraldGenerator(n, r, f)
+        for c, line in enumerate(delayed):
+            m.d.comb += [
+                coinc.times[c].eq(line.o.time),
+                heralds.times[c].eq(line.o.time),
+            ]
+        m.d.comb += [
+            coinc.events.eq(events),
+            coinc.ref.eq(ref),
+            coinc.window.eq(cfg.window),
+            coinc.clear.eq(self.clear),
+            heralds.events.eq(events),
+            heralds.ref.eq(ref),
+            heralds.join.eq(coinc.join),
+            heralds.prev_pattern.eq(coinc.prev_pattern),
+            heralds.herald_mask.eq(cfg.herald_mask),
+            heralds.herald_width.eq(cfg.herald_width),
+            heralds.clear.eq(self.clear),
+            self.herald.eq(heralds.herald),
+        ]
+
+        # Rules firing in one cycle share that cycle's time and pattern (exact for F = 0):
+        # take them from the lowest-numbered firing rule.
+        herald_time = Signal(time_bits(f))
+        herald_pattern = Signal(n)
+        for rule in reversed(range(r)):
+            with m.If(heralds.fire[rule]):
+                m.d.comb += [
+                    herald_time.eq(heralds.herald_time[rule]),
+                    herald_pattern.eq(heralds.herald_pattern[rule]),
+                ]
+
+        m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth)
+        for c, line in enumerate(delayed):
+            m.d.comb += merger.times[c].eq(line.o.time)
+        m.d.comb += [
+            merger.events.eq(events),
+            merger.ref.eq(ref),
+            merger.closed.eq(coinc.closed),
+            merger.closed_pattern.eq(coinc.closed_pattern),
+            merger.closed_t0.eq(coinc.closed_t0),
+            merger.coincidence_record_mask.eq(cfg.coincidence_record_mask),
+            merger.herald_fire.eq(heralds.fire),
+            merger.herald_time.eq(herald_time),
+            merger.herald_pattern.eq(herald_pattern),
+            merger.delay_overflow.eq(overflow),
+            merger.clear.eq(self.clear),
+        ]
+        wiring.connect(m, merger.o, wiring.flipped(self.records))
+
+        m.submodules.counters = counters = Counters(n, r)
+        m.d.comb += [
+            counters.singles.eq(events),
+            counters.closed.eq(coinc.closed),
+            counters.closed_pattern.eq(coinc.closed_pattern),
+            counters.herald_fire.eq(heralds.fire),
+            counters.delay_dropped.eq(overflow),
+            counters.merger_dropped.eq(merger.merger_dropped),
+            counters.herald_dropped.eq(merger.herald_dropped),
+            counters.coincidence_dropped.eq(merger.coincidence_dropped),
+            counters.clear.eq(self.clear),
+            counters.addr.eq(self.counter_addr),
+            self.counter_data.eq(counters.data),
+            self.busy.eq(counters.busy),
+        ]
+        return m

@@ -1,0 +1,342 @@
+"""Time-ordered event merger: per-cycle bundles -> FIFO -> one record per handshake, with loss.
+
+See ``docs/architecture.md`` (Merger) for the contract this block implements.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from heraldry.protocol import (
+    CHANNEL_BITS, COARSE_BITS, COUNTER_BITS, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
+    RULE_BITS, WINDOW_BITS, Kind, LossCause, record_layout, time_bits,
+)
+
+__all__ = ["Merger"]
+
+
+class Merger(wiring.Component):
+    """Merges each cycle's events, herald firings and coincidence close into the record stream.
+
+    Everything presented in one cycle is a *bundle*. Bundles are registered, written to a FIFO of
+    ``depth`` bundles and serialised, one record per ``o`` handshake, in this order:
+
+    1. at most one loss record (``time = Cat(0, coarse)`` of the bundle it travels with);
+    2. tag records, in time order: by (fine time, channel), which for ``fine_bits == 0`` is
+       channel order;
+    3. herald records, in rule order;
+    4. the coincidence record (``time`` = the window's ``t0``, earlier than the tags before it).
+
+    When ``o.ready`` stays high the serialiser emits one record every cycle, including across
+    bundle boundaries (the next bundle is popped in the cycle its predecessor's last record is
+    taken). Latency from a bundle's inputs to its first record on ``o`` (FIFO empty, serialiser
+    idle): 4 cycles.
+
+    **Loss.** A bundle with at least one item (event, herald firing, recorded close) that finds
+    the FIFO full is dropped whole: each of its items adds one to its pending loss counter
+    (``MERGER_FULL`` per channel, ``HERALD_RECORD`` per rule, ``COINCIDENCE_RECORD``) and pulses
+    ``merger_dropped`` / ``herald_dropped`` / ``coincidence_dropped`` for one cycle (one cycle
+    after the inputs). ``delay_overflow`` pulses add to the ``DELAY_FULL`` counters. Pending
+    counters are ``COUNTER_BITS`` wide. In every cycle in which the FIFO has room and some
+    pending counter is non-zero, one loss item ``(cause, index, min(pending, 2**LOSS_COUNT_BITS -
+    1))`` is written *together with* that cycle's bundle (a bundle with only a loss item is
+    written if the cycle has no items), and subtracted from its counter. The counter reported is
+    chosen round-robin, starting after the one reported last, in the order ``MERGER_FULL[0..N-1]``,
+    ``DELAY_FULL[0..N-1]``, ``HERALD_RECORD[0..R-1]``, ``COINCIDENCE_RECORD``; so every pending
+    counter is reported within ``2N + R + 1`` writable cycles. (``docs/architecture.md`` asked for
+    the loss bundle to replace the cycle's event bundle; riding along costs 22 FIFO bits and
+    avoids a self-sustaining cascade of drops while events arrive every cycle.)
+
+    Invariant, once drained and flushed: per channel, streamed tags + ``MERGER_FULL`` counts =
+    events presented; per rule, herald records + ``HERALD_RECORD`` counts = firings presented;
+    coincidence records + ``COINCIDENCE_RECORD`` counts = recorded closes presented;
+    ``DELAY_FULL`` counts = ``delay_overflow`` pulses.
+
+    Parameters
+    ----------
+    channels : int
+        N, 1 .. ``MAX_CHANNELS``.
+    rules : int
+        R, 1 .. ``MAX_RULES``.
+    fine_bits : int
+        F, the PHY's fine bits.
+    depth : int
+        FIFO depth in bundles, >= 2 (the serialiser holds one more bundle).
+
+    Members
+    -------
+    events : ``In(N)``
+        Channels with an event this cycle.
+    times : ``In(ArrayLayout(time_bits(F), N))``
+        Their timestamps; only the fine bits are stored: the coarse part must equal ``ref``.
+    ref : ``In(COARSE_BITS)``
+        Delayed coarse time of this cycle (the coarse time of this cycle's events).
+    closed, closed_pattern, closed_t0 : ``In(1)``, ``In(N)``, ``In(time_bits(F))``
+        A coincidence window closed. ``closed_t0`` must be at most ``2**t0_offset_bits - 1`` bins
+        before ``Cat(0, ref)`` (stored as that offset).
+    coincidence_record_mask : ``In(2**N)``
+        The close is recorded iff bit ``closed_pattern`` is set.
+    herald_fire, herald_time, herald_pattern : ``In(R)``, ``In(time_bits(F))``, ``In(N)``
+        Rules firing this cycle, with the time (coarse part must equal ``ref``) and pattern they
+        share (exact for F = 0; with F > 0 all rules firing in one cycle get the same time).
+    delay_overflow : ``In(N)``
+        One-cycle pulse per event dropped by a delay line.
+    clear : ``In(1)``
+        Zeroes the pending loss counters (with the hardware counters; only while stopped). The
+        FIFO is not flushed: a record already offered on ``o`` must not be withdrawn.
+    o : ``Out(stream.Signature(record_layout(F)))``
+        The record stream.
+    merger_dropped, herald_dropped, coincidence_dropped : ``Out(N)``, ``Out(R)``, ``Out(1)``
+        One-cycle pulses per dropped item, for the hardware counters.
+
+    Attributes
+    ----------
+    t0_offset_bits : int
+        Width of the stored ``Cat(0, ref) - closed_t0``: ``WINDOW_BITS + 1``. A window is shorter
+        than ``2**WINDOW_BITS`` bins and closes within a cycle of reaching ``t0 + W``, so the
+        offset is below ``2**WINDOW_BITS + 2**(F+1)``; the extra bit leaves about
+        ``2**WINDOW_BITS`` bins of slack for a registered or pipelined close.
+    """
+
+    def __init__(self, channels, rules, fine_bits=0, depth=256):
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
+        if not 1 <= rules <= MAX_RULES:
+            raise ValueError(f"rules must be 1..{MAX_RULES}, not {rules}")
+        if fine_bits < 0:
+            raise ValueError(f"fine_bits must be >= 0, not {fine_bits}")
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2, not {depth}")
+        self.channels = channels
+        self.rules = rules
+        self.fine_bits = fine_bits
+        self.depth = depth
+        self.t0_offset_bits = WINDOW_BITS + 1
+
+        n, r, f = channels, rules, fine_bits
+        tb = time_bits(f)
+        # One FIFO entry. Only one coarse time is stored: every item of a cycle shares it.
+        self.bundle_layout = data.StructLayout({
+            "coarse":              unsigned(COARSE_BITS),
+            "events":              unsigned(n),
+            "fine":                data.ArrayLayout(unsigned(f), n),
+            "herald":              unsigned(r),
+            "herald_fine":         unsigned(f),
+            "herald_pattern":      unsigned(n),
+            "coincidence":         unsigned(1),
+            "coincidence_pattern": unsigned(n),
+            "t0_offset":           unsigned(self.t0_offset_bits),
+            "loss":                unsigned(1),
+            "loss_cause":          LossCause,
+            "loss_index":          unsigned(CHANNEL_BITS),
+            "loss_count":          unsigned(LOSS_COUNT_BITS),
+        })
+
+        super().__init__({
+            "events":                  In(n),
+            "times":                   In(data.ArrayLayout(unsigned(tb), n)),
+            "ref":                     In(COARSE_BITS),
+            "closed":                  In(1),
+            "closed_pattern":          In(n),
+            "closed_t0":               In(tb),
+            "coincidence_record_mask": In(2 ** n),
+            "herald_fire":             In(r),
+            "herald_time":             In(tb),
+            "herald_pattern":          In(n),
+            "delay_overflow":          In(n),
+            "clear":                   In(1),
+            "o":                       Out(stream.Signature(record_layout(f))),
+            "merger_dropped":          Out(n),
+            "herald_dropped":          Out(r),
+            "coincidence_dropped":     Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, r, f = self.channels, self.rules, self.fine_bits
+        layout = self.bundle_layout
+
+        m.submodules.fifo = fifo = SyncFIFOBuffered(
+            width=layout.size, depth=self.depth)
+
+        # --- Stage 1: register the cycle's inputs as a bundle (keeps the coincidence/herald
+        # combinational paths away from the FIFO write logic).
+        bundle = Signal(layout)
+        m.d.sync += [
+            bundle.coarse.eq(self.ref),
+            bundle.events.eq(self.events),
+            bundle.herald.eq(self.herald_fire),
+            bundle.herald_pattern.eq(self.herald_pattern),
+            bundle.coincidence.eq(
+                self.closed & self.coincidence_record_mask.bit_select(self.closed_pattern, 1)),
+            bundle.coincidence_pattern.eq(self.closed_pattern),
+            bundle.t0_offset.eq(Cat(Const(0, f), self.ref) - self.closed_t0),
+        ]
+        if f:
+            m.d.sync += bundle.herald_fine.eq(self.herald_time[:f])
+            for c in range(n):
+                m.d.sync += bundle.fine[c].eq(self.times[c][:f])
+
+        # --- Stage 2: write the bundle (with one loss item if any is pending), or drop it.
+        has_items = bundle.events.any() | bundle.herald.any() | bundle.coincidence
+        room = fifo.w_rdy
+        drop = has_items & ~room
+        m.d.comb += [
+            self.merger_dropped.eq(Mux(drop, bundle.events, 0)),
+            self.herald_dropped.eq(Mux(drop, bundle.herald, 0)),
+            self.coincidence_dropped.eq(drop & bundle.coincidence),
+        ]
+
+        # Pending counters in reporting order; (cause, index, per-cycle increment) each.
+        sources = (
+            [(LossCause.MERGER_FULL, c, self.merger_dropped[c]) for c in range(n)] +
+            [(LossCause.DELAY_FULL, c, self.delay_overflow[c]) for c in range(n)] +
+            [(LossCause.HERALD_RECORD, i, self.herald_dropped[i]) for i in range(r)] +
+            [(LossCause.COINCIDENCE_RECORD, 0, self.coincidence_dropped)]
+        )
+        k_total = len(sources)
+        pending = [Signal(COUNTER_BITS, name=f"pending_{cause.name.lower()}_{index}")
+                   for cause, index, _ in sources]
+        nonzero = Cat(p != 0 for p in pending)
+        last = Signal(range(k_total), init=k_total - 1)  # counter reported last
+        sel = Signal(range(k_total))
+        # Round robin: the first non-zero counter after `last`, else the first non-zero one.
+        # (In Amaranth the last assignment wins, so the loops run from the highest index.)
+        for k in reversed(range(k_total)):
+            with m.If(nonzero[k]):
+                m.d.comb += sel.eq(k)
+        for k in reversed(range(k_total)):
+            with m.If(nonzero[k] & (last < k)):
+                m.d.comb += sel.eq(k)
+        sel_pending = Array(pending)[sel]
+        max_count = 2 ** LOSS_COUNT_BITS - 1
+        count = Signal(LOSS_COUNT_BITS)
+        m.d.comb += count.eq(Mux(sel_pending > max_count, max_count, sel_pending))
+        report = nonzero.any()
+        sent = report & room
+
+        w_bundle = Signal(layout)
+        m.d.comb += [
+            w_bundle.eq(bundle),
+            w_bundle.loss.eq(report),
+            w_bundle.loss_cause.eq(Array(Const(cause.value, 2) for cause, _, _ in sources)[sel]),
+            w_bundle.loss_index.eq(
+                Array(Const(index, CHANNEL_BITS) for _, index, _ in sources)[sel]),
+            w_bundle.loss_count.eq(count),
+            fifo.w_data.eq(w_bundle),
+            fifo.w_en.eq(has_items | report),
+        ]
+
+        with m.If(sent):
+            m.d.sync += last.eq(sel)
+        for k, (_, _, inc) in enumerate(sources):
+            taken = Mux(sent & (sel == k), count, 0)
+            m.d.sync += pending[k].eq(pending[k] + inc - taken)
+        with m.If(self.clear):
+            m.d.sync += [p.eq(0) for p in pending]
+            m.d.sync += last.eq(k_total - 1)
+
+        # --- Serialiser: `cur` is the bundle being emitted, `rem_*` its items not yet taken.
+        cur = Signal(layout)
+        rem_loss = Signal()
+        rem_tags = Signal(n)
+        rem_herald = Signal(r)
+        rem_coinc = Signal()
+        m.d.comb += self.o.valid.eq(rem_loss | rem_tags.any() | rem_herald.any() | rem_coinc)
+
+        # Next tag: smallest (fine, channel) among the remaining ones.
+        tag_onehot = Signal(n)
+        for c in range(n):
+            earlier = []
+            for d in range(n):
+                if d == c:
+                    continue
+                if f == 0:
+                    before = d < c
+                elif d < c:
+                    before = cur.fine[d] <= cur.fine[c]
+                else:
+                    before = cur.fine[d] < cur.fine[c]
+                if before is True:
+                    earlier.append(rem_tags[d])
+                elif before is not False:
+                    earlier.append(rem_tags[d] & before)
+            blocked = Cat(earlier).any() if earlier else Const(0)
+            m.d.comb += tag_onehot[c].eq(rem_tags[c] & ~blocked)
+        herald_onehot = Signal(r)
+        m.d.comb += herald_onehot.eq(rem_herald & (~rem_herald + 1))
+
+        after_loss = Signal()
+        after_tags = Signal(n)
+        after_herald = Signal(r)
+        after_coinc = Signal()
+        m.d.comb += [
+            after_loss.eq(rem_loss),
+            after_tags.eq(rem_tags),
+            after_herald.eq(rem_herald),
+            after_coinc.eq(rem_coinc),
+        ]
+
+        rec = self.o.payload
+        coarse_time = Cat(Const(0, f), cur.coarse)
+        with m.If(rem_loss):
+            m.d.comb += [
+                rec.kind.eq(Kind.LOSS),
+                rec.payload.loss.cause.eq(cur.loss_cause),
+                rec.payload.loss.index.eq(cur.loss_index),
+                rec.payload.loss.count.eq(cur.loss_count),
+                rec.time.eq(coarse_time),
+                after_loss.eq(0),
+            ]
+        with m.Elif(rem_tags.any()):
+            m.d.comb += [
+                rec.kind.eq(Kind.TAG),
+                after_tags.eq(rem_tags & ~tag_onehot),
+            ]
+            for c in range(n):
+                with m.If(tag_onehot[c]):
+                    m.d.comb += [
+                        rec.payload.tag.channel.eq(c),
+                        rec.time.eq(Cat(cur.fine[c], cur.coarse)),
+                    ]
+        with m.Elif(rem_herald.any()):
+            m.d.comb += [
+                rec.kind.eq(Kind.HERALD),
+                rec.payload.herald.pattern.eq(cur.herald_pattern),
+                rec.time.eq(Cat(cur.herald_fine, cur.coarse)),
+                after_herald.eq(rem_herald & ~herald_onehot),
+            ]
+            for i in range(r):
+                with m.If(herald_onehot[i]):
+                    m.d.comb += rec.payload.herald.rule.eq(i)
+        with m.Elif(rem_coinc):
+            m.d.comb += [
+                rec.kind.eq(Kind.COINCIDENCE),
+                rec.payload.coincidence.pattern.eq(cur.coincidence_pattern),
+                rec.time.eq(coarse_time - cur.t0_offset),
+                after_coinc.eq(0),
+            ]
+
+        more = after_loss | after_tags.any() | after_herald.any() | after_coinc
+        # Pop the next bundle when idle or in the cycle the current one's last record is taken.
+        load = ~self.o.valid | (self.o.ready & ~more)
+        m.d.comb += fifo.r_en.eq(load)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += [
+                rem_loss.eq(after_loss),
+                rem_tags.eq(after_tags),
+                rem_herald.eq(after_herald),
+                rem_coinc.eq(after_coinc),
+            ]
+        with m.If(load & fifo.r_rdy):
+            new = layout(fifo.r_data)
+            m.d.sync += [
+                cur.eq(new),
+                rem_loss.eq(new.loss),
+                rem_tags.eq(new.events),
+                rem_herald.eq(new.herald),
+                rem_coinc.eq(new.coincidence),
+            ]
+
+        return m

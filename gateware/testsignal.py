@@ -1,0 +1,159 @@
+"""Built-in test signal: a periodic source and a photon-pair emulator with dark counts.
+
+It stands in for the pins of channels whose ``config.channel[c].source`` is not ``PIN``, so the
+demo, CI and self-tests run on boards without detectors. The reference model
+:mod:`heraldry.model.testsignal` defines the output bit-exactly (cycle numbering, random streams,
+seeding, decisions); this block implements it.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..protocol import MAX_CHANNELS, PAIR_DELAY_BITS, PERIOD_BITS, Source, test_signal_layout
+from ..model.testsignal import (STREAM_DARK, STREAM_ETA_A, STREAM_ETA_B, STREAM_PAIR,
+                                XORSHIFT_SHIFTS, stream_constant)
+
+__all__ = ["TestSignal"]
+
+
+def _xorshift32(x):
+    a, b, c = XORSHIFT_SHIFTS
+    x = x ^ (x << a)[:32]
+    x = x ^ (x >> b)
+    return x ^ (x << c)[:32]
+
+
+class TestSignal(wiring.Component):
+    """Per-channel test pulses: periodic, arm A / arm B of a photon-pair source, dark counts.
+
+    Parameters
+    ----------
+    channels : int
+        Number of channels, 1 .. ``MAX_CHANNELS``.
+
+    Members
+    -------
+    config : ``In(test_signal_layout(channels))``
+        Seed, period, pair/eta thresholds, pair delay, per-channel dark thresholds. Change it
+        only before a ``clear``: the thresholds and ``period`` are read every cycle,
+        ``pair_delay`` must stay constant from a clear on.
+    sources : ``In(ArrayLayout(Source, channels))``
+        Per-channel source (the core connects ``config.channel[c].source``). ``PIN`` channels
+        get no pulses; ``PERIODIC``, ``PAIR_A``, ``PAIR_B`` channels get that signal OR-ed with
+        their own dark counts.
+    clear : ``In(1)``
+        Re-seeds the random streams and restarts the period and the pair delay line at the
+        clock edge that samples it high. ``rise`` is all-zero in every cycle in which ``clear``
+        is high; cycle ``k = 0`` of the model is the first cycle with ``clear`` low after it.
+    rise : ``Out(channels)``
+        One bit per channel, high for each cycle with an event on it (the cycle's events).
+
+    Timing: ``rise`` in cycle ``k`` is the model's cycle ``k`` (no latency relative to the
+    model's numbering). It is combinational from registers, the delay-line read port, ``clear``
+    and ``sources`` (every comparison against a threshold is registered one cycle ahead).
+    Before the first ``clear`` after reset the output is well-formed pulses but not specified.
+
+    Resources: ``3 + channels`` 32-bit xorshift registers with comparators, a 32-bit period
+    counter, and a 1-bit x ``2**PAIR_DELAY_BITS`` memory used as a circular delay line (a pair
+    can be born every cycle, so every cycle holds one in-flight arm B).
+    """
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, channels):
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
+        self.channels = channels
+        super().__init__({
+            "config": In(test_signal_layout(channels)),
+            "sources": In(data.ArrayLayout(Source, channels)),
+            "clear": In(1),
+            "rise": Out(channels),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self.config
+        clear = self.clear
+
+        # Random streams: state x(k) and the registered decision x(k) <= threshold, i.e.
+        # draw = x(k) - 1 < threshold. The decision is computed from the next state so that
+        # ``rise`` does not carry a 32-bit comparison into the input stage's timing path.
+        thresholds = {STREAM_PAIR: config.pair_threshold, STREAM_ETA_A: config.eta_a,
+                      STREAM_ETA_B: config.eta_b}
+        for c in range(self.channels):
+            thresholds[STREAM_DARK + c] = config.dark[c]
+        fired = {}
+        for stream, threshold in thresholds.items():
+            constant = stream_constant(stream)
+            state = Signal(32, init=constant, name=f"state_{stream}")
+            next_state = Signal(32, name=f"next_state_{stream}")
+            fired[stream] = Signal(name=f"fired_{stream}")
+            # seed ^ C_i is zero only for seed == C_i; C_i itself then keeps the states
+            # distinct (the other streams hold C_i ^ C_j != C_i) and non-zero.
+            seeded = Mux(config.seed == constant, constant, config.seed ^ constant)
+            m.d.comb += next_state.eq(Mux(clear, seeded, _xorshift32(state)))
+            m.d.sync += [
+                state.eq(next_state),
+                fired[stream].eq(next_state <= threshold),
+            ]
+
+        # Periodic: down-counter, pulse in the cycles where it is zero (k = 0, P, 2P, ...).
+        count = Signal(PERIOD_BITS)
+        next_count = Signal(PERIOD_BITS)
+        tick = Signal()
+        with m.If(clear | (config.period == 0)):
+            m.d.comb += next_count.eq(0)
+        with m.Elif(count == 0):
+            m.d.comb += next_count.eq(config.period - 1)
+        with m.Else():
+            m.d.comb += next_count.eq(count - 1)
+        m.d.sync += [
+            count.eq(next_count),
+            tick.eq((next_count == 0) & (config.period != 0)),
+        ]
+
+        # Pair source. Arm B's detection is decided at birth and written into a circular delay
+        # line at ``write_addr = k mod depth``; the read port fetches the entry written
+        # pair_delay cycles earlier. Its address is presented one cycle ahead (synchronous
+        # read), and it is transparent so that pair_delay = 1 sees the write of the previous
+        # cycle. pair_delay = 0 bypasses the memory. ``age`` (saturating cycles since clear)
+        # masks entries written before the clear, so the line needs no clearing.
+        born = fired[STREAM_PAIR]
+        arm_a = Signal()
+        birth_b = Signal()
+        m.d.comb += [
+            arm_a.eq(born & fired[STREAM_ETA_A]),
+            birth_b.eq(born & fired[STREAM_ETA_B]),
+        ]
+
+        depth = 2 ** PAIR_DELAY_BITS
+        m.submodules.delay_line = delay_line = Memory(shape=unsigned(1), depth=depth, init=[])
+        write = delay_line.write_port()
+        read = delay_line.read_port(transparent_for=(write,))
+        write_addr = Signal(PAIR_DELAY_BITS)
+        next_write_addr = Signal(PAIR_DELAY_BITS)
+        age = Signal(range(depth))
+        m.d.comb += [
+            next_write_addr.eq(Mux(clear, 0, write_addr + 1)),
+            write.addr.eq(write_addr),
+            write.data.eq(birth_b),
+            write.en.eq(1),
+            read.addr.eq(next_write_addr - config.pair_delay),
+        ]
+        m.d.sync += [
+            write_addr.eq(next_write_addr),
+            age.eq(Mux(clear, 0, Mux(age == depth - 1, age, age + 1))),
+        ]
+        arm_b = Signal()
+        m.d.comb += arm_b.eq(Mux(config.pair_delay == 0, birth_b,
+                                 read.data & (age >= config.pair_delay)))
+
+        for c in range(self.channels):
+            source = self.sources[c]
+            signal = Mux(source == Source.PERIODIC, tick,
+                         Mux(source == Source.PAIR_A, arm_a, arm_b))
+            m.d.comb += self.rise[c].eq(
+                ~clear & (source != Source.PIN) & (signal | fired[STREAM_DARK + c]))
+        return m

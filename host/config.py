@@ -1,0 +1,223 @@
+"""Acquisition configuration in lab units, validated and converted for the gateware and the model.
+
+:class:`Acquisition` is what a user asks for (nanoseconds, hertz, probabilities). It is checked
+against the ranges in :mod:`heraldry.protocol` *before* anything touches a board, and converted
+to the gateware's config layout (:meth:`Acquisition.gateware_config`) and to the reference
+model's settings (:meth:`Acquisition.model_settings`), so both always see the same numbers.
+"""
+
+from dataclasses import dataclass, field
+
+from .. import protocol
+from ..protocol import Edge, Source
+
+__all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "parse_mask", "ns_to_bins"]
+
+EDGES = {"rising": Edge.RISING, "falling": Edge.FALLING, "both": Edge.BOTH}
+TEST_SIGNALS = ("pairs", "periodic", "off")
+
+
+class ConfigError(ValueError):
+    """A configuration value the board cannot take. The message is one line, for the user."""
+
+
+def parse_mask(text, channels):
+    """Parse a channel mask such as ``0b011``, ``0x3`` or ``3``; refuse empty masks."""
+    text = text.strip()
+    try:
+        mask = int(text, 0)
+    except ValueError:
+        raise ConfigError(f"herald mask {text!r} is not a number like 0b011, 0x3 or 3") from None
+    if mask <= 0:
+        raise ConfigError(f"herald mask {text!r} selects no channel")
+    if mask >> channels:
+        raise ConfigError(f"herald mask {text!r} names a channel above {channels - 1} "
+                          f"(the board has {channels} channels)")
+    return mask
+
+
+def ns_to_bins(what, ns, bin_ps, lo, hi):
+    """Convert nanoseconds to whole bins; refuse values outside ``lo..hi`` bins.
+
+    Returns ``(bins, note)``; ``note`` is a message for the user when ``ns`` was not a whole
+    number of bins and had to be rounded (to the nearest bin), else ``None``.
+    """
+    exact = ns * 1000.0 / bin_ps
+    bins = int(round(exact))
+    note = None
+    if abs(exact - bins) > 1e-9:
+        note = (f"{what} {ns:g} ns is not a whole number of {bin_ps / 1000:g} ns bins; "
+                f"using {bins} bins = {bins * bin_ps / 1000:g} ns")
+    if not lo <= bins <= hi:
+        raise ConfigError(f"{what} {ns:g} ns is {exact:g} bins; it must be "
+                          f"{lo * bin_ps / 1000:g} to {hi * bin_ps / 1000:g} ns "
+                          f"({lo}..{hi} bins of {bin_ps / 1000:g} ns)")
+    return bins, note
+
+
+def _probability_threshold(what, p):
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"{what} {p:g} is not a probability between 0 and 1")
+    return min(int(round(p * 2 ** protocol.PROBABILITY_BITS)), 2 ** protocol.PROBABILITY_BITS - 1)
+
+
+@dataclass
+class Acquisition:
+    """One acquisition's settings, in lab units. Call :meth:`validate` (done by every consumer).
+
+    Times are in bins (``bin_ps`` each) once validated; the CLI converts nanoseconds with
+    :func:`ns_to_bins`. ``herald_masks`` lists the rules in use (at most ``rules``).
+    """
+    channels: int = 4
+    rules: int = 2
+    bin_ps: int = 10_000
+    clock_hz: float = 100e6
+    fine_bits: int = 0
+    window_bins: int = 1
+    delays_bins: list = field(default_factory=list)
+    dead_time_bins: list = field(default_factory=list)
+    edges: list = field(default_factory=list)
+    enabled: list = field(default_factory=list)
+    herald_masks: list = field(default_factory=list)
+    herald_width: int = 4
+    coincidence_record_mask: int = 0
+    test_signal: str = "pairs"
+    pair_rate_hz: float = 1e5
+    efficiency: float = 0.5
+    dark_rate_hz: float = 1e3
+    pair_delay_bins: int = 0
+    period_cycles: int = 100
+    seed: int = 1
+
+    def __post_init__(self):
+        n = self.channels
+        if not 1 <= n <= protocol.MAX_CHANNELS:
+            raise ConfigError(f"channels must be 1..{protocol.MAX_CHANNELS}, not {n}")
+        self.delays_bins = list(self.delays_bins) or [0] * n
+        self.dead_time_bins = list(self.dead_time_bins) or [0] * n
+        self.edges = list(self.edges) or ["rising"] * n
+        self.enabled = list(self.enabled) or [True] * n
+        self.validate()
+
+    def validate(self):
+        n = self.channels
+        for name in ("delays_bins", "dead_time_bins", "edges", "enabled"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"{name} has {len(getattr(self, name))} entries for {n} channels")
+        if not 1 <= self.window_bins <= 2 ** protocol.WINDOW_BITS - 1:
+            raise ConfigError(f"window must be 1..{2 ** protocol.WINDOW_BITS - 1} bins, "
+                              f"not {self.window_bins}")
+        if self.window_bins < 2 ** self.fine_bits:
+            raise ConfigError(f"window must be at least one clock cycle "
+                              f"({2 ** self.fine_bits} bins)")
+        for c, d in enumerate(self.delays_bins):
+            if not 0 <= d <= 2 ** protocol.DELAY_BITS - 1:
+                raise ConfigError(f"delay of channel {c} must be 0..{2 ** protocol.DELAY_BITS - 1}"
+                                  f" bins, not {d}")
+        for c, d in enumerate(self.dead_time_bins):
+            if not 0 <= d <= 2 ** protocol.DEAD_TIME_BITS - 1:
+                raise ConfigError(f"dead time of channel {c} must be "
+                                  f"0..{2 ** protocol.DEAD_TIME_BITS - 1} bins, not {d}")
+        for c, e in enumerate(self.edges):
+            if e not in EDGES:
+                raise ConfigError(f"edge of channel {c} must be one of {', '.join(EDGES)}, "
+                                  f"not {e!r}")
+        if len(self.herald_masks) > self.rules:
+            raise ConfigError(f"{len(self.herald_masks)} herald rules given; the gateware has "
+                              f"{self.rules}")
+        for mask in self.herald_masks:
+            if mask <= 0 or mask >> n:
+                raise ConfigError(f"herald mask {mask:#b} must select channels among 0..{n - 1}")
+        if not 1 <= self.herald_width <= 2 ** protocol.HERALD_WIDTH_BITS - 1:
+            raise ConfigError(f"herald width must be 1..{2 ** protocol.HERALD_WIDTH_BITS - 1} "
+                              f"cycles, not {self.herald_width}")
+        if not 0 <= self.coincidence_record_mask < 2 ** (2 ** n):
+            raise ConfigError("coincidence record mask has bits for patterns that do not exist")
+        if self.test_signal not in TEST_SIGNALS:
+            raise ConfigError(f"test signal must be one of {', '.join(TEST_SIGNALS)}, "
+                              f"not {self.test_signal!r}")
+        for what, rate in (("pair rate", self.pair_rate_hz), ("dark rate", self.dark_rate_hz)):
+            if not 0 <= rate <= self.clock_hz:
+                raise ConfigError(f"{what} {rate:g} Hz must be 0..{self.clock_hz:g} Hz "
+                                  f"(one per clock cycle)")
+        _probability_threshold("efficiency", self.efficiency)
+        if not 0 <= self.pair_delay_bins <= 2 ** protocol.PAIR_DELAY_BITS - 1:
+            raise ConfigError(f"pair delay must be 0..{2 ** protocol.PAIR_DELAY_BITS - 1} cycles, "
+                              f"not {self.pair_delay_bins}")
+        if self.pair_delay_bins % (2 ** self.fine_bits):
+            raise ConfigError("pair delay must be a whole number of clock cycles")
+        if not 1 <= self.period_cycles <= 2 ** protocol.PERIOD_BITS - 1:
+            raise ConfigError(f"test-signal period must be 1..{2 ** protocol.PERIOD_BITS - 1} "
+                              f"cycles, not {self.period_cycles}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must be 0..{2 ** 32 - 1}, not {self.seed}")
+
+    # -- derived views -----------------------------------------------------------------------
+
+    def sources(self):
+        """Per-channel :class:`protocol.Source` for the chosen test signal.
+
+        ``pairs``: channel 0 is arm A, channel 1 arm B, further channels alternate A, B;
+        ``periodic``: every channel periodic, in phase; ``off``: every channel reads its pin.
+        """
+        if self.test_signal == "pairs":
+            return [Source.PAIR_A if c % 2 == 0 else Source.PAIR_B for c in range(self.channels)]
+        if self.test_signal == "periodic":
+            return [Source.PERIODIC] * self.channels
+        return [Source.PIN] * self.channels
+
+    def pair_threshold(self):
+        return _probability_threshold("pair probability per cycle", self.pair_rate_hz / self.clock_hz)
+
+    def dark_threshold(self):
+        return _probability_threshold("dark probability per cycle", self.dark_rate_hz / self.clock_hz)
+
+    def efficiency_threshold(self):
+        return _probability_threshold("efficiency", self.efficiency)
+
+    def pair_delay_cycles(self):
+        return self.pair_delay_bins >> self.fine_bits
+
+    def gateware_config(self):
+        """The value for the core's ``config`` port: a ``protocol.config_layout`` constant."""
+        layout = protocol.config_layout(self.channels, self.rules)
+        masks = list(self.herald_masks) + [0] * (self.rules - len(self.herald_masks))
+        sources = self.sources()
+        return layout.const({
+            "channel": [{
+                "enable": int(self.enabled[c]),
+                "edge": EDGES[self.edges[c]],
+                "source": sources[c],
+                "dead_time": self.dead_time_bins[c],
+                "delay": self.delays_bins[c],
+            } for c in range(self.channels)],
+            "window": self.window_bins,
+            "herald_mask": masks,
+            "herald_width": self.herald_width,
+            "coincidence_record_mask": self.coincidence_record_mask,
+            "test": {
+                "seed": self.seed,
+                "period": self.period_cycles,
+                "pair_threshold": self.pair_threshold(),
+                "eta_a": self.efficiency_threshold(),
+                "eta_b": self.efficiency_threshold(),
+                "pair_delay": self.pair_delay_cycles(),
+                "dark": [self.dark_threshold()] * self.channels,
+            },
+        })
+
+    def model_settings(self):
+        """The same configuration as :class:`heraldry.model.CoreSettings`."""
+        from ..model import ChannelSettings, CoreSettings
+        return CoreSettings(
+            channels=self.channels,
+            fine_bits=self.fine_bits,
+            window=self.window_bins,
+            channel=tuple(ChannelSettings(enable=bool(self.enabled[c]), edge=self.edges[c],
+                                          dead_time=self.dead_time_bins[c],
+                                          delay=self.delays_bins[c])
+                          for c in range(self.channels)),
+            herald_masks=tuple(self.herald_masks),
+            herald_width=self.herald_width,
+            coincidence_record_mask=self.coincidence_record_mask,
+        )
