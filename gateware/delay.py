@@ -162,9 +162,9 @@ class DelayLine(wiring.Component):
             wp.data.age.eq(age),
         ]
         with m.If(self.clear):
+            # The read data is stale for a cycle, but the line is empty then, and the first push
+            # (into slot 0) is read back through the transparent port.
             m.d.sync += [rd_ptr.eq(0), wr_ptr.eq(0), level.eq(0)]
-            # The read port must also look at slot 0 from the next cycle on.
-            m.d.comb += rp.addr.eq(0)
         with m.Else():
             m.d.sync += [
                 rd_ptr.eq(rd_next),

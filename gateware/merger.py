@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from heraldry.protocol import (
     CHANNEL_BITS, COARSE_BITS, COUNTER_BITS, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
-    RULE_BITS, WINDOW_BITS, Kind, LossCause, record_layout, time_bits,
+    WINDOW_BITS, Kind, LossCause, record_layout, time_bits,
 )
 
 __all__ = ["Merger"]
@@ -38,7 +38,8 @@ class Merger(wiring.Component):
     (``MERGER_FULL`` per channel, ``HERALD_RECORD`` per rule, ``COINCIDENCE_RECORD``) and pulses
     ``merger_dropped`` / ``herald_dropped`` / ``coincidence_dropped`` for one cycle (one cycle
     after the inputs). ``delay_overflow`` pulses add to the ``DELAY_FULL`` counters. Pending
-    counters are ``COUNTER_BITS`` wide. In every cycle in which the FIFO has room and some
+    counters are ``COUNTER_BITS`` wide (they wrap, like the hardware counters, only after
+    ``2**COUNTER_BITS`` unreported drops). In every cycle in which the FIFO has room and some
     pending counter is non-zero, one loss item ``(cause, index, min(pending, 2**LOSS_COUNT_BITS -
     1))`` is written *together with* that cycle's bundle (a bundle with only a loss item is
     written if the cycle has no items), and subtracted from its counter. The counter reported is
@@ -62,7 +63,9 @@ class Merger(wiring.Component):
     fine_bits : int
         F, the PHY's fine bits.
     depth : int
-        FIFO depth in bundles, >= 2 (the serialiser holds one more bundle).
+        FIFO depth in bundles, >= 2. A stalled merger holds ``depth + 1`` bundles (the serialiser
+        holds one). A full FIFO refuses a write in the cycle it is popped, so depth 2 accepts at
+        most one bundle every other cycle; depth >= 3 accepts one every cycle.
 
     Members
     -------

@@ -53,7 +53,8 @@ class TestSignal(wiring.Component):
     Timing: ``rise`` in cycle ``k`` is the model's cycle ``k`` (no latency relative to the
     model's numbering). It is combinational from registers, the delay-line read port, ``clear``
     and ``sources`` (every comparison against a threshold is registered one cycle ahead).
-    Before the first ``clear`` after reset the output is well-formed pulses but not specified.
+    Until the first ``clear`` after reset the output is one-cycle pulses whose pattern the model
+    does not specify (the streams start from the seed-0 states, the decisions from zero).
 
     Resources: ``3 + channels`` 32-bit xorshift registers with comparators, a 32-bit period
     counter, and a 1-bit x ``2**PAIR_DELAY_BITS`` memory used as a circular delay line (a pair

@@ -50,10 +50,17 @@ class PinStimulus:
 
 @dataclass
 class SimRun:
-    """What one simulated acquisition produced."""
+    """What one simulated acquisition produced.
+
+    Events are accepted while the gate is open: pin edges (and test-signal pulses, which enter
+    behind the PHY) with bins ``start_time - phy.latency .. start_time + cycles - phy.latency - 1``.
+    A test-signal pulse of cycle ``k`` is stamped ``test_origin + k - phy.latency``.
+    """
     records: list          # raw record integers, in stream order
     counters: np.ndarray   # every counter, indexed by protocol.CounterMap address
-    start_time: int        # coarse time (bins >> F) of the first cycle the run gate was open
+    start_time: int        # `now` in the first cycle the run gate was open
+    test_origin: int       # `now` in cycle k = 0 of the test signal (after clear)
+    latency: int           # TaggerCore.latency
     cycles: int            # cycles the run gate was open
     herald_rises: list     # per rule, cycles (relative to start) at which the herald pin rose
     wall_seconds: float
@@ -80,8 +87,9 @@ class CoreSimulation:
         ``pins``: a :class:`PinStimulus` (bins relative to the run start; generic PHY only).
         ``ready``: ``None`` for an always-ready consumer, or a numpy bool array giving the
         consumer's ``ready`` per cycle from the run start (cycled).
-        ``drain``: cycles to wait after the run for the pipeline to empty (default: enough for
-        the largest delay and window plus the FIFO).
+        ``drain``: cycles to wait at least after the run (default: the largest delay plus the
+        window plus the pipeline); then it waits until the record stream has been idle for
+        ``2N + R + 16`` cycles, so every bundle and every pending loss record has come out.
         ``progress``: called as ``progress(done_cycles, total_cycles)`` about once a second.
         """
         core = self.core
@@ -89,8 +97,9 @@ class CoreSimulation:
         sim.add_clock(1e-8)
         result = {}
         if drain is None:
-            drain = (2 ** protocol.DELAY_BITS + 2 ** protocol.WINDOW_BITS + 64
-                     + core.fifo_depth * (self.channels + self.rules + 1))
+            drain = (max(config.channel[c].delay for c in range(self.channels))
+                     + config.window + 32)
+        idle_needed = 2 * self.channels + self.rules + 16
 
         async def bench(ctx):
             ctx.set(core.config, config)
@@ -99,6 +108,8 @@ class CoreSimulation:
             ctx.set(core.clear, 1)
             await ctx.tick()
             ctx.set(core.clear, 0)
+            # This is cycle k = 0 of the re-seeded test signal (heraldry.model.testsignal).
+            test_origin = ctx.get(core.now)
             await ctx.tick().until(~core.busy)
             records = []
             herald_rises = [[] for _ in range(self.rules)]
@@ -113,9 +124,9 @@ class CoreSimulation:
             ready_pattern = None if ready is None else np.asarray(ready, bool)
             last_herald = 0
             wall = _time.monotonic()
-            total = cycles + drain
+            idle = 0
             k = 0
-            while k < total:
+            while k < cycles + drain or idle < idle_needed:
                 if k == cycles:
                     ctx.set(core.run, 0)
                 if stim is not None:
@@ -138,6 +149,7 @@ class CoreSimulation:
                     core.herald)
                 if valid and rdy:
                     records.append(payload)
+                idle = 0 if valid else idle + 1
                 rose = herald & ~last_herald
                 if rose:
                     for r in range(self.rules):
@@ -155,11 +167,12 @@ class CoreSimulation:
                 ctx.set(core.counter_addr, address)
                 await ctx.tick()
                 counters[address] = ctx.get(core.counter_data)
-            result["run"] = (records, counters, start_time, herald_rises)
+            result["run"] = (records, counters, start_time, test_origin, herald_rises)
 
         sim.add_testbench(bench)
         t0 = _time.monotonic()
         sim.run()
-        records, counters, start_time, herald_rises = result["run"]
-        return SimRun(records=records, counters=counters, start_time=start_time, cycles=cycles,
+        records, counters, start_time, test_origin, herald_rises = result["run"]
+        return SimRun(records=records, counters=counters, start_time=start_time,
+                      test_origin=test_origin, latency=core.latency, cycles=cycles,
                       herald_rises=herald_rises, wall_seconds=_time.monotonic() - t0)

@@ -65,13 +65,32 @@ NAIVE_CONFIGS = [
     settings(seed=0xFFFFFFFF, period=3, pair_threshold=p(0.5), eta_a=ALWAYS, eta_b=p(0.8),
              pair_delay=1, dark=(0, p(0.001), 0, ALWAYS), sources=("pair_a", "pair_b", "pair_b")
              + ("periodic",)),
-    settings(seed=(3 * 0x9E3779B9) % 2**32, period=0, pair_threshold=p(0.9), eta_a=p(0.95),
+    settings(seed=(4 * 0x9E3779B9) % 2**32, period=0, pair_threshold=p(0.9), eta_a=p(0.95),
              pair_delay=1023, dark=(p(0.01), 0, p(0.003), 0, p(0.2), 1, 2, ALWAYS - 1),
              sources=("pair_a", "pair_b", "periodic", "pair_b", "pair_b", "pair_a", "periodic",
                       "pair_a")),
     settings(seed=5, period=2**32 - 1, pair_threshold=1, eta_a=1, eta_b=0, pair_delay=2,
              dark=(1,), sources=("periodic",)),
 ]
+
+
+def _edge_config():
+    # Each dark threshold equals its stream's state at a chosen cycle: the draw (state - 1) is
+    # then just below the threshold and fires. The pair threshold equals the pair stream's
+    # first state.
+    seed = 0xC0FFEE
+    states = model.initial_states(seed, 4)
+    dark = []
+    for c, hit in enumerate((3, 10, 64, 500)):
+        x = states[3 + c]
+        for _ in range(hit):
+            x = model.xorshift32(x)
+        dark.append(x)
+    return settings(seed=seed, pair_threshold=states[0], dark=tuple(dark),
+                    sources=("pair_a", "periodic", "pair_b", "periodic"), pair_delay=3)
+
+
+NAIVE_CONFIGS.append(_edge_config())
 
 
 @pytest.mark.parametrize("index", range(len(NAIVE_CONFIGS)))

@@ -444,7 +444,10 @@ class Result:
 def _result(tpc, settings, delay_dropped):
     windows = coincidence_windows(tpc, settings.window)
     heralds = herald_records(tpc, settings.window, settings.herald_masks)
-    recorded = (settings.coincidence_record_mask >> windows.pattern) & 1 == 1
+    # The mask has 2**channels bits (256 for 8 channels): look it up per pattern, not by shift.
+    selected = np.array([settings.coincidence_record_mask >> p & 1
+                         for p in range(2**settings.channels)], bool)
+    recorded = selected[windows.pattern]
     records = np.zeros(int(recorded.sum()), COINCIDENCE_DTYPE)
     records["time"], records["pattern"] = windows.t0[recorded], windows.pattern[recorded]
     return Result(

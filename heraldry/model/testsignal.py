@@ -46,8 +46,8 @@ Events of cycle ``k``
 Performance: xorshift32 is linear over GF(2), so the state ``j * B`` steps ahead is ``M**(j*B)``
 applied to the seed state. :func:`generate` jumps every stream to ``sqrt(n)`` evenly spaced
 starting points (a byte-sliced table lookup of ``M**B``) and then steps all those lanes together
-with numpy, so both Python loops are ``O(sqrt(n))`` long. 10**6 cycles with 7 streams take tens
-of milliseconds.
+with numpy, so both Python loops are ``O(sqrt(n))`` long. 10**6 cycles take 0.15 .. 0.35 s (4 to 8
+channels; measured on a shared 2-core machine), 10**7 about 2 .. 3.5 s.
 """
 
 import math
@@ -236,7 +236,7 @@ def _jump_tables(steps):
     power = [xorshift32(1 << bit) for bit in range(32)]
     while steps:
         if steps & 1:
-            result = _compose(result, power)
+            result = _compose(power, result)
         power = _compose(power, power)
         steps >>= 1
     tables = np.zeros((4, 256), dtype=np.uint32)
