@@ -110,7 +110,7 @@ class InputStage(wiring.Component):
 
         gated = selected & config.enable & self.run
         accept = Signal()
-        m.d.comb += accept.eq(gated & (~have_last | (diff > config.dead_time)))
+        m.d.comb += accept.eq(gated & (~have_last | (diff >= config.dead_time)))
 
         m.d.sync += [
             self.event.eq(accept),

@@ -184,7 +184,3 @@ def test_backpressure_losses_are_accounted():
     # Kept tags are still in time order.
     assert np.all(np.diff(tags["time_ps"]) >= 0)
 
-
-def test_counter_map_covers_core():
-    sim = CoreSimulation(channels=3, rules=2)
-    assert sim.core.map.size == protocol.CounterMap(3, 2).size

@@ -1,0 +1,99 @@
+"""``heraldry acquire``: option handling, refusals, outputs and the summary's cross-checks."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from heraldry import model
+from heraldry.host import cli
+
+
+def run_cli(*args):
+    """Run the installed console command like a user would; return (status, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "heraldry.host.cli", *args],
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--window", "0"], "window"),
+    (["--window", "20000"], "window"),
+    (["--delay", "7=10"], "no channel 7"),
+    (["--delay", "0=-10"], "delay"),
+    (["--delay", "0"], "CHANNEL=VALUE"),
+    (["--herald", "0"], "selects no channel"),
+    (["--herald", "0b10000"], "names a channel above 3"),
+    (["--herald", "abc"], "not a number"),
+    (["--board", "nosuchboard"], "unknown board"),
+    (["--channels", "9"], "channels"),
+    (["--efficiency", "1.5"], "probability"),
+    (["--pair-rate", "1e9"], "pair rate"),
+    (["--duration", "0"], "duration"),
+    (["--edge", "1=sideways"], "edge"),
+    (["--test-signal", "laser"], "invalid choice"),
+    (["--out", "/nonexistent-folder/x.npz"], "cannot write"),
+])
+def test_bad_options_refused_with_one_line(args, fragment, capsys):
+    try:
+        status = cli.main(["acquire", "--duration", "1e-5", *args])
+    except SystemExit as exc:    # argparse's own refusals exit from inside main()
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("heraldry: error:")
+    assert fragment in lines[0]
+
+
+def test_acquire_outputs_and_checks(tmp_path):
+    out = tmp_path / "tags.npz"
+    summary_path = tmp_path / "summary.json"
+    status, stdout, stderr = run_cli(
+        "acquire", "--board", "sim", "--duration", "0.00003", "--channels", "4",
+        "--window", "20", "--delay", "0=30", "--delay", "2=30", "--herald", "0b011",
+        "--herald", "0b1010", "--test-signal", "pairs", "--pair-rate", "5e6",
+        "--efficiency", "0.7", "--dark-rate", "2e5", "--pair-delay", "30", "--seed", "3",
+        "--out", str(out), "--summary-json", str(summary_path))
+    assert status == 0, stderr
+    summary = json.loads(summary_path.read_text())
+    for key in ("board", "channels", "bin_ps", "duration_s", "window_bins", "delays_bins",
+                "singles", "patterns", "heralds", "herald_masks", "tags", "dropped",
+                "decode_errors", "dropped_per_channel"):
+        assert key in summary
+    assert summary["board"] == "sim" and summary["channels"] == 4
+    assert summary["bin_ps"] == 10_000 and summary["window_bins"] == 2
+    assert summary["delays_bins"] == [3, 0, 3, 0]
+    assert summary["herald_masks"] == [3, 10]
+    assert sorted(summary["patterns"], key=int) == [str(p) for p in range(1, 16)]
+    assert all(summary["checks"].values())
+    data = np.load(out)
+    assert data["channel"].dtype == np.uint8 and data["time_ps"].dtype == np.int64
+    assert len(data["channel"]) == summary["tags"] > 0
+    assert np.all(np.diff(data["time_ps"]) >= 0)
+    assert np.all(data["time_ps"] % 10_000 == 0)
+    # Recompute everything from the written tags, independently of the CLI's own check.
+    tags = np.zeros(len(data["channel"]), model.TAG_DTYPE)
+    tags["time"] = data["time_ps"] // 10_000
+    tags["channel"] = data["channel"]
+    settings = model.CoreSettings(channels=4, window=2, herald_masks=(3, 10),
+                                  channel=tuple(model.ChannelSettings(delay=d)
+                                                for d in (3, 0, 3, 0)))
+    recomputed = model.counts_from_tags(tags, settings)
+    assert recomputed.singles.tolist() == summary["singles"]
+    assert recomputed.patterns[1:].tolist() == [summary["patterns"][str(p)] for p in range(1, 16)]
+    assert recomputed.herald_counts.tolist() == summary["heralds"]
+    # Arms A (0, 2) and B (1, 3) line up once channels 0 and 2 are delayed by the pair delay.
+    assert summary["patterns"]["15"] > 0 and summary["heralds"][0] > 0
+    assert "checks: hardware counters agree" in stdout
+
+
+def test_window_rounding_is_announced(capsys):
+    status = cli.main(["acquire", "--duration", "2e-6", "--window", "25", "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "note: --window 25 ns is not a whole number" in captured.err
+    assert json.loads(captured.out)["window_bins"] == 2
