@@ -56,9 +56,13 @@ def ns_to_bins(what, ns, bin_ps, lo, hi):
 
 
 def _probability_threshold(what, p):
-    if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"{what} {p:g} is not a probability between 0 and 1")
-    return min(int(round(p * 2 ** protocol.PROBABILITY_BITS)), 2 ** protocol.PROBABILITY_BITS - 1)
+    # The test signal's own definition of a threshold (heraldry.model.testsignal), so the host,
+    # the gateware and the model agree to the last bit.
+    from ..model.testsignal import probability_threshold
+    try:
+        return probability_threshold(p)
+    except ValueError:
+        raise ConfigError(f"{what} {p:g} is not a probability between 0 and 1") from None
 
 
 @dataclass
@@ -157,11 +161,13 @@ class Acquisition:
     def sources(self):
         """Per-channel :class:`protocol.Source` for the chosen test signal.
 
-        ``pairs``: channel 0 is arm A, channel 1 arm B, further channels alternate A, B;
-        ``periodic``: every channel periodic, in phase; ``off``: every channel reads its pin.
+        ``pairs``: channel 0 is arm A, channel 1 arm B, further channels see dark counts only
+        (periodic source with the period off); ``periodic``: every channel periodic, in phase;
+        ``off``: every channel reads its pin.
         """
         if self.test_signal == "pairs":
-            return [Source.PAIR_A if c % 2 == 0 else Source.PAIR_B for c in range(self.channels)]
+            return ([Source.PAIR_A, Source.PAIR_B][:self.channels]
+                    + [Source.PERIODIC] * (self.channels - 2))
         if self.test_signal == "periodic":
             return [Source.PERIODIC] * self.channels
         return [Source.PIN] * self.channels
@@ -197,7 +203,8 @@ class Acquisition:
             "coincidence_record_mask": self.coincidence_record_mask,
             "test": {
                 "seed": self.seed,
-                "period": self.period_cycles,
+                # 0 turns the periodic signal off: in "pairs" mode it leaves dark counts only
+                "period": self.period_cycles if self.test_signal == "periodic" else 0,
                 "pair_threshold": self.pair_threshold(),
                 "eta_a": self.efficiency_threshold(),
                 "eta_b": self.efficiency_threshold(),

@@ -137,11 +137,11 @@ def test_test_signal_bit_exact():
     cycles = 3000
     acq = Acquisition(channels=4, window_bins=2, test_signal="pairs", pair_rate_hz=5e6,
                       efficiency=0.6, dark_rate_hz=3e5, pair_delay_bins=5,
-                      delays_bins=[5, 0, 0, 0], herald_masks=[0b0011], seed=7)
+                      delays_bins=[5, 0, 0, 2], herald_masks=[0b0011], seed=7)
     config = acq.gateware_config()
-    sources = ["pair_a" if c % 2 == 0 else "pair_b" for c in range(4)]
+    sources = ["pair_a", "pair_b", "periodic", "periodic"]   # periodic with period 0: darks only
     ts = tsmodel.TestSignalSettings(
-        seed=7, period=acq.period_cycles, pair_threshold=acq.pair_threshold(),
+        seed=7, period=0, pair_threshold=acq.pair_threshold(),
         eta_a=acq.efficiency_threshold(), eta_b=acq.efficiency_threshold(), pair_delay=5,
         dark=(acq.dark_threshold(),) * 4, sources=tuple(sources))
     sim = CoreSimulation(channels=4, rules=2)
@@ -150,8 +150,9 @@ def test_test_signal_bit_exact():
     rise = [k + run.test_origin - PHY_LATENCY for k in ks]
     fall = [np.zeros(0, np.int64)] * 4
     expected, counters = _compare(sim, run, acq.model_settings(), rise, fall)
-    # Arm A (channels 0, 2) and arm B (1, 3) line up on channel 0, which carries the delay.
-    assert counters["patterns"][0b1011 - 1] > 20
+    # Arm A (channel 0, delayed) and arm B (channel 1) line up; 2 and 3 see darks only.
+    assert counters["patterns"][0b0011 - 1] > 20
+    assert counters["singles"][2] < counters["singles"][0] // 2
 
 
 def test_backpressure_losses_are_accounted():
