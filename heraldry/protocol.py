@@ -9,7 +9,9 @@ coarse counter (one count per clock cycle) above the PHY's ``fine_bits`` sub-clo
 clock cycle is ``2**fine_bits`` bins. With the generic PHY ``fine_bits == 0`` and a bin is a cycle.
 """
 
-from amaranth.hdl import unsigned
+from dataclasses import dataclass
+
+from amaranth.hdl import Shape, unsigned
 from amaranth.lib import data, enum
 
 __all__ = [
@@ -248,3 +250,207 @@ class CounterMap:
         """``range`` of addresses of one counter group (``"singles"``, ``"patterns"``, ...)."""
         base, count = self._base[name]
         return range(base, base + count)
+
+
+# -- Wire format (device -> host byte stream) ------------------------------------------------
+#
+# See docs/protocol.md for the argument. Every byte carries 7 payload bits; bit 7 is set on the
+# first byte of a record and clear on the others, so a reader finds the next record start after
+# any damage. A record's payload is an unsigned integer, little-endian: the first byte holds its
+# lowest bits (6 for a TAG, 3 for the other kinds), each following byte the next 7.
+
+WIRE_START = 0x80           #: bit 7: first byte of a record
+WIRE_TAG_FLAG = 0x40        #: bit 6 of a first byte: 0 = TAG record, 1 = another kind
+WIRE_TAG_FIRST_BITS = 6     #: payload bits in a TAG record's first byte
+WIRE_KIND_SHIFT = 3         #: a non-TAG first byte is 1 1 k k k p p p
+WIRE_OTHER_FIRST_BITS = 3   #: payload bits in a non-TAG record's first byte
+WIRE_BITS_PER_BYTE = 7      #: payload bits in every following byte
+
+
+class WireKind(enum.Enum, shape=3):
+    """Kind of a non-TAG wire record (the ``kkk`` bits of its first byte).
+
+    Payloads (fields from least significant; ``CB = wire_channel_bits(N)``, N = channels,
+    R = rules; ``zigzag(d) = 2d`` for d >= 0 and ``-2d - 1`` for d < 0):
+
+    * TAG (not in this enum: first byte ``1 0 pppppp``): ``channel`` (CB bits), then
+      ``delta`` (bins since the running time T, >= 0). T += delta.
+    * COINCIDENCE: ``pattern`` (N bits), ``zigzag(t0 - T)``. T unchanged.
+    * HERALD: ``rule`` (RULE_BITS), ``pattern`` (N bits), ``zigzag(time - T)``. T = time.
+    * LOSS: ``cause`` (2 bits, LossCause), ``index`` (CHANNEL_BITS), ``count``. No time.
+    * TIME: ``delta`` (bins, >= 0): the link was idle; T += delta.
+    * ANCHOR: absolute time in bins (``WIRE_ANCHOR_TIME_BITS``): T = time. Starts a segment.
+    * CHECK: ``bytes`` (16 bits: bytes sent since the previous CHECK, this record excluded,
+      mod 2**16), ``sum`` (16 bits: their sum mod 2**16). Sent just before each ANCHOR.
+    * STATUS / REPLY: a register value: ``ok`` (1 bit), ``seq`` (``WIRE_SEQ_BITS``),
+      ``address`` (``REGISTER_ADDRESS_BITS``), ``value`` (32 bits). STATUS records are the
+      periodic counter snapshot (seq = 0, ok = 1); REPLY answers a command. No time.
+    """
+    COINCIDENCE = 0
+    HERALD      = 1
+    LOSS        = 2
+    TIME        = 3
+    ANCHOR      = 4
+    CHECK       = 5
+    STATUS      = 6
+    REPLY       = 7
+
+
+#: Absolute time carried by an ANCHOR, in bins (2**56 bins of 1 ps are 20 hours; of 10 ns, 22 y).
+WIRE_ANCHOR_TIME_BITS = 56
+#: Command sequence tag, echoed in the REPLY.
+WIRE_SEQ_BITS = 5
+#: Register addresses.
+REGISTER_ADDRESS_BITS = 12
+
+
+def wire_channel_bits(channels):
+    """Bits of a TAG record's channel field: enough for ``channels`` (0 for one channel)."""
+    return max(0, (channels - 1).bit_length())
+
+
+# -- Commands (host -> device byte stream) ---------------------------------------------------
+#
+# Fixed 8-byte frames: ``0x80 | op`` then 7 bytes of 7 bits (bit 7 clear) holding, from the least
+# significant bit, ``seq`` (WIRE_SEQ_BITS), ``address`` (REGISTER_ADDRESS_BITS), ``value`` (32).
+# A byte with bit 7 set always starts a new frame, so a torn frame is discarded, never misread.
+
+COMMAND_BYTES = 8
+
+
+class Command(enum.Enum, shape=2):
+    READ  = 0   #: reply with the register's value
+    WRITE = 1   #: write, then reply with the value read back
+
+
+# -- Registers -------------------------------------------------------------------------------
+#
+# Every register is 32 bits wide on the link. The map is derived here, once, from the layouts
+# above: the gateware's register file decodes with it, the host validates and names with it,
+# and docs/registers.md is generated from it.
+
+MAGIC = 0x484C5244              #: "HRLD" read from register IDENT_MAGIC
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Register:
+    """One 32-bit register. ``config_offset``/``width`` place config registers in the config
+    layout's bits (``None`` for the others). ``minimum``/``maximum`` bound what the host may
+    write; ``reset`` is the value after reset."""
+    name: str
+    address: int
+    access: str             # "ro", "rw" or "wo" (a write strobe; reads 0)
+    reset: int
+    minimum: int
+    maximum: int
+    doc: str
+    width: int = 32
+    config_offset: int = None
+
+
+# Fixed registers: (name, address, access, reset, minimum, maximum, doc).
+_FIXED_REGISTERS = [
+    ("ident.magic",            0x000, "ro", MAGIC, 0, 2**32 - 1, "0x484C5244, 'HRLD'"),
+    ("ident.protocol",         0x001, "ro", PROTOCOL_VERSION, 0, 2**32 - 1,
+     "wire protocol version"),
+    ("ident.gateware",         0x002, "ro", 0, 0, 2**32 - 1,
+     "gateware version, major << 16 | minor << 8 | patch"),
+    ("ident.channels",         0x003, "ro", 0, 1, MAX_CHANNELS, "input channels N"),
+    ("ident.rules",            0x004, "ro", 0, 1, MAX_RULES, "herald rules R"),
+    ("ident.fine_bits",        0x005, "ro", 0, 0, 8, "fine bits F of the PHY"),
+    ("ident.bin_fs",           0x006, "ro", 0, 1, 2**32 - 1, "one bin, in femtoseconds"),
+    ("ident.clock_hz",         0x007, "ro", 0, 1, 2**32 - 1, "system clock, Hz"),
+    ("ident.capabilities",     0x008, "ro", 0, 0, 2**32 - 1,
+     "bit 0 test signal, bit 1 coincidence records, bit 2 herald outputs"),
+    ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
+    ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
+    ("control.clear",          0x011, "wo", 0, 0, 1,
+     "write 1 (while stopped): zero counters, forget the window, empty delay lines"),
+    ("control.busy",           0x012, "ro", 0, 0, 1, "1 while a clear is in progress"),
+    ("control.status_period",  0x013, "rw", 0, 0, 2**32 - 1,
+     "cycles between counter snapshots (STATUS records); 0 = none"),
+    ("control.anchor_interval", 0x014, "rw", 2**20, 2**10, 2**31,
+     "cycles between ANCHOR/CHECK records"),
+    ("control.now",            0x015, "ro", 0, 0, 2**32 - 1, "coarse counter"),
+]
+
+CONFIG_BASE = 0x100
+COUNTER_BASE = 0x800
+
+# Reset value, minimum and maximum of config fields that are not 0 .. 2**width - 1 with reset 0.
+_CONFIG_FIELD_RULES = {
+    "enable":       (1, 0, 1),
+    "edge":         (Edge.RISING.value, 0, 3),
+    "window":       (1, 1, 2 ** WINDOW_BITS - 1),
+    "herald_width": (1, 1, 2 ** HERALD_WIDTH_BITS - 1),
+    "seed":         (1, 0, 2 ** 32 - 1),
+}
+
+
+def _config_leaves(layout, prefix="", base=0):
+    """(dotted name, bit offset, width) of every leaf of a config layout, in offset order."""
+    if isinstance(layout, data.ArrayLayout):
+        for i in range(layout.length):
+            yield from _config_leaves(layout.elem_shape, f"{prefix}[{i}]",
+                                      base + i * Shape.cast(layout.elem_shape).width)
+        return
+    if isinstance(layout, data.StructLayout):
+        for name, field in layout:
+            yield from _config_leaves(field.shape, f"{prefix}.{name}" if prefix else name,
+                                      base + field.offset)
+        return
+    yield prefix, base, Shape.cast(layout).width
+
+
+class RegisterMap:
+    """Every register of a core with ``channels`` inputs and ``rules`` herald rules."""
+
+    def __init__(self, channels, rules):
+        self.channels = channels
+        self.rules = rules
+        regs = [Register(name, address, access, reset, lo, hi, doc)
+                for name, address, access, reset, lo, hi, doc in _FIXED_REGISTERS]
+        address = CONFIG_BASE
+        for name, offset, width in _config_leaves(config_layout(channels, rules)):
+            leaf = name.rsplit(".", 1)[-1].split("[")[0]
+            for part in range(0, width, 32):
+                part_width = min(32, width - part)
+                reset, lo, hi = _CONFIG_FIELD_RULES.get(leaf, (0, 0, 2 ** part_width - 1))
+                reg_name = name if width <= 32 else f"{name}.{part // 32}"
+                regs.append(Register(reg_name, address, "rw", reset, lo, min(hi, 2**part_width - 1),
+                                     f"config bits {offset + part}..{offset + part + part_width - 1}",
+                                     width=part_width, config_offset=offset + part))
+                address += 1
+        if address > COUNTER_BASE:
+            raise ValueError("config registers overflow into the counter range")
+        counters = CounterMap(channels, rules)
+        for group in ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
+                      "herald_dropped", "coincidence_dropped"):
+            for i, counter in enumerate(counters.range(group)):
+                index = i + 1 if group == "patterns" else i
+                regs.append(Register(f"counter.{group}[{index}]", COUNTER_BASE + counter, "ro", 0,
+                                     0, 2 ** COUNTER_BITS - 1, f"hardware counter {group}"))
+        self.registers = regs
+        self.by_name = {r.name: r for r in regs}
+        self.by_address = {r.address: r for r in regs}
+        self.counters = counters
+
+    def __iter__(self):
+        return iter(self.registers)
+
+    def __getitem__(self, name):
+        return self.by_name[name]
+
+    def config_registers(self):
+        return [r for r in self.registers if r.config_offset is not None]
+
+    def counter_address(self, counter_index):
+        return COUNTER_BASE + counter_index
+
+    def config_reset(self):
+        """The config layout's bits after reset, as an integer (from the registers' resets)."""
+        value = 0
+        for reg in self.config_registers():
+            value |= reg.reset << reg.config_offset
+        return value

