@@ -278,10 +278,10 @@ class WireKind(enum.Enum, shape=3):
     * COINCIDENCE: ``pattern`` (N bits), ``zigzag(t0 - T)``. T unchanged.
     * HERALD: ``rule`` (RULE_BITS), ``pattern`` (N bits), ``zigzag(time - T)``. T = time.
     * LOSS: ``cause`` (2 bits, LossCause), ``index`` (CHANNEL_BITS), ``count``. No time.
-    * TIME: ``delta`` (bins, >= 0): the link was idle; T += delta.
+    * TIME: reserved (not sent by protocol version 1).
     * ANCHOR: absolute time in bins (``WIRE_ANCHOR_TIME_BITS``): T = time. Starts a segment.
-    * CHECK: ``bytes`` (16 bits: bytes sent since the previous CHECK, this record excluded,
-      mod 2**16), ``sum`` (16 bits: their sum mod 2**16). Sent just before each ANCHOR.
+    * CHECK: ``bytes`` (16 bits: bytes of the segment, i.e. from its ANCHOR on, this record
+      excluded, mod 2**16), ``sum`` (16 bits: their sum mod 2**16). Ends a segment.
     * STATUS / REPLY: a register value: ``ok`` (1 bit), ``seq`` (``WIRE_SEQ_BITS``),
       ``address`` (``REGISTER_ADDRESS_BITS``), ``value`` (32 bits). STATUS records are the
       periodic counter snapshot (seq = 0, ok = 1); REPLY answers a command. No time.
