@@ -62,6 +62,7 @@ class SimRun:
     test_origin: int       # `now` in cycle k = 0 of the test signal (after clear)
     latency: int           # TaggerCore.latency
     cycles: int            # cycles the run gate was open
+    simulated_cycles: int  # every cycle simulated (set-up, run, drain, counter read-out)
     herald_rises: list     # per rule, cycles (relative to start) at which the herald pin rose
     wall_seconds: float
 
@@ -167,12 +168,14 @@ class CoreSimulation:
                 ctx.set(core.counter_addr, address)
                 await ctx.tick()
                 counters[address] = ctx.get(core.counter_data)
-            result["run"] = (records, counters, start_time, test_origin, herald_rises)
+            simulated = (ctx.get(core.now) - core.counter_init) % 2 ** protocol.COARSE_BITS
+            result["run"] = (records, counters, start_time, test_origin, herald_rises, simulated)
 
         sim.add_testbench(bench)
         t0 = _time.monotonic()
         sim.run()
-        records, counters, start_time, test_origin, herald_rises = result["run"]
+        records, counters, start_time, test_origin, herald_rises, simulated = result["run"]
         return SimRun(records=records, counters=counters, start_time=start_time,
                       test_origin=test_origin, latency=core.latency, cycles=cycles,
+                      simulated_cycles=simulated,
                       herald_rises=herald_rises, wall_seconds=_time.monotonic() - t0)
