@@ -14,8 +14,8 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/heraldry acquire --board sim --channels 4 --duration 0.0002 --window 20 \
-	    --test-signal pairs --pair-rate 5e6 --efficiency 0.5 --dark-rate 2e5 --pair-delay 30 \
+	$(BIN)/heraldry acquire --board sim --channels 4 --duration 0.05 --window 20 \
+	    --test-signal pairs --pair-rate 2e5 --efficiency 0.5 --dark-rate 2e4 --pair-delay 30 \
 	    --delay 0=30 --herald 0b0011 --herald 0b0001 --record-coincidences 0b0011 --seed 1 \
 	    --out demo.npz --summary-json demo-summary.json
 

@@ -42,7 +42,8 @@ class TaggerCore(wiring.Component):
     delay_depth : int
         Events each delay line holds.
     counter_init : int
-        Reset value of the coarse counter (tests start near a wrap with it).
+        Reset value of ``ref = now - latency``, the core's time reference (tests start near a
+        wrap with it); ``now`` itself starts ``latency`` higher.
 
     Members
     -------
@@ -63,6 +64,11 @@ class TaggerCore(wiring.Component):
         Herald output pins.
     now : Out(COARSE_BITS)
         The coarse counter.
+    ref : Out(COARSE_BITS)
+        ``now - latency``: the delayed coarse time of this cycle (the merger's ``ref``), against
+        which the wire encoder unwraps record times.
+    idle : Out(1)
+        The merger holds nothing (``Merger.idle``).
 
     Attributes
     ----------
@@ -94,6 +100,8 @@ class TaggerCore(wiring.Component):
             "busy":         Out(1),
             "herald":       Out(rules),
             "now":          Out(COARSE_BITS),
+            "ref":          Out(COARSE_BITS),
+            "idle":         Out(1),
         })
 
     def elaborate(self, platform):
@@ -101,12 +109,15 @@ class TaggerCore(wiring.Component):
         n, r, f = self.channels, self.rules, self.fine_bits
         cfg = self.config
 
-        now = Signal(COARSE_BITS, init=self.counter_init)
+        # `now` starts `latency` ahead so that `ref` (the time every block downstream of the
+        # input stages works in) starts at `counter_init` and does not wrap right after reset:
+        # device time 0 is the reset, and the encoder's epoch counter starts at 0.
+        now = Signal(COARSE_BITS, init=(self.counter_init + self.latency) % 2 ** COARSE_BITS)
         m.d.sync += now.eq(now + 1)
         m.d.comb += self.now.eq(now)
         # Coarse (delayed) time of the events that reach the coincidence unit in this cycle.
         ref = Signal(COARSE_BITS)
-        m.d.comb += ref.eq(now - self.latency)
+        m.d.comb += [ref.eq(now - self.latency), self.ref.eq(ref)]
 
         m.submodules.test_signal = test = TestSignal(n)
         m.d.comb += [
@@ -207,6 +218,7 @@ class TaggerCore(wiring.Component):
             merger.herald_pattern.eq(herald_pattern),
             merger.delay_overflow.eq(overflow),
             merger.clear.eq(self.clear),
+            self.idle.eq(merger.idle),
         ]
         wiring.connect(m, merger.o, wiring.flipped(self.records))
 

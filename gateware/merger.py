@@ -92,6 +92,11 @@ class Merger(wiring.Component):
         The record stream.
     merger_dropped, herald_dropped, coincidence_dropped : ``Out(N)``, ``Out(R)``, ``Out(1)``
         One-cycle pulses per dropped item, for the hardware counters.
+    idle : ``Out(1)``
+        The merger holds nothing: no item in the input register, FIFO empty, serialiser idle
+        (``o.valid`` low), no pending loss. Combinational. Items presented on the inputs in the
+        same cycle are not counted, so after a cycle with ``idle`` high every tag and herald
+        record that follows has a coarse time of at least that cycle's ``ref``.
 
     Attributes
     ----------
@@ -153,6 +158,7 @@ class Merger(wiring.Component):
             "merger_dropped":          Out(n),
             "herald_dropped":          Out(r),
             "coincidence_dropped":     Out(1),
+            "idle":                    Out(1),
         })
 
     def elaborate(self, platform):
@@ -320,6 +326,9 @@ class Merger(wiring.Component):
                 rec.time.eq(coarse_time - cur.t0_offset),
                 after_coinc.eq(0),
             ]
+
+        m.d.comb += self.idle.eq(
+            ~has_items & (fifo.level == 0) & ~self.o.valid & ~nonzero.any())
 
         more = after_loss | after_tags.any() | after_herald.any() | after_coinc
         # Pop the next bundle when idle or in the cycle the current one's last record is taken.

@@ -373,6 +373,8 @@ _FIXED_REGISTERS = [
     ("control.anchor_interval", 0x014, "rw", 2**20, 2**10, 2**31,
      "cycles between ANCHOR/CHECK records"),
     ("control.now",            0x015, "ro", 0, 0, 2**32 - 1, "coarse counter"),
+    ("control.bad_frames",     0x016, "ro", 0, 0, 2**32 - 1,
+     "command frames dropped since reset (torn, or bytes outside a frame); wraps"),
 ]
 
 CONFIG_BASE = 0x100

@@ -1,24 +1,46 @@
 """One acquisition: configure a board, run for a duration, collect tags and counters, summarise.
 
+Two paths give the same :class:`AcquisitionResult`:
+
+* :func:`acquire_device`: any board behind a :class:`heraldry.host.driver.Device` (a real board
+  on a serial port, or the Verilated virtual board behind its pseudo-terminal): configure, clear,
+  run while streaming until ``control.now`` has advanced by the duration, stop, wait for the
+  pipeline and the last segment's CHECK, read every counter.
+* :func:`acquire_sim`: the core alone in the Amaranth simulator, in-process, no link (slow).
+
 The summary cross-checks the hardware counters against counts recomputed independently from the
 streamed tags by the reference model (:func:`heraldry.model.counts_from_tags`). For a lossless run
 they must agree exactly; a disagreement is a gateware bug and is reported as such.
 """
 
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import protocol
 from ..protocol import Kind, LossCause
-from .decode import Decoder
+from .decode import EVENT_DTYPE, Decoder
 
-__all__ = ["AcquisitionResult", "acquire_sim", "summarise"]
+__all__ = ["AcquisitionResult", "acquire_device", "acquire_sim", "summarise", "print_summary",
+           "anchor_interval_for"]
+
+_COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
+                   "herald_dropped", "coincidence_dropped")
 
 
 @dataclass
 class AcquisitionResult:
+    """What one acquisition produced.
+
+    ``events`` are every decoded record (``decode.EVENT_DTYPE``) with times from the run start:
+    for a device, the run start is the ``control.now`` count read just before the start command
+    (the gate opened at most one command round trip later, see ``device_cycles``).
+    ``device_cycles`` (link path only) gives ``{"clear"|"start"|"stop": [before, after]}``: the
+    device cycles, relative to that run start, read just before and after each command, which
+    bound the cycle it took effect in. ``link`` (link path only) holds the driver's figures
+    (``Device.stats()``) and ``port`` the serial device used.
+    """
     acquisition: object     # the Acquisition that was run
     duration_s: float
     events: np.ndarray      # every decoded record (decode.EVENT_DTYPE), times from run start
@@ -26,14 +48,113 @@ class AcquisitionResult:
     lost: dict              # {(LossCause, index): count} from loss records
     start_bin: int
     wall_seconds: float
+    device_seconds: float = None        # device time the run gate was open (about)
+    port: str = None
+    link: dict = field(default_factory=dict)
+    host_dropped_tags: list = None      # per channel: decoded, but dropped by the host queue
+    device_cycles: dict = None
 
     @property
     def tags(self):
         return self.events[self.events["kind"] == Kind.TAG.value]
 
 
+def anchor_interval_for(cycles, minimum, maximum):
+    """An ANCHOR interval for a run of ``cycles``: about 1/16 of the run so that the final CHECK
+    comes soon after it, but at least 2**16 cycles (CHECK + ANCHOR cost 14 bytes per interval:
+    2 % of a 12 Mbaud link at 100 MHz) and within the register's range."""
+    return int(min(maximum, max(minimum, 2 ** 16, min(2 ** 20, cycles // 16))))
+
+
+def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=None, poll=0.02):
+    """Run ``acq`` (an :class:`Acquisition`) on ``device`` for ``duration_s`` of device time.
+
+    Steps: stop (a previous session may have left it running), configure every config register
+    (verified), set ``control.anchor_interval`` (default :func:`anchor_interval_for`) and switch
+    STATUS snapshots off, clear (which re-seeds the test signal), start, poll ``control.now``
+    while collecting decoded blocks until the device has run ``duration_s``, stop, then wait
+    for the pipeline to drain and the last segment's CHECK (:meth:`Device.drain`), then read
+    every counter.
+
+    ``progress(done_cycles, total_cycles, stats)`` is called after every poll while running.
+    """
+    ident = device.identity or device.identify()
+    cycles = int(round(duration_s * ident.clock_hz))
+    if cycles < 1:
+        raise ValueError(f"duration {duration_s:g} s is shorter than one clock cycle")
+    rmap = device.map
+    reg = rmap["control.anchor_interval"]
+    if anchor_interval is None:
+        anchor_interval = anchor_interval_for(cycles, reg.minimum, reg.maximum)
+    wall = time.monotonic()
+    device.write("control.run", 0)
+    device.write("control.status_period", 0)
+    device.configure(acq)
+    device.write("control.anchor_interval", anchor_interval)
+    device.clear()
+    device.drain_blocks()       # records of an earlier run: all in before clear() returned
+    # The device's tallies are cumulative over its session: this run's are differences.
+    stats_before = device.stats()
+    lost_before = dict(device.lost)
+    host_dropped_before = device.host_dropped_tags.copy()
+    parts = []
+    epoch = None                # device count minus absolute cycle (a multiple of 2**32)
+
+    def collect():
+        nonlocal epoch
+        block = device.drain_blocks()
+        if len(block.events):
+            parts.append(block.events)
+            if epoch is None:
+                # Right after a now() poll: the first event is within 2**31 cycles of it.
+                first_bins = _bins(block.events["time_ps"][0], ident.bin_fs)
+                epoch = device.device_cycles(first_bins) - (first_bins >> ident.fine_bits)
+
+    device.start()
+    start = device.start_bounds[0]
+    while True:
+        current = device.now()
+        collect()
+        if progress is not None:
+            progress(min(current - start, cycles), cycles, device.stats())
+        if current - start >= cycles:
+            break
+        time.sleep(poll)
+    device.stop()
+    pipeline = (max(acq.delays_bins) >> acq.fine_bits) + (acq.window_bins >> acq.fine_bits) \
+        + 2 * acq.channels + acq.rules + 64
+    device.drain(pipeline, poll=poll)
+    device.flush()
+    collect()
+    counters = device.counters()
+    wall = time.monotonic() - wall
+    events = np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
+    events = events.copy()
+    if epoch is None:
+        epoch = 0               # no events: nothing to place in time
+    start_bin = (start - epoch) << ident.fine_bits
+    events["time_ps"] -= start_bin * ident.bin_fs // 1000
+    stats = {name: value - stats_before[name] for name, value in device.stats().items()}
+    lost = {key: count - lost_before.get(key, 0) for key, count in device.lost.items()
+            if count != lost_before.get(key, 0)}
+    host_dropped = device.host_dropped_tags - host_dropped_before
+    bounds = {name: [b - start for b in getattr(device, f"{name}_bounds")]
+              for name in ("clear", "start", "stop")}
+    device_seconds = (device.stop_bounds[0] - device.start_bounds[1]) / ident.clock_hz
+    return AcquisitionResult(
+        acquisition=acq, duration_s=duration_s, events=events, counters=counters,
+        lost=lost, start_bin=start_bin, wall_seconds=wall,
+        device_seconds=device_seconds, port=device.transport.name, link=stats,
+        host_dropped_tags=host_dropped[:acq.channels].tolist(),
+        device_cycles=bounds)
+
+
+def _bins(time_ps, bin_fs):
+    return int(round(int(time_ps) * 1000 / bin_fs))
+
+
 def acquire_sim(acq, duration_s, *, progress=None):
-    """Run ``acq`` (an :class:`Acquisition`) on the in-process simulated core."""
+    """Run ``acq`` (an :class:`Acquisition`) on the in-process simulated core (no link)."""
     from ..sim.harness import CoreSimulation
     cycles = int(round(duration_s * acq.clock_hz))
     if cycles < 1:
@@ -46,20 +167,25 @@ def acquire_sim(acq, duration_s, *, progress=None):
     events = block.events.copy()
     events["time_ps"] -= start_bin * acq.bin_ps
     cmap = sim.map
-    counters = {name: run.counters[list(cmap.range(name))].tolist()
-                for name in ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-                             "herald_dropped", "coincidence_dropped")}
+    counters = {name: run.counters[list(cmap.range(name))].tolist() for name in _COUNTER_GROUPS}
     return AcquisitionResult(acquisition=acq, duration_s=duration_s, events=events,
                              counters=counters, lost=dict(block.lost), start_bin=start_bin,
-                             wall_seconds=run.wall_seconds)
+                             wall_seconds=run.wall_seconds, device_seconds=cycles / acq.clock_hz)
 
 
 def summarise(result, *, board="sim"):
-    """The summary dictionary printed by ``heraldry acquire`` and written by ``--summary-json``."""
+    """The summary dictionary printed by ``heraldry acquire`` and written by ``--summary-json``.
+
+    Link figures (``port``, ``link_bytes``, ``bytes_per_event``: link bytes per streamed record,
+    everything on the link included) are ``None`` for the in-process path. ``decode_errors``,
+    ``skipped_bytes`` and ``unverified`` are the stream decoder's counts; ``host_dropped`` the tags
+    the host decoded but could not queue (counted, and part of ``dropped``).
+    """
     from ..model import TAG_DTYPE, counts_from_tags
     acq = result.acquisition
     n = acq.channels
     c = result.counters
+    link = result.link or {}
     tags = result.tags
     tag_bins = np.zeros(len(tags), TAG_DTYPE)
     tag_bins["time"] = tags["time_ps"] // acq.bin_ps
@@ -67,28 +193,39 @@ def summarise(result, *, board="sim"):
     recomputed = counts_from_tags(tag_bins, acq.model_settings())
     merger_lost = [result.lost.get((LossCause.MERGER_FULL, ch), 0) for ch in range(n)]
     delay_lost = [result.lost.get((LossCause.DELAY_FULL, ch), 0) for ch in range(n)]
+    host_dropped = list(result.host_dropped_tags or [0] * n)
     tags_per_channel = np.bincount(tags["channel"], minlength=n)[:n].tolist()
-    dropped_per_channel = [m + d for m, d in zip(c["merger_dropped"], c["delay_dropped"])]
-    dropped = sum(dropped_per_channel) + sum(c["herald_dropped"]) + sum(c["coincidence_dropped"])
+    dropped_per_channel = [m + d + h for m, d, h in zip(c["merger_dropped"], c["delay_dropped"],
+                                                        host_dropped)]
+    dropped = (sum(dropped_per_channel) + sum(c["herald_dropped"]) + sum(c["coincidence_dropped"])
+               + link.get("host_dropped_events", 0) - sum(host_dropped))
     patterns = {str(p): c["patterns"][p - 1] for p in range(1, 2 ** n)}
     checks = {
-        # streamed tags + tags reported lost in-band == hardware singles, per channel
+        # streamed tags + tags reported lost in-band (+ tags the host dropped) == hardware
+        # singles, per channel
         "tags_plus_lost_equal_singles":
-            [t + m for t, m in zip(tags_per_channel, merger_lost)] == c["singles"],
+            [t + m + h for t, m, h in zip(tags_per_channel, merger_lost, host_dropped)]
+            == c["singles"],
         "loss_records_equal_drop_counters":
             merger_lost == c["merger_dropped"] and delay_lost == c["delay_dropped"],
     }
+    if result.link:
+        # Every byte of the stream decoded and verified by its segment's CHECK.
+        checks["stream_verified"] = link["decode_errors"] == 0 and link["unverified"] == 0
     if dropped == 0:
         checks["singles_recomputed_from_tags"] = recomputed.singles.tolist() == c["singles"]
         checks["patterns_recomputed_from_tags"] = (
             recomputed.patterns[1:].tolist() == c["patterns"])
         checks["heralds_recomputed_from_tags"] = (
             recomputed.herald_counts.tolist() == c["heralds"][:len(acq.herald_masks)])
+    records = len(result.events)
     summary = {
         "board": board,
+        "port": result.port,
         "channels": n,
         "bin_ps": acq.bin_ps,
         "duration_s": result.duration_s,
+        "device_seconds": result.device_seconds,
         "window_bins": acq.window_bins,
         "delays_bins": list(acq.delays_bins),
         "dead_time_bins": list(acq.dead_time_bins),
@@ -106,20 +243,40 @@ def summarise(result, *, board="sim"):
         "dropped_per_channel": dropped_per_channel,
         "delay_dropped": c["delay_dropped"],
         "merger_dropped": c["merger_dropped"],
-        "decode_errors": 0,
+        "herald_dropped": c["herald_dropped"],
+        "coincidence_dropped": c["coincidence_dropped"],
+        # Loss records as streamed, by cause and index (independent of the drop counters).
+        "loss_records": _loss_table(result.lost, n, acq.rules),
+        "host_dropped": host_dropped,
+        "decode_errors": int(link.get("decode_errors", 0)),
+        "skipped_bytes": link.get("skipped_bytes"),
+        "unverified": link.get("unverified"),
+        "link_bytes": link.get("link_bytes"),
+        "bytes_per_event": round(link["link_bytes"] / records, 3)
+        if result.link and records else None,
+        "device_cycles": result.device_cycles,
         "checks": checks,
         "wall_seconds": round(result.wall_seconds, 3),
-        "sim_cycles_per_s": round(result.duration_s * acq.clock_hz / result.wall_seconds)
+        "sim_cycles_per_s": round((result.device_seconds or result.duration_s) * acq.clock_hz
+                                  / result.wall_seconds)
         if result.wall_seconds > 0 else None,
     }
     return summary
+
+
+def _loss_table(lost, channels, rules):
+    sizes = {LossCause.MERGER_FULL: channels, LossCause.DELAY_FULL: channels,
+             LossCause.HERALD_RECORD: rules, LossCause.COINCIDENCE_RECORD: 1}
+    return {cause.name: [lost.get((cause, i), 0) for i in range(sizes[cause])]
+            for cause in LossCause}
 
 
 def print_summary(summary, file=sys.stdout):
     """Human-readable summary (the JSON file has everything)."""
     n = summary["channels"]
     w = file.write
-    w(f"board {summary['board']}: {n} channels, bin {summary['bin_ps'] / 1000:g} ns, "
+    port = f" on {summary['port']}" if summary.get("port") else ""
+    w(f"board {summary['board']}{port}: {n} channels, bin {summary['bin_ps'] / 1000:g} ns, "
       f"{summary['duration_s'] * 1e3:g} ms device time, window {summary['window_bins']} bins\n")
     w("  channel   singles      tags   dropped\n")
     for ch in range(n):
@@ -134,8 +291,17 @@ def print_summary(summary, file=sys.stdout):
         w(f"  herald rule {rule} (mask {mask:0{n}b}): {count}\n")
     failed = [name for name, ok in summary["checks"].items() if not ok]
     if failed:
-        w("  CHECK FAILED: " + ", ".join(failed) + " (hardware counters disagree with tags)\n")
-    else:
+        why = ("the stream was damaged on the link" if failed == ["stream_verified"]
+               else "hardware counters disagree with tags")
+        w("  CHECK FAILED: " + ", ".join(failed) + f" ({why})\n")
+    elif "singles_recomputed_from_tags" in summary["checks"]:
         w("  checks: hardware counters agree with counts recomputed from the streamed tags\n")
+    else:
+        w("  checks: streamed tags plus loss records agree with the hardware counters\n")
+    if summary.get("link_bytes") is not None:
+        per = summary["bytes_per_event"]
+        w(f"  link: {summary['link_bytes']} bytes"
+          + (f", {per:.2f} bytes per record" if per is not None else "")
+          + f", decode errors {summary['decode_errors']}\n")
     if summary["dropped"]:
         w(f"  WARNING: {summary['dropped']} events/records were dropped (counted, see above)\n")

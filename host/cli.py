@@ -1,13 +1,24 @@
 """``heraldry`` command line: thin layer over :mod:`heraldry.host` (argument parsing, output).
 
+Commands:
+
+* ``heraldry acquire --board sim|sim-inprocess|PORT ...``: one acquisition, summarised. ``sim``
+  starts the Verilated virtual board (``sim/twin.py``) and talks to it over its pseudo-terminal
+  through the same driver as a real board; ``PORT`` (a device path) is a real board;
+  ``sim-inprocess`` runs the core alone in the Amaranth simulator (no link; slow).
+* ``heraldry sim``: start the virtual board, print its port path, serve until Ctrl-C.
+
 Exit status: 0 success; 2 bad options (one line on stderr, nothing was run); 3 the run completed
 but events were dropped (counted and reported); 1 anything else, including hardware counters
-disagreeing with the streamed tags.
+disagreeing with the streamed tags, a damaged stream, or a board that does not answer.
 """
 
 import argparse
 import json
+import os
+import signal
 import sys
+import time
 
 import numpy as np
 
@@ -16,9 +27,14 @@ from .config import Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, p
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DROPPED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 
-# The in-process virtual board: generic PHY at 100 MHz, so one bin is 10 ns.
-BOARDS = {"sim": {"clock_hz": 100e6, "fine_bits": 0, "rules": 2}}
+#: Named boards. Both virtual boards have the generic PHY at 100 MHz (one bin is 10 ns) and the
+#: UART at 12 Mbaud; a device path instead of a name is a real board, which describes itself.
+BOARDS = {
+    "sim": {"clock_hz": 100e6, "fine_bits": 0, "rules": 2, "channels": 4, "baud": 12_000_000},
+    "sim-inprocess": {"clock_hz": 100e6, "fine_bits": 0, "rules": 2, "channels": 4},
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,10 +64,15 @@ def build_parser():
     parser = _Parser(prog="heraldry", description="Open FPGA time tagger for photon detectors.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     acq = sub.add_parser("acquire", help="run one acquisition and print a summary")
-    acq.add_argument("--board", default="sim", help="board to use (sim: the simulated core)")
+    acq.add_argument("--board", default="sim",
+                     help="sim (the virtual board behind a pty, default), sim-inprocess (the "
+                          "core in the Amaranth simulator, slow), or a serial device path")
+    acq.add_argument("--baud", type=int, default=12_000_000,
+                     help="UART rate of a board on a serial port (default 12000000)")
     acq.add_argument("--duration", type=float, default=0.001, metavar="SECONDS",
                      help="acquisition time in device seconds (default 0.001)")
-    acq.add_argument("--channels", type=int, default=4, metavar="N", help="inputs (1..8)")
+    acq.add_argument("--channels", type=int, default=None, metavar="N",
+                     help="inputs (1..8; default: the board's, 4 on the virtual boards)")
     acq.add_argument("--window", type=float, default=10.0, metavar="NS",
                      help="coincidence window in ns (default one 10 ns bin)")
     acq.add_argument("--delay", action="append", default=[], metavar="CH=NS",
@@ -84,21 +105,53 @@ def build_parser():
     acq.add_argument("--out", metavar="FILE.npz", help="write every streamed tag")
     acq.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON")
     acq.add_argument("--quiet", action="store_true", help="no progress or table")
+    srv = sub.add_parser("sim", help="start the virtual board and serve it on a pty until Ctrl-C")
+    srv.add_argument("--channels", type=int, default=4, metavar="N", help="inputs (1..8)")
+    srv.add_argument("--baud", type=int, default=BOARDS["sim"]["baud"],
+                     help="UART rate of the virtual board (default 12000000)")
     return parser
 
 
-def acquisition_from_args(args):
-    """Turn parsed ``acquire`` options into a validated :class:`Acquisition` (or ConfigError)."""
-    if args.board not in BOARDS:
-        raise ConfigError(f"unknown board {args.board!r}; this version supports: "
-                          f"{', '.join(BOARDS)}")
-    board = BOARDS[args.board]
-    n = args.channels
-    if not 1 <= n <= 8:
-        raise ConfigError(f"--channels must be 1..8, not {n}")
+def _is_port(name):
+    return name not in BOARDS and (os.sep in name or name.startswith("COM"))
+
+
+def check_board_args(args):
+    """The checks that need no board (ConfigError): board name or port, channels, duration."""
+    if args.board not in BOARDS and not _is_port(args.board):
+        raise ConfigError(f"unknown board {args.board!r}; use one of {', '.join(BOARDS)} or a "
+                          f"serial device path such as /dev/ttyUSB1")
+    if _is_port(args.board) and not os.path.exists(args.board):
+        raise ConfigError(f"--board {args.board}: no such serial device")
+    if args.channels is not None and not 1 <= args.channels <= 8:
+        raise ConfigError(f"--channels must be 1..8, not {args.channels}")
     if not args.duration > 0:
         raise ConfigError(f"--duration must be positive, not {args.duration:g}")
-    bin_ps = int(round(1e12 / board["clock_hz"])) >> board["fine_bits"]
+    if getattr(args, "baud", 1) <= 0:
+        raise ConfigError(f"--baud must be positive, not {args.baud}")
+
+
+def board_from_identity(identity):
+    """The board description :func:`acquisition_from_args` needs, from a device's
+    identification."""
+    return {"clock_hz": float(identity.clock_hz), "fine_bits": identity.fine_bits,
+            "rules": identity.rules, "channels": identity.channels, "bin_ps": identity.bin_ps,
+            "fixed_channels": True}
+
+
+def acquisition_from_args(args, board=None):
+    """Turn parsed ``acquire`` options into a validated :class:`Acquisition` (or ConfigError).
+
+    ``board``: ``{"clock_hz", "fine_bits", "rules", "channels"}`` (plus ``"bin_ps"`` and
+    ``"fixed_channels"`` for a real board, see :func:`board_from_identity`); default: the named
+    board of ``--board``."""
+    check_board_args(args)
+    if board is None:
+        board = BOARDS[args.board]
+    n = board["channels"] if args.channels is None else args.channels
+    if board.get("fixed_channels") and n != board["channels"]:
+        raise ConfigError(f"--channels {n}: the board has {board['channels']} channels")
+    bin_ps = board.get("bin_ps") or int(round(1e12 / board["clock_hz"])) >> board["fine_bits"]
     notes = []
 
     def bins(what, ns, lo, hi):
@@ -151,52 +204,140 @@ def acquisition_from_args(args):
     return acq, notes
 
 
-def _progress_printer(enabled, clock_hz):
-    import time
+def _progress_printer(enabled, duration_s):
+    """``progress(done_cycles, total_cycles[, stats])``: one self-overwriting line on a TTY:
+    device time done, simulation or device speed, and (over a link) tags/s and link bytes/s.
+    ``None`` when not ``enabled`` (not a TTY: the start and end lines are all the progress)."""
+    if not enabled:
+        return None
     start = time.monotonic()
+    shown = [0.0]
 
-    def progress(done, total):
-        if not enabled:
-            return
-        elapsed = time.monotonic() - start
+    def progress(done, total, stats=None):
+        now = time.monotonic()
+        if now - shown[0] < 0.2 and done < total:
+            return      # a few updates a second are enough for a human
+        shown[0] = now
+        elapsed = now - start
         rate = done / elapsed if elapsed else 0
-        remaining = (total - done) / rate if rate else float("nan")
-        sys.stderr.write(f"\r  {done / clock_hz * 1e3:8.3f} of {total / clock_hz * 1e3:g} ms "
-                         f"device time ({100 * done / total:5.1f}%), {rate / 1e3:.1f} k cycles/s, "
-                         f"~{remaining:.0f} s left ")
+        line = (f"\r  {done / total * duration_s * 1e3:8.3f} of {duration_s * 1e3:g} ms device "
+                f"time ({100 * done / total:5.1f}%)")
+        if stats is None:
+            remaining = (total - done) / rate if rate else float("nan")
+            line += f", {rate / 1e3:.1f} k cycles/s, ~{remaining:.0f} s left "
+        elif elapsed:
+            line += (f", {stats['tags'] / elapsed / 1e3:.1f} k tags/s, "
+                     f"{stats['link_bytes'] / elapsed / 1e3:.1f} kB/s on the link, "
+                     f"{stats['decode_errors']} decode errors ")
+        sys.stderr.write(line)
         sys.stderr.flush()
     return progress
 
 
 def _writable(path):
-    import os
     folder = os.path.dirname(os.path.abspath(path))
     return os.path.isdir(folder) and os.access(folder, os.W_OK) and (
         not os.path.exists(path) or os.access(path, os.W_OK))
 
 
+def _error(message):
+    sys.stderr.write(f"heraldry: error: {message}\n")
+
+
+def _run_on_device(args, transport_factory, acq, progress, timeout=1.0):
+    """Open the board, identify it, build the acquisition if not given (a real board describes
+    itself), run it. Returns ``(result, None)`` or ``(None, exit status)``."""
+    from .acquire import acquire_device
+    from .driver import Device
+    with Device(transport_factory(), timeout=timeout) as device:
+        identity = device.identify()
+        if acq is None:
+            try:
+                acq, notes = acquisition_from_args(args, board_from_identity(identity))
+            except ConfigError as error:
+                _error(error)
+                return None, EXIT_USAGE
+            for note in notes:
+                sys.stderr.write(f"heraldry: note: {note}\n")
+        if not args.quiet:
+            sys.stderr.write(f"heraldry: {device.transport.name}: gateware "
+                             f"{identity.gateware_version}, {identity.channels} channels, "
+                             f"{identity.clock_hz / 1e6:g} MHz; acquiring "
+                             f"{args.duration * 1e3:g} ms of device time...\n")
+        try:
+            return acquire_device(device, acq, args.duration, progress=progress), None
+        except KeyboardInterrupt:
+            try:    # leave the board stopped
+                device.write("control.run", 0)
+            except Exception:
+                pass
+            raise
+
+
 def cmd_acquire(args):
+    from .driver import DeviceError
+    from .transport import TransportError
+    acq = None
     try:
-        acq, notes = acquisition_from_args(args)
+        if _is_port(args.board):
+            check_board_args(args)      # the rest needs the board's identification
+        else:
+            acq, notes = acquisition_from_args(args)
     except ConfigError as error:
-        sys.stderr.write(f"heraldry: error: {error}\n")
+        _error(error)
         return EXIT_USAGE
     for path in (args.out, args.summary_json):
         if path and not _writable(path):
-            sys.stderr.write(f"heraldry: error: cannot write {path!r} (no such folder or no "
-                             f"permission)\n")
+            _error(f"cannot write {path!r} (no such folder or no permission)")
             return EXIT_USAGE
-    for note in notes:
-        sys.stderr.write(f"heraldry: note: {note}\n")
-    from .acquire import acquire_sim, print_summary, summarise
-    progress = _progress_printer(not args.quiet and sys.stderr.isatty(), acq.clock_hz)
-    if not args.quiet:
-        sys.stderr.write(f"heraldry: simulating {args.duration * 1e3:g} ms of device time "
-                         f"({int(round(args.duration * acq.clock_hz))} cycles) on the "
-                         f"{acq.channels}-channel core...\n")
-    result = acquire_sim(acq, args.duration, progress=progress)
-    if not args.quiet and sys.stderr.isatty():
+    if acq is not None:
+        for note in notes:
+            sys.stderr.write(f"heraldry: note: {note}\n")
+    tty = not args.quiet and sys.stderr.isatty()
+    progress = _progress_printer(tty, args.duration)
+    try:
+        if args.board == "sim-inprocess":
+            from .acquire import acquire_sim
+            if not args.quiet:
+                sys.stderr.write(f"heraldry: simulating {args.duration * 1e3:g} ms of device "
+                                 f"time ({int(round(args.duration * acq.clock_hz))} cycles) on "
+                                 f"the {acq.channels}-channel core in-process...\n")
+            result = acquire_sim(acq, args.duration, progress=progress)
+        elif args.board == "sim":
+            from ..sim.twin import Twin, TwinError
+            from .transport import SerialTransport
+            board = BOARDS["sim"]
+            try:
+                twin = Twin(channels=acq.channels, rules=acq.rules, clock_hz=int(acq.clock_hz),
+                            baud=board["baud"])
+                twin.start()
+            except TwinError as error:
+                _error(error)
+                return EXIT_FAILED
+            try:
+                # The virtual board's pace depends on this machine's load: wait longer.
+                result, status = _run_on_device(
+                    args, lambda: SerialTransport(twin.port, board["baud"]), acq, progress,
+                    timeout=3.0)
+            finally:
+                twin.stop()
+        else:
+            from .transport import SerialTransport
+            result, status = _run_on_device(
+                args, lambda: SerialTransport(args.board, args.baud), None, progress)
+        if result is None:
+            return status
+    except (DeviceError, TransportError) as error:
+        if tty:
+            sys.stderr.write("\n")
+        _error(error)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("\nheraldry: interrupted\n")
+        return EXIT_INTERRUPTED
+    if tty:
         sys.stderr.write("\n")
+    from .acquire import print_summary, summarise
     summary = summarise(result, board=args.board)
     if args.out:
         tags = result.tags
@@ -207,7 +348,6 @@ def cmd_acquire(args):
             json.dump(summary, f, indent=1)
             f.write("\n")
     if not args.quiet:
-        from .acquire import print_summary
         print_summary(summary)
     else:
         json.dump(summary, sys.stdout)
@@ -219,11 +359,61 @@ def cmd_acquire(args):
     return EXIT_OK
 
 
+def cmd_sim(args):
+    """Serve the virtual board until Ctrl-C (or SIGTERM).
+
+    The harness exits when its last client closes the pty; this command keeps the pty's slave
+    open itself (it never reads from it), so clients can come and go and the board keeps its
+    state between them, like a real board on a USB-serial bridge.
+    """
+    if not 1 <= args.channels <= 8:
+        _error(f"--channels must be 1..8, not {args.channels}")
+        return EXIT_USAGE
+    if args.baud <= 0 or BOARDS["sim"]["clock_hz"] < 4 * args.baud:
+        _error(f"--baud must be 1..{int(BOARDS['sim']['clock_hz'] // 4)}, not {args.baud}")
+        return EXIT_USAGE
+    from ..sim.twin import Twin, TwinError
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, terminate)
+    twin = None
+    hold = None
+    try:
+        twin = Twin(channels=args.channels, rules=BOARDS["sim"]["rules"],
+                    clock_hz=int(BOARDS["sim"]["clock_hz"]), baud=args.baud)
+        twin.start()
+        hold = os.open(twin.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        sys.stdout.write(f"{twin.port}\n")
+        sys.stdout.flush()
+        sys.stderr.write(f"heraldry: virtual board ({args.channels} channels, "
+                         f"{BOARDS['sim']['clock_hz'] / 1e6:g} MHz, {args.baud} baud) on "
+                         f"{twin.port}; e.g. heraldry acquire --board {twin.port}. "
+                         f"Ctrl-C to stop.\n")
+        while twin.returncode is None:
+            time.sleep(0.2)
+        _error(f"the virtual board exited ({twin.returncode})")
+        return EXIT_FAILED
+    except TwinError as error:
+        _error(error)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if hold is not None:
+            os.close(hold)
+        if twin is not None:
+            twin.stop()
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "acquire":
         return cmd_acquire(args)
+    if args.command == "sim":
+        return cmd_sim(args)
     parser.error(f"unknown command {args.command}")
 
 

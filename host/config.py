@@ -173,10 +173,12 @@ class Acquisition:
         return [Source.PIN] * self.channels
 
     def pair_threshold(self):
-        return _probability_threshold("pair probability per cycle", self.pair_rate_hz / self.clock_hz)
+        return _probability_threshold("pair probability per cycle",
+                                      self.pair_rate_hz / self.clock_hz)
 
     def dark_threshold(self):
-        return _probability_threshold("dark probability per cycle", self.dark_rate_hz / self.clock_hz)
+        return _probability_threshold("dark probability per cycle",
+                                      self.dark_rate_hz / self.clock_hz)
 
     def efficiency_threshold(self):
         return _probability_threshold("efficiency", self.efficiency)

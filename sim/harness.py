@@ -168,7 +168,8 @@ class CoreSimulation:
                 ctx.set(core.counter_addr, address)
                 await ctx.tick()
                 counters[address] = ctx.get(core.counter_data)
-            simulated = (ctx.get(core.now) - core.counter_init) % 2 ** protocol.COARSE_BITS
+            simulated = (ctx.get(core.now) - core.counter_init - core.latency) \
+                % 2 ** protocol.COARSE_BITS
             result["run"] = (records, counters, start_time, test_origin, herald_rises, simulated)
 
         sim.add_testbench(bench)

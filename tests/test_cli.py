@@ -1,4 +1,9 @@
-"""``heraldry acquire``: option handling, refusals, outputs and the summary's cross-checks."""
+"""``heraldry acquire``: option handling, refusals, outputs and the summary's cross-checks.
+
+``--board sim`` is the Verilated virtual board behind a pty (built once, cached); the link
+itself is tested in ``tests/test_acquire_link.py``. ``--board sim-inprocess`` is the core alone
+in the Amaranth simulator.
+"""
 
 import json
 import subprocess
@@ -35,6 +40,10 @@ def run_cli(*args):
     (["--edge", "1=sideways"], "edge"),
     (["--test-signal", "laser"], "invalid choice"),
     (["--out", "/nonexistent-folder/x.npz"], "cannot write"),
+    (["--board", "/dev/no-such-port"], "no such serial device"),
+    (["--board", "/dev/no-such-port", "--channels", "0"], "no such serial device"),
+    (["--board", "sim-inprocess", "--channels", "0"], "channels"),
+    (["--baud", "0"], "--baud"),
 ])
 def test_bad_options_refused_with_one_line(args, fragment, capsys):
     try:
@@ -53,10 +62,10 @@ def test_acquire_outputs_and_checks(tmp_path):
     out = tmp_path / "tags.npz"
     summary_path = tmp_path / "summary.json"
     status, stdout, stderr = run_cli(
-        "acquire", "--board", "sim", "--duration", "0.00003", "--channels", "4",
+        "acquire", "--board", "sim", "--duration", "0.002", "--channels", "4",
         "--window", "20", "--delay", "0=30", "--delay", "2=30", "--herald", "0b011",
-        "--herald", "0b1010", "--test-signal", "pairs", "--pair-rate", "5e6",
-        "--efficiency", "0.7", "--dark-rate", "2e5", "--pair-delay", "30", "--seed", "3",
+        "--herald", "0b1010", "--test-signal", "pairs", "--pair-rate", "2e5",
+        "--efficiency", "0.7", "--dark-rate", "2e4", "--pair-delay", "30", "--seed", "3",
         "--out", str(out), "--summary-json", str(summary_path))
     assert status == 0, stderr
     summary = json.loads(summary_path.read_text())
@@ -65,6 +74,8 @@ def test_acquire_outputs_and_checks(tmp_path):
                 "decode_errors", "dropped_per_channel"):
         assert key in summary
     assert summary["board"] == "sim" and summary["channels"] == 4
+    assert summary["port"].startswith("/dev/") and summary["decode_errors"] == 0
+    assert summary["link_bytes"] > 0 and summary["bytes_per_event"] > 0
     assert summary["bin_ps"] == 10_000 and summary["window_bins"] == 2
     assert summary["delays_bins"] == [3, 0, 3, 0]
     assert summary["herald_masks"] == [3, 10]
@@ -97,3 +108,19 @@ def test_window_rounding_is_announced(capsys):
     assert status == 0
     assert "note: --window 25 ns is not a whole number" in captured.err
     assert json.loads(captured.out)["window_bins"] == 2
+
+
+def test_inprocess_board_still_works(tmp_path):
+    """The core alone in the Amaranth simulator: same summary keys, no link figures."""
+    summary_path = tmp_path / "summary.json"
+    status, stdout, stderr = run_cli(
+        "acquire", "--board", "sim-inprocess", "--duration", "0.00001", "--channels", "2",
+        "--herald", "0b11", "--pair-rate", "5e6", "--efficiency", "0.8",
+        "--summary-json", str(summary_path), "--quiet")
+    assert status == 0, stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary == json.loads(stdout)
+    assert summary["board"] == "sim-inprocess" and summary["port"] is None
+    assert summary["link_bytes"] is None and summary["bytes_per_event"] is None
+    assert all(summary["checks"].values()) and summary["tags"] > 0
+    assert sum(summary["singles"]) == summary["tags"]

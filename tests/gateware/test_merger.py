@@ -127,6 +127,7 @@ class Run:
     merger_dropped: np.ndarray
     herald_dropped: np.ndarray
     coincidence_dropped: int
+    idle: np.ndarray = None  # merger.idle per cycle
 
 
 def run(stim, ready, depth, extra_cycles=0):
@@ -139,7 +140,8 @@ def run(stim, ready, depth, extra_cycles=0):
     total = stim.cycles + extra_cycles
     assert len(ready) == total
     tmod, cmod = 2 ** time_bits(f), 2 ** COARSE_BITS
-    out = Run([], np.zeros(total, np.int64), np.zeros(n, np.int64), np.zeros(r, np.int64), 0)
+    out = Run([], np.zeros(total, np.int64), np.zeros(n, np.int64), np.zeros(r, np.int64), 0,
+              np.zeros(total, np.int64))
 
     async def bench(ctx):
         last = {}
@@ -175,10 +177,11 @@ def run(stim, ready, depth, extra_cycles=0):
                                   ("closed", dut.closed), ("overflow", dut.delay_overflow)):
                     put(name, sig, 0)
             put("ready", dut.o.ready, int(ready[k]))
-            _, _, valid, raw, md, hd, cd = await ctx.tick().sample(
+            _, _, valid, raw, md, hd, cd, idle = await ctx.tick().sample(
                 dut.o.valid, dut.o.payload.as_value(), dut.merger_dropped, dut.herald_dropped,
-                dut.coincidence_dropped)
+                dut.coincidence_dropped, dut.idle)
             out.valid[k] = valid
+            out.idle[k] = idle
             if valid and ready[k]:
                 out.records.append((k, as_tuple(decode_record(raw, f))))
             for c in range(n):
@@ -368,6 +371,51 @@ def test_single_record_bundles_back_to_back():
     assert records == [rec for k in range(300) for rec in stim.bundle_records(k)]
     up = np.flatnonzero(result.valid)
     assert len(up) == 300 and up[-1] - up[0] == 299
+
+
+def test_idle_lossless():
+    # Without loss, the merger is idle in cycle k exactly when every record of the bundles
+    # presented before cycle k has been taken before cycle k.
+    stim = random_stimulus(40, 4, 2, cycles=1500, p_event=0.08, p_herald=0.02, p_close=0.05)
+    stim.events[300:500] = 0          # quiet stretches: idle must come back
+    stim.herald[300:500] = 0
+    stim.closed[300:500] = 0
+    rng = np.random.default_rng(41)
+    ready = rng.random(stim.cycles + 100) < 0.6
+    result = run(stim, ready, depth=256, extra_cycles=100)
+    assert not any(rec[0] == Kind.LOSS for _, rec in result.records)
+    expected_before = np.cumsum([0] + [len(stim.bundle_records(k)) for k in range(stim.cycles)]
+                                + [0] * 99)
+    taken_cycles = np.array([cycle for cycle, _ in result.records])
+    taken_before = np.searchsorted(taken_cycles, np.arange(len(ready)), side="left")
+    assert np.array_equal(result.idle.astype(bool), taken_before == expected_before)
+    assert 0.1 < result.idle.mean() < 0.9
+
+
+def test_idle_low_while_loss_pending():
+    # Loss: once idle, no later tag, herald or loss record may belong to an earlier cycle; a
+    # lone delay-line overflow keeps the merger busy until its loss record is taken.
+    stim = random_stimulus(42, 4, 2, cycles=800, p_event=0.4, p_herald=0.1, p_close=0.2)
+    stim.events[600:] = 0
+    stim.herald[600:] = 0
+    stim.closed[600:] = 0
+    stim.overflow[700] = 0b0100
+    ready = np.random.default_rng(43).random(stim.cycles + 200) < 0.5
+    ready[100:300] = False
+    ready[695:720] = False
+    result = run(stim, ready, depth=4, extra_cycles=200)
+    kept, losses = check_accounting(stim, result)
+    assert losses and result.merger_dropped.sum() > 0
+    f = stim.fine_bits
+    for k in np.flatnonzero(result.idle):
+        later = [rec for cycle, rec in result.records if cycle >= k and rec[0] != Kind.COINCIDENCE]
+        assert all(unwrap(rec[1], stim.ref(k) << f, time_bits(f)) >= stim.ref(k) << f
+                   for rec in later)
+    delay_loss = [cycle for cycle, rec in result.records
+                  if rec[0] == Kind.LOSS and rec[2] == LossCause.DELAY_FULL]
+    assert len(delay_loss) == 1 and delay_loss[0] >= 720
+    assert not result.idle[701:delay_loss[0] + 1].any()
+    assert result.idle[delay_loss[0] + 1:].all()
 
 
 def test_latency():

@@ -1,0 +1,174 @@
+"""The whole tagger: core, wire encoder, command interface and link, in one clock domain.
+
+Data flow::
+
+    pins -> TaggerCore -> records -> Encoder -> bytes -> UARTTx -> uart_tx
+                 ^  counters / config        ^ side (REPLY, STATUS)
+                 |                           |
+    uart_rx -> FFSynchronizer -> UARTRx -> CommandParser -> RegisterFile
+
+With ``link="stream"`` the two UARTs are left out and the byte streams are ports, for the
+in-process simulation transport (``tests/gateware/test_top.py``).
+"""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from .. import __version__
+from ..protocol import Kind
+from .core import TaggerCore
+from .encoder import Encoder
+from .phy import GenericPHY
+from .registers import CommandParser, RegisterFile
+from .uart import UARTRx, UARTTx
+
+__all__ = ["LINKS", "Tagger"]
+
+#: Values of ``Tagger(link=...)``.
+LINKS = ("uart", "stream")
+
+
+class Tagger(wiring.Component):
+    """A complete time tagger: what a board's top level instantiates.
+
+    Parameters
+    ----------
+    channels, rules : int
+        N inputs and R herald rules (and pins).
+    clock_hz : int
+        The ``sync`` clock frequency (``ident.clock_hz``; sets the UART's baud divider and the
+        LED stretch).
+    baud : int
+        UART line rate (``link="uart"``), ``4 * baud <= clock_hz``.
+    phy : class
+        PHY class, as for :class:`TaggerCore`.
+    fifo_depth : int
+        Merger FIFO depth in bundles.
+    link : str
+        ``"uart"``: 8N1 serial on ``uart_rx`` / ``uart_tx``. ``"stream"``: the command and
+        record byte streams as ``rx`` / ``tx`` stream ports, no UART.
+
+    Members
+    -------
+    pins : In(N)
+        Detector inputs (asynchronous; synchronised by the PHYs).
+    herald : Out(R)
+        Herald output pins.
+    led : Out(2)
+        ``led[0]``: activity, high for at least ``led_stretch`` cycles after a record leaves the
+        core or a command frame arrives. ``led[1]``: events were dropped since the last
+        ``control.clear``: set when the core offers a LOSS record (every drop the counters
+        count is reported by one), cleared by ``control.clear``.
+    uart_rx : In(1), uart_tx : Out(1)
+        ``link="uart"``: the serial lines, idle high. ``uart_rx`` is asynchronous (two-flop
+        synchroniser).
+    rx : In(stream.Signature(8)), tx : Out(stream.Signature(8))
+        ``link="stream"``: command bytes in, record bytes out.
+
+    Attributes
+    ----------
+    bin_fs : int
+        One bin in femtoseconds (``ident.bin_fs``), ``10**15 / clock_hz / 2**fine_bits`` rounded.
+    led_stretch : int
+        Minimum on-time of ``led[0]`` in cycles (50 ms).
+    core, encoder, parser, registers :
+        The sub-components (for test benches that watch internal signals).
+    """
+
+    def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, baud=12_000_000,
+                 phy=GenericPHY, fifo_depth=256, link="uart"):
+        if link not in LINKS:
+            raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
+        self.channels = channels
+        self.rules = rules
+        self.clock_hz = int(clock_hz)
+        self.baud = baud
+        self.link = link
+        self.fine_bits = phy.fine_bits
+        self.bin_fs = round(10 ** 15 / (self.clock_hz * 2 ** self.fine_bits))
+        self.led_stretch = max(1, self.clock_hz // 20)
+
+        self.core = TaggerCore(channels, rules, phy=phy, fifo_depth=fifo_depth)
+        self.encoder = Encoder(channels, rules, self.fine_bits)
+        self.parser = CommandParser()
+        self.registers = RegisterFile(channels, rules, clock_hz=self.clock_hz,
+                                      bin_fs=self.bin_fs, fine_bits=self.fine_bits,
+                                      version=__version__)
+        if link == "uart":
+            # Built here so that a bad clock/baud pair fails at construction.
+            self.uart_rx_unit = UARTRx(self.clock_hz, baud)
+            self.uart_tx_unit = UARTTx(self.clock_hz, baud)
+
+        members = {
+            "pins":   In(channels),
+            "herald": Out(rules),
+            "led":    Out(2),
+        }
+        if link == "uart":
+            members["uart_rx"] = In(1, init=1)
+            members["uart_tx"] = Out(1, init=1)
+        else:
+            members["rx"] = In(stream.Signature(8))
+            members["tx"] = Out(stream.Signature(8))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.encoder = encoder = self.encoder
+        m.submodules.parser = parser = self.parser
+        m.submodules.registers = regs = self.registers
+
+        m.d.comb += [
+            core.pins.eq(self.pins),
+            self.herald.eq(core.herald),
+            core.config.eq(regs.config),
+            core.run.eq(regs.run),
+            core.clear.eq(regs.clear),
+            core.counter_addr.eq(regs.counter_addr),
+            regs.counter_data.eq(core.counter_data),
+            regs.busy.eq(core.busy),
+            regs.now.eq(core.now),
+            regs.bad_frame.eq(parser.bad_frame),
+            encoder.idle.eq(core.idle),
+            encoder.ref.eq(core.ref),
+            encoder.anchor_interval.eq(regs.anchor_interval),
+            encoder.clear.eq(regs.clear),
+        ]
+        wiring.connect(m, core.records, encoder.i)
+        wiring.connect(m, regs.side, encoder.side)
+        wiring.connect(m, parser.o, regs.command)
+
+        if self.link == "uart":
+            m.submodules.uart_rx = rx = self.uart_rx_unit
+            m.submodules.uart_tx = tx = self.uart_tx_unit
+            # uart_rx comes from another clock domain (the USB bridge); idle high.
+            m.submodules.rx_sync = FFSynchronizer(self.uart_rx, rx.rx, init=1)
+            wiring.connect(m, rx.o, parser.i)
+            wiring.connect(m, encoder.o, tx.i)
+            m.d.comb += self.uart_tx.eq(tx.tx)
+        else:
+            wiring.connect(m, wiring.flipped(self.rx), parser.i)
+            wiring.connect(m, encoder.o, wiring.flipped(self.tx))
+
+        # led[0]: activity, stretched so that a single record is visible.
+        activity = ((core.records.valid & core.records.ready)
+                    | (parser.o.valid & parser.o.ready))
+        hold = Signal(range(self.led_stretch + 1))
+        with m.If(activity):
+            m.d.sync += hold.eq(self.led_stretch)
+        with m.Elif(hold != 0):
+            m.d.sync += hold.eq(hold - 1)
+        m.d.comb += self.led[0].eq(hold != 0)
+
+        # led[1]: a LOSS record reports every drop the drop counters count (merger and delay
+        # line), so the first one offered since clear lights it.
+        dropped = Signal()
+        with m.If(regs.clear):
+            m.d.sync += dropped.eq(0)
+        with m.Elif(core.records.valid & (core.records.payload.kind == Kind.LOSS)):
+            m.d.sync += dropped.eq(1)
+        m.d.comb += self.led[1].eq(dropped)
+        return m

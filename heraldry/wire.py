@@ -1,0 +1,520 @@
+"""Reference codec of the link byte stream: the executable spec of ``docs/protocol.md``.
+
+Slow, plain Python, written to be read. The gateware encoder (``gateware/encoder.py``) is tested
+byte for byte against :func:`encode_stream`; the fast host decoder (``host/decoder.py``) is tested
+record for record and counter for counter against :func:`decode_bytes`.
+
+Every width, code and address comes from :mod:`heraldry.protocol`; :class:`WireFormat` derives
+from them the payload fields and record lengths of one core (channels, rules, fine bits).
+
+Record dicts (input of :func:`encode_records`, output of :func:`decode_bytes`):
+
+* ``{"kind": Kind.TAG, "channel", "time"}``, ``{"kind": Kind.COINCIDENCE, "pattern", "time"}``
+  (``time`` = t0), ``{"kind": Kind.HERALD, "rule", "pattern", "time"}``,
+  ``{"kind": Kind.LOSS, "cause", "index", "count"}``: times are absolute, unwrapped, in bins.
+  A LOSS record carries no time on the wire; the decoder adds ``"time"`` = the running time T
+  at which it was read (the encoder ignores a ``time`` key on LOSS records).
+* ``{"kind": "anchor", "time"}`` and ``{"kind": "check"}`` (``bytes``/``crc`` computed by the
+  encoder unless given; the decoder returns them).
+* ``{"kind": "status" | "reply", "ok", "seq", "address", "value"}``.
+"""
+
+from amaranth.hdl import Shape
+
+from .protocol import (
+    CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
+    REGISTER_ADDRESS_BITS, RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_KIND_SHIFT,
+    WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
+    Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
+)
+
+__all__ = [
+    "CHECK_FIELD_BITS", "CHECK_CRC_POLY", "CHECK_CRC_INIT", "REGISTER_VALUE_BITS",
+    "DEFAULT_ANCHOR_INTERVAL", "FIXED_LENGTH_KINDS", "WireFormat", "crc16", "zigzag", "unzigzag",
+    "split_records",
+    "encode_records", "encode_stream", "decode_bytes", "encode_command", "decode_command",
+]
+
+# Not (yet) in protocol.py; defined here once. The fields are described in WireKind's docstring.
+#: Width of each CHECK field: ``bytes`` (modulo ``2**CHECK_FIELD_BITS``) and ``crc``.
+CHECK_FIELD_BITS = 16
+#: The CHECK's ``crc`` is CRC-16/CCITT-FALSE of the segment's bytes: polynomial
+#: x^16 + x^12 + x^5 + 1, MSB first, initial value 0xFFFF, no final XOR (Python's
+#: ``binascii.crc_hqx(data, 0xFFFF)``). A plain byte sum, the first draft, misses any
+#: transposition and one double bit flip in 16; this CRC catches every error of up to 3 bits and
+#: every burst of up to 16, and costs a 16-bit register and a few XORs per byte in the gateware.
+CHECK_CRC_POLY = 0x1021
+CHECK_CRC_INIT = 0xFFFF
+#: Width of a register value on the link (STATUS/REPLY records, command frames).
+REGISTER_VALUE_BITS = 32
+#: Reset value of ``control.anchor_interval`` (cycles between ANCHORs).
+DEFAULT_ANCHOR_INTERVAL = 2 ** 20
+
+_CAUSE_BITS = Shape.cast(LossCause).width
+_OP_BITS = Shape.cast(Command).width
+_CONTINUATION = (1 << WIRE_BITS_PER_BYTE) - 1
+
+#: Control records are sent at their kind's full length (payload zero-extended), so a reader
+#: knows one is complete at its last byte without waiting for the next record's first byte
+#: (a REPLY or the final CHECK of a run may be the last bytes for a long time). The other kinds
+#: use the shortest encoding of their payload.
+FIXED_LENGTH_KINDS = (WireKind.ANCHOR, WireKind.CHECK, WireKind.STATUS, WireKind.REPLY)
+
+_SIDE_KINDS = {"status": WireKind.STATUS, "reply": WireKind.REPLY}
+
+
+def crc16(data, crc=CHECK_CRC_INIT):
+    """CRC of the CHECK record over ``data``, continuing from ``crc``."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ CHECK_CRC_POLY if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def zigzag(d):
+    """Signed -> unsigned: ``2d`` for ``d >= 0``, ``-2d - 1`` for ``d < 0``."""
+    return 2 * d if d >= 0 else -2 * d - 1
+
+
+def unzigzag(z):
+    """Inverse of :func:`zigzag`."""
+    return z >> 1 if not z & 1 else -(z >> 1) - 1
+
+
+def _bytes_for(bits, first_bits):
+    """Bytes needed for a payload of ``bits`` bits (at least the first byte)."""
+    rest = max(0, bits - first_bits)
+    return 1 + -(-rest // WIRE_BITS_PER_BYTE)
+
+
+class WireFormat:
+    """Payload fields and record lengths of the wire format for one core.
+
+    Parameters: ``channels`` N (1 .. MAX_CHANNELS), ``rules`` R (1 .. MAX_RULES), ``fine_bits``.
+
+    Members: ``fields[kind]`` = ``[(name, width), ...]`` from the least significant bit, for
+    ``kind`` = ``Kind.TAG`` or a :class:`WireKind` (``None`` for the reserved TIME kind; the last
+    field of TAG/COINCIDENCE/HERALD is the time field, ``time_bits(F)`` wide);
+    ``payload_bits[kind]``, ``max_bytes[kind]`` (longest legal record) and ``fixed_bytes[kind]``
+    (the exact length of a control record, ``None`` for the variable-length kinds).
+    """
+
+    def __init__(self, channels, rules, fine_bits=0):
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
+        if not 1 <= rules <= MAX_RULES:
+            raise ValueError(f"rules must be 1..{MAX_RULES}, not {rules}")
+        self.channels = channels
+        self.rules = rules
+        self.fine_bits = fine_bits
+        self.channel_bits = wire_channel_bits(channels)
+        self.time_bits = time_bits(fine_bits)
+        register = [("ok", 1), ("seq", WIRE_SEQ_BITS), ("address", REGISTER_ADDRESS_BITS),
+                    ("value", REGISTER_VALUE_BITS)]
+        self.fields = {
+            Kind.TAG: [("channel", self.channel_bits), ("delta", self.time_bits)],
+            WireKind.COINCIDENCE: [("pattern", channels), ("offset", self.time_bits)],
+            WireKind.HERALD: [("rule", RULE_BITS), ("pattern", channels),
+                              ("offset", self.time_bits)],
+            WireKind.LOSS: [("cause", _CAUSE_BITS), ("index", CHANNEL_BITS),
+                            ("count", LOSS_COUNT_BITS)],
+            WireKind.TIME: None,
+            WireKind.ANCHOR: [("time", WIRE_ANCHOR_TIME_BITS)],
+            WireKind.CHECK: [("bytes", CHECK_FIELD_BITS), ("crc", CHECK_FIELD_BITS)],
+            WireKind.STATUS: register,
+            WireKind.REPLY: register,
+        }
+        self.payload_bits = {}
+        self.max_bytes = {}
+        self.fixed_bytes = {}
+        for kind, fields in self.fields.items():
+            first = WIRE_TAG_FIRST_BITS if kind is Kind.TAG else WIRE_OTHER_FIRST_BITS
+            bits = None if fields is None else sum(width for _, width in fields)
+            self.payload_bits[kind] = bits
+            self.max_bytes[kind] = None if bits is None else _bytes_for(bits, first)
+            self.fixed_bytes[kind] = self.max_bytes[kind] if kind in FIXED_LENGTH_KINDS else None
+
+    # -- one record <-> bytes --------------------------------------------------------------
+
+    def pack(self, kind, values):
+        """Payload integer of ``kind`` from ``values`` (a dict of field values)."""
+        payload, shift = 0, 0
+        for name, width in self.fields[kind]:
+            value = int(values[name])
+            if not 0 <= value < (1 << width):
+                raise ValueError(f"{kind}: field {name} = {value} does not fit {width} bits")
+            payload |= value << shift
+            shift += width
+        return payload
+
+    def unpack(self, kind, payload):
+        """Field values of ``kind`` from its payload integer (the inverse of :meth:`pack`)."""
+        values, shift = {}, 0
+        for name, width in self.fields[kind]:
+            values[name] = (payload >> shift) & ((1 << width) - 1)
+            shift += width
+        return values
+
+    def record_bytes(self, kind, payload):
+        """The bytes of one record: minimal length, or ``fixed_bytes[kind]`` for control kinds."""
+        if kind is Kind.TAG:
+            first_bits, first = WIRE_TAG_FIRST_BITS, WIRE_START
+        else:
+            first_bits = WIRE_OTHER_FIRST_BITS
+            first = WIRE_START | WIRE_TAG_FLAG | (kind.value << WIRE_KIND_SHIFT)
+        out = [first | (payload & ((1 << first_bits) - 1))]
+        rest = payload >> first_bits
+        length = self.fixed_bytes.get(kind) or _bytes_for(payload.bit_length(), first_bits)
+        for _ in range(length - 1):
+            out.append(rest & _CONTINUATION)
+            rest >>= WIRE_BITS_PER_BYTE
+        assert rest == 0
+        return bytes(out)
+
+    @staticmethod
+    def record_kind(first):
+        """Kind (``Kind.TAG`` or a WireKind) of a record from its first byte (bit 7 set)."""
+        if not first & WIRE_TAG_FLAG:
+            return Kind.TAG
+        return WireKind((first >> WIRE_KIND_SHIFT) & ((1 << Shape.cast(WireKind).width) - 1))
+
+    def payload_of(self, record):
+        """Payload integer of a record's bytes (first byte first)."""
+        kind = self.record_kind(record[0])
+        first_bits = WIRE_TAG_FIRST_BITS if kind is Kind.TAG else WIRE_OTHER_FIRST_BITS
+        payload = record[0] & ((1 << first_bits) - 1)
+        for i, byte in enumerate(record[1:]):
+            payload |= byte << (first_bits + WIRE_BITS_PER_BYTE * i)
+        return payload
+
+    def well_formed(self, record):
+        """``(kind, values)`` of a record on its own, or ``None`` if malformed: reserved kind,
+        a length outside 1 .. ``max_bytes`` (exactly ``fixed_bytes`` for control kinds), a payload
+        wider than the kind's fields, a channel, rule or loss index that does not exist.
+        (Time rules need the running state: see :func:`decode_bytes`.)"""
+        if not record or record[0] < WIRE_START:
+            return None
+        kind = self.record_kind(record[0])
+        bits = self.payload_bits[kind]
+        if bits is None:
+            return None
+        fixed = self.fixed_bytes[kind]
+        if len(record) > self.max_bytes[kind] or (fixed is not None and len(record) != fixed):
+            return None
+        payload = self.payload_of(record)
+        if payload >> bits:
+            return None
+        values = self.unpack(kind, payload)
+        if kind is Kind.TAG and values["channel"] >= self.channels:
+            return None
+        if kind is WireKind.HERALD and values["rule"] >= self.rules:
+            return None
+        if kind is WireKind.LOSS:
+            cause = LossCause(values["cause"])
+            limit = {LossCause.MERGER_FULL: self.channels, LossCause.DELAY_FULL: self.channels,
+                     LossCause.HERALD_RECORD: self.rules,
+                     LossCause.COINCIDENCE_RECORD: 1}[cause]
+            if values["index"] >= limit:
+                return None
+        return kind, values
+
+
+def split_records(data):
+    """Cut a byte stream into records: ``[bytes, ...]`` in order, covering every byte.
+
+    A record is a byte with bit 7 set and the bytes without it that follow, up to the next start
+    byte; a control record ends at its fixed length. Bytes without bit 7 that follow no start
+    byte (at the beginning of the stream, or after a complete control record) form an *orphan*
+    record of their own, which is always malformed.
+    """
+    out, i, n = [], 0, len(data)
+    while i < n:
+        j = i + 1
+        if data[i] >= WIRE_START:
+            kind = WireFormat.record_kind(data[i])
+            end = i + _FIXED.get(kind, n)
+        else:
+            end = n
+        while j < min(end, n) and data[j] < WIRE_START:
+            j += 1
+        out.append(bytes(data[i:j]))
+        i = j
+    return out
+
+
+# Fixed lengths do not depend on channels/rules/fine bits (their fields do not).
+_FIXED = {kind: WireFormat(1, 1).fixed_bytes[kind] for kind in FIXED_LENGTH_KINDS}
+
+
+# -- Encoding ---------------------------------------------------------------------------------
+
+def encode_records(records, channels, rules, fine_bits=0):
+    """Encode exactly the given records (see the module docstring) into bytes.
+
+    The running time T starts at 0 and follows the rules of docs/protocol.md (TAG: T += delta,
+    HERALD: T = time, ANCHOR: T = time). A ``check`` without ``bytes``/``crc`` gets those of the
+    bytes since the last ANCHOR (which must exist and not be closed yet). Raises ``ValueError``
+    for what the format cannot carry (a TAG earlier than T, a field too wide).
+    """
+    fmt = WireFormat(channels, rules, fine_bits)
+    out = bytearray()
+    t_run = 0
+    segment_start = None     # offset of the open segment's ANCHOR in ``out``
+    for rec in records:
+        kind = rec["kind"]
+        if kind == "anchor":
+            wire_kind, values = WireKind.ANCHOR, {"time": rec["time"]}
+            t_run = rec["time"]
+            segment_start = len(out)
+        elif kind == "check":
+            wire_kind = WireKind.CHECK
+            if "bytes" in rec:
+                values = {"bytes": rec["bytes"], "crc": rec["crc"]}
+            else:
+                if segment_start is None:
+                    raise ValueError("a CHECK needs an open segment or explicit bytes/crc")
+                segment = out[segment_start:]
+                values = {"bytes": len(segment) & ((1 << CHECK_FIELD_BITS) - 1),
+                          "crc": crc16(segment)}
+            segment_start = None
+        elif kind in _SIDE_KINDS:
+            wire_kind, values = _SIDE_KINDS[kind], rec
+        else:
+            kind = Kind(kind)
+            if kind is Kind.TAG:
+                wire_kind = Kind.TAG
+                delta = rec["time"] - t_run
+                if delta < 0:
+                    raise ValueError(f"TAG at {rec['time']} is earlier than T = {t_run}")
+                values = {"channel": rec["channel"], "delta": delta}
+                t_run = rec["time"]
+            elif kind is Kind.COINCIDENCE:
+                wire_kind = WireKind.COINCIDENCE
+                values = {"pattern": rec["pattern"], "offset": zigzag(rec["time"] - t_run)}
+            elif kind is Kind.HERALD:
+                wire_kind = WireKind.HERALD
+                values = {"rule": rec["rule"], "pattern": rec["pattern"],
+                          "offset": zigzag(rec["time"] - t_run)}
+                t_run = rec["time"]
+            else:
+                wire_kind = WireKind.LOSS
+                values = {"cause": LossCause(rec["cause"]).value, "index": rec["index"],
+                          "count": rec["count"]}
+        out += fmt.record_bytes(wire_kind, fmt.pack(wire_kind, values))
+    return bytes(out)
+
+
+def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT_ANCHOR_INTERVAL,
+                  final_check=True):
+    """The encoder policy of docs/protocol.md: place ANCHORs and CHECKs around ``records``.
+
+    ``records`` are data records (TAG/COINCIDENCE/HERALD/LOSS with absolute ``time`` in bins;
+    LOSS records too: the merger gives them the coarse time of their bundle), side records
+    (``status``/``reply``) and ``{"kind": "clear"}`` (the encoder's ``clear`` strobe), in the order
+    the encoder takes them. Each may carry ``"cycle"``: the value of the encoder's ``ref`` (coarse
+    cycles, unwrapped) when it takes the item; items are taken in order, so cycles must not
+    decrease. By default a data record's cycle is ``max(previous cycle, time >> fine_bits)`` and
+    a side record's or clear's is the previous cycle.
+
+    Policy, for each item taken at cycle ``k``, with ``A`` the cycle the open segment's ANCHOR was
+    sent in:
+
+    1. if a segment is open and (``k - A >= anchor_interval`` or a clear came since its ANCHOR):
+       CHECK (the segment is closed);
+    2. a data record when no segment is open: ANCHOR carrying the record's time (``A = k``);
+    3. the item itself (a clear sends nothing).
+
+    After the last item, if ``final_check`` and a segment is open: CHECK. (The gateware sends a
+    CHECK alone as soon as it is between items at a cycle with ``k - A >= anchor_interval``, or
+    after a clear; that yields exactly these bytes, and ``final_check`` stands for the CHECK that
+    closes a run once it falls idle.)
+    """
+    out = []
+    cycle = None
+    segment_cycle = None         # A; None = no open segment
+    cleared = False
+    for rec in records:
+        kind = rec["kind"]
+        data_record = kind not in _SIDE_KINDS and kind != "clear"
+        if "cycle" in rec:
+            k = rec["cycle"]
+            if cycle is not None and k < cycle:
+                raise ValueError(f"item cycles go backwards ({k} after {cycle})")
+        elif data_record:
+            k = rec["time"] >> fine_bits if cycle is None else max(cycle, rec["time"] >> fine_bits)
+        else:
+            k = 0 if cycle is None else cycle
+        cycle = k
+        if segment_cycle is not None and (cleared or k - segment_cycle >= anchor_interval):
+            out.append({"kind": "check"})
+            segment_cycle = None
+        if kind == "clear":
+            cleared = segment_cycle is not None
+            continue
+        if data_record:
+            if segment_cycle is None:
+                if not 0 <= rec["time"] < (1 << WIRE_ANCHOR_TIME_BITS):
+                    raise ValueError(f"time {rec['time']} outside the anchor's range")
+                out.append({"kind": "anchor", "time": rec["time"]})
+                segment_cycle = k
+                cleared = False
+        out.append({key: value for key, value in rec.items() if key != "cycle"})
+    if final_check and segment_cycle is not None:
+        out.append({"kind": "check"})
+    return encode_records(out, channels, rules, fine_bits)
+
+
+# -- Decoding ---------------------------------------------------------------------------------
+
+_TIME_LIMIT = 1 << WIRE_ANCHOR_TIME_BITS
+
+
+def decode_bytes(data, channels, rules, fine_bits=0):
+    """Decode a whole byte stream with the segment rules of docs/protocol.md.
+
+    Returns ``(records, errors)``: ``records`` in stream order (record dicts as in the module
+    docstring: the ANCHOR, data records and CHECK of every verified segment, and every well-formed
+    STATUS/REPLY wherever it is); ``errors`` = ``{"decode_errors", "skipped_bytes",
+    "unverified"}``:
+
+    * a segment is an ANCHOR and the records after it up to a CHECK. It is *damaged* if its CHECK
+      is malformed or disagrees with the segment's byte count (modulo ``2**CHECK_FIELD_BITS``) and
+      :func:`crc16` (the ANCHOR included, the CHECK excluded), if it holds a malformed
+      record, or if a well-formed ANCHOR comes before its CHECK (that ANCHOR starts the next
+      segment). A record is malformed if it is not :meth:`WireFormat.well_formed`, or if it places
+      a time outside ``0 .. 2**WIRE_ANCHOR_TIME_BITS - 1`` or earlier than the previous time of
+      the same kind (TAG, HERALD or COINCIDENCE) emitted or in the segment. A damaged segment's
+      records (its ANCHOR and its CHECK included) count in ``decode_errors``;
+    * bytes outside segments (before the first ANCHOR, between a CHECK and the next ANCHOR)
+      that are not a well-formed STATUS/REPLY count in ``skipped_bytes``;
+    * the records of a segment still open at the end count in ``unverified``. A control record
+      cut short by the end of the stream counts as one of them (or as skipped bytes outside a
+      segment): it is incomplete, not malformed.
+    """
+    fmt = WireFormat(channels, rules, fine_bits)
+    errors = {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
+    out = []                       # (stream position, record)
+    last = {Kind.TAG: -1, Kind.HERALD: -1, Kind.COINCIDENCE: -1}   # emitted times, per kind
+    seg = None
+
+    def open_segment(position, values, record):
+        return {"records": [(position, {"kind": "anchor", "time": values["time"]})],
+                "count": len(record), "crc": crc16(record), "n": 1, "bad": False,
+                "t": values["time"], "last": dict(last)}
+
+    records = split_records(data)
+    truncated = None
+    if records and records[-1][0] >= WIRE_START:
+        fixed = fmt.fixed_bytes[fmt.record_kind(records[-1][0])]
+        if fixed is not None and len(records[-1]) < fixed:
+            truncated = records.pop()     # the stream ends inside a control record
+    for position, record in enumerate(records):
+        parsed = fmt.well_formed(record)
+        kind = fmt.record_kind(record[0]) if record[0] >= WIRE_START else None
+        if parsed is not None and kind in (WireKind.STATUS, WireKind.REPLY):
+            side = {"kind": "status" if kind is WireKind.STATUS else "reply", **parsed[1]}
+            out.append((position, side))
+        if seg is None:
+            if parsed is not None and kind is WireKind.ANCHOR:
+                seg = open_segment(position, parsed[1], record)
+            elif parsed is None or kind not in (WireKind.STATUS, WireKind.REPLY):
+                errors["skipped_bytes"] += len(record)
+            continue
+        if kind is WireKind.CHECK:
+            mask = (1 << CHECK_FIELD_BITS) - 1
+            if (parsed is not None and not seg["bad"]
+                    and parsed[1] == {"bytes": seg["count"] & mask, "crc": seg["crc"]}):
+                out += seg["records"]
+                out.append((position, {"kind": "check", **parsed[1]}))
+                last.update(seg["last"])
+            else:
+                errors["decode_errors"] += seg["n"] + 1
+            seg = None
+            continue
+        if parsed is not None and kind is WireKind.ANCHOR:
+            errors["decode_errors"] += seg["n"]
+            seg = open_segment(position, parsed[1], record)
+            continue
+        seg["count"] += len(record)
+        seg["crc"] = crc16(record, seg["crc"])
+        seg["n"] += 1
+        if parsed is None:
+            seg["bad"] = True
+            continue
+        values = parsed[1]
+        if kind is Kind.TAG:
+            rec = {"kind": Kind.TAG, "channel": values["channel"],
+                   "time": seg["t"] + values["delta"]}
+        elif kind is WireKind.COINCIDENCE:
+            rec = {"kind": Kind.COINCIDENCE, "pattern": values["pattern"],
+                   "time": seg["t"] + unzigzag(values["offset"])}
+        elif kind is WireKind.HERALD:
+            rec = {"kind": Kind.HERALD, "rule": values["rule"], "pattern": values["pattern"],
+                   "time": seg["t"] + unzigzag(values["offset"])}
+        elif kind is WireKind.LOSS:
+            rec = {"kind": Kind.LOSS, "cause": LossCause(values["cause"]),
+                   "index": values["index"], "count": values["count"], "time": seg["t"]}
+        else:
+            continue                # STATUS / REPLY: already taken
+        if rec["kind"] is not Kind.LOSS:
+            if not 0 <= rec["time"] < _TIME_LIMIT or rec["time"] < seg["last"][rec["kind"]]:
+                seg["bad"] = True
+                continue
+            seg["last"][rec["kind"]] = rec["time"]
+            if rec["kind"] is not Kind.COINCIDENCE:
+                seg["t"] = rec["time"]
+        seg["records"].append((position, rec))
+    if seg is not None:
+        errors["unverified"] += seg["n"] + (truncated is not None)
+    elif truncated is not None:
+        errors["skipped_bytes"] += len(truncated)
+    out.sort(key=lambda item: item[0])
+    return [rec for _, rec in out], errors
+
+
+# -- Commands (host -> device) ----------------------------------------------------------------
+
+def encode_command(op, address, value, seq):
+    """One command frame: ``COMMAND_BYTES`` bytes (see docs/protocol.md, Commands)."""
+    op = Command(op)
+    fields = [(seq, WIRE_SEQ_BITS), (address, REGISTER_ADDRESS_BITS),
+              (value, REGISTER_VALUE_BITS)]
+    payload, shift = 0, 0
+    for field, width in fields:
+        if not 0 <= field < (1 << width):
+            raise ValueError(f"command field {field} does not fit {width} bits")
+        payload |= field << shift
+        shift += width
+    out = [WIRE_START | op.value]
+    for _ in range(COMMAND_BYTES - 1):
+        out.append(payload & _CONTINUATION)
+        payload >>= WIRE_BITS_PER_BYTE
+    if payload:
+        raise ValueError("command fields do not fit the frame")
+    return bytes(out)
+
+
+def decode_command(frame):
+    """``{"op": Command, "seq", "address", "value"}`` of one frame; ``ValueError`` if malformed
+    (wrong length, first byte not ``WIRE_START | op`` with a defined op, bit 7 set later)."""
+    frame = bytes(frame)
+    if len(frame) != COMMAND_BYTES:
+        raise ValueError(f"a command frame is {COMMAND_BYTES} bytes, not {len(frame)}")
+    first = frame[0]
+    if first & ~(WIRE_START | ((1 << _OP_BITS) - 1)) or not first & WIRE_START:
+        raise ValueError(f"bad first byte {first:#04x}")
+    try:
+        op = Command(first & ((1 << _OP_BITS) - 1))
+    except ValueError:
+        raise ValueError(f"undefined command {first & ((1 << _OP_BITS) - 1)}") from None
+    payload = 0
+    for i, byte in enumerate(frame[1:]):
+        if byte & WIRE_START:
+            raise ValueError("bit 7 set in a command's continuation byte")
+        payload |= byte << (WIRE_BITS_PER_BYTE * i)
+    seq = payload & ((1 << WIRE_SEQ_BITS) - 1)
+    payload >>= WIRE_SEQ_BITS
+    address = payload & ((1 << REGISTER_ADDRESS_BITS) - 1)
+    payload >>= REGISTER_ADDRESS_BITS
+    return {"op": op, "seq": seq, "address": address, "value": payload}

@@ -1,0 +1,537 @@
+"""The reference wire codec (heraldry/wire.py) against hand-computed bytes and the spec's rules.
+
+Also home of the random record-stream generator shared with tests/test_decoder.py.
+"""
+
+import binascii
+
+import numpy as np
+import pytest
+
+from heraldry.protocol import (
+    COMMAND_BYTES, Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
+)
+from heraldry.wire import (
+    WireFormat, decode_bytes, decode_command, encode_command, encode_records, encode_stream,
+    crc16, split_records, unzigzag, zigzag,
+)
+
+SIDE = ("status", "reply")
+
+
+# -- Random record streams (also used by test_decoder.py) --------------------------------------
+
+def random_records(rng, channels, rules, fine_bits=0, n=300, start=0, big_gaps=True, sides=True,
+                   mean_gap=40):
+    """A record stream as the merger and register file would produce it: tags in time order,
+    coincidence records with t0 before (rarely after) the running time, heralds at (with fine
+    bits: up to a cycle before) the last tag, loss, status and reply records; occasional gaps
+    longer than an anchor interval and across multiples of 2**32."""
+    window = 60 << fine_bits
+    t = start
+    last_coinc = last_herald = -1
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.6:
+            if big_gaps and rng.random() < 0.02:
+                gap = int(2 ** rng.uniform(15, 36))
+            else:
+                gap = int(rng.geometric(1 / mean_gap)) - 1
+            t += gap
+            out.append({"kind": Kind.TAG, "channel": int(rng.integers(channels)), "time": t})
+        elif r < 0.72:
+            if rng.random() < 0.1:     # the window's tags were lost: t0 after T
+                t0 = t + int(rng.integers(1, window))
+                t = t0 + window
+            else:
+                t0 = t - int(rng.integers(0, window))
+            t0 = max(t0, last_coinc, 0)
+            last_coinc = t0
+            out.append({"kind": Kind.COINCIDENCE,
+                        "pattern": int(rng.integers(1, 2 ** channels)), "time": t0})
+        elif r < 0.82:
+            back = int(rng.integers(0, 2 ** fine_bits)) if fine_bits else 0
+            th = max(t - back, last_herald, 0)
+            last_herald = th
+            out.append({"kind": Kind.HERALD, "rule": int(rng.integers(rules)),
+                        "pattern": int(rng.integers(1, 2 ** channels)), "time": th})
+        elif r < 0.88:
+            cause = LossCause(int(rng.integers(4)))
+            limit = {LossCause.MERGER_FULL: channels, LossCause.DELAY_FULL: channels,
+                     LossCause.HERALD_RECORD: rules, LossCause.COINCIDENCE_RECORD: 1}[cause]
+            out.append({"kind": Kind.LOSS, "cause": cause, "index": int(rng.integers(limit)),
+                        "count": int(rng.integers(1, 2 ** 16)), "time": t})
+        elif sides:
+            out.append({"kind": SIDE[int(rng.integers(2))], "ok": int(rng.integers(2)),
+                        "seq": int(rng.integers(32)), "address": int(rng.integers(4096)),
+                        "value": int(rng.integers(2 ** 32))})
+    return out
+
+
+def strip(records):
+    """Data and side records without anchors/checks; LOSS without its (wire-less) time."""
+    out = []
+    for rec in records:
+        if rec["kind"] in ("anchor", "check"):
+            continue
+        rec = dict(rec)
+        if rec["kind"] == Kind.LOSS:
+            rec.pop("time", None)
+            rec["cause"] = LossCause(rec["cause"])
+        out.append(rec)
+    return out
+
+
+def segments_of(data, channels, rules, fine_bits=0):
+    """Byte ranges ``[(start, end), ...]`` of the segments of a clean stream (ANCHOR .. CHECK)."""
+    fmt = WireFormat(channels, rules, fine_bits)
+    out, offset, start = [], 0, None
+    for record in split_records(data):
+        kind = fmt.record_kind(record[0])
+        if kind is WireKind.ANCHOR:
+            start = offset
+        offset += len(record)
+        if kind is WireKind.CHECK:
+            out.append((start, offset))
+    return out
+
+
+# -- Hand-computed bytes -----------------------------------------------------------------------
+
+def test_bytes_of_a_small_segment_by_hand():
+    # N = 4 (2 channel bits), F = 0. ANCHOR 0x123: 1 1 100 011, then 0x123 >> 3 = 0x24, then
+    # zeros up to the fixed 9 bytes. TAG ch 1 delta 5: payload 1 | 5 << 2 = 0x15 in one byte.
+    # TAG ch 3 delta 16: payload 3 | 16 << 2 = 0x43: 0x80 | 0x03, then 0x01.
+    # CHECK: 12 bytes and their CRC-16/CCITT-FALSE (binascii.crc_hqx with initial 0xFFFF):
+    # payload 12 | crc << 16, i.e. 1 1 101 100, then (payload >> 3) in 7-bit groups.
+    records = [{"kind": "anchor", "time": 0x123},
+               {"kind": Kind.TAG, "channel": 1, "time": 0x123 + 5},
+               {"kind": Kind.TAG, "channel": 3, "time": 0x123 + 21},
+               {"kind": "check"}]
+    segment = bytes([0xE3, 0x24, 0, 0, 0, 0, 0, 0, 0, 0x95, 0x83, 0x01])
+    crc = binascii.crc_hqx(segment, 0xFFFF)
+    payload = 12 | crc << 16
+    check = bytes([0xEC] + [(payload >> (3 + 7 * i)) & 0x7F for i in range(5)])
+    assert encode_records(records, 4, 2) == segment + check
+    decoded, errors = decode_bytes(segment + check, 4, 2)
+    assert errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
+    assert decoded == records[:3] + [{"kind": "check", "bytes": 12, "crc": crc}]
+
+
+def test_crc_is_crc16_ccitt_false():
+    rng = np.random.default_rng(5)
+    assert crc16(b"123456789") == 0x29B1          # the catalogue's check value
+    for n in (0, 1, 7, 100):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert crc16(data) == binascii.crc_hqx(data, 0xFFFF)
+
+
+def test_bytes_of_other_kinds_by_hand():
+    t = 1000
+    base = [{"kind": "anchor", "time": t}]
+    anchor = encode_records(base, 4, 2)
+    # COINCIDENCE pattern 0b0101, t0 = T - 3: payload 5 | zigzag(-3) = 5 << 4 = 85.
+    coinc = {"kind": Kind.COINCIDENCE, "pattern": 0b0101, "time": t - 3}
+    assert encode_records(base + [coinc], 4, 2)[len(anchor):] == bytes([0xC5, 0x0A])
+    # HERALD rule 1 pattern 0b0011 at T: payload 1 | 3 << 3 = 25.
+    herald = {"kind": Kind.HERALD, "rule": 1, "pattern": 0b0011, "time": t}
+    assert encode_records(base + [herald], 4, 2)[len(anchor):] == bytes([0xC9, 0x03])
+    # LOSS DELAY_FULL index 2 count 300: payload 1 | 2 << 2 | 300 << 5 = 9609.
+    loss = {"kind": Kind.LOSS, "cause": LossCause.DELAY_FULL, "index": 2, "count": 300}
+    assert encode_records([loss], 4, 2) == bytes([0xD1, 0x31, 0x09])
+    # REPLY ok 1, seq 3, address 0x800, value 0xDEADBEEF: 50 payload bits, always 8 bytes.
+    reply = {"kind": "reply", "ok": 1, "seq": 3, "address": 0x800, "value": 0xDEADBEEF}
+    payload = 1 | 3 << 1 | 0x800 << 6 | 0xDEADBEEF << 18
+    expected = [0xF8 | (payload & 7)] + [(payload >> (3 + 7 * i)) & 0x7F for i in range(7)]
+    assert encode_records([reply], 4, 2) == bytes(expected)
+    # STATUS with value 0 is still 8 bytes.
+    status = {"kind": "status", "ok": 1, "seq": 0, "address": 0, "value": 0}
+    assert encode_records([status], 4, 2) == bytes([0xF1, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_tag_widths_follow_channel_bits():
+    # One channel: no channel bits, the first byte holds 6 delta bits. Eight: 3 channel bits.
+    assert wire_channel_bits(1) == 0 and wire_channel_bits(8) == 3
+    one = encode_records([{"kind": Kind.TAG, "channel": 0, "time": 63}], 1, 1)
+    assert one == bytes([0x80 | 63])
+    two = encode_records([{"kind": Kind.TAG, "channel": 0, "time": 64}], 1, 1)
+    assert two == bytes([0x80, 0x01])
+    eight = encode_records([{"kind": Kind.TAG, "channel": 5, "time": 7}], 8, 1)
+    assert eight == bytes([0x80 | 5 | 7 << 3])
+
+
+def test_command_bytes_by_hand():
+    # WRITE, seq 17, address 0x14, value 2**31: payload 17 | 0x14 << 5 | 2**31 << 17.
+    frame = encode_command(Command.WRITE, 0x14, 2 ** 31, 17)
+    assert frame == bytes([0x81, 0x11, 0x05, 0, 0, 0, 0, 0x40])
+    assert decode_command(frame) == {"op": Command.WRITE, "seq": 17, "address": 0x14,
+                                     "value": 2 ** 31}
+
+
+def test_commands_round_trip_and_reject_malformed_frames():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        op = Command(int(rng.integers(2)))
+        seq, address, value = (int(rng.integers(32)), int(rng.integers(4096)),
+                               int(rng.integers(2 ** 32)))
+        frame = encode_command(op, address, value, seq)
+        assert len(frame) == COMMAND_BYTES
+        assert frame[0] == 0x80 | op.value and all(b < 0x80 for b in frame[1:])
+        assert decode_command(frame) == {"op": op, "seq": seq, "address": address,
+                                         "value": value}
+    good = encode_command(Command.READ, 5, 0, 1)
+    for bad in (good[:-1], good + b"\x00", bytes([0x82]) + good[1:], bytes([0x84]) + good[1:],
+                good[:3] + bytes([0x80]) + good[4:], bytes([0x00]) + good[1:]):
+        with pytest.raises(ValueError):
+            decode_command(bad)
+    with pytest.raises(ValueError):
+        encode_command(Command.READ, 4096, 0, 0)
+
+
+def test_zigzag():
+    assert [zigzag(d) for d in (0, -1, 1, -2, 2)] == [0, 1, 2, 3, 4]
+    for d in range(-1000, 1000):
+        assert unzigzag(zigzag(d)) == d
+
+
+def test_encoder_refuses_what_the_format_cannot_carry():
+    with pytest.raises(ValueError):   # TAG earlier than T
+        encode_records([{"kind": "anchor", "time": 10},
+                        {"kind": Kind.TAG, "channel": 0, "time": 9}], 4, 2)
+    with pytest.raises(ValueError):   # channel field is 2 bits for N = 4
+        encode_records([{"kind": Kind.TAG, "channel": 4, "time": 0}], 4, 2)
+    with pytest.raises(ValueError):   # loss count is LOSS_COUNT_BITS wide
+        encode_records([{"kind": Kind.LOSS, "cause": 0, "index": 0, "count": 2 ** 16}], 4, 2)
+    with pytest.raises(ValueError):   # delta wider than time_bits(F)
+        encode_records([{"kind": Kind.TAG, "channel": 0, "time": 2 ** time_bits(0)}], 4, 2)
+
+
+# -- Round trips ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels,rules,fine_bits,start", [
+    (1, 1, 0, 0), (2, 1, 0, 2 ** 32 - 3000), (4, 2, 0, 2 ** 32 - 3000), (8, 8, 0, 2 ** 40),
+    (3, 3, 3, 2 ** 35 - 5000), (4, 2, 8, 2 ** 45 + 17),
+])
+def test_reference_round_trip(channels, rules, fine_bits, start):
+    rng = np.random.default_rng(channels * 100 + fine_bits)
+    for interval in (2 ** 10, 2 ** 20):
+        records = random_records(rng, channels, rules, fine_bits, n=400, start=start)
+        data = encode_stream(records, channels, rules, fine_bits, anchor_interval=interval)
+        decoded, errors = decode_bytes(data, channels, rules, fine_bits)
+        assert errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
+        assert strip(decoded) == strip(records)
+        assert max(r["time"] for r in records if r["kind"] == Kind.TAG) >= start
+        # every anchor's time is that of the data record right after it
+        for i, rec in enumerate(decoded):
+            if rec["kind"] == "anchor":
+                nxt = next(r for r in decoded[i + 1:] if r["kind"] not in SIDE)
+                assert nxt["kind"] in tuple(Kind) and nxt["time"] == rec["time"]
+        # encode_records reproduces the same bytes from the decoded list (anchors, checks kept)
+        assert encode_records(decoded, channels, rules, fine_bits) == data
+
+
+def test_loss_records_get_the_running_time():
+    records = [{"kind": "anchor", "time": 50},
+               {"kind": Kind.LOSS, "cause": LossCause.MERGER_FULL, "index": 1, "count": 3},
+               {"kind": Kind.TAG, "channel": 0, "time": 70},
+               {"kind": Kind.LOSS, "cause": LossCause.COINCIDENCE_RECORD, "index": 0, "count": 9},
+               {"kind": "check"}]
+    decoded, _ = decode_bytes(encode_records(records, 2, 1), 2, 1)
+    losses = [r for r in decoded if r["kind"] == Kind.LOSS]
+    assert [r["time"] for r in losses] == [50, 70]
+
+
+def _cycles(items, fine_bits):
+    cycles, k = [], None
+    for rec in items:
+        if rec["kind"] in SIDE:
+            k = 0 if k is None else k
+        else:
+            k = rec["time"] >> fine_bits if k is None else max(k, rec["time"] >> fine_bits)
+        cycles.append(k)
+    return cycles
+
+
+@pytest.mark.parametrize("interval", [2 ** 10, 2 ** 14])
+def test_encoder_policy_places_anchors_and_checks(interval):
+    """Each segment closes before the first item taken ``interval`` cycles after its ANCHOR
+    (or at the end), and a new one opens right before the next data record, at its time."""
+    rng = np.random.default_rng(interval)
+    records = random_records(rng, 4, 2, 0, n=2000, start=2 ** 32 - 10 ** 5, mean_gap=20)
+    cycles = _cycles(records, 0)
+    data = encode_stream(records, 4, 2, anchor_interval=interval)
+    decoded, errors = decode_bytes(data, 4, 2)
+    assert errors["decode_errors"] == errors["skipped_bytes"] == errors["unverified"] == 0
+    is_open, anchor_cycle, item = False, None, 0
+    for i, rec in enumerate(decoded):
+        if rec["kind"] == "check":
+            assert is_open
+            # the next item is the first taken interval cycles or more after the ANCHOR
+            assert item == len(records) or cycles[item] - anchor_cycle >= interval
+            is_open = False
+        elif rec["kind"] == "anchor":
+            assert not is_open and records[item]["kind"] not in SIDE
+            assert rec["time"] == records[item]["time"]
+            is_open, anchor_cycle = True, cycles[item]
+        else:
+            if is_open:
+                assert cycles[item] - anchor_cycle < interval
+            else:
+                assert rec["kind"] in SIDE
+            item += 1
+    assert item == len(records) and not is_open
+    assert sum(r["kind"] == "anchor" for r in decoded) > 5
+
+
+def test_clear_closes_the_segment_before_the_next_item():
+    tag = {"kind": Kind.TAG, "channel": 0}
+    records = [dict(tag, time=10), {"kind": "clear"},
+               {"kind": "reply", "ok": 1, "seq": 1, "address": 0x11, "value": 0},
+               dict(tag, time=20)]
+    decoded, _ = decode_bytes(encode_stream(records, 1, 1), 1, 1)
+    assert [r["kind"] for r in decoded] == ["anchor", Kind.TAG, "check", "reply", "anchor",
+                                            Kind.TAG, "check"]
+
+
+def test_explicit_cycles_drive_the_anchor_interval():
+    # Records close in time but taken late (a stalled link): the take cycle decides.
+    tag = {"kind": Kind.TAG, "channel": 0}
+    records = [dict(tag, time=0, cycle=0), dict(tag, time=1, cycle=2000),
+               dict(tag, time=2, cycle=2000)]
+    decoded, _ = decode_bytes(encode_stream(records, 1, 1, anchor_interval=1024), 1, 1)
+    assert [r["kind"] for r in decoded] == ["anchor", Kind.TAG, "check", "anchor", Kind.TAG,
+                                            Kind.TAG, "check"]
+    with pytest.raises(ValueError):
+        encode_stream([dict(tag, time=0, cycle=5), dict(tag, time=1, cycle=4)], 1, 1)
+    # boundary: taken 1023 cycles after the ANCHOR stays in the segment, 1024 starts a new one
+    records = [dict(tag, time=5), dict(tag, time=5 + 1023), dict(tag, time=5 + 1024),
+               dict(tag, time=5 + 2047), dict(tag, time=5 + 2048)]
+    decoded, _ = decode_bytes(encode_stream(records, 1, 1, anchor_interval=1024), 1, 1)
+    assert [r["kind"] for r in decoded] == ["anchor", Kind.TAG, Kind.TAG, "check",
+                                            "anchor", Kind.TAG, Kind.TAG, "check",
+                                            "anchor", Kind.TAG, "check"]
+
+
+def test_final_check_can_be_left_open():
+    records = [{"kind": Kind.TAG, "channel": 0, "time": 3}]
+    data = encode_stream(records, 1, 1, final_check=False)
+    assert decode_bytes(data, 1, 1)[1] == {"decode_errors": 0, "skipped_bytes": 0,
+                                           "unverified": 2}
+
+
+# -- Damage ------------------------------------------------------------------------------------
+
+def _stream(n=60, seed=1, channels=4):
+    rng = np.random.default_rng(seed)
+    records = random_records(rng, channels, 2, 0, n=n, big_gaps=False, sides=False,
+                             mean_gap=100)
+    cycles = _cycles(records, 0)
+    # about 5 segments
+    interval = max(1, (cycles[-1] - cycles[0]) // 5)
+    data = encode_stream(records, channels, 2, anchor_interval=interval)
+    return records, data
+
+
+def test_every_segment_counted_when_one_byte_flips():
+    records, data = _stream()
+    segments = segments_of(data, 4, 2)
+    assert len(segments) >= 4
+    clean, _ = decode_bytes(data, 4, 2)
+    for seg_index, (start, end) in enumerate(segments):
+        seg_records = len(split_records(data[start:end]))
+        before = sum(len(split_records(data[s:e])) for s, e in segments[:seg_index])
+        for offset in range(start, end):
+            bit = offset % 7                            # bit 7 intact: framing unchanged
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            decoded, errors = decode_bytes(bytes(damaged), 4, 2)
+            # exactly that segment's records are missing (a flip may forge a well-formed
+            # STATUS/REPLY, which is taken: the host checks its seq and address)
+            assert ([r for r in decoded if r["kind"] not in SIDE]
+                    == clean[:before] + clean[before + seg_records:])
+            # A flip in a payload bit keeps every record's kind: the whole segment is counted.
+            # (First bytes: 6 payload bits for a TAG, 3 for the others; the ANCHOR's 9th byte
+            # holds time bits 52..58, and bits 56.. must be zero.)
+            first = data[offset] >= 0x80
+            payload_bits = 6 if data[offset] < 0xC0 else 3
+            kind_changed = first and bit >= payload_bits
+            anchor_broken = offset == start + 8 and bit >= 4
+            if not kind_changed and not anchor_broken:
+                assert errors == {"decode_errors": seg_records, "skipped_bytes": 0,
+                                  "unverified": 0}
+            elif offset == start or anchor_broken:
+                # no ANCHOR any more: the segment's bytes are skipped, but for a forged
+                # STATUS/REPLY (8 bytes) taken from them
+                forged = sum(r["kind"] in SIDE for r in decoded)
+                assert errors == {"decode_errors": 0, "skipped_bytes": end - start - 8 * forged,
+                                  "unverified": 0}
+            else:
+                # another kind: a CHECK ends the segment early (the rest is skipped), anything
+                # else leaves it to the next ANCHOR or the end of the stream
+                assert 0 < errors["decode_errors"] + errors["unverified"] <= seg_records
+
+
+def test_late_join_skips_to_the_first_anchor_and_takes_replies():
+    reply = {"kind": "reply", "ok": 1, "seq": 9, "address": 3, "value": 4}
+    tags = [{"kind": Kind.TAG, "channel": 1, "time": t} for t in (5, 9, 400)]
+    data = encode_records([{"kind": "anchor", "time": 5}, tags[0], tags[1], {"kind": "check"},
+                           reply, {"kind": "anchor", "time": 400}, tags[2], {"kind": "check"}],
+                          2, 1)
+    first_segment = segments_of(data, 2, 1)[0][1]
+    for cut in range(1, first_segment):
+        decoded, errors = decode_bytes(data[cut:], 2, 1)
+        assert errors == {"decode_errors": 0, "skipped_bytes": first_segment - cut,
+                          "unverified": 0}
+        assert strip(decoded) == [reply, tags[2]]
+
+
+def test_second_anchor_damages_the_open_segment_only():
+    tag = {"kind": Kind.TAG, "channel": 0}
+    data = encode_records([{"kind": "anchor", "time": 0}, dict(tag, time=1), dict(tag, time=2),
+                           {"kind": "anchor", "time": 10}, dict(tag, time=11), {"kind": "check"}],
+                          1, 1)
+    decoded, errors = decode_bytes(data, 1, 1)
+    assert errors == {"decode_errors": 3, "skipped_bytes": 0, "unverified": 0}
+    assert strip(decoded) == [dict(tag, time=11)]
+
+
+def test_replies_in_a_damaged_segment_are_still_taken():
+    reply = {"kind": "reply", "ok": 0, "seq": 2, "address": 0xFFF, "value": 1}
+    data = bytearray(encode_records([{"kind": "anchor", "time": 0}, reply,
+                                     {"kind": Kind.TAG, "channel": 0, "time": 5},
+                                     {"kind": "check"}], 1, 1))
+    data[-3] ^= 1                                         # inside the CHECK
+    decoded, errors = decode_bytes(bytes(data), 1, 1)
+    assert decoded == [reply]
+    assert errors["decode_errors"] == 4
+
+
+@pytest.mark.parametrize("name,record", [
+    ("channel 3 of 3", {"kind": Kind.TAG, "channel": 3, "time": 100}),
+    ("rule 2 of 2", {"kind": Kind.HERALD, "rule": 2, "pattern": 1, "time": 100}),
+    ("loss of channel 3", {"kind": Kind.LOSS, "cause": LossCause.DELAY_FULL, "index": 3,
+                           "count": 1}),
+    ("loss of rule 2", {"kind": Kind.LOSS, "cause": LossCause.HERALD_RECORD, "index": 2,
+                        "count": 1}),
+    ("coincidence loss index 1", {"kind": Kind.LOSS, "cause": LossCause.COINCIDENCE_RECORD,
+                                  "index": 1, "count": 1}),
+    ("negative herald time", {"kind": Kind.HERALD, "rule": 0, "pattern": 1, "time": -1}),
+    ("negative t0", {"kind": Kind.COINCIDENCE, "pattern": 1, "time": -5}),
+])
+def test_malformed_records_damage_their_segment(name, record):
+    before = {"kind": Kind.TAG, "channel": 0, "time": 0}
+    data = encode_records([{"kind": "anchor", "time": 0}, before, record, {"kind": "check"}],
+                          3, 2)
+    decoded, errors = decode_bytes(data, 3, 2)
+    assert decoded == [] and errors["decode_errors"] == 4, name
+
+
+def test_malformed_framing_damages_the_segment():
+    fmt = WireFormat(4, 2)
+    anchor = encode_records([{"kind": "anchor", "time": 0}], 4, 2)
+    tag = fmt.record_bytes(Kind.TAG, fmt.pack(Kind.TAG, {"channel": 1, "delta": 3}))
+    too_long = tag + bytes(fmt.max_bytes[Kind.TAG])           # zero-padded past the maximum
+    padded = tag + b"\x00"                                     # non-minimal but within range
+    reserved = bytes([0xC0 | WireKind.TIME.value << 3])
+    short_reply = encode_records([{"kind": "reply", "ok": 1, "seq": 0, "address": 0,
+                                   "value": 0}], 4, 2)[:5]
+    orphan = bytes([0x05])                                     # after a complete fixed record
+
+    def with_check(body):
+        check = fmt.record_bytes(WireKind.CHECK, fmt.pack(WireKind.CHECK, {
+            "bytes": len(body) & 0xFFFF, "crc": binascii.crc_hqx(body, 0xFFFF)}))
+        return body + check
+
+    ok, errors = decode_bytes(with_check(anchor + padded), 4, 2)
+    assert errors["decode_errors"] == 0 and strip(ok) == [
+        {"kind": Kind.TAG, "channel": 1, "time": 3}]
+    for body in (too_long, reserved, short_reply, anchor[:4], orphan):
+        decoded, errors = decode_bytes(with_check(anchor + body), 4, 2)
+        assert decoded == [] and errors["decode_errors"] == 3, body
+
+
+def test_backwards_times_damage_the_segment():
+    # A herald may lie before T (zigzag), but a TAG may not go before the previous TAG, nor a
+    # herald before the previous herald; checked across segments too.
+    herald = {"kind": Kind.HERALD, "rule": 0, "pattern": 1}
+    tag = {"kind": Kind.TAG, "channel": 0}
+    data = encode_records([{"kind": "anchor", "time": 100}, dict(tag, time=100),
+                           dict(herald, time=98), dict(tag, time=99), {"kind": "check"}], 1, 1)
+    assert decode_bytes(data, 1, 1)[1]["decode_errors"] == 5
+    fine = encode_records([{"kind": "anchor", "time": 100}, dict(tag, time=100),
+                           dict(herald, time=98), dict(tag, time=100), {"kind": "check"}], 1, 1)
+    assert decode_bytes(fine, 1, 1)[1]["decode_errors"] == 0
+    seg1 = encode_records([{"kind": "anchor", "time": 500}, dict(tag, time=500),
+                           {"kind": "check"}], 1, 1)
+    seg2 = encode_records([{"kind": "anchor", "time": 400}, dict(tag, time=400),
+                           {"kind": "check"}], 1, 1)
+    decoded, errors = decode_bytes(seg1 + seg2, 1, 1)
+    assert strip(decoded) == [dict(tag, time=500)] and errors["decode_errors"] == 3
+
+
+def test_truncation_leaves_unverified_or_skipped_never_wrong():
+    records, data = _stream(n=25, seed=3)
+    clean = strip(decode_bytes(data, 4, 2)[0])
+    ends = {end: len(strip(decode_bytes(data[:end], 4, 2)[0]))
+            for _, end in segments_of(data, 4, 2)}
+    assert len(ends) >= 3
+    for cut in range(len(data) + 1):
+        decoded, errors = decode_bytes(data[:cut], 4, 2)
+        assert errors["decode_errors"] == 0
+        got = strip(decoded)
+        assert got == clean[:len(got)]
+        start = max([e for e in ends if e < cut], default=0)
+        if cut in ends or cut == 0:
+            assert errors["unverified"] == errors["skipped_bytes"] == 0
+            assert len(got) == ends.get(cut, 0)
+        elif cut - start < 9:
+            # inside the next ANCHOR (9 bytes): no segment yet, its bytes are skipped
+            assert errors == {"decode_errors": 0, "skipped_bytes": cut - start, "unverified": 0}
+        else:
+            # the cut segment's records, from its ANCHOR to the cut, are unverified
+            assert errors["skipped_bytes"] == 0
+            assert errors["unverified"] == len(split_records(data[start:cut]))
+
+
+@pytest.mark.parametrize("op", ["drop", "flip", "duplicate", "insert"])
+def test_random_damage_emits_only_original_records(op):
+    rng = np.random.default_rng(["drop", "flip", "duplicate", "insert"].index(op))
+    records, data = _stream(n=400, seed=11)
+    originals = {(r["kind"], r.get("channel"), r["time"]) for r in records
+                 if r["kind"] in (Kind.TAG, Kind.HERALD, Kind.COINCIDENCE)}
+    segments = segments_of(data, 4, 2)
+    for rate in (0.001, 0.01, 0.05):
+        damaged, touched = bytearray(), set()
+        for i, byte in enumerate(data):
+            if rng.random() < rate:
+                touched.add(i)
+                if op == "flip":
+                    damaged.append(byte ^ (1 << int(rng.integers(8))))
+                elif op == "duplicate":
+                    damaged += bytes([byte, byte])
+                elif op == "insert":
+                    damaged += bytes([byte, int(rng.integers(256))])
+                continue
+            damaged.append(byte)
+        decoded, errors = decode_bytes(bytes(damaged), 4, 2)
+        got = [r for r in decoded if r["kind"] in (Kind.TAG, Kind.HERALD, Kind.COINCIDENCE)]
+        for kind in (Kind.TAG, Kind.HERALD, Kind.COINCIDENCE):
+            times = [r["time"] for r in got if r["kind"] == kind]
+            assert times == sorted(times)
+        assert {(r["kind"], r.get("channel"), r["time"]) for r in got} <= originals
+        # untouched segments come out whole; touched ones not at all (a byte inserted or
+        # duplicated after a segment's last byte is outside it: the CHECK has a fixed length)
+        emitted = strip(decoded)
+        for start, end in segments:
+            seg = strip(decode_bytes(data[start:end], 4, 2)[0])
+            present = [r in emitted for r in seg]
+            hit = touched & set(range(start, end))
+            if op in ("insert", "duplicate"):
+                hit.discard(end - 1)
+            if not hit:
+                assert all(present)
+            else:
+                assert not any(present)
+        if touched:
+            assert errors["decode_errors"] + errors["skipped_bytes"] > 0
