@@ -14,6 +14,7 @@ disagreeing with the streamed tags, a damaged stream, or a board that does not a
 """
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -109,6 +110,10 @@ def build_parser():
     srv.add_argument("--channels", type=int, default=4, metavar="N", help="inputs (1..8)")
     srv.add_argument("--baud", type=int, default=BOARDS["sim"]["baud"],
                      help="UART rate of the virtual board (default 12000000)")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        command = module.register(sub)   # adds its sub-parser, returns its handler(args) -> int
+        COMMAND_HANDLERS[command[0]] = command[1]
     return parser
 
 
@@ -407,6 +412,12 @@ def cmd_sim(args):
             twin.stop()
 
 
+# Further commands live in their own modules: each has ``register(subparsers)`` that adds its
+# sub-parser and returns ``(name, handler)``; ``handler(args)`` returns the exit status.
+COMMAND_MODULES = []
+COMMAND_HANDLERS = {}
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -414,6 +425,8 @@ def main(argv=None):
         return cmd_acquire(args)
     if args.command == "sim":
         return cmd_sim(args)
+    if args.command in COMMAND_HANDLERS:
+        return COMMAND_HANDLERS[args.command](args)
     parser.error(f"unknown command {args.command}")
 
 
