@@ -112,8 +112,9 @@ def build_parser():
                      help="UART rate of the virtual board (default 12000000)")
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
-        command = module.register(sub)   # adds its sub-parser, returns its handler(args) -> int
-        COMMAND_HANDLERS[command[0]] = command[1]
+        # register() adds its sub-parsers and returns [(name, handler), ...]
+        for command, handler in module.register(sub):
+            COMMAND_HANDLERS[command] = handler
     return parser
 
 
@@ -413,7 +414,7 @@ def cmd_sim(args):
 
 
 # Further commands live in their own modules: each has ``register(subparsers)`` that adds its
-# sub-parser and returns ``(name, handler)``; ``handler(args)`` returns the exit status.
+# sub-parsers and returns ``[(name, handler), ...]``; ``handler(args)`` returns the exit status.
 COMMAND_MODULES = []
 COMMAND_HANDLERS = {}
 
