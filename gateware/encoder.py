@@ -14,7 +14,7 @@ from heraldry.protocol import (
     RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS,
     WIRE_TAG_FIRST_BITS, Kind, LossCause, WireKind, record_layout, time_bits, wire_channel_bits,
 )
-from heraldry.wire import (
+from heraldry.protocol import (
     CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, FIXED_LENGTH_KINDS, REGISTER_VALUE_BITS,
 )
 

@@ -281,7 +281,10 @@ class WireKind(enum.Enum, shape=3):
     * TIME: reserved (not sent by protocol version 1).
     * ANCHOR: absolute time in bins (``WIRE_ANCHOR_TIME_BITS``): T = time. Starts a segment.
     * CHECK: ``bytes`` (16 bits: bytes of the segment, i.e. from its ANCHOR on, this record
-      excluded, mod 2**16), ``sum`` (16 bits: their sum mod 2**16). Ends a segment.
+      excluded, mod 2**16), ``crc`` (16 bits: CRC-16/CCITT-FALSE of those bytes, see
+      ``CHECK_CRC_POLY``). Ends a segment.
+
+    ANCHOR, CHECK, STATUS and REPLY are sent at full length (``FIXED_LENGTH_KINDS``).
     * STATUS / REPLY: a register value: ``ok`` (1 bit), ``seq`` (``WIRE_SEQ_BITS``),
       ``address`` (``REGISTER_ADDRESS_BITS``), ``value`` (32 bits). STATUS records are the
       periodic counter snapshot (seq = 0, ok = 1); REPLY answers a command. No time.
@@ -302,6 +305,27 @@ WIRE_ANCHOR_TIME_BITS = 56
 WIRE_SEQ_BITS = 5
 #: Register addresses.
 REGISTER_ADDRESS_BITS = 12
+
+
+#: Width of each CHECK field: ``bytes`` (modulo ``2**CHECK_FIELD_BITS``) and ``crc``.
+CHECK_FIELD_BITS = 16
+#: The CHECK's ``crc`` is CRC-16/CCITT-FALSE of the segment's bytes: polynomial
+#: x^16 + x^12 + x^5 + 1, MSB first, initial value 0xFFFF, no final XOR (Python's
+#: ``binascii.crc_hqx(data, 0xFFFF)``). A plain byte sum, the first draft, misses any
+#: transposition and one double bit flip in 16; this CRC catches every error of up to 3 bits and
+#: every burst of up to 16, and costs a 16-bit register and a few XORs per byte in the gateware.
+CHECK_CRC_POLY = 0x1021
+CHECK_CRC_INIT = 0xFFFF
+#: Width of a register value on the link (STATUS/REPLY records, command frames).
+REGISTER_VALUE_BITS = 32
+#: Reset value of ``control.anchor_interval`` (cycles between ANCHORs).
+DEFAULT_ANCHOR_INTERVAL = 2 ** 20
+
+#: Control records are sent at their kind's full length (payload zero-extended), so a reader
+#: knows one is complete at its last byte without waiting for the next record's first byte
+#: (a REPLY or the final CHECK of a run may be the last bytes for a long time). The other kinds
+#: use the shortest encoding of their payload.
+FIXED_LENGTH_KINDS = (WireKind.ANCHOR, WireKind.CHECK, WireKind.STATUS, WireKind.REPLY)
 
 
 def wire_channel_bits(channels):
@@ -370,7 +394,7 @@ _FIXED_REGISTERS = [
     ("control.busy",           0x012, "ro", 0, 0, 1, "1 while a clear is in progress"),
     ("control.status_period",  0x013, "rw", 0, 0, 2**32 - 1,
      "cycles between counter snapshots (STATUS records); 0 = none"),
-    ("control.anchor_interval", 0x014, "rw", 2**20, 2**10, 2**31,
+    ("control.anchor_interval", 0x014, "rw", DEFAULT_ANCHOR_INTERVAL, 2**10, 2**31,
      "cycles between ANCHOR/CHECK records"),
     ("control.now",            0x015, "ro", 0, 0, 2**32 - 1, "coarse counter"),
     ("control.bad_frames",     0x016, "ro", 0, 0, 2**32 - 1,

@@ -21,7 +21,9 @@ Record dicts (input of :func:`encode_records`, output of :func:`decode_bytes`):
 
 from amaranth.hdl import Shape
 
-from .protocol import (
+from .protocol import (  # noqa: F401 (re-exported: wire constants live in protocol)
+    CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, DEFAULT_ANCHOR_INTERVAL, FIXED_LENGTH_KINDS,
+    REGISTER_VALUE_BITS,
     CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
     REGISTER_ADDRESS_BITS, RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_KIND_SHIFT,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
@@ -35,30 +37,11 @@ __all__ = [
     "encode_records", "encode_stream", "decode_bytes", "encode_command", "decode_command",
 ]
 
-# Not (yet) in protocol.py; defined here once. The fields are described in WireKind's docstring.
-#: Width of each CHECK field: ``bytes`` (modulo ``2**CHECK_FIELD_BITS``) and ``crc``.
-CHECK_FIELD_BITS = 16
-#: The CHECK's ``crc`` is CRC-16/CCITT-FALSE of the segment's bytes: polynomial
-#: x^16 + x^12 + x^5 + 1, MSB first, initial value 0xFFFF, no final XOR (Python's
-#: ``binascii.crc_hqx(data, 0xFFFF)``). A plain byte sum, the first draft, misses any
-#: transposition and one double bit flip in 16; this CRC catches every error of up to 3 bits and
-#: every burst of up to 16, and costs a 16-bit register and a few XORs per byte in the gateware.
-CHECK_CRC_POLY = 0x1021
-CHECK_CRC_INIT = 0xFFFF
-#: Width of a register value on the link (STATUS/REPLY records, command frames).
-REGISTER_VALUE_BITS = 32
-#: Reset value of ``control.anchor_interval`` (cycles between ANCHORs).
-DEFAULT_ANCHOR_INTERVAL = 2 ** 20
-
 _CAUSE_BITS = Shape.cast(LossCause).width
 _OP_BITS = Shape.cast(Command).width
 _CONTINUATION = (1 << WIRE_BITS_PER_BYTE) - 1
 
-#: Control records are sent at their kind's full length (payload zero-extended), so a reader
-#: knows one is complete at its last byte without waiting for the next record's first byte
-#: (a REPLY or the final CHECK of a run may be the last bytes for a long time). The other kinds
-#: use the shortest encoding of their payload.
-FIXED_LENGTH_KINDS = (WireKind.ANCHOR, WireKind.CHECK, WireKind.STATUS, WireKind.REPLY)
+
 
 _SIDE_KINDS = {"status": WireKind.STATUS, "reply": WireKind.REPLY}
 

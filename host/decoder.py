@@ -30,7 +30,8 @@ from ..protocol import (
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
     REGISTER_ADDRESS_BITS, Kind, LossCause, WireKind,
 )
-from ..wire import CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, WireFormat
+from ..protocol import CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS
+from ..wire import WireFormat
 from .decode import EVENT_DTYPE
 
 __all__ = ["Chunk", "StreamDecoder", "compile_seconds"]
