@@ -66,7 +66,8 @@ def anchor_interval_for(cycles, minimum, maximum):
     return int(min(maximum, max(minimum, 2 ** 16, min(2 ** 20, cycles // 16))))
 
 
-def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=None, poll=0.02):
+def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=None, poll=0.02,
+                   sink=None):
     """Run ``acq`` (an :class:`Acquisition`) on ``device`` for ``duration_s`` of device time.
 
     Steps: stop (a previous session may have left it running), configure every config register
@@ -77,6 +78,9 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     every counter.
 
     ``progress(done_cycles, total_cycles, stats)`` is called after every poll while running.
+    ``sink(events)``, if given, gets every block as it is collected, with times from the run
+    start like ``AcquisitionResult.events`` (e.g. :meth:`heraldry.host.ptu.PTUWriter.write_block`
+    streaming to a file while the run goes on).
     """
     ident = device.identity or device.identify()
     cycles = int(round(duration_s * ident.clock_hz))
@@ -109,6 +113,10 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
                 # Right after a now() poll: the first event is within 2**31 cycles of it.
                 first_bins = _bins(block.events["time_ps"][0], ident.bin_fs)
                 epoch = device.device_cycles(first_bins) - (first_bins >> ident.fine_bits)
+            if sink is not None:
+                shifted = block.events.copy()
+                shifted["time_ps"] -= ((start - epoch) << ident.fine_bits) * ident.bin_fs // 1000
+                sink(shifted)
 
     device.start()
     start = device.start_bounds[0]
@@ -153,8 +161,9 @@ def _bins(time_ps, bin_fs):
     return int(round(int(time_ps) * 1000 / bin_fs))
 
 
-def acquire_sim(acq, duration_s, *, progress=None):
-    """Run ``acq`` (an :class:`Acquisition`) on the in-process simulated core (no link)."""
+def acquire_sim(acq, duration_s, *, progress=None, sink=None):
+    """Run ``acq`` (an :class:`Acquisition`) on the in-process simulated core (no link).
+    ``sink(events)`` gets the run's records once, at the end (see :func:`acquire_device`)."""
     from ..sim.harness import CoreSimulation
     cycles = int(round(duration_s * acq.clock_hz))
     if cycles < 1:
@@ -166,6 +175,8 @@ def acquire_sim(acq, duration_s, *, progress=None):
     start_bin = run.start_time << acq.fine_bits
     events = block.events.copy()
     events["time_ps"] -= start_bin * acq.bin_ps
+    if sink is not None:
+        sink(events)
     cmap = sim.map
     counters = {name: run.counters[list(cmap.range(name))].tolist() for name in _COUNTER_GROUPS}
     return AcquisitionResult(acquisition=acq, duration_s=duration_s, events=events,
@@ -294,6 +305,9 @@ def print_summary(summary, file=sys.stdout):
         why = ("the stream was damaged on the link" if failed == ["stream_verified"]
                else "hardware counters disagree with tags")
         w("  CHECK FAILED: " + ", ".join(failed) + f" ({why})\n")
+    elif "file_events_lost" in summary:
+        w("  replayed file (counters recomputed by the reference model from its tags); checks: "
+          + ", ".join(summary["checks"]) + "\n")
     elif "singles_recomputed_from_tags" in summary["checks"]:
         w("  checks: hardware counters agree with counts recomputed from the streamed tags\n")
     else:

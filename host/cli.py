@@ -6,6 +6,8 @@ Commands:
   starts the Verilated virtual board (``sim/twin.py``) and talks to it over its pseudo-terminal
   through the same driver as a real board; ``PORT`` (a device path) is a real board;
   ``sim-inprocess`` runs the core alone in the Amaranth simulator (no link; slow).
+  ``replay:FILE.ptu`` plays a PTU T2 file (ours or PicoQuant's) through the same summary
+  (``--realtime``: at the recorded pace), see :mod:`heraldry.host.replay`.
 * ``heraldry sim``: start the virtual board, print its port path, serve until Ctrl-C.
 
 Exit status: 0 success; 2 bad options (one line on stderr, nothing was run); 3 the run completed
@@ -78,6 +80,9 @@ def build_parser():
                      help="coincidence window in ns (default one 10 ns bin)")
     acq.add_argument("--delay", action="append", default=[], metavar="CH=NS",
                      help="input delay of a channel (repeatable)")
+    acq.add_argument("--config", metavar="FILE.json",
+                     help="input delays from a file written by heraldry calibrate "
+                          "({\"delays_ns\": {CH: NS}}); --delay options override it")
     acq.add_argument("--dead-time", action="append", default=[], metavar="CH=NS",
                      help="dead time of a channel (repeatable)")
     acq.add_argument("--edge", action="append", default=[], metavar="CH=EDGE",
@@ -103,9 +108,14 @@ def build_parser():
     acq.add_argument("--period", type=float, default=1000.0, metavar="NS",
                      help="period of the periodic test signal (default 1000 ns)")
     acq.add_argument("--seed", type=int, default=1, help="test-signal seed (default 1)")
-    acq.add_argument("--out", metavar="FILE.npz", help="write every streamed tag")
+    acq.add_argument("--out", metavar="FILE.npz|FILE.ptu",
+                     help="write every streamed tag (.npz), or stream every record to a "
+                          "PicoQuant PTU T2 file while the run goes on (.ptu: heralds and "
+                          "recorded coincidences on extra channels, see heraldry.host.ptu)")
     acq.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON")
     acq.add_argument("--quiet", action="store_true", help="no progress or table")
+    acq.add_argument("--realtime", action="store_true",
+                     help="with --board replay:FILE.ptu, play at the pace of the recorded time")
     srv = sub.add_parser("sim", help="start the virtual board and serve it on a pty until Ctrl-C")
     srv.add_argument("--channels", type=int, default=4, metavar="N", help="inputs (1..8)")
     srv.add_argument("--baud", type=int, default=BOARDS["sim"]["baud"],
@@ -118,15 +128,26 @@ def build_parser():
     return parser
 
 
+REPLAY_PREFIX = "replay:"
+
+
+def _is_replay(name):
+    return name.startswith(REPLAY_PREFIX)
+
+
 def _is_port(name):
-    return name not in BOARDS and (os.sep in name or name.startswith("COM"))
+    return name not in BOARDS and not _is_replay(name) and (os.sep in name
+                                                             or name.startswith("COM"))
 
 
 def check_board_args(args):
     """The checks that need no board (ConfigError): board name or port, channels, duration."""
-    if args.board not in BOARDS and not _is_port(args.board):
-        raise ConfigError(f"unknown board {args.board!r}; use one of {', '.join(BOARDS)} or a "
-                          f"serial device path such as /dev/ttyUSB1")
+    if _is_replay(args.board):
+        if not os.path.isfile(args.board[len(REPLAY_PREFIX):]):
+            raise ConfigError(f"--board {args.board}: no such file")
+    elif args.board not in BOARDS and not _is_port(args.board):
+        raise ConfigError(f"unknown board {args.board!r}; use one of {', '.join(BOARDS)}, a "
+                          f"serial device path such as /dev/ttyUSB1, or replay:FILE.ptu")
     if _is_port(args.board) and not os.path.exists(args.board):
         raise ConfigError(f"--board {args.board}: no such serial device")
     if args.channels is not None and not 1 <= args.channels <= 8:
@@ -177,7 +198,11 @@ def acquisition_from_args(args, board=None):
         return values
 
     window = bins("--window", args.window, 1, 1023)
-    delays = per_channel(args.delay, "--delay",
+    delay_options = list(args.delay)
+    if getattr(args, "config", None):
+        from .cmd_calibrate import config_delay_options
+        delay_options = config_delay_options(args.config) + delay_options
+    delays = per_channel(delay_options, "--delay",
                          lambda v: bins("--delay", _float(v, "--delay"), 0, 1023), 0)
     dead = per_channel(args.dead_time, "--dead-time",
                        lambda v: bins("--dead-time", _float(v, "--dead-time"), 0, 65535), 0)
@@ -250,9 +275,14 @@ def _error(message):
     sys.stderr.write(f"heraldry: error: {message}\n")
 
 
-def _run_on_device(args, transport_factory, acq, progress, timeout=1.0):
+def _is_ptu(path):
+    return path is not None and path.lower().endswith(".ptu")
+
+
+def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for=None):
     """Open the board, identify it, build the acquisition if not given (a real board describes
-    itself), run it. Returns ``(result, None)`` or ``(None, exit status)``."""
+    itself), run it. ``sink_for(acq)`` returns the ``sink`` for :func:`acquire_device` (or
+    raises ValueError: a usage error). Returns ``(result, None)`` or ``(None, exit status)``."""
     from .acquire import acquire_device
     from .driver import Device
     with Device(transport_factory(), timeout=timeout) as device:
@@ -270,8 +300,16 @@ def _run_on_device(args, transport_factory, acq, progress, timeout=1.0):
                              f"{identity.gateware_version}, {identity.channels} channels, "
                              f"{identity.clock_hz / 1e6:g} MHz; acquiring "
                              f"{args.duration * 1e3:g} ms of device time...\n")
+        sink = None
+        if sink_for is not None:
+            try:
+                sink = sink_for(acq)
+            except ValueError as error:
+                _error(error)
+                return None, EXIT_USAGE
         try:
-            return acquire_device(device, acq, args.duration, progress=progress), None
+            return acquire_device(device, acq, args.duration, progress=progress,
+                                  sink=sink), None
         except KeyboardInterrupt:
             try:    # leave the board stopped
                 device.write("control.run", 0)
@@ -284,9 +322,18 @@ def cmd_acquire(args):
     from .driver import DeviceError
     from .transport import TransportError
     acq = None
+    replay = None
     try:
         if _is_port(args.board):
             check_board_args(args)      # the rest needs the board's identification
+        elif _is_replay(args.board):
+            check_board_args(args)      # the file says the rest
+            from .replay import ReplaySource
+            try:
+                replay = ReplaySource(args.board[len(REPLAY_PREFIX):], realtime=args.realtime)
+            except (OSError, ValueError, KeyError) as error:
+                raise ConfigError(f"--board {args.board}: cannot replay: {error}") from None
+            acq, notes = replay.acquisition, []
         else:
             acq, notes = acquisition_from_args(args)
     except ConfigError as error:
@@ -301,36 +348,29 @@ def cmd_acquire(args):
             sys.stderr.write(f"heraldry: note: {note}\n")
     tty = not args.quiet and sys.stderr.isatty()
     progress = _progress_printer(tty, args.duration)
+    writers = []    # the PTUWriter of --out FILE.ptu, made once the acquisition is known
+
+    def ptu_sink(acq):
+        if not writers:
+            from .ptu import PTUWriter
+            options = {k: v for k, v in vars(args).items() if k != "command"}
+            writers.append(PTUWriter.for_acquisition(
+                args.out, acq, {"board": args.board, "duration_s": args.duration,
+                                "options": options},
+                comment=f"heraldry acquire --board {args.board}, {args.duration:g} s"))
+        return writers[0].write_block
+    sink_for = ptu_sink if _is_ptu(args.out) else None
+    if sink_for is not None and acq is not None:
+        try:
+            sink_for(acq)       # refuse an impossible channel map before anything runs
+        except ValueError as error:
+            _error(error)
+            return EXIT_USAGE
+    from .ptu import StopReason
+    result = None
+    stop_reason = StopReason.TRANSFER_FAILED    # unless interrupted, or the run completes
     try:
-        if args.board == "sim-inprocess":
-            from .acquire import acquire_sim
-            if not args.quiet:
-                sys.stderr.write(f"heraldry: simulating {args.duration * 1e3:g} ms of device "
-                                 f"time ({int(round(args.duration * acq.clock_hz))} cycles) on "
-                                 f"the {acq.channels}-channel core in-process...\n")
-            result = acquire_sim(acq, args.duration, progress=progress)
-        elif args.board == "sim":
-            from ..sim.twin import Twin, TwinError
-            from .transport import SerialTransport
-            board = BOARDS["sim"]
-            try:
-                twin = Twin(channels=acq.channels, rules=acq.rules, clock_hz=int(acq.clock_hz),
-                            baud=board["baud"])
-                twin.start()
-            except TwinError as error:
-                _error(error)
-                return EXIT_FAILED
-            try:
-                # The virtual board's pace depends on this machine's load: wait longer.
-                result, status = _run_on_device(
-                    args, lambda: SerialTransport(twin.port, board["baud"]), acq, progress,
-                    timeout=3.0)
-            finally:
-                twin.stop()
-        else:
-            from .transport import SerialTransport
-            result, status = _run_on_device(
-                args, lambda: SerialTransport(args.board, args.baud), None, progress)
+        result, status = _acquire(args, acq, progress, sink_for, replay)
         if result is None:
             return status
     except (DeviceError, TransportError) as error:
@@ -339,13 +379,36 @@ def cmd_acquire(args):
         _error(error)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        stop_reason = StopReason.MANUAL
         sys.stderr.write("\nheraldry: interrupted\n")
         return EXIT_INTERRUPTED
+    finally:
+        if result is None and writers:
+            # Whatever was streamed stays readable; the header says why it ends early.
+            writers[0].close(stop_reason=stop_reason)
     if tty:
         sys.stderr.write("\n")
     from .acquire import print_summary, summarise
+    if replay is not None:
+        result, replay_checks = result
     summary = summarise(result, board=args.board)
-    if args.out:
+    if replay is not None:
+        # A file has no hardware counters (the summary's are the model's, from its tags): its
+        # checks are the ones a file can prove, and its declared losses count as dropped.
+        summary["checks"] = replay_checks
+        summary["dropped"] += replay.events_lost
+        summary["file_events_lost"] = replay.events_lost
+        summary["skipped_special_records"] = replay.skipped_special
+    if writers:
+        seconds = result.device_seconds or result.duration_s
+        writers[0].close(acquisition_time_s=seconds,
+                         input_rates_hz=[s / seconds if seconds else 0
+                                         for s in summary["singles"]],
+                         events_dropped=summary["dropped"], summary=summary)
+        if not args.quiet:
+            sys.stderr.write(f"heraldry: wrote {writers[0].records} PTU records to "
+                             f"{', '.join(writers[0].paths)}\n")
+    elif args.out:
         tags = result.tags
         np.savez(args.out, channel=tags["channel"].astype(np.uint8),
                  time_ps=tags["time_ps"].astype(np.int64))
@@ -363,6 +426,45 @@ def cmd_acquire(args):
     if summary["dropped"]:
         return EXIT_DROPPED
     return EXIT_OK
+
+
+def _acquire(args, acq, progress, sink_for, replay=None):
+    """Run on the board of ``--board``; ``(result, None)`` or ``(None, exit status)``."""
+    if replay is not None:
+        from .replay import acquire_replay
+        sink = sink_for(acq) if sink_for is not None else None
+        if not args.quiet:
+            sys.stderr.write(f"heraldry: replaying {', '.join(replay.paths)} "
+                             f"({len(replay.events)} records, {replay.duration_s:g} s)...\n")
+        return acquire_replay(replay, progress=progress, sink=sink), None
+    if args.board == "sim-inprocess":
+        from .acquire import acquire_sim
+        if not args.quiet:
+            sys.stderr.write(f"heraldry: simulating {args.duration * 1e3:g} ms of device "
+                             f"time ({int(round(args.duration * acq.clock_hz))} cycles) on "
+                             f"the {acq.channels}-channel core in-process...\n")
+        sink = sink_for(acq) if sink_for is not None else None
+        return acquire_sim(acq, args.duration, progress=progress, sink=sink), None
+    from .transport import SerialTransport
+    if args.board == "sim":
+        from ..sim.twin import Twin, TwinError
+        board = BOARDS["sim"]
+        try:
+            twin = Twin(channels=acq.channels, rules=acq.rules, clock_hz=int(acq.clock_hz),
+                        baud=board["baud"])
+            twin.start()
+        except TwinError as error:
+            _error(error)
+            return None, EXIT_FAILED
+        try:
+            # The virtual board's pace depends on this machine's load: wait longer.
+            return _run_on_device(
+                args, lambda: SerialTransport(twin.port, board["baud"]), acq, progress,
+                timeout=3.0, sink_for=sink_for)
+        finally:
+            twin.stop()
+    return _run_on_device(args, lambda: SerialTransport(args.board, args.baud), None, progress,
+                          sink_for=sink_for)
 
 
 def cmd_sim(args):
@@ -415,7 +517,7 @@ def cmd_sim(args):
 
 # Further commands live in their own modules: each has ``register(subparsers)`` that adds its
 # sub-parsers and returns ``[(name, handler), ...]``; ``handler(args)`` returns the exit status.
-COMMAND_MODULES = []
+COMMAND_MODULES = ["heraldry.host.cmd_calibrate"]
 COMMAND_HANDLERS = {}
 
 

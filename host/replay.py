@@ -1,0 +1,259 @@
+"""Replay a PTU T2 file as a virtual board: ``heraldry acquire --board replay:FILE.ptu``.
+
+:class:`ReplaySource` plays a file (ours, with every rotation part, or one PicoQuant's software
+wrote) as the driver delivers a run: :class:`~heraldry.host.decode.Block` s of
+``host.decode.EVENT_DTYPE`` records with times in ps from the run start, through
+:meth:`ReplaySource.read_block` / :meth:`ReplaySource.blocks`, as fast as possible or at the
+pace of the recorded time (``realtime``). :func:`acquire_replay` turns a replay into the
+:class:`~heraldry.host.acquire.AcquisitionResult` that ``heraldry acquire`` summarises.
+
+Channels: in our files the header's ``Heraldry_ChannelMap`` gives each PTU channel back its kind
+(inputs -> TAG, herald channels -> HERALD with ``pattern`` 0 since the file does not keep the
+pattern at firing, coincidence channels -> COINCIDENCE with their pattern) and
+``Heraldry_Config`` the acquisition. In other files every photon channel is an input (TAG) and
+sync/marker records are skipped (counted in :attr:`ReplaySource.skipped_special`).
+
+A file holds no hardware counters. :func:`acquire_replay` reports the counters the reference
+model derives from the file's input tags, and its checks are what a file can prove: that the
+herald and coincidence records in it are exactly those the model derives from its tags (our
+files), and that the file declares no lost events.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+from .. import protocol
+from ..protocol import Kind
+from .config import Acquisition
+from .decode import EVENT_DTYPE, Block
+from .ptu import part_path, read_ptu
+
+__all__ = ["ReplaySource", "acquire_replay", "replay_parts"]
+
+#: Longest stretch of recorded time one block covers (so a real-time replay stays smooth).
+BLOCK_SECONDS = 0.05
+
+
+def replay_parts(path):
+    """``path`` and the rotation parts that follow it (``name-001.ptu``, ...) that exist."""
+    parts = [os.fspath(path)]
+    while os.path.exists(part_path(path, len(parts))):
+        parts.append(part_path(path, len(parts)))
+    return parts
+
+
+class ReplaySource:
+    """A PTU file (and its rotation parts) as a stream of decoded blocks.
+
+    Parameters
+    ----------
+    path : str or path
+        The first (or only) part.
+    realtime : bool
+        Deliver each block no earlier than its last record's time after the first
+        :meth:`read_block` call (wall clock); otherwise as fast as possible.
+    block_events : int
+        Most records per block (a block also covers at most :data:`BLOCK_SECONDS`).
+    clock, sleep :
+        Time source and sleeper (``time.monotonic``, ``time.sleep``; replaceable in tests).
+
+    Members
+    -------
+    acquisition : Acquisition
+        From ``Heraldry_Config`` (ours), else built from the header: ``HW_InpChannels`` inputs
+        (at least the highest photon channel + 1, at most ``MAX_CHANNELS``), one bin =
+        ``MeasDesc_GlobalResolution``.
+    tags : dict
+        The first part's header.
+    paths : list of str
+    duration_s : float
+        ``MeasDesc_AcquisitionTime`` if the header has it, else the last record's time.
+    events_lost : int
+        ``Heraldry_EventsLost`` (ours), or 1 when ``TTResult_MDescWarningFlags`` has the
+        events-dropped bit without a count, else 0.
+    skipped_special : int
+        Sync and marker records (no EVENT_DTYPE kind for them).
+    """
+
+    def __init__(self, path, *, realtime=False, block_events=1 << 16, clock=time.monotonic,
+                 sleep=time.sleep):
+        self.paths = replay_parts(path)
+        self.realtime = realtime
+        self.block_events = block_events
+        self._clock = clock
+        self._sleep = sleep
+        parts = [read_ptu(p) for p in self.paths]
+        self.tags = parts[0].tags
+        special = np.concatenate([p.special for p in parts])
+        time_ps = np.concatenate([p.time_ps for p in parts])
+        channel = np.concatenate([p.channel for p in parts]).astype(np.int64)
+        self.skipped_special = int(special.sum())
+        time_ps, channel = time_ps[~special], channel[~special]
+        if time_ps.dtype.kind == "f":
+            time_ps = np.rint(time_ps).astype(np.int64)
+        self.acquisition, kinds = self._describe(channel)
+        events = np.zeros(len(time_ps), EVENT_DTYPE)
+        events["time_ps"] = time_ps
+        events["count"] = 1
+        lookup_kind, lookup_channel, lookup_pattern = kinds
+        if len(channel) and np.any(lookup_kind[channel] < 0):
+            bad = int(channel[lookup_kind[channel] < 0][0])
+            raise ValueError(f"{self.paths[0]}: PTU channel {bad} is not in the file's channel map")
+        events["kind"] = lookup_kind[channel]
+        events["channel"] = lookup_channel[channel]
+        events["pattern"] = lookup_pattern[channel]
+        self.events = events
+        acquisition_ms = self.tags.get("MeasDesc_AcquisitionTime")
+        self.duration_s = (acquisition_ms / 1e3 if acquisition_ms
+                           else (int(time_ps[-1]) * 1e-12 if len(time_ps) else 0.0))
+        lost = self.tags.get("Heraldry_EventsLost")
+        flags = self.tags.get("TTResult_MDescWarningFlags", 0)
+        self.events_lost = int(lost) if lost is not None else int(bool(flags & 0x80))
+        self._edges = self._block_edges(time_ps)
+        self._next = 0
+        self._start = None
+
+    def _describe(self, channel):
+        """The acquisition and the PTU channel -> (kind, channel, pattern) tables."""
+        size = 64
+        kind = np.full(size, -1, np.int64)
+        index = np.zeros(size, np.int64)
+        pattern = np.zeros(size, np.int64)
+        config = json.loads(self.tags.get("Heraldry_Config") or "null")
+        cmap = json.loads(self.tags.get("Heraldry_ChannelMap") or "null")
+        resolution_ps = self.tags["MeasDesc_GlobalResolution"] * 1e12
+        bin_ps = int(round(resolution_ps)) if abs(resolution_ps - round(resolution_ps)) < 1e-6 \
+            else resolution_ps
+        if cmap:
+            for c, ptu_channel in cmap["inputs"].items():
+                kind[ptu_channel], index[ptu_channel] = Kind.TAG.value, int(c)
+            for r, ptu_channel in cmap["herald_rules"].items():
+                kind[ptu_channel], index[ptu_channel] = Kind.HERALD.value, int(r)
+            record_mask = 0
+            for p, ptu_channel in cmap["coincidence_patterns"].items():
+                kind[ptu_channel], pattern[ptu_channel] = Kind.COINCIDENCE.value, int(p, 0)
+                record_mask |= 1 << int(p, 0)
+            if isinstance(config, dict) and "acquisition" in config:
+                return Acquisition(**config["acquisition"]), (kind, index, pattern)
+            # Written without an acquisition: the map still says channels, rules, patterns.
+            acq = Acquisition(channels=len(cmap["inputs"]),
+                              rules=max(1, len(cmap["herald_rules"])), bin_ps=bin_ps,
+                              clock_hz=1e12 / bin_ps, coincidence_record_mask=record_mask,
+                              test_signal="off")
+            return acq, (kind, index, pattern)
+        highest = int(channel.max()) + 1 if len(channel) else 1
+        n = max(int(self.tags.get("HW_InpChannels", 1)), highest)
+        if highest > protocol.MAX_CHANNELS:
+            raise ValueError(f"{self.paths[0]}: photons on channel {highest - 1}; heraldry "
+                             f"replays at most {protocol.MAX_CHANNELS} inputs")
+        n = min(n, protocol.MAX_CHANNELS)
+        kind[:n], index[:n] = Kind.TAG.value, np.arange(n)
+        acq = Acquisition(channels=n, rules=1, bin_ps=bin_ps, clock_hz=1e12 / bin_ps,
+                          test_signal="off")
+        return acq, (kind, index, pattern)
+
+    def _block_edges(self, time_ps):
+        n = len(time_ps)
+        by_count = np.arange(0, n, self.block_events)
+        step_ps = int(BLOCK_SECONDS * 1e12)
+        by_time = np.searchsorted(time_ps, np.arange(0, int(time_ps[-1]) + step_ps, step_ps)
+                                  if n else [], side="left")
+        return np.unique(np.concatenate([by_count, by_time, [n]]).astype(np.int64))
+
+    def read_block(self, timeout=None):
+        """The next :class:`Block`, or ``None`` at the end of the file. With ``realtime`` this
+        waits (at most ``timeout`` s, then returns an empty block) until the block is due."""
+        if self._start is None:
+            self._start = self._clock()
+        while self._next < len(self._edges) and self._edges[self._next] == (
+                self._edges[self._next - 1] if self._next else 0):
+            self._next += 1
+        if self._next >= len(self._edges):
+            return None
+        lo = int(self._edges[self._next - 1]) if self._next else 0
+        hi = int(self._edges[self._next])
+        events = self.events[lo:hi]
+        if self.realtime:
+            due = self._start + int(events["time_ps"][-1]) * 1e-12
+            wait = due - self._clock()
+            if timeout is not None and wait > timeout:
+                self._sleep(timeout)
+                return Block(np.zeros(0, EVENT_DTYPE), {})
+            if wait > 0:
+                self._sleep(wait)
+        self._next += 1
+        return Block(events.copy(), {})
+
+    def blocks(self):
+        """Every remaining block, in order."""
+        while (block := self.read_block()) is not None:
+            if len(block.events):
+                yield block
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def acquire_replay(source, *, progress=None, sink=None):
+    """Play ``source`` (a :class:`ReplaySource` or a path); returns
+    ``(AcquisitionResult, replay_checks)``.
+
+    ``sink(events)`` gets every block (e.g. :meth:`heraldry.host.ptu.PTUWriter.write_block`);
+    ``progress(done_ps, total_ps)`` is called after each block. ``replay_checks`` are the checks
+    a file supports (see the module docstring).
+    """
+    from ..model import TAG_DTYPE, counts_from_tags
+    from .acquire import AcquisitionResult
+    wall = time.monotonic()
+    if not isinstance(source, ReplaySource):
+        source = ReplaySource(source)
+    acq = source.acquisition
+    parts = []
+    total_ps = int(source.events["time_ps"][-1]) if len(source.events) else 0
+    for block in source.blocks():
+        parts.append(block.events)
+        if sink is not None:
+            sink(block.events)
+        if progress is not None:
+            progress(int(block.events["time_ps"][-1]), total_ps)
+    events = np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
+    tags = events[events["kind"] == Kind.TAG.value]
+    tag_bins = np.zeros(len(tags), TAG_DTYPE)
+    tag_bins["time"] = tags["time_ps"] // acq.bin_ps if isinstance(acq.bin_ps, int) \
+        else np.rint(tags["time_ps"] / acq.bin_ps)
+    tag_bins["channel"] = tags["channel"]
+    model = counts_from_tags(tag_bins, acq.model_settings())
+    zeros = [0] * acq.channels
+    counters = {
+        "singles": model.singles.tolist(),
+        "patterns": model.patterns[1:].tolist(),
+        "heralds": (model.herald_counts.tolist() + [0] * acq.rules)[:acq.rules],
+        "delay_dropped": zeros, "merger_dropped": list(zeros),
+        "herald_dropped": [0] * acq.rules, "coincidence_dropped": [0],
+    }
+    checks = {"file_declares_no_loss": source.events_lost == 0}
+    if source.tags.get("Heraldry_ChannelMap"):
+        heralds = events[events["kind"] == Kind.HERALD.value]
+        order = np.lexsort((heralds["channel"], heralds["time_ps"]))
+        checks["herald_records_equal_model"] = (
+            np.array_equal(heralds["time_ps"][order], model.heralds["time"] * acq.bin_ps)
+            and np.array_equal(heralds["channel"][order], model.heralds["rule"]))
+        coincidences = events[events["kind"] == Kind.COINCIDENCE.value]
+        checks["coincidence_records_equal_model"] = (
+            np.array_equal(coincidences["time_ps"],
+                           model.coincidence_records["time"] * acq.bin_ps)
+            and np.array_equal(coincidences["pattern"], model.coincidence_records["pattern"]))
+    result = AcquisitionResult(
+        acquisition=acq, duration_s=source.duration_s, events=events, counters=counters,
+        lost={}, start_bin=0, wall_seconds=time.monotonic() - wall,
+        device_seconds=source.duration_s, port=", ".join(source.paths))
+    return result, checks

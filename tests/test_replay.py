@@ -1,0 +1,200 @@
+"""Replaying PTU files (:mod:`heraldry.host.replay`, ``heraldry acquire --board replay:FILE``):
+our files (kinds restored from the channel map, rotation parts joined) and PicoQuant's."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import ptufile
+import pytest
+
+from heraldry import model
+from heraldry.host import cli
+from heraldry.host.config import Acquisition
+from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.ptu import ChannelMap, PTUWriter
+from heraldry.host.replay import BLOCK_SECONDS, ReplaySource, acquire_replay
+from heraldry.protocol import Kind
+
+HYDRAHARP = Path("/work/shared/data/picoquant/hydraharp_v30_t2.ptu")
+BIN = 10_000
+
+
+def _acquisition():
+    return Acquisition(channels=3, rules=2, herald_masks=[0b011, 0b110], window_bins=5,
+                       coincidence_record_mask=(1 << 0b011) | (1 << 0b111))
+
+
+def _model_run(seed=2, pairs=3000):
+    """A run's records as the core would stream them, from the reference model."""
+    acq = _acquisition()
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.geometric(1e-3, pairs)) * 10
+    rise = [np.unique(np.concatenate([t + rng.integers(0, 3, pairs)[:] * (c > 0),
+                                      rng.integers(0, t[-1], 200)]))
+            for c in range(3)]
+    rise = [r[rng.random(len(r)) < 0.8] for r in rise]
+    result = model.simulate(rise, [np.zeros(0, np.int64)] * 3, acq.model_settings())
+    parts = []
+    for times, kind, channel, pattern in (
+            (result.tags["time"], Kind.TAG, result.tags["channel"], 0),
+            (result.heralds["time"], Kind.HERALD, result.heralds["rule"], 0),
+            (result.coincidence_records["time"], Kind.COINCIDENCE, 0,
+             result.coincidence_records["pattern"])):
+        ev = np.zeros(len(times), EVENT_DTYPE)
+        ev["time_ps"], ev["kind"], ev["channel"], ev["pattern"] = times * BIN, kind.value, \
+            channel, pattern
+        ev["count"] = 1
+        parts.append(ev)
+    events = np.concatenate(parts)
+    events = events[np.argsort(events["time_ps"], kind="stable")]
+    assert len(result.heralds) > 50 and len(result.coincidence_records) > 50
+    return acq, result, events
+
+
+def _write(path, acq, events, **kwargs):
+    with PTUWriter.for_acquisition(path, acq, **kwargs) as w:
+        for block in np.array_split(events, 9):
+            w.write_block(block)
+    return w
+
+
+def test_replay_restores_kinds_and_joins_rotation_parts(tmp_path):
+    acq, result, events = _model_run()
+    w = _write(tmp_path / "run.ptu", acq, events, max_bytes=20_000)
+    assert len(w.paths) >= 3
+    source = ReplaySource(tmp_path / "run.ptu", block_events=1000)
+    assert source.paths == w.paths
+    assert source.acquisition == acq
+    blocks = list(source.blocks())
+    assert all(len(b.events) <= 1000 for b in blocks)
+    got = np.concatenate([b.events for b in blocks])
+    # Herald patterns are not in the file; everything else comes back as written.
+    expected = events.copy()
+    expected["pattern"][expected["kind"] == Kind.HERALD.value] = 0
+    np.testing.assert_array_equal(got, expected)
+    replayed, checks = acquire_replay(source.paths[0])
+    assert checks == {"file_declares_no_loss": True, "herald_records_equal_model": True,
+                      "coincidence_records_equal_model": True}
+    assert replayed.counters["singles"] == result.singles.tolist()
+    assert replayed.counters["patterns"] == result.patterns[1:].tolist()
+    assert replayed.counters["heralds"] == result.herald_counts.tolist()
+
+
+def test_replay_check_catches_a_missing_herald(tmp_path):
+    acq, _, events = _model_run(seed=4)
+    herald = np.flatnonzero(events["kind"] == Kind.HERALD.value)[7]
+    _write(tmp_path / "bad.ptu", acq, np.delete(events, herald))
+    _, checks = acquire_replay(tmp_path / "bad.ptu")
+    assert checks["herald_records_equal_model"] is False
+    assert checks["coincidence_records_equal_model"] is True
+
+
+def test_hydraharp_file_replays_with_readme_figures():
+    source = ReplaySource(HYDRAHARP)
+    assert source.acquisition.channels == 2 and source.acquisition.bin_ps == 1
+    assert source.skipped_special == 0 and source.duration_s == 5.0
+    blocks = [b.events for b in source.blocks()]
+    for block in blocks:
+        assert block["time_ps"][-1] - block["time_ps"][0] < BLOCK_SECONDS * 1e12
+    events = np.concatenate(blocks)
+    assert len(events) == 305_565
+    assert np.all(events["kind"] == Kind.TAG.value) and np.all(events["channel"] == 0)
+    assert events["time_ps"][0] == 24_433_765 and events["time_ps"][-1] == 4_999_964_931_763
+    assert np.all(np.diff(events["time_ps"]) >= 0)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+        self.slept = []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_realtime_pace(tmp_path):
+    path = tmp_path / "paced.ptu"
+    times = np.array([0, 10, 120, 130, 400, 401], np.int64) * 1_000_000_000    # ms, in ps
+    ev = np.zeros(len(times), EVENT_DTYPE)
+    ev["time_ps"], ev["channel"] = times, [0, 1, 0, 1, 0, 1]
+    with PTUWriter(path, bin_ps=BIN, channel_map=ChannelMap(2)) as w:
+        w.write_block(ev)
+    fake = FakeClock()
+    source = ReplaySource(path, realtime=True, clock=fake.clock, sleep=fake.sleep)
+    delivered = []
+    while (block := source.read_block()) is not None:
+        if len(block.events):
+            delivered.append((fake.now - 100.0, block.events["time_ps"] / 1e12))
+    for at, block_times in delivered:
+        assert at == pytest.approx(block_times[-1], abs=1e-9)     # due, and not later
+    assert fake.now - 100.0 == pytest.approx(0.401, abs=1e-9)
+    assert np.concatenate([t for _, t in delivered]).tolist() == (times / 1e12).tolist()
+    # A timeout shorter than the wait returns an empty block, then the same block later.
+    fake = FakeClock()
+    source = ReplaySource(path, realtime=True, clock=fake.clock, sleep=fake.sleep)
+    first = source.read_block(timeout=0.05)
+    assert first.events["time_ps"].tolist() == times[:2].tolist()
+    assert len(source.read_block(timeout=0.05).events) == 0
+    assert source.read_block(timeout=0.1).events["time_ps"].tolist() == times[2:4].tolist()
+    # As fast as possible: never sleeps.
+    fake = FakeClock()
+    assert sum(len(b.events) for b in ReplaySource(
+        path, clock=fake.clock, sleep=fake.sleep).blocks()) == 6 and fake.slept == []
+
+
+def test_cli_replay_of_our_file_and_rewrite(tmp_path):
+    acq, result, events = _model_run(seed=6)
+    _write(tmp_path / "run.ptu", acq, events)
+    copy = tmp_path / "copy.ptu"
+    summary_path = tmp_path / "s.json"
+    status = cli.main(["acquire", "--board", f"replay:{tmp_path / 'run.ptu'}", "--quiet",
+                       "--out", str(copy), "--summary-json", str(summary_path)])
+    assert status == 0
+    summary = json.loads(summary_path.read_text())
+    assert summary["singles"] == result.singles.tolist()
+    assert summary["heralds"] == result.herald_counts.tolist()
+    assert summary["coincidence_records"] == len(result.coincidence_records)
+    assert all(summary["checks"].values()) and len(summary["checks"]) == 3
+    with ptufile.PtuFile(tmp_path / "run.ptu") as a, ptufile.PtuFile(copy) as b:
+        ra, rb = a.decode_records(), b.decode_records()
+        assert json.loads(b.tags["Heraldry_Config"])["acquisition"] == json.loads(
+            a.tags["Heraldry_Config"])["acquisition"]
+    np.testing.assert_array_equal(ra[ra["channel"] >= 0], rb[rb["channel"] >= 0])
+
+
+def test_cli_replay_exit_status_for_lost_events(tmp_path):
+    acq, _, events = _model_run(seed=8)
+    loss = np.zeros(1, EVENT_DTYPE)
+    loss["time_ps"], loss["kind"], loss["count"] = events["time_ps"][100], Kind.LOSS.value, 3
+    _write(tmp_path / "lossy.ptu", acq, np.insert(events, 101, loss))
+    summary_path = tmp_path / "s.json"
+    status = cli.main(["acquire", "--board", f"replay:{tmp_path / 'lossy.ptu'}", "--quiet",
+                       "--summary-json", str(summary_path)])
+    summary = json.loads(summary_path.read_text())
+    assert summary["file_events_lost"] == 3 and summary["dropped"] == 3
+    assert status == 1          # a check failed: file_declares_no_loss
+
+
+def test_cli_replay_hydraharp(tmp_path):
+    summary_path = tmp_path / "s.json"
+    status = cli.main(["acquire", "--board", f"replay:{HYDRAHARP}", "--summary-json",
+                       str(summary_path)])
+    assert status == 0
+    summary = json.loads(summary_path.read_text())
+    assert summary["tags"] == 305_565 and summary["singles"] == [305_565, 0]
+    assert summary["bin_ps"] == 1 and summary["device_seconds"] == 5.0
+
+
+@pytest.mark.parametrize("board,fragment", [
+    ("replay:/no/such/file.ptu", "no such file"),
+    (f"replay:{__file__}", "not a PTU file"),
+])
+def test_cli_replay_refusals(board, fragment, capsys):
+    assert cli.main(["acquire", "--board", board]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
