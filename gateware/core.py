@@ -37,6 +37,11 @@ class TaggerCore(wiring.Component):
         PHY component class (``GenericPHY`` by default); instantiated once per channel with no
         arguments, it must have ``pin: In(1)`` and ``phy: Out(PHYSignature(phy.fine_bits))``,
         and class attributes ``fine_bits`` and ``latency``.
+    phys : list of PHY components, optional
+        Pre-built PHYs, one per channel, for PHYs that need their raw pin or extra clocks
+        (vendor PHYs built by a board's top level). They must share ``fine_bits`` and
+        ``latency``; ``phy`` is then ignored and ``pins`` is not connected (the board wires the
+        pins into the PHYs).
     fifo_depth : int
         Merger FIFO depth in bundles (one bundle = everything that happened in one cycle).
     delay_depth : int
@@ -44,6 +49,9 @@ class TaggerCore(wiring.Component):
     counter_init : int
         Reset value of ``ref = now - latency``, the core's time reference (tests start near a
         wrap with it); ``now`` itself starts ``latency`` higher.
+    test_signal : bool
+        Include the test-signal generator (default). Without it (small FPGAs: it is ~1000
+        iCE40 LUTs at 2 channels) a channel whose source is not ``PIN`` sees no events.
 
     Members
     -------
@@ -78,15 +86,24 @@ class TaggerCore(wiring.Component):
         coincidence unit in the cycle where ``now == b + latency``.
     """
 
-    def __init__(self, channels=4, rules=2, *, phy=GenericPHY, fifo_depth=256, delay_depth=16,
-                 counter_init=0):
+    def __init__(self, channels=4, rules=2, *, phy=GenericPHY, phys=None, fifo_depth=256,
+                 delay_depth=16, counter_init=0, test_signal=True):
+        if phys is not None:
+            phys = list(phys)
+            if len(phys) != channels:
+                raise ValueError(f"phys must hold {channels} PHYs, not {len(phys)}")
+            if len({(p.fine_bits, p.latency) for p in phys}) != 1:
+                raise ValueError("all PHYs in phys must have the same fine_bits and latency")
+            phy = phys[0]
         self.channels = channels
         self.rules = rules
         self.phy_cls = phy
+        self.phys = phys
         self.fine_bits = phy.fine_bits
         self.fifo_depth = fifo_depth
         self.delay_depth = delay_depth
         self.counter_init = counter_init
+        self.test_signal = bool(test_signal)
         self.latency = phy.latency + 1
         self.map = CounterMap(channels, rules)
         super().__init__({
@@ -119,19 +136,23 @@ class TaggerCore(wiring.Component):
         ref = Signal(COARSE_BITS)
         m.d.comb += [ref.eq(now - self.latency), self.ref.eq(ref)]
 
-        m.submodules.test_signal = test = TestSignal(n)
-        m.d.comb += [
-            test.config.eq(cfg.test),
-            test.clear.eq(self.clear),
-        ]
-        for c in range(n):
-            m.d.comb += test.sources[c].eq(cfg.channel[c].source)
+        if self.test_signal:
+            m.submodules.test_signal = test = TestSignal(n)
+            m.d.comb += [
+                test.config.eq(cfg.test),
+                test.clear.eq(self.clear),
+            ]
+            for c in range(n):
+                m.d.comb += test.sources[c].eq(cfg.channel[c].source)
 
         delayed = []
         for c in range(n):
-            phy = self.phy_cls()
+            if self.phys is None:
+                phy = self.phy_cls()
+                m.d.comb += phy.pin.eq(self.pins[c])
+            else:
+                phy = self.phys[c]
             m.submodules[f"phy{c}"] = phy
-            m.d.comb += phy.pin.eq(self.pins[c])
 
             # The test signal replaces the PHY's output, so its events are timestamped alike.
             source = PHYSignature(f).create(path=(f"source{c}",))
@@ -140,8 +161,9 @@ class TaggerCore(wiring.Component):
                     source.rise.eq(phy.phy.rise), source.rise_fine.eq(phy.phy.rise_fine),
                     source.fall.eq(phy.phy.fall), source.fall_fine.eq(phy.phy.fall_fine),
                 ]
-            with m.Else():
-                m.d.comb += source.rise.eq(test.rise[c])
+            if self.test_signal:
+                with m.Else():
+                    m.d.comb += source.rise.eq(test.rise[c])
 
             stage = InputStage(f, phy.latency)
             m.submodules[f"input{c}"] = stage

@@ -231,17 +231,24 @@ class Encoder(wiring.Component):
             self.side.ready.eq(r1_free & (~self.i.valid | prefer_side)),
             self.i.ready.eq(r1_free & ~(self.side.valid & prefer_side)),
         ]
+        # Timing (iCE40): the item's bits below depend only on the inputs and on registers,
+        # never on `r1_free` (downstream `o.ready`): they are only stored when an item is taken,
+        # so they may assume it is. `would_anchor` is `anchor` without `take_i`.
         anchor = Signal()
-        m.d.comb += anchor.eq(take_i & (~seg_open | expired))
+        would_anchor = Signal()
+        m.d.comb += [
+            would_anchor.eq(~seg_open | expired),
+            anchor.eq(take_i & would_anchor),
+        ]
 
         # Running time T, modulo 2**tb: every delta and offset fits tb bits (module docstring).
+        # An ANCHOR item's delta is from its own time, i.e. 0; the subtraction runs in parallel
+        # with the `expired` comparison instead of after it.
         t_run = Signal(tb)
-        t_ref = Signal(tb)
         diff = Signal(tb)
         zigzag = Signal(tb)
         m.d.comb += [
-            t_ref.eq(Mux(anchor, rec.time, t_run)),
-            diff.eq(rec.time - t_ref),
+            diff.eq(Mux(would_anchor, 0, rec.time - t_run)),
             zigzag.eq(Cat(Const(0, 1), diff[:-1]) ^ diff[-1].replicate(tb)),
         ]
 
@@ -273,7 +280,7 @@ class Encoder(wiring.Component):
             return max_bytes[kind] if kind in FIXED_LENGTH_KINDS else shortest
 
         item_bytes = Signal(range(groups + 1))
-        with m.If(take_side):
+        with m.If(self.side.valid & (~self.i.valid | prefer_side)):     # take_side if taken
             # A side record of another kind goes out as a REPLY.
             with m.If(side.kind == WireKind.STATUS):
                 m.d.comb += [item_string.eq(side_strings[WireKind.STATUS]),

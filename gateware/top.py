@@ -21,13 +21,16 @@ from ..protocol import Kind
 from .core import TaggerCore
 from .encoder import Encoder
 from .phy import GenericPHY
-from .registers import CommandParser, RegisterFile
+from .registers import CAPABILITIES, CommandParser, RegisterFile
 from .uart import UARTRx, UARTTx
 
 __all__ = ["LINKS", "Tagger"]
 
 #: Values of ``Tagger(link=...)``.
 LINKS = ("uart", "stream")
+
+#: ``ident.capabilities`` bit: the test-signal generator is present.
+CAPABILITY_TEST_SIGNAL = 0b001
 
 
 class Tagger(wiring.Component):
@@ -44,8 +47,14 @@ class Tagger(wiring.Component):
         UART line rate (``link="uart"``), ``4 * baud <= clock_hz``.
     phy : class
         PHY class, as for :class:`TaggerCore`.
+    phys : list of PHY components, optional
+        Pre-built PHYs, as for :class:`TaggerCore` (``pins`` is then unused: the board wires its
+        pins into the PHYs).
     fifo_depth : int
         Merger FIFO depth in bundles.
+    test_signal : bool
+        Include the test-signal generator (``TaggerCore``); without it ``ident.capabilities``
+        bit 0 is clear.
     link : str
         ``"uart"``: 8N1 serial on ``uart_rx`` / ``uart_tx``. ``"stream"``: the command and
         record byte streams as ``rx`` / ``tx`` stream ports, no UART.
@@ -78,7 +87,7 @@ class Tagger(wiring.Component):
     """
 
     def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, baud=12_000_000,
-                 phy=GenericPHY, fifo_depth=256, link="uart"):
+                 phy=GenericPHY, phys=None, fifo_depth=256, link="uart", test_signal=True):
         if link not in LINKS:
             raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
         self.channels = channels
@@ -86,16 +95,19 @@ class Tagger(wiring.Component):
         self.clock_hz = int(clock_hz)
         self.baud = baud
         self.link = link
-        self.fine_bits = phy.fine_bits
+        self.core = TaggerCore(channels, rules, phy=phy, phys=phys, fifo_depth=fifo_depth,
+                               test_signal=test_signal)
+        self.fine_bits = self.core.fine_bits
         self.bin_fs = round(10 ** 15 / (self.clock_hz * 2 ** self.fine_bits))
         self.led_stretch = max(1, self.clock_hz // 20)
 
-        self.core = TaggerCore(channels, rules, phy=phy, fifo_depth=fifo_depth)
         self.encoder = Encoder(channels, rules, self.fine_bits)
         self.parser = CommandParser()
         self.registers = RegisterFile(channels, rules, clock_hz=self.clock_hz,
                                       bin_fs=self.bin_fs, fine_bits=self.fine_bits,
-                                      version=__version__)
+                                      version=__version__,
+                                      capabilities=CAPABILITIES if test_signal
+                                      else CAPABILITIES & ~CAPABILITY_TEST_SIGNAL)
         if link == "uart":
             # Built here so that a bad clock/baud pair fails at construction.
             self.uart_rx_unit = UARTRx(self.clock_hz, baud)

@@ -282,8 +282,10 @@ def _loss_table(lost, channels, rules):
             for cause in LossCause}
 
 
-def print_summary(summary, file=sys.stdout):
-    """Human-readable summary (the JSON file has everything)."""
+def print_summary(summary, file=None):
+    """Human-readable summary (the JSON file has everything) on ``file`` (default: the current
+    ``sys.stdout``, looked up at call time, not at import)."""
+    file = sys.stdout if file is None else file
     n = summary["channels"]
     w = file.write
     port = f" on {summary['port']}" if summary.get("port") else ""

@@ -8,6 +8,9 @@ Commands:
   ``sim-inprocess`` runs the core alone in the Amaranth simulator (no link; slow).
   ``replay:FILE.ptu`` plays a PTU T2 file (ours or PicoQuant's) through the same summary
   (``--realtime``: at the recorded pace), see :mod:`heraldry.host.replay`.
+  While it runs, a live table on a terminal (plain progress lines once a second when stderr is
+  piped; see :mod:`heraldry.host.liveview`); ``--plot DIR`` writes PNG plots at the end
+  (:mod:`heraldry.host.plots`).
 * ``heraldry sim``: start the virtual board, print its port path, serve until Ctrl-C.
 
 Exit status: 0 success; 2 bad options (one line on stderr, nothing was run); 3 the run completed
@@ -114,6 +117,9 @@ def build_parser():
                           "recorded coincidences on extra channels, see heraldry.host.ptu)")
     acq.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON")
     acq.add_argument("--quiet", action="store_true", help="no progress or table")
+    acq.add_argument("--plot", metavar="DIR",
+                     help="at the end, write rates.png, g2.png and patterns.png into DIR "
+                          "(see heraldry.host.plots); the summary lists them under \"plots\"")
     acq.add_argument("--realtime", action="store_true",
                      help="with --board replay:FILE.ptu, play at the pace of the recorded time")
     srv = sub.add_parser("sim", help="start the virtual board and serve it on a pty until Ctrl-C")
@@ -235,36 +241,6 @@ def acquisition_from_args(args, board=None):
     return acq, notes
 
 
-def _progress_printer(enabled, duration_s):
-    """``progress(done_cycles, total_cycles[, stats])``: one self-overwriting line on a TTY:
-    device time done, simulation or device speed, and (over a link) tags/s and link bytes/s.
-    ``None`` when not ``enabled`` (not a TTY: the start and end lines are all the progress)."""
-    if not enabled:
-        return None
-    start = time.monotonic()
-    shown = [0.0]
-
-    def progress(done, total, stats=None):
-        now = time.monotonic()
-        if now - shown[0] < 0.2 and done < total:
-            return      # a few updates a second are enough for a human
-        shown[0] = now
-        elapsed = now - start
-        rate = done / elapsed if elapsed else 0
-        line = (f"\r  {done / total * duration_s * 1e3:8.3f} of {duration_s * 1e3:g} ms device "
-                f"time ({100 * done / total:5.1f}%)")
-        if stats is None:
-            remaining = (total - done) / rate if rate else float("nan")
-            line += f", {rate / 1e3:.1f} k cycles/s, ~{remaining:.0f} s left "
-        elif elapsed:
-            line += (f", {stats['tags'] / elapsed / 1e3:.1f} k tags/s, "
-                     f"{stats['link_bytes'] / elapsed / 1e3:.1f} kB/s on the link, "
-                     f"{stats['decode_errors']} decode errors ")
-        sys.stderr.write(line)
-        sys.stderr.flush()
-    return progress
-
-
 def _writable(path):
     folder = os.path.dirname(os.path.abspath(path))
     return os.path.isdir(folder) and os.access(folder, os.W_OK) and (
@@ -343,11 +319,23 @@ def cmd_acquire(args):
         if path and not _writable(path):
             _error(f"cannot write {path!r} (no such folder or no permission)")
             return EXIT_USAGE
+    if args.plot:
+        try:
+            os.makedirs(args.plot, exist_ok=True)
+        except OSError as error:
+            _error(f"--plot {args.plot}: {error.strerror}")
+            return EXIT_USAGE
+        if not os.access(args.plot, os.W_OK):
+            _error(f"cannot write into {args.plot!r} (no permission)")
+            return EXIT_USAGE
     if acq is not None:
         for note in notes:
             sys.stderr.write(f"heraldry: note: {note}\n")
     tty = not args.quiet and sys.stderr.isatty()
-    progress = _progress_printer(tty, args.duration)
+    # Live table on a terminal, a plain line a second when piped, nothing with --quiet.
+    from .liveview import LiveView
+    live = None if args.quiet else LiveView(args.duration)
+    progress = None if live is None else live.progress
     writers = []    # the PTUWriter of --out FILE.ptu, made once the acquisition is known
 
     def ptu_sink(acq):
@@ -366,6 +354,8 @@ def cmd_acquire(args):
         except ValueError as error:
             _error(error)
             return EXIT_USAGE
+    if live is not None:
+        sink_for = _tee_sink_for(live.start, sink_for)
     from .ptu import StopReason
     result = None
     stop_reason = StopReason.TRANSFER_FAILED    # unless interrupted, or the run completes
@@ -386,8 +376,8 @@ def cmd_acquire(args):
         if result is None and writers:
             # Whatever was streamed stays readable; the header says why it ends early.
             writers[0].close(stop_reason=stop_reason)
-    if tty:
-        sys.stderr.write("\n")
+    if live is not None:
+        live.finish()
     from .acquire import print_summary, summarise
     if replay is not None:
         result, replay_checks = result
@@ -412,6 +402,9 @@ def cmd_acquire(args):
         tags = result.tags
         np.savez(args.out, channel=tags["channel"].astype(np.uint8),
                  time_ps=tags["time_ps"].astype(np.int64))
+    if args.plot:
+        from .plots import write_plots
+        summary["plots"] = write_plots(result, summary, args.plot)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=1)
@@ -426,6 +419,18 @@ def cmd_acquire(args):
     if summary["dropped"]:
         return EXIT_DROPPED
     return EXIT_OK
+
+
+def _tee_sink_for(first, second):
+    """``sink_for(acq)`` giving both sinks ``first(acq)`` and ``second(acq)`` (may be None)."""
+    def sink_for(acq):
+        sinks = [f(acq) for f in (second, first) if f is not None]
+
+        def sink(events):
+            for s in sinks:
+                s(events)
+        return sink
+    return sink_for
 
 
 def _acquire(args, acq, progress, sink_for, replay=None):
@@ -517,7 +522,8 @@ def cmd_sim(args):
 
 # Further commands live in their own modules: each has ``register(subparsers)`` that adds its
 # sub-parsers and returns ``[(name, handler), ...]``; ``handler(args)`` returns the exit status.
-COMMAND_MODULES = ["heraldry.host.cmd_calibrate"]
+COMMAND_MODULES = ["heraldry.host.cmd_calibrate", "heraldry.host.cmd_board",
+                   "heraldry.host.cmd_serve"]
 COMMAND_HANDLERS = {}
 
 

@@ -21,8 +21,6 @@ gateware stamps a rise of cycle ``k`` with bin ``now`` of cycle ``k + 1``, which
 pins stay low (the test signal drives the channels).
 """
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .verilog import builtin_yosys, file_lock, gateware_sources, write_atomic
 
 __all__ = ["TwinError", "TOPLEVEL", "HARNESS_DIR", "cache_root", "convert_top", "build_twin",
            "write_pins", "Twin"]
@@ -70,27 +70,6 @@ def _say(message):
     print(message, file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def _locked(path):
-    # Concurrent builds of the same key (pytest-xdist workers, two terminals): one builds, the
-    # others wait and then find the result.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_atomic(path, text):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)        # mkstemp's 0600 would keep a shared cache private
-    os.replace(tmp, path)
-
-
 def _top_params(channels, rules, clock_hz, baud):
     return {"channels": channels, "rules": rules, "clock_hz": clock_hz, "baud": baud}
 
@@ -105,7 +84,6 @@ def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, c
     the bundled Yosys (``AMARANTH_USE_YOSYS=builtin``).
     """
     import amaranth
-    from .verilog import gateware_sources
 
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
     digest = hashlib.sha256()
@@ -122,18 +100,9 @@ def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, c
     from ..gateware.top import Tagger
 
     top = Tagger(channels, rules, clock_hz=clock_hz, baud=baud, link="uart")
-    old = os.environ.get("AMARANTH_USE_YOSYS")
-    # A YOSYS=... meant for other tools would select a system Yosys with different output.
-    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
-    try:
+    with builtin_yosys():
         text = verilog.convert(top, name=TOPLEVEL)
-    finally:
-        if old is None:
-            os.environ.pop("AMARANTH_USE_YOSYS", None)
-        else:
-            os.environ["AMARANTH_USE_YOSYS"] = old
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, text)
+    write_atomic(path, text)
     return path
 
 
@@ -214,7 +183,7 @@ def build_twin(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, ca
         raise TwinError(f"cannot build the virtual board: no {' and no '.join(missing)} on PATH; "
                         "install g++ and make (Debian/Ubuntu: apt-get install g++ make)")
 
-    with _locked(cache / f"twin-{digest.hexdigest()[:16]}.lock"):
+    with file_lock(cache / f"twin-{digest.hexdigest()[:16]}.lock"):
         if binary.is_file():
             return binary
         progress("building the virtual board (about a minute, once)...")

