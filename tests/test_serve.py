@@ -220,7 +220,11 @@ def test_stalled_subscriber_does_not_stop_the_others(server):
     # buffers): 30 messages overflow it whatever the pace of the virtual board.
     fast_msgs += _collect(fast, 30.0, until=lambda m: len(m) >= 30)
     stalled_msgs = _collect(stalled, 0.5)
-    fast_msgs += _collect(fast, 0.5)
+    # Catch the fast one up to everything the stalled one saw (it was queued meanwhile; on a
+    # loaded machine half a second of reading may not be enough, so read until it is there).
+    stalled_last = max((decode_events(f)[0]["seq"] for f in stalled_msgs), default=-1)
+    fast_msgs += _collect(fast, 20.0, until=lambda m: decode_events(m[-1])[0]["seq"]
+                          >= stalled_last)
     stalled.close()
     fast.close()
     fast_seq, stalled_seq = SequenceTracker(), SequenceTracker()
