@@ -66,6 +66,21 @@ def _float(text, what):
         raise ConfigError(f"{what} {text!r} is not a number") from None
 
 
+def add_test_signal_options(parser, choices, signal_help, pair_delay_help):
+    """The test-signal options, shared by every command that can run the built-in signal."""
+    parser.add_argument("--test-signal", choices=choices, default="pairs",
+                        help=f"{signal_help} (default pairs)")
+    parser.add_argument("--pair-rate", type=float, default=1e5, metavar="HZ",
+                        help="photon pairs per second of the test signal (default 1e5)")
+    parser.add_argument("--efficiency", type=float, default=0.5, metavar="P",
+                        help="detection probability of each arm (default 0.5)")
+    parser.add_argument("--dark-rate", type=float, default=1e3, metavar="HZ",
+                        help="dark counts per second per channel (default 1e3)")
+    parser.add_argument("--pair-delay", type=float, default=0.0, metavar="NS",
+                        help=f"{pair_delay_help} (default 0)")
+    parser.add_argument("--seed", type=int, default=1, help="test-signal seed (default 1)")
+
+
 def build_parser():
     parser = _Parser(prog="heraldry", description="Open FPGA time tagger for photon detectors.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -98,19 +113,10 @@ def build_parser():
                      help="herald output pulse width in clock cycles (default 4)")
     acq.add_argument("--record-coincidences", action="append", default=[], metavar="PATTERN",
                      help="also stream a record for every window of this pattern (repeatable)")
-    acq.add_argument("--test-signal", choices=TEST_SIGNALS, default="pairs",
-                     help="built-in test signal instead of the pins (default pairs)")
-    acq.add_argument("--pair-rate", type=float, default=1e5, metavar="HZ",
-                     help="photon pairs per second of the test signal (default 1e5)")
-    acq.add_argument("--efficiency", type=float, default=0.5, metavar="P",
-                     help="detection probability of each arm (default 0.5)")
-    acq.add_argument("--dark-rate", type=float, default=1e3, metavar="HZ",
-                     help="dark counts per second per channel (default 1e3)")
-    acq.add_argument("--pair-delay", type=float, default=0.0, metavar="NS",
-                     help="delay of arm B after arm A (default 0)")
+    add_test_signal_options(acq, TEST_SIGNALS, "built-in test signal instead of the pins",
+                            "delay of arm B after arm A")
     acq.add_argument("--period", type=float, default=1000.0, metavar="NS",
                      help="period of the periodic test signal (default 1000 ns)")
-    acq.add_argument("--seed", type=int, default=1, help="test-signal seed (default 1)")
     acq.add_argument("--out", metavar="FILE.npz|FILE.ptu",
                      help="write every streamed tag (.npz), or stream every record to a "
                           "PicoQuant PTU T2 file while the run goes on (.ptu: heralds and "

@@ -38,17 +38,10 @@ def register(subparsers):
                    help="channel the others are measured against (default 0)")
     p.add_argument("--range", type=float, default=None, metavar="NS",
                    help="largest delay searched, +-NS (default: the delay line's range)")
-    p.add_argument("--test-signal", choices=("pairs", "off"), default="pairs",
-                   help="pairs (default: arms on channels 0 and 1) or off (the pins)")
-    p.add_argument("--pair-delay", type=float, default=0.0, metavar="NS",
-                   help="delay of arm B after arm A, to be found (default 0)")
-    p.add_argument("--pair-rate", type=float, default=1e5, metavar="HZ",
-                   help="photon pairs per second of the test signal (default 1e5)")
-    p.add_argument("--efficiency", type=float, default=0.5, metavar="P",
-                   help="detection probability of each arm (default 0.5)")
-    p.add_argument("--dark-rate", type=float, default=1e3, metavar="HZ",
-                   help="dark counts per second per channel (default 1e3)")
-    p.add_argument("--seed", type=int, default=1, help="test-signal seed (default 1)")
+    from .cli import add_test_signal_options
+    add_test_signal_options(p, ("pairs", "off"),
+                            "pairs (arms on channels 0 and 1) or off (the pins)",
+                            "delay of arm B after arm A, to be found")
     p.add_argument("--out", required=True, metavar="FILE.json", help="config file to write")
     return [("calibrate", cmd_calibrate)]
 
