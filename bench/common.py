@@ -111,7 +111,7 @@ def best_of(fn, repeat=3):
     return best, result
 
 
-# -- PTU T2 (see /work/shared/docs/ptu-t2.md) ------------------------------------------------
+# -- PTU T2 (record layout: host/ptu.py) -------------------------------------------------
 
 _PTU_TYPES = {"empty": 0xFFFF0008, "int": 0x10000008, "float": 0x20000008,
               "string": 0x4001FFFF}

@@ -17,7 +17,7 @@ from heraldry.host.decode import EVENT_DTYPE
 from heraldry.host.ptu import (WRAP, ChannelMap, PTUWriter, StopReason, read_ptu)
 from heraldry.protocol import Kind, LossCause
 
-HYDRAHARP = Path("/work/shared/data/picoquant/hydraharp_v30_t2.ptu")
+HYDRAHARP = Path(__file__).parent / "data" / "hydraharp_v30_t2.ptu"
 
 
 def events(time_ps, channel, kind=Kind.TAG, pattern=0, count=1):

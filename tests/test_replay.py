@@ -16,7 +16,7 @@ from heraldry.host.ptu import ChannelMap, PTUWriter
 from heraldry.host.replay import BLOCK_SECONDS, ReplaySource, acquire_replay
 from heraldry.protocol import Kind
 
-HYDRAHARP = Path("/work/shared/data/picoquant/hydraharp_v30_t2.ptu")
+HYDRAHARP = Path(__file__).parent / "data" / "hydraharp_v30_t2.ptu"
 BIN = 10_000
 
 
