@@ -120,6 +120,14 @@ class CoincidenceUnit(wiring.Component):
         is_open = Signal()
         t0 = Signal(tb)
         acc = Signal(n)          # pattern of the open window; kept 0 while none is open
+        # Bins of the open window left from the first bin of this cycle on: t0 + W - Cat(0, ref).
+        # While a window is open at the start of a cycle, 1 <= left <= W. Every comparison is
+        # against this short register instead of a time_bits-wide difference from t0 (a carry
+        # chain as long as the timestamp): an event of this cycle at fine position i (its coarse
+        # time is ref) is inside the window iff i < left, and the window has no bin left in the
+        # next cycle iff left <= 2**F.
+        left_bits = WINDOW_BITS + 1
+        left = Signal(left_bits)
 
         events = Signal(n)
         m.d.comb += events.eq(Mux(self.clear, 0, self.events))
@@ -129,8 +137,9 @@ class CoincidenceUnit(wiring.Component):
             # still open at the start of a cycle accepts every event of that cycle.
             m.d.comb += self.join.eq(Mux(is_open, events, 0))
             new_t0 = self.ref
+            new_left = self.window
         else:
-            fits = Cat((self.times[i] - t0)[:tb] < self.window for i in range(n))
+            fits = Cat(_fine(self.times[i], f) < left for i in range(n))
             m.d.comb += self.join.eq(events & fits & Mux(is_open, (1 << n) - 1, 0))
             # The new window starts at the earliest event that does not fit the open one; all of
             # them share this cycle's coarse time.
@@ -142,6 +151,7 @@ class CoincidenceUnit(wiring.Component):
             least_fine = Signal(f)
             m.d.comb += least_fine.eq(least)
             new_t0 = Cat(least_fine, self.ref)
+            new_left = self.window + least_fine
 
         new_events = events & ~self.join
         opening = new_events.any()
@@ -149,17 +159,19 @@ class CoincidenceUnit(wiring.Component):
         cur_open = is_open | opening
         cur_t0 = Signal(tb)
         cur_acc = Signal(n)
+        cur_left = Signal(left_bits)
         m.d.comb += [
             cur_t0.eq(Mux(opening, new_t0, t0)),
             cur_acc.eq(Mux(opening, new_events, acc | self.join)),
+            cur_left.eq(Mux(opening, new_left, left)),
             self.prev_pattern.eq(acc),
             self.pattern.eq(cur_acc),
         ]
 
-        # First bin of the next cycle. The window after this cycle's events has no bin left
-        # there once next - t0 >= W (modulo 2**tb: t0 is at most W bins behind).
-        next_first = Cat(C(0, f), (self.ref + 1)[:COARSE_BITS])
-        expire = cur_open & ((next_first - cur_t0)[:tb] >= self.window)
+        # The window after this cycle's events has no bin left in the next cycle once
+        # t0 + W <= Cat(0, ref + 1), i.e. cur_left <= 2**F.
+        expire = cur_open & (cur_left <= (1 << f))
+        next_left = (cur_left - (1 << f))[:left_bits]
 
         m.d.sync += self.closed.eq(0)
         with m.If(self.clear):
@@ -174,6 +186,7 @@ class CoincidenceUnit(wiring.Component):
                     self.closed_t0.eq(t0),
                     t0.eq(new_t0),
                     acc.eq(new_events),
+                    left.eq(next_left),
                 ]
         with m.Elif(expire):
             m.d.sync += [
@@ -184,7 +197,8 @@ class CoincidenceUnit(wiring.Component):
                 acc.eq(0),
             ]
         with m.Else():
-            m.d.sync += [is_open.eq(cur_open), t0.eq(cur_t0), acc.eq(cur_acc)]
+            m.d.sync += [is_open.eq(cur_open), t0.eq(cur_t0), acc.eq(cur_acc),
+                         left.eq(next_left)]
 
         return m
 

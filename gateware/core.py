@@ -7,7 +7,7 @@ Data flow (docs/architecture.md)::
                                                                    -> counters
 """
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring, stream
 from amaranth.lib.wiring import In, Out
 
@@ -81,10 +81,15 @@ class TaggerCore(wiring.Component):
     Attributes
     ----------
     latency : int
-        Cycles from the cycle after an edge's sampling clock edge to the cycle its event leaves
-        the input stage (``phy.latency + 1``). An event of bin ``b`` (zero delay) reaches the
-        coincidence unit in the cycle where ``now == b + latency``.
+        Cycles from the cycle after an edge's sampling clock edge to the cycle its event reaches
+        the coincidence unit with zero delay (``phy.latency + PIPELINE``): an event of bin ``b``
+        (zero delay) reaches the coincidence unit, heralds, merger and counters in the cycle
+        where ``now == b + latency``.
+    PIPELINE : int
+        2: the input-stage register and the register behind the delay lines.
     """
+
+    PIPELINE = 2
 
     def __init__(self, channels=4, rules=2, *, phy=GenericPHY, phys=None, fifo_depth=256,
                  delay_depth=16, counter_init=0, test_signal=True):
@@ -104,7 +109,7 @@ class TaggerCore(wiring.Component):
         self.delay_depth = delay_depth
         self.counter_init = counter_init
         self.test_signal = bool(test_signal)
-        self.latency = phy.latency + 1
+        self.latency = phy.latency + self.PIPELINE
         self.map = CounterMap(channels, rules)
         super().__init__({
             "pins":         In(channels),
@@ -133,8 +138,10 @@ class TaggerCore(wiring.Component):
         m.d.sync += now.eq(now + 1)
         m.d.comb += self.now.eq(now)
         # Coarse (delayed) time of the events that reach the coincidence unit in this cycle.
-        ref = Signal(COARSE_BITS)
-        m.d.comb += [ref.eq(now - self.latency), self.ref.eq(ref)]
+        # A counter of its own rather than `now - latency`: no subtractor in front of its users.
+        ref = Signal(COARSE_BITS, init=self.counter_init % 2 ** COARSE_BITS)
+        m.d.sync += ref.eq(ref + 1)
+        m.d.comb += self.ref.eq(ref)
 
         if self.test_signal:
             m.submodules.test_signal = test = TestSignal(n)
@@ -187,17 +194,28 @@ class TaggerCore(wiring.Component):
             ]
             delayed.append(line)
 
+        # Pipeline register between the delay lines and everything downstream (coincidence unit,
+        # heralds, merger, counters): the delay line's memory read and its due/collision logic
+        # then have a cycle of their own. Only the fine bits travel: every event leaving the
+        # lines in one cycle has the same coarse time, which is `ref` one cycle later.
         events = Signal(n)
-        m.d.comb += events.eq(Cat(line.o.event for line in delayed))
         overflow = Signal(n)
-        m.d.comb += overflow.eq(Cat(line.overflow for line in delayed))
+        fines = [Signal(f, name=f"fine{c}") for c in range(n)]
+        m.d.sync += [
+            events.eq(Mux(self.clear, 0, Cat(line.o.event for line in delayed))),
+            overflow.eq(Mux(self.clear, 0, Cat(line.overflow for line in delayed))),
+        ]
+        times = []
+        for c, line in enumerate(delayed):
+            m.d.sync += fines[c].eq(line.o.time[:f])
+            times.append(Cat(fines[c], ref))
 
         m.submodules.coincidence = coinc = CoincidenceUnit(n, f)
         m.submodules.heralds = heralds = HeraldGenerator(n, r, f)
-        for c, line in enumerate(delayed):
+        for c in range(n):
             m.d.comb += [
-                coinc.times[c].eq(line.o.time),
-                heralds.times[c].eq(line.o.time),
+                coinc.times[c].eq(times[c]),
+                heralds.times[c].eq(times[c]),
             ]
         m.d.comb += [
             coinc.events.eq(events),
@@ -226,8 +244,8 @@ class TaggerCore(wiring.Component):
                 ]
 
         m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth)
-        for c, line in enumerate(delayed):
-            m.d.comb += merger.times[c].eq(line.o.time)
+        for c in range(n):
+            m.d.comb += merger.times[c].eq(times[c])
         m.d.comb += [
             merger.events.eq(events),
             merger.ref.eq(ref),

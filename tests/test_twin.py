@@ -26,10 +26,11 @@ from heraldry.protocol import (  # noqa: E402
     RegisterMap, WireKind,
 )
 from heraldry.gateware.phy import GenericPHY  # noqa: E402
+from heraldry.gateware.core import TaggerCore  # noqa: E402
 from heraldry.sim.twin import Twin, TwinError, build_twin, convert_top  # noqa: E402
 
-# `now` during reset and cycle 0 (TaggerCore.latency = GenericPHY.latency + input-stage register).
-NOW_AT_RESET = GenericPHY.latency + 1
+# `now` during reset and cycle 0 (TaggerCore.latency = GenericPHY.latency + TaggerCore.PIPELINE).
+NOW_AT_RESET = GenericPHY.latency + TaggerCore.PIPELINE
 CHANNELS, RULES = 4, 2
 CLOCK_HZ, BAUD = 100_000_000, 12_000_000
 WRAP = 2 ** protocol.COARSE_BITS

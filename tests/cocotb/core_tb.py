@@ -23,6 +23,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, Timer
 
 from heraldry import model, protocol
+from heraldry.gateware.core import TaggerCore
 from heraldry.gateware.phy import GenericPHY
 from heraldry.host.config import Acquisition
 from heraldry.model import testsignal as tsmodel
@@ -34,18 +35,19 @@ PERIOD_PS = 10_000
 #: generic PHY).
 PHY_LATENCY = GenericPHY.latency
 #: Cycles from an edge's bin cycle to the cycle its (undelayed) event reaches the coincidence
-#: unit: PHY, then the input-stage register (``TaggerCore.latency``).
-CORE_LATENCY = PHY_LATENCY + 1
+#: unit: PHY, then the input-stage register and the register behind the delay lines
+#: (``TaggerCore.latency``).
+CORE_LATENCY = PHY_LATENCY + TaggerCore.PIPELINE
 #: Cycles from a firing's bin cycle to the first cycle its herald pin is high: the herald
 #: register adds one clock edge after the coincidence unit (``model.herald_pin``'s ``latency``).
 HERALD_PIN_LATENCY = CORE_LATENCY + 1
 #: Rising clock edges from a pin edge up to and including the one after which the herald pin is
 #: high: the edge that samples the pin (synchroniser flop 1; the bin is `now` after it), then
-#: ``HERALD_PIN_LATENCY`` more (flop 2 + combinational edge detect, input-stage register, herald
-#: register) = 1 + 1 + 1 + 1.
+#: ``HERALD_PIN_LATENCY`` more (flop 2 + combinational edge detect, input-stage register,
+#: delay-line output register, herald register) = 1 + 1 + 1 + 1 + 1.
 HERALD_EDGES = 1 + HERALD_PIN_LATENCY
-#: The figure docs/architecture.md states ("the herald pin rises at the 4th rising clock edge").
-DOCUMENTED_HERALD_EDGES = 4
+#: The figure docs/architecture.md states ("the herald pin rises at the 5th rising clock edge").
+DOCUMENTED_HERALD_EDGES = 5
 
 
 def _now_ps():
@@ -478,12 +480,12 @@ async def herald_latency_is_constant(dut):
     clock edges from channel 1's pin edge up to and including the one after which ``herald[0]``
     is high, for pin edges at sub-cycle offsets from 1 ps to P - 1 ps and several pulse widths.
 
-    Expected: ``HERALD_EDGES`` = 4 every time (the edge that samples the pin in synchroniser flop
-    1, then flop 2 with combinational edge detection, the input-stage register and the herald
-    register), equal to docs/architecture.md's figure; and the pin stays high exactly
+    Expected: ``HERALD_EDGES`` = 5 every time (the edge that samples the pin in synchroniser flop
+    1, then flop 2 with combinational edge detection, the input-stage register, the register
+    behind the delay lines and the herald register), equal to docs/architecture.md's figure; and the pin stays high exactly
     ``herald_width`` cycles. Each firing's herald record carries channel 1's bin.
     """
-    assert HERALD_EDGES == DOCUMENTED_HERALD_EDGES <= 4
+    assert HERALD_EDGES == DOCUMENTED_HERALD_EDGES <= 5
     rng = random.Random(77)
     bench = CoreBench(dut)
     await bench.start()

@@ -233,7 +233,7 @@ def test_core_with_prebuilt_phys():
     """TaggerCore(phys=...): the core uses the given PHYs; a TAG's time is the edge's bin."""
     phys = [ECP5GearboxPHY(sim=True) for _ in range(2)]
     core = TaggerCore(2, 1, phys=phys)
-    assert core.fine_bits == 2 and core.latency == ECP5GearboxPHY.latency + 1
+    assert core.fine_bits == 2 and core.latency == ECP5GearboxPHY.latency + TaggerCore.PIPELINE
     with pytest.raises(ValueError):
         TaggerCore(2, 1, phys=phys[:1])
     with pytest.raises(ValueError):
