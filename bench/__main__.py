@@ -43,7 +43,12 @@ def main(argv=None):
         print()
         print(f"{'figure':<{width}}  {'value':>14}  module")
         for key, value, name in rows:
-            text = f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
+            if isinstance(value, float):
+                text = f"{value:,.4g}"
+            elif isinstance(value, int):
+                text = f"{value:,}"
+            else:                       # a table (a list of rows): printed by its module
+                text = f"{len(value)} rows"
             print(f"{key:<{width}}  {text:>14}  {name}")
     try:
         merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

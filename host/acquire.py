@@ -21,6 +21,8 @@ import numpy as np
 
 from ..protocol import Kind, LossCause
 from .decode import EVENT_DTYPE, Decoder
+from .tally import READ_INTERVAL_CYCLES, CounterTally
+from .driver import DeviceLost
 
 __all__ = ["AcquisitionResult", "acquire_device", "acquire_sim", "summarise", "print_summary",
            "anchor_interval_for"]
@@ -40,6 +42,11 @@ class AcquisitionResult:
     device cycles, relative to that run start, read just before and after each command, which
     bound the cycle it took effect in. ``link`` (link path only) holds the driver's figures
     (``Device.stats()``) and ``port`` the serial device used.
+
+    A run cut short by a lost link (:class:`heraldry.host.driver.DeviceLost`, whose ``partial``
+    this is) has ``error`` set, ``counters`` ``None`` (the board cannot be asked), the verified
+    records received up to the failure in ``events``, and ``device_seconds`` up to the last
+    ``control.now`` read.
     """
     acquisition: object     # the Acquisition that was run
     duration_s: float
@@ -53,6 +60,11 @@ class AcquisitionResult:
     link: dict = field(default_factory=dict)
     host_dropped_tags: list = None      # per channel: decoded, but dropped by the host queue
     device_cycles: dict = None
+    error: str = None       # set when the run ended early (the link was lost): counters None
+
+    @property
+    def complete(self):
+        return self.error is None
 
     @property
     def tags(self):
@@ -67,7 +79,7 @@ def anchor_interval_for(cycles, minimum, maximum):
 
 
 def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=None, poll=0.02,
-                   sink=None):
+                   sink=None, counter_read_cycles=None):
     """Run ``acq`` (an :class:`Acquisition`) on ``device`` for ``duration_s`` of device time.
 
     Steps: stop (a previous session may have left it running), configure every config register
@@ -75,7 +87,10 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     STATUS snapshots off, clear (which re-seeds the test signal), start, poll ``control.now``
     while collecting decoded blocks until the device has run ``duration_s``, stop, then wait
     for the pipeline to drain and the last segment's CHECK (:meth:`Device.drain`), then read
-    every counter.
+    every counter. The counters are 32 bits and wrap: they are also read right after the clear
+    and every ``counter_read_cycles`` (default :data:`heraldry.host.tally.READ_INTERVAL_CYCLES`)
+    while running, and the result has their counts since the clear, extended beyond 32 bits
+    (:class:`heraldry.host.tally.CounterTally`).
 
     ``progress(done_cycles, total_cycles, stats)`` is called after every poll while running.
     ``sink(events)``, if given, gets every block as it is collected, with times from the run
@@ -97,6 +112,9 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     device.write("control.anchor_interval", anchor_interval)
     device.clear()
     device.drain_blocks()       # records of an earlier run: all in before clear() returned
+    tally = CounterTally(device.counters())     # 32-bit counters, extended from differences
+    if counter_read_cycles is None:
+        counter_read_cycles = READ_INTERVAL_CYCLES
     # The device's tallies are cumulative over its session: this run's are differences.
     stats_before = device.stats()
     lost_before = dict(device.lost)
@@ -120,22 +138,52 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
 
     device.start()
     start = device.start_bounds[0]
-    while True:
-        current = device.now()
+    reached = device.start_bounds[1]        # the last control.now count read in the run
+    counters_read = start
+    stopped = False
+    try:
+        while True:
+            current = device.now()
+            reached = current
+            collect()
+            if progress is not None:
+                progress(min(current - start, cycles), cycles, device.stats())
+            if current - start >= cycles:
+                break
+            if current - counters_read >= counter_read_cycles:
+                tally.update(device.counters())
+                counters_read = current
+            time.sleep(poll)
+        device.stop()
+        stopped = True
+        pipeline = (max(acq.delays_bins) >> acq.fine_bits) + (acq.window_bins >> acq.fine_bits) \
+            + 2 * acq.channels + acq.rules + 64
+        device.drain(pipeline, poll=poll)
+        device.flush()
         collect()
-        if progress is not None:
-            progress(min(current - start, cycles), cycles, device.stats())
-        if current - start >= cycles:
-            break
-        time.sleep(poll)
-    device.stop()
-    pipeline = (max(acq.delays_bins) >> acq.fine_bits) + (acq.window_bins >> acq.fine_bits) \
-        + 2 * acq.channels + acq.rules + 64
-    device.drain(pipeline, poll=poll)
-    device.flush()
-    collect()
-    counters = device.counters()
-    wall = time.monotonic() - wall
+        counters = tally.update(device.counters())
+    except DeviceLost as error:
+        # Keep what arrived: the blocks decoded before the failure, and the open segment's
+        # records counted as unverified (their CHECK will never come).
+        collect()
+        device.flush()
+        collect()
+        error.partial = _device_result(
+            device, acq, duration_s, parts, None, start, epoch, stats_before, lost_before,
+            host_dropped_before, time.monotonic() - wall, reached if not stopped else
+            device.stop_bounds[0], error=str(error))
+        raise
+    return _device_result(device, acq, duration_s, parts, counters, start, epoch, stats_before,
+                          lost_before, host_dropped_before, time.monotonic() - wall,
+                          device.stop_bounds[0])
+
+
+def _device_result(device, acq, duration_s, parts, counters, start, epoch, stats_before,
+                   lost_before, host_dropped_before, wall, end, error=None):
+    """The :class:`AcquisitionResult` of :func:`acquire_device` (``end``: the :meth:`now` count
+    that closes the run: before the stop command, or the last one read before the link was
+    lost)."""
+    ident = device.identity
     events = np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
     events = events.copy()
     if epoch is None:
@@ -146,15 +194,15 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     lost = {key: count - lost_before.get(key, 0) for key, count in device.lost.items()
             if count != lost_before.get(key, 0)}
     host_dropped = device.host_dropped_tags - host_dropped_before
-    bounds = {name: [b - start for b in getattr(device, f"{name}_bounds")]
-              for name in ("clear", "start", "stop")}
-    device_seconds = (device.stop_bounds[0] - device.start_bounds[1]) / ident.clock_hz
+    names = ("clear", "start", "stop") if error is None else ("clear", "start")
+    bounds = {name: [b - start for b in getattr(device, f"{name}_bounds")] for name in names}
+    device_seconds = max(0, end - device.start_bounds[1]) / ident.clock_hz
     return AcquisitionResult(
         acquisition=acq, duration_s=duration_s, events=events, counters=counters,
         lost=lost, start_bin=start_bin, wall_seconds=wall,
         device_seconds=device_seconds, port=device.transport.name, link=stats,
         host_dropped_tags=host_dropped[:acq.channels].tolist(),
-        device_cycles=bounds)
+        device_cycles=bounds, error=error)
 
 
 def _bins(time_ps, bin_fs):
@@ -195,6 +243,8 @@ def summarise(result, *, board="sim"):
     from ..model import TAG_DTYPE, counts_from_tags
     acq = result.acquisition
     n = acq.channels
+    if result.counters is None:
+        return _partial_summary(result, board)
     c = result.counters
     link = result.link or {}
     tags = result.tags
@@ -232,6 +282,7 @@ def summarise(result, *, board="sim"):
     records = len(result.events)
     summary = {
         "board": board,
+        "complete": True,
         "port": result.port,
         "channels": n,
         "bin_ps": acq.bin_ps,
@@ -273,6 +324,61 @@ def summarise(result, *, board="sim"):
         if result.wall_seconds > 0 else None,
     }
     return summary
+
+
+def _partial_summary(result, board):
+    """The summary of a run cut short (``result.error`` set, no hardware counters): what was
+    received and verified, what the loss records and the host said was dropped, what could not
+    be verified; every counter the board would have given is ``None``."""
+    acq = result.acquisition
+    n = acq.channels
+    link = result.link or {}
+    tags = result.tags
+    host_dropped = list(result.host_dropped_tags or [0] * n)
+    lost = result.lost
+    in_band = [lost.get((LossCause.MERGER_FULL, ch), 0) + lost.get((LossCause.DELAY_FULL, ch), 0)
+               for ch in range(n)]
+    dropped_per_channel = [b + h for b, h in zip(in_band, host_dropped)]
+    dropped = (sum(lost.values()) + link.get("host_dropped_events", 0))
+    records = len(result.events)
+    return {
+        "board": board,
+        "complete": False,
+        "error": result.error,
+        "port": result.port,
+        "channels": n,
+        "bin_ps": acq.bin_ps,
+        "duration_s": result.duration_s,
+        "device_seconds": result.device_seconds,
+        "window_bins": acq.window_bins,
+        "delays_bins": list(acq.delays_bins),
+        "dead_time_bins": list(acq.dead_time_bins),
+        "test_signal": acq.test_signal,
+        "singles": None,
+        "patterns": None,
+        "heralds": None,
+        "herald_masks": list(acq.herald_masks),
+        "tags": int(len(tags)),
+        "tags_per_channel": np.bincount(tags["channel"], minlength=n)[:n].tolist(),
+        "coincidence_records": int(np.count_nonzero(
+            result.events["kind"] == Kind.COINCIDENCE.value)),
+        "herald_records": int(np.count_nonzero(result.events["kind"] == Kind.HERALD.value)),
+        # Known drops only: in-band loss records received, and blocks the host dropped.
+        "dropped": int(dropped),
+        "dropped_per_channel": dropped_per_channel,
+        "loss_records": _loss_table(lost, n, acq.rules),
+        "host_dropped": host_dropped,
+        "decode_errors": int(link.get("decode_errors", 0)),
+        "skipped_bytes": link.get("skipped_bytes"),
+        # Records of the segment open when the link went: received, never verified, not kept.
+        "unverified": link.get("unverified"),
+        "link_bytes": link.get("link_bytes"),
+        "bytes_per_event": round(link["link_bytes"] / records, 3)
+        if link.get("link_bytes") and records else None,
+        "device_cycles": result.device_cycles,
+        "checks": {},
+        "wall_seconds": round(result.wall_seconds, 3),
+    }
 
 
 def _loss_table(lost, channels, rules):

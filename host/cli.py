@@ -13,16 +13,23 @@ Commands:
   (:mod:`heraldry.host.plots`).
 * ``heraldry sim``: start the virtual board, print its port path, serve until Ctrl-C.
 
-Exit status: 0 success; 2 bad options (one line on stderr, nothing was run); 3 the run completed
-but events were dropped (counted and reported); 1 anything else, including hardware counters
-disagreeing with the streamed tags, a damaged stream, or a board that does not answer.
+Exit status: 0 success; 2 bad options or a device that is not a heraldry board at the given
+port and baud rate (one line on stderr, nothing was run, nothing was written to the device); 3 the
+run completed but events were dropped (counted and reported); 4 the board went away during the
+run (port closed, cable pulled, virtual board killed): what was received and verified up to then
+is saved (``--out``, ``--summary-json`` with ``"complete": false``), a PTU file is finished with
+its record count patched and stop reason -10 ("data transfer failed"); 1 anything else, including
+hardware counters disagreeing with the streamed tags, a damaged stream, or a board that stopped
+answering.
 """
 
 import argparse
 import importlib
 import json
+import math
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -32,7 +39,7 @@ from .config import Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, p
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DROPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DROPPED, EXIT_LOST = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
 
 #: Named boards. Both virtual boards have the generic PHY at 100 MHz (one bin is 10 ns) and the
@@ -160,14 +167,31 @@ def check_board_args(args):
     elif args.board not in BOARDS and not _is_port(args.board):
         raise ConfigError(f"unknown board {args.board!r}; use one of {', '.join(BOARDS)}, a "
                           f"serial device path such as /dev/ttyUSB1, or replay:FILE.ptu")
-    if _is_port(args.board) and not os.path.exists(args.board):
-        raise ConfigError(f"--board {args.board}: no such serial device")
+    if _is_port(args.board):
+        check_port(args.board)
     if args.channels is not None and not 1 <= args.channels <= 8:
         raise ConfigError(f"--channels must be 1..8, not {args.channels}")
-    if not args.duration > 0:
-        raise ConfigError(f"--duration must be positive, not {args.duration:g}")
+    if not 0 < args.duration < math.inf:
+        raise ConfigError(f"--duration must be a positive number of seconds, not "
+                          f"{args.duration:g}")
     if getattr(args, "baud", 1) <= 0:
         raise ConfigError(f"--baud must be positive, not {args.baud}")
+
+
+def check_port(path):
+    """Refuse (ConfigError) a serial port path that cannot be one: missing, not a character
+    device, or not readable and writable by this user. Opening it can still fail (busy)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"--board {path}: no such serial device") from None
+    except OSError as error:
+        raise ConfigError(f"--board {path}: {error.strerror}") from None
+    if not stat.S_ISCHR(mode):
+        raise ConfigError(f"--board {path}: not a serial device (not a character device)")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"--board {path}: no permission to read and write it (on Linux, "
+                          f"join the group that owns it, e.g. dialout)")
 
 
 def board_from_identity(identity):
@@ -200,7 +224,7 @@ def acquisition_from_args(args, board=None):
         return value
 
     def per_channel(options, what, convert, default):
-        values = [default] * n
+        values = list(default) if isinstance(default, list) else [default] * n
         for text in options:
             channel, value = _channel_value(text, what)
             if not 0 <= channel < n:
@@ -210,12 +234,14 @@ def acquisition_from_args(args, board=None):
         return values
 
     window = bins("--window", args.window, 1, 1023)
-    delay_options = list(args.delay)
+    delays = 0
     if getattr(args, "config", None):
         from .cmd_calibrate import config_delay_options
-        delay_options = config_delay_options(args.config) + delay_options
-    delays = per_channel(delay_options, "--delay",
-                         lambda v: bins("--delay", _float(v, "--delay"), 0, 1023), 0)
+        what = f"--config {args.config}: delay"
+        delays = per_channel(config_delay_options(args.config), what,
+                             lambda v: bins(what, _float(v, what), 0, 1023), 0)
+    delays = per_channel(args.delay, "--delay",
+                         lambda v: bins("--delay", _float(v, "--delay"), 0, 1023), delays)
     dead = per_channel(args.dead_time, "--dead-time",
                        lambda v: bins("--dead-time", _float(v, "--dead-time"), 0, 65535), 0)
 
@@ -232,8 +258,11 @@ def acquisition_from_args(args, board=None):
     masks = [parse_mask(m, n) for m in args.herald]
     record_mask = 0
     for text in args.record_coincidences:
-        pattern = parse_mask(text, n)
+        pattern = parse_mask(text, n, "--record-coincidences pattern")
         record_mask |= 1 << pattern
+    if args.duration * board["clock_hz"] < 1:
+        raise ConfigError(f"--duration {args.duration:g} s is shorter than one clock cycle "
+                          f"({1 / board['clock_hz']:g} s)")
     pair_delay = bins("--pair-delay", args.pair_delay, 0, 1023)
     period = bins("--period", args.period, 1, 2 ** 32 - 1)
     acq = Acquisition(
@@ -266,9 +295,24 @@ def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for
     itself), run it. ``sink_for(acq)`` returns the ``sink`` for :func:`acquire_device` (or
     raises ValueError: a usage error). Returns ``(result, None)`` or ``(None, exit status)``."""
     from .acquire import acquire_device
-    from .driver import Device
-    with Device(transport_factory(), timeout=timeout) as device:
-        identity = device.identify()
+    from .driver import Device, IdentificationError
+    from .transport import TransportError
+    try:
+        transport = transport_factory()
+    except TransportError as error:
+        if not _is_port(args.board):
+            raise
+        _error(f"--board {args.board}: {error}")        # e.g. busy: held by another program
+        return None, EXIT_USAGE
+    with Device(transport, timeout=timeout) as device:
+        try:
+            identity = device.identify()
+        except IdentificationError as error:
+            if not _is_port(args.board):
+                raise           # our own virtual board: a bug, not a usage error
+            # Nothing but READs of ident.* was sent: the board was not touched.
+            _error(error)
+            return None, EXIT_USAGE
         if acq is None:
             try:
                 acq, notes = acquisition_from_args(args, board_from_identity(identity))
@@ -301,7 +345,7 @@ def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for
 
 
 def cmd_acquire(args):
-    from .driver import DeviceError
+    from .driver import DeviceError, DeviceLost
     from .transport import TransportError
     acq = None
     replay = None
@@ -369,6 +413,14 @@ def cmd_acquire(args):
         result, status = _acquire(args, acq, progress, sink_for, replay)
         if result is None:
             return status
+    except DeviceLost as error:
+        if tty:
+            sys.stderr.write("\n")
+        if error.partial is None:
+            saved = (f"; {writers[0].paths[0]} holds no records" if writers else "")
+            _error(f"the board went away before the run started ({error}){saved}")
+            return EXIT_LOST
+        result = error.partial          # saved below like a complete run, marked incomplete
     except (DeviceError, TransportError) as error:
         if tty:
             sys.stderr.write("\n")
@@ -382,9 +434,11 @@ def cmd_acquire(args):
         if result is None and writers:
             # Whatever was streamed stays readable; the header says why it ends early.
             writers[0].close(stop_reason=stop_reason)
+    from .acquire import print_summary, summarise
+    if replay is None and not result.complete:
+        return _save_partial(args, result, writers)
     if live is not None:
         live.finish()
-    from .acquire import print_summary, summarise
     if replay is not None:
         result, replay_checks = result
     summary = summarise(result, board=args.board)
@@ -400,7 +454,8 @@ def cmd_acquire(args):
         writers[0].close(acquisition_time_s=seconds,
                          input_rates_hz=[s / seconds if seconds else 0
                                          for s in summary["singles"]],
-                         events_dropped=summary["dropped"], summary=summary)
+                         events_dropped=summary["dropped"], summary=summary,
+                         stop_reason=_completed_stop_reason(summary))
         if not args.quiet:
             sys.stderr.write(f"heraldry: wrote {writers[0].records} PTU records to "
                              f"{', '.join(writers[0].paths)}\n")
@@ -425,6 +480,57 @@ def cmd_acquire(args):
     if summary["dropped"]:
         return EXIT_DROPPED
     return EXIT_OK
+
+
+def _save_partial(args, result, writers):
+    """A run cut short by a lost link: finish every output with what was received and verified,
+    say in one line what happened and what was saved, return :data:`EXIT_LOST`."""
+    from .acquire import summarise
+    from .ptu import StopReason
+    summary = summarise(result, board=args.board)
+    saved = []
+    # Records of the segment open at the failure were received but never verified: lost too.
+    lost = summary["dropped"] + (summary["unverified"] or 0)
+    if writers:
+        seconds = result.device_seconds
+        writers[0].close(acquisition_time_s=seconds, stop_reason=StopReason.TRANSFER_FAILED,
+                         input_rates_hz=[t / seconds if seconds else 0
+                                         for t in summary["tags_per_channel"]],
+                         events_dropped=lost, summary=summary)
+        saved.append(f"{writers[0].records} PTU records to {', '.join(writers[0].paths)} "
+                     f"(stop reason: data transfer failed"
+                     + (f", {lost} events marked dropped" if lost else "") + ")")
+    elif args.out:
+        tags = result.tags
+        np.savez(args.out, channel=tags["channel"].astype(np.uint8),
+                 time_ps=tags["time_ps"].astype(np.int64))
+        saved.append(f"{len(tags)} tags to {args.out}")
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=1)
+            f.write("\n")
+        saved.append(f"the summary to {args.summary_json}")
+    if args.quiet:
+        json.dump(summary, sys.stdout)
+        sys.stdout.write("\n")
+    what = "; saved " + " and ".join(saved) if saved else "; nothing was saved (no --out)"
+    _error(f"the board went away {result.device_seconds * 1e3:g} ms of device time into the "
+           f"run ({result.error}), {summary['tags']} tags received{what}")
+    return EXIT_LOST
+
+
+def _completed_stop_reason(summary):
+    """PTU stop reason of a run that ran its time: FIFO overrun if the board dropped events,
+    queue overrun if the host's queue did, else time over. (The acquisition time stays the
+    run's; the events-dropped warning flag and count cover every cause.)"""
+    from .ptu import StopReason
+    board = sum(sum(summary.get(group) or []) for group in (
+        "merger_dropped", "delay_dropped", "herald_dropped", "coincidence_dropped"))
+    if board:
+        return StopReason.FIFO_OVERRUN
+    if sum(summary.get("host_dropped") or []):
+        return StopReason.QUEUE_OVERRUN
+    return StopReason.TIME_OVER
 
 
 def _tee_sink_for(first, second):
@@ -529,7 +635,8 @@ def cmd_sim(args):
 # Further commands live in their own modules: each has ``register(subparsers)`` that adds its
 # sub-parsers and returns ``[(name, handler), ...]``; ``handler(args)`` returns the exit status.
 COMMAND_MODULES = ["heraldry.host.cmd_calibrate", "heraldry.host.cmd_board",
-                   "heraldry.host.cmd_serve"]
+                   "heraldry.host.cmd_serve", "heraldry.host.cmd_selftest",
+                   "heraldry.host.cmd_relay"]
 COMMAND_HANDLERS = {}
 
 

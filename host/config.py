@@ -6,7 +6,9 @@ to the gateware's config layout (:meth:`Acquisition.gateware_config`) and to the
 model's settings (:meth:`Acquisition.model_settings`), so both always see the same numbers.
 """
 
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 from .. import protocol
 from ..protocol import Edge, Source
@@ -21,17 +23,18 @@ class ConfigError(ValueError):
     """A configuration value the board cannot take. The message is one line, for the user."""
 
 
-def parse_mask(text, channels):
-    """Parse a channel mask such as ``0b011``, ``0x3`` or ``3``; refuse empty masks."""
+def parse_mask(text, channels, what="herald mask"):
+    """Parse a channel mask such as ``0b011``, ``0x3`` or ``3``; refuse empty masks. ``what``
+    names it in the messages."""
     text = text.strip()
     try:
         mask = int(text, 0)
     except ValueError:
-        raise ConfigError(f"herald mask {text!r} is not a number like 0b011, 0x3 or 3") from None
+        raise ConfigError(f"{what} {text!r} is not a number like 0b011, 0x3 or 3") from None
     if mask <= 0:
-        raise ConfigError(f"herald mask {text!r} selects no channel")
+        raise ConfigError(f"{what} {text!r} selects no channel")
     if mask >> channels:
-        raise ConfigError(f"herald mask {text!r} names a channel above {channels - 1} "
+        raise ConfigError(f"{what} {text!r} names a channel above {channels - 1} "
                           f"(the board has {channels} channels)")
     return mask
 
@@ -42,7 +45,12 @@ def ns_to_bins(what, ns, bin_ps, lo, hi):
     Returns ``(bins, note)``; ``note`` is a message for the user when ``ns`` was not a whole
     number of bins and had to be rounded (to the nearest bin), else ``None``.
     """
+    if not math.isfinite(ns):
+        raise ConfigError(f"{what} must be a number of ns, not {ns:g}")
     exact = ns * 1000.0 / bin_ps
+    if not math.isfinite(exact) or abs(exact) > 2 ** 62:
+        raise ConfigError(f"{what} {ns:g} ns is far outside {lo}..{hi} bins of "
+                          f"{bin_ps / 1000:g} ns")
     bins = int(round(exact))
     note = None
     if abs(exact - bins) > 1e-9:
@@ -95,8 +103,12 @@ class Acquisition:
 
     def __post_init__(self):
         n = self.channels
-        if not 1 <= n <= protocol.MAX_CHANNELS:
-            raise ConfigError(f"channels must be 1..{protocol.MAX_CHANNELS}, not {n}")
+        if (isinstance(n, bool) or not isinstance(n, Integral)
+                or not 1 <= n <= protocol.MAX_CHANNELS):
+            raise ConfigError(f"channels must be 1..{protocol.MAX_CHANNELS}, not {n!r}")
+        if (isinstance(self.rules, bool) or not isinstance(self.rules, Integral)
+                or not 1 <= self.rules <= protocol.MAX_RULES):
+            raise ConfigError(f"rules must be 1..{protocol.MAX_RULES}, not {self.rules!r}")
         self.delays_bins = list(self.delays_bins) or [0] * n
         self.dead_time_bins = list(self.dead_time_bins) or [0] * n
         self.edges = list(self.edges) or ["rising"] * n
@@ -105,6 +117,11 @@ class Acquisition:
 
     def validate(self):
         n = self.channels
+        for name in ("bin_ps", "clock_hz"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, Real)
+                    or not 0 < value < math.inf):
+                raise ConfigError(f"{name} must be a positive number, not {value!r}")
         for name in ("delays_bins", "dead_time_bins", "edges", "enabled"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(f"{name} has {len(getattr(self, name))} entries for {n} channels")

@@ -37,7 +37,8 @@ from .config import ConfigError
 from .decode import EVENT_DTYPE, Block
 from .transport import TransportError
 
-__all__ = ["DeviceError", "Identity", "Device", "COUNTER_GROUPS"]
+__all__ = ["DeviceError", "DeviceLost", "NoReply", "IdentificationError", "Identity", "Device",
+           "COUNTER_GROUPS"]
 
 #: Counter groups of ``protocol.CounterMap``, in address order.
 COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
@@ -52,6 +53,30 @@ _TAG_CODE = -1      # a TAG record in _scan's kinds (not a WireKind value)
 class DeviceError(RuntimeError):
     """The device misbehaved or is not what it claims: wrong identification, no reply after the
     retries, a refused command, a write that did not read back, a dead link."""
+
+
+class DeviceLost(DeviceError):
+    """The link went away: the port was closed under the driver, the USB-serial bridge was
+    unplugged, the virtual board's process died. Raised by the first command (or
+    :meth:`Device.read_block` once the queue is empty) after the reader thread saw the failure;
+    the reader thread has ended by then. Blocks decoded before the failure stay in the queue.
+    :func:`heraldry.host.acquire.acquire_device` sets ``partial`` to an
+    :class:`~heraldry.host.acquire.AcquisitionResult` of what the run received (``counters``
+    ``None``: the board cannot be asked any more)."""
+
+    partial = None
+
+
+class NoReply(DeviceError):
+    """A command got no REPLY after the resends (the device is silent, or its replies arrive
+    garbled). The link itself is still there, unlike :class:`DeviceLost`."""
+
+
+class IdentificationError(DeviceError):
+    """What answers on the port is not a heraldry board this host can drive: no valid reply to
+    the identification reads (nothing there, or the wrong baud rate: bytes arrive garbled), the
+    wrong ``ident.magic``, another protocol version, or impossible ``ident.*`` values. Raised by
+    :meth:`Device.identify`, which sends nothing but READs of ``ident.*`` registers."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +180,7 @@ class Device:
         self.unverified = 0
         self.stray_replies = 0
         self.resends = 0
+        self.reply_mismatches = 0
         self.events_decoded = 0
         self.tags_decoded = 0
         self.data_records_started = 0
@@ -178,7 +204,7 @@ class Device:
                     self._take(chunk)
         except TransportError as error:
             if not self._closing:
-                self._fail(DeviceError(f"link to {self.transport.name} failed: {error}"))
+                self._fail(DeviceLost(f"link to {self.transport.name} lost: {error}"))
         except Exception as error:    # a bug here must reach the caller, not kill a thread
             self._fail(error)
 
@@ -281,7 +307,7 @@ class Device:
         if self._reader_error is not None:
             error = self._reader_error
             if isinstance(error, DeviceError):
-                raise DeviceError(str(error))
+                raise type(error)(str(error))
             raise DeviceError(f"reader thread failed: {error!r}") from error
 
     def _next_seq(self):
@@ -305,7 +331,7 @@ class Device:
                     try:
                         self.transport.write(self._encode_command(op, reg.address, value, seq))
                     except TransportError as error:
-                        raise DeviceError(f"link to {self.transport.name} failed: {error}") \
+                        raise DeviceLost(f"link to {self.transport.name} lost: {error}") \
                             from None
                     deadline = time.monotonic() + self.timeout
                     with self._cond:
@@ -325,19 +351,58 @@ class Device:
                     for s in seqs:
                         self._waiting.pop(s, None)
         what = "READ" if op == Command.READ else "WRITE"
-        raise DeviceError(f"no reply from {self.transport.name} to {what} {reg.name} after "
+        raise NoReply(f"no reply from {self.transport.name} to {what} {reg.name} after "
                           f"{self.retries + 1} attempts of {self.timeout:g} s ({self.link_bytes} "
                           f"bytes received in all, {self.stray_replies} stray replies; is it a "
                           f"heraldry board, at the right baud rate?)")
 
+    #: REPLY records carry no check of their own (docs/protocol.md): a bit flipped on the link
+    #: in a REPLY's value would be taken for the register's. With this set (the default) every
+    #: read is confirmed by further replies (:meth:`_confirmed_read`) and a write whose REPLY
+    #: disagrees is confirmed by reading the register; :attr:`reply_mismatches` counts each
+    #: time replies disagreed and the device was asked again.
+    confirm_replies = True
+
     def read(self, name):
         """Value of register ``name`` (a ``protocol.RegisterMap`` name, e.g. ``"window"``)."""
         reg = self._register(name)
+        if self.confirm_replies:
+            return self._confirmed_read(reg)
         reply = self._transact(Command.READ, reg)
         if not reply["ok"]:
             raise DeviceError(f"{self.transport.name} refused to read {name} "
                               f"(address {reg.address:#05x})")
         return reply["value"]
+
+    def _confirmed_read(self, reg):
+        """READ ``reg`` until its replies agree: two in a row equal, or, for a register that
+        only counts up modulo 2**32 (``control.now``, ``control.bad_frames``, the hardware
+        counters), three in a row in order, of which the middle one is taken. So a value damaged
+        on the link is taken only if another reply equals it, or if it lies between the replies
+        read just before and after it (within what the register itself went through)."""
+        counting = (reg.address >= protocol.COUNTER_BASE
+                    or reg.name in ("control.now", "control.bad_frames"))
+        replies = []
+        for _ in range(2 * (self.retries + 2)):
+            reply = self._transact(Command.READ, reg)
+            replies.append((reply["ok"], reply["value"]))
+            if len(replies) < 2:
+                continue
+            if replies[-1] == replies[-2]:
+                ok, value = replies[-1]
+                if not ok:
+                    raise DeviceError(f"{self.transport.name} refused to read {reg.name} "
+                                      f"(address {reg.address:#05x})")
+                return value
+            if counting and len(replies) < 3:
+                continue            # it may have counted meanwhile: a third reply decides
+            if counting and all(ok for ok, _ in replies[-3:]):
+                x, y, z = (value for _, value in replies[-3:])
+                if (y - x) % _WRAP < _WRAP // 2 and (z - y) % _WRAP < _WRAP // 2:
+                    return y
+            self.reply_mismatches += 1
+        raise DeviceError(f"the replies of {self.transport.name} to READ {reg.name} keep "
+                          f"disagreeing ({replies[-4:]}): is the link damaged?")
 
     def check_value(self, name, value):
         """Refuse (:class:`ConfigError`) a value ``name`` cannot take, without sending it."""
@@ -359,7 +424,17 @@ class Device:
         value. Write-only strobes (``control.clear``) read back 0 and are not compared."""
         reg = self.check_value(name, value)
         value = int(value)
-        reply = self._transact(Command.WRITE, reg, value)
+        for _ in range(2 if self.confirm_replies else 1):
+            reply = self._transact(Command.WRITE, reg, value)
+            if reply["ok"] and (reg.access != "rw" or reply["value"] == value):
+                return reply["value"]
+            if not self.confirm_replies:
+                break
+            # The REPLY may have been damaged on the link: the register says whether the write
+            # took; a refusal (or a strobe, which cannot be read) is asked once more.
+            self.reply_mismatches += 1
+            if reg.access == "rw" and reply["ok"] and self._confirmed_read(reg) == value:
+                return value
         if not reply["ok"]:
             raise DeviceError(f"{self.transport.name} refused the write of {value} to {name} "
                               f"(address {reg.address:#05x})")
@@ -372,28 +447,48 @@ class Device:
     def identify(self):
         """Read every ``ident.*`` register, check magic and protocol version, and set up the
         register map and the decoder for this device. Returns the :class:`Identity`."""
-        magic = self.read("ident.magic")
+        name = self.transport.name
+        try:
+            magic = self.read("ident.magic")
+        except NoReply:
+            baud = getattr(self.transport, "baud", None)
+            at = f" at {baud} baud" if baud else ""
+            if self.link_bytes:
+                raise IdentificationError(
+                    f"{name} sent {self.link_bytes} bytes but no valid reply to the "
+                    f"identification in {self.retries + 1} attempts of {self.timeout:g} s: "
+                    f"wrong baud rate (this port is opened{at}) or not a heraldry board") \
+                    from None
+            raise IdentificationError(
+                f"no reply from {name}{at} to the identification in {self.retries + 1} "
+                f"attempts of {self.timeout:g} s: is a heraldry board connected to this port, "
+                f"powered, and at this baud rate?") from None
+        except DeviceLost:
+            raise
+        except DeviceError as error:        # refused, or replies that disagree: garbled?
+            raise IdentificationError(f"{error}: not a heraldry board, or the wrong baud rate "
+                                      f"(bytes garbled on the way)") from None
         if magic != MAGIC:
-            raise DeviceError(f"{self.transport.name} is not a heraldry device: ident.magic "
-                              f"reads {magic:#010x}, expected {MAGIC:#010x}")
+            raise IdentificationError(f"{name} is not a heraldry device: ident.magic reads "
+                                      f"{magic:#010x}, expected {MAGIC:#010x}")
         version = self.read("ident.protocol")
         if version != PROTOCOL_VERSION:
-            raise DeviceError(f"{self.transport.name} speaks protocol version {version}; this "
-                              f"host speaks version {PROTOCOL_VERSION} (update one of them)")
-        values = {name: self.read(f"ident.{name}") for name in (
+            raise IdentificationError(f"{name} speaks protocol version {version}; this host "
+                                      f"speaks version {PROTOCOL_VERSION} (update one of them)")
+        values = {field: self.read(f"ident.{field}") for field in (
             "gateware", "channels", "rules", "fine_bits", "bin_fs", "clock_hz", "capabilities",
             "counters")}
-        for name in ("channels", "rules", "fine_bits", "bin_fs", "clock_hz"):
-            reg = self._fixed[f"ident.{name}"]
-            if not reg.minimum <= values[name] <= reg.maximum:
-                raise DeviceError(f"{self.transport.name} reports ident.{name} = {values[name]}, "
-                                  f"outside {reg.minimum}..{reg.maximum}")
+        for field in ("channels", "rules", "fine_bits", "bin_fs", "clock_hz"):
+            reg = self._fixed[f"ident.{field}"]
+            if not reg.minimum <= values[field] <= reg.maximum:
+                raise IdentificationError(f"{name} reports ident.{field} = {values[field]}, "
+                                          f"outside {reg.minimum}..{reg.maximum}")
         identity = Identity(magic=magic, protocol=version, **values)
         rmap = RegisterMap(identity.channels, identity.rules)
         if identity.counters != rmap.counters.size:
-            raise DeviceError(f"{self.transport.name} reports {identity.counters} counters; "
-                              f"{identity.channels} channels and {identity.rules} rules make "
-                              f"{rmap.counters.size}")
+            raise IdentificationError(f"{name} reports {identity.counters} counters; "
+                                      f"{identity.channels} channels and {identity.rules} rules "
+                                      f"make {rmap.counters.size}")
         with self._decoder_lock:
             self.identity = identity
             self.map = rmap
@@ -500,11 +595,24 @@ class Device:
             raise DeviceError("drain() is for after stop()")
         mark = self.wait_cycles(pipeline_cycles, since=self.stop_bounds[1], poll=poll)
         deadline = time.monotonic() + timeout
+        interval = quiet_since = None
         while True:
             started = self.data_records_started
             mark = self.now()
-            if self.data_records_started == started and not self.records_pending:
+            if self.data_records_started != started:
+                quiet_since = None
+            elif not self.records_pending:
                 return mark
+            else:
+                # The last segment looks open, yet nothing starts: its CHECK was damaged on the
+                # link if the encoder has been idle longer than it keeps a segment open (then
+                # flush() counts the segment as unverified).
+                if interval is None:
+                    interval = self.read("control.anchor_interval")
+                if quiet_since is None:
+                    quiet_since = mark
+                elif mark - quiet_since > interval:
+                    return mark
             if time.monotonic() > deadline:
                 raise DeviceError(f"the record stream did not end within {timeout:g} s of "
                                   f"the stop")
@@ -578,6 +686,7 @@ class Device:
             "host_dropped_events": self.host_dropped_events,
             "stray_replies": self.stray_replies,
             "resends": self.resends,
+            "reply_mismatches": self.reply_mismatches,
             "status_records": self._status_records,
         }
 

@@ -52,7 +52,7 @@ from .decode import EVENT_DTYPE
 
 __all__ = ["RECORD_TYPE_HH2_T2", "WRAP", "MAX_WRAPS_PER_RECORD", "ROTATE_BYTES",
            "WARNING_EVENTS_DROPPED", "StopReason", "ChannelMap", "PTUWriter", "PTUData",
-           "read_ptu", "read_tags", "part_path"]
+           "PTUError", "read_ptu", "read_tags", "part_path"]
 
 MAGIC = b"PQTTTR\0\0"
 TAG_VERSION = b"1.0.00\0\0"
@@ -81,6 +81,11 @@ _TYPE = {
 }
 _TYPE_NAME = {code: name for name, code in _TYPE.items()}
 _OVERFLOW_WORD = (1 << 31) | (OVERFLOW_CHANNEL << TIMETAG_BITS)
+
+
+class PTUError(ValueError):
+    """A file :func:`read_ptu` cannot read: not a PTU file, a damaged or truncated header, a
+    record type other than T2, tags of the wrong type or out of range. One line, for the user."""
 
 
 class StopReason(IntEnum):
@@ -480,26 +485,32 @@ class PTUWriter:
 def read_tags(f):
     """Parse a PTU header from the binary file ``f``: returns ``(tags, data_offset)``.
 
-    ``tags`` maps a name to its value, or for array-element tags to ``{index: value}``."""
+    ``tags`` maps a name to its value, or for array-element tags to ``{index: value}``.
+    Raises :class:`PTUError` for anything that is not a well-formed header (the header cannot
+    claim more bytes than the file has)."""
     head = f.read(16)
     if head[:8] != MAGIC:
-        raise ValueError("not a PTU file (no PQTTTR magic)")
+        raise PTUError("not a PTU file (no PQTTTR magic)")
+    size = _size(f)
     tags = {}
     while True:
         raw = f.read(_TAG_HEAD.size)
         if len(raw) < _TAG_HEAD.size:
-            raise ValueError("PTU header ends without Header_End")
+            raise PTUError("PTU header ends without Header_End")
         name, index, code, value = _TAG_HEAD.unpack(raw)
         name = name.split(b"\0", 1)[0].decode("ascii", "replace")
         kind = _TYPE_NAME.get(code)
         if kind in ("AnsiString", "WideString", "BinaryBlob", "Float8Array"):
-            payload = f.read(struct.unpack("<q", value)[0])
+            length = struct.unpack("<q", value)[0]
+            if not 0 <= length <= size - f.tell():
+                raise PTUError(f"PTU tag {name}: {length} bytes of payload, beyond the file's end")
+            payload = f.read(length)
             if kind == "AnsiString":
                 value = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
             elif kind == "WideString":
-                value = payload.decode("utf-16-le", "replace").split("\0", 1)[0]
+                value = payload[:len(payload) & ~1].decode("utf-16-le", "replace").split("\0", 1)[0]
             elif kind == "Float8Array":
-                value = np.frombuffer(payload, "<f8").copy()
+                value = np.frombuffer(payload[:len(payload) & ~7], "<f8").copy()
             else:
                 value = payload
         elif kind in ("Float8", "TDateTime"):
@@ -511,11 +522,34 @@ def read_tags(f):
         else:
             value = struct.unpack("<q", value)[0]
         if index >= 0:
-            tags.setdefault(name, {})[index] = value
+            entry = tags.setdefault(name, {})
+            if not isinstance(entry, dict):
+                raise PTUError(f"PTU tag {name} is both a scalar and an array")
+            entry[index] = value
+        elif isinstance(tags.get(name), dict):
+            raise PTUError(f"PTU tag {name} is both a scalar and an array")
         else:
             tags[name] = value
         if name == "Header_End":
             return tags, f.tell()
+
+
+def _size(f):
+    position = f.tell()
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(position)
+    return size
+
+
+def _number(tags, name, default=None, *, integer=False):
+    """A numeric scalar tag (or ``default`` when absent); PTUError when it is not one."""
+    value = tags.get(name, default)
+    if value is None:
+        raise PTUError(f"PTU header has no {name}")
+    if isinstance(value, (dict, str, bytes, np.ndarray)) or (integer and isinstance(value, float)):
+        raise PTUError(f"PTU tag {name} has the wrong type")
+    return value
 
 
 @dataclass
@@ -540,17 +574,28 @@ class PTUData:
 def read_ptu(path):
     """Read a T2 PTU file of record type 0x01010204 (HydraHarp V2, ours) or 0x00010207
     (Generic T2, same layout). The record count is the file size's (like tttrlib), or the
-    header's when that is smaller and non-zero (trailing bytes)."""
-    with open(path, "rb") as f:
-        tags, offset = read_tags(f)
-        data = f.read()
-    rtype = tags.get("TTResultFormat_TTTRRecType")
+    header's when that is smaller and non-zero (trailing bytes).
+
+    ``path`` may also be a binary file object (seekable). Raises :class:`PTUError` (a
+    ValueError) for a file that is not one we can read, ``OSError`` when it cannot be read."""
+    if hasattr(path, "read"):
+        tags, offset = read_tags(path)
+        data = path.read()
+    else:
+        with open(path, "rb") as f:
+            tags, offset = read_tags(f)
+            data = f.read()
+    rtype = _number(tags, "TTResultFormat_TTTRRecType", integer=True)
     if rtype not in (RECORD_TYPE_HH2_T2, RECORD_TYPE_GENERIC_T2):
-        raise ValueError(f"record type {rtype:#010x} is not a supported T2 type")
+        raise PTUError(f"record type {rtype:#x} is not a supported T2 type")
     n = len(data) // 4
-    declared = tags.get("TTResult_NumberOfRecords", 0)
+    declared = _number(tags, "TTResult_NumberOfRecords", 0, integer=True)
     if 0 < declared < n:
         n = declared
+    resolution_ps = _number(tags, "MeasDesc_GlobalResolution") * 1e12
+    if not 1e-3 <= resolution_ps <= 1e12:   # a T2 time unit is 1 fs .. 1 s
+        raise PTUError(f"MeasDesc_GlobalResolution {resolution_ps * 1e-12:g} s is not a time "
+                       f"unit")
     raw = np.frombuffer(data, "<u4", count=n).astype(np.int64)
     special = (raw >> 31).astype(bool)
     channel = (raw >> TIMETAG_BITS) & OVERFLOW_CHANNEL
@@ -559,8 +604,11 @@ def read_ptu(path):
     wraps = np.cumsum(np.where(overflow, np.where(timetag == 0, 1, timetag), 0))
     units = wraps * WRAP + timetag
     keep = ~overflow
-    resolution_ps = tags["MeasDesc_GlobalResolution"] * 1e12
     whole = round(resolution_ps)
+    last = int(wraps[-1]) * WRAP + WRAP if len(wraps) else 0     # beyond every record's time
+    if last * resolution_ps >= 2 ** 63:
+        raise PTUError(f"the records reach {last * resolution_ps * 1e-12:.3g} s: beyond "
+                       f"2**63 ps (overflow records that make no sense?)")
     if whole >= 1 and abs(resolution_ps - whole) < 1e-6 * whole:
         time_ps = units[keep] * whole
     else:

@@ -29,12 +29,68 @@ from .. import protocol
 from ..protocol import Kind
 from .config import Acquisition
 from .decode import EVENT_DTYPE, Block
-from .ptu import part_path, read_ptu
+from .ptu import PTUError, part_path, read_ptu
 
 __all__ = ["ReplaySource", "acquire_replay", "replay_parts"]
 
 #: Longest stretch of recorded time one block covers (so a real-time replay stays smooth).
 BLOCK_SECONDS = 0.05
+
+
+def _count_tag(tags, name, real=False):
+    """A non-negative number tag (``None`` when absent); PTUError when it is something else."""
+    value = tags.get(name)
+    if value is None:
+        return None
+    kinds = (int, float) if real else (int,)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 <= value < 2 ** 63:
+        raise PTUError(f"PTU tag {name} = {value!r:.40} is not a count")
+    return value
+
+
+def _json_tag(tags, name):
+    text = tags.get(name)
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise PTUError(f"PTU tag {name} is not a string")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise PTUError(f"PTU tag {name} is not valid JSON") from None
+
+
+def _channel_map(cmap):
+    """``Heraldry_ChannelMap`` checked: ``({input: ptu}, {rule: ptu}, {pattern: ptu})`` with
+    inputs ``0..N-1``, rules ``0..`` and patterns ``1..2**N - 1`` on distinct PTU channels."""
+    def table(key, parse):
+        part = cmap.get(key) if isinstance(cmap, dict) else None
+        if not isinstance(part, dict):
+            raise PTUError(f"Heraldry_ChannelMap has no {key!r} table")
+        out = {}
+        for name, ptu_channel in part.items():
+            try:
+                number = parse(name)
+            except (TypeError, ValueError):
+                number = None
+            if (number is None or isinstance(ptu_channel, bool)
+                    or not isinstance(ptu_channel, int) or not 0 <= ptu_channel < 64):
+                raise PTUError(f"Heraldry_ChannelMap {key}: {name!r} -> {ptu_channel!r} is "
+                               f"not an entry")
+            out[number] = ptu_channel
+        return out
+    inputs = table("inputs", int)
+    rules = table("herald_rules", int)
+    patterns = table("coincidence_patterns", lambda p: int(p, 0))
+    n = len(inputs)
+    if (sorted(inputs) != list(range(n)) or not 1 <= n <= protocol.MAX_CHANNELS
+            or sorted(rules) != list(range(len(rules)))
+            or any(not 0 < p < 2 ** n for p in patterns)):
+        raise PTUError("Heraldry_ChannelMap names inputs, rules or patterns that cannot exist")
+    used = list(inputs.values()) + list(rules.values()) + list(patterns.values())
+    if len(set(used)) != len(used):
+        raise PTUError("Heraldry_ChannelMap maps two things onto one PTU channel")
+    return inputs, rules, patterns
 
 
 def replay_parts(path):
@@ -50,8 +106,8 @@ class ReplaySource:
 
     Parameters
     ----------
-    path : str or path
-        The first (or only) part.
+    path : str, path, or a binary file object
+        The first (or only) part (a file object: the only one).
     realtime : bool
         Deliver each block no earlier than its last record's time after the first
         :meth:`read_block` call (wall clock); otherwise as fast as possible.
@@ -80,12 +136,17 @@ class ReplaySource:
 
     def __init__(self, path, *, realtime=False, block_events=1 << 16, clock=time.monotonic,
                  sleep=time.sleep):
-        self.paths = replay_parts(path)
+        if hasattr(path, "read"):
+            # A binary file object is one part (no rotation parts to look for).
+            self.paths = [str(getattr(path, "name", "<file object>"))]
+            parts = [read_ptu(path)]
+        else:
+            self.paths = replay_parts(path)
+            parts = [read_ptu(p) for p in self.paths]
         self.realtime = realtime
         self.block_events = block_events
         self._clock = clock
         self._sleep = sleep
-        parts = [read_ptu(p) for p in self.paths]
         self.tags = parts[0].tags
         special = np.concatenate([p.special for p in parts])
         time_ps = np.concatenate([p.time_ps for p in parts])
@@ -94,6 +155,11 @@ class ReplaySource:
         time_ps, channel = time_ps[~special], channel[~special]
         if time_ps.dtype.kind == "f":
             time_ps = np.rint(time_ps).astype(np.int64)
+        backwards = np.flatnonzero(np.diff(time_ps) < 0)
+        if len(backwards):
+            raise PTUError(f"{self.paths[0]}: record {int(backwards[0]) + 1} (not counting "
+                           f"special records) is earlier than the one before it; PTU T2 "
+                           f"records are in time order")
         self.acquisition, kinds = self._describe(channel)
         events = np.zeros(len(time_ps), EVENT_DTYPE)
         events["time_ps"] = time_ps
@@ -101,54 +167,70 @@ class ReplaySource:
         lookup_kind, lookup_channel, lookup_pattern = kinds
         if len(channel) and np.any(lookup_kind[channel] < 0):
             bad = int(channel[lookup_kind[channel] < 0][0])
-            raise ValueError(f"{self.paths[0]}: PTU channel {bad} is not in the file's channel map")
+            raise PTUError(f"{self.paths[0]}: PTU channel {bad} is not in the file's channel map")
         events["kind"] = lookup_kind[channel]
         events["channel"] = lookup_channel[channel]
         events["pattern"] = lookup_pattern[channel]
         self.events = events
-        acquisition_ms = self.tags.get("MeasDesc_AcquisitionTime")
+        acquisition_ms = _count_tag(self.tags, "MeasDesc_AcquisitionTime", real=True)
         self.duration_s = (acquisition_ms / 1e3 if acquisition_ms
                            else (int(time_ps[-1]) * 1e-12 if len(time_ps) else 0.0))
-        lost = self.tags.get("Heraldry_EventsLost")
-        flags = self.tags.get("TTResult_MDescWarningFlags", 0)
+        lost = _count_tag(self.tags, "Heraldry_EventsLost")
+        flags = _count_tag(self.tags, "TTResult_MDescWarningFlags") or 0
         self.events_lost = int(lost) if lost is not None else int(bool(flags & 0x80))
         self._edges = self._block_edges(time_ps)
         self._next = 0
         self._start = None
 
     def _describe(self, channel):
-        """The acquisition and the PTU channel -> (kind, channel, pattern) tables."""
+        """The acquisition and the PTU channel -> (kind, channel, pattern) tables.
+        :class:`PTUError` when the header's own tags do not make sense."""
         size = 64
         kind = np.full(size, -1, np.int64)
         index = np.zeros(size, np.int64)
         pattern = np.zeros(size, np.int64)
-        config = json.loads(self.tags.get("Heraldry_Config") or "null")
-        cmap = json.loads(self.tags.get("Heraldry_ChannelMap") or "null")
-        resolution_ps = self.tags["MeasDesc_GlobalResolution"] * 1e12
-        bin_ps = int(round(resolution_ps)) if abs(resolution_ps - round(resolution_ps)) < 1e-6 \
-            else resolution_ps
+        config = _json_tag(self.tags, "Heraldry_Config")
+        cmap = _json_tag(self.tags, "Heraldry_ChannelMap")
+        resolution_ps = self.tags["MeasDesc_GlobalResolution"] * 1e12     # checked by read_ptu
+        bin_ps = int(round(resolution_ps)) if (round(resolution_ps) >= 1 and abs(
+            resolution_ps - round(resolution_ps)) < 1e-6) else resolution_ps
         if cmap:
-            for c, ptu_channel in cmap["inputs"].items():
-                kind[ptu_channel], index[ptu_channel] = Kind.TAG.value, int(c)
-            for r, ptu_channel in cmap["herald_rules"].items():
-                kind[ptu_channel], index[ptu_channel] = Kind.HERALD.value, int(r)
+            inputs, rules, patterns = _channel_map(cmap)
+            for c, ptu_channel in inputs.items():
+                kind[ptu_channel], index[ptu_channel] = Kind.TAG.value, c
+            for r, ptu_channel in rules.items():
+                kind[ptu_channel], index[ptu_channel] = Kind.HERALD.value, r
             record_mask = 0
-            for p, ptu_channel in cmap["coincidence_patterns"].items():
-                kind[ptu_channel], pattern[ptu_channel] = Kind.COINCIDENCE.value, int(p, 0)
-                record_mask |= 1 << int(p, 0)
+            for p, ptu_channel in patterns.items():
+                kind[ptu_channel], pattern[ptu_channel] = Kind.COINCIDENCE.value, p
+                record_mask |= 1 << p
+            n = len(inputs)
             if isinstance(config, dict) and "acquisition" in config:
-                return Acquisition(**config["acquisition"]), (kind, index, pattern)
+                try:
+                    acq = Acquisition(**config["acquisition"])
+                except (TypeError, ValueError) as error:
+                    raise PTUError(f"Heraldry_Config does not describe an acquisition: "
+                                   f"{error}") from None
+                if (acq.channels != n or acq.rules < len(rules)
+                        or record_mask != acq.coincidence_record_mask):
+                    raise PTUError("Heraldry_Config and Heraldry_ChannelMap disagree")
+                return acq, (kind, index, pattern)
             # Written without an acquisition: the map still says channels, rules, patterns.
-            acq = Acquisition(channels=len(cmap["inputs"]),
-                              rules=max(1, len(cmap["herald_rules"])), bin_ps=bin_ps,
-                              clock_hz=1e12 / bin_ps, coincidence_record_mask=record_mask,
-                              test_signal="off")
+            try:
+                acq = Acquisition(channels=n, rules=max(1, len(rules)), bin_ps=bin_ps,
+                                  clock_hz=1e12 / bin_ps, coincidence_record_mask=record_mask,
+                                  test_signal="off")
+            except ValueError as error:
+                raise PTUError(f"Heraldry_ChannelMap: {error}") from None
             return acq, (kind, index, pattern)
         highest = int(channel.max()) + 1 if len(channel) else 1
-        n = max(int(self.tags.get("HW_InpChannels", 1)), highest)
+        declared = self.tags.get("HW_InpChannels", 1)
+        if isinstance(declared, bool) or not isinstance(declared, int):
+            raise PTUError("PTU tag HW_InpChannels has the wrong type")
+        n = max(declared, highest)
         if highest > protocol.MAX_CHANNELS:
-            raise ValueError(f"{self.paths[0]}: photons on channel {highest - 1}; heraldry "
-                             f"replays at most {protocol.MAX_CHANNELS} inputs")
+            raise PTUError(f"{self.paths[0]}: photons on channel {highest - 1}; heraldry "
+                           f"replays at most {protocol.MAX_CHANNELS} inputs")
         n = min(n, protocol.MAX_CHANNELS)
         kind[:n], index[:n] = Kind.TAG.value, np.arange(n)
         acq = Acquisition(channels=n, rules=1, bin_ps=bin_ps, clock_hz=1e12 / bin_ps,
@@ -159,8 +241,8 @@ class ReplaySource:
         n = len(time_ps)
         by_count = np.arange(0, n, self.block_events)
         step_ps = int(BLOCK_SECONDS * 1e12)
-        by_time = np.searchsorted(time_ps, np.arange(0, int(time_ps[-1]) + step_ps, step_ps)
-                                  if n else [], side="left")
+        # Where the BLOCK_SECONDS slot changes (not one edge per slot: a file may span years).
+        by_time = np.flatnonzero(np.diff(time_ps // step_ps)) + 1
         return np.unique(np.concatenate([by_count, by_time, [n]]).astype(np.int64))
 
     def read_block(self, timeout=None):

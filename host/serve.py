@@ -5,24 +5,30 @@ thread, does three things:
 
 * **Publishes** on a ZeroMQ PUB socket (``tcp://BIND:PUB_PORT``), as multipart messages:
 
-  - ``[b"events", header, data]``: ``header`` is JSON ``{"seq", "dtype", "count", "lost"}``,
-    ``data`` the raw bytes of ``count`` records of ``decode.EVENT_DTYPE`` (``dtype`` is its
-    ``numpy.lib.format`` description; :func:`decode_events` turns the frames back into an
-    array). ``seq`` counts every events message the server produced (0, 1, 2, ...), so a
-    subscriber sees any message it did not get as a gap (:class:`SequenceTracker`).
+  - ``[b"events", header, data]``: ``header`` is JSON ``{"seq", "first", "dtype", "count",
+    "lost"}``, ``data`` the raw bytes of ``count`` records of ``decode.EVENT_DTYPE`` (``dtype``
+    is its ``numpy.lib.format`` description; :func:`decode_events` turns the frames back into an
+    array). ``seq`` counts every events message the server produced (0, 1, 2, ...) and
+    ``first`` every record it produced before this message's, so a subscriber sees any message
+    it did not get as a gap, and knows exactly how many records were in it
+    (:class:`SequenceTracker`).
   - ``[b"rates", json]`` every ``1 / rates_hz`` s (1..10 Hz): ``seq``, ``device_time_s``,
     ``running``, ``link_up``, per-channel ``channel_rates_hz``, ``pattern_rates_hz`` (pattern
     -> Hz, every pattern of 2 or more channels), ``herald_rates_hz`` per rule and their sum
     ``herald_rate_hz``, ``dropped`` (cumulative, by cause, see :data:`DROP_CAUSES`),
-    ``decode_errors``, ``events_messages`` (events messages produced) and ``publish_refused``.
+    ``decode_errors``, ``events_messages`` (events messages produced), ``events_published``
+    (records in them) and ``publish_refused``.
     Rates are per second of *device* time, from differences of the hardware counters between
     two ticks (counter reads straddle a few ms of device time: the tick's time is the middle).
 
   Sends never block (``NOBLOCK``, send high-water mark ``hwm``): a slow subscriber cannot stall
   acquisition. ZeroMQ's PUB socket drops a message for a subscriber whose queue is at its
-  high-water mark *without telling the sender*, so per-subscriber losses are counted by the
-  subscriber from the sequence numbers; the server counts the sends its socket refused
-  (``publish_refused``; metric ``heraldry_publish_refused_total``).
+  high-water mark *without telling the sender* (``XPUB_NODROP`` would instead refuse the message
+  for every subscriber as soon as one is full), so per-subscriber losses are counted by the
+  subscriber, exactly, from ``seq`` and ``first``; the server counts what it drops itself: the
+  sends its socket refused (``publish_refused``, metric ``heraldry_publish_refused_total``, and
+  their records as ``dropped["publish"]``) and the blocks its own queue could not hold
+  (``dropped["host_queue"]``).
 
 * **Answers** a REP control socket (``tcp://BIND:CONTROL_PORT``): each request is one JSON object
   ``{"command": C, ...}``, each reply ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
@@ -137,9 +143,11 @@ def decode_events(frames):
 class SequenceTracker:
     """Counts, for one subscriber, the messages of a topic it received and those it missed.
 
-    ``feed(seq)`` for every message in arrival order. ``missed`` counts sequence numbers skipped
+    ``feed(seq)`` for every message in arrival order (``feed(seq, first, count)`` for events
+    messages: the header's ``first`` and ``count``). ``missed`` counts sequence numbers skipped
     after the first message seen (a subscriber that joins late misses nothing before it).
-    ``gaps`` lists ``(first missing, count)``."""
+    ``gaps`` lists ``(first missing, count)``. With ``first`` and ``count``: ``events`` counts the
+    records received and ``missed_events`` the records in the messages missed."""
 
     def __init__(self):
         self.first = None
@@ -147,8 +155,11 @@ class SequenceTracker:
         self.received = 0
         self.missed = 0
         self.gaps = []
+        self.events = 0
+        self.missed_events = 0
+        self._next_event = None
 
-    def feed(self, seq):
+    def feed(self, seq, first=None, count=None):
         if self.last is not None:
             if seq <= self.last:
                 raise ValueError(f"sequence number {seq} after {self.last}: not increasing")
@@ -157,6 +168,14 @@ class SequenceTracker:
                 self.missed += seq - self.last - 1
         else:
             self.first = seq
+        if first is not None:
+            if self._next_event is not None:
+                if first < self._next_event:
+                    raise ValueError(f"message {seq} starts at record {first}, before "
+                                     f"{self._next_event}")
+                self.missed_events += first - self._next_event
+            self._next_event = first + count
+            self.events += count
         self.last = seq
         self.received += 1
 
@@ -299,6 +318,7 @@ class Server:
         self.running = 0
         self.lease = None
         self.events_seq = 0
+        self.events_published = 0
         self.rates_seq = 0
         self._stopping = False
         self._last = None           # (device time in cycles, counters) of the last tick
@@ -422,10 +442,12 @@ class Server:
         descr = np.lib.format.dtype_to_descr(EVENT_DTYPE)
         for first in range(0, len(events), _MAX_EVENTS_PER_MESSAGE):
             part = np.ascontiguousarray(events[first:first + _MAX_EVENTS_PER_MESSAGE])
-            header = {"seq": self.events_seq, "dtype": descr, "count": len(part),
+            header = {"seq": self.events_seq, "first": self.events_published, "dtype": descr,
+                      "count": len(part),
                       "lost": {f"{cause.name.lower()}[{index}]": count
                                for (cause, index), count in lost.items()} if not first else {}}
             self.events_seq += 1
+            self.events_published += len(part)
             if not self._send("events", [json.dumps(header).encode(), part.tobytes()]):
                 with self._lock:
                     self.dropped["publish"] += len(part)
@@ -487,6 +509,7 @@ class Server:
             message = dict(self.rates, seq=self.rates_seq, running=self.running,
                            link_up=self.link_up, dropped=dict(self.dropped),
                            decode_errors=self.decode_errors, events_messages=self.events_seq,
+                           events_published=self.events_published,
                            publish_refused=dict(self.publish_refused))
         self.rates_seq += 1
         self._send("rates", [json.dumps(message).encode()])     # a refusal is counted there
@@ -503,7 +526,8 @@ class Server:
                           "clock_hz": ident.clock_hz, "bin_fs": ident.bin_fs,
                           "gateware": ident.gateware_version},
                 "config": {key: getattr(self.args, key, None) for key in CONFIG_KEYS},
-                "events_messages": self.events_seq, "rates": rates,
+                "events_messages": self.events_seq, "events_published": self.events_published,
+                "rates": rates,
                 "uptime_s": time.monotonic() - self.started}
 
     def handle(self, req):

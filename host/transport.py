@@ -112,6 +112,10 @@ class SerialTransport(Transport):
         except (serial.SerialException, OSError, TypeError) as error:
             if self._closed:
                 raise TransportError(f"{self.name} is closed") from None
+            if "returned no data" in str(error):
+                # pyserial's words for a hang-up: readable, but end of file.
+                raise TransportError(f"{self.name} hung up (the device went away or its port "
+                                     f"was closed)") from None
             raise TransportError(f"read from {self.name} failed: {error}") from None
 
     def close(self):

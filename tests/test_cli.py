@@ -1,4 +1,5 @@
-"""``heraldry acquire``: option handling, refusals, outputs and the summary's cross-checks.
+"""``heraldry acquire``: option handling, outputs and the summary's cross-checks (refusals of bad
+options, ports and devices: ``tests/test_bad_input.py``).
 
 ``--board sim`` is the Verilated virtual board behind a pty (built once, cached); the link
 itself is tested in ``tests/test_acquire_link.py``. ``--board sim-inprocess`` is the core alone
@@ -10,7 +11,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from heraldry import model
 from heraldry.host import cli
@@ -21,41 +21,6 @@ def run_cli(*args):
     proc = subprocess.run([sys.executable, "-m", "heraldry.host.cli", *args],
                           capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-@pytest.mark.parametrize("args,fragment", [
-    (["--window", "0"], "window"),
-    (["--window", "20000"], "window"),
-    (["--delay", "7=10"], "no channel 7"),
-    (["--delay", "0=-10"], "delay"),
-    (["--delay", "0"], "CHANNEL=VALUE"),
-    (["--herald", "0"], "selects no channel"),
-    (["--herald", "0b10000"], "names a channel above 3"),
-    (["--herald", "abc"], "not a number"),
-    (["--board", "nosuchboard"], "unknown board"),
-    (["--channels", "9"], "channels"),
-    (["--efficiency", "1.5"], "probability"),
-    (["--pair-rate", "1e9"], "pair rate"),
-    (["--duration", "0"], "duration"),
-    (["--edge", "1=sideways"], "edge"),
-    (["--test-signal", "laser"], "invalid choice"),
-    (["--out", "/nonexistent-folder/x.npz"], "cannot write"),
-    (["--board", "/dev/no-such-port"], "no such serial device"),
-    (["--board", "/dev/no-such-port", "--channels", "0"], "no such serial device"),
-    (["--board", "sim-inprocess", "--channels", "0"], "channels"),
-    (["--baud", "0"], "--baud"),
-])
-def test_bad_options_refused_with_one_line(args, fragment, capsys):
-    try:
-        status = cli.main(["acquire", "--duration", "1e-5", *args])
-    except SystemExit as exc:    # argparse's own refusals exit from inside main()
-        status = exc.code
-    err = capsys.readouterr().err
-    assert status == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("heraldry: error:")
-    assert fragment in lines[0]
 
 
 def test_acquire_outputs_and_checks(tmp_path):

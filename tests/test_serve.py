@@ -211,14 +211,19 @@ def test_rates_topic_and_metrics_agree_with_the_stream(server):
 
 def test_stalled_subscriber_does_not_stop_the_others(server):
     """A subscriber that never reads (tiny buffers) loses messages, which it counts from the
-    sequence numbers; meanwhile a fast one loses nothing and the server drops no event."""
+    sequence numbers, and the records in them, which it counts exactly from ``first`` and
+    ``count``; meanwhile a fast one loses nothing, the server drops no event and the board's
+    device time keeps running (rates messages keep coming, device time increasing)."""
     proc, endpoints, context = server
     fast = _sub(context, endpoints["pub"], b"events")
+    rates = _sub(context, endpoints["pub"], b"rates")
     fast_msgs = _collect(fast, 30.0, until=lambda m: len(m) >= 1)     # fast is connected
+    before = _rates(rates, 1)[-1]
     stalled = _sub(context, endpoints["pub"], b"events", RCVHWM=1, RCVBUF=2048)
     # The stalled one holds about 10 messages (high-water marks 4 + 1, and two small kernel
     # buffers): 30 messages overflow it whatever the pace of the virtual board.
     fast_msgs += _collect(fast, 30.0, until=lambda m: len(m) >= 30)
+    during = _rates(rates, 2)
     stalled_msgs = _collect(stalled, 0.5)
     # Catch the fast one up to everything the stalled one saw (it was queued meanwhile; on a
     # loaded machine half a second of reading may not be enough, so read until it is there).
@@ -227,16 +232,30 @@ def test_stalled_subscriber_does_not_stop_the_others(server):
                           >= stalled_last)
     stalled.close()
     fast.close()
+    rates.close()
     fast_seq, stalled_seq = SequenceTracker(), SequenceTracker()
+    counts = {}
     for frames in fast_msgs:
-        fast_seq.feed(decode_events(frames)[0]["seq"])
+        header, events = decode_events(frames)
+        fast_seq.feed(header["seq"], header["first"], header["count"])
+        counts[header["seq"]] = len(events)
     for frames in stalled_msgs:
-        stalled_seq.feed(decode_events(frames)[0]["seq"])
-    assert fast_seq.missed == 0 and fast_seq.received >= 30
+        header, _ = decode_events(frames)
+        stalled_seq.feed(header["seq"], header["first"], header["count"])
+    assert fast_seq.missed == 0 and fast_seq.missed_events == 0 and fast_seq.received >= 30
     assert stalled_seq.received >= 1 and stalled_seq.missed > 0
     # The stalled subscriber's range lies within the fast one's, which received everything.
     assert fast_seq.first <= stalled_seq.first and stalled_seq.last <= fast_seq.last
     assert stalled_seq.received + stalled_seq.missed == stalled_seq.last - stalled_seq.first + 1
+    # The records it missed are exactly those of the messages it missed (the fast one has them).
+    missed = [seq for first, n in stalled_seq.gaps for seq in range(first, first + n)]
+    assert stalled_seq.missed_events == sum(counts[seq] for seq in missed) > 0
+    # The board kept running while the subscriber was stalled, and the server dropped nothing.
+    times = [before["device_time_s"]] + [r["device_time_s"] for r in during]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert during[-1]["events_messages"] > before["events_messages"]
+    assert not any(during[-1]["dropped"].values()) and not any(
+        during[-1]["publish_refused"].values())
     _, samples = _scrape(endpoints)
     for cause in DROP_CAUSES:
         assert samples[f'heraldry_events_dropped_total{{cause="{cause}"}}'] == 0
@@ -443,6 +462,13 @@ def test_sequence_tracker():
     assert (t.first, t.last, t.received, t.missed, t.gaps) == (5, 14, 5, 5, [(7, 2), (11, 3)])
     with pytest.raises(ValueError, match="not increasing"):
         t.feed(14)
+    # With the events header's first and count: the records of the missed messages.
+    t = SequenceTracker()
+    for seq, first, count in ((5, 100, 10), (6, 110, 3), (9, 150, 7), (10, 157, 1)):
+        t.feed(seq, first, count)
+    assert (t.events, t.missed, t.missed_events) == (21, 2, 37)      # 113 .. 149
+    with pytest.raises(ValueError, match="before 158"):
+        t.feed(11, 150, 1)
 
 
 def test_decode_events_round_trip_and_refusals():

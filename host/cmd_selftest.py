@@ -1,0 +1,318 @@
+"""``heraldry selftest``: run the board's internal test signal and check its counters against the
+records it streamed.
+
+``heraldry selftest --port PORT`` (a board on a serial port; it describes itself) or ``heraldry
+selftest --board sim`` (the virtual board, the default without ``--port``) configures the test
+signal (``--test-signal pairs``: channel 0 and 1 are the arms of a pair source, the others dark
+counts; ``periodic``: every channel every ``--period`` ns), one herald rule on channels 0 and 1
+(channel 0 alone on a 1-channel board; every channel with ``periodic``) and a coincidence
+record for every window of that pattern, runs ``--duration`` seconds of device time through
+:func:`heraldry.host.acquire.acquire_device` (the acquisition code path, not a copy of it), stops,
+and prints one PASS/FAIL line per check, with its figures:
+
+* ``link``: every byte decoded and verified by its segment's CHECK (no decode error, nothing
+  unverified or skipped);
+* ``channel C``: streamed tags + tags reported lost in-band (``MERGER_FULL`` loss records) + tags
+  the host dropped == the singles counter;
+* ``loss records``: the in-band loss records of each cause equal the board's drop counters;
+* ``herald rule R``: herald records + ``HERALD_RECORD`` losses == the herald counter;
+* ``pattern P``: coincidence records + ``COINCIDENCE_RECORD`` losses == the pattern counter;
+* ``model``: when nothing was dropped, the reference model recomputes singles, every pattern
+  counter and every herald counter from the streamed tags, and they equal the board's;
+* ``test signal C``: singles + delay-line drops lie between the counts the bit-exact test-signal
+  model gives for the shortest and the longest run gate the command timing allows (the gate and
+  the clear are known to within one command round trip each).
+
+Exit status: 0 every check passed; 1 a check failed, or the board failed or does not answer;
+2 bad options (one line on stderr, nothing run).
+"""
+
+import sys
+
+from .config import ConfigError
+
+__all__ = ["register", "cmd_selftest", "selftest_checks", "Check"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Cycles of slack on each side of the command bounds for the test-signal bracket: the PHY and
+#: input-stage latency between a generated event and the gate, and the clear's re-seed cycle.
+GATE_SLACK_CYCLES = 8
+
+
+class Check:
+    """One check: ``name``, ``ok`` and ``text`` (the figures)."""
+
+    def __init__(self, name, ok, text):
+        self.name, self.ok, self.text = name, bool(ok), text
+
+    def line(self):
+        return f"  {'PASS' if self.ok else 'FAIL'}  {self.name}: {self.text}"
+
+    def __repr__(self):
+        return f"Check({self.name!r}, {self.ok}, {self.text!r})"
+
+
+def register(subparsers):
+    from .cli import add_test_signal_options
+    p = subparsers.add_parser(
+        "selftest", help="run the internal test signal and check counters against tags")
+    p.add_argument("--port", default=None, metavar="PORT",
+                   help="serial device of the board (e.g. /dev/ttyUSB1)")
+    p.add_argument("--board", default=None,
+                   help="sim: the virtual board (the default when no --port is given)")
+    p.add_argument("--baud", type=int, default=12_000_000,
+                   help="UART rate of a board on --port (default 12000000)")
+    p.add_argument("--duration", type=float, default=0.01, metavar="SECONDS",
+                   help="device time to run the test signal (default 0.01)")
+    p.add_argument("--channels", type=int, default=None, metavar="N",
+                   help="inputs of the virtual board (1..8, default 4); a real board has its own")
+    add_test_signal_options(p, ("pairs", "periodic"),
+                            "pairs (arms on channels 0 and 1, dark counts elsewhere) or "
+                            "periodic (every channel)", "delay of arm B after arm A")
+    p.add_argument("--period", type=float, default=1000.0, metavar="NS",
+                   help="period of the periodic test signal (default 1000 ns)")
+    p.add_argument("--quiet", action="store_true", help="only the checks, no progress line")
+    return [("selftest", cmd_selftest)]
+
+
+def _error(message):
+    sys.stderr.write(f"heraldry: error: {message}\n")
+
+
+def _check_options(args):
+    """The checks that need no board (ConfigError)."""
+    import os
+    if args.port is not None and args.board not in (None, "sim"):
+        raise ConfigError(f"--board {args.board}: give either --port PORT (a real board, which "
+                          f"describes itself) or --board sim")
+    if args.port is not None and args.board == "sim":
+        raise ConfigError("--port and --board sim exclude each other: --port is a real board")
+    if args.port is None and args.board not in (None, "sim"):
+        raise ConfigError(f"--board {args.board}: selftest runs on --board sim or on a board "
+                          f"on a serial port (--port /dev/ttyUSB1)")
+    if args.port is not None and not os.path.exists(args.port):
+        raise ConfigError(f"--port {args.port}: no such serial device")
+    if not args.duration > 0:
+        raise ConfigError(f"--duration must be positive, not {args.duration:g}")
+    if args.baud <= 0:
+        raise ConfigError(f"--baud must be positive, not {args.baud}")
+    if args.channels is not None:
+        if args.port is not None:
+            raise ConfigError("--channels is for the virtual board; a real board has its own")
+        if not 1 <= args.channels <= 8:
+            raise ConfigError(f"--channels must be 1..8, not {args.channels}")
+
+
+def _acquisition_args(args):
+    """``heraldry acquire`` options of the selftest's acquisition (parsed by acquire's parser,
+    so every option means what it means there)."""
+    from . import cli
+    n = args.channels
+    argv = ["acquire", "--board", "sim", "--duration", repr(args.duration),
+            "--test-signal", args.test_signal, "--pair-rate", repr(args.pair_rate),
+            "--efficiency", repr(args.efficiency), "--dark-rate", repr(args.dark_rate),
+            "--pair-delay", repr(args.pair_delay), "--period", repr(args.period),
+            "--seed", str(args.seed), "--quiet"]
+    if n is not None:
+        argv += ["--channels", str(n)]
+    return cli.build_parser().parse_args(argv)
+
+
+def _acquisition(args, board):
+    """The Acquisition for ``board`` (``cli.BOARDS`` entry or :func:`cli.board_from_identity`):
+    the test signal, a window of one clock cycle (the arms of a pair with no pair delay share a
+    cycle), herald rule 0 on channels 0 and 1 (pairs; channel 0 alone on a 1-channel board) or
+    on every channel (periodic) with its pattern recorded, rule 1 on channel 0."""
+    from . import cli
+    acq_args = _acquisition_args(args)
+    n = board["channels"] if args.channels is None else args.channels
+    bin_ps = board.get("bin_ps") or int(round(1e12 / board["clock_hz"])) >> board["fine_bits"]
+    acq_args.window = (bin_ps << board["fine_bits"]) / 1000.0
+    # Pairs: channels 0 and 1 together; periodic: every channel fires in the same cycle.
+    pair = (0b11 if n >= 2 else 0b1) if args.test_signal == "pairs" else 2 ** n - 1
+    acq_args.herald = [bin(pair)] + ([bin(0b1)] if board["rules"] >= 2 else [])
+    acq_args.record_coincidences = [bin(pair)]
+    return cli.acquisition_from_args(acq_args, board)
+
+
+def _test_signal_settings(acq):
+    from ..model.testsignal import TestSignalSettings
+    return TestSignalSettings(
+        seed=acq.seed, period=acq.period_cycles if acq.test_signal == "periodic" else 0,
+        pair_threshold=acq.pair_threshold(), eta_a=acq.efficiency_threshold(),
+        eta_b=acq.efficiency_threshold(), pair_delay=acq.pair_delay_cycles(),
+        dark=(acq.dark_threshold(),) * acq.channels,
+        sources=tuple(source.name.lower() for source in acq.sources()))
+
+
+def _generated_bracket(acq, bounds):
+    """Per channel, ``(lo, hi)``: test-signal events the bit-exact model generates in the
+    shortest and the longest run gate the command bounds allow. ``bounds`` is
+    ``AcquisitionResult.device_cycles`` (``clear``, ``start``, ``stop``: ``[before, after]``)."""
+    from ..model.testsignal import generate
+    s = GATE_SLACK_CYCLES
+    clear, start, stop = bounds["clear"], bounds["start"], bounds["stop"]
+    # Test-signal cycle k = 0 is (about) the cycle after the clear.
+    short = (start[1] - clear[0] + s, stop[0] - clear[1] - s)
+    long = (max(0, start[0] - clear[1] - s), stop[1] - clear[0] + s)
+    events = generate(_test_signal_settings(acq), long[1])
+    out = []
+    for ks in events:
+        lo = int(((ks >= short[0]) & (ks < short[1])).sum()) if short[1] > short[0] else 0
+        hi = int(((ks >= long[0]) & (ks < long[1])).sum())
+        out.append((lo, hi))
+    return out
+
+
+def selftest_checks(summary, result):
+    """The checks (list of :class:`Check`) of one selftest run: ``summary`` from
+    :func:`heraldry.host.acquire.summarise` of ``result`` (an ``AcquisitionResult`` of
+    :func:`acquire_device`)."""
+    import numpy as np
+    from ..protocol import Kind
+    acq = result.acquisition
+    n = summary["channels"]
+    loss = summary["loss_records"]
+    checks = []
+    errors, unverified, skipped = (summary["decode_errors"], summary["unverified"] or 0,
+                                   summary["skipped_bytes"] or 0)
+    checks.append(Check(
+        "link", errors == 0 and unverified == 0 and skipped == 0,
+        f"{summary['link_bytes']} bytes, {errors} decode errors, {unverified} unverified, "
+        f"{skipped} skipped"))
+    host = summary["host_dropped"]
+    for c in range(n):
+        tags, lost, singles = (summary["tags_per_channel"][c], loss["MERGER_FULL"][c],
+                               summary["singles"][c])
+        checks.append(Check(
+            f"channel {c}", tags + lost + host[c] == singles,
+            f"{tags} tags + {lost} lost in-band + {host[c]} dropped by the host = "
+            f"{tags + lost + host[c]}, singles counter {singles}"))
+    pairs = [("MERGER_FULL", "merger_dropped"), ("DELAY_FULL", "delay_dropped"),
+             ("HERALD_RECORD", "herald_dropped"), ("COINCIDENCE_RECORD", "coincidence_dropped")]
+    checks.append(Check(
+        "loss records", all(loss[cause] == summary[group] for cause, group in pairs),
+        ", ".join(f"{cause} {sum(loss[cause])} (counters {sum(summary[group])})"
+                  for cause, group in pairs)))
+    events = result.events
+    heralds = events[events["kind"] == Kind.HERALD.value]
+    for rule, mask in enumerate(acq.herald_masks):
+        records = int(np.count_nonzero(heralds["channel"] == rule))
+        lost = loss["HERALD_RECORD"][rule]
+        counter = summary["heralds"][rule]
+        checks.append(Check(
+            f"herald rule {rule} (mask {mask:0{n}b})", records + lost == counter,
+            f"{records} records + {lost} lost = {records + lost}, counter {counter}"))
+    coincidences = events[events["kind"] == Kind.COINCIDENCE.value]
+    recorded = [p for p in range(1, 2 ** n) if acq.coincidence_record_mask >> p & 1]
+    if len(recorded) == 1:      # COINCIDENCE_RECORD losses are not per pattern
+        p = recorded[0]
+        records = int(np.count_nonzero(coincidences["pattern"] == p))
+        lost = loss["COINCIDENCE_RECORD"][0]
+        counter = summary["patterns"][str(p)]
+        checks.append(Check(
+            f"pattern {p:0{n}b}", records + lost == counter,
+            f"{records} coincidence records + {lost} lost = {records + lost}, counter "
+            f"{counter}"))
+    model = [k for k in ("singles_recomputed_from_tags", "patterns_recomputed_from_tags",
+                         "heralds_recomputed_from_tags") if k in summary["checks"]]
+    if model:
+        checks.append(Check(
+            "model", all(summary["checks"][k] for k in model),
+            "singles, " + f"{2 ** n - 1} pattern and {len(acq.herald_masks)} herald counters "
+            "recomputed from the streamed tags by the reference model"
+            + ("" if all(summary["checks"][k] for k in model) else
+               f" (differ: {', '.join(k for k in model if not summary['checks'][k])})")))
+    else:
+        checks.append(Check("model", True, f"skipped: {summary['dropped']} events dropped "
+                                           f"(counted above), the tags are not the whole run"))
+    if result.device_cycles and "stop" in result.device_cycles:
+        brackets = _generated_bracket(acq, result.device_cycles)
+        for c in range(n):
+            generated = summary["singles"][c] + summary["delay_dropped"][c]
+            lo, hi = brackets[c]
+            checks.append(Check(
+                f"test signal {c}", lo <= generated <= hi and hi > 0,
+                f"{generated} events (singles + delay-line drops), the model generates "
+                f"{lo}..{hi} in the run gate"))
+    return checks
+
+
+def _run(args, transport_factory, board_name, timeout):
+    """Identify, build the acquisition, acquire, check. Returns the exit status."""
+    from .acquire import acquire_device, summarise
+    from .driver import Device
+    from . import cli
+    with Device(transport_factory(), timeout=timeout) as device:
+        identity = device.identify()
+        board = cli.board_from_identity(identity)
+        try:
+            acq, notes = _acquisition(args, board)
+        except ConfigError as error:
+            _error(error)
+            return EXIT_USAGE
+        for note in notes:
+            sys.stderr.write(f"heraldry: note: {note}\n")
+        if not args.quiet:
+            sys.stderr.write(f"heraldry: {device.transport.name}: gateware "
+                             f"{identity.gateware_version}, {identity.channels} channels, "
+                             f"{identity.clock_hz / 1e6:g} MHz; test signal {acq.test_signal} "
+                             f"for {args.duration * 1e3:g} ms of device time...\n")
+        try:
+            result = acquire_device(device, acq, args.duration)
+        except KeyboardInterrupt:
+            try:
+                device.write("control.run", 0)
+            except Exception:
+                pass
+            raise
+    summary = summarise(result, board=board_name)
+    checks = selftest_checks(summary, result)
+    print(f"selftest of {board_name} on {result.port}: {acq.channels} channels, "
+          f"{summary['device_seconds'] * 1e3:.3g} ms of device time, test signal "
+          f"{acq.test_signal}, {summary['tags']} tags, {summary['dropped']} dropped")
+    for check in checks:
+        print(check.line())
+    failed = [c.name for c in checks if not c.ok]
+    print(f"selftest {'FAIL' if failed else 'PASS'}: {len(checks) - len(failed)} of "
+          f"{len(checks)} checks passed" + (f" (failed: {', '.join(failed)})" if failed else ""))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_selftest(args):
+    from . import cli
+    from .driver import DeviceError
+    from .transport import SerialTransport, TransportError
+    try:
+        _check_options(args)
+        if args.port is None:
+            # The virtual board's parameters are known: refuse bad options before it starts.
+            _acquisition(args, cli.BOARDS["sim"])
+    except ConfigError as error:
+        _error(error)
+        return EXIT_USAGE
+    try:
+        if args.port is not None:
+            return _run(args, lambda: SerialTransport(args.port, args.baud), args.port, 1.0)
+        from ..sim.twin import Twin, TwinError
+        board = cli.BOARDS["sim"]
+        n = args.channels or board["channels"]
+        try:
+            twin = Twin(channels=n, rules=board["rules"], clock_hz=int(board["clock_hz"]),
+                        baud=board["baud"])
+            twin.start()
+        except TwinError as error:
+            _error(error)
+            return EXIT_FAILED
+        try:
+            # The virtual board's pace depends on this machine's load: wait longer.
+            return _run(args, lambda: SerialTransport(twin.port, board["baud"]), "sim", 3.0)
+        finally:
+            twin.stop()
+    except (DeviceError, TransportError) as error:
+        _error(error)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("heraldry: interrupted\n")
+        return cli.EXIT_INTERRUPTED

@@ -1,0 +1,215 @@
+"""Bad input is refused (issue 6, item 4): every case exits with status 2 and ONE line on stderr
+(``heraldry: error: ...``), no traceback, and nothing reaches a board.
+
+* Options and config files: ``heraldry acquire`` runs in-process with the virtual board and the
+  serial transport replaced by tripwires, so a case that would start the board or open a port
+  fails loudly instead of passing.
+* What only a device can tell (the wrong baud rate, the wrong identification, options that need
+  the board's channel count): the command runs as a user would run it, against
+  :class:`pty_board.PtyBoard` on a pseudo-terminal, which records every command it decodes; the
+  test requires that nothing but READs of ``ident.*`` registers reached it.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import serial
+
+from heraldry.host import cli
+from heraldry.protocol import Command
+
+from pty_board import PtyBoard
+
+
+class Touched(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_board(monkeypatch):
+    """Starting the virtual board, opening a serial port or the in-process simulation fails."""
+    def tripwire(*args, **kwargs):
+        raise Touched("the board was touched")
+    from heraldry.host import acquire, transport
+    from heraldry.sim import twin
+    monkeypatch.setattr(twin.Twin, "__init__", tripwire)
+    monkeypatch.setattr(transport.SerialTransport, "__init__", tripwire)
+    monkeypatch.setattr(acquire, "acquire_sim", tripwire)
+
+
+def _config(tmp_path, text):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return str(path)
+
+
+def _not_ptu(tmp_path):
+    path = tmp_path / "in" / "notes.ptu"
+    path.parent.mkdir()
+    path.write_text("not a PTU file\n")
+    return f"replay:{path}"
+
+
+def _plain_file(tmp_path):
+    path = tmp_path / "ttyUSB9"
+    path.write_text("")
+    return str(path)
+
+
+# (id, args or a function of tmp_path returning them, a fragment of the one line)
+OPTION_CASES = [
+    # unknown channel
+    ("delay-channel", ["--delay", "7=10"], "no channel 7"),
+    ("dead-time-channel", ["--dead-time", "4=10"], "no channel 4"),
+    ("edge-channel", ["--edge", "5=rising"], "no channel 5"),
+    ("disable-channel", ["--disable", "4"], "no such channel"),
+    ("delay-channel-of-fewer", ["--channels", "2", "--delay", "3=10"], "no channel 3"),
+    ("channel-not-a-number", ["--delay", "x=10"], "not a number"),
+    ("channel-value-missing", ["--delay", "0"], "CHANNEL=VALUE"),
+    ("channels-9", ["--channels", "9"], "--channels must be 1..8"),
+    ("channels-0", ["--board", "sim-inprocess", "--channels", "0"], "--channels must be 1..8"),
+    # window or delay out of range (and not numbers at all)
+    ("window-0", ["--window", "0"], "--window 0 ns"),
+    ("window-huge", ["--window", "20000"], "--window 20000 ns"),
+    ("window-negative", ["--window", "-10"], "--window -10 ns"),
+    ("window-nan", ["--window", "nan"], "--window must be a number"),
+    ("window-inf", ["--window", "inf"], "--window must be a number"),
+    ("window-text", ["--window", "wide"], "invalid float value"),
+    ("delay-negative", ["--delay", "0=-10"], "--delay -10 ns"),
+    ("delay-huge", ["--delay", "0=10240"], "--delay 10240 ns"),
+    ("delay-nan", ["--delay", "0=nan"], "--delay must be a number"),
+    ("delay-text", ["--delay", "0=soon"], "is not a number"),
+    ("dead-time-huge", ["--dead-time", "0=1e12"], "--dead-time 1e+12 ns"),
+    ("pair-delay-huge", ["--pair-delay", "1e6"], "--pair-delay"),
+    ("period-0", ["--test-signal", "periodic", "--period", "0"], "--period 0 ns"),
+    # empty or impossible herald masks
+    ("herald-0", ["--herald", "0"], "selects no channel"),
+    ("herald-0b0000", ["--herald", "0b0000"], "selects no channel"),
+    ("herald-empty", ["--herald", ""], "not a number"),
+    ("herald-text", ["--herald", "abc"], "not a number"),
+    ("herald-beyond", ["--herald", "0b10000"], "names a channel above 3"),
+    ("herald-too-many", ["--herald", "1", "--herald", "2", "--herald", "3"], "the gateware has 2"),
+    ("herald-width-0", ["--herald-width", "0"], "herald width"),
+    ("record-pattern-0", ["--record-coincidences", "0"], "--record-coincidences pattern"),
+    # unknown board, unreadable or nonexistent port, wrong baud
+    ("unknown-board", ["--board", "nosuchboard"], "unknown board 'nosuchboard'"),
+    ("no-such-port", ["--board", "/dev/no-such-port"], "no such serial device"),
+    ("no-such-port-and-more", ["--board", "/dev/no-such-port", "--channels", "0"],
+     "no such serial device"),
+    ("port-is-a-folder", lambda tmp: ["--board", str(tmp)], "not a serial device"),
+    ("port-is-a-file", lambda tmp: ["--board", _plain_file(tmp)], "not a serial device"),
+    ("baud-0", ["--baud", "0"], "--baud must be positive"),
+    ("baud-negative", ["--baud", "-9600"], "--baud must be positive"),
+    ("baud-text", ["--baud", "fast"], "invalid int value"),
+    # replayed files
+    ("replay-missing", ["--board", "replay:/no/such/file.ptu"], "no such file"),
+    ("replay-not-ptu", lambda tmp: ["--board", _not_ptu(tmp)], "cannot replay"),
+    # config files
+    ("config-missing", ["--config", "/no/such/config.json"], "cannot read it"),
+    ("config-not-json", lambda tmp: ["--config", _config(tmp, "{delays")], "not valid JSON"),
+    ("config-no-delays", lambda tmp: ["--config", _config(tmp, "[1, 2]")], "delays_ns"),
+    ("config-channel", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"7": 10}}')],
+     "no channel 7"),
+    ("config-channel-text", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"a": 1}}')],
+     "channel 'a' is not a number"),
+    ("config-delay-range", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"0": 1e9}}')],
+     "delay 1e+09 ns"),
+    ("config-delay-nan", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"0": NaN}}')],
+     "must be a number"),
+    ("config-delay-text", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"0": "x"}}')],
+     "is not a number of ns"),
+    # the rest of the acquisition
+    ("duration-0", ["--duration", "0"], "--duration"),
+    ("duration-inf", ["--duration", "inf"], "--duration"),
+    ("duration-below-a-cycle", ["--duration", "1e-12"], "shorter than one clock cycle"),
+    ("efficiency", ["--efficiency", "1.5"], "probability"),
+    ("pair-rate", ["--pair-rate", "1e9"], "pair rate"),
+    ("dark-rate", ["--dark-rate", "-1"], "dark rate"),
+    ("seed", ["--seed", "-1"], "seed"),
+    ("test-signal", ["--test-signal", "laser"], "invalid choice"),
+    ("edge-name", ["--edge", "1=sideways"], "edge"),
+    ("out-folder", ["--out", "/nonexistent-folder/x.npz"], "cannot write"),
+    ("summary-folder", ["--summary-json", "/nonexistent-folder/s.json"], "cannot write"),
+    ("ptu-channels", ["--channels", "8", "--out", "x.ptu"]
+     + [a for p in range(3, 60) for a in ("--record-coincidences", str(p))], "PTU channels"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", [pytest.param(a, f, id=i) for i, a, f in OPTION_CASES])
+def test_bad_option_refused(args, fragment, tmp_path, monkeypatch, capsys, no_board):
+    monkeypatch.chdir(tmp_path)
+    if callable(args):
+        args = args(tmp_path)
+    try:
+        status = cli.main(["acquire", "--duration", "1e-5", *args])
+    except SystemExit as exc:    # argparse's own refusals exit from inside main()
+        status = exc.code
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("heraldry: error:")
+    assert fragment in lines[0]
+    assert captured.out == ""
+    assert not list(tmp_path.glob("*.ptu"))         # no output file was begun
+
+
+# -- what only the device can say -------------------------------------------------------------
+
+def _run(port, *args, timeout=120):
+    proc = subprocess.run([sys.executable, "-m", "heraldry.host.cli", "acquire", "--board", port,
+                           "--duration", "0.001", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+DEVICE_CASES = [
+    ("wrong-magic", dict(ident={"magic": 0x12345678}), [], "is not a heraldry device"),
+    ("wrong-protocol", dict(ident={"protocol": 99}), [], "protocol version 99"),
+    ("impossible-channels", dict(ident={"channels": 0}), [], "ident.channels = 0"),
+    ("wrong-counters", dict(ident={"counters": 5}), [], "5 counters"),
+    # A board at 3 Mbaud (the ULX3S rate) opened at the default 12 Mbaud: its bytes arrive
+    # garbled, and it cannot read the host's commands either.
+    ("wrong-baud-streaming", dict(baud=3_000_000, host_baud=12_000_000, streaming=True,
+                                  tag_rate_hz=2e4), [], "wrong baud rate"),
+    ("wrong-baud-silent", dict(baud=3_000_000, host_baud=12_000_000), [], "baud rate?"),
+    ("wrong-baud-faster", dict(baud=48_000_000, host_baud=12_000_000, streaming=True,
+                               tag_rate_hz=2e4), [], "baud rate"),
+    # Options that need the board's channel count: refused after the identification reads.
+    ("delay-channel-of-board", dict(), ["--delay", "7=10"], "no channel 7"),
+    ("channels-of-board", dict(), ["--channels", "2"], "the board has 4 channels"),
+    ("herald-of-board", dict(), ["--herald", "0b10000"], "names a channel above 3"),
+    ("config-of-board", dict(), ["--config", "CONFIG"], "no channel 6"),
+]
+
+
+@pytest.mark.parametrize("board_args,args,fragment",
+                         [pytest.param(b, a, f, id=i) for i, b, a, f in DEVICE_CASES])
+def test_device_refused_after_identification_reads_only(board_args, args, fragment, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"delays_ns": {"6": 10}}))
+    args = [str(config) if a == "CONFIG" else a for a in args]
+    out = tmp_path / "run.ptu"
+    with PtyBoard(**board_args) as board:
+        status, stdout, stderr = _run(board.port, *args, "--out", str(out))
+    assert status == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("heraldry: error:") and fragment in lines[0]
+    assert stdout == "" and not out.exists()
+    # Nothing but identification reads reached the board.
+    assert all(f["op"] is Command.READ for f in board.frames), board.frames
+    assert all(name.startswith("ident.") for name in board.names()), board.names()
+
+
+def test_busy_port_refused(tmp_path):
+    """A port another program holds (opened exclusively) is refused before anything is sent."""
+    with PtyBoard() as board, serial.Serial(board.port, exclusive=True):
+        status, stdout, stderr = _run(board.port)
+    assert status == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"heraldry: error: --board {board.port}: cannot open")
+    assert board.frames == []

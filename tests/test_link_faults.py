@@ -1,0 +1,522 @@
+"""Link faults survived (issue 6, item 2): dropped, flipped, duplicated and delayed bytes.
+
+Three layers:
+
+* the relay (``sim/faults.py``) on its own, between two pseudo-terminals: it injects exactly the
+  faults it counts, the same ones whatever the chunking, and ends when either side closes;
+* the decoders on one fault at every byte of a stream: framing is back within one record, and a
+  fault costs exactly the segment it hits (everything from the next ANCHOR on is emitted), with
+  the reference decoder (``heraldry.wire``) and the fast one agreeing (``assert_same``). What
+  tests/test_decoder.py covers already (random damage at three rates, fuzzing) is not repeated;
+* whole acquisitions on the virtual board through the relay, driver and stream decoder, at several
+  fault rates and with each kind of fault alone. The relay keeps the board's own bytes, so every
+  figure is checked against what the board really sent. The invariant (exact, up to a CRC-16
+  collision, 2**-16 per damaged segment): the emitted tags are exactly those of the board's
+  segments that no fault hit (a segment is the ANCHOR, its records and its CHECK, in the clean
+  stream's bytes); the hardware counters read over the faulty link equal the board's own
+  (REPLYs carry no check: the driver confirms each value by further replies); the driver's
+  ``decode_errors`` and ``unverified`` equal the reference decoder's on the very bytes the host
+  received; a segment hit by a fault always leaves a trace in ``decode_errors``, ``skipped_bytes``
+  (a segment whose ANCHOR was hit is skipped, not decoded) or ``unverified`` (its CHECK was hit
+  and nothing came after it); times of each kind
+  never go backwards; nothing raises.
+"""
+
+import errno
+import os
+import select
+import time
+import tty
+
+import numpy as np
+import pytest
+
+from heraldry import wire
+from heraldry.protocol import WIRE_KIND_SHIFT, WIRE_TAG_FLAG, Kind
+from heraldry.sim.faults import FAULT_KINDS, FaultRelay, Faults
+from heraldry.wire import WIRE_START, WireKind, decode_bytes, encode_stream, split_records
+from test_decoder import assert_same, expected, random_cuts
+from test_wire import random_records
+
+CHANNELS, RULES = 4, 2
+BIN_PS = 10_000
+
+
+# -- The relay alone -----------------------------------------------------------------------------
+
+class FakeDevice:
+    """A pty whose master plays the device; the relay opens its slave like a board's port."""
+
+    def __init__(self):
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self.port = os.ttyname(slave)
+        self._slave = slave          # closed once the relay has opened the port
+
+    def release(self):
+        if self._slave is not None:
+            os.close(self._slave)
+            self._slave = None
+
+    def close(self):
+        self.release()
+        os.close(self.master)
+
+
+def _open_host(port):
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    return fd
+
+
+def _read_exactly(fd, n, timeout=10.0):
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.05)[0]:
+            out += os.read(fd, 1 << 16)
+    return bytes(out)
+
+
+def _settled(relay, direction, key, n, timeout=5.0):
+    """The relay's counts once ``counts[direction][key]`` reached ``n`` (its thread counts a
+    write just after making it)."""
+    deadline = time.monotonic() + timeout
+    while relay.counts[direction][key] < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return relay.counts
+
+
+def _relay_bytes(data, faults, seed, chunk):
+    """Send ``data`` through a relay in ``chunk``-byte writes; return (delivered, relay)."""
+    device = FakeDevice()
+    relay = FaultRelay(device.port, to_host=faults, seed=seed, record=True).start()
+    device.release()
+    host = _open_host(relay.port)
+    try:
+        for i in range(0, len(data), chunk):
+            os.write(device.master, data[i:i + chunk])
+            time.sleep(0.001)
+        counts = _settled(relay, "to_host", "bytes_in", len(data))["to_host"]
+        got = _read_exactly(host, len(data) - counts["drop"] + counts["duplicate"])
+    finally:
+        os.close(host)
+        relay.close()
+        device.close()
+    return got, relay
+
+
+DATA = np.random.default_rng(5).integers(0, 256, 20_000).astype(np.uint8).tobytes()
+
+
+def test_relay_without_faults_is_transparent_both_ways():
+    device = FakeDevice()
+    with FaultRelay(device.port, record=True) as relay:
+        device.release()
+        host = _open_host(relay.port)
+        try:
+            os.write(device.master, DATA[:5000])
+            assert _read_exactly(host, 5000) == DATA[:5000]
+            os.write(host, DATA[5000:9000])          # host -> device: no faults by default
+            assert _read_exactly(device.master, 4000) == DATA[5000:9000]
+            _settled(relay, "to_host", "bytes_out", 5000)
+            counts = _settled(relay, "to_device", "bytes_out", 4000)
+        finally:
+            os.close(host)
+    device.close()
+    assert counts["to_host"] == dict.fromkeys(FAULT_KINDS, 0) | {"bytes_in": 5000,
+                                                                   "bytes_out": 5000}
+    assert counts["to_device"] == dict.fromkeys(FAULT_KINDS, 0) | {"bytes_in": 4000,
+                                                                     "bytes_out": 4000}
+
+
+@pytest.mark.parametrize("kind", ["drop", "flip", "duplicate"])
+def test_relay_injects_exactly_what_it_counts(kind):
+    rate = 0.01
+    faults = Faults(**{kind: rate})
+    got, relay = _relay_bytes(DATA, faults, seed=3, chunk=997)
+    log = relay.fault_log
+    counts = relay.counts["to_host"]
+    assert counts[kind] == len(log) > 0
+    assert all(k == kind for _, k in log)
+    assert 0.5 * rate * len(DATA) < counts[kind] < 1.5 * rate * len(DATA)
+    assert relay.clean == DATA and relay.delivered == got
+    positions = [p for p, _ in log]
+    if kind == "drop":
+        assert got == bytes(b for i, b in enumerate(DATA) if i not in set(positions))
+    elif kind == "duplicate":
+        want = bytearray()
+        for i, b in enumerate(DATA):
+            want += bytes([b, b]) if i in set(positions) else bytes([b])
+        assert got == bytes(want)
+    else:
+        diff = np.frombuffer(got, np.uint8) ^ np.frombuffer(DATA, np.uint8)
+        assert np.flatnonzero(diff).tolist() == positions
+        assert all(bin(int(x)).count("1") == 1 for x in diff[positions])
+    # the faults depend on the seed and the byte positions only, not on the chunking
+    again, _ = _relay_bytes(DATA, faults, seed=3, chunk=4093)
+    assert again == got
+    other, _ = _relay_bytes(DATA, faults, seed=4, chunk=997)
+    assert other != got
+
+
+def test_relay_delays_keep_the_order():
+    faults = Faults(delay=0.002, delay_s=0.05)
+    got, relay = _relay_bytes(DATA, faults, seed=1, chunk=1000)
+    assert got == DATA
+    assert relay.counts["to_host"]["delay"] == len(relay.fault_log) > 0
+
+
+def test_relay_host_to_device_faults_are_separate():
+    device = FakeDevice()
+    relay = FaultRelay(device.port, to_device=Faults(drop=0.05), seed=2).start()
+    device.release()
+    host = _open_host(relay.port)
+    try:
+        os.write(host, DATA[:4000])
+        os.write(device.master, DATA[:3000])
+        assert _read_exactly(host, 3000) == DATA[:3000]
+        counts = _settled(relay, "to_device", "bytes_in", 4000)
+        got = _read_exactly(device.master, 4000 - counts["to_device"]["drop"])
+    finally:
+        os.close(host)
+        relay.close()
+        device.close()
+    assert counts["to_host"]["drop"] == 0 and counts["to_device"]["drop"] > 0
+    assert len(got) == 4000 - counts["to_device"]["drop"]
+
+
+def test_relay_ends_when_either_side_closes():
+    # the device goes away: the relay ends and the host's next read fails
+    device = FakeDevice()
+    relay = FaultRelay(device.port).start()
+    device.release()
+    host = _open_host(relay.port)
+    os.close(device.master)
+    assert relay.wait(5) and relay.closed_by == "device"
+    with pytest.raises(OSError) as error:
+        while True:                  # a closed pty master: EOF, then EIO
+            if not os.read(host, 100):
+                raise OSError(errno.EIO, "end of file")
+    assert error.value.errno == errno.EIO
+    os.close(host)
+    # the host closes its port: the relay ends and closes the device's port
+    device = FakeDevice()
+    relay = FaultRelay(device.port).start()
+    device.release()
+    host = _open_host(relay.port)
+    os.close(host)
+    assert relay.wait(5) and relay.closed_by == "host"
+    device.close()
+    # close() from outside
+    device = FakeDevice()
+    relay = FaultRelay(device.port).start()
+    relay.close()
+    assert not relay.running and relay.closed_by == "close"
+    device.close()
+
+
+def test_fault_rates_are_checked():
+    with pytest.raises(ValueError, match="flip rate"):
+        Faults(flip=-0.1)
+    with pytest.raises(ValueError, match="add up"):
+        Faults(drop=0.6, flip=0.6)
+    with pytest.raises(ValueError, match="kinds"):
+        Faults.uniform(0.1, ["smudge"])
+    assert Faults.uniform(0.01).total == pytest.approx(0.01)
+
+
+# -- The decoders: one fault at every byte ------------------------------------------------------
+
+def _segments(data):
+    """Byte ranges ``[begin, end)`` of the segments of a clean stream, and each record's offset
+    and length."""
+    offsets, pos = [], 0
+    records = split_records(data)
+    for rec in records:
+        offsets.append(pos)
+        pos += len(rec)
+    ranges, begin = [], None
+    for rec, at in zip(records, offsets):
+        kind = wire.WireFormat.record_kind(rec[0])
+        if kind is WireKind.ANCHOR:
+            begin = at
+        elif kind is WireKind.CHECK:
+            ranges.append((begin, at + len(rec)))
+    return records, offsets, ranges
+
+
+def _events_by_segment(data, bin_fs):
+    """``expected()``'s events of a clean stream and the segment index of each."""
+    records, _ = decode_bytes(data, CHANNELS, RULES)
+    segment, index = -1, []
+    for rec in records:
+        if rec["kind"] == "anchor":
+            segment += 1
+        elif rec["kind"] not in ("check", "reply", "status"):
+            index.append(segment)
+    events = expected(data, CHANNELS, RULES, bin_fs=bin_fs)[0]
+    assert len(events) == len(index)
+    return events, np.array(index)
+
+
+def _hit(ranges, faults):
+    """Indices of the segments (byte ranges of the clean stream) that ``faults`` (``(position,
+    kind)``) damage: any fault inside one, except a delay (no byte changes) and a duplicate of
+    its first or last byte: the copy is a lone byte just before or after the segment (a lone
+    start byte before the ANCHOR; a CHECK ends at its fixed length), skipped outside it."""
+    return sorted({s for position, kind in faults if kind != "delay"
+                   for s, (a, b) in enumerate(ranges)
+                   if a <= position < b
+                   and not (kind == "duplicate" and position in (a, b - 1))})
+
+
+def _faulted(data, position, kind, bit=0):
+    out = bytearray(data)
+    if kind == "drop":
+        del out[position]
+    elif kind == "duplicate":
+        out.insert(position, out[position])
+    else:
+        out[position] ^= 1 << bit
+    return bytes(out)
+
+
+def test_one_fault_costs_exactly_its_segment_and_framing_is_back_within_one_record():
+    rng = np.random.default_rng(11)
+    # replies and status records before the first segment, inside segments and between two
+    side = [{"kind": "reply", "ok": 1, "seq": 3, "address": 0x15, "value": 123456},
+            {"kind": "status", "ok": 1, "seq": 0, "address": 0x801, "value": 77}]
+    first = random_records(rng, CHANNELS, RULES, n=22, big_gaps=False)
+    later = random_records(rng, CHANNELS, RULES, n=22, big_gaps=False,
+                           start=max(r.get("time", 0) for r in first) + 5000)
+    data = (wire.encode_records(side[:1], CHANNELS, RULES)
+            + encode_stream(first, CHANNELS, RULES, anchor_interval=2 ** 8)
+            + wire.encode_records(side, CHANNELS, RULES)
+            + encode_stream(later, CHANNELS, RULES, anchor_interval=2 ** 8))
+    clean_records, offsets, ranges = _segments(data)
+    events, segment_of = _events_by_segment(data, 1000)
+    assert len(ranges) >= 5 and len(events) >= 30
+    assert any(b < c for (_, b), (c, _) in zip(ranges, ranges[1:]))       # a gap
+    cases = [(p, k, 0) for p in range(len(data)) for k in ("drop", "duplicate")]
+    cases += [(p, "flip", bit) for p in range(len(data)) for bit in range(8)]
+    for position, kind, bit in cases:
+        damaged = _faulted(data, position, kind, bit)
+        # framing: every record after the one holding the fault comes out unchanged
+        r = max(i for i, at in enumerate(offsets) if at <= position)
+        tail = clean_records[r + 1:]
+        got_records = split_records(damaged)
+        assert got_records[len(got_records) - len(tail):] == tail, (position, kind, bit)
+        # segments: all but the one hit are emitted, the reference and the fast decoder agree
+        got, _, _, _, errors = assert_same(damaged, CHANNELS, RULES, bin_fs=1000,
+                                           cuts=random_cuts(rng, len(damaged), 40))
+        hit = _hit(ranges, [(position, kind)])
+        keep = ~np.isin(segment_of, hit)
+        np.testing.assert_array_equal(got, events[keep], err_msg=f"{position} {kind} {bit}")
+        if hit:         # always a trace: a CHECK hit at the very end leaves it unverified
+            assert sum(errors.values()) > 0
+
+
+# -- The driver: a REPLY damaged on the link is not taken ------------------------------------------
+
+def _flip_reply_bit(data, bit):
+    """``data`` (one REPLY record) with payload bit ``bit`` flipped (value bits are 18 .. 49)."""
+    out = bytearray(data)
+    if bit < 3:
+        out[0] ^= 1 << bit
+    else:
+        out[1 + (bit - 3) // 7] ^= 1 << ((bit - 3) % 7)
+    return bytes(out)
+
+
+def _flipping_board(flips, now_step=0):
+    """A fake board (tests/test_driver.py) whose reply to frame ``i`` has payload bit
+    ``flips[i]`` flipped, and whose ``control.now`` counts ``now_step`` per READ of it."""
+    from heraldry.protocol import RegisterMap
+    from test_driver import FakeBoard, N, R, _ident_values
+    now = RegisterMap(N, R)["control.now"].address
+
+    class FlippingBoard(FakeBoard):
+        def write(self, data):
+            frame = wire.decode_command(data)
+            if frame["address"] == now and frame["op"].name == "READ":
+                self.values[now] = self.values.get(now, 0) + now_step
+            with self._cond:
+                before = len(self._out)
+            super().write(data)
+            bit = flips.get(len(self.frames) - 1)
+            if bit is not None:
+                with self._cond:
+                    self._out[before:] = _flip_reply_bit(self._out[before:], bit)
+
+    return FlippingBoard(_ident_values())
+
+
+def test_driver_confirms_every_reply_value():
+    from heraldry.host.driver import Device
+    from heraldry.protocol import MAGIC
+    # a constant register: the damaged first reply disagrees with the second, a third decides
+    with Device(_flipping_board({0: 18 + 20}), timeout=0.2) as device:
+        assert device.read("ident.magic") == MAGIC
+        assert device.reply_mismatches == 1
+    # a counting register (control.now: +5 per READ): 10 damaged to 10 + 2**25 lies outside 5
+    # .. 15, and 15 .. 20; the next three replies are in order: their middle one is taken
+    with Device(_flipping_board({1: 18 + 25}, now_step=5), timeout=0.2) as device:
+        assert device.read("control.now") == 20
+        assert device.reply_mismatches == 2
+        assert device.read("control.now") == 35           # clean: three replies, no mismatch
+        assert device.reply_mismatches == 2
+    # a write whose read-back was damaged: the register itself says it took
+    with Device(_flipping_board({0: 18 + 3}), timeout=0.2) as device:
+        assert device.write("control.status_period", 200) == 200
+        assert device.reply_mismatches == 1 and len(device.transport.frames) == 3
+    # a flipped "ok": the refusal is asked once more
+    with Device(_flipping_board({0: 0}), timeout=0.2) as device:
+        device.write("control.clear", 1)           # no DeviceError: the second reply is ok
+        assert device.reply_mismatches == 1 and len(device.transport.frames) == 2
+
+
+# -- Whole acquisitions through the relay ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def binary():
+    from heraldry.sim.twin import build_twin
+    return build_twin(CHANNELS, RULES)   # g++ and make are required: fail, never skip
+
+
+def acquire_through_relay(binary, faults, *, seed=1, duration=0.01, anchor_interval=2 ** 14,
+                          timeout=0.25):
+    """One acquisition of the pairs test signal through a recording relay. Returns ``(result,
+    device stats, relay)``."""
+    from heraldry.host.acquire import acquire_device
+    from heraldry.host.config import Acquisition
+    from heraldry.host.driver import Device
+    from heraldry.host.transport import SerialTransport
+    from heraldry.sim.twin import Twin
+
+    acq = Acquisition(channels=CHANNELS, rules=RULES, window_bins=2, delays_bins=[3, 0, 0, 0],
+                      herald_masks=[0b0011], pair_rate_hz=2e5, pair_delay_bins=3)
+    with Twin(binary) as twin:
+        with FaultRelay(twin.port, to_host=faults, seed=seed, record=True) as relay:
+            with Device(SerialTransport(relay.port), timeout=timeout, retries=8) as device:
+                result = acquire_device(device, acq, duration, anchor_interval=anchor_interval)
+                stats = device.stats()
+    return result, stats, relay
+
+
+def _abs_tags(events, start_bin=0):
+    tags = events[events["kind"] == Kind.TAG.value]
+    return sorted(zip(tags["channel"].tolist(),
+                      (tags["time_ps"] + start_bin * BIN_PS).tolist()))
+
+
+def check_accounting(result, stats, relay):
+    """The invariant of the module docstring."""
+    clean = relay.clean
+    # the board's own stream is perfect, and it carries every tag the board counted
+    clean_records, clean_errors = decode_bytes(clean, CHANNELS, RULES)
+    assert clean_errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
+    events, segment_of = _events_by_segment(clean, BIN_PS * 1000)
+    tags = events["kind"] == Kind.TAG.value
+    singles = np.bincount(events["channel"][tags], minlength=CHANNELS).tolist()
+    assert result.counters["singles"] == singles        # read over the faulty link, confirmed
+    # which segments the faults damaged
+    _, _, ranges = _segments(clean)
+    hit = _hit(ranges, relay.fault_log)
+    want = _abs_tags(events[~np.isin(segment_of, hit)])
+    got = _abs_tags(result.events, result.start_bin)
+    assert got == want
+    # the driver's counts are the reference decoder's on the bytes the host received
+    _, errors = decode_bytes(relay.delivered, CHANNELS, RULES)
+    assert stats["decode_errors"] == errors["decode_errors"]
+    assert stats["unverified"] == errors["unverified"]
+    if hit:
+        assert stats["decode_errors"] + stats["skipped_bytes"] + stats["unverified"] > 0
+    else:
+        assert stats["decode_errors"] == 0
+    # emitted times of each kind never go backwards
+    for kind in (Kind.TAG, Kind.HERALD, Kind.COINCIDENCE):
+        times = result.events["time_ps"][result.events["kind"] == kind.value]
+        assert np.all(np.diff(times) >= 0)
+    return len(hit), len(ranges)
+
+
+@pytest.mark.parametrize("rate", [1e-4, 1e-3, 1e-2])
+def test_acquisition_survives_mixed_faults(binary, rate):
+    result, stats, relay = acquire_through_relay(binary, Faults.uniform(rate), seed=int(rate * 1e5))
+    hit, segments = check_accounting(result, stats, relay)
+    if rate == 1e-2:
+        # about 1 % of 1.5 * 10^4 bytes: many faults, several segments lost, the others kept
+        assert relay.faults_to_host > 50 and 0 < hit < segments
+        assert stats["reply_mismatches"] + stats["resends"] > 0
+
+
+@pytest.mark.parametrize("kind", ["drop", "flip", "duplicate"])
+def test_acquisition_survives_each_fault_alone(binary, kind):
+    result, stats, relay = acquire_through_relay(binary, Faults(**{kind: 3e-3}), seed=7)
+    hit, _ = check_accounting(result, stats, relay)
+    assert relay.counts["to_host"][kind] > 0 and hit > 0
+
+
+def test_delays_longer_than_the_reply_timeout_lose_nothing(binary):
+    # a held byte holds everything behind it: replies come late, commands are resent, and a
+    # late reply still answers its command; no byte changes, so every tag is emitted
+    result, stats, relay = acquire_through_relay(binary, Faults(delay=2e-3, delay_s=0.4),
+                                                 seed=5, timeout=0.25)
+    check_accounting(result, stats, relay)
+    assert relay.counts["to_host"]["delay"] > 0 and stats["resends"] > 0
+    assert stats["decode_errors"] == stats["skipped_bytes"] == stats["unverified"] == 0
+    assert result.counters["singles"] == np.bincount(
+        result.tags["channel"], minlength=CHANNELS).tolist()
+
+
+def test_a_run_whose_last_check_is_lost_still_ends(binary):
+    # One segment for the whole run (its CHECK comes only after the stop), and the start byte of
+    # that CHECK lost: the driver cannot wait for it forever. It stops waiting once the board has
+    # been idle longer than an anchor interval, and counts the segment as unverified.
+    from heraldry.host.acquire import acquire_device
+    from heraldry.host.config import Acquisition
+    from heraldry.host.driver import Device
+    from heraldry.host.transport import SerialTransport, Transport
+    from heraldry.sim.twin import Twin
+
+    check_first = WIRE_START | WIRE_TAG_FLAG | (WireKind.CHECK.value << WIRE_KIND_SHIFT)
+
+    class LoseCheckAfterStop(Transport):
+        def __init__(self, inner):
+            self.inner, self.name, self.armed, self.lost = inner, inner.name, False, 0
+
+        def write(self, data):
+            self.inner.write(data)
+
+        def read(self, max_bytes, timeout):
+            data = self.inner.read(max_bytes, timeout)
+            if self.armed and not self.lost:
+                for i, byte in enumerate(data):
+                    if byte & ~0b111 == check_first:
+                        self.lost += 1
+                        return data[:i] + data[i + 1:]
+            return data
+
+        def close(self):
+            self.inner.close()
+
+    acq = Acquisition(channels=CHANNELS, rules=RULES, pair_rate_hz=1e5)
+    with Twin(binary) as twin:
+        transport = LoseCheckAfterStop(SerialTransport(twin.port))
+        with Device(transport, timeout=0.5) as device:
+            stop = device.stop
+
+            def stop_and_arm():
+                stop()
+                transport.armed = True
+            device.stop = stop_and_arm
+            start = time.monotonic()
+            result = acquire_device(device, acq, 0.002, anchor_interval=2 ** 20)
+            seconds = time.monotonic() - start
+            stats = device.stats()
+    assert transport.lost == 1
+    assert len(result.tags) == 0 and sum(result.counters["singles"]) > 100
+    assert stats["unverified"] > sum(result.counters["singles"])
+    assert stats["decode_errors"] == stats["skipped_bytes"] == 0
+    assert seconds < 30           # the driver's drain timeout is 60 s

@@ -1,0 +1,162 @@
+"""``heraldry selftest`` against the virtual board: through ``--board sim`` and through ``--port``
+(the board served by ``heraldry sim`` on its pty, the path a real board takes), in overload, with
+a board that lies about a counter (must FAIL), and the refused options."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from heraldry.host import cli
+from heraldry.host.cmd_selftest import GATE_SLACK_CYCLES, _generated_bracket
+
+
+@pytest.fixture(scope="module", autouse=True)
+def twin_built():
+    from heraldry.sim.twin import build_twin
+    build_twin(4, 2, 100_000_000, 12_000_000)   # g++ and make are required: fail, never skip
+
+
+def _selftest(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "heraldry.host.cli", "selftest", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _checks(stdout):
+    """``{name: (PASS|FAIL, text)}`` of the check lines."""
+    found = {}
+    for line in stdout.splitlines():
+        match = re.match(r"^  (PASS|FAIL)  ([^:]+): (.*)$", line)
+        if match:
+            found[match.group(2)] = (match.group(1), match.group(3))
+    return found
+
+
+def _numbers(text):
+    return [int(x) for x in re.findall(r"\d+", text)]
+
+
+def test_pairs_on_the_virtual_board_pass():
+    proc = _selftest("--board", "sim", "--duration", "0.005", "--pair-rate", "2e5",
+                     "--dark-rate", "1e4", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = _checks(proc.stdout)
+    expected = {"link", "loss records", "herald rule 0 (mask 0011)", "herald rule 1 (mask 0001)",
+                "pattern 0011", "model"} | {f"channel {c}" for c in range(4)} \
+        | {f"test signal {c}" for c in range(4)}
+    assert set(checks) == expected and all(v == "PASS" for v, _ in checks.values())
+    assert proc.stdout.splitlines()[-1] == f"selftest PASS: {len(expected)} of {len(expected)} " \
+                                           f"checks passed"
+    # The figures are there and add up: tags + lost + host = counter, within the model's range.
+    for c in range(4):
+        tags, lost, host, total, singles = _numbers(checks[f"channel {c}"][1])
+        assert tags + lost + host == total == singles and lost == host == 0
+        generated, lo, hi = _numbers(checks[f"test signal {c}"][1])
+        assert generated == singles and lo <= generated <= hi
+    # Arms of a 2e5/s pair source at 50 %: about 500 tags per arm in 5 ms; dark channels ~50.
+    arm = _numbers(checks["channel 0"][1])[0]
+    assert 350 < arm < 650
+    assert "0 decode errors, 0 unverified, 0 skipped" in checks["link"][1]
+
+
+def test_periodic_overload_passes_with_drops_counted():
+    """Every channel every 2 cycles: most events are dropped, and the selftest still passes,
+    because every drop is counted in-band; the model comparison is skipped and says why."""
+    proc = _selftest("--test-signal", "periodic", "--period", "20", "--duration", "0.001",
+                     "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = _checks(proc.stdout)
+    assert all(v == "PASS" for v, _ in checks.values())
+    for c in range(4):
+        tags, lost, _, _, singles = _numbers(checks[f"channel {c}"][1])
+        assert lost > 10 * tags > 0 and tags + lost == singles
+    assert checks["model"][1].startswith("skipped: ")
+    records, lost, total, counter = _numbers(checks["pattern 1111"][1].replace("1111", ""))
+    assert lost > 0 and records + lost == total == counter > 0
+
+
+def test_port_of_a_served_board():
+    """``--port``: the virtual board served by ``heraldry sim`` on its pty, like a real board on
+    a USB-serial bridge (the selftest learns channels, clock and bin from its identification)."""
+    proc = subprocess.Popen([sys.executable, "-m", "heraldry.host.cli", "sim", "--channels", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        assert os.path.exists(port), port
+        result = _selftest("--port", port, "--duration", "0.003", "--quiet")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith(f"selftest of {port} on {port}: 4 channels")
+        assert result.stdout.splitlines()[-1].startswith("selftest PASS")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_counter_that_disagrees_fails(monkeypatch, capsys):
+    """A board whose singles counter of channel 1 reads one too many (a lying board, made by
+    wrapping the driver's counter read): the channel check and the model check FAIL, exit 1."""
+    from heraldry.host.driver import Device
+    real = Device.counters
+
+    def lying(self):
+        counters = real(self)
+        counters["singles"][1] += 1
+        return counters
+    monkeypatch.setattr(Device, "counters", lying)
+    status = cli.main(["selftest", "--board", "sim", "--duration", "0.002", "--quiet"])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    checks = _checks(out)
+    assert checks["channel 1"][0] == "FAIL" and checks["channel 0"][0] == "PASS"
+    tags, lost, host, total, singles = _numbers(checks["channel 1"][1])
+    assert singles == total + 1
+    assert checks["model"][0] == "FAIL" and "singles_recomputed_from_tags" in checks["model"][1]
+    assert out.splitlines()[-1].startswith("selftest FAIL: ")
+    assert "channel 1" in out.splitlines()[-1]
+
+
+def test_generated_bracket_holds_the_model_count():
+    """The test-signal bracket: for command bounds with a spread, the model's count in any gate
+    inside the bounds lies between lo and hi; with bounds of no spread, the bracket is the
+    count with the slack on each side."""
+    from heraldry.host.config import Acquisition
+    from heraldry.model.testsignal import generate
+    acq = Acquisition(pair_rate_hz=3e6, efficiency=0.5, dark_rate_hz=2e5, seed=9)
+    bounds = {"clear": [-500, -400], "start": [0, 60], "stop": [40_000, 40_100]}
+    brackets = _generated_bracket(acq, bounds)
+    from heraldry.host.cmd_selftest import _test_signal_settings
+    events = generate(_test_signal_settings(acq), 50_000)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        clear = rng.integers(-500, -399)
+        gate = (rng.integers(0, 61) - clear, rng.integers(40_000, 40_101) - clear)
+        for c, ks in enumerate(events):
+            count = int(((ks >= gate[0]) & (ks < gate[1])).sum())
+            assert brackets[c][0] <= count <= brackets[c][1]
+    exact = {"clear": [0, 0], "start": [100, 100], "stop": [30_100, 30_100]}
+    s = GATE_SLACK_CYCLES
+    for c, (lo, hi) in enumerate(_generated_bracket(acq, exact)):
+        ks = events[c]
+        assert lo == int(((ks >= 100 + s) & (ks < 30_100 - s)).sum())
+        assert hi == int(((ks >= 100 - s) & (ks < 30_100 + s)).sum())
+        assert lo <= hi
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--port", "/dev/no-such-port"], "--port /dev/no-such-port: no such serial device"),
+    (["--board", "icebreaker"], "--board icebreaker: selftest runs on --board sim or"),
+    (["--port", "/dev/null", "--board", "sim"], "exclude each other"),
+    (["--duration", "0"], "--duration must be positive"),
+    (["--efficiency", "2"], "efficiency 2 is not a probability"),
+    (["--channels", "9"], "--channels must be 1..8"),
+    (["--test-signal", "off"], "invalid choice: 'off'"),
+    (["--pair-rate", "2e8"], "pair rate 2e+08 Hz must be"),
+])
+def test_bad_options_are_refused_before_anything_runs(args, fragment):
+    proc = _selftest(*args, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("heraldry: error: ") and fragment in proc.stderr
