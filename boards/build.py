@@ -8,8 +8,8 @@
      "seed", "seconds": {step: s}, "phy"}
 
 The tool variables (``YOSYS``, ``NEXTPNR_ICE40``, ...) are set in the environment of the build
-script only: set globally, ``YOSYS`` would also slow down every Verilog conversion
-(``/work/shared/docs/toolchain.md``). ``OPENFPGALOADER`` points at a harmless command, as the
+script only: set globally, ``YOSYS`` would also slow down every Verilog conversion (a first
+conversion takes about a minute then). ``OPENFPGALOADER`` points at a harmless command, as the
 ULX3S platform looks for it even when nothing is programmed.
 """
 

@@ -1,17 +1,20 @@
-"""iCEBreaker (iCE40UP5K-SG48, FT2232H USB UART): 2 channels, 1 herald rule, 83.3 ns bins.
+"""iCEBreaker (iCE40UP5K-SG48, FT2232H USB UART): 2 channels, 1 herald rule, 10.4 ns bins.
 
 Pin map (also in ``docs/boards.md``):
 
-* detector inputs ``det`` 0..3: PMOD1A pins 1..4 (FPGA pins 4, 2, 47, 45), 3.3 V LVCMOS;
+* detector inputs ``det`` 0..3: PMOD1A pins 1..4 (FPGA pins 4, 2, 47, 45), 3.3 V LVCMOS, each
+  into an ``SB_IO`` DDR input register (:class:`heraldry.gateware.phy_ice40.ICE40DDRPHY`: two
+  samples per clock cycle);
 * herald outputs ``herald`` 0..1: PMOD1B pins 1..2 (FPGA pins 43, 38);
 * ``led_g`` (pin 37): activity (``Tagger.led[0]``); ``led_r`` (pin 11): events dropped since the
   last clear (``Tagger.led[1]``);
-* UART: FT2232H channel B (``uart`` 0: rx pin 6, tx pin 9).
+* UART: FT2232H channel B (``uart`` 0: rx pin 6, tx pin 9) at 12 Mbaud.
 
-Clocking: ``sync`` runs at ``ICEBREAKER.clock_hz``. At 12 MHz that is the oscillator (pin 35)
-itself (the platform's clock and reset); any other exact frequency goes through
-``SB_PLL40_PAD``, with ``sync`` held in reset until the PLL locks. The FT2232H then runs at
-``clock_hz / 4`` at most (3 Mbaud at 12 MHz). Why 12 MHz and what fits: ``docs/boards.md``.
+Clocking: ``sync`` runs at ``ICEBREAKER.clock_hz`` = 48 MHz from ``SB_PLL40_PAD`` (12 MHz
+oscillator on pin 35 * 64 / 16), held in reset until the PLL locks; DDR sampling gives bins of
+1 / 96 MHz = 10.4 ns. The FT2232H runs at 12 Mbaud, ``clock_hz / 4`` (the UART's minimum of
+four cycles a bit). A 12 MHz ``clock_hz`` would use the oscillator directly. Measured figures and
+what fits: ``docs/boards.md``.
 """
 
 from amaranth.build import Attrs, Pins, Resource
@@ -22,6 +25,7 @@ from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from ..gateware.phy import GenericPHY
+from ..gateware.phy_ice40 import ICE40DDRPHY
 from ..gateware.top import Tagger
 from . import Board, register
 
@@ -71,17 +75,27 @@ def ice40_pll_params(ref_hz, out_hz):
 class ICEBreakerTop(Elaboratable):
     """Clocking, :class:`Tagger` and pins for the iCEBreaker (an Elaboratable).
 
+    With a PHY that needs its raw pin (``ICE40DDRPHY``) one PHY per detector pin is built here
+    and handed to the Tagger (``phys=``); the generic PHY takes the buffered pins.
+
     Attributes
     ----------
     tagger : Tagger
-        The tagger, built with the board's clock, baud and PHY.
+        The tagger, built with the board's clock, baud and PHY (in :meth:`elaborate` when the
+        PHY needs the requested pins; None before).
     """
 
     def __init__(self, board, channels):
         self.board = board
         self.channels = channels
-        self.tagger = Tagger(channels, rules=board.rules, clock_hz=board.clock_hz,
-                             baud=board.baud, phy=board.phy, test_signal=board.test_signal)
+        self.tagger = None
+        if board.phy is GenericPHY:
+            self.tagger = self._tagger(phys=None)
+
+    def _tagger(self, phys):
+        board = self.board
+        return Tagger(self.channels, rules=board.rules, clock_hz=board.clock_hz,
+                      baud=board.baud, phy=board.phy, phys=phys, test_signal=board.test_signal)
 
     def elaborate(self, platform):
         m = Module()
@@ -91,15 +105,21 @@ class ICEBreakerTop(Elaboratable):
             self._pll(m, platform, ref_hz)
         # else: the platform's own `sync` (12 MHz pin, reset synchroniser) is the clock.
 
-        m.submodules.tagger = tagger = self.tagger
-
         def buffer(name, index, direction):
             port = platform.request(name, index, dir="-")
             m.submodules[f"{name}{index}_buffer"] = buf = io.Buffer(direction, port)
             return buf
 
-        for c in range(self.channels):
-            m.d.comb += tagger.pins[c].eq(buffer("det", c, "i").i)
+        if board.phy is GenericPHY:
+            tagger = self.tagger
+            for c in range(self.channels):
+                m.d.comb += tagger.pins[c].eq(buffer("det", c, "i").i)
+        else:
+            phys = [board.phy(platform.request("det", c, dir="-").io)
+                    for c in range(self.channels)]
+            self.tagger = tagger = self._tagger(phys)
+        m.submodules.tagger = tagger
+
         for r in range(tagger.rules):
             m.d.comb += buffer("herald", r, "o").o.eq(tagger.herald[r])
         uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
@@ -118,7 +138,7 @@ class ICEBreakerTop(Elaboratable):
         m.domains.sync = ClockDomain("sync")
         clk12 = platform.request(platform.default_clk, dir="-")
         locked = Signal()
-        # The constraint must be on a plain signal that survives synthesis (toolchain.md).
+        # The constraint must be on a plain signal that survives synthesis.
         clk = Signal(name="pll_clk")
         m.submodules.pll = Instance(
             "SB_PLL40_PAD",
@@ -140,8 +160,8 @@ class ICEBreakerTop(Elaboratable):
 class ICEBreakerBoard(Board):
     """:class:`Board` for the iCEBreaker; :meth:`top` gives an :class:`ICEBreakerTop`.
 
-    The test-signal generator is left out: with it the 2-channel Tagger needs ~6400 logic cells
-    and the UP5K has 5280."""
+    The test-signal generator is left out: it is ~1000 logic cells at 2 channels and the
+    2-channel Tagger without it already fills ~96 % of the UP5K's 5280 (docs/boards.md)."""
 
     #: nextpnr's name of the ``sync`` clock net (build reports call it "sync").
     sync_clock_net = "pll_clk"
@@ -157,18 +177,16 @@ def _bin_fs(clock_hz, phy):
     return round(10 ** 15 / (clock_hz * 2 ** phy.fine_bits))
 
 
-# The full Tagger closes at 17.7-19.1 MHz on the UP5K (critical path: delay line output ->
-# coincidence unit, ~53 ns, docs/boards.md); the PLL's lowest exact output above that with
-# margin does not exist (16 MHz is not exact from 12 MHz), so the 12 MHz oscillator clocks it
-# directly and the FT2232H runs at 3 Mbaud (4 cycles a bit, the UART's minimum).
-_CLOCK_HZ = 12_000_000
+# 48 MHz from the PLL (12 MHz * 64 / 16), DDR input: 10.4 ns bins; the FT2232H at 12 Mbaud is
+# four cycles a bit, the UART's minimum.
+_CLOCK_HZ = 48_000_000
 ICEBREAKER = register(ICEBreakerBoard(
     name="icebreaker",
     platform=HeraldryICEBreakerPlatform,
     clock_hz=_CLOCK_HZ,
-    baud=3_000_000,
-    phy=GenericPHY,
-    bin_fs=_bin_fs(_CLOCK_HZ, GenericPHY),
+    baud=12_000_000,
+    phy=ICE40DDRPHY,
+    bin_fs=_bin_fs(_CLOCK_HZ, ICE40DDRPHY),
     default_channels=2,
     max_channels=2,
     programmer="iceprog",

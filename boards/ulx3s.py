@@ -5,7 +5,7 @@ Pin map (header ``gpio`` connector of amaranth-boards):
 * detector inputs ``det`` 0..7: ``gpio`` 14+, 14-, 15+, 15-, 16+, 16-, 17+, 17- (FPGA pins U18,
   U17, N17, P16, N16, M17, L16, L17), LVCMOS33. They must be right-bank pins: ``IDDRX2F`` exists
   only on left/right-bank IO, and every channel of one edge clock must sit on the same side
-  (``/work/shared/docs/toolchain.md``, "Input-sampling feasibility");
+  (measured with the open toolchain: a top-bank pin fails to place, mixed sides fail to route);
 * herald outputs ``herald`` 0..1: ``gpio`` 0+, 0- (FPGA pins B11, C11), LVCMOS33;
 * ``led`` 0: activity (``Tagger.led[0]``); ``led`` 1: events dropped since the last clear;
 * UART: the FT231X (``uart`` 0: rx M1, tx L4) at 3 Mbaud, its highest standard rate.

@@ -19,6 +19,7 @@ from .counters import Counters
 from .delay import DelayLine
 from .merger import Merger
 from .phy import GenericPHY, PHYSignature
+from .pipe import StreamRegister
 from .testsignal import TestSignal
 
 __all__ = ["TaggerCore"]
@@ -244,6 +245,9 @@ class TaggerCore(wiring.Component):
                 ]
 
         m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth)
+        # A registered stage between the merger's record multiplexer and whoever takes the
+        # records (the wire encoder's time arithmetic), with no loss of throughput.
+        m.submodules.record_register = out = StreamRegister(record_layout(f))
         for c in range(n):
             m.d.comb += merger.times[c].eq(times[c])
         m.d.comb += [
@@ -258,9 +262,10 @@ class TaggerCore(wiring.Component):
             merger.herald_pattern.eq(herald_pattern),
             merger.delay_overflow.eq(overflow),
             merger.clear.eq(self.clear),
-            self.idle.eq(merger.idle),
+            self.idle.eq(merger.idle & ~out.busy),
         ]
-        wiring.connect(m, merger.o, wiring.flipped(self.records))
+        wiring.connect(m, merger.o, out.i)
+        wiring.connect(m, out.o, wiring.flipped(self.records))
 
         m.submodules.counters = counters = Counters(n, r)
         m.d.comb += [

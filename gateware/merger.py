@@ -39,13 +39,20 @@ class Merger(wiring.Component):
     ``merger_dropped`` / ``herald_dropped`` / ``coincidence_dropped`` for one cycle (one cycle
     after the inputs). ``delay_overflow`` pulses add to the ``DELAY_FULL`` counters. Pending
     counters are ``COUNTER_BITS`` wide (they wrap, like the hardware counters, only after
-    ``2**COUNTER_BITS`` unreported drops). In every cycle in which the FIFO has room and some
-    pending counter is non-zero, one loss item ``(cause, index, min(pending, 2**LOSS_COUNT_BITS -
-    1))`` is written *together with* that cycle's bundle (a bundle with only a loss item is
-    written if the cycle has no items), and subtracted from its counter. The counter reported is
-    chosen round-robin, starting after the one reported last, in the order ``MERGER_FULL[0..N-1]``,
-    ``DELAY_FULL[0..N-1]``, ``HERALD_RECORD[0..R-1]``, ``COINCIDENCE_RECORD``; so every pending
-    counter is reported within ``2N + R + 1`` writable cycles. (``docs/architecture.md`` asked for
+    ``2**COUNTER_BITS`` unreported drops). In a cycle in which the FIFO has room, the loss
+    *offer* register is empty (or emptied in this cycle) and some pending counter is non-zero,
+    that counter is taken whole into the offer (and restarts from this cycle's increment). From
+    the next cycle on, every cycle in which the FIFO has room writes one loss item ``(cause,
+    index, min(offer, 2**LOSS_COUNT_BITS - 1))`` *together with* that cycle's bundle (a bundle
+    with only a loss item is written if the cycle has no items) and takes it from the offer;
+    the next counter is taken in the cycle the offer's last chunk is written, so while counters
+    are pending a loss item is written in every cycle with room. (Taking the counter whole
+    instead of subtracting the reported count keeps the 32-bit arithmetic out of the selection
+    path; the drops that pile up while the FIFO is full are reported together.) The counter
+    taken is chosen round-robin, starting after the one taken last, in the order
+    ``MERGER_FULL[0..N-1]``, ``DELAY_FULL[0..N-1]``, ``HERALD_RECORD[0..R-1]``,
+    ``COINCIDENCE_RECORD``; so every pending counter is taken within ``2N + R + 1`` offers.
+    (``docs/architecture.md`` asked for
     the loss bundle to replace the cycle's event bundle; riding along costs 22 FIFO bits and
     avoids a self-sustaining cascade of drops while events arrive every cycle.)
 
@@ -207,45 +214,84 @@ class Merger(wiring.Component):
         k_total = len(sources)
         pending = [Signal(COUNTER_BITS, name=f"pending_{cause.name.lower()}_{index}")
                    for cause, index, _ in sources]
-        nonzero = Cat(p != 0 for p in pending)
-        last = Signal(range(k_total), init=k_total - 1)  # counter reported last
-        sel = Signal(range(k_total))
-        # Round robin: the first non-zero counter after `last`, else the first non-zero one.
-        # (In Amaranth the last assignment wins, so the loops run from the highest index.)
-        for k in reversed(range(k_total)):
-            with m.If(nonzero[k]):
-                m.d.comb += sel.eq(k)
-        for k in reversed(range(k_total)):
-            with m.If(nonzero[k] & (last < k)):
-                m.d.comb += sel.eq(k)
-        sel_pending = Array(pending)[sel]
-        max_count = 2 ** LOSS_COUNT_BITS - 1
-        count = Signal(LOSS_COUNT_BITS)
-        m.d.comb += count.eq(Mux(sel_pending > max_count, max_count, sel_pending))
-        report = nonzero.any()
-        sent = report & room
+        # nonzero[k] == (pending[k] != 0), kept as a register beside each counter so that no
+        # 32-bit comparison sits in front of the selection.
+        nonzero = Signal(k_total)
+        # Round robin: the first non-zero counter after the one taken last (`after`: a mask of
+        # the counters after it), else the first non-zero one. One-hot throughout: no index
+        # comparisons, no chain of priority multiplexers.
+        after = Signal(k_total)
+        first_after = nonzero & after
+        cand = Signal(k_total)
+        m.d.comb += cand.eq(Mux(first_after.any(), first_after, nonzero))
+        onehot = Signal(k_total)
+        m.d.comb += onehot.eq(Cat(cand[k] & ~cand[:k].any() if k else cand[0]
+                                  for k in range(k_total)))
 
+        # The offer: a loss item taken whole out of its pending counter (which restarts from this
+        # cycle's increment: no subtraction), written in chunks of at most 2**16 - 1 with the
+        # bundles of the following cycles with room. A counter is taken only in a cycle with
+        # room, so drops that pile up while the FIFO is full are reported together.
+        max_count = 2 ** LOSS_COUNT_BITS - 1
+        offer_lo = Signal(LOSS_COUNT_BITS)
+        offer_hi = Signal(COUNTER_BITS - LOSS_COUNT_BITS)
+        offer_valid = Signal()
+        offer_big = Signal()        # offer > max_count: more than one chunk left
+        offer_cause = Signal(LossCause)
+        offer_index = Signal(CHANNEL_BITS)
+        count = Signal(LOSS_COUNT_BITS)
+        m.d.comb += count.eq(Mux(offer_big, max_count, offer_lo))
+        sent = offer_valid & room
+        free = ~offer_valid | (sent & ~offer_big)     # the offer is empty after this cycle
+        take = Signal()
+        m.d.comb += take.eq(free & room & nonzero.any())
         w_bundle = Signal(layout)
         m.d.comb += [
             w_bundle.eq(bundle),
-            w_bundle.loss.eq(report),
-            w_bundle.loss_cause.eq(Array(Const(cause.value, 2) for cause, _, _ in sources)[sel]),
-            w_bundle.loss_index.eq(
-                Array(Const(index, CHANNEL_BITS) for _, index, _ in sources)[sel]),
+            w_bundle.loss.eq(offer_valid),
+            w_bundle.loss_cause.eq(offer_cause),
+            w_bundle.loss_index.eq(offer_index),
             w_bundle.loss_count.eq(count),
             fifo.w_data.eq(w_bundle),
-            fifo.w_en.eq(has_items | report),
+            fifo.w_en.eq(has_items | offer_valid),
         ]
 
-        with m.If(sent):
-            m.d.sync += last.eq(sel)
+        def pick(values, width):
+            out = Const(0, width)
+            for k, value in enumerate(values):
+                out = out | Mux(onehot[k], value, 0)
+            return out
+
+        with m.If(take):
+            m.d.sync += [
+                Cat(offer_lo, offer_hi).eq(pick(pending, COUNTER_BITS)),
+                offer_big.eq(pick([p[LOSS_COUNT_BITS:] != 0 for p in pending], 1)),
+                offer_cause.eq(pick([Const(cause.value, 2) for cause, _, _ in sources], 2)),
+                offer_index.eq(pick([Const(index, CHANNEL_BITS) for _, index, _ in sources],
+                                    CHANNEL_BITS)),
+                offer_valid.eq(1),
+                after.eq(Cat(onehot[:k].any() if k else Const(0) for k in range(k_total))),
+            ]
+        with m.Elif(sent):
+            # A full chunk: offer - (2**16 - 1) = offer - 2**16 + 1, in halves without a carry
+            # between them: if the low half is all ones it becomes 0 and the high half stays,
+            # else the low half steps up and the high half down. More than one chunk is left
+            # iff the high half is not 0 afterwards.
+            lo_full = offer_lo == max_count
+            m.d.sync += offer_valid.eq(offer_big)
+            with m.If(lo_full):
+                m.d.sync += [offer_lo.eq(0), offer_big.eq(1)]
+            with m.Else():
+                m.d.sync += [offer_lo.eq(offer_lo + 1), offer_hi.eq(offer_hi - 1),
+                             offer_big.eq(offer_hi != 1)]
         for k, (_, _, inc) in enumerate(sources):
-            taken = Mux(sent & (sel == k), count, 0)
-            m.d.sync += pending[k].eq(pending[k] + inc - taken)
+            with m.If(take & onehot[k]):
+                m.d.sync += [pending[k].eq(inc), nonzero[k].eq(inc)]
+            with m.Else():
+                m.d.sync += [pending[k].eq(pending[k] + inc), nonzero[k].eq(nonzero[k] | inc)]
         with m.If(self.clear):
             m.d.sync += [p.eq(0) for p in pending]
-            m.d.sync += last.eq(k_total - 1)
-
+            m.d.sync += [nonzero.eq(0), offer_valid.eq(0), after.eq(0)]
         # --- Serialiser: `cur` is the bundle being emitted, `rem_*` its items not yet taken.
         cur = Signal(layout)
         rem_loss = Signal()
@@ -328,7 +374,7 @@ class Merger(wiring.Component):
             ]
 
         m.d.comb += self.idle.eq(
-            ~has_items & (fifo.level == 0) & ~self.o.valid & ~nonzero.any())
+            ~has_items & (fifo.level == 0) & ~self.o.valid & ~nonzero.any() & ~offer_valid)
 
         more = after_loss | after_tags.any() | after_herald.any() | after_coinc
         # Pop the next bundle when idle or in the cycle the current one's last record is taken.

@@ -6,7 +6,7 @@ Clocking (built by the board, see ``boards/ulx3s.py``): a PLL makes the edge clo
 gearbox needs. ``IDDRX2F`` samples the pin on both edges of ``eclk`` (4 samples per ``sync``
 cycle) and presents them as ``Q0``..``Q3`` (``Q0`` the earliest) in the ``sync`` domain.
 
-Constraints (measured with nextpnr-ecp5, ``/work/shared/docs/toolchain.md``): ``IDDRX2F`` exists
+Constraints (measured with nextpnr-ecp5 in the toolchain feasibility builds): ``IDDRX2F`` exists
 only on left/right-bank pins, and every channel fed by one edge clock must sit on the same side.
 """
 

@@ -83,7 +83,7 @@ class ICE40DDRPHY(wiring.Component):
     following falling edge. A fabric register captures both at the next rising edge (the second
     flop of the synchroniser: the IO register is the first), giving a 2-sample word whose edges
     :class:`WordEdges` encodes. The falling-edge sample has only half a period to reach that
-    register, which limits the clock to about 125 MHz (docs in ``toolchain.md``).
+    register, which limits the clock to about 125 MHz (toolchain feasibility builds: 113-125 MHz).
 
     Bin of an edge: the value of ``now`` in the cycle after the rising clock edge ``k`` at or after
     which the pin is first sampled in its new state, times 2, plus 0 if the sample at ``k`` sees it

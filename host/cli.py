@@ -498,8 +498,8 @@ def _save_partial(args, result, writers):
                                          for t in summary["tags_per_channel"]],
                          events_dropped=lost, summary=summary)
         saved.append(f"{writers[0].records} PTU records to {', '.join(writers[0].paths)} "
-                     f"(stop reason: data transfer failed"
-                     + (f", {lost} events marked dropped" if lost else "") + ")")
+                     f"(stop reason -10, data transfer failed"
+                     + (f"; {lost} records lost, flagged" if lost else "") + ")")
     elif args.out:
         tags = result.tags
         np.savez(args.out, channel=tags["channel"].astype(np.uint8),
@@ -514,8 +514,8 @@ def _save_partial(args, result, writers):
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
     what = "; saved " + " and ".join(saved) if saved else "; nothing was saved (no --out)"
-    _error(f"the board went away {result.device_seconds * 1e3:g} ms of device time into the "
-           f"run ({result.error}), {summary['tags']} tags received{what}")
+    _error(f"the board went away {result.device_seconds * 1e3:.1f} ms of device time into the "
+           f"run ({result.error}); {summary['tags']} tags received and verified{what}")
     return EXIT_LOST
 
 

@@ -1,5 +1,4 @@
-"""``heraldry relay PORT``: a fault-injecting relay in front of a board, for trying the host on a bad
-link.
+"""``heraldry relay PORT``: a relay in front of a board that injects link faults, to try a host.
 
 Opens ``PORT`` (a board's serial port, or the virtual board's from ``heraldry sim``), prints the
 path of a new pseudo-terminal on stdout, and relays bytes both ways between them until Ctrl-C or

@@ -122,6 +122,17 @@ class Acquisition:
             if (isinstance(value, bool) or not isinstance(value, Real)
                     or not 0 < value < math.inf):
                 raise ConfigError(f"{name} must be a positive number, not {value!r}")
+        def integer(value):
+            return isinstance(value, Integral) and not isinstance(value, bool)
+        for name in ("fine_bits", "window_bins", "herald_width", "coincidence_record_mask",
+                     "pair_delay_bins", "period_cycles", "seed"):
+            if not integer(getattr(self, name)):
+                raise ConfigError(f"{name} must be an integer, not {getattr(self, name)!r}")
+        for name in ("delays_bins", "dead_time_bins", "herald_masks"):
+            if not all(integer(v) for v in getattr(self, name)):
+                raise ConfigError(f"{name} must be integers, not {getattr(self, name)!r}")
+        if not 0 <= self.fine_bits <= 8:          # the range of ident.fine_bits
+            raise ConfigError(f"fine_bits must be 0..8, not {self.fine_bits}")
         for name in ("delays_bins", "dead_time_bins", "edges", "enabled"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(f"{name} has {len(getattr(self, name))} entries for {n} channels")

@@ -589,7 +589,9 @@ class Device:
         until no data record started between two consecutive replies and the last segment has
         its CHECK. (The two replies are at least one command frame apart on the link, during
         which an encoder with records pending would have sent some; the encoder closes a
-        segment within ``control.anchor_interval`` cycles of its ANCHOR.) Returns the last
+        segment within ``control.anchor_interval`` cycles of its ANCHOR; so when the last
+        segment's CHECK was lost on the link, it stops waiting once no record has started for
+        longer than that, and :meth:`flush` counts the segment as unverified.) Returns the last
         :meth:`now` count."""
         if self.stop_bounds is None:
             raise DeviceError("drain() is for after stop()")

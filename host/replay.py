@@ -208,6 +208,7 @@ class ReplaySource:
             if isinstance(config, dict) and "acquisition" in config:
                 try:
                     acq = Acquisition(**config["acquisition"])
+                    acq.model_settings()        # the reference model's own checks
                 except (TypeError, ValueError) as error:
                     raise PTUError(f"Heraldry_Config does not describe an acquisition: "
                                    f"{error}") from None

@@ -236,7 +236,8 @@ class FaultRelay:
 
     Members (after :meth:`start`, which ``with`` calls): ``port`` (the path the host opens),
     ``counts`` (see the property), ``closed_by`` (``None`` while running, then ``"device"``,
-    ``"host"`` or ``"close"``), ``error`` (an ``OSError`` that ended the relay, else ``None``).
+    ``"host"``, ``"close"`` or ``"error"``), ``error`` (the ``OSError`` that ended the relay, if
+    one did).
     """
 
     def __init__(self, device_port, *, baud=None, to_host=Faults(), to_device=Faults(), seed=0,
@@ -283,7 +284,7 @@ class FaultRelay:
                 self._hold_fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
             self._wake_r, self._wake_w = os.pipe()
         except OSError:
-            self._close_fds()
+            self._close_fds(wake=True)
             raise
         self._thread = threading.Thread(target=self._loop, name="fault-relay", daemon=True)
         self._thread.start()
@@ -300,7 +301,7 @@ class FaultRelay:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         if self._thread is None or not self._thread.is_alive():
-            self._close_fds()
+            self._close_fds(wake=True)
 
     def wait(self, timeout=None):
         """Wait until the relay has ended (a side closed); True if it has."""
@@ -440,12 +441,16 @@ class FaultRelay:
             direction.sent(n)
         return True
 
-    def _close_fds(self):
+    def _close_fds(self, wake=False):
+        """Close both ends (the relay thread does, as it ends); with ``wake`` also the pipe
+        that wakes the thread (only :meth:`close` does, once the thread has ended, so that it
+        never writes to a descriptor closed meanwhile)."""
         if self._serial is not None:
             self._device = None            # pyserial's to close
             self._serial.close()
             self._serial = None
-        for name in ("_device", "_master", "_hold_fd", "_wake_r", "_wake_w"):
+        names = ("_device", "_master", "_hold_fd") + (("_wake_r", "_wake_w") if wake else ())
+        for name in names:
             fd = getattr(self, name)
             if fd is not None:
                 setattr(self, name, None)

@@ -2,8 +2,8 @@
 bitstream build and its report, ``heraldry build`` / ``heraldry flash`` (dry run and fake
 programmers), and the ``test_signal=False`` core option the iCEBreaker build relies on.
 
-The pin maps and PLL figures asserted here are copied from ``docs/boards.md`` and
-``/work/shared/docs/toolchain.md`` (the spec), not computed from the code under test.
+The pin maps and PLL figures asserted here are copied from ``docs/boards.md`` and the
+toolchain feasibility notes (the spec), not computed from the code under test.
 """
 
 import json
@@ -66,7 +66,7 @@ def test_board_bin_matches_its_clock_and_phy(name):
 
 @pytest.mark.parametrize("out_hz, divf, divq", [(96_000_000, 63, 3), (120_000_000, 79, 3)])
 def test_ice40_pll_known_settings(out_hz, divf, divq):
-    # toolchain.md: 96 MHz is DIVF=63, DIVQ=3; 120 MHz is DIVF=79, DIVQ=3 from 12 MHz.
+    # Toolchain feasibility notes: 96 MHz is DIVF=63, DIVQ=3; 120 MHz is DIVF=79, DIVQ=3 from 12 MHz.
     params = ice40_pll_params(12_000_000, out_hz)
     assert (params["DIVR"], params["DIVF"], params["DIVQ"]) == (0, divf, divq)
     assert params["FILTER_RANGE"] == 1        # 12 MHz PFD (iCE40 PLL guide / icepll)
@@ -98,13 +98,20 @@ def test_plan_writes_build_files(name, tmp_path):
 
 
 def test_icebreaker_plan_pins_and_clock(tmp_path):
+    # docs/boards.md: 48 MHz from the PLL, DDR input registers (10.4 ns bins), 12 Mbaud.
     board = get_board("icebreaker")
+    assert board.clock_hz == 48_000_000 and board.baud == 12_000_000
+    assert board.phy.__name__ == "ICE40DDRPHY" and board.bin_ps == pytest.approx(10416.667)
     plan(board, 2, tmp_path)
     pcf = (tmp_path / "heraldry.pcf").read_text()
     pins = dict(re.findall(r"^set_io (\S+) (\S+)$", pcf, re.M))
     assert pins == ICEBREAKER_PINS
     freqs = dict(re.findall(r"^set_frequency (\S+) (\S+)$", pcf, re.M))
-    assert float(freqs["clk12_0__io"]) == board.clock_hz / 1e6 == 12.0
+    assert float(freqs["clk12_0__io"]) == 12.0
+    assert float(freqs["pll_clk"]) == board.clock_hz / 1e6 == 48.0
+    rtlil = (tmp_path / "heraldry.il").read_text()
+    # One DDR input SB_IO (ICE40DDRPHY's `sb_io`) per detector pin.
+    assert rtlil.count("cell \\SB_IO \\sb_io\n") == 2
 
 
 def test_icebreaker_plan_with_pll(tmp_path):

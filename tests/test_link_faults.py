@@ -520,3 +520,56 @@ def test_a_run_whose_last_check_is_lost_still_ends(binary):
     assert stats["unverified"] > sum(result.counters["singles"])
     assert stats["decode_errors"] == stats["skipped_bytes"] == 0
     assert seconds < 30           # the driver's drain timeout is 60 s
+
+
+# -- heraldry relay ------------------------------------------------------------------------------
+
+def _cli(*args, **kwargs):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "heraldry.host.cli", *args],
+                          capture_output=True, text=True, **kwargs)
+
+
+def test_relay_command_serves_a_board_through_faults(binary, tmp_path):
+    import json
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from heraldry.sim.twin import Twin
+    summary = tmp_path / "summary.json"
+    with Twin(binary) as twin:
+        relay = subprocess.Popen([sys.executable, "-m", "heraldry.host.cli", "relay", twin.port,
+                                  "--fault-rate", "3e-3", "--faults", "flip", "--seed", "3"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            port = relay.stdout.readline().strip()
+            assert port.startswith("/dev/"), relay.stderr.read()
+            acquire = _cli("acquire", "--board", port, "--duration", "0.005",
+                           "--summary-json", str(summary), timeout=300)
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            _, err = relay.communicate(timeout=20)
+    assert relay.returncode == 0, err
+    flips = int(re.search(r"to host: \d+ bytes in, 0 drop, (\d+) flip, 0 duplicate", err)[1])
+    assert flips > 0
+    s = json.loads(summary.read_text())
+    damaged = s["decode_errors"] + s["skipped_bytes"] + s["unverified"] > 0
+    # a damaged stream fails its checks (exit 1) and says why; a clean one passes them all
+    assert acquire.returncode == (1 if damaged else 0), acquire.stderr
+    assert s["checks"]["stream_verified"] is not damaged
+    assert sum(s["tags_per_channel"]) <= sum(s["singles"]) and sum(s["singles"]) > 0
+
+
+def test_relay_command_refuses_bad_options(tmp_path):
+    for args, fragment in ((["--fault-rate", "2"], "--fault-rate must be 0..1"),
+                           (["--faults", "drop,smudge"], "--faults takes some of"),
+                           (["--delay-ms", "-1"], "--delay-ms must be")):
+        proc = _cli("relay", "/dev/null", *args, timeout=60)
+        assert proc.returncode == 2 and fragment in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _cli("relay", str(tmp_path / "no-such-port"), timeout=60)
+    assert proc.returncode == 2 and "cannot open" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

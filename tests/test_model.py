@@ -686,7 +686,7 @@ def render(spec):
         rows.append(_row("pattern", pattern))
         rows.append(_row("closed", [c.ljust(COLUMN) for c in closed]))
     for rule, intervals in enumerate(model.herald_pin(result.heralds, settings.herald_width,
-                                                      spec.get("latency", 3),
+                                                      spec.get("latency", 4),
                                                       rules=len(settings.herald_masks))):
         fires = result.heralds["time"][result.heralds["rule"] == rule]
         rows.append(_event_row(f"fire {rule}", fires, bins))
