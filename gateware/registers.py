@@ -10,28 +10,29 @@ The wire format of commands and the register map are in ``docs/protocol.md`` and
   answers each command with one REPLY on the side stream to the encoder.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .. import __version__
 from ..protocol import (
-    COARSE_BITS, COMMAND_BYTES, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS,
+    COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COUNTER_BASE,
+    COUNTER_BITS, REGISTER_ADDRESS_BITS, command_check_step,
     WIRE_BITS_PER_BYTE, WIRE_SEQ_BITS, Command, RegisterMap, WireKind, config_layout,
 )
 from .encoder import SIDE_LAYOUT
 
 __all__ = ["COMMAND_LAYOUT", "CAPABILITIES", "version_word", "CommandParser", "RegisterFile"]
 
-#: Bits of the first byte of a command frame that hold the operation (the byte without WIRE_START).
-_OP_BITS = WIRE_BITS_PER_BYTE
+#: Bits of the first byte of a command frame that hold the operation; the check field sits above.
+_OP_BITS = Shape.cast(Command).width
 #: Payload bits of a frame after its first byte: seq, address, value.
 _FRAME_PAYLOAD_BITS = (COMMAND_BYTES - 1) * WIRE_BITS_PER_BYTE
 #: Width of a register value on the link (what is left of the frame after seq and address).
 VALUE_BITS = _FRAME_PAYLOAD_BITS - WIRE_SEQ_BITS - REGISTER_ADDRESS_BITS
 
-#: One parsed command frame. ``op`` is the first byte's 7 payload bits: a ``Command`` value, or
-#: an unknown operation (answered with ``ok = 0``).
+#: One parsed command frame (its check verified). ``op`` is a ``Command`` value, or an unknown
+#: operation (answered with ``ok = 0``).
 COMMAND_LAYOUT = data.StructLayout({
     "op":      unsigned(_OP_BITS),
     "seq":     unsigned(WIRE_SEQ_BITS),
@@ -64,11 +65,13 @@ def version_word(version=__version__):
 class CommandParser(wiring.Component):
     """Host bytes -> command frames (``docs/protocol.md``, "Commands").
 
-    A frame is ``COMMAND_BYTES`` bytes: ``WIRE_START | op``, then bytes with bit 7 clear holding
-    7 bits each, least significant first: ``seq``, ``address``, ``value``. A byte with bit 7 set
-    always starts a new frame; the bytes of a frame cut short by it (a *torn* frame) are dropped,
-    and so is a run of bytes with bit 7 clear that follows no start byte. Each such loss pulses
-    ``bad_frame`` once (the register file counts them in ``control.bad_frames``).
+    A frame is ``COMMAND_BYTES`` bytes: ``WIRE_START | check << 2 | op``, then bytes with bit 7
+    clear holding 7 bits each, least significant first: ``seq``, ``address``, ``value``. A byte
+    with bit 7 set always starts a new frame; the bytes of a frame cut short by it (a *torn*
+    frame) are dropped, and so is a run of bytes with bit 7 clear that follows no start byte, and
+    a complete frame whose ``check`` is not the CRC-5 of its op and payload
+    (``protocol.command_check_step``, computed 7 bits per byte as the bytes arrive). Each such
+    loss pulses ``bad_frame`` once (the register file counts them in ``control.bad_frames``).
 
     Members
     -------
@@ -79,7 +82,8 @@ class CommandParser(wiring.Component):
         Complete frames, valid from the cycle after their last byte's handshake.
     bad_frame : Out(1)
         One-cycle pulse, in the cycle after the handshake of the byte that reveals a lost frame
-        (the start byte that tears it, or the first stray byte).
+        (the start byte that tears it, the first stray byte, or the last byte of a frame whose
+        check does not match).
     """
 
     i: In(stream.Signature(8))
@@ -93,12 +97,26 @@ class CommandParser(wiring.Component):
         received = Signal(range(COMMAND_BYTES))
         stray = Signal()
         op = Signal(_OP_BITS)
+        check = Signal(COMMAND_CHECK_BITS)
+        # The check of the bits received so far (op first, then 7 payload bits per byte).
+        crc = Signal(COMMAND_CHECK_BITS)
         # Payload bytes shift in from the top, so after the last one the first is at bit 0.
         payload = Signal(_FRAME_PAYLOAD_BITS)
 
         byte = self.i.payload
         start = byte[7]
         completes = ~start & (received == COMMAND_BYTES - 1)
+
+        def crc_over(state, bits):
+            state = list(state)
+            for bit in bits:
+                state = command_check_step(state, bit)
+            return Cat(*state)
+
+        init = [(COMMAND_CHECK_INIT >> i) & 1 for i in range(COMMAND_CHECK_BITS)]
+        crc_after_op = crc_over(init, [byte[i] for i in range(_OP_BITS)])
+        crc_after_byte = crc_over([crc[i] for i in range(COMMAND_CHECK_BITS)],
+                                  [byte[i] for i in range(WIRE_BITS_PER_BYTE)])
         m.d.comb += self.i.ready.eq(~completes | ~self.o.valid | self.o.ready)
 
         with m.If(self.o.valid & self.o.ready):
@@ -109,6 +127,8 @@ class CommandParser(wiring.Component):
             with m.If(start):
                 m.d.sync += [
                     op.eq(byte[:_OP_BITS]),
+                    check.eq(byte[_OP_BITS:WIRE_BITS_PER_BYTE]),
+                    crc.eq(crc_after_op),
                     received.eq(1),
                     stray.eq(0),
                     self.bad_frame.eq(received != 0),
@@ -117,13 +137,16 @@ class CommandParser(wiring.Component):
                 m.d.sync += [stray.eq(1), self.bad_frame.eq(~stray)]
             with m.Else():
                 shifted = Cat(payload[WIRE_BITS_PER_BYTE:], byte[:WIRE_BITS_PER_BYTE])
-                m.d.sync += payload.eq(shifted)
+                m.d.sync += [payload.eq(shifted), crc.eq(crc_after_byte)]
                 with m.If(completes):
-                    m.d.sync += [
-                        received.eq(0),
-                        self.o.valid.eq(1),
-                        self.o.payload.eq(Cat(op, shifted)),
-                    ]
+                    m.d.sync += received.eq(0)
+                    with m.If(crc_after_byte == check):
+                        m.d.sync += [
+                            self.o.valid.eq(1),
+                            self.o.payload.eq(Cat(op, shifted)),
+                        ]
+                    with m.Else():
+                        m.d.sync += self.bad_frame.eq(1)
                 with m.Else():
                     m.d.sync += received.eq(received + 1)
         return m
@@ -162,12 +185,12 @@ class RegisterFile(wiring.Component):
     dropped: the side stream is only ever back-pressured.
 
     Timing (``side.ready`` high, nothing else in progress): a command taken in cycle ``c`` is
-    executed in cycle ``c + 1`` (a write shows on ``config``, ``run``, ... and ``clear`` pulses in
-    cycle ``c + 2``), its reply is formed in cycle ``c + 2`` (``control.now`` reads ``now`` of
-    that cycle) and valid on ``side`` from cycle ``c + 3``. After a write of
-    ``control.status_period`` = P taken in cycle ``c``, the k-th snapshot (k = 1, 2, ...) is
-    requested so that its first record is valid in cycle ``c + k P + 5`` (P >= 2); the records of a
-    snapshot follow one every 4 cycles.
+    decoded in cycle ``c + 1`` (address decode registered) and executed in cycle ``c + 2`` (a
+    write shows on ``config``, ``run``, ... and ``clear`` pulses in cycle ``c + 3``), its reply
+    is formed in cycle ``c + 3`` (``control.now`` reads ``now`` of that cycle) and valid on
+    ``side`` from cycle ``c + 4``. After a write of ``control.status_period`` = P taken in cycle
+    ``c``, the k-th snapshot (k = 1, 2, ...) is requested so that its first record is valid in
+    cycle ``c + k P + 6`` (P >= 2); the records of a snapshot follow one every 4 cycles.
 
     Parameters
     ----------
@@ -261,26 +284,27 @@ class RegisterFile(wiring.Component):
         with m.If(self.bad_frame):
             m.d.sync += bad_frames.eq(bad_frames + 1)
 
-        # Address decode of the latched command (combinational; used in EXEC and READ).
-        known = Signal()
-        writable = Signal()
-        is_counter = Signal()
-        counter_index = Signal(range(n_counters))
-        m.d.comb += [
-            is_counter.eq((cmd.address >= COUNTER_BASE)
-                          & (cmd.address < COUNTER_BASE + n_counters)),
-            counter_index.eq(cmd.address - COUNTER_BASE),
-        ]
+        # Address decode of the latched command, registered in the DECODE state (so that the
+        # write enables of EXEC and the reply of READ start from registers).
+        dec_known = Signal()
+        dec_writable = Signal()
+        dec_is_counter = Signal()
+        m.d.comb += dec_is_counter.eq((cmd.address >= COUNTER_BASE)
+                                      & (cmd.address < COUNTER_BASE + n_counters))
         with m.Switch(cmd.address):
             for reg in rmap:
                 if reg.address >= COUNTER_BASE:
                     continue
                 with m.Case(reg.address):
-                    m.d.comb += [known.eq(1), writable.eq(reg.access != "ro")]
+                    m.d.comb += [dec_known.eq(1), dec_writable.eq(reg.access != "ro")]
             with m.Default():
-                m.d.comb += known.eq(is_counter)
-        is_read = cmd.op == Command.READ.value
-        is_write = cmd.op == Command.WRITE.value
+                m.d.comb += dec_known.eq(dec_is_counter)
+        known = Signal()
+        writable = Signal()
+        is_counter = Signal()
+        is_read = Signal()
+        is_write = Signal()
+        counter_index = Signal(range(n_counters))
         allowed = known & (is_read | (is_write & writable))
 
         # Register values as read (after any write of the previous cycle).
@@ -344,12 +368,22 @@ class RegisterFile(wiring.Component):
                 with m.If(self.command.valid & (command_turn | ~snapshot_due)):
                     m.d.comb += self.command.ready.eq(1)
                     m.d.sync += [cmd.eq(self.command.payload), command_turn.eq(0)]
-                    m.next = "EXEC"
+                    m.next = "DECODE"
                 with m.Elif(snapshot_due):
                     with m.If(~snapshot):
                         m.d.sync += [snapshot.eq(1), snap_index.eq(0), requested.eq(0)]
                     m.d.sync += command_turn.eq(1)
                     m.next = "SNAP_ADDR"
+            with m.State("DECODE"):
+                m.d.sync += [
+                    known.eq(dec_known),
+                    writable.eq(dec_writable),
+                    is_counter.eq(dec_is_counter),
+                    is_read.eq(cmd.op == Command.READ.value),
+                    is_write.eq(cmd.op == Command.WRITE.value),
+                    counter_index.eq(cmd.address - COUNTER_BASE),
+                ]
+                m.next = "EXEC"
             with m.State("EXEC"):
                 m.d.comb += [
                     write.eq(is_write & known & writable),

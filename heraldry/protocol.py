@@ -335,9 +335,12 @@ def wire_channel_bits(channels):
 
 # -- Commands (host -> device byte stream) ---------------------------------------------------
 #
-# Fixed 8-byte frames: ``0x80 | op`` then 7 bytes of 7 bits (bit 7 clear) holding, from the least
-# significant bit, ``seq`` (WIRE_SEQ_BITS), ``address`` (REGISTER_ADDRESS_BITS), ``value`` (32).
-# A byte with bit 7 set always starts a new frame, so a torn frame is discarded, never misread.
+# Fixed 8-byte frames: ``0x80 | check << 2 | op`` then 7 bytes of 7 bits (bit 7 clear) holding,
+# from the least significant bit, ``seq`` (WIRE_SEQ_BITS), ``address`` (REGISTER_ADDRESS_BITS),
+# ``value`` (32). A byte with bit 7 set always starts a new frame, so a torn frame is discarded,
+# never misread; ``check`` (a CRC-5 of op and payload) makes the device drop a frame whose bits
+# were damaged on the link, so a flipped bit can never turn a READ into a WRITE or write another
+# register (the host then times out and sends the frame again).
 
 COMMAND_BYTES = 8
 
@@ -347,6 +350,27 @@ class Command(enum.Enum, shape=2):
     WRITE = 1   #: write, then reply with the value read back
 
 
+#: Width of the command frame's check field (the first byte's bits 2..6).
+COMMAND_CHECK_BITS = 5
+#: CRC-5 polynomial x^5 + x^2 + 1 (bit i: coefficient of x^i, x^5 implied) and initial value.
+COMMAND_CHECK_POLY = 0b00101
+COMMAND_CHECK_INIT = 0b11111
+
+
+def command_check_step(crc, bit):
+    """One step of the command check (CRC-5, MSB-first shift register): ``crc`` is a list of
+    ``COMMAND_CHECK_BITS`` bits (index 0 least significant), ``bit`` the next message bit. Works
+    on Python ints (0/1) and on 1-bit Amaranth values alike, so the host's encoder and the
+    gateware's parser share this one definition. The message is op (its bits, least significant
+    first), then the frame payload's 49 bits, least significant first."""
+    feedback = crc[-1] ^ bit
+    out = []
+    for i in range(COMMAND_CHECK_BITS):
+        shifted = crc[i - 1] if i else 0
+        out.append(shifted ^ feedback if (COMMAND_CHECK_POLY >> i) & 1 else shifted)
+    return out
+
+
 # -- Registers -------------------------------------------------------------------------------
 #
 # Every register is 32 bits wide on the link. The map is derived here, once, from the layouts
@@ -354,7 +378,7 @@ class Command(enum.Enum, shape=2):
 # and docs/registers.md is generated from it.
 
 MAGIC = 0x484C5244              #: "HRLD" read from register IDENT_MAGIC
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2             #: 2: command frames carry a CRC-5 check
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .protocol import (  # noqa: F401 (re-exported: wire constants live in proto
     CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, DEFAULT_ANCHOR_INTERVAL, FIXED_LENGTH_KINDS,
     REGISTER_VALUE_BITS,
     CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
+    COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, command_check_step,
     REGISTER_ADDRESS_BITS, RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_KIND_SHIFT,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
     Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
@@ -35,11 +36,13 @@ __all__ = [
     "DEFAULT_ANCHOR_INTERVAL", "FIXED_LENGTH_KINDS", "WireFormat", "crc16", "zigzag", "unzigzag",
     "split_records",
     "encode_records", "encode_stream", "decode_bytes", "encode_command", "decode_command",
+    "command_check",
 ]
 
 _CAUSE_BITS = Shape.cast(LossCause).width
 _OP_BITS = Shape.cast(Command).width
 _CONTINUATION = (1 << WIRE_BITS_PER_BYTE) - 1
+_COMMAND_PAYLOAD_BITS = (COMMAND_BYTES - 1) * WIRE_BITS_PER_BYTE
 
 
 
@@ -469,33 +472,51 @@ def encode_command(op, address, value, seq):
             raise ValueError(f"command field {field} does not fit {width} bits")
         payload |= field << shift
         shift += width
-    out = [WIRE_START | op.value]
+    if payload >> _COMMAND_PAYLOAD_BITS:
+        raise ValueError("command fields do not fit the frame")
+    out = [WIRE_START | command_check(op.value, payload) << _OP_BITS | op.value]
     for _ in range(COMMAND_BYTES - 1):
         out.append(payload & _CONTINUATION)
         payload >>= WIRE_BITS_PER_BYTE
-    if payload:
-        raise ValueError("command fields do not fit the frame")
     return bytes(out)
+
+
+def command_check(op, payload):
+    """The check field of a command frame with operation value ``op`` and the 49-bit
+    ``payload`` (seq, address, value): ``protocol.command_check_step`` over op's bits and then
+    the payload's, least significant first."""
+    crc = [(COMMAND_CHECK_INIT >> i) & 1 for i in range(COMMAND_CHECK_BITS)]
+    for i in range(_OP_BITS):
+        crc = command_check_step(crc, (op >> i) & 1)
+    for i in range(_COMMAND_PAYLOAD_BITS):
+        crc = command_check_step(crc, (payload >> i) & 1)
+    return sum(bit << i for i, bit in enumerate(crc))
 
 
 def decode_command(frame):
     """``{"op": Command, "seq", "address", "value"}`` of one frame; ``ValueError`` if malformed
-    (wrong length, first byte not ``WIRE_START | op`` with a defined op, bit 7 set later)."""
+    (wrong length, bit 7 clear in the first byte or set later, a check that does not match, an
+    undefined op)."""
     frame = bytes(frame)
     if len(frame) != COMMAND_BYTES:
         raise ValueError(f"a command frame is {COMMAND_BYTES} bytes, not {len(frame)}")
     first = frame[0]
-    if first & ~(WIRE_START | ((1 << _OP_BITS) - 1)) or not first & WIRE_START:
+    if not first & WIRE_START:
         raise ValueError(f"bad first byte {first:#04x}")
-    try:
-        op = Command(first & ((1 << _OP_BITS) - 1))
-    except ValueError:
-        raise ValueError(f"undefined command {first & ((1 << _OP_BITS) - 1)}") from None
+    op_value = first & ((1 << _OP_BITS) - 1)
+    check = (first & ~WIRE_START) >> _OP_BITS
     payload = 0
     for i, byte in enumerate(frame[1:]):
         if byte & WIRE_START:
             raise ValueError("bit 7 set in a command's continuation byte")
         payload |= byte << (WIRE_BITS_PER_BYTE * i)
+    if check != command_check(op_value, payload):
+        raise ValueError(f"command check {check:#04x} does not match the frame "
+                         f"(expected {command_check(op_value, payload):#04x})")
+    try:
+        op = Command(op_value)
+    except ValueError:
+        raise ValueError(f"undefined command {op_value}") from None
     seq = payload & ((1 << WIRE_SEQ_BITS) - 1)
     payload >>= WIRE_SEQ_BITS
     address = payload & ((1 << REGISTER_ADDRESS_BITS) - 1)

@@ -12,8 +12,8 @@ from heraldry.protocol import (
     COMMAND_BYTES, Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
 )
 from heraldry.wire import (
-    WireFormat, decode_bytes, decode_command, encode_command, encode_records, encode_stream,
-    crc16, split_records, unzigzag, zigzag,
+    WireFormat, command_check, decode_bytes, decode_command, encode_command, encode_records,
+    encode_stream, crc16, split_records, unzigzag, zigzag,
 )
 
 SIDE = ("status", "reply")
@@ -162,9 +162,11 @@ def test_tag_widths_follow_channel_bits():
 
 
 def test_command_bytes_by_hand():
-    # WRITE, seq 17, address 0x14, value 2**31: payload 17 | 0x14 << 5 | 2**31 << 17.
+    # WRITE, seq 17, address 0x14, value 2**31: payload 17 | 0x14 << 5 | 2**31 << 17; check
+    # 0b11110 (CRC-5 x^5+x^2+1, init 0b11111, over op's 2 bits then the 49 payload bits, least
+    # significant first: worked by hand with the shift register of docs/protocol.md).
     frame = encode_command(Command.WRITE, 0x14, 2 ** 31, 17)
-    assert frame == bytes([0x81, 0x11, 0x05, 0, 0, 0, 0, 0x40])
+    assert frame == bytes([0x80 | 0b11110 << 2 | 1, 0x11, 0x05, 0, 0, 0, 0, 0x40])
     assert decode_command(frame) == {"op": Command.WRITE, "seq": 17, "address": 0x14,
                                      "value": 2 ** 31}
 
@@ -177,12 +179,17 @@ def test_commands_round_trip_and_reject_malformed_frames():
                                int(rng.integers(2 ** 32)))
         frame = encode_command(op, address, value, seq)
         assert len(frame) == COMMAND_BYTES
-        assert frame[0] == 0x80 | op.value and all(b < 0x80 for b in frame[1:])
+        assert frame[0] & 0x83 == 0x80 | op.value and all(b < 0x80 for b in frame[1:])
         assert decode_command(frame) == {"op": op, "seq": seq, "address": address,
                                          "value": value}
     good = encode_command(Command.READ, 5, 0, 1)
-    for bad in (good[:-1], good + b"\x00", bytes([0x82]) + good[1:], bytes([0x84]) + good[1:],
-                good[:3] + bytes([0x80]) + good[4:], bytes([0x00]) + good[1:]):
+    flipped = [bytes([good[0] ^ 1 << bit]) + good[1:] for bit in range(7)]
+    flipped += [good[:k] + bytes([good[k] ^ 1 << bit]) + good[k + 1:]
+                for k in range(1, COMMAND_BYTES) for bit in range(7)]
+    payload = 1 | 5 << 5
+    undefined_op = bytes([0x80 | command_check(2, payload) << 2 | 2]) + good[1:]
+    for bad in (undefined_op, good[:-1], good + b"\x00", good[:3] + bytes([0x80]) + good[4:],
+                bytes([good[0] & 0x7F]) + good[1:], *flipped):
         with pytest.raises(ValueError):
             decode_command(bad)
     with pytest.raises(ValueError):

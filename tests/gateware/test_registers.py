@@ -23,11 +23,25 @@ BIN_FS = 10_000_000
 FINE_BITS = 0
 
 
+def spec_crc5(bits):
+    """CRC-5 as docs/protocol.md spells it: x^5 + x^2 + 1, initial 0b11111, MSB-first shift
+    register, no final XOR."""
+    crc = 0b11111
+    for bit in bits:
+        feedback = (crc >> 4 & 1) ^ bit
+        crc = (crc << 1) & 0b11111
+        if feedback:
+            crc ^= 0b00101
+    return crc
+
+
 def frame_bytes(op, seq, address, value):
-    """A command frame as docs/protocol.md spells it: 0x80 | op, then 7 bytes of 7 bits holding
-    seq (5 bits), address (12), value (32), least significant first."""
+    """A command frame as docs/protocol.md spells it: 0x80 | check << 2 | op, then 7 bytes of 7
+    bits holding seq (5 bits), address (12), value (32), least significant first; check is the
+    CRC-5 of op's 2 bits and then the 49 payload bits, least significant first."""
     payload = seq | address << 5 | value << 17
-    return bytes([0x80 | op] + [payload >> (7 * k) & 0x7F for k in range(7)])
+    check = spec_crc5([op >> i & 1 for i in range(2)] + [payload >> i & 1 for i in range(49)])
+    return bytes([0x80 | check << 2 | op] + [payload >> (7 * k) & 0x7F for k in range(7)])
 
 
 def expected_version():
@@ -87,7 +101,7 @@ def run_parser(data, *, seed, ready_p=1.0, gap_p=0.0, max_cycles=None):
 def test_parser_boundary_frames():
     """Extreme field values, and frames back to back with no gap."""
     cases = [(READ, 0, 0, 0), (WRITE, 2 ** WIRE_SEQ_BITS - 1, 2 ** REGISTER_ADDRESS_BITS - 1,
-                                2 ** 32 - 1), (WRITE, 0b10101, 0x555, 0xA5A5A5A5), (0x7F, 1, 2, 3)]
+                                2 ** 32 - 1), (WRITE, 0b10101, 0x555, 0xA5A5A5A5), (3, 1, 2, 3)]
     data = b"".join(frame_bytes(*c) for c in cases)
     # The bench's reading of the spec agrees with the reference codec's.
     for op, seq, address, value in cases[:3]:
@@ -95,6 +109,42 @@ def test_parser_boundary_frames():
     frames, bad = run_parser(data, seed=1)
     assert frames == cases
     assert bad == 0
+
+
+def test_parser_drops_frames_with_a_damaged_check():
+    """Every single flipped payload bit of a frame (in any of its 8 bytes, bit 7 excluded: that
+    tears the frame instead) makes the parser drop it and count it once; the good frames around
+    the damaged ones come out unchanged. Then random multi-bit damage: a damaged frame comes out
+    only if its check happens to match (the spec's CRC says which)."""
+    rng = random.Random(11)
+    good_frame = (WRITE, 9, 0x104, 0xDEADBEEF)
+    template = frame_bytes(*good_frame)
+    data, good, lost = bytearray(), [], 0
+    for index in range(COMMAND_BYTES):
+        for bit in range(7):
+            damaged = bytearray(template)
+            damaged[index] ^= 1 << bit
+            data += damaged
+            lost += 1
+            cmd = (rng.choice([READ, WRITE]), rng.randrange(2 ** WIRE_SEQ_BITS),
+                   rng.randrange(2 ** REGISTER_ADDRESS_BITS), rng.randrange(2 ** 32))
+            data += frame_bytes(*cmd)
+            good.append(cmd)
+    for _ in range(40):
+        damaged = bytearray(template)
+        for _ in range(rng.randint(2, 6)):
+            damaged[rng.randrange(COMMAND_BYTES)] ^= 1 << rng.randrange(7)
+        op = damaged[0] & 3
+        payload = sum((damaged[1 + k] & 0x7F) << (7 * k) for k in range(7))
+        check = spec_crc5([op >> i & 1 for i in range(2)] + [payload >> i & 1 for i in range(49)])
+        data += damaged
+        if check == damaged[0] >> 2 & 0x1F:
+            good.append((op, payload & 31, payload >> 5 & 0xFFF, payload >> 17))
+        else:
+            lost += 1
+    frames, bad = run_parser(bytes(data), seed=12, ready_p=0.5, gap_p=0.2)
+    assert frames == good
+    assert bad == lost
 
 
 def test_parser_torn_and_stray_bytes_random():
@@ -316,9 +366,9 @@ def test_every_register_reads_its_reset_value(channels, rules):
                 await ctx.tick()
             replied, ok, rseq, address, value = b.replies[-1]
             assert (ok, rseq, address) == (1, seq, reg.address), reg.name
-            assert replied == taken + 3                  # side stream always ready
+            assert replied == taken + 4                  # side stream always ready
             if reg.name == "control.now":
-                assert value == taken + 2                # `now` in the cycle the reply is formed
+                assert value == taken + 3                # `now` in the cycle the reply is formed
             seen[reg.name] = value
         for address in unknown_addresses(b.map):
             assert await b.read(ctx, address) == (0, 0), hex(address)
@@ -408,7 +458,7 @@ def test_write_and_read_back_every_writable_register(channels, rules, seed):
 
 
 def test_clear_strobe():
-    """Writing control.clear with bit 0 set pulses clear for one cycle, 2 cycles after the
+    """Writing control.clear with bit 0 set pulses clear for one cycle, 3 cycles after the
     command is taken; bit 0 clear: no pulse. The register reads 0."""
     bench = Bench()
     taken = []
@@ -426,8 +476,8 @@ def test_clear_strobe():
         assert await b.read(ctx, address) == (1, 0)
 
     bench.run(body)
-    assert bench.clear_cycles == [c + 2 for c, v in taken if v & 1]
-    assert [r[0] for r in bench.replies[:4]] == [c + 3 for c, _ in taken]
+    assert bench.clear_cycles == [c + 3 for c, v in taken if v & 1]
+    assert [r[0] for r in bench.replies[:4]] == [c + 4 for c, _ in taken]
 
 
 def test_bad_frames_counter():
@@ -500,7 +550,7 @@ def test_status_snapshot_cadence_and_content(period):
         assert set(b - a for a, b in zip(starts, starts[1:])) == {period}
         # RegisterFile's documented timing: the k-th snapshot's first record is valid in cycle
         # c + k P + 5 after the write taken in cycle c.
-        assert starts[0] == marks["written"] + period + 5
+        assert starts[0] == marks["written"] + period + 6
         # About 1000 cycles ran before period = 0 (a request due just then is withdrawn).
         assert 1000 // period - 1 <= len(starts) <= 1000 // period + 1
 
