@@ -172,8 +172,7 @@ def check_board_args(args):
     if args.channels is not None and not 1 <= args.channels <= 8:
         raise ConfigError(f"--channels must be 1..8, not {args.channels}")
     if not 0 < args.duration < math.inf:
-        raise ConfigError(f"--duration must be a positive number of seconds, not "
-                          f"{args.duration:g}")
+        raise ConfigError(f"--duration must be positive and finite, not {args.duration:g}")
     if getattr(args, "baud", 1) <= 0:
         raise ConfigError(f"--baud must be positive, not {args.baud}")
 

@@ -117,11 +117,13 @@ class Acquisition:
 
     def validate(self):
         n = self.channels
-        for name in ("bin_ps", "clock_hz"):
+        for name in ("bin_ps", "clock_hz"):         # a bin and a cycle: 1 fs .. 1 s
             value = getattr(self, name)
+            limit = 1e12 if name == "bin_ps" else 1e15
             if (isinstance(value, bool) or not isinstance(value, Real)
-                    or not 0 < value < math.inf):
-                raise ConfigError(f"{name} must be a positive number, not {value!r}")
+                    or not 0 < value <= limit):
+                raise ConfigError(f"{name} must be a positive number up to {limit:g}, not "
+                                  f"{value!r}")
         def integer(value):
             return isinstance(value, Integral) and not isinstance(value, bool)
         for name in ("fine_bits", "window_bins", "herald_width", "coincidence_record_mask",

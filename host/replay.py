@@ -215,6 +215,9 @@ class ReplaySource:
                 if (acq.channels != n or acq.rules < len(rules)
                         or record_mask != acq.coincidence_record_mask):
                     raise PTUError("Heraldry_Config and Heraldry_ChannelMap disagree")
+                if abs(acq.bin_ps - resolution_ps) > 1e-6 * resolution_ps:
+                    raise PTUError(f"Heraldry_Config's bin ({acq.bin_ps} ps) is not the file's "
+                                   f"MeasDesc_GlobalResolution ({resolution_ps:g} ps)")
                 return acq, (kind, index, pattern)
             # Written without an acquisition: the map still says channels, rules, patterns.
             try:

@@ -68,8 +68,11 @@ DEFAULT_CONTROL_PORT = 5561
 DEFAULT_METRICS_PORT = 9560
 
 #: Herald latency of the gateware, in rising clock edges from the detector edge to the herald
-#: pin (docs/architecture.md, "Coincidence unit and herald generator"; measured in cocotb).
-HERALD_LATENCY_EDGES = 4
+#: pin (docs/architecture.md, "Coincidence unit and herald generator"; measured in cocotb): the
+#: edge that samples the pin, the PHY's second synchroniser flop (``GenericPHY.latency``), the
+#: core's registers up to the coincidence unit (``TaggerCore.PIPELINE``) and the herald
+#: register. tests/test_serve.py checks the sum against those constants.
+HERALD_LATENCY_EDGES = 5
 
 #: Causes of dropped events, the ``cause`` label of ``heraldry_events_dropped_total``: the four
 #: in-band loss causes (hardware counters), the host's decoded-block queue, and events messages

@@ -156,6 +156,16 @@ def test_bad_option_refused(args, fragment, tmp_path, monkeypatch, capsys, no_bo
     assert not list(tmp_path.glob("*.ptu"))         # no output file was begun
 
 
+def test_tripwires_fire(no_board):
+    """The tripwires are live: good options do reach them (so the refusals above are real)."""
+    with pytest.raises(Touched):
+        cli.main(["acquire", "--duration", "1e-5", "--quiet"])
+    with pytest.raises(Touched):
+        cli.main(["acquire", "--board", "sim-inprocess", "--duration", "1e-5", "--quiet"])
+    with pytest.raises(Touched):
+        cli.main(["acquire", "--board", "/dev/null", "--duration", "1e-5", "--quiet"])
+
+
 # -- what only the device can say -------------------------------------------------------------
 
 def _run(port, *args, timeout=120):

@@ -259,14 +259,14 @@ def test_counters_that_wrap_during_a_run_on_the_virtual_board():
                       dark_rate_hz=1e4, seed=4)
     with Twin() as twin, PresetBoard(SerialTransport(twin.port, twin.baud), timeout=3.0) as dev:
         dev.identify()
-        # Read the counters at every poll (the default is every 2**30 cycles).
-        result = acquire_device(dev, acq, 0.003, counter_read_cycles=1, poll=0.005)
+        # Read the counters every 10**5 cycles (the default is every 2**30 cycles).
+        result = acquire_device(dev, acq, 0.01, counter_read_cycles=100_000, poll=0.005)
     summary = summarise(result)
     drops = {k: summary[k] for k in ("merger_dropped", "delay_dropped", "herald_dropped",
                                      "coincidence_dropped", "host_dropped")}
     assert all(summary["checks"].values()) and summary["dropped"] == 0, (summary["checks"], drops)
     assert "singles_recomputed_from_tags" in summary["checks"]
-    assert summary["tags_per_channel"] == summary["singles"] and summary["singles"][0] > 100
+    assert summary["tags_per_channel"] == summary["singles"] and summary["singles"][0] > 300
     # The raw reads did wrap mid-run (a later read below an earlier one) on the busy counters,
     # with reads in between: the baseline, at least two during the run, the final one.
     assert len(reads) >= 4
@@ -286,7 +286,8 @@ SOAK_CYCLES = 10 ** 9
 @pytest.mark.soak
 def test_soak_a_billion_cycles_every_event_accounted(tmp_path):
     """``heraldry acquire --board sim`` for 10**9 cycles (10 s of device time; about 7 minutes of
-    wall time at the virtual board's 2.4 M cycles/s) with the pairs test signal, two herald
+    wall time at the virtual board's 2.4 M cycles/s on an idle core, 16 minutes measured on a
+    machine loaded by other jobs) with the pairs test signal, two herald
     rules and a recorded coincidence pattern: nothing dropped, every byte verified, per channel
     the streamed tags equal the singles counters, and the reference model recomputes every
     singles, pattern and herald counter from the 10 s of streamed tags exactly. The counters

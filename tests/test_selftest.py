@@ -96,14 +96,18 @@ def test_port_of_a_served_board():
 
 
 def test_a_counter_that_disagrees_fails(monkeypatch, capsys):
-    """A board whose singles counter of channel 1 reads one too many (a lying board, made by
-    wrapping the driver's counter read): the channel check and the model check FAIL, exit 1."""
+    """A board whose singles counter of channel 1 counts one event too many (a lying board, made
+    by wrapping the driver's counter read: every read after the one right after the clear is one
+    too high): the channel check and the model check FAIL, exit 1."""
     from heraldry.host.driver import Device
     real = Device.counters
+    reads = []
 
     def lying(self):
         counters = real(self)
-        counters["singles"][1] += 1
+        if reads:
+            counters["singles"][1] += 1
+        reads.append(1)
         return counters
     monkeypatch.setattr(Device, "counters", lying)
     status = cli.main(["selftest", "--board", "sim", "--duration", "0.002", "--quiet"])

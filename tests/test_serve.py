@@ -455,6 +455,14 @@ def test_loopback_and_token(host, loopback):
             check_bind(host, None)
 
 
+def test_herald_latency_follows_the_gateware():
+    """The latency /metrics exports is the gateware's: sampling edge + PHY latency + the core's
+    pipeline registers + the herald register (the cocotb test measures the same count)."""
+    from heraldry.gateware.core import TaggerCore
+    from heraldry.gateware.phy import GenericPHY
+    assert HERALD_LATENCY_EDGES == 1 + GenericPHY.latency + TaggerCore.PIPELINE + 1
+
+
 def test_sequence_tracker():
     t = SequenceTracker()
     for seq in (5, 6, 9, 10, 14):
