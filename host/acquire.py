@@ -238,7 +238,11 @@ def summarise(result, *, board="sim"):
     Link figures (``port``, ``link_bytes``, ``bytes_per_event``: link bytes per streamed record,
     everything on the link included) are ``None`` for the in-process path. ``decode_errors``,
     ``skipped_bytes`` and ``unverified`` are the stream decoder's counts; ``host_dropped`` the tags
-    the host decoded but could not queue (counted, and part of ``dropped``).
+    the host decoded but could not queue (counted, and part of ``dropped``). ``stream_verified``
+    (``None`` in-process) says whether every byte was verified; when it is not, damaged segments
+    were not delivered and ``link_lost_per_channel`` (singles - tags - merger drops - host drops,
+    per channel) is part of ``dropped_per_channel`` and ``dropped``, and the checks are the ones
+    a damaged stream can still prove (nothing invented).
     """
     from ..model import TAG_DTYPE, counts_from_tags
     acq = result.acquisition
@@ -256,23 +260,41 @@ def summarise(result, *, board="sim"):
     delay_lost = [result.lost.get((LossCause.DELAY_FULL, ch), 0) for ch in range(n)]
     host_dropped = list(result.host_dropped_tags or [0] * n)
     tags_per_channel = np.bincount(tags["channel"], minlength=n)[:n].tolist()
-    dropped_per_channel = [m + d + h for m, d, h in zip(c["merger_dropped"], c["delay_dropped"],
-                                                        host_dropped)]
+    # Every byte of the stream decoded and verified by its segment's CHECK (None in-process).
+    stream_verified = (None if not result.link else
+                       link["decode_errors"] == 0 and link["unverified"] == 0
+                       and not link.get("skipped_bytes"))
+    if stream_verified is False:
+        # Damaged segments are not delivered (their times cannot be trusted): their tags, and
+        # their LOSS records, never reached the host. The hardware counters did see them, so
+        # the tags lost on the link are what the counters have and the stream does not.
+        link_lost = [s - t - m - h for s, t, m, h in zip(c["singles"], tags_per_channel,
+                                                         c["merger_dropped"], host_dropped)]
+    else:
+        link_lost = [0] * n
+    dropped_per_channel = [m + d + h + k for m, d, h, k in zip(
+        c["merger_dropped"], c["delay_dropped"], host_dropped, link_lost)]
     dropped = (sum(dropped_per_channel) + sum(c["herald_dropped"]) + sum(c["coincidence_dropped"])
                + link.get("host_dropped_events", 0) - sum(host_dropped))
     patterns = {str(p): c["patterns"][p - 1] for p in range(1, 2 ** n)}
-    checks = {
-        # streamed tags + tags reported lost in-band (+ tags the host dropped) == hardware
-        # singles, per channel
-        "tags_plus_lost_equal_singles":
-            [t + m + h for t, m, h in zip(tags_per_channel, merger_lost, host_dropped)]
-            == c["singles"],
-        "loss_records_equal_drop_counters":
-            merger_lost == c["merger_dropped"] and delay_lost == c["delay_dropped"],
-    }
-    if result.link:
-        # Every byte of the stream decoded and verified by its segment's CHECK.
-        checks["stream_verified"] = link["decode_errors"] == 0 and link["unverified"] == 0
+    if stream_verified is False:
+        checks = {
+            # What a damaged stream still proves: it invented nothing.
+            "link_loss_not_negative": min(link_lost) >= 0,
+            "loss_records_within_drop_counters":
+                all(x <= y for x, y in zip(merger_lost + delay_lost,
+                                           c["merger_dropped"] + c["delay_dropped"])),
+        }
+    else:
+        checks = {
+            # streamed tags + tags reported lost in-band (+ tags the host dropped) == hardware
+            # singles, per channel
+            "tags_plus_lost_equal_singles":
+                [t + m + h for t, m, h in zip(tags_per_channel, merger_lost, host_dropped)]
+                == c["singles"],
+            "loss_records_equal_drop_counters":
+                merger_lost == c["merger_dropped"] and delay_lost == c["delay_dropped"],
+        }
     if dropped == 0:
         checks["singles_recomputed_from_tags"] = recomputed.singles.tolist() == c["singles"]
         checks["patterns_recomputed_from_tags"] = (
@@ -310,6 +332,8 @@ def summarise(result, *, board="sim"):
         # Loss records as streamed, by cause and index (independent of the drop counters).
         "loss_records": _loss_table(result.lost, n, acq.rules),
         "host_dropped": host_dropped,
+        "stream_verified": stream_verified,
+        "link_lost_per_channel": link_lost,
         "decode_errors": int(link.get("decode_errors", 0)),
         "skipped_bytes": link.get("skipped_bytes"),
         "unverified": link.get("unverified"),
@@ -368,6 +392,8 @@ def _partial_summary(result, board):
         "dropped_per_channel": dropped_per_channel,
         "loss_records": _loss_table(lost, n, acq.rules),
         "host_dropped": host_dropped,
+        "stream_verified": stream_verified,
+        "link_lost_per_channel": link_lost,
         "decode_errors": int(link.get("decode_errors", 0)),
         "skipped_bytes": link.get("skipped_bytes"),
         # Records of the segment open when the link went: received, never verified, not kept.
@@ -409,10 +435,13 @@ def print_summary(summary, file=None):
     for rule, (mask, count) in enumerate(zip(summary["herald_masks"], summary["heralds"])):
         w(f"  herald rule {rule} (mask {mask:0{n}b}): {count}\n")
     failed = [name for name, ok in summary["checks"].items() if not ok]
+    if summary.get("stream_verified") is False:
+        w(f"  LINK DAMAGED: {sum(summary['link_lost_per_channel'])} tags lost on the link "
+          f"({summary['decode_errors']} records in damaged segments, "
+          f"{summary['unverified'] or 0} unverified, {summary['skipped_bytes'] or 0} bytes "
+          f"skipped); counted in 'dropped'\n")
     if failed:
-        why = ("the stream was damaged on the link" if failed == ["stream_verified"]
-               else "hardware counters disagree with tags")
-        w("  CHECK FAILED: " + ", ".join(failed) + f" ({why})\n")
+        w("  CHECK FAILED: " + ", ".join(failed) + " (hardware counters disagree with tags)\n")
     elif "file_events_lost" in summary:
         w("  replayed file (counters recomputed by the reference model from its tags); checks: "
           + ", ".join(summary["checks"]) + "\n")

@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from .. import protocol
 from .config import Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, parse_mask
 
 __all__ = ["main"]
@@ -129,6 +130,11 @@ def build_parser():
                           "PicoQuant PTU T2 file while the run goes on (.ptu: heralds and "
                           "recorded coincidences on extra channels, see heraldry.host.ptu)")
     acq.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON")
+    acq.add_argument("--anchor-interval", type=int, default=None, metavar="CYCLES",
+                     help="close a verified segment of the stream every CYCLES clock cycles "
+                          "(default: 1/16 of the run, 2**16..2**20). A damaged segment loses "
+                          "its records (counted), so a poor link recovers more with a shorter "
+                          "one, e.g. 16384 (costs 14 bytes per segment)")
     acq.add_argument("--quiet", action="store_true", help="no progress or table")
     acq.add_argument("--plot", metavar="DIR",
                      help="at the end, write rates.png, g2.png and patterns.png into DIR "
@@ -175,6 +181,15 @@ def check_board_args(args):
         raise ConfigError(f"--duration must be positive and finite, not {args.duration:g}")
     if getattr(args, "baud", 1) <= 0:
         raise ConfigError(f"--baud must be positive, not {args.baud}")
+    interval = getattr(args, "anchor_interval", None)
+    if interval is not None:
+        reg = protocol.RegisterMap(1, 1)["control.anchor_interval"]
+        if _is_replay(args.board) or args.board == "sim-inprocess":
+            raise ConfigError("--anchor-interval applies to a board with a link "
+                              "(sim or a serial port)")
+        if not reg.minimum <= interval <= reg.maximum:
+            raise ConfigError(f"--anchor-interval must be {reg.minimum}..{reg.maximum} cycles, "
+                              f"not {interval}")
 
 
 def check_port(path):
@@ -334,6 +349,7 @@ def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for
                 return None, EXIT_USAGE
         try:
             return acquire_device(device, acq, args.duration, progress=progress,
+                                  anchor_interval=getattr(args, "anchor_interval", None),
                                   sink=sink), None
         except KeyboardInterrupt:
             try:    # leave the board stopped
@@ -520,8 +536,9 @@ def _save_partial(args, result, writers):
 
 def _completed_stop_reason(summary):
     """PTU stop reason of a run that ran its time: FIFO overrun if the board dropped events,
-    queue overrun if the host's queue did, else time over. (The acquisition time stays the
-    run's; the events-dropped warning flag and count cover every cause.)"""
+    queue overrun if the host's queue did, data transfer failed if only the link lost records
+    (damaged segments), else time over. (The acquisition time stays the run's; the
+    events-dropped warning flag and count cover every cause.)"""
     from .ptu import StopReason
     board = sum(sum(summary.get(group) or []) for group in (
         "merger_dropped", "delay_dropped", "herald_dropped", "coincidence_dropped"))
@@ -529,6 +546,8 @@ def _completed_stop_reason(summary):
         return StopReason.FIFO_OVERRUN
     if sum(summary.get("host_dropped") or []):
         return StopReason.QUEUE_OVERRUN
+    if summary.get("stream_verified") is False:
+        return StopReason.TRANSFER_FAILED
     return StopReason.TIME_OVER
 
 

@@ -103,6 +103,10 @@ OPTION_CASES = [
     ("baud-0", ["--baud", "0"], "--baud must be positive"),
     ("baud-negative", ["--baud", "-9600"], "--baud must be positive"),
     ("baud-text", ["--baud", "fast"], "invalid int value"),
+    ("anchor-interval-small", ["--anchor-interval", "1023"], "--anchor-interval must be 1024.."),
+    ("anchor-interval-huge", ["--anchor-interval", str(2 ** 31 + 1)], "--anchor-interval must be"),
+    ("anchor-interval-no-link", ["--board", "sim-inprocess", "--anchor-interval", "4096"],
+     "applies to a board with a link"),
     # replayed files
     ("replay-missing", ["--board", "replay:/no/such/file.ptu"], "no such file"),
     ("replay-not-ptu", lambda tmp: ["--board", _not_ptu(tmp)], "cannot replay"),
