@@ -1,6 +1,6 @@
 """Input stage: one per channel, between the PHY (or test-signal mux) and the delay line."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -95,31 +95,40 @@ class InputStage(wiring.Component):
         time = Signal(time_bits(F))
         m.d.comb += time.eq(Cat(fine, coarse))
 
-        # Dead time needs only the low bits of the last accepted time: a difference >=
-        # 2**DEAD_TIME_BITS bins already passes any dead time, and once the (modular) difference
-        # reaches that, `have_last` is dropped, so later differences can never alias back into the
-        # dead-time range, however long the channel stays quiet (the coarse counter wraps every
-        # 2**32 cycles). Needs `now` to step by one per cycle so that the difference is seen
-        # crossing 2**DEAD_TIME_BITS (it grows by at most 2**(F+1) bins per cycle).
-        diff_bits = DEAD_TIME_BITS + 1
-        last = Signal(diff_bits)
-        have_last = Signal()
-        diff = Signal(diff_bits)
-        m.d.comb += diff.eq(time[:diff_bits] - last)
-        expired = diff[DEAD_TIME_BITS]
+        # Dead time as a count-down instead of a difference `time - last` compared with
+        # `dead_time` (two carry chains behind the edge selection): `rem` is the dead time left
+        # from the first bin of this cycle on (0: none), and `ok[i]` (registered with it) says
+        # whether an event at fine position i of this cycle is past it (i >= rem). An accepted
+        # event at fine i leaves dead_time + i - 2**F for the next cycle; otherwise `rem` steps
+        # down by 2**F to 0. The candidates after an accept depend on the configuration only.
+        step = 1 << F
+        rem_bits = DEAD_TIME_BITS + 1
+        rem = Signal(rem_bits)
+        ok = Signal(step, init=(1 << step) - 1)
+
+        def saturated(a, b):
+            """max(0, a - b) and its `ok` flags."""
+            clipped = Signal(rem_bits)
+            m.d.comb += clipped.eq(Mux(a > b, a - b, 0))
+            return clipped, Cat(clipped <= i for i in range(step))
+
+        after_accept = [saturated(config.dead_time + i, step) for i in range(step)]
+        after_idle = saturated(rem, step)
 
         gated = selected & config.enable & self.run
         accept = Signal()
-        m.d.comb += accept.eq(gated & (~have_last | (diff >= config.dead_time)))
-
+        m.d.comb += accept.eq(gated & ok.bit_select(fine, 1))
         m.d.sync += [
             self.event.eq(accept),
             self.time.eq(time),
         ]
         with m.If(self.clear):
-            m.d.sync += have_last.eq(0)
+            m.d.sync += [rem.eq(0), ok.eq((1 << step) - 1)]
         with m.Elif(accept):
-            m.d.sync += [last.eq(time[:diff_bits]), have_last.eq(1)]
-        with m.Elif(expired):
-            m.d.sync += have_last.eq(0)
+            m.d.sync += [
+                rem.eq(Array(value for value, _ in after_accept)[fine]),
+                ok.eq(Array(flags for _, flags in after_accept)[fine]),
+            ]
+        with m.Else():
+            m.d.sync += [rem.eq(after_idle[0]), ok.eq(after_idle[1])]
         return m

@@ -16,7 +16,7 @@ Every time comparison is a difference modulo ``2**time_bits(fine_bits)``, so bot
 across the wrap of the coarse counter.
 """
 
-from amaranth.hdl import C, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -121,13 +121,23 @@ class CoincidenceUnit(wiring.Component):
         t0 = Signal(tb)
         acc = Signal(n)          # pattern of the open window; kept 0 while none is open
         # Bins of the open window left from the first bin of this cycle on: t0 + W - Cat(0, ref).
-        # While a window is open at the start of a cycle, 1 <= left <= W. Every comparison is
-        # against this short register instead of a time_bits-wide difference from t0 (a carry
-        # chain as long as the timestamp): an event of this cycle at fine position i (its coarse
-        # time is ref) is inside the window iff i < left, and the window has no bin left in the
-        # next cycle iff left <= 2**F.
+        # While a window is open at the start of a cycle, left <= W. Every comparison is against
+        # this short register instead of a time_bits-wide difference from t0 (a carry chain as
+        # long as the timestamp): an event of this cycle at fine position i (its coarse time is
+        # ref) is inside the window iff i < left, and the window has no bin left in the next
+        # cycle iff left <= 2**F. Both comparisons are registered with `left` (flags `above[i]`
+        # = left > i and `ending` = left <= 2**F), and the values a new window would start from
+        # (W + i for each fine position i) are compared from the configuration alone, so the
+        # cycle's events only select among precomputed results.
         left_bits = WINDOW_BITS + 1
+        step = 1 << f
         left = Signal(left_bits)
+        above = Signal(step)
+        ending = Signal()
+
+        def flags(value):
+            """(above, ending) of a `left` value."""
+            return Cat(value > i for i in range(step)), value <= step
 
         events = Signal(n)
         m.d.comb += events.eq(Mux(self.clear, 0, self.events))
@@ -137,9 +147,9 @@ class CoincidenceUnit(wiring.Component):
             # still open at the start of a cycle accepts every event of that cycle.
             m.d.comb += self.join.eq(Mux(is_open, events, 0))
             new_t0 = self.ref
-            new_left = self.window
+            least_fine = C(0, 1)
         else:
-            fits = Cat(_fine(self.times[i], f) < left for i in range(n))
+            fits = Cat(above.bit_select(_fine(self.times[i], f), 1) for i in range(n))
             m.d.comb += self.join.eq(events & fits & Mux(is_open, (1 << n) - 1, 0))
             # The new window starts at the earliest event that does not fit the open one; all of
             # them share this cycle's coarse time.
@@ -151,7 +161,25 @@ class CoincidenceUnit(wiring.Component):
             least_fine = Signal(f)
             m.d.comb += least_fine.eq(least)
             new_t0 = Cat(least_fine, self.ref)
-            new_left = self.window + least_fine
+
+        # A window opened at fine position i starts with W + i bins left (this cycle's included);
+        # one that carries on has `left`. Next cycle: 2**F fewer.
+        opened_left = [Signal(left_bits, name=f"opened_left{i}") for i in range(step)]
+        opened_ending = Signal(step)
+        opened_next = [Signal(left_bits, name=f"opened_next{i}") for i in range(step)]
+        opened_next_above = [Signal(step, name=f"opened_next_above{i}") for i in range(step)]
+        opened_next_ending = Signal(step)
+        for i in range(step):
+            m.d.comb += [
+                opened_left[i].eq(self.window + i),
+                opened_ending[i].eq(opened_left[i] <= step),
+                opened_next[i].eq(opened_left[i] - step),
+            ]
+            a, e = flags(opened_next[i])
+            m.d.comb += [opened_next_above[i].eq(a), opened_next_ending[i].eq(e)]
+        carried_next = Signal(left_bits)
+        m.d.comb += carried_next.eq(left - step)
+        carried_next_above, carried_next_ending = flags(carried_next)
 
         new_events = events & ~self.join
         opening = new_events.any()
@@ -159,19 +187,27 @@ class CoincidenceUnit(wiring.Component):
         cur_open = is_open | opening
         cur_t0 = Signal(tb)
         cur_acc = Signal(n)
-        cur_left = Signal(left_bits)
         m.d.comb += [
             cur_t0.eq(Mux(opening, new_t0, t0)),
             cur_acc.eq(Mux(opening, new_events, acc | self.join)),
-            cur_left.eq(Mux(opening, new_left, left)),
             self.prev_pattern.eq(acc),
             self.pattern.eq(cur_acc),
         ]
 
         # The window after this cycle's events has no bin left in the next cycle once
-        # t0 + W <= Cat(0, ref + 1), i.e. cur_left <= 2**F.
-        expire = cur_open & (cur_left <= (1 << f))
-        next_left = (cur_left - (1 << f))[:left_bits]
+        # t0 + W <= Cat(0, ref + 1), i.e. its `left` this cycle is <= 2**F.
+        expire = cur_open & Mux(opening, opened_ending.bit_select(least_fine, 1), ending)
+        next_left = Signal(left_bits)
+        next_above = Signal(step)
+        next_ending = Signal()
+        m.d.comb += [
+            next_left.eq(Mux(opening, Array(opened_next)[least_fine], carried_next)),
+            next_above.eq(Mux(opening, Array(opened_next_above)[least_fine],
+                              carried_next_above)),
+            next_ending.eq(Mux(opening, opened_next_ending.bit_select(least_fine, 1),
+                               carried_next_ending)),
+        ]
+        update_left = [left.eq(next_left), above.eq(next_above), ending.eq(next_ending)]
 
         m.d.sync += self.closed.eq(0)
         with m.If(self.clear):
@@ -186,7 +222,7 @@ class CoincidenceUnit(wiring.Component):
                     self.closed_t0.eq(t0),
                     t0.eq(new_t0),
                     acc.eq(new_events),
-                    left.eq(next_left),
+                    *update_left,
                 ]
         with m.Elif(expire):
             m.d.sync += [
@@ -197,8 +233,7 @@ class CoincidenceUnit(wiring.Component):
                 acc.eq(0),
             ]
         with m.Else():
-            m.d.sync += [is_open.eq(cur_open), t0.eq(cur_t0), acc.eq(cur_acc),
-                         left.eq(next_left)]
+            m.d.sync += [is_open.eq(cur_open), t0.eq(cur_t0), acc.eq(cur_acc), *update_left]
 
         return m
 

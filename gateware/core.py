@@ -247,7 +247,7 @@ class TaggerCore(wiring.Component):
         m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth)
         # A registered stage between the merger's record multiplexer and whoever takes the
         # records (the wire encoder's time arithmetic), with no loss of throughput.
-        m.submodules.record_register = out = StreamRegister(record_layout(f))
+        m.submodules.record_register = out = StreamRegister(record_layout(f), skid=False)
         for c in range(n):
             m.d.comb += merger.times[c].eq(times[c])
         m.d.comb += [

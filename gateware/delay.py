@@ -134,7 +134,8 @@ class DelayLine(wiring.Component):
             collision = (level != 0) & (due == last_due)
         else:
             collision = 0
-        full = (level - head_due) == depth
+        # (level - head_due) == depth, without the subtraction behind the memory read.
+        full = (level == depth) & ~head_due
         drop = Signal()
         m.d.comb += drop.eq(self.i.event & (collision | (~passing & full)))
         push = Signal()

@@ -111,7 +111,8 @@ class Encoder(wiring.Component):
     side : ``In(stream.Signature(SIDE_LAYOUT))``
         STATUS and REPLY records, sent between records; they do not touch the running time.
     anchor_interval : ``In(32)``
-        Cycles from an ANCHOR to the CHECK that closes its segment (``control.anchor_interval``).
+        Cycles from an ANCHOR to the CHECK that closes its segment (``control.anchor_interval``;
+        a new value is compared from the cycle after it is presented).
     clear : ``In(1)``
         Strobe: the open segment is closed before the next item (so the next record starts a
         new segment with a new ANCHOR).
@@ -207,8 +208,12 @@ class Encoder(wiring.Component):
         seg_open = Signal()
         cleared = Signal()                      # a clear came since the open segment's ANCHOR
         age = Signal(COARSE_BITS + 1)           # cycles since A, saturating
+        # age >= anchor_interval, registered with `age` (timing: no 33-bit comparison in front of
+        # the item's bits). A new anchor_interval therefore applies from the cycle after it is
+        # written.
+        aged = Signal()
         expired = Signal()
-        m.d.comb += expired.eq(seg_open & (cleared | self.clear | (age >= self.anchor_interval)))
+        m.d.comb += expired.eq(seg_open & (cleared | self.clear | aged))
 
         # --- The taken item (stage 1): which records remain to send for it, and its bits.
         r1_valid = Signal()
@@ -268,16 +273,18 @@ class Encoder(wiring.Component):
         side_strings = {kind: bit_string(kind, side_payload)
                         for kind in (WireKind.STATUS, WireKind.REPLY)}
 
-        # Shortest length: up to the highest non-zero group (the first byte always goes).
+        # Length: fixed for some kinds; for the others the shortest, up to the highest non-zero
+        # group (the first byte always goes), computed from the stored string when stage 2
+        # loads it (timing: not behind the delta subtraction). `item_bytes` 0 means "shortest".
         item_string = Signal(sbits)
         shortest = Signal(range(groups + 1))
         m.d.comb += shortest.eq(1)
         for g in range(1, groups):
-            with m.If(item_string[g * bpb:(g + 1) * bpb].any()):
+            with m.If(r1_string[g * bpb:(g + 1) * bpb].any()):
                 m.d.comb += shortest.eq(g + 1)
 
         def length(kind):
-            return max_bytes[kind] if kind in FIXED_LENGTH_KINDS else shortest
+            return max_bytes[kind] if kind in FIXED_LENGTH_KINDS else 0
 
         item_bytes = Signal(range(groups + 1))
         with m.If(self.side.valid & (~self.i.valid | prefer_side)):     # take_side if taken
@@ -344,7 +351,8 @@ class Encoder(wiring.Component):
                              seg_bytes.eq(0), seg_crc.eq(CHECK_CRC_INIT)]
                 m.d.comb += last_phase.eq(~r1_item)
             with m.Else():
-                m.d.sync += [cur.eq(r1_string), left.eq(r1_bytes), cur_check.eq(0)]
+                m.d.sync += [cur.eq(r1_string), left.eq(Mux(r1_bytes == 0, shortest, r1_bytes)),
+                             cur_check.eq(0)]
                 m.d.comb += last_phase.eq(1)
         m.d.comb += r1_free.eq(~r1_valid | (free & last_phase))
         with m.If(r1_free):
@@ -353,7 +361,9 @@ class Encoder(wiring.Component):
         # Placed after the shifter's updates: an item taken in the cycle the previous one leaves
         # stage 1 overrides that one's cleared phase flags.
         took = take_side | take_i | take_check
-        m.d.sync += age.eq(Mux(age[-1], age, age + 1))
+        age_next = Signal.like(age)
+        m.d.comb += age_next.eq(Mux(age[-1], age, age + 1))
+        m.d.sync += [age.eq(age_next), aged.eq(age_next >= self.anchor_interval)]
         with m.If(took):
             m.d.sync += [
                 r1_valid.eq(1),
@@ -373,7 +383,8 @@ class Encoder(wiring.Component):
                     with m.Case(Kind.TAG, Kind.HERALD):
                         m.d.sync += t_run.eq(rec.time)
                 with m.If(anchor):
-                    m.d.sync += [seg_open.eq(1), age.eq(1), t_run.eq(rec.time)]
+                    m.d.sync += [seg_open.eq(1), age.eq(1), aged.eq(self.anchor_interval <= 1),
+                                 t_run.eq(rec.time)]
             with m.If(take_side):
                 m.d.sync += prefer_side.eq(0)
         with m.Elif(self.clear & seg_open):

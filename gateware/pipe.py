@@ -18,10 +18,16 @@ class StreamRegister(wiring.Component):
     ``c`` is offered on ``o`` from cycle ``c + 1`` (``c + 1`` after the skid register empties
     when ``o`` was stalled).
 
+    With ``skid=False`` there is no skid register (half the flip-flops): ``o.valid`` and
+    ``o.payload`` are still registered, but ``i.ready = o.ready | ~o.valid`` is combinational,
+    so only the forward paths are cut.
+
     Parameters
     ----------
     shape : shape-like
         The payload shape.
+    skid : bool
+        Register ``i.ready`` too (default), at the cost of a second payload register.
 
     Members
     -------
@@ -31,7 +37,8 @@ class StreamRegister(wiring.Component):
         The stage holds a payload (``o.valid`` or the skid register full).
     """
 
-    def __init__(self, shape):
+    def __init__(self, shape, *, skid=True):
+        self.skid = bool(skid)
         super().__init__({
             "i":    In(stream.Signature(shape)),
             "o":    Out(stream.Signature(shape)),
@@ -40,6 +47,14 @@ class StreamRegister(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        if not self.skid:
+            m.d.comb += [
+                self.i.ready.eq(self.o.ready | ~self.o.valid),
+                self.busy.eq(self.o.valid),
+            ]
+            with m.If(self.i.ready):
+                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid)]
+            return m
         skid = Signal.like(self.i.payload)
         skid_valid = Signal()
         m.d.comb += [

@@ -186,11 +186,12 @@ class RegisterFile(wiring.Component):
 
     Timing (``side.ready`` high, nothing else in progress): a command taken in cycle ``c`` is
     decoded in cycle ``c + 1`` (address decode registered) and executed in cycle ``c + 2`` (a
-    write shows on ``config``, ``run``, ... and ``clear`` pulses in cycle ``c + 3``), its reply
-    is formed in cycle ``c + 3`` (``control.now`` reads ``now`` of that cycle) and valid on
-    ``side`` from cycle ``c + 4``. After a write of ``control.status_period`` = P taken in cycle
-    ``c``, the k-th snapshot (k = 1, 2, ...) is requested so that its first record is valid in
-    cycle ``c + k P + 6`` (P >= 2); the records of a snapshot follow one every 4 cycles.
+    write shows on ``config``, ``run``, ... and ``clear`` pulses in cycle ``c + 3``), the
+    register is read in cycle ``c + 3`` (``control.now`` reads ``now`` of that cycle), the reply
+    formed in cycle ``c + 4`` and valid on ``side`` from cycle ``c + 5``. After a write of
+    ``control.status_period`` = P taken in cycle ``c``, the k-th snapshot (k = 1, 2, ...) is
+    requested so that its first record is valid in cycle ``c + k P + 6`` (P >= 2); the records
+    of a snapshot follow one every 4 cycles.
 
     Parameters
     ----------
@@ -307,8 +308,10 @@ class RegisterFile(wiring.Component):
         counter_index = Signal(range(n_counters))
         allowed = known & (is_read | (is_write & writable))
 
-        # Register values as read (after any write of the previous cycle).
-        read_value = Signal(VALUE_BITS)
+        # Register values as read (after any write of the previous cycle), in two registered
+        # steps (timing: one wide multiplexer would be a long chain of LUTs): in READ each group
+        # of up to 8 registers selects its member at the address (or 0) into a register of its
+        # own; in REPLY the groups and the counter read port are OR-ed (at most one is not 0).
         control = {
             "control.run": self.run,
             "control.clear": Const(0),
@@ -318,20 +321,36 @@ class RegisterFile(wiring.Component):
             "control.now": self.now,
             "control.bad_frames": bad_frames,
         }
-        with m.Switch(cmd.address):
-            for reg in rmap:
-                if reg.address >= COUNTER_BASE:
-                    continue
-                with m.Case(reg.address):
-                    if reg.name in self.ident:
-                        m.d.comb += read_value.eq(self.ident[reg.name])
-                    elif reg.config_offset is not None:
-                        field = config_bits[reg.config_offset:reg.config_offset + reg.width]
-                        m.d.comb += read_value.eq(field)
-                    else:
-                        m.d.comb += read_value.eq(control[reg.name])
-            with m.Default():
-                m.d.comb += read_value.eq(Mux(is_counter, self.counter_data, 0))
+        readable = []
+        for reg in rmap:
+            if reg.address >= COUNTER_BASE:
+                continue
+            if reg.name in self.ident:
+                readable.append((reg.address, self.ident[reg.name]))
+            elif reg.config_offset is not None:
+                readable.append((reg.address,
+                                 config_bits[reg.config_offset:reg.config_offset + reg.width]))
+            else:
+                readable.append((reg.address, control[reg.name]))
+        group_size = 16
+        groups = [readable[i:i + group_size] for i in range(0, len(readable), group_size)]
+        group_values = [Signal(VALUE_BITS, name=f"read_group{g}") for g in range(len(groups))]
+        # The counter read port is registered already: its address is held through READ, so in
+        # REPLY it shows the counter as of READ.
+        counter_value = Mux(is_counter, self.counter_data, 0)
+        read_step = Signal()        # high in READ: sample the groups
+        with m.If(read_step):
+            for group, value in zip(groups, group_values):
+                m.d.sync += value.eq(0)
+                with m.Switch(cmd.address):
+                    for address, source in group:
+                        with m.Case(address):
+                            m.d.sync += value.eq(source)
+        read_value = Signal(VALUE_BITS)
+        combined = counter_value
+        for value in group_values:
+            combined = combined | value
+        m.d.comb += read_value.eq(combined)
 
         # Register writes, performed in EXEC.
         write = Signal()
@@ -391,6 +410,9 @@ class RegisterFile(wiring.Component):
                 ]
                 m.next = "READ"
             with m.State("READ"):
+                m.d.comb += [read_step.eq(1), self.counter_addr.eq(counter_index)]
+                m.next = "REPLY"
+            with m.State("REPLY"):
                 m.d.sync += [
                     self.side.valid.eq(1),
                     self.side.payload.kind.eq(WireKind.REPLY),

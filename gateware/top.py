@@ -21,6 +21,7 @@ from ..protocol import Kind
 from .core import TaggerCore
 from .encoder import Encoder
 from .phy import GenericPHY
+from .pipe import StreamRegister
 from .registers import CAPABILITIES, CommandParser, RegisterFile
 from .uart import UARTRx, UARTTx
 
@@ -159,7 +160,10 @@ class Tagger(wiring.Component):
             # uart_rx comes from another clock domain (the USB bridge); idle high.
             m.submodules.rx_sync = FFSynchronizer(self.uart_rx, rx.rx, init=1)
             wiring.connect(m, rx.o, parser.i)
-            wiring.connect(m, encoder.o, tx.i)
+            # Registered stage: the UART's bit-timing logic does not reach into the encoder.
+            m.submodules.tx_register = tx_register = StreamRegister(8)
+            wiring.connect(m, encoder.o, tx_register.i)
+            wiring.connect(m, tx_register.o, tx.i)
             m.d.comb += self.uart_tx.eq(tx.tx)
         else:
             wiring.connect(m, wiring.flipped(self.rx), parser.i)

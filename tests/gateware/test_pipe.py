@@ -7,9 +7,9 @@ from amaranth.sim import Simulator
 from heraldry.gateware.pipe import StreamRegister
 
 
-def run(valid_p, ready_p, cycles, seed):
+def run(valid_p, ready_p, cycles, seed, skid=True):
     rng = np.random.default_rng(seed)
-    dut = StreamRegister(16)
+    dut = StreamRegister(16, skid=skid)
     sent, received, trace = [], [], []
 
     async def bench(ctx):
@@ -39,10 +39,11 @@ def run(valid_p, ready_p, cycles, seed):
     return sent, received, trace
 
 
+@pytest.mark.parametrize("skid", [True, False])
 @pytest.mark.parametrize("valid_p, ready_p, seed", [(0.5, 0.5, 1), (1.0, 0.3, 2), (0.9, 0.9, 3),
                                                     (1.0, 1.0, 4), (0.2, 1.0, 5)])
-def test_order_and_stream_rules(valid_p, ready_p, seed):
-    sent, received, trace = run(valid_p, ready_p, 600, seed)
+def test_order_and_stream_rules(valid_p, ready_p, seed, skid):
+    sent, received, trace = run(valid_p, ready_p, 600, seed, skid)
     assert len(sent) > 50
     # Everything taken comes out once, in order (what is still inside is at the end).
     assert received == sent[:len(received)]
@@ -55,6 +56,7 @@ def test_order_and_stream_rules(valid_p, ready_p, seed):
     assert all(busy for v, _, _, busy in trace if v)
 
 
-def test_full_throughput():
-    sent, received, trace = run(1.0, 1.0, 300, 6)
+@pytest.mark.parametrize("skid", [True, False])
+def test_full_throughput(skid):
+    sent, received, trace = run(1.0, 1.0, 300, 6, skid)
     assert len(received) >= 298 and received == sent[:len(received)]

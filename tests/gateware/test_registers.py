@@ -366,7 +366,7 @@ def test_every_register_reads_its_reset_value(channels, rules):
                 await ctx.tick()
             replied, ok, rseq, address, value = b.replies[-1]
             assert (ok, rseq, address) == (1, seq, reg.address), reg.name
-            assert replied == taken + 4                  # side stream always ready
+            assert replied == taken + 5                  # side stream always ready
             if reg.name == "control.now":
                 assert value == taken + 3                # `now` in the cycle the reply is formed
             seen[reg.name] = value
@@ -477,7 +477,7 @@ def test_clear_strobe():
 
     bench.run(body)
     assert bench.clear_cycles == [c + 3 for c, v in taken if v & 1]
-    assert [r[0] for r in bench.replies[:4]] == [c + 4 for c, _ in taken]
+    assert [r[0] for r in bench.replies[:4]] == [c + 5 for c, _ in taken]
 
 
 def test_bad_frames_counter():
