@@ -177,14 +177,16 @@ def _bin_fs(clock_hz, phy):
     return round(10 ** 15 / (clock_hz * 2 ** phy.fine_bits))
 
 
-# 48 MHz from the PLL (12 MHz * 64 / 16), DDR input: 10.4 ns bins; the FT2232H at 12 Mbaud is
-# four cycles a bit, the UART's minimum.
-_CLOCK_HZ = 48_000_000
+# 21 MHz from the PLL (12 MHz * 56 / 32), DDR input: 23.8 ns bins. The whole Tagger reaches
+# 24-26 MHz on the UP5K after the pipelining in the core (docs/boards.md); 48 MHz (10.4 ns bins)
+# needs the delay line's read-address loop and more paths cut. The FT2232H runs at 3 Mbaud
+# (7 cycles a bit).
+_CLOCK_HZ = 21_000_000
 ICEBREAKER = register(ICEBreakerBoard(
     name="icebreaker",
     platform=HeraldryICEBreakerPlatform,
     clock_hz=_CLOCK_HZ,
-    baud=12_000_000,
+    baud=3_000_000,
     phy=ICE40DDRPHY,
     bin_fs=_bin_fs(_CLOCK_HZ, ICE40DDRPHY),
     default_channels=2,

@@ -116,11 +116,13 @@ class TestSignal(wiring.Component):
         ]
 
         # Pair source. Arm B's detection is decided at birth and written into a circular delay
-        # line at ``write_addr = k mod depth``; the read port fetches the entry written
-        # pair_delay cycles earlier. Its address is presented one cycle ahead (synchronous
-        # read), and it is transparent so that pair_delay = 1 sees the write of the previous
-        # cycle. pair_delay = 0 bypasses the memory. ``age`` (saturating cycles since clear)
-        # masks entries written before the clear, so the line needs no clearing.
+        # line at ``write_addr = k mod depth``; for pair_delay >= 2 the read port fetches the
+        # entry written pair_delay cycles earlier, its address presented two cycles ahead and
+        # its data registered once more (timing: no block-RAM output delay in front of the input
+        # stage). It is transparent so that pair_delay = 2 sees the write of the cycle its
+        # address is presented in. pair_delay = 0 bypasses the memory, pair_delay = 1 takes a
+        # register of the previous cycle's birth. ``age`` (saturating cycles since clear) masks
+        # entries written before the clear, so the line needs no clearing.
         born = fired[STREAM_PAIR]
         arm_a = Signal()
         birth_b = Signal()
@@ -128,7 +130,6 @@ class TestSignal(wiring.Component):
             arm_a.eq(born & fired[STREAM_ETA_A]),
             birth_b.eq(born & fired[STREAM_ETA_B]),
         ]
-
         depth = 2 ** PAIR_DELAY_BITS
         m.submodules.delay_line = delay_line = Memory(shape=unsigned(1), depth=depth, init=[])
         write = delay_line.write_port()
@@ -141,16 +142,30 @@ class TestSignal(wiring.Component):
             write.addr.eq(write_addr),
             write.data.eq(birth_b),
             write.en.eq(1),
-            read.addr.eq(next_write_addr - config.pair_delay),
+            # Entry of cycle k + 2 - pair_delay (k: this cycle), used in cycle k + 2.
+            read.addr.eq(write_addr + 2 - config.pair_delay),
         ]
         m.d.sync += [
             write_addr.eq(next_write_addr),
             age.eq(Mux(clear, 0, Mux(age == depth - 1, age, age + 1))),
         ]
+        # age >= pair_delay, registered: a pair born pair_delay cycles ago, after the clear.
+        old_enough = Signal()
+        next_age = Mux(clear, 0, Mux(age == depth - 1, age, age + 1))
+        delayed = Signal()
+        birth_b_last = Signal()
+        m.d.sync += [
+            old_enough.eq(next_age >= config.pair_delay),
+            delayed.eq(read.data),
+            birth_b_last.eq(birth_b & ~clear),
+        ]
         arm_b = Signal()
-        m.d.comb += arm_b.eq(Mux(config.pair_delay == 0, birth_b,
-                                 read.data & (age >= config.pair_delay)))
-
+        with m.If(config.pair_delay == 0):
+            m.d.comb += arm_b.eq(birth_b)
+        with m.Elif(config.pair_delay == 1):
+            m.d.comb += arm_b.eq(birth_b_last & old_enough)
+        with m.Else():
+            m.d.comb += arm_b.eq(delayed & old_enough)
         for c in range(self.channels):
             source = self.sources[c]
             signal = Mux(source == Source.PERIODIC, tick,

@@ -66,7 +66,7 @@ def test_board_bin_matches_its_clock_and_phy(name):
 
 @pytest.mark.parametrize("out_hz, divf, divq", [(96_000_000, 63, 3), (120_000_000, 79, 3)])
 def test_ice40_pll_known_settings(out_hz, divf, divq):
-    # Toolchain feasibility notes: 96 MHz is DIVF=63, DIVQ=3; 120 MHz is DIVF=79, DIVQ=3 from 12 MHz.
+    # Toolchain feasibility notes: 96 MHz is DIVF=63, DIVQ=3; 120 MHz is DIVF=79, DIVQ=3.
     params = ice40_pll_params(12_000_000, out_hz)
     assert (params["DIVR"], params["DIVF"], params["DIVQ"]) == (0, divf, divq)
     assert params["FILTER_RANGE"] == 1        # 12 MHz PFD (iCE40 PLL guide / icepll)
@@ -98,18 +98,21 @@ def test_plan_writes_build_files(name, tmp_path):
 
 
 def test_icebreaker_plan_pins_and_clock(tmp_path):
-    # docs/boards.md: 48 MHz from the PLL, DDR input registers (10.4 ns bins), 12 Mbaud.
+    # docs/boards.md: 21 MHz from the PLL, DDR input registers (23.8 ns bins), 3 Mbaud.
     board = get_board("icebreaker")
-    assert board.clock_hz == 48_000_000 and board.baud == 12_000_000
-    assert board.phy.__name__ == "ICE40DDRPHY" and board.bin_ps == pytest.approx(10416.667)
+    assert board.clock_hz == 21_000_000 and board.baud == 3_000_000
+    assert board.phy.__name__ == "ICE40DDRPHY" and board.bin_ps == pytest.approx(23809.524)
     plan(board, 2, tmp_path)
     pcf = (tmp_path / "heraldry.pcf").read_text()
     pins = dict(re.findall(r"^set_io (\S+) (\S+)$", pcf, re.M))
     assert pins == ICEBREAKER_PINS
     freqs = dict(re.findall(r"^set_frequency (\S+) (\S+)$", pcf, re.M))
     assert float(freqs["clk12_0__io"]) == 12.0
-    assert float(freqs["pll_clk"]) == board.clock_hz / 1e6 == 48.0
+    assert float(freqs["pll_clk"]) == board.clock_hz / 1e6 == 21.0
     rtlil = (tmp_path / "heraldry.il").read_text()
+    # 21 MHz = 12 MHz * 56 / 2**5 (VCO 672 MHz).
+    params = dict(re.findall(r"parameter \\(DIV[RFQ]) (\d+)", rtlil))
+    assert params == {"DIVR": "0", "DIVF": "55", "DIVQ": "5"}
     # One DDR input SB_IO (ICE40DDRPHY's `sb_io`) per detector pin.
     assert rtlil.count("cell \\SB_IO \\sb_io\n") == 2
 
@@ -285,7 +288,9 @@ def test_icebreaker_bitstream_build(tmp_path, capsys):
     sync = report["clocks"]["sync"]
     assert sync["target_mhz"] == pytest.approx(board.clock_hz / 1e6, abs=0.01)
     assert sync["achieved_mhz"] >= sync["target_mhz"]
-    assert report["bin_ps"] == pytest.approx(1e12 / board.clock_hz, abs=1e-3)
+    # The bin as claimed: DDR input, two samples per cycle.
+    assert report["phy"] == "ICE40DDRPHY"
+    assert report["bin_ps"] == pytest.approx(1e12 / (2 * board.clock_hz), abs=1e-3)
     lc = report["resources"]["ICESTORM_LC"]
     assert 0 < lc["used"] <= lc["available"] == 5280
     assert Path(report["bitstream"]).stat().st_size == UP5K_BITSTREAM_BYTES

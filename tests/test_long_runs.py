@@ -268,8 +268,9 @@ def test_counters_that_wrap_during_a_run_on_the_virtual_board():
     assert "singles_recomputed_from_tags" in summary["checks"]
     assert summary["tags_per_channel"] == summary["singles"] and summary["singles"][0] > 300
     # The raw reads did wrap mid-run (a later read below an earlier one) on the busy counters,
-    # with reads in between: the baseline, at least two during the run, the final one.
-    assert len(reads) >= 4
+    # with reads in between: the baseline, at least one during the run (polls every 5 ms of
+    # wall time for a run of about 0.1 s; more on an idle machine), the final one.
+    assert len(reads) >= 3
     for group, index in (("singles", 0), ("singles", 1), ("patterns", 2), ("heralds", 0)):
         values = [r[group][index] for r in reads]
         assert values[0] > 2 ** 32 - 50 and values[-1] < 1000, (group, values)

@@ -482,8 +482,9 @@ async def herald_latency_is_constant(dut):
 
     Expected: ``HERALD_EDGES`` = 5 every time (the edge that samples the pin in synchroniser flop
     1, then flop 2 with combinational edge detection, the input-stage register, the register
-    behind the delay lines and the herald register), equal to docs/architecture.md's figure; and the pin stays high exactly
-    ``herald_width`` cycles. Each firing's herald record carries channel 1's bin.
+    behind the delay lines and the herald register), equal to docs/architecture.md's figure;
+    and the pin stays high exactly ``herald_width`` cycles. Each firing's herald record carries
+    channel 1's bin.
     """
     assert HERALD_EDGES == DOCUMENTED_HERALD_EDGES <= 5
     rng = random.Random(77)
