@@ -1,4 +1,4 @@
-"""iCEBreaker (iCE40UP5K-SG48, FT2232H USB UART): 2 channels, 1 herald rule, 10.4 ns bins.
+"""iCEBreaker (iCE40UP5K-SG48, FT2232H USB UART): 2 channels, 1 herald rule, 23.8 ns bins.
 
 Pin map (also in ``docs/boards.md``):
 
@@ -8,13 +8,13 @@ Pin map (also in ``docs/boards.md``):
 * herald outputs ``herald`` 0..1: PMOD1B pins 1..2 (FPGA pins 43, 38);
 * ``led_g`` (pin 37): activity (``Tagger.led[0]``); ``led_r`` (pin 11): events dropped since the
   last clear (``Tagger.led[1]``);
-* UART: FT2232H channel B (``uart`` 0: rx pin 6, tx pin 9) at 12 Mbaud.
+* UART: FT2232H channel B (``uart`` 0: rx pin 6, tx pin 9) at 3 Mbaud.
 
-Clocking: ``sync`` runs at ``ICEBREAKER.clock_hz`` = 48 MHz from ``SB_PLL40_PAD`` (12 MHz
-oscillator on pin 35 * 64 / 16), held in reset until the PLL locks; DDR sampling gives bins of
-1 / 96 MHz = 10.4 ns. The FT2232H runs at 12 Mbaud, ``clock_hz / 4`` (the UART's minimum of
-four cycles a bit). A 12 MHz ``clock_hz`` would use the oscillator directly. Measured figures and
-what fits: ``docs/boards.md``.
+Clocking: ``sync`` runs at ``ICEBREAKER.clock_hz`` = 21 MHz from ``SB_PLL40_PAD`` (12 MHz
+oscillator on pin 35 * 56 / 32), held in reset until the PLL locks; DDR sampling gives bins of
+1 / 42 MHz = 23.8 ns. The FT2232H runs at 3 Mbaud (7 cycles a bit; 12 Mbaud needs
+``clock_hz`` >= 48 MHz, the UART's minimum of four cycles a bit). A 12 MHz ``clock_hz`` would use
+the oscillator directly. Measured figures and what fits: ``docs/boards.md``.
 """
 
 from amaranth.build import Attrs, Pins, Resource

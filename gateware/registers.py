@@ -310,7 +310,7 @@ class RegisterFile(wiring.Component):
 
         # Register values as read (after any write of the previous cycle), in two registered
         # steps (timing: one wide multiplexer would be a long chain of LUTs): in READ each group
-        # of up to 8 registers selects its member at the address (or 0) into a register of its
+        # of up to 16 registers selects its member at the address (or 0) into a register of its
         # own; in REPLY the groups and the counter read port are OR-ed (at most one is not 0).
         control = {
             "control.run": self.run,

@@ -73,7 +73,7 @@ class AcquisitionResult:
 
 def anchor_interval_for(cycles, minimum, maximum):
     """An ANCHOR interval for a run of ``cycles``: about 1/16 of the run so that the final CHECK
-    comes soon after it, but at least 2**16 cycles (CHECK + ANCHOR cost 14 bytes per interval:
+    comes soon after it, but at least 2**16 cycles (CHECK + ANCHOR cost 15 bytes per interval:
     2 % of a 12 Mbaud link at 100 MHz) and within the register's range."""
     return int(min(maximum, max(minimum, 2 ** 16, min(2 ** 20, cycles // 16))))
 
@@ -241,8 +241,9 @@ def summarise(result, *, board="sim"):
     the host decoded but could not queue (counted, and part of ``dropped``). ``stream_verified``
     (``None`` in-process) says whether every byte was verified; when it is not, damaged segments
     were not delivered and ``link_lost_per_channel`` (singles - tags - merger drops - host drops,
-    per channel) is part of ``dropped_per_channel`` and ``dropped``, and the checks are the ones
-    a damaged stream can still prove (nothing invented).
+    per channel) is part of ``dropped_per_channel`` and ``dropped``, as are the herald and
+    recorded-coincidence records lost with them (``link_lost_records``: counter - records -
+    drops), and the checks are the ones a damaged stream can still prove (nothing invented).
     """
     from ..model import TAG_DTYPE, counts_from_tags
     acq = result.acquisition
@@ -264,23 +265,38 @@ def summarise(result, *, board="sim"):
     stream_verified = (None if not result.link else
                        link["decode_errors"] == 0 and link["unverified"] == 0
                        and not link.get("skipped_bytes"))
+    rules = len(acq.herald_masks)
+    herald_rules = result.events["channel"][result.events["kind"] == Kind.HERALD.value]
+    herald_records = np.bincount(herald_rules, minlength=rules)[:rules].tolist()
+    coincidence_records = int(np.count_nonzero(result.events["kind"] == Kind.COINCIDENCE.value))
     if stream_verified is False:
-        # Damaged segments are not delivered (their times cannot be trusted): their tags, and
-        # their LOSS records, never reached the host. The hardware counters did see them, so
-        # the tags lost on the link are what the counters have and the stream does not.
+        # Damaged segments are not delivered (their times cannot be trusted): their tags, herald
+        # and coincidence records, and their LOSS records, never reached the host. The hardware
+        # counters did see them, so what the link lost is what the counters have and the
+        # stream does not.
         link_lost = [s - t - m - h for s, t, m, h in zip(c["singles"], tags_per_channel,
                                                          c["merger_dropped"], host_dropped)]
+        recorded = sum(c["patterns"][p - 1] for p in range(1, 2 ** n)
+                       if acq.coincidence_record_mask >> p & 1)
+        link_lost_records = {
+            "heralds": [h - r - d for h, r, d in zip(c["heralds"][:rules], herald_records,
+                                                     c["herald_dropped"][:rules])],
+            "coincidences": recorded - coincidence_records - sum(c["coincidence_dropped"]),
+        }
     else:
         link_lost = [0] * n
+        link_lost_records = {"heralds": [0] * rules, "coincidences": 0}
     dropped_per_channel = [m + d + h + k for m, d, h, k in zip(
         c["merger_dropped"], c["delay_dropped"], host_dropped, link_lost)]
     dropped = (sum(dropped_per_channel) + sum(c["herald_dropped"]) + sum(c["coincidence_dropped"])
-               + link.get("host_dropped_events", 0) - sum(host_dropped))
+               + link.get("host_dropped_events", 0) - sum(host_dropped)
+               + sum(link_lost_records["heralds"]) + link_lost_records["coincidences"])
     patterns = {str(p): c["patterns"][p - 1] for p in range(1, 2 ** n)}
     if stream_verified is False:
         checks = {
             # What a damaged stream still proves: it invented nothing.
-            "link_loss_not_negative": min(link_lost) >= 0,
+            "link_loss_not_negative": min(link_lost + link_lost_records["heralds"]
+                                          + [link_lost_records["coincidences"]]) >= 0,
             "loss_records_within_drop_counters":
                 all(x <= y for x, y in zip(merger_lost + delay_lost,
                                            c["merger_dropped"] + c["delay_dropped"])),
@@ -320,9 +336,8 @@ def summarise(result, *, board="sim"):
         "herald_masks": list(acq.herald_masks),
         "tags": int(len(tags)),
         "tags_per_channel": tags_per_channel,
-        "coincidence_records": int(np.count_nonzero(
-            result.events["kind"] == Kind.COINCIDENCE.value)),
-        "herald_records": int(np.count_nonzero(result.events["kind"] == Kind.HERALD.value)),
+        "coincidence_records": coincidence_records,
+        "herald_records": int(sum(herald_records)),
         "dropped": int(dropped),
         "dropped_per_channel": dropped_per_channel,
         "delay_dropped": c["delay_dropped"],
@@ -334,6 +349,7 @@ def summarise(result, *, board="sim"):
         "host_dropped": host_dropped,
         "stream_verified": stream_verified,
         "link_lost_per_channel": link_lost,
+        "link_lost_records": link_lost_records,
         "decode_errors": int(link.get("decode_errors", 0)),
         "skipped_bytes": link.get("skipped_bytes"),
         "unverified": link.get("unverified"),
@@ -392,8 +408,10 @@ def _partial_summary(result, board):
         "dropped_per_channel": dropped_per_channel,
         "loss_records": _loss_table(lost, n, acq.rules),
         "host_dropped": host_dropped,
-        "stream_verified": stream_verified,
-        "link_lost_per_channel": link_lost,
+        # What the link lost cannot be told without the board's counters.
+        "stream_verified": None,
+        "link_lost_per_channel": None,
+        "link_lost_records": None,
         "decode_errors": int(link.get("decode_errors", 0)),
         "skipped_bytes": link.get("skipped_bytes"),
         # Records of the segment open when the link went: received, never verified, not kept.
@@ -421,6 +439,14 @@ def print_summary(summary, file=None):
     n = summary["channels"]
     w = file.write
     port = f" on {summary['port']}" if summary.get("port") else ""
+    if not summary.get("complete", True):
+        # A run cut short: no hardware counters, so no table of them and no checks.
+        w(f"board {summary['board']}{port}: run INCOMPLETE after "
+          f"{summary['device_seconds'] * 1e3:g} ms of device time ({summary['error']})\n")
+        w("  tags received and verified per channel: "
+          + ", ".join(str(t) for t in summary["tags_per_channel"])
+          + f"; dropped (known) {summary['dropped']}, unverified {summary['unverified'] or 0}\n")
+        return
     w(f"board {summary['board']}{port}: {n} channels, bin {summary['bin_ps'] / 1000:g} ns, "
       f"{summary['duration_s'] * 1e3:g} ms device time, window {summary['window_bins']} bins\n")
     w("  channel   singles      tags   dropped\n")

@@ -15,12 +15,12 @@ Commands:
 
 Exit status: 0 success; 2 bad options or a device that is not a heraldry board at the given
 port and baud rate (one line on stderr, nothing was run, nothing was written to the device); 3 the
-run completed but events were dropped (counted and reported); 4 the board went away during the
+run completed but events were dropped (counted and reported; link segments damaged on the way
+included: ``link_lost_per_channel``); 4 the board went away during the
 run (port closed, cable pulled, virtual board killed): what was received and verified up to then
 is saved (``--out``, ``--summary-json`` with ``"complete": false``), a PTU file is finished with
 its record count patched and stop reason -10 ("data transfer failed"); 1 anything else, including
-hardware counters disagreeing with the streamed tags, a damaged stream, or a board that stopped
-answering.
+hardware counters disagreeing with the streamed tags, or a board that stopped answering.
 """
 
 import argparse
@@ -134,7 +134,7 @@ def build_parser():
                      help="close a verified segment of the stream every CYCLES clock cycles "
                           "(default: 1/16 of the run, 2**16..2**20). A damaged segment loses "
                           "its records (counted), so a poor link recovers more with a shorter "
-                          "one, e.g. 16384 (costs 14 bytes per segment)")
+                          "one, e.g. 16384 (costs 15 bytes per segment)")
     acq.add_argument("--quiet", action="store_true", help="no progress or table")
     acq.add_argument("--plot", metavar="DIR",
                      help="at the end, write rates.png, g2.png and patterns.png into DIR "

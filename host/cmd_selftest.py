@@ -24,11 +24,13 @@ and prints one PASS/FAIL line per check, with its figures:
   the clear are known to within one command round trip each).
 
 Exit status: 0 every check passed; 1 a check failed, or the board failed or does not answer;
-2 bad options (one line on stderr, nothing run).
+2 bad options, or a device that does not identify as a heraldry board at that port and baud rate
+(one line on stderr); 4 the board went away during the selftest.
 """
 
 import sys
 
+from ..protocol import MAX_CHANNELS
 from .config import ConfigError
 
 __all__ = ["register", "cmd_selftest", "selftest_checks", "Check"]
@@ -82,7 +84,8 @@ def _error(message):
 
 def _check_options(args):
     """The checks that need no board (ConfigError)."""
-    import os
+    import math
+    from . import cli
     if args.port is not None and args.board not in (None, "sim"):
         raise ConfigError(f"--board {args.board}: give either --port PORT (a real board, which "
                           f"describes itself) or --board sim")
@@ -91,17 +94,20 @@ def _check_options(args):
     if args.port is None and args.board not in (None, "sim"):
         raise ConfigError(f"--board {args.board}: selftest runs on --board sim or on a board "
                           f"on a serial port (--port /dev/ttyUSB1)")
-    if args.port is not None and not os.path.exists(args.port):
-        raise ConfigError(f"--port {args.port}: no such serial device")
-    if not args.duration > 0:
-        raise ConfigError(f"--duration must be positive, not {args.duration:g}")
+    if args.port is not None:
+        try:
+            cli.check_port(args.port)
+        except ConfigError as error:
+            raise ConfigError(str(error).replace("--board", "--port", 1)) from None
+    if not 0 < args.duration < math.inf:
+        raise ConfigError(f"--duration must be positive and finite, not {args.duration:g}")
     if args.baud <= 0:
         raise ConfigError(f"--baud must be positive, not {args.baud}")
     if args.channels is not None:
         if args.port is not None:
             raise ConfigError("--channels is for the virtual board; a real board has its own")
-        if not 1 <= args.channels <= 8:
-            raise ConfigError(f"--channels must be 1..8, not {args.channels}")
+        if not 1 <= args.channels <= MAX_CHANNELS:
+            raise ConfigError(f"--channels must be 1..{MAX_CHANNELS}, not {args.channels}")
 
 
 def _acquisition_args(args):
@@ -282,7 +288,7 @@ def _run(args, transport_factory, board_name, timeout):
 
 def cmd_selftest(args):
     from . import cli
-    from .driver import DeviceError
+    from .driver import DeviceError, DeviceLost, IdentificationError
     from .transport import SerialTransport, TransportError
     try:
         _check_options(args)
@@ -294,7 +300,12 @@ def cmd_selftest(args):
         return EXIT_USAGE
     try:
         if args.port is not None:
-            return _run(args, lambda: SerialTransport(args.port, args.baud), args.port, 1.0)
+            try:
+                transport = SerialTransport(args.port, args.baud)
+            except TransportError as error:     # busy, or not a serial port: nothing was run
+                _error(f"--port {args.port}: {error}")
+                return EXIT_USAGE
+            return _run(args, lambda: transport, args.port, 1.0)
         from ..sim.twin import Twin, TwinError
         board = cli.BOARDS["sim"]
         n = args.channels or board["channels"]
@@ -310,6 +321,12 @@ def cmd_selftest(args):
             return _run(args, lambda: SerialTransport(twin.port, board["baud"]), "sim", 3.0)
         finally:
             twin.stop()
+    except IdentificationError as error:     # not a heraldry board, or the wrong baud rate
+        _error(error)
+        return EXIT_USAGE
+    except DeviceLost as error:
+        _error(f"the board went away during the selftest ({error})")
+        return cli.EXIT_LOST
     except (DeviceError, TransportError) as error:
         _error(error)
         return EXIT_FAILED

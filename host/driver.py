@@ -31,8 +31,8 @@ import numpy as np
 from amaranth.hdl import Shape
 
 from .. import protocol
-from ..protocol import (COARSE_BITS, MAGIC, PROTOCOL_VERSION, Command, Kind, RegisterMap,
-                        WireKind)
+from ..protocol import (COARSE_BITS, MAGIC, PROTOCOL_VERSION, REGISTER_VALUE_BITS, Command,
+                        Kind, RegisterMap, WireKind)
 from .config import ConfigError
 from .decode import EVENT_DTYPE, Block
 from .transport import TransportError
@@ -46,6 +46,8 @@ COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dro
 
 _SEQ_COUNT = 2 ** protocol.WIRE_SEQ_BITS
 _WRAP = 2 ** COARSE_BITS
+#: Register values on the link wrap modulo this (counting registers included).
+_VALUE_WRAP = 2 ** REGISTER_VALUE_BITS
 _KIND_MASK = (1 << Shape.cast(WireKind).width) - 1
 _TAG_CODE = -1      # a TAG record in _scan's kinds (not a WireKind value)
 
@@ -398,7 +400,8 @@ class Device:
                 continue            # it may have counted meanwhile: a third reply decides
             if counting and all(ok for ok, _ in replies[-3:]):
                 x, y, z = (value for _, value in replies[-3:])
-                if (y - x) % _WRAP < _WRAP // 2 and (z - y) % _WRAP < _WRAP // 2:
+                half = _VALUE_WRAP // 2
+                if (y - x) % _VALUE_WRAP < half and (z - y) % _VALUE_WRAP < half:
                     return y
             self.reply_mismatches += 1
         raise DeviceError(f"the replies of {self.transport.name} to READ {reg.name} keep "

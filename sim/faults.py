@@ -26,7 +26,7 @@ itself never drops a byte that it did not count as a fault.
 Shutdown: when the device side closes (the virtual board exits) the relay closes its pty, so the
 host's next read fails like on a pulled cable; when the host closes the pty after having opened it
 the relay closes the device's port (the virtual board then exits). With ``hold=True`` the relay
-keeps its pty's slave open itself, so hosts can come and go (``heraldry sim --fault-rate``).
+keeps its pty's slave open itself, so hosts can come and go (``heraldry relay``).
 :meth:`FaultRelay.close` stops it from any thread. Use it as a context manager.
 """
 

@@ -14,6 +14,7 @@ The measured delays are printed (``pytest -s``); the bound asserted is 1 s plus 
 shared CI machine's scheduling (the process is already running when the board dies).
 """
 
+import io
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ import pytest
 import tttrlib
 
 from heraldry import model
-from heraldry.host.acquire import acquire_device
+from heraldry.host.acquire import acquire_device, print_summary, summarise
 from heraldry.host.config import Acquisition
 from heraldry.host.driver import Device, DeviceLost
 from heraldry.host.ptu import WARNING_EVENTS_DROPPED, StopReason, read_ptu
@@ -215,6 +216,16 @@ def test_device_lost_in_the_python_api(twin_binary):
         assert partial is not None and not partial.complete and partial.counters is None
         assert len(partial.tags) > 0 and partial.device_seconds > 0
         assert np.all(np.diff(partial.tags["time_ps"]) >= 0)
+        # The summary of a partial result, and its printed form (no counters to show).
+        summary = summarise(partial)
+        assert summary["complete"] is False and summary["singles"] is None
+        assert summary["tags_per_channel"] == np.bincount(
+            partial.tags["channel"], minlength=acq.channels)[:acq.channels].tolist()
+        printed = io.StringIO()
+        print_summary(summary, printed)
+        text = printed.getvalue()
+        assert "run INCOMPLETE" in text and str(summary["error"]) in text
+        assert ", ".join(str(t) for t in summary["tags_per_channel"]) in text
         device._reader.join(1.0)
         assert not device._reader.is_alive()
         start = time.monotonic()

@@ -177,7 +177,20 @@ def _decode_one(data, shape, cuts):
     assert np.all(tags["channel"] < channels)
 
 
+_warmed_up = []
+
+
+def _warm_up():
+    """Decode one valid stream of each shape outside the hang guard: on a cold cache numba
+    compiles the decoder here (several seconds), which is not a hang."""
+    if not _warmed_up:
+        for shape in _SHAPES:
+            _decode_one(STREAMS[shape][0], shape, ())
+        _warmed_up.append(True)
+
+
 def _decoder_batch(seed, mutated):
+    _warm_up()
     rng = np.random.default_rng(seed)
     for index in range(BATCH):
         shape = _SHAPES[int(rng.integers(len(_SHAPES)))]

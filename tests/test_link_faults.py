@@ -446,8 +446,9 @@ def test_acquisition_survives_mixed_faults(binary, rate):
     result, stats, relay = acquire_through_relay(binary, Faults.uniform(rate), seed=int(rate * 1e5))
     hit, segments = check_accounting(result, stats, relay)
     if rate == 1e-2:
-        # about 1 % of 1.5 * 10^4 bytes: many faults, several segments lost, the others kept
-        assert relay.faults_to_host > 50 and 0 < hit < segments
+        # about 1 % of 1.5 * 10^4 bytes: many faults, several segments lost (that some segment
+        # escapes them all is likely but not certain: about 0.5 % of runs lose every one)
+        assert relay.faults_to_host > 50 and 0 < hit <= segments
         assert stats["reply_mismatches"] + stats["resends"] > 0
 
 
@@ -556,19 +557,24 @@ def test_relay_command_serves_a_board_through_faults(binary, tmp_path):
     flips = int(re.search(r"to host: \d+ bytes in, 0 drop, (\d+) flip, 0 duplicate", err)[1])
     assert flips > 0
     s = json.loads(summary.read_text())
-    damaged = s["decode_errors"] + s["skipped_bytes"] + s["unverified"] > 0
-    # a damaged stream completes with its losses counted (exit 3: events were dropped) and
-    # says so; a clean one passes every check (exit 0)
-    assert acquire.returncode == (3 if damaged else 0), acquire.stderr
-    assert s["stream_verified"] is not damaged
-    assert all(s["checks"].values()), s["checks"]
+    # About 15 flips on a few thousand bytes, nearly all of them in data segments: the stream
+    # is damaged (a REPLY hit is confirmed away by the driver, not counted here).
+    assert s["decode_errors"] + s["skipped_bytes"] + s["unverified"] > 0
+    # A damaged stream completes with its losses counted (exit 3: events were dropped) and says
+    # so; what it can still prove (nothing invented) holds.
+    assert acquire.returncode == 3, acquire.stderr
+    assert s["stream_verified"] is False
+    assert s["checks"] == {"link_loss_not_negative": True,
+                           "loss_records_within_drop_counters": True}
     assert sum(s["tags_per_channel"]) <= sum(s["singles"]) and sum(s["singles"]) > 0
     lost = s["link_lost_per_channel"]
-    assert min(lost) >= 0 and (damaged or sum(lost) == 0)
+    assert min(lost) >= 0 and sum(lost) > 0
     assert [t + m + h + k for t, m, h, k in zip(s["tags_per_channel"], s["merger_dropped"],
                                                 s["host_dropped"], lost)] == s["singles"]
-    if damaged:
-        assert "LINK DAMAGED" in acquire.stdout and "tags lost on the link" in acquire.stdout
+    records = s["link_lost_records"]
+    assert min(records["heralds"] + [records["coincidences"]]) >= 0
+    assert s["dropped"] >= sum(lost) + sum(records["heralds"]) + records["coincidences"]
+    assert "LINK DAMAGED" in acquire.stdout and "tags lost on the link" in acquire.stdout
 
 
 def test_relay_command_refuses_bad_options(tmp_path):

@@ -154,6 +154,8 @@ def test_generated_bracket_holds_the_model_count():
     (["--board", "icebreaker"], "--board icebreaker: selftest runs on --board sim or"),
     (["--port", "/dev/null", "--board", "sim"], "exclude each other"),
     (["--duration", "0"], "--duration must be positive"),
+    (["--duration", "inf"], "--duration must be positive and finite"),
+    (["--port", "/dev/null"], "--port /dev/null: cannot open serial port"),
     (["--efficiency", "2"], "efficiency 2 is not a probability"),
     (["--channels", "9"], "--channels must be 1..8"),
     (["--test-signal", "off"], "invalid choice: 'off'"),
