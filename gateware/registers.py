@@ -10,31 +10,27 @@ The wire format of commands and the register map are in ``docs/protocol.md`` and
   answers each command with one REPLY on the side stream to the encoder.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .. import __version__
 from ..protocol import (
-    COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COUNTER_BASE,
-    COUNTER_BITS, REGISTER_ADDRESS_BITS, command_check_step,
+    COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COMMAND_OP_BITS,
+    COMMAND_PAYLOAD_BITS, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS, command_check_step,
     WIRE_BITS_PER_BYTE, WIRE_SEQ_BITS, Command, RegisterMap, WireKind, config_layout,
 )
 from .encoder import SIDE_LAYOUT
 
 __all__ = ["COMMAND_LAYOUT", "CAPABILITIES", "version_word", "CommandParser", "RegisterFile"]
 
-#: Bits of the first byte of a command frame that hold the operation; the check field sits above.
-_OP_BITS = Shape.cast(Command).width
-#: Payload bits of a frame after its first byte: seq, address, value.
-_FRAME_PAYLOAD_BITS = (COMMAND_BYTES - 1) * WIRE_BITS_PER_BYTE
 #: Width of a register value on the link (what is left of the frame after seq and address).
-VALUE_BITS = _FRAME_PAYLOAD_BITS - WIRE_SEQ_BITS - REGISTER_ADDRESS_BITS
+VALUE_BITS = COMMAND_PAYLOAD_BITS - WIRE_SEQ_BITS - REGISTER_ADDRESS_BITS
 
 #: One parsed command frame (its check verified). ``op`` is a ``Command`` value, or an unknown
 #: operation (answered with ``ok = 0``).
 COMMAND_LAYOUT = data.StructLayout({
-    "op":      unsigned(_OP_BITS),
+    "op":      unsigned(COMMAND_OP_BITS),
     "seq":     unsigned(WIRE_SEQ_BITS),
     "address": unsigned(REGISTER_ADDRESS_BITS),
     "value":   unsigned(VALUE_BITS),
@@ -65,7 +61,7 @@ def version_word(version=__version__):
 class CommandParser(wiring.Component):
     """Host bytes -> command frames (``docs/protocol.md``, "Commands").
 
-    A frame is ``COMMAND_BYTES`` bytes: ``WIRE_START | check << 2 | op``, then bytes with bit 7
+    A frame is ``COMMAND_BYTES`` bytes: ``WIRE_START | check << COMMAND_OP_BITS | op``, then bytes with bit 7
     clear holding 7 bits each, least significant first: ``seq``, ``address``, ``value``. A byte
     with bit 7 set always starts a new frame; the bytes of a frame cut short by it (a *torn*
     frame) are dropped, and so is a run of bytes with bit 7 clear that follows no start byte, and
@@ -96,12 +92,12 @@ class CommandParser(wiring.Component):
         # being skipped (counted once per run).
         received = Signal(range(COMMAND_BYTES))
         stray = Signal()
-        op = Signal(_OP_BITS)
+        op = Signal(COMMAND_OP_BITS)
         check = Signal(COMMAND_CHECK_BITS)
         # The check of the bits received so far (op first, then 7 payload bits per byte).
         crc = Signal(COMMAND_CHECK_BITS)
         # Payload bytes shift in from the top, so after the last one the first is at bit 0.
-        payload = Signal(_FRAME_PAYLOAD_BITS)
+        payload = Signal(COMMAND_PAYLOAD_BITS)
 
         byte = self.i.payload
         start = byte[7]
@@ -114,7 +110,7 @@ class CommandParser(wiring.Component):
             return Cat(*state)
 
         init = [(COMMAND_CHECK_INIT >> i) & 1 for i in range(COMMAND_CHECK_BITS)]
-        crc_after_op = crc_over(init, [byte[i] for i in range(_OP_BITS)])
+        crc_after_op = crc_over(init, [byte[i] for i in range(COMMAND_OP_BITS)])
         crc_after_byte = crc_over([crc[i] for i in range(COMMAND_CHECK_BITS)],
                                   [byte[i] for i in range(WIRE_BITS_PER_BYTE)])
         m.d.comb += self.i.ready.eq(~completes | ~self.o.valid | self.o.ready)
@@ -126,8 +122,8 @@ class CommandParser(wiring.Component):
         with m.If(self.i.valid & self.i.ready):
             with m.If(start):
                 m.d.sync += [
-                    op.eq(byte[:_OP_BITS]),
-                    check.eq(byte[_OP_BITS:WIRE_BITS_PER_BYTE]),
+                    op.eq(byte[:COMMAND_OP_BITS]),
+                    check.eq(byte[COMMAND_OP_BITS:WIRE_BITS_PER_BYTE]),
                     crc.eq(crc_after_op),
                     received.eq(1),
                     stray.eq(0),

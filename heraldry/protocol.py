@@ -343,15 +343,19 @@ def wire_channel_bits(channels):
 # register (the host then times out and sends the frame again).
 
 COMMAND_BYTES = 8
+#: Bits of a command frame's first byte that hold the operation (the lowest); the check above.
+COMMAND_OP_BITS = 2
+#: Payload bits of a command frame after its first byte: seq, address, value.
+COMMAND_PAYLOAD_BITS = (COMMAND_BYTES - 1) * WIRE_BITS_PER_BYTE
 
 
-class Command(enum.Enum, shape=2):
+class Command(enum.Enum, shape=COMMAND_OP_BITS):
     READ  = 0   #: reply with the register's value
     WRITE = 1   #: write, then reply with the value read back
 
 
-#: Width of the command frame's check field (the first byte's bits 2..6).
-COMMAND_CHECK_BITS = 5
+#: Width of the command frame's check field (the first byte's bits COMMAND_OP_BITS..6).
+COMMAND_CHECK_BITS = WIRE_BITS_PER_BYTE - COMMAND_OP_BITS
 #: CRC-5 polynomial x^5 + x^2 + 1 (bit i: coefficient of x^i, x^5 implied) and initial value.
 COMMAND_CHECK_POLY = 0b00101
 COMMAND_CHECK_INIT = 0b11111

@@ -25,7 +25,8 @@ from .protocol import (  # noqa: F401 (re-exported: wire constants live in proto
     CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, DEFAULT_ANCHOR_INTERVAL, FIXED_LENGTH_KINDS,
     REGISTER_VALUE_BITS,
     CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
-    COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, command_check_step,
+    COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS,
+    command_check_step,
     REGISTER_ADDRESS_BITS, RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_KIND_SHIFT,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
     Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
@@ -40,9 +41,7 @@ __all__ = [
 ]
 
 _CAUSE_BITS = Shape.cast(LossCause).width
-_OP_BITS = Shape.cast(Command).width
 _CONTINUATION = (1 << WIRE_BITS_PER_BYTE) - 1
-_COMMAND_PAYLOAD_BITS = (COMMAND_BYTES - 1) * WIRE_BITS_PER_BYTE
 
 
 
@@ -472,9 +471,9 @@ def encode_command(op, address, value, seq):
             raise ValueError(f"command field {field} does not fit {width} bits")
         payload |= field << shift
         shift += width
-    if payload >> _COMMAND_PAYLOAD_BITS:
+    if payload >> COMMAND_PAYLOAD_BITS:
         raise ValueError("command fields do not fit the frame")
-    out = [WIRE_START | command_check(op.value, payload) << _OP_BITS | op.value]
+    out = [WIRE_START | command_check(op.value, payload) << COMMAND_OP_BITS | op.value]
     for _ in range(COMMAND_BYTES - 1):
         out.append(payload & _CONTINUATION)
         payload >>= WIRE_BITS_PER_BYTE
@@ -486,9 +485,9 @@ def command_check(op, payload):
     ``payload`` (seq, address, value): ``protocol.command_check_step`` over op's bits and then
     the payload's, least significant first."""
     crc = [(COMMAND_CHECK_INIT >> i) & 1 for i in range(COMMAND_CHECK_BITS)]
-    for i in range(_OP_BITS):
+    for i in range(COMMAND_OP_BITS):
         crc = command_check_step(crc, (op >> i) & 1)
-    for i in range(_COMMAND_PAYLOAD_BITS):
+    for i in range(COMMAND_PAYLOAD_BITS):
         crc = command_check_step(crc, (payload >> i) & 1)
     return sum(bit << i for i, bit in enumerate(crc))
 
@@ -503,8 +502,8 @@ def decode_command(frame):
     first = frame[0]
     if not first & WIRE_START:
         raise ValueError(f"bad first byte {first:#04x}")
-    op_value = first & ((1 << _OP_BITS) - 1)
-    check = (first & ~WIRE_START) >> _OP_BITS
+    op_value = first & ((1 << COMMAND_OP_BITS) - 1)
+    check = (first & ~WIRE_START) >> COMMAND_OP_BITS
     payload = 0
     for i, byte in enumerate(frame[1:]):
         if byte & WIRE_START:
