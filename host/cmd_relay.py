@@ -13,12 +13,11 @@ import signal
 import sys
 import time
 
+from ..sim.faults import FAULT_KINDS as _KINDS
+
 __all__ = ["register", "cmd_relay"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-_KINDS = ("drop", "flip", "duplicate", "delay")
-
 
 def _error(message):
     sys.stderr.write(f"heraldry: error: {message}\n")
