@@ -23,7 +23,7 @@ is not checked here. If it is lower, ``_CLOCK_HZ = 156_250_000`` (312.5 MHz ECLK
 has exact PLL dividers too. Not yet run on hardware.
 
 Status (YoWASP nextpnr-ecp5, 85F): the clocking plus 8 gearbox PHYs meet 200 MHz (272-291 MHz
-post-route over seeds 1-5); the full Tagger does not (86.5 MHz with 4 channels, seed 1, after the
+post-route over seeds 1-5); the full Tagger does not (89.2 MHz with 4 channels, seed 1, after the
 core's pipelining; 40.8 MHz before; docs/boards.md), so ``build`` writes a bitstream whose report
 says ``timing_met: false``.
 """

@@ -56,9 +56,10 @@ class TestSignal(wiring.Component):
     Until the first ``clear`` after reset the output is one-cycle pulses whose pattern the model
     does not specify (the streams start from the seed-0 states, the decisions from zero).
 
-    Resources: ``3 + channels`` 32-bit xorshift registers with comparators, a 32-bit period
-    counter, and a 1-bit x ``2**PAIR_DELAY_BITS`` memory used as a circular delay line (a pair
-    can be born every cycle, so every cycle holds one in-flight arm B).
+    Resources: ``3 + channels`` 32-bit xorshift registers, each with two threshold comparators
+    (its state's and, for a clear, the seed's), a 32-bit period counter, and a 1-bit x
+    ``2**PAIR_DELAY_BITS`` memory used as a circular delay line (a pair can be born every cycle,
+    so every cycle holds one in-flight arm B).
     """
     __test__ = False  # not a pytest test class despite its name
 
@@ -78,9 +79,11 @@ class TestSignal(wiring.Component):
         config = self.config
         clear = self.clear
 
-        # Random streams: state x(k) and the registered decision x(k) <= threshold, i.e.
-        # draw = x(k) - 1 < threshold. The decision is computed from the next state so that
-        # ``rise`` does not carry a 32-bit comparison into the input stage's timing path.
+        # Random streams: the registered decision x(k) <= threshold (i.e. draw = x(k) - 1 <
+        # threshold) in cycle k, next to the state one step ahead, x(k + 1). Each comparator
+        # thus reads a register (``ahead``) and not the xorshift step or the seed multiplexer;
+        # at a clear the seed's decision is taken through comparators of its own, in parallel
+        # with the seed == C_i test (timing: ECP5 critical path, see docs/boards.md).
         thresholds = {STREAM_PAIR: config.pair_threshold, STREAM_ETA_A: config.eta_a,
                       STREAM_ETA_B: config.eta_b}
         for c in range(self.channels):
@@ -88,17 +91,24 @@ class TestSignal(wiring.Component):
         fired = {}
         for stream, threshold in thresholds.items():
             constant = stream_constant(stream)
-            state = Signal(32, init=constant, name=f"state_{stream}")
-            next_state = Signal(32, name=f"next_state_{stream}")
+            ahead = Signal(32, init=constant, name=f"ahead_{stream}")
             fired[stream] = Signal(name=f"fired_{stream}")
             # seed ^ C_i is zero only for seed == C_i; C_i itself then keeps the states
             # distinct (the other streams hold C_i ^ C_j != C_i) and non-zero.
-            seeded = Mux(config.seed == constant, constant, config.seed ^ constant)
-            m.d.comb += next_state.eq(Mux(clear, seeded, _xorshift32(state)))
-            m.d.sync += [
-                state.eq(next_state),
-                fired[stream].eq(next_state <= threshold),
-            ]
+            seed_is_constant = Signal(name=f"seed_is_constant_{stream}")
+            m.d.comb += seed_is_constant.eq(config.seed == constant)
+            seeded = Mux(seed_is_constant, constant, config.seed ^ constant)
+            with m.If(clear):
+                m.d.sync += [
+                    ahead.eq(_xorshift32(seeded)),
+                    fired[stream].eq(Mux(seed_is_constant, constant <= threshold,
+                                         (config.seed ^ constant) <= threshold)),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    ahead.eq(_xorshift32(ahead)),
+                    fired[stream].eq(ahead <= threshold),
+                ]
 
         # Periodic: down-counter, pulse in the cycles where it is zero (k = 0, P, 2P, ...).
         count = Signal(PERIOD_BITS)

@@ -137,6 +137,19 @@ def test_random(delay):
         assert dropped == 0
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("fine_bits", [0, 2])
+def test_random_small_depth(depth, fine_bits):
+    """Dense random arrivals through short lines (the head slot rewritten as it is read, an
+    event due the cycle after it arrives, an empty line refilled as its last event leaves);
+    delays around the depth overflow some of the time."""
+    rng = random.Random(700 + 10 * depth + fine_bits)
+    for delay in (1, 2, 3, 5, 4 * depth + 3):
+        events = random_events(rng, 600, 0.6, fine_bits, min_gap=2**fine_bits)
+        check(events, delay << fine_bits, fine_bits=fine_bits, depth=depth,
+              extra=delay + 4)
+
+
 def test_delay_zero_is_combinational():
     """delay = 0: every event leaves in its arrival cycle, even one per cycle, never dropped."""
     events = [(i, 0) for i in range(5, 60)]
