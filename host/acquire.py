@@ -321,15 +321,7 @@ def summarise(result, *, board="sim"):
     summary = {
         "board": board,
         "complete": True,
-        "port": result.port,
-        "channels": n,
-        "bin_ps": acq.bin_ps,
-        "duration_s": result.duration_s,
-        "device_seconds": result.device_seconds,
-        "window_bins": acq.window_bins,
-        "delays_bins": list(acq.delays_bins),
-        "dead_time_bins": list(acq.dead_time_bins),
-        "test_signal": acq.test_signal,
+        **_run_fields(result),
         "singles": c["singles"],
         "patterns": patterns,
         "heralds": c["heralds"][:len(acq.herald_masks)],
@@ -366,6 +358,22 @@ def summarise(result, *, board="sim"):
     return summary
 
 
+def _run_fields(result):
+    """The summary keys that describe the run (the same in a complete and a partial one)."""
+    acq = result.acquisition
+    return {
+        "port": result.port,
+        "channels": acq.channels,
+        "bin_ps": acq.bin_ps,
+        "duration_s": result.duration_s,
+        "device_seconds": result.device_seconds,
+        "window_bins": acq.window_bins,
+        "delays_bins": list(acq.delays_bins),
+        "dead_time_bins": list(acq.dead_time_bins),
+        "test_signal": acq.test_signal,
+    }
+
+
 def _partial_summary(result, board):
     """The summary of a run cut short (``result.error`` set, no hardware counters): what was
     received and verified, what the loss records and the host said was dropped, what could not
@@ -385,15 +393,7 @@ def _partial_summary(result, board):
         "board": board,
         "complete": False,
         "error": result.error,
-        "port": result.port,
-        "channels": n,
-        "bin_ps": acq.bin_ps,
-        "duration_s": result.duration_s,
-        "device_seconds": result.device_seconds,
-        "window_bins": acq.window_bins,
-        "delays_bins": list(acq.delays_bins),
-        "dead_time_bins": list(acq.dead_time_bins),
-        "test_signal": acq.test_signal,
+        **_run_fields(result),
         "singles": None,
         "patterns": None,
         "heralds": None,
