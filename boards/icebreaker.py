@@ -24,8 +24,7 @@ from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
-from ..gateware.phy import GenericPHY
-from ..gateware.phy_ice40 import ICE40DDRPHY
+from ..gateware.phy_ice40 import ICE40DDRInputs
 from ..gateware.top import Tagger
 from . import Board, register
 
@@ -75,49 +74,37 @@ def ice40_pll_params(ref_hz, out_hz):
 class ICEBreakerTop(Elaboratable):
     """Clocking, :class:`Tagger` and pins for the iCEBreaker (an Elaboratable).
 
-    With a PHY that needs its raw pin (``ICE40DDRPHY``) one PHY per detector pin is built here
-    and handed to the Tagger (``phys=``); the generic PHY takes the buffered pins.
+    Domains ``fast`` (2 x ``clock_hz``: the DDR input registers) and ``sync`` (``clock_hz``)
+    from the PLL; the detector pins go into one :class:`ICE40DDRInputs`, whose per-channel PHYs
+    are handed to the Tagger (``phys=``).
 
     Attributes
     ----------
     tagger : Tagger
-        The tagger, built with the board's clock, baud and PHY (in :meth:`elaborate` when the
-        PHY needs the requested pins; None before).
+        The tagger, built with the board's clock, baud and PHYs in :meth:`elaborate` (the PHYs
+        need the requested pins; None before).
     """
 
     def __init__(self, board, channels):
         self.board = board
         self.channels = channels
         self.tagger = None
-        if board.phy is GenericPHY:
-            self.tagger = self._tagger(phys=None)
-
-    def _tagger(self, phys):
-        board = self.board
-        return Tagger(self.channels, rules=board.rules, clock_hz=board.clock_hz,
-                      baud=board.baud, phy=board.phy, phys=phys, test_signal=board.test_signal)
 
     def elaborate(self, platform):
         m = Module()
         board = self.board
-        ref_hz = int(platform.default_clk_frequency)
-        if board.clock_hz != ref_hz:
-            self._pll(m, platform, ref_hz)
-        # else: the platform's own `sync` (12 MHz pin, reset synchroniser) is the clock.
+        self._pll(m, platform, int(platform.default_clk_frequency))
 
         def buffer(name, index, direction):
             port = platform.request(name, index, dir="-")
             m.submodules[f"{name}{index}_buffer"] = buf = io.Buffer(direction, port)
             return buf
 
-        if board.phy is GenericPHY:
-            tagger = self.tagger
-            for c in range(self.channels):
-                m.d.comb += tagger.pins[c].eq(buffer("det", c, "i").i)
-        else:
-            phys = [board.phy(platform.request("det", c, dir="-").io)
-                    for c in range(self.channels)]
-            self.tagger = tagger = self._tagger(phys)
+        ports = [platform.request("det", c, dir="-").io for c in range(self.channels)]
+        m.submodules.inputs = inputs = board.phy(ports)
+        self.tagger = tagger = Tagger(
+            self.channels, rules=board.rules, clock_hz=board.clock_hz, baud=board.baud,
+            phys=inputs.phys, test_signal=board.test_signal)
         m.submodules.tagger = tagger
 
         for r in range(tagger.rules):
@@ -134,25 +121,34 @@ class ICEBreakerTop(Elaboratable):
         return m
 
     def _pll(self, m, platform, ref_hz):
-        pll = ice40_pll_params(ref_hz, self.board.clock_hz)
+        # Port A: the PHY's `fast` clock (2 x sync); port B: GENCLK_HALF, `sync`, its rising
+        # edges coinciding with port A's (the aligned gearbox relies on it).
+        fast_hz = 2 * self.board.clock_hz
+        pll = ice40_pll_params(ref_hz, fast_hz)
         m.domains.sync = ClockDomain("sync")
+        m.domains.fast = ClockDomain("fast", reset_less=True)
         clk12 = platform.request(platform.default_clk, dir="-")
         locked = Signal()
-        # The constraint must be on a plain signal that survives synthesis.
+        # The constraints must be on plain signals that survive synthesis.
         clk = Signal(name="pll_clk")
+        clk_fast = Signal(name="pll_fast")
         m.submodules.pll = Instance(
-            "SB_PLL40_PAD",
+            "SB_PLL40_2F_PAD",
             p_FEEDBACK_PATH="SIMPLE",
+            p_PLLOUT_SELECT_PORTA="GENCLK",
+            p_PLLOUT_SELECT_PORTB="GENCLK_HALF",
             p_DIVR=pll["DIVR"], p_DIVF=pll["DIVF"], p_DIVQ=pll["DIVQ"],
             p_FILTER_RANGE=pll["FILTER_RANGE"],
             i_PACKAGEPIN=clk12.io,
             i_RESETB=Const(1),
             i_BYPASS=Const(0),
-            o_PLLOUTGLOBAL=clk,
+            o_PLLOUTGLOBALA=clk_fast,
+            o_PLLOUTGLOBALB=clk,
             o_LOCK=locked,
         )
-        m.d.comb += ClockSignal("sync").eq(clk)
+        m.d.comb += [ClockSignal("sync").eq(clk), ClockSignal("fast").eq(clk_fast)]
         platform.add_clock_constraint(clk, self.board.clock_hz)
+        platform.add_clock_constraint(clk_fast, fast_hz)
         # LOCK is asynchronous to the PLL output: release the reset synchronously.
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
@@ -177,18 +173,17 @@ def _bin_fs(clock_hz, phy):
     return round(10 ** 15 / (clock_hz * 2 ** phy.fine_bits))
 
 
-# 21 MHz from the PLL (12 MHz * 56 / 32), DDR input: 23.8 ns bins. The whole Tagger reaches
-# 24-26 MHz on the UP5K after the pipelining in the core (docs/boards.md); 48 MHz (10.4 ns bins)
-# needs the delay line's read-address loop and more paths cut. The FT2232H runs at 3 Mbaud
-# (7 cycles a bit).
-_CLOCK_HZ = 21_000_000
+# 24 MHz core, 48 MHz DDR sampling (12 MHz * 64 / 16 and GENCLK_HALF): four samples per core
+# cycle, 10.4 ns bins. The whole Tagger reaches 24-26 MHz on the UP5K after the pipelining in
+# the core (docs/boards.md). The FT2232H runs at 3 Mbaud (8 cycles a bit).
+_CLOCK_HZ = 24_000_000
 ICEBREAKER = register(ICEBreakerBoard(
     name="icebreaker",
     platform=HeraldryICEBreakerPlatform,
     clock_hz=_CLOCK_HZ,
     baud=3_000_000,
-    phy=ICE40DDRPHY,
-    bin_fs=_bin_fs(_CLOCK_HZ, ICE40DDRPHY),
+    phy=ICE40DDRInputs,
+    bin_fs=_bin_fs(_CLOCK_HZ, ICE40DDRInputs),
     default_channels=2,
     max_channels=2,
     programmer="iceprog",

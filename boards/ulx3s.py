@@ -34,7 +34,7 @@ from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.ulx3s import ULX3S_25F_Platform, ULX3S_85F_Platform
 
-from ..gateware.phy_ecp5 import ECP5GearboxPHY
+from ..gateware.phy_ecp5 import ECP5GearboxInputs
 from ..gateware.top import Tagger
 from . import Board, register
 
@@ -92,15 +92,26 @@ def ecp5_pll_params(ref_hz, out_hz):
     return best[1]
 
 
-def add_clocking(m, platform, clock_hz):
-    """Add domains ``eclk`` (``2 * clock_hz``, reset-less) and ``sync`` (``clock_hz``) to ``m``:
-    25 MHz oscillator -> ``EHXPLLL`` -> ``ECLKSYNCB`` -> ``CLKDIVF`` ``DIV="2.0"``. ``sync`` is in
-    reset until the PLL locks."""
+def add_clocking(m, platform, clock_hz, ratio=4):
+    """Add domains ``eclk`` (reset-less), ``sclk`` and ``sync`` (``clock_hz``) to ``m``.
+
+    25 MHz oscillator -> ``EHXPLLL``: ``CLKOP`` = ``eclk`` (``ratio * clock_hz * 2``) ->
+    ``ECLKSYNCB`` -> ``CLKDIVF`` ``DIV="2.0"`` -> ``sclk`` (``ratio * clock_hz``, the gearboxes'
+    system clock); ``CLKOS`` = ``sync`` (``clock_hz``), frequency-locked to ``sclk`` with an
+    undefined phase (``CLKDIVF``'s divider), hence the elastic crossing of
+    :class:`~heraldry.gateware.phy_ecp5.ECP5GearboxInputs`. ``sclk`` and ``sync`` are in reset
+    until the PLL locks."""
     ref_hz = int(platform.default_clk_frequency)
-    eclk_hz = 2 * clock_hz
+    sclk_hz = ratio * clock_hz
+    eclk_hz = 2 * sclk_hz
     pll = ecp5_pll_params(ref_hz, eclk_hz)
+    vco_hz = eclk_hz * pll["CLKOP_DIV"]
+    if vco_hz % clock_hz or not 1 <= vco_hz // clock_hz <= 128:
+        raise ValueError(f"no CLKOS divider gives {clock_hz} Hz from a {vco_hz} Hz VCO")
+    clkos_div = vco_hz // clock_hz
 
     m.domains.eclk = cd_eclk = ClockDomain("eclk", reset_less=True)
+    m.domains.sclk = ClockDomain("sclk")
     m.domains.sync = ClockDomain("sync")
     m.submodules.clk25 = clk25 = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
     pll_out = Signal()
@@ -108,30 +119,34 @@ def add_clocking(m, platform, clock_hz):
     m.submodules.pll = Instance(
         "EHXPLLL",
         p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
-        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+        p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
         p_CLKOP_ENABLE="ENABLED", p_CLKOP_FPHASE=0,
         p_CLKOP_CPHASE=pll["CLKOP_DIV"] - 1, p_CLKOP_DIV=pll["CLKOP_DIV"],
+        p_CLKOS_ENABLE="ENABLED", p_CLKOS_FPHASE=0,
+        p_CLKOS_CPHASE=clkos_div - 1, p_CLKOS_DIV=clkos_div,
         p_CLKI_DIV=pll["CLKI_DIV"], p_CLKFB_DIV=pll["CLKFB_DIV"], p_FEEDBK_PATH="CLKOP",
         i_CLKI=clk25.i, i_CLKFB=pll_out, i_RST=Const(0), i_STDBY=Const(0),
         i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(0),
         i_PHASESTEP=Const(0), i_PHASELOADREG=Const(0), i_PLLWAKESYNC=Const(0),
-        i_ENCLKOP=Const(0),
-        o_CLKOP=pll_out, o_LOCK=locked,
+        i_ENCLKOP=Const(0), i_ENCLKOS=Const(0),
+        o_CLKOP=pll_out, o_CLKOS=ClockSignal("sync"), o_LOCK=locked,
         a_FREQUENCY_PIN_CLKI=f"{ref_hz / 1e6:g}",
         a_FREQUENCY_PIN_CLKOP=f"{eclk_hz / 1e6:g}",
+        a_FREQUENCY_PIN_CLKOS=f"{clock_hz / 1e6:g}",
         a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
         a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
     )
     m.submodules.eclksync = Instance(
         "ECLKSYNCB", i_ECLKI=pll_out, i_STOP=Const(0), o_ECLKO=cd_eclk.clk)
-    # CLKDIVF keeps sync phase-aligned to eclk, which the gearbox's ECLK/SCLK transfer needs.
+    # CLKDIVF keeps sclk phase-aligned to eclk, which the gearbox's ECLK/SCLK transfer needs.
     m.submodules.clkdiv = Instance(
         "CLKDIVF", p_DIV="2.0",
-        i_CLKI=cd_eclk.clk, i_RST=Const(0), i_ALIGNWD=Const(0), o_CDIVX=ClockSignal("sync"))
-    # No constraints on eclk/sync: synthesis renames both nets, so nextpnr ignores constraints
-    # on them ("net ... does not exist"); it derives both from the 25 MHz pin constraint through
-    # EHXPLLL, ECLKSYNCB and CLKDIVF instead (reports time `sync` "at 200.00 MHz").
-    # LOCK is asynchronous to the divided clock: release the reset synchronously.
+        i_CLKI=cd_eclk.clk, i_RST=Const(0), i_ALIGNWD=Const(0), o_CDIVX=ClockSignal("sclk"))
+    # No constraints on the clock nets: synthesis renames them, so nextpnr ignores constraints
+    # on them ("net ... does not exist"); it derives every one from the 25 MHz pin constraint
+    # through EHXPLLL, ECLKSYNCB and CLKDIVF instead.
+    # LOCK is asynchronous to both clocks: release each reset synchronously.
+    m.submodules.reset_sclk = ResetSynchronizer(~locked, domain="sclk")
     m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
 
@@ -157,9 +172,11 @@ class ULX3STop(Elaboratable):
         board = self.board
         add_clocking(m, platform, board.clock_hz)
 
-        phys = [board.phy(platform.request("det", c, dir="-").io) for c in range(self.channels)]
+        ports = [platform.request("det", c, dir="-").io for c in range(self.channels)]
+        m.submodules.inputs = inputs = board.phy(ports)
         self.tagger = tagger = Tagger(self.channels, rules=len(HERALD_PINS),
-                                      clock_hz=board.clock_hz, baud=board.baud, phys=phys)
+                                      clock_hz=board.clock_hz, baud=board.baud,
+                                      phys=inputs.phys)
         m.submodules.tagger = tagger
         for r in range(tagger.rules):
             m.submodules[f"herald{r}"] = herald = io.Buffer(
@@ -185,7 +202,8 @@ class ULX3SBoard(Board):
         return ULX3STop(self, self.check_channels(channels))
 
 
-_CLOCK_HZ = 200_000_000
+#: The core's clock: 1/4 of the gearboxes' 200 MHz (16 samples a cycle, 1.25 ns bins).
+_CLOCK_HZ = 50_000_000
 
 
 def _board(name, platform):
@@ -194,8 +212,8 @@ def _board(name, platform):
         platform=platform,
         clock_hz=_CLOCK_HZ,
         baud=3_000_000,
-        phy=ECP5GearboxPHY,
-        bin_fs=round(10 ** 15 / (_CLOCK_HZ * 2 ** ECP5GearboxPHY.fine_bits)),
+        phy=ECP5GearboxInputs,
+        bin_fs=round(10 ** 15 / (_CLOCK_HZ * 2 ** ECP5GearboxInputs.fine_bits)),
         default_channels=4,
         max_channels=len(DETECTOR_PINS),
         programmer="openFPGALoader",

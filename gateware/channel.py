@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..protocol import COARSE_BITS, DEAD_TIME_BITS, Edge, channel_config_layout, time_bits
+from .arith import at_most_each, saturating_sub
 from .phy import PHYSignature
 
 __all__ = ["InputStage"]
@@ -106,13 +107,15 @@ class InputStage(wiring.Component):
         rem = Signal(rem_bits)
         ok = Signal(step, init=(1 << step) - 1)
 
-        def saturated(a, b):
-            """max(0, a - b) and its `ok` flags."""
+        def saturated(a, k):
+            """max(0, a - k) and its `ok` flags."""
             clipped = Signal(rem_bits)
-            m.d.comb += clipped.eq(Mux(a > b, a - b, 0))
-            return clipped, Cat(clipped <= i for i in range(step))
+            m.d.comb += clipped.eq(saturating_sub(a, k))
+            return clipped, at_most_each(clipped, F)
 
-        after_accept = [saturated(config.dead_time + i, step) for i in range(step)]
+        dead_time = Signal(rem_bits)
+        m.d.comb += dead_time.eq(config.dead_time)
+        after_accept = [saturated(dead_time, step - i) for i in range(step)]
         after_idle = saturated(rem, step)
 
         gated = selected & config.enable & self.run

@@ -22,6 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..protocol import COARSE_BITS, HERALD_WIDTH_BITS, MAX_CHANNELS, MAX_RULES, WINDOW_BITS, \
     time_bits
+from .arith import above_each, at_most_step
 
 __all__ = ["CoincidenceUnit", "HeraldGenerator"]
 
@@ -137,7 +138,7 @@ class CoincidenceUnit(wiring.Component):
 
         def flags(value):
             """(above, ending) of a `left` value."""
-            return Cat(value > i for i in range(step)), value <= step
+            return above_each(value, f), at_most_step(value, f)
 
         events = Signal(n)
         m.d.comb += events.eq(Mux(self.clear, 0, self.events))
@@ -172,7 +173,7 @@ class CoincidenceUnit(wiring.Component):
         for i in range(step):
             m.d.comb += [
                 opened_left[i].eq(self.window + i),
-                opened_ending[i].eq(opened_left[i] <= step),
+                opened_ending[i].eq(at_most_step(opened_left[i], f)),
                 opened_next[i].eq(opened_left[i] - step),
             ]
             a, e = flags(opened_next[i])

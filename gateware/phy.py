@@ -10,7 +10,8 @@ Every PHY implements :class:`PHYSignature` and declares two plain attributes:
   ``Cat(fine, now - latency)``: the only place PHY latency is subtracted.
 
 Vendor PHYs (iCE40 DDR, ECP5 gearbox) live in their own modules and implement the same interface,
-so the rest of the core never knows which one it is fed by.
+so the rest of the core never knows which one it is fed by. :class:`WordEdges`, here, is the
+first-edge encoder every sample-word PHY shares.
 """
 
 from amaranth.hdl import Module, Signal
@@ -18,7 +19,7 @@ from amaranth.lib import wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["PHYSignature", "GenericPHY"]
+__all__ = ["PHYSignature", "GenericPHY", "WordEdges"]
 
 
 class PHYSignature(wiring.Signature):
@@ -119,4 +120,67 @@ class GenericPHY(wiring.Component):
             self.phy.rise.eq(level & ~old),
             self.phy.fall.eq(~level & old),
         ]
+        return m
+
+
+class WordEdges(wiring.Component):
+    """First rising and first falling edge within a word of ``2**fine_bits`` pin samples.
+
+    The word holds the pin's level at ``2**F`` evenly spaced instants of one clock cycle, bit 0
+    the earliest. A rising edge at position ``i`` is ``word[i] & ~word[i - 1]``, where
+    ``word[-1]`` is the last sample of the previous cycle's word (kept in a register that starts
+    low, so a pin high from reset is one rising edge). Only the first edge of each kind in a word
+    is reported; later ones in the same word are lost (one event per cycle, as in the input
+    stage and the reference model).
+
+    Latency: 0 cycles (the outputs are combinational in ``word``; registering them would add a
+    cycle to the pin-to-herald budget).
+
+    Parameters
+    ----------
+    fine_bits : int
+        F, at least 1.
+
+    Members
+    -------
+    word : In(2**F)
+        This cycle's samples, bit 0 the earliest. Must come from a register (synchronous).
+    phy : Out(PHYSignature(F))
+        Edge reports for this word.
+    """
+
+    def __init__(self, fine_bits):
+        if not isinstance(fine_bits, int) or fine_bits < 1:
+            raise ValueError(f"fine_bits must be a positive integer, not {fine_bits!r}")
+        self.fine_bits = fine_bits
+        super().__init__({
+            "word": In(2 ** fine_bits),
+            "phy":  Out(PHYSignature(fine_bits)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        width = 2 ** self.fine_bits
+
+        last = Signal()
+        m.d.sync += last.eq(self.word[-1])
+
+        previous = Signal(width)
+        m.d.comb += previous.eq((self.word << 1) | last)
+        rises = Signal(width)
+        falls = Signal(width)
+        m.d.comb += [
+            rises.eq(self.word & ~previous),
+            falls.eq(~self.word & previous),
+        ]
+        m.d.comb += [
+            self.phy.rise.eq(rises.any()),
+            self.phy.fall.eq(falls.any()),
+        ]
+        # Priority encoders: the last assignment wins, so iterate from the latest position down.
+        for i in reversed(range(width)):
+            with m.If(rises[i]):
+                m.d.comb += self.phy.rise_fine.eq(i)
+            with m.If(falls[i]):
+                m.d.comb += self.phy.fall_fine.eq(i)
         return m

@@ -1,79 +1,18 @@
-"""iCE40 DDR input PHY: two samples per clock cycle from the ``SB_IO`` input registers (F = 1).
+"""iCE40 DDR input PHYs: two samples per clock cycle from the ``SB_IO`` input registers.
 
-Also home of :class:`WordEdges`, the first-edge encoder every sample-word PHY shares (the ECP5
-gearbox PHY in :mod:`.phy_ecp5` uses it too).
+:class:`ICE40DDRPHY` samples at the core's own clock (F = 1); :class:`ICE40DDRInputs` samples every
+pin at a clock twice as fast and hands the core four samples per cycle (F = 2) through the
+aligned :class:`~.gearbox.WordGearbox`.
 """
 
 from amaranth.hdl import C, ClockSignal, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .phy import PHYSignature
+from .gearbox import GearedInputs
+from .phy import PHYSignature, WordEdges
 
-__all__ = ["WordEdges", "ICE40DDRPHY"]
-
-
-class WordEdges(wiring.Component):
-    """First rising and first falling edge within a word of ``2**fine_bits`` pin samples.
-
-    The word holds the pin's level at ``2**F`` evenly spaced instants of one clock cycle, bit 0
-    the earliest. A rising edge at position ``i`` is ``word[i] & ~word[i - 1]``, where
-    ``word[-1]`` is the last sample of the previous cycle's word (kept in a register that starts
-    low, so a pin high from reset is one rising edge). Only the first edge of each kind in a word
-    is reported; later ones in the same word are lost (one event per cycle, as in the input
-    stage and the reference model).
-
-    Latency: 0 cycles (the outputs are combinational in ``word``; registering them would add a
-    cycle to the pin-to-herald budget).
-
-    Parameters
-    ----------
-    fine_bits : int
-        F, at least 1.
-
-    Members
-    -------
-    word : In(2**F)
-        This cycle's samples, bit 0 the earliest. Must come from a register (synchronous).
-    phy : Out(PHYSignature(F))
-        Edge reports for this word.
-    """
-
-    def __init__(self, fine_bits):
-        if not isinstance(fine_bits, int) or fine_bits < 1:
-            raise ValueError(f"fine_bits must be a positive integer, not {fine_bits!r}")
-        self.fine_bits = fine_bits
-        super().__init__({
-            "word": In(2 ** fine_bits),
-            "phy":  Out(PHYSignature(fine_bits)),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        width = 2 ** self.fine_bits
-
-        last = Signal()
-        m.d.sync += last.eq(self.word[-1])
-
-        previous = Signal(width)
-        m.d.comb += previous.eq((self.word << 1) | last)
-        rises = Signal(width)
-        falls = Signal(width)
-        m.d.comb += [
-            rises.eq(self.word & ~previous),
-            falls.eq(~self.word & previous),
-        ]
-        m.d.comb += [
-            self.phy.rise.eq(rises.any()),
-            self.phy.fall.eq(falls.any()),
-        ]
-        # Priority encoders: the last assignment wins, so iterate from the latest position down.
-        for i in reversed(range(width)):
-            with m.If(rises[i]):
-                m.d.comb += self.phy.rise_fine.eq(i)
-            with m.If(falls[i]):
-                m.d.comb += self.phy.fall_fine.eq(i)
-        return m
+__all__ = ["ICE40DDRPHY", "ICE40DDRInputs"]
 
 
 class ICE40DDRPHY(wiring.Component):
@@ -151,3 +90,77 @@ class ICE40DDRPHY(wiring.Component):
         m.d.comb += edges.word.eq(word)
         wiring.connect(m, edges.phy, wiring.flipped(self.phy))
         return m
+
+
+class ICE40DDRInputs(GearedInputs):
+    """Every detector pin into an ``SB_IO`` DDR input register clocked by the fast domain, two
+    fast cycles per ``sync`` cycle (R = 2, aligned clocks): ``fine_bits = 2``, four samples per
+    ``sync`` cycle, bins of half a fast cycle.
+
+    The two clocks must come from one PLL with coinciding rising edges (``SB_PLL40_2F_PAD``
+    ports A = ``GENCLK`` for ``fast``, B = ``GENCLK_HALF`` for ``sync``; ``boards/icebreaker.py``).
+    The IO registers are the first flop; ``sync`` captures them and the previous fast word (a
+    fast fabric register) at once: the second flop. The falling-edge sample has half a fast
+    period to reach either, as in :class:`ICE40DDRPHY`.
+
+    Bin of an edge: ``4 * now + i``, ``now`` the coarse counter in the ``sync`` cycle after the
+    ``sync`` edge ``K - 1`` at or after which the pin is first sampled in its new state, ``i``
+    (0..3) that sample's position: the samples at ``K - 1``, half a fast cycle later, the fast
+    edge between ``K - 1`` and ``K``, and half a fast cycle after that.
+
+    Parameters
+    ----------
+    ports : list of IOPort, or None
+        Raw pins (``platform.request(..., dir="-").io``). Not used with ``sim=True``.
+    channels : int
+        N (``sim=True``; otherwise ``len(ports)``).
+    fast : str
+        The fast clock domain.
+    sim : bool
+        Replace ``SB_IO`` by a behavioural model (see ``samples``).
+
+    Attributes
+    ----------
+    latency : int
+        1: the group of samples taken from ``sync`` edge ``K - 1`` on is in ``sync``'s register
+        after edge ``K``, edge detection is combinational.
+
+    Members
+    -------
+    samples : In(2 * N)
+        ``sim=True`` only, fast domain: channel ``c``'s pin level at fast edge ``k`` (bit
+        ``2c``) and at the falling edge after it (bit ``2c + 1``), set before edge ``k``; the
+        model registers them at edge ``k``, as the IO registers present ``D_IN_0``/``D_IN_1``.
+    """
+
+    fine_bits = 2
+    latency = 1
+
+    def __init__(self, ports=None, *, channels=None, fast="fast", sim=False):
+        if sim:
+            if channels is None:
+                raise ValueError("ICE40DDRInputs(sim=True) needs channels")
+        else:
+            if not ports:
+                raise ValueError("ICE40DDRInputs needs ports unless sim=True")
+            channels = len(ports)
+        self.ports = ports
+        self.sim = sim
+        members = {"samples": In(2 * channels)} if sim else {}
+        super().__init__(channels, 1, 2, latency=self.latency, members=members, fast=fast)
+
+    def sampler(self, m):
+        io_samples = Signal(2 * self.channels)   # D_IN_1, D_IN_0 per channel
+        if self.sim:
+            m.d[self.fast] += io_samples.eq(self.samples)
+            return io_samples
+        for c, port in enumerate(self.ports):
+            m.submodules[f"sb_io{c}"] = Instance(
+                "SB_IO",
+                p_PIN_TYPE=C(0b000000, 6),
+                io_PACKAGE_PIN=port,
+                i_INPUT_CLK=ClockSignal(self.fast),
+                o_D_IN_0=io_samples[2 * c],
+                o_D_IN_1=io_samples[2 * c + 1],
+            )
+        return io_samples

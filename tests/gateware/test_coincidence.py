@@ -232,11 +232,11 @@ def test_random_f0(channels, window, rate, cycles, start, seed):
     assert len(records) >= 1
 
 
-@pytest.mark.parametrize("channels, window, seed", [
-    (2, 4, 31), (2, 5, 32), (4, 4, 33), (4, 13, 34), (3, 7, 35),
+@pytest.mark.parametrize("fine_bits, channels, window, seed", [
+    (2, 2, 4, 31), (2, 2, 5, 32), (2, 4, 4, 33), (2, 4, 13, 34), (2, 3, 7, 35),
+    (4, 2, 16, 41), (4, 4, 37, 42), (4, 3, 100, 43),   # F = 4: the ULX3S's 16 samples a cycle
 ])
-def test_random_f2(channels, window, seed):
-    fine_bits = 2
+def test_random_fine(fine_bits, channels, window, seed):
     rng = random.Random(seed)
     rules = 3
     masks = random_masks(rng, channels, rules)

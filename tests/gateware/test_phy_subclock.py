@@ -28,7 +28,8 @@ from heraldry.boards.icebreaker import HeraldryICEBreakerPlatform, ice40_pll_par
 from heraldry.gateware.channel import InputStage
 from heraldry.gateware.core import TaggerCore
 from heraldry.gateware.phy_ecp5 import ECP5GearboxPHY
-from heraldry.gateware.phy_ice40 import ICE40DDRPHY, WordEdges
+from heraldry.gateware.phy import WordEdges
+from heraldry.gateware.phy_ice40 import ICE40DDRPHY
 from heraldry.protocol import COARSE_BITS, Edge, Kind, Source, time_bits
 
 PHYS = [ICE40DDRPHY, ECP5GearboxPHY]

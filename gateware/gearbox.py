@@ -1,0 +1,204 @@
+"""Sample-word gearbox: the input PHYs sample in a fast clock domain, the core runs slower.
+
+A vendor sampler (iCE40 ``SB_IO`` DDR registers, ECP5 ``IDDRX2F``) delivers a word of ``2**Fp``
+pin samples per cycle of its fast clock. The core cannot run that fast, so :class:`WordGearbox`
+puts ``R`` consecutive fast words side by side, once per cycle of the core's ``sync`` clock
+(``R`` times slower, from the same PLL), and :class:`GearedInputs` encodes each channel's
+``R * 2**Fp``-sample word with :class:`~.phy_ice40.WordEdges`: ``F = Fp + log2(R)`` fine bits,
+bins of one fast sample.
+
+Two ways across the clock boundary (docs/boards.md, "Two clocks"):
+
+* ``elastic=False`` (aligned): the two clocks are outputs of one PLL whose rising edges
+  coincide (iCE40 ``GENCLK`` / ``GENCLK_HALF``). ``sync`` captures the sampler's own registers
+  plus ``R - 1`` older words held in fast registers: deterministic, no added latency.
+* ``elastic=True``: the phase between the clocks is not known (ECP5: ``sync`` from a PLL
+  output, the sampler's clock from ``CLKDIVF``, whose divider phase is not defined). Every ``R``
+  fast cycles the fast side writes the ``R`` words into the next of ``depth`` slots; the
+  ``sync`` side starts reading slot 0 once it has seen (through a two-flop synchroniser) that
+  the fast side started, then reads one slot per cycle. The clocks are frequency-locked, so the
+  distance between writing and reading a slot stays what it was at start (2 to 4 ``sync``
+  cycles, the synchroniser's uncertainty), far from both ends of the ``depth``-slot ring: every
+  slot is read 2 to 4 ``sync`` cycles after it was written and at least ``depth - 4`` cycles
+  before it is rewritten, so its flip-flops are settled whenever ``sync`` looks at them. The price: the word boundaries and the latency are fixed for a power-up but may
+  differ by up to one ``sync`` cycle between power-ups -- one constant offset shared by every
+  channel (one gearbox carries them all), so times between channels are unaffected.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.wiring import In, Out
+
+from .phy import WordEdges
+
+__all__ = ["WordGearbox", "GearedInputs"]
+
+
+class WordGearbox(wiring.Component):
+    """``R`` consecutive words of domain ``fast`` side by side, one group per ``sync`` cycle.
+
+    Parameters
+    ----------
+    width : int
+        Bits per fast word (all channels' samples of one fast cycle).
+    ratio : int
+        R, the fast clock's frequency over ``sync``'s, at least 2.
+    fast : str
+        The fast clock domain.
+    elastic : bool
+        Crossing for clocks of unknown phase (see the module docstring); otherwise the rising
+        edges of ``sync`` must coincide with rising edges of ``fast``.
+    depth : int
+        Slots of the elastic ring (``elastic=True``), at least 8.
+
+    Members
+    -------
+    i : In(width)
+        The fast word, from a register clocked by ``fast`` (changing right after each fast
+        rising edge).
+    o : Out(width * ratio)
+        Registered in ``sync``: ``R`` consecutive fast words, the earliest in the low bits.
+        Aligned: after ``sync`` edge ``k`` it holds the values ``i`` had during the ``R`` fast
+        cycles before edge ``k``. Elastic: a constant number of cycles later (2 to 4, fixed at
+        start), starting at a fast cycle of fixed but unknown phase.
+    running : Out(1)
+        ``sync`` domain. Always 1 when aligned; elastic: ``o`` carries words (before it is 0).
+    """
+
+    def __init__(self, width, ratio, *, fast="fast", elastic=False, depth=8):
+        if not isinstance(ratio, int) or ratio < 2:
+            raise ValueError(f"ratio must be an integer of at least 2, not {ratio!r}")
+        if elastic and (not isinstance(depth, int) or depth < 8 or depth & (depth - 1)):
+            raise ValueError(f"depth must be a power of 2 of at least 8, not {depth!r}")
+        self.width = width
+        self.ratio = ratio
+        self.fast = fast
+        self.elastic = elastic
+        self.depth = depth
+        super().__init__({
+            "i":       In(width),
+            "o":       Out(width * ratio),
+            "running": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w, r = self.width, self.ratio
+        fast = m.d[self.fast]
+
+        # The R - 1 words before the current one, newest in the high bits.
+        history = Signal(w * (r - 1))
+        if r > 2:
+            fast += history.eq(Cat(history[w:], self.i))
+        else:
+            fast += history.eq(self.i)
+        group = Cat(history, self.i)
+
+        if not self.elastic:
+            m.d.sync += self.o.eq(group)
+            m.d.comb += self.running.eq(1)
+            return m
+
+        # Fast side: a write every R cycles, into the next slot of the ring.
+        slots = Array(Signal(w * r, name=f"slot{s}") for s in range(self.depth))
+        phase = Signal(range(r))
+        write = Signal(range(self.depth))
+        started = Signal()
+        with m.If(phase == r - 1):
+            fast += [
+                phase.eq(0),
+                slots[write].eq(group),
+                write.eq(write + 1),
+                started.eq(1),
+            ]
+        with m.Else():
+            fast += phase.eq(phase + 1)
+
+        # Slow side: start once the fast side has started, then one slot per cycle.
+        seen = Signal()
+        m.submodules.started_sync = FFSynchronizer(started, seen, o_domain="sync", stages=2)
+        read = Signal(range(self.depth))
+        with m.If(seen):
+            m.d.sync += [
+                self.o.eq(slots[read]),
+                read.eq(read + 1),
+                self.running.eq(1),
+            ]
+        return m
+
+
+class GearedInputs(wiring.Component):
+    """Every channel's sampler words through one :class:`WordGearbox`, then first-edge encoding.
+
+    Base class of the board input blocks (:class:`~.phy_ice40.ICE40DDRInputs`,
+    :class:`~.phy_ecp5.ECP5GearboxInputs`), which implement :meth:`sampler`. A board's top level
+    builds one per tagger and hands :attr:`phys` to the Tagger (``phys=``): they are the
+    per-channel PHYs (``WordEdges`` with ``fine_bits`` and ``latency``), fed from here, so this
+    component must be added to the design too.
+
+    Parameters
+    ----------
+    channels : int
+        N.
+    sample_bits : int
+        Fp: the sampler gives ``2**Fp`` samples per fast cycle.
+    ratio : int
+        R, fast over ``sync``, a power of 2.
+    latency : int
+        The PHY latency to declare (``sync`` cycles from the bin's cycle to the report; derived
+        in each subclass).
+    members : dict
+        The subclass's ports (pins are not ports: raw pins are given to the constructor).
+    fast, elastic, depth :
+        As for :class:`WordGearbox`.
+
+    Attributes
+    ----------
+    fine_bits : int
+        ``Fp + log2(R)``.
+    phys : list of WordEdges
+        One PHY per channel.
+    gearbox : WordGearbox
+    """
+
+    def __init__(self, channels, sample_bits, ratio, *, latency, members, fast="fast",
+                 elastic=False, depth=8):
+        if not isinstance(ratio, int) or ratio < 2 or ratio & (ratio - 1):
+            raise ValueError(f"ratio must be a power of 2 of at least 2, not {ratio!r}")
+        self.channels = channels
+        self.sample_bits = sample_bits
+        fine_bits = sample_bits + ratio.bit_length() - 1
+        if getattr(self, "fine_bits", fine_bits) != fine_bits:
+            raise ValueError(f"{type(self).__name__}.fine_bits is {self.fine_bits}, but "
+                             f"{2 ** sample_bits} samples x {ratio} make {fine_bits}")
+        self.fine_bits = fine_bits
+        self.latency = latency
+        self.fast = fast
+        self.gearbox = WordGearbox(channels * 2 ** sample_bits, ratio, fast=fast,
+                                   elastic=elastic, depth=depth)
+        self.phys = []
+        for _ in range(channels):
+            phy = WordEdges(self.fine_bits)
+            phy.latency = latency
+            self.phys.append(phy)
+        super().__init__(members)
+
+    def sampler(self, m):
+        """Add the sampling logic to ``m``; return the fast-domain register (``N * 2**Fp``
+        bits: channel ``c``'s samples from bit ``c * 2**Fp``, the earliest lowest) that feeds
+        the gearbox."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.gearbox = gearbox = self.gearbox
+        m.d.comb += gearbox.i.eq(self.sampler(m))
+        s, r = 2 ** self.sample_bits, gearbox.ratio
+        fast_width = self.channels * s
+        for c, phy in enumerate(self.phys):
+            # Fast word j of the group holds channel c's samples at bits j * fast_width + c * s.
+            m.d.comb += phy.word.eq(Cat(
+                gearbox.o[j * fast_width + c * s:j * fast_width + (c + 1) * s]
+                for j in range(r)))
+        return m
