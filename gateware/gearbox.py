@@ -25,7 +25,7 @@ Two ways across the clock boundary (docs/boards.md, "Two clocks"):
   channel (one gearbox carries them all), so times between channels are unaffected.
 """
 
-from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -100,20 +100,25 @@ class WordGearbox(wiring.Component):
             m.d.comb += self.running.eq(1)
             return m
 
-        # Fast side: a write every R cycles, into the next slot of the ring.
-        slots = Array(Signal(w * r, name=f"slot{s}") for s in range(self.depth))
-        phase = Signal(range(r))
-        write = Signal(range(self.depth))
+        # Fast side: a write every R cycles, into the next slot of the ring. Every control
+        # signal is a flip-flop (at 200 MHz on the ECP5 a decoded write enable fanning out to
+        # a slot's flip-flops missed timing): `phase` is a one-hot ring of R, `where` a one-hot
+        # ring of slots, and `enable` the registered one-hot write enable of the next cycle.
+        slots = [Signal(w * r, name=f"slot{s}") for s in range(self.depth)]
+        phase = Signal(r, init=1)
+        where = Signal(self.depth, init=1)
+        enable = Signal(self.depth)
         started = Signal()
-        with m.If(phase == r - 1):
-            fast += [
-                phase.eq(0),
-                slots[write].eq(group),
-                write.eq(write + 1),
-                started.eq(1),
-            ]
-        with m.Else():
-            fast += phase.eq(phase + 1)
+        fast += [
+            phase.eq(phase.rotate_left(1)),
+            enable.eq(Mux(phase[r - 2], where, 0)),
+        ]
+        with m.If(phase[r - 1]):
+            fast += [where.eq(where.rotate_left(1)), started.eq(1)]
+        for s, slot in enumerate(slots):
+            with m.If(enable[s]):
+                fast += slot.eq(group)
+        slots = Array(slots)
 
         # Slow side: start once the fast side has started, then one slot per cycle.
         seen = Signal()

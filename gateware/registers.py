@@ -16,8 +16,9 @@ from amaranth.lib.wiring import In, Out
 
 from .. import __version__
 from ..protocol import (
-    COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COMMAND_OP_BITS,
-    COMMAND_PAYLOAD_BITS, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS, command_check_step,
+    CAPABILITY_TEST_SIGNAL, COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT,
+    COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS,
+    command_check_step,
     WIRE_BITS_PER_BYTE, WIRE_SEQ_BITS, Command, RegisterMap, WireKind, config_layout,
 )
 from .encoder import SIDE_LAYOUT
@@ -161,7 +162,8 @@ class RegisterFile(wiring.Component):
       when the command is executed), ``control.bad_frames`` (``bad_frame`` pulses, wrapping).
     * every config register: ``width`` bits of ``config`` from ``config_offset``. A write stores
       the low ``width`` bits of the value, so it cannot reach outside its field; values are not
-      range-checked (the host does that).
+      range-checked (the host does that). Without the test-signal capability the ``test.*``
+      registers are not stored: they read their reset values, and a write replies with it.
     * every counter, through the core's counter read port.
 
     **Commands.** A READ of a register in the map replies ``ok = 1`` with its value. A WRITE of
@@ -234,6 +236,7 @@ class RegisterFile(wiring.Component):
                  capabilities=CAPABILITIES):
         self.channels = channels
         self.rules = rules
+        self.test_signal = bool(capabilities & CAPABILITY_TEST_SIGNAL)
         self.map = RegisterMap(channels, rules)
         if SIDE_LAYOUT["value"].width != VALUE_BITS:
             raise ValueError("SIDE_LAYOUT's value is not as wide as a command's value")
@@ -355,6 +358,8 @@ class RegisterFile(wiring.Component):
         with m.If(write):
             with m.Switch(cmd.address):
                 for reg in rmap.config_registers():
+                    if reg.name.startswith("test.") and not self.test_signal:
+                        continue    # not stored: the config bits keep their reset values
                     with m.Case(reg.address):
                         m.d.sync += config_bits[reg.config_offset:reg.config_offset + reg.width] \
                             .eq(value[:reg.width])

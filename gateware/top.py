@@ -17,7 +17,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .. import __version__
-from ..protocol import Kind
+from ..protocol import CAPABILITY_TEST_SIGNAL, Kind
 from .core import TaggerCore
 from .encoder import Encoder
 from .phy import GenericPHY
@@ -30,8 +30,6 @@ __all__ = ["LINKS", "Tagger"]
 #: Values of ``Tagger(link=...)``.
 LINKS = ("uart", "stream")
 
-#: ``ident.capabilities`` bit: the test-signal generator is present.
-CAPABILITY_TEST_SIGNAL = 0b001
 
 
 class Tagger(wiring.Component):

@@ -165,6 +165,12 @@ def channel_config_layout():
     })
 
 
+#: ``ident.capabilities`` bit: the test-signal generator is present. Without it the ``test.*``
+#: registers keep their reset values (writes are answered with them) and the host refuses test
+#: sources.
+CAPABILITY_TEST_SIGNAL = 0b001
+
+
 def test_signal_layout(channels):
     """Configuration of the built-in test signal (see ``gateware/testsignal.py``)."""
     return data.StructLayout({
@@ -414,7 +420,8 @@ _FIXED_REGISTERS = [
     ("ident.bin_fs",           0x006, "ro", 0, 1, 2**32 - 1, "one bin, in femtoseconds"),
     ("ident.clock_hz",         0x007, "ro", 0, 1, 2**32 - 1, "system clock, Hz"),
     ("ident.capabilities",     0x008, "ro", 0, 0, 2**32 - 1,
-     "bit 0 test signal, bit 1 coincidence records, bit 2 herald outputs"),
+     "bit 0 test signal (clear: the test.* registers keep their reset values and ignore "
+     "writes), bit 1 coincidence records, bit 2 herald outputs"),
     ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
     ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
     ("control.clear",          0x011, "wo", 0, 0, 1,

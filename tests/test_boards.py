@@ -98,40 +98,27 @@ def test_plan_writes_build_files(name, tmp_path):
 
 
 def test_icebreaker_plan_pins_and_clock(tmp_path):
-    # docs/boards.md: 21 MHz from the PLL, DDR input registers (23.8 ns bins), 3 Mbaud.
+    # docs/boards.md: 24 MHz core, 48 MHz DDR sampling (10.4 ns bins), 3 Mbaud.
     board = get_board("icebreaker")
-    assert board.clock_hz == 21_000_000 and board.baud == 3_000_000
-    assert board.phy.__name__ == "ICE40DDRPHY" and board.bin_ps == pytest.approx(23809.524)
+    assert board.clock_hz == 24_000_000 and board.baud == 3_000_000
+    assert board.phy.__name__ == "ICE40DDRInputs" and board.bin_ps == pytest.approx(10416.667)
     plan(board, 2, tmp_path)
     pcf = (tmp_path / "heraldry.pcf").read_text()
     pins = dict(re.findall(r"^set_io (\S+) (\S+)$", pcf, re.M))
     assert pins == ICEBREAKER_PINS
     freqs = dict(re.findall(r"^set_frequency (\S+) (\S+)$", pcf, re.M))
     assert float(freqs["clk12_0__io"]) == 12.0
-    assert float(freqs["pll_clk"]) == board.clock_hz / 1e6 == 21.0
+    assert float(freqs["pll_clk"]) == board.clock_hz / 1e6 == 24.0
+    assert float(freqs["pll_fast"]) == 48.0
     rtlil = (tmp_path / "heraldry.il").read_text()
-    # 21 MHz = 12 MHz * 56 / 2**5 (VCO 672 MHz).
-    params = dict(re.findall(r"parameter \\(DIV[RFQ]) (\d+)", rtlil))
-    assert params == {"DIVR": "0", "DIVF": "55", "DIVQ": "5"}
-    # One DDR input SB_IO (ICE40DDRPHY's `sb_io`) per detector pin.
-    assert rtlil.count("cell \\SB_IO \\sb_io\n") == 2
-
-
-def test_icebreaker_plan_with_pll(tmp_path):
-    # A 48 MHz variant: the top instantiates the PLL and constrains its output.
-    from dataclasses import replace
-    from heraldry.boards.icebreaker import ICEBreakerBoard
-    board = replace(get_board("icebreaker"), name="icebreaker-48", clock_hz=48_000_000,
-                    baud=12_000_000, bin_fs=round(1e15 / 48e6))
-    assert isinstance(board, ICEBreakerBoard)
-    plan(board, 1, tmp_path)
-    pcf = (tmp_path / "heraldry.pcf").read_text()
-    assert re.search(r"^set_frequency pll_clk 48\.0$", pcf, re.M)
-    rtlil = (tmp_path / "heraldry.il").read_text()
-    assert "SB_PLL40_PAD" in rtlil
-    # 48 MHz = 12 MHz * 64 / 2**4 (VCO 768 MHz).
+    # 48 MHz = 12 MHz * 64 / 2**4 (VCO 768 MHz) on port A, GENCLK_HALF (24 MHz) on port B.
+    assert "SB_PLL40_2F_PAD" in rtlil
     params = dict(re.findall(r"parameter \\(DIV[RFQ]) (\d+)", rtlil))
     assert params == {"DIVR": "0", "DIVF": "63", "DIVQ": "4"}
+    ports = dict(re.findall(r'parameter \\(PLLOUT_SELECT_PORT[AB]) "(\w+)"', rtlil))
+    assert ports == {"PLLOUT_SELECT_PORTA": "GENCLK", "PLLOUT_SELECT_PORTB": "GENCLK_HALF"}
+    # One DDR input SB_IO per detector pin, in the shared input block.
+    assert len(re.findall(r"cell \\SB_IO \\sb_io\d\n", rtlil)) == 2
 
 
 def test_too_many_channels_is_refused(tmp_path):
@@ -288,9 +275,12 @@ def test_icebreaker_bitstream_build(tmp_path, capsys):
     sync = report["clocks"]["sync"]
     assert sync["target_mhz"] == pytest.approx(board.clock_hz / 1e6, abs=0.01)
     assert sync["achieved_mhz"] >= sync["target_mhz"]
-    # The bin as claimed: DDR input, two samples per cycle.
-    assert report["phy"] == "ICE40DDRPHY"
-    assert report["bin_ps"] == pytest.approx(1e12 / (2 * board.clock_hz), abs=1e-3)
+    # The bin as claimed: DDR input at twice the core clock, four samples per core cycle.
+    assert report["phy"] == "ICE40DDRInputs"
+    assert report["bin_ps"] == pytest.approx(1e12 / (4 * board.clock_hz), abs=1e-3)
+    fast = report["clocks"]["fast"]
+    assert fast["target_mhz"] == pytest.approx(2 * board.clock_hz / 1e6, abs=0.01)
+    assert fast["achieved_mhz"] >= fast["target_mhz"]
     lc = report["resources"]["ICESTORM_LC"]
     assert 0 < lc["used"] <= lc["available"] == 5280
     assert Path(report["bitstream"]).stat().st_size == UP5K_BITSTREAM_BYTES

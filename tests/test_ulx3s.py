@@ -15,7 +15,7 @@ from amaranth.lib import io
 from heraldry.boards import BOARDS, BoardError, build
 from heraldry.boards.ulx3s import (DETECTOR_PINS, ULX3S_25F, ULX3S_85F, add_clocking,
                                    ecp5_pll_params)
-from heraldry.gateware.phy_ecp5 import ECP5GearboxPHY
+from heraldry.gateware.phy_ecp5 import ECP5GearboxInputs
 
 #: FPGA pins of the header's right-bank pairs gpio 14..21 (the ULX3S schematic, independently
 #: of amaranth-boards' connector table).
@@ -27,9 +27,9 @@ RIGHT_BANK = {"U18", "U17", "N17", "P16", "N16", "M17", "L16", "L17",
 def test_registry(board, device):
     assert BOARDS[board.name] is board
     assert board.platform.device == device
-    assert board.phy is ECP5GearboxPHY
-    assert board.clock_hz == 200_000_000 and board.baud == 3_000_000
-    assert board.bin_fs == 1_250_000            # 5 ns cycle / 4 samples
+    assert board.phy is ECP5GearboxInputs
+    assert board.clock_hz == 50_000_000 and board.baud == 3_000_000
+    assert board.bin_fs == 1_250_000            # 20 ns core cycle / 16 samples
     assert board.programmer == "openFPGALoader"
     assert 1 <= board.default_channels <= board.max_channels == 8
     with pytest.raises(BoardError):
@@ -63,7 +63,7 @@ def test_plan(board, channels, tmp_path):
     assert sites["clk25_0__io"] == "G2"
     assert {sites["herald_0__io"], sites["herald_1__io"]} == {"B11", "C11"}
 
-    # Only the oscillator is constrained; nextpnr derives eclk and sync through the PLL.
+    # Only the oscillator is constrained; nextpnr derives eclk, sclk and sync through the PLL.
     assert re.findall(r'FREQUENCY (NET|PORT) "([^"]+)" ([\d.]+) HZ', lpf) == [
         ("PORT", "clk25_0__io", "25000000.0")]
 
@@ -71,6 +71,9 @@ def test_plan(board, channels, tmp_path):
     for primitive in ("EHXPLLL", "ECLKSYNCB", "CLKDIVF"):
         assert il.count(f"cell \\{primitive}") == 1
     assert 'parameter \\DIV "2.0"' in il
+    # CLKOP 400 MHz (VCO 800 MHz / 2) feeds the edge clock; CLKOS = VCO / 16 = 50 MHz is sync.
+    assert re.search(r"parameter \\CLKOP_DIV 2\n", il)
+    assert re.search(r"parameter \\CLKOS_DIV 16\n", il)
     # The raw pin goes into the gearbox: input buffers only for clk25 and uart rx, whatever
     # the channel count, and each gearbox's D is a detector port.
     assert il.count("cell \\IB ") == 2
@@ -80,9 +83,10 @@ def test_plan(board, channels, tmp_path):
 
 
 class PHYProbe(Elaboratable):
-    """The board's clocking and one ECP5GearboxPHY per detector pin, each PHY's reports
-    registered (as the input stage does), then folded into one register (so none is optimised
-    away) driving an LED: the sub-clock front end alone."""
+    """The board's clocking and its input block (one gearbox per detector pin at 200 MHz, the
+    elastic crossing to 50 MHz, first-edge encoding), each channel's reports registered (as the
+    input stage does), then folded into one register (so none is optimised away) driving an
+    LED: the sub-clock front end alone."""
 
     def __init__(self, channels):
         self.channels = channels
@@ -90,10 +94,11 @@ class PHYProbe(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         add_clocking(m, platform, ULX3S_85F.clock_hz)
-        fold = Signal(ECP5GearboxPHY.fine_bits + 1)
+        fold = Signal(ECP5GearboxInputs.fine_bits + 1)
         value = fold
-        for c in range(self.channels):
-            phy = ECP5GearboxPHY(platform.request("det", c, dir="-").io)
+        m.submodules.inputs = inputs = ECP5GearboxInputs(
+            [platform.request("det", c, dir="-").io for c in range(self.channels)])
+        for c, phy in enumerate(inputs.phys):
             m.submodules[f"phy{c}"] = phy
             report = Signal(len(fold), name=f"report{c}")
             m.d.sync += report.eq(Cat(phy.phy.rise_fine ^ phy.phy.fall_fine,
