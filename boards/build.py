@@ -4,8 +4,14 @@
 :func:`build` also runs synthesis, place and route and packing, then writes ``report.json``::
 
     {"board", "channels", "clock_hz", "bin_fs", "bin_ps", "clocks": {name: {"target_mhz",
-     "achieved_mhz"}}, "timing_met", "resources": {cell: {"used", "available"}}, "bitstream",
-     "seed", "seconds": {step: s}, "phy"}
+     "achieved_mhz"}}, "crossings": [{"from", "to", "max_delay_ns", "limit_ns"}], "timing_met",
+     "resources": {cell: {"used", "available"}}, "bitstream", "seed", "seconds": {step: s},
+     "phy"}
+
+Clocks are named after their Amaranth domains (``sync``, ``fast``, ``sclk``). nextpnr does not
+time paths between two clocks; it reports their longest delay, which goes into ``crossings``.
+A board whose crossing relies on coinciding clock edges (the iCEBreaker's aligned gearbox)
+declares a limit for it (``Board.crossing_limits_ns``), and ``timing_met`` includes it.
 
 The tool variables (``YOSYS``, ``NEXTPNR_ICE40``, ...) are set in the environment of the build
 script only: set globally, ``YOSYS`` would also slow down every Verilog conversion (a first
@@ -25,7 +31,7 @@ from pathlib import Path
 
 
 __all__ = ["BuildError", "NAME", "tool_env", "plan", "build", "parse_nextpnr",
-           "bitstream_path", "find_tool"]
+           "parse_crossings", "bitstream_path", "find_tool"]
 
 #: File name stem of every build product (``heraldry.bin``, ``heraldry.tim``, ...).
 NAME = "heraldry"
@@ -92,9 +98,29 @@ _MAX_FREQ = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz\s+\
                        r"([\d.]+) MHz\)")
 
 
+_MAX_DELAY = re.compile(r"Max delay (posedge|negedge) (\S+)\s+-> (posedge|negedge) (\S+)\s*:"
+                        r"\s+([\d.]+) ns")
+
+
 def _clock_name(net):
-    # nextpnr names a clock after its net plus the global buffer it was routed through.
-    return re.sub(r"\$glb_clk$", "", net)
+    """The Amaranth domain of a clock net as nextpnr names it: ``clk`` (``sync``),
+    ``fast_clk``, ``$glbnet$inputs.sclk_clk`` -> ``sync``, ``fast``, ``sclk``."""
+    name = re.sub(r"\$glb_clk$", "", re.sub(r"^\$glbnet\$", "", net)).rsplit(".", 1)[-1]
+    if name == "clk":
+        return "sync"
+    return name[:-len("_clk")] if name.endswith("_clk") else name
+
+
+def parse_crossings(log_path):
+    """``[{"from": "posedge fast", "to": "posedge sync", "max_delay_ns"}]`` from the last
+    (post-route) block of "Max delay" lines of a nextpnr log; paths to or from ``<async>``
+    (pins) are left out."""
+    found = {}
+    if log_path is not None and Path(log_path).exists():
+        for edge_a, a, edge_b, b, ns in _MAX_DELAY.findall(Path(log_path).read_text()):
+            key = (f"{edge_a} {_clock_name(a)}", f"{edge_b} {_clock_name(b)}")
+            found[key] = float(ns)      # later lines (after routing) replace earlier ones
+    return [{"from": a, "to": b, "max_delay_ns": ns} for (a, b), ns in found.items()]
 
 
 def parse_nextpnr(report_path=None, log_path=None):
@@ -188,12 +214,19 @@ def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
     clocks, resources = parse_nextpnr(out / f"{NAME}.report.json", out / f"{NAME}.tim")
     if not clocks:
         raise BuildError(f"no clock figures in {out / (NAME + '.tim')}")
-    sync_net = getattr(board, "sync_clock_net", None)
     if len(clocks) == 1:
         clocks = {"sync": next(iter(clocks.values()))}
-    elif sync_net in clocks:
-        clocks = {("sync" if name == sync_net else name): c for name, c in clocks.items()}
-    timing_met = all(c["achieved_mhz"] >= c["target_mhz"] for c in clocks.values())
+    limits = getattr(board, "crossing_limits_ns", {})
+    crossings = parse_crossings(out / f"{NAME}.tim")
+    for crossing in crossings:
+        crossing["limit_ns"] = limits.get((crossing["from"], crossing["to"]))
+    missing = [pair for pair in limits
+               if pair not in {(c["from"], c["to"]) for c in crossings}]
+    if missing:
+        raise BuildError(f"nextpnr reported no delay for the crossing(s) {missing}")
+    timing_met = (all(c["achieved_mhz"] >= c["target_mhz"] for c in clocks.values())
+                  and all(c["limit_ns"] is None or c["max_delay_ns"] <= c["limit_ns"]
+                          for c in crossings))
     bitstream = bitstream_path(board, out)
     if not bitstream.exists():
         raise BuildError(f"no bitstream was written ({bitstream})")
@@ -205,6 +238,7 @@ def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
         "bin_ps": board.bin_ps,
         "phy": board.phy.__name__,
         "clocks": clocks,
+        "crossings": crossings,
         "timing_met": timing_met,
         "resources": resources,
         "bitstream": str(bitstream.resolve()),

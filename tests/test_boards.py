@@ -17,7 +17,7 @@ import pytest
 
 from heraldry import protocol
 from heraldry.boards import BOARDS, Board, BoardError, get_board
-from heraldry.boards.build import parse_nextpnr, plan
+from heraldry.boards.build import parse_crossings, parse_nextpnr, plan
 from heraldry.boards.icebreaker import ice40_pll_params
 from heraldry.gateware.core import TaggerCore
 from heraldry.host import cli
@@ -131,18 +131,34 @@ def test_too_many_channels_is_refused(tmp_path):
 
 def test_parse_nextpnr_json_and_log(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({
-        "fmax": {"pll_clk$glb_clk": {"achieved": 51.25, "constraint": 48.0}},
+        "fmax": {"fast_clk$glb_clk": {"achieved": 51.25, "constraint": 48.0},
+                 "$glbnet$inputs.sclk_clk": {"achieved": 210.5, "constraint": 200.0}},
         "utilization": {"ICESTORM_LC": {"used": 5000, "available": 5280},
                         "ICESTORM_DSP": {"used": 0, "available": 8}}}))
     clocks, resources = parse_nextpnr(tmp_path / "r.json")
-    assert clocks == {"pll_clk": {"target_mhz": 48.0, "achieved_mhz": 51.25}}
+    # Clocks are named after their Amaranth domains.
+    assert clocks == {"fast": {"target_mhz": 48.0, "achieved_mhz": 51.25},
+                      "sclk": {"target_mhz": 200.0, "achieved_mhz": 210.5}}
     assert resources == {"ICESTORM_LC": {"used": 5000, "available": 5280}}
     # Log fallback: the last line per clock (post-route) wins.
     (tmp_path / "x.tim").write_text(
         "Info: Max frequency for clock 'clk': 20.00 MHz (PASS at 12.00 MHz)\n"
         "Warning: Max frequency for clock 'clk': 11.50 MHz (FAIL at 12.00 MHz)\n")
     clocks, _ = parse_nextpnr(tmp_path / "missing.json", tmp_path / "x.tim")
-    assert clocks == {"clk": {"target_mhz": 12.0, "achieved_mhz": 11.5}}
+    assert clocks == {"sync": {"target_mhz": 12.0, "achieved_mhz": 11.5}}
+
+
+def test_parse_crossings_keeps_the_post_route_figures(tmp_path):
+    (tmp_path / "x.tim").write_text(
+        "Info: Max delay <async>          -> posedge clk: 3.78 ns\n"
+        "Info: Max delay posedge fast_clk -> posedge clk: 9.00 ns\n"
+        "Info: Max delay posedge fast_clk -> posedge clk: 4.39 ns\n"
+        "Info: Max delay negedge fast_clk -> posedge clk: 4.00 ns\n"
+        "Info: Max delay posedge clk      -> <async>    : 16.95 ns\n")
+    assert parse_crossings(tmp_path / "x.tim") == [
+        {"from": "posedge fast", "to": "posedge sync", "max_delay_ns": 4.39},
+        {"from": "negedge fast", "to": "posedge sync", "max_delay_ns": 4.0}]
+    assert parse_crossings(tmp_path / "missing.tim") == []
 
 
 # --- core without the test-signal generator -----------------------------------------------
@@ -281,6 +297,13 @@ def test_icebreaker_bitstream_build(tmp_path, capsys):
     fast = report["clocks"]["fast"]
     assert fast["target_mhz"] == pytest.approx(2 * board.clock_hz / 1e6, abs=0.01)
     assert fast["achieved_mhz"] >= fast["target_mhz"]
+    # The aligned crossing, which nextpnr does not time, within its budget.
+    crossings = {(c["from"], c["to"]): c for c in report["crossings"]}
+    for edge, limit in (("posedge", 1e9 / (2 * board.clock_hz)),
+                        ("negedge", 1e9 / (4 * board.clock_hz))):
+        crossing = crossings[(f"{edge} fast", "posedge sync")]
+        assert crossing["limit_ns"] == pytest.approx(limit, abs=1e-3)
+        assert 0 < crossing["max_delay_ns"] <= crossing["limit_ns"]
     lc = report["resources"]["ICESTORM_LC"]
     assert 0 < lc["used"] <= lc["available"] == 5280
     assert Path(report["bitstream"]).stat().st_size == UP5K_BITSTREAM_BYTES
