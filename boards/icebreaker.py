@@ -1,20 +1,22 @@
-"""iCEBreaker (iCE40UP5K-SG48, FT2232H USB UART): 2 channels, 1 herald rule, 23.8 ns bins.
+"""iCEBreaker (iCE40UP5K-SG48, FT2232H USB UART): 2 channels, 1 herald rule, 10.4 ns bins.
 
 Pin map (also in ``docs/boards.md``):
 
 * detector inputs ``det`` 0..3: PMOD1A pins 1..4 (FPGA pins 4, 2, 47, 45), 3.3 V LVCMOS, each
-  into an ``SB_IO`` DDR input register (:class:`heraldry.gateware.phy_ice40.ICE40DDRPHY`: two
-  samples per clock cycle);
+  into an ``SB_IO`` DDR input register clocked at 48 MHz
+  (:class:`heraldry.gateware.phy_ice40.ICE40DDRInputs`: four samples per core cycle);
 * herald outputs ``herald`` 0..1: PMOD1B pins 1..2 (FPGA pins 43, 38);
 * ``led_g`` (pin 37): activity (``Tagger.led[0]``); ``led_r`` (pin 11): events dropped since the
   last clear (``Tagger.led[1]``);
 * UART: FT2232H channel B (``uart`` 0: rx pin 6, tx pin 9) at 3 Mbaud.
 
-Clocking: ``sync`` runs at ``ICEBREAKER.clock_hz`` = 21 MHz from ``SB_PLL40_PAD`` (12 MHz
-oscillator on pin 35 * 56 / 32), held in reset until the PLL locks; DDR sampling gives bins of
-1 / 42 MHz = 23.8 ns. The FT2232H runs at 3 Mbaud (7 cycles a bit; 12 Mbaud needs
-``clock_hz`` >= 48 MHz, the UART's minimum of four cycles a bit). A 12 MHz ``clock_hz`` would use
-the oscillator directly. Measured figures and what fits: ``docs/boards.md``.
+Clocking: ``SB_PLL40_2F_PAD`` from the 12 MHz oscillator on pin 35: port A ``fast`` = 48 MHz
+(12 * 64 / 16) for the DDR input registers, port B ``sync`` = ``ICEBREAKER.clock_hz`` = 24 MHz
+(``GENCLK_HALF``, rising edges coinciding with port A's: the aligned gearbox of
+``docs/boards.md``, "Two clocks"); ``sync`` is held in reset until the PLL locks. Bins:
+1 / 96 MHz = 10.4 ns. The FT2232H runs at 3 Mbaud (8 cycles a bit; 12 Mbaud needs a 48 MHz
+core, the UART's minimum of four cycles a bit). Measured figures and what fits:
+``docs/boards.md``.
 """
 
 from amaranth.build import Attrs, Pins, Resource

@@ -146,6 +146,8 @@ class SimTransport(Transport):
     step_cycles : int
         Most cycles simulated per :meth:`read` call before it checks its timeout again (it
         returns as soon as the device has sent a byte).
+    test_signal : bool
+        Build the test-signal generator (``Tagger(test_signal=...)``; the iCEBreaker has none).
 
     Members
     -------
@@ -154,7 +156,7 @@ class SimTransport(Transport):
     """
 
     def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, fifo_depth=256,
-                 tx_period=1, step_cycles=64):
+                 tx_period=1, step_cycles=64, test_signal=True):
         from amaranth.sim import Simulator
 
         from ..gateware.top import Tagger
@@ -162,7 +164,7 @@ class SimTransport(Transport):
             raise ValueError(f"tx_period must be at least 1, not {tx_period}")
         self.name = "sim-inprocess"
         self.top = Tagger(channels, rules, clock_hz=clock_hz, fifo_depth=fifo_depth,
-                          link="stream")
+                          link="stream", test_signal=test_signal)
         self.clock_hz = clock_hz
         self.tx_period = tx_period
         self.step_cycles = step_cycles

@@ -308,3 +308,24 @@ def test_slow_link_losses_account_for_every_event():
         == c["singles"][0]
     # Kept tags are periodic events: one phase modulo 3 for all of them.
     assert len(set((tags["time_ps"] // 10_000 % 3).tolist())) == 1
+
+
+def test_board_without_test_signal_refuses_test_sources_and_skips_its_registers():
+    """The iCEBreaker's gateware has no test-signal generator: its test.* registers are not
+    stored (a write replies with the reset value), so the driver must not write them, and an
+    acquisition that selects a test source is a one-line ConfigError, not an empty run."""
+    transport = SimTransport(2, 1, clock_hz=CLOCK_HZ, test_signal=False)
+    with Device(transport, timeout=2.0) as device:
+        ident = device.identify()
+        assert not ident.capabilities & protocol.CAPABILITY_TEST_SIGNAL
+        seed = device.map["test.seed"]
+        with pytest.raises(ConfigError, match="no built-in test signal"):
+            device.configure(Acquisition(channels=2, rules=1, test_signal="pairs"))
+        sent = []
+        real_write = device.write
+        device.write = lambda name, value: (sent.append(name), real_write(name, value))[1]
+        device.configure(Acquisition(channels=2, rules=1, test_signal="off", seed=12345))
+        assert sent and not any(name.startswith("test.") for name in sent)
+        assert any(name.startswith("channel") for name in sent)
+        # Not stored: reads the reset value whatever was asked.
+        assert device.read("test.seed") == seed.reset
