@@ -10,22 +10,23 @@ Pin map (header ``gpio`` connector of amaranth-boards):
 * ``led`` 0: activity (``Tagger.led[0]``); ``led`` 1: events dropped since the last clear;
 * UART: the FT231X (``uart`` 0: rx M1, tx L4) at 3 Mbaud, its highest standard rate.
 
-Clocking: the 25 MHz oscillator feeds ``EHXPLLL`` (400 MHz ``CLKOP``) -> ``ECLKSYNCB`` (edge
-clock ``eclk``, sampling on both edges: 800 Msample/s) -> ``CLKDIVF`` ``DIV="2.0"`` (``sync``,
-200 MHz). Each detector pin goes straight into an ``IDDRX2F`` 4:1 gearbox
-(:class:`heraldry.gateware.phy_ecp5.ECP5GearboxPHY`, ``fine_bits = 2``). ``sync`` is held in
-reset until the PLL locks.
+Clocking (docs/boards.md, "Two clocks"): the 25 MHz oscillator feeds ``EHXPLLL`` (VCO 800
+MHz). ``CLKOP`` (400 MHz) -> ``ECLKSYNCB`` (edge clock ``eclk``, sampling on both edges: 800
+Msample/s) -> ``CLKDIVF`` ``DIV="2.0"`` (``sclk``, 200 MHz, the gearboxes' system clock);
+``CLKOS`` (VCO / 16 = 50 MHz) is the core's ``sync``. Each detector pin goes straight into an
+``IDDRX2F`` 4:1 gearbox; one :class:`heraldry.gateware.phy_ecp5.ECP5GearboxInputs` collects
+four gearbox words per core cycle through the elastic crossing (``sclk`` and ``sync`` are
+frequency-locked, their phase is not defined): ``fine_bits = 4``, 16 samples per 20 ns core
+cycle. ``sclk`` and ``sync`` are held in reset until the PLL locks.
 
 The 400 MHz edge clock is not timed by nextpnr (no fabric register uses it). The limit relied
 on: Lattice TN-02035 (ECP5 High-Speed I/O Interface) gives 400 MHz ECLK (UI 1.25 ns) as the
 maximum of the GDDRX2 receive interfaces; the per-grade figure for -6 in the datasheet (DS1044)
-is not checked here. If it is lower, ``_CLOCK_HZ = 156_250_000`` (312.5 MHz ECLK, 1.6 ns bins)
-has exact PLL dividers too. Not yet run on hardware.
+is not checked here. If it is lower, ``_CLOCK_HZ = 39_062_500`` (312.5 MHz ECLK, VCO 625 MHz,
+``CLKOS`` / 16; 1.6 ns bins) has exact dividers too. Not yet run on hardware.
 
-Status (YoWASP nextpnr-ecp5, 85F): the clocking plus 8 gearbox PHYs meet 200 MHz (272-291 MHz
-post-route over seeds 1-5); the full Tagger does not (89.2 MHz with 4 channels, seed 1, after the
-core's pipelining; 40.8 MHz before; docs/boards.md), so ``build`` writes a bitstream whose report
-says ``timing_met: false``.
+Status (YoWASP nextpnr-ecp5, 85F, 4 channels, seed 1): timing met, ``sync`` 58.1 MHz of 50,
+``sclk`` 340 MHz of 200, crossing 3.5 ns (limit 20 ns); docs/boards.md has the figures.
 """
 
 from amaranth.build import Attrs, Pins, Resource
@@ -197,6 +198,13 @@ class ULX3STop(Elaboratable):
 
 class ULX3SBoard(Board):
     """:class:`Board` for the ULX3S; :meth:`top` gives a :class:`ULX3STop`."""
+
+    #: The elastic crossing (``heraldry.gateware.gearbox.WordGearbox``) reads a slot at least
+    #: one core cycle after it was written: a path from ``sclk`` to ``sync`` may take one core
+    #: period. nextpnr does not time it; the build checks its reported delay against this.
+    crossing_limits_ns = property(lambda self: {
+        ("posedge sclk", "posedge sync"): round(1e9 / self.clock_hz, 3),
+    })
 
     def top(self, channels=None):
         return ULX3STop(self, self.check_channels(channels))
