@@ -300,7 +300,7 @@ def drain_bound(stim, depth, losses):
 
 
 @pytest.mark.parametrize("channels,rules,fine_bits,seed", [
-    (1, 1, 0, 10), (4, 2, 0, 11), (8, 8, 0, 12), (4, 3, 2, 13)])
+    (1, 1, 0, 10), (4, 2, 0, 11), (8, 8, 0, 12), (4, 3, 2, 13), (4, 2, 4, 14)])
 def test_backpressure_accounting(channels, rules, fine_bits, seed):
     stim = random_stimulus(seed, channels, rules, fine_bits=fine_bits, cycles=1500,
                            p_event=0.4, p_herald=0.1, p_close=0.2, p_overflow=0.01)
