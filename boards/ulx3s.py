@@ -152,10 +152,12 @@ def add_clocking(m, platform, clock_hz, ratio=4):
 
 
 class ULX3STop(Elaboratable):
-    """Clocking, :class:`Tagger` with one :class:`ECP5GearboxPHY` per detector pin, and pins.
+    """Clocking, :class:`Tagger` fed by one :class:`ECP5GearboxInputs` (a gearbox per detector
+    pin), and pins.
 
-    Domains: ``eclk`` (``2 * clock_hz``, edge clock of the gearboxes) and ``sync``
-    (``clock_hz``, from ``CLKDIVF``); see :func:`add_clocking`.
+    Domains: ``eclk`` (``8 * clock_hz``, edge clock of the gearboxes), ``sclk`` (``4 *
+    clock_hz``, from ``CLKDIVF``) and ``sync`` (``clock_hz``, the PLL's ``CLKOS``); see
+    :func:`add_clocking`.
 
     Attributes
     ----------

@@ -4,7 +4,7 @@ A vendor sampler (iCE40 ``SB_IO`` DDR registers, ECP5 ``IDDRX2F``) delivers a wo
 pin samples per cycle of its fast clock. The core cannot run that fast, so :class:`WordGearbox`
 puts ``R`` consecutive fast words side by side, once per cycle of the core's ``sync`` clock
 (``R`` times slower, from the same PLL), and :class:`GearedInputs` encodes each channel's
-``R * 2**Fp``-sample word with :class:`~.phy_ice40.WordEdges`: ``F = Fp + log2(R)`` fine bits,
+``R * 2**Fp``-sample word with :class:`~.phy.WordEdges`: ``F = Fp + log2(R)`` fine bits,
 bins of one fast sample.
 
 Two ways across the clock boundary (docs/boards.md, "Two clocks"):
@@ -17,12 +17,13 @@ Two ways across the clock boundary (docs/boards.md, "Two clocks"):
   fast cycles the fast side writes the ``R`` words into the next of ``depth`` slots; the
   ``sync`` side starts reading slot 0 once it has seen (through a two-flop synchroniser) that
   the fast side started, then reads one slot per cycle. The clocks are frequency-locked, so the
-  distance between writing and reading a slot stays what it was at start (2 to 4 ``sync``
-  cycles, the synchroniser's uncertainty), far from both ends of the ``depth``-slot ring: every
-  slot is read 2 to 4 ``sync`` cycles after it was written and at least ``depth - 4`` cycles
-  before it is rewritten, so its flip-flops are settled whenever ``sync`` looks at them. The price: the word boundaries and the latency are fixed for a power-up but may
-  differ by up to one ``sync`` cycle between power-ups -- one constant offset shared by every
-  channel (one gearbox carries them all), so times between channels are unaffected.
+  distance between writing and reading a slot stays what it was at start: 2 to 3 ``sync``
+  cycles, one more if the synchroniser goes metastable, plus any lag of ``sync``'s reset
+  release behind the fast domain's (both come from the PLL's lock, a cycle or two apart). Every
+  slot is thus read long after it settled and at least ``depth - 4`` cycles before it is
+  rewritten, whatever the phase. The price: the word boundaries and the latency are fixed for
+  a power-up but may differ by a ``sync`` cycle between power-ups -- one constant offset shared
+  by every channel (one gearbox carries them all), so times between channels are unaffected.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal

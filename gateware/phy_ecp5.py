@@ -1,10 +1,16 @@
-"""ECP5 gearbox input PHY: four samples per system clock cycle from ``IDDRX2F`` (F = 2).
+"""ECP5 gearbox input PHYs: four samples per ``sclk`` cycle from ``IDDRX2F``.
 
-Clocking (built by the board, see ``boards/ulx3s.py``): a PLL makes the edge clock ``eclk``
-(400 MHz for 1.25 ns bins), ``ECLKSYNCB`` drives the edge-clock tree, and ``CLKDIVF``
-(``DIV="2.0"``) divides it to the system clock ``sync`` (200 MHz) with the phase relation the
-gearbox needs. ``IDDRX2F`` samples the pin on both edges of ``eclk`` (4 samples per ``sync``
-cycle) and presents them as ``Q0``..``Q3`` (``Q0`` the earliest) in the ``sync`` domain.
+Clocking: a PLL makes the edge clock ``eclk`` (400 MHz for 1.25 ns bins), ``ECLKSYNCB`` drives
+the edge-clock tree, and ``CLKDIVF`` (``DIV="2.0"``) divides it to the gearboxes' system clock
+(200 MHz) with the phase relation the gearbox needs. ``IDDRX2F`` samples the pin on both edges
+of ``eclk`` (4 samples per system-clock cycle) and presents them as ``Q0``..``Q3`` (``Q0`` the
+earliest).
+
+* :class:`ECP5GearboxInputs` (what the ULX3S builds, ``boards/ulx3s.py``): every pin's gearbox
+  at ``sclk`` = 200 MHz, four ``sclk`` words per cycle of a 50 MHz core through the elastic
+  crossing of :mod:`.gearbox` (F = 4).
+* :class:`ECP5GearboxPHY`: one pin, the core itself clocked by ``CLKDIVF`` (F = 2): for a core
+  that reaches the gearbox's system clock (this one does not at 200 MHz: docs/boards.md).
 
 Constraints (measured with nextpnr-ecp5 in the toolchain feasibility builds): ``IDDRX2F`` exists
 only on left/right-bank pins, and every channel fed by one edge clock must sit on the same side.

@@ -1,8 +1,9 @@
 """iCE40 DDR input PHYs: two samples per clock cycle from the ``SB_IO`` input registers.
 
-:class:`ICE40DDRPHY` samples at the core's own clock (F = 1); :class:`ICE40DDRInputs` samples every
-pin at a clock twice as fast and hands the core four samples per cycle (F = 2) through the
-aligned :class:`~.gearbox.WordGearbox`.
+:class:`ICE40DDRInputs` (what the iCEBreaker builds) samples every pin at a clock twice as fast
+as the core and hands the core four samples per cycle (F = 2) through the aligned
+:class:`~.gearbox.WordGearbox`; :class:`ICE40DDRPHY` samples at the core's own clock (F = 1), for
+a design whose core runs as fast as the sampling.
 """
 
 from amaranth.hdl import C, ClockSignal, Instance, Module, Signal
