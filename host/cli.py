@@ -213,15 +213,16 @@ def board_from_identity(identity):
     identification."""
     return {"clock_hz": float(identity.clock_hz), "fine_bits": identity.fine_bits,
             "rules": identity.rules, "channels": identity.channels, "bin_ps": identity.bin_ps,
-            "fixed_channels": True}
+            "fixed_channels": True,
+            "test_signal": bool(identity.capabilities & protocol.CAPABILITY_TEST_SIGNAL)}
 
 
 def acquisition_from_args(args, board=None):
     """Turn parsed ``acquire`` options into a validated :class:`Acquisition` (or ConfigError).
 
-    ``board``: ``{"clock_hz", "fine_bits", "rules", "channels"}`` (plus ``"bin_ps"`` and
-    ``"fixed_channels"`` for a real board, see :func:`board_from_identity`); default: the named
-    board of ``--board``."""
+    ``board``: ``{"clock_hz", "fine_bits", "rules", "channels"}`` (plus ``"bin_ps"``,
+    ``"fixed_channels"`` and ``"test_signal"`` for a real board, see
+    :func:`board_from_identity`); default: the named board of ``--board``."""
     check_board_args(args)
     if board is None:
         board = BOARDS[args.board]
@@ -274,6 +275,9 @@ def acquisition_from_args(args, board=None):
     for text in args.record_coincidences:
         pattern = parse_mask(text, n, "--record-coincidences pattern")
         record_mask |= 1 << pattern
+    if args.test_signal != "off" and not board.get("test_signal", True):
+        raise ConfigError(f"--test-signal {args.test_signal}: this board's gateware has no "
+                          f"built-in test signal; use --test-signal off to read the pins")
     if args.duration * board["clock_hz"] < 1:
         raise ConfigError(f"--duration {args.duration:g} s is shorter than one clock cycle "
                           f"({1 / board['clock_hz']:g} s)")
