@@ -9,7 +9,6 @@ phases of ``sync`` against ``fast``, since the real phase is unknown.
 
 import random
 
-import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
@@ -21,9 +20,9 @@ from heraldry.gateware.gearbox import WordGearbox
 from heraldry.gateware.phy_ecp5 import ECP5GearboxInputs
 from heraldry.gateware.phy_ice40 import ICE40DDRInputs
 from heraldry.protocol import COARSE_BITS, Edge, time_bits
+from test_phy_subclock import EDGE_NAMES, levels_from_edges, sample_edges
 
 T = 1e-8   # the fast clock's period in the simulator (any value)
-EDGE_NAMES = {Edge.RISING: "rising", Edge.FALLING: "falling", Edge.BOTH: "both"}
 
 
 def add_clocks(sim, ratio, fast, phase):
@@ -163,28 +162,14 @@ def run_inputs(inputs, ratio, levels, *, edge, dead_time, phase=0.0):
     return events
 
 
-def pin_edges(levels):
-    rise = [b for b in range(1, len(levels)) if levels[b] and not levels[b - 1]]
-    fall = [b for b in range(1, len(levels)) if levels[b - 1] and not levels[b]]
-    if levels[0]:
-        rise.insert(0, 0)
-    return np.array(rise, np.int64), np.array(fall, np.int64)
-
-
 def random_levels(rng, n_samples, density):
     # Quiet for the first 256 samples: the elastic crossing delivers nothing before it starts.
     edges = sorted(rng.sample(range(256, n_samples - 64), int(n_samples * density)))
-    levels, level, k = [], 0, 0
-    for b in range(n_samples):
-        while k < len(edges) and edges[k] == b:
-            level ^= 1
-            k += 1
-        levels.append(level)
-    return levels
+    return levels_from_edges(edges, n_samples)
 
 
 def expected_times(levels, fine_bits, edge, dead_time):
-    rise, fall = pin_edges(levels)
+    rise, fall = sample_edges(levels, 0)
     ch = model.ChannelSettings(edge=EDGE_NAMES[edge], dead_time=dead_time)
     return model.input_events(rise, fall, ch, fine_bits=fine_bits)
 
@@ -216,7 +201,7 @@ def shifted_match(levels, got, fine_bits, edge, dead_time):
     gives exactly the times ``got``. The word boundaries matter (one event per cycle), so the
     shift is applied to the pin, not to the model's output."""
     matches = []
-    rise, fall = pin_edges(levels)
+    rise, fall = sample_edges(levels, 0)
     ch = model.ChannelSettings(edge=EDGE_NAMES[edge], dead_time=dead_time)
     for sub in range(0, 2 ** fine_bits, 4):
         times = model.input_events(rise + sub, fall + sub, ch, fine_bits=fine_bits)
