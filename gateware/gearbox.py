@@ -190,6 +190,17 @@ class GearedInputs(wiring.Component):
             self.phys.append(phy)
         super().__init__(members)
 
+    @classmethod
+    def channel_count(cls, ports, channels, sim):
+        """N from the constructor's ``ports`` (hardware) or ``channels`` (``sim=True``)."""
+        if sim:
+            if channels is None:
+                raise ValueError(f"{cls.__name__}(sim=True) needs channels")
+            return channels
+        if not ports:
+            raise ValueError(f"{cls.__name__} needs ports unless sim=True")
+        return len(ports)
+
     def sampler(self, m):
         """Add the sampling logic to ``m``; return the fast-domain register (``N * 2**Fp``
         bits: channel ``c``'s samples from bit ``c * 2**Fp``, the earliest lowest) that feeds

@@ -159,18 +159,13 @@ class ECP5GearboxInputs(GearedInputs):
     latency = 4
 
     def __init__(self, ports=None, *, channels=None, fast="sclk", eclk="eclk", sim=False):
-        if sim:
-            if channels is None:
-                raise ValueError("ECP5GearboxInputs(sim=True) needs channels")
-        else:
-            if not ports:
-                raise ValueError("ECP5GearboxInputs needs ports unless sim=True")
-            channels = len(ports)
+        channels = self.channel_count(ports, channels, sim)
         self.ports = ports
         self.sim = sim
         self.eclk = eclk
         members = {"samples": In(4 * channels)} if sim else {}
-        super().__init__(channels, 2, 4, latency=self.latency, members=members, fast=fast, elastic=True)
+        super().__init__(channels, 2, 4, latency=self.latency, members=members, fast=fast,
+                         elastic=True)
 
     def sampler(self, m):
         gearbox = Signal(4 * self.channels)   # Q3..Q0 per channel

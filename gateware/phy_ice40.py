@@ -138,13 +138,7 @@ class ICE40DDRInputs(GearedInputs):
     latency = 1
 
     def __init__(self, ports=None, *, channels=None, fast="fast", sim=False):
-        if sim:
-            if channels is None:
-                raise ValueError("ICE40DDRInputs(sim=True) needs channels")
-        else:
-            if not ports:
-                raise ValueError("ICE40DDRInputs needs ports unless sim=True")
-            channels = len(ports)
+        channels = self.channel_count(ports, channels, sim)
         self.ports = ports
         self.sim = sim
         members = {"samples": In(2 * channels)} if sim else {}
