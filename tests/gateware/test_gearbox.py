@@ -232,3 +232,68 @@ def test_ecp5_gearbox_inputs_match_the_model_up_to_one_shared_offset(phase):
     assert len(offsets[0]) == 1 and offsets[0] == offsets[1] == offsets[2], offsets
     # The declared latency puts the offset within one sync cycle of the truth either way.
     assert -2 ** f < offsets[0][0] < 2 ** f
+
+
+def herald_latency(inputs, ratio, sample, *, phase=0.0):
+    """Pin -> herald through a whole core fed by ``inputs`` (channel 0 alone completes rule
+    0): the pin rises just before sample instant ``sample`` (``2**Fp`` instants per fast cycle,
+    the first at the first fast edge). Returns the time from that sample instant to the ``sync``
+    edge after which the herald pin is high, in ``sync`` periods."""
+    from heraldry.gateware.core import TaggerCore
+    from heraldry.host.config import Acquisition
+
+    per_fast = 2 ** inputs.sample_bits
+    core = TaggerCore(inputs.channels, 1, phys=inputs.phys, test_signal=False)
+    m = Module()
+    m.submodules.inputs = inputs
+    m.submodules.core = core
+    acq = Acquisition(channels=inputs.channels, rules=1, fine_bits=inputs.fine_bits,
+                      window_bins=2 ** inputs.fine_bits, herald_masks=[0b1], test_signal="off",
+                      enabled=[True] + [False] * (inputs.channels - 1))
+    found = []
+
+    async def driver(ctx):
+        for j in range(sample // per_fast + 40 * ratio):
+            bits = 0
+            for s in range(per_fast):
+                bits |= int(j * per_fast + s >= sample) << s
+            ctx.set(inputs.samples, bits)        # channel 0's samples; the others stay low
+            await ctx.tick(inputs.fast)
+
+    async def watcher(ctx):
+        ctx.set(core.config, acq.gateware_config())
+        ctx.set(core.run, 1)
+        for k in range(sample // per_fast // ratio + 40):
+            await ctx.tick("sync")
+            if ctx.get(core.herald[0]):
+                found.append(k)
+                return
+
+    sim = Simulator(m)
+    add_clocks(sim, ratio, inputs.fast, phase)
+    sim.add_testbench(driver)
+    sim.add_testbench(watcher)
+    sim.run()
+    assert found, "the herald never rose"
+    # sync edge k is at T/2 + phase*T + k*R*T; sample instant i at T/2 + i*T/per_fast.
+    edge_time = phase + found[0] * ratio
+    sample_time = sample / per_fast
+    return (edge_time - sample_time) / ratio
+
+
+def test_herald_latency_of_the_board_input_blocks():
+    """docs/architecture.md: on the iCEBreaker the herald is high after the 4th core edge
+    following the core edge that starts the sample's group (the 5th edge counting that one):
+    3.25 to 4 core periods after the sample that first sees the pin, by its place in the group.
+    The ULX3S adds its elastic crossing: fixed for a start, by the clocks' phase."""
+    ice40 = [herald_latency(ICE40DDRInputs(channels=2, sim=True), 2, sample)
+             for sample in range(64, 72)]             # two groups of four samples
+    assert ice40 == [4.0, 3.75, 3.5, 3.25] * 2
+    for phase, low, high in ((0.0, 5.5625, 6.5), (1.5, 5.9375, 6.875), (3.0, 6.3125, 7.25)):
+        ecp5 = [herald_latency(ECP5GearboxInputs(channels=2, sim=True), 4, sample, phase=phase)
+                for sample in range(320, 337)]       # 17 samples: one group boundary
+        # One group's samples share one herald edge: a sixteenth of a period less per sample,
+        # one period more where the next group starts (wherever the crossing put its start).
+        steps = [b - a for a, b in zip(ecp5, ecp5[1:])]
+        assert sorted(set(steps)) == [-1 / 16, 15 / 16] and steps.count(15 / 16) == 1
+        assert (min(ecp5), max(ecp5)) == (low, high)
