@@ -80,12 +80,17 @@ def _board_and_channels(args):
 
 
 def _print_report(report):
-    sync = report["clocks"].get("sync") or next(iter(report["clocks"].values()))
+    clocks = ", ".join(f"{name} {c['achieved_mhz']:g} MHz achieved of {c['target_mhz']:g} MHz"
+                       for name, c in report["clocks"].items())
     cells = ", ".join(f"{name} {use['used']}/{use['available']}"
                       for name, use in report["resources"].items())
     print(f"{report['board']}: {report['channels']} channels, bin {report['bin_ps']:g} ps, "
-          f"clock {sync['achieved_mhz']:g} MHz achieved of {sync['target_mhz']:g} MHz "
-          f"({'met' if report['timing_met'] else 'NOT MET'})")
+          f"{clocks} ({'met' if report['timing_met'] else 'NOT MET'})")
+    crossings = [f"{c['from']} -> {c['to']} {c['max_delay_ns']:g} ns"
+                 + (f" (limit {c['limit_ns']:g})" if c.get("limit_ns") is not None else "")
+                 for c in report.get("crossings", [])]
+    if crossings:
+        print(f"  clock crossings (not timed by nextpnr): {', '.join(crossings)}")
     print(f"  resources: {cells}")
     print(f"  bitstream: {report['bitstream']}")
 

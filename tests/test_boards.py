@@ -284,7 +284,12 @@ def test_icebreaker_bitstream_build(tmp_path, capsys):
     out = tmp_path / "ice"
     status = cli.main(["build", "--board", "icebreaker", "--out", str(out), "--quiet"])
     report = json.loads((out / "report.json").read_text())
-    assert status == 0, capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    # The summary names both clocks and the crossings the build checked.
+    assert re.search(r"sync [\d.]+ MHz achieved of 24[\d.]* MHz, "
+                     r"fast [\d.]+ MHz achieved of 48[\d.]* MHz \(met\)", printed), printed
+    assert re.search(r"negedge fast -> posedge sync [\d.]+ ns \(limit 10\.417\)", printed)
     assert report["board"] == "icebreaker"
     assert report["channels"] == board.default_channels
     assert report["timing_met"] is True
