@@ -32,7 +32,7 @@ def test_registry(board, device):
     assert board.clock_hz == 50_000_000 and board.baud == 3_000_000
     assert board.bin_fs == 1_250_000            # 20 ns core cycle / 16 samples
     assert board.programmer == "openFPGALoader"
-    assert 1 <= board.default_channels <= board.max_channels == 8
+    assert 1 <= board.default_channels <= board.max_channels == 4   # 6 and 8 miss 50 MHz
     with pytest.raises(BoardError):
         board.top(board.max_channels + 1)
 
@@ -50,7 +50,7 @@ def test_pll_params():
         ecp5_pll_params(25e6, 800e6)   # above the output limit
 
 
-@pytest.mark.parametrize("board,channels", [(ULX3S_85F, 8), (ULX3S_25F, 2)])
+@pytest.mark.parametrize("board,channels", [(ULX3S_85F, 4), (ULX3S_25F, 2)])
 def test_plan(board, channels, tmp_path):
     plan = build.plan(board, channels, tmp_path)
     lpf = (tmp_path / "heraldry.lpf").read_text()
@@ -80,7 +80,7 @@ def test_plan(board, channels, tmp_path):
     assert il.count("cell \\IB ") == 2
     assert len(set(re.findall(r"connect \\D \\(det_\d+)__io", il))) == channels
     assert "build_heraldry.sh" in plan.files
-    assert len(DETECTOR_PINS) == board.max_channels
+    assert len(DETECTOR_PINS) >= board.max_channels
 
 
 class PHYProbe(Elaboratable):
@@ -115,7 +115,7 @@ def test_build_phys_meet_timing(tmp_path):
     """Full toolchain run of the clocking + 8 gearbox PHYs on the right bank: places, routes
     (nextpnr fails on a timing miss, as no --timing-allow-fail is given) and packs."""
     platform = ULX3S_85F.platform()
-    plan = platform.prepare(PHYProbe(ULX3S_85F.max_channels), name="probe",
+    plan = platform.prepare(PHYProbe(len(DETECTOR_PINS)), name="probe",
                             nextpnr_opts="--report probe.report.json")
     plan.execute_local(str(tmp_path), env=build.tool_env())
     clocks, resources = build.parse_nextpnr(tmp_path / "probe.report.json")
@@ -125,7 +125,7 @@ def test_build_phys_meet_timing(tmp_path):
     assert clocks["sclk"]["target_mhz"] == 4 * ULX3S_85F.clock_hz / 1e6
     for clock in clocks.values():
         assert clock["achieved_mhz"] >= clock["target_mhz"]
-    assert resources["IOLOGIC"]["used"] == ULX3S_85F.max_channels
+    assert resources["IOLOGIC"]["used"] == len(DETECTOR_PINS)
     assert (tmp_path / "probe.bit").stat().st_size > 0
 
 
