@@ -216,7 +216,7 @@ class ULX3SBoard(Board):
 #: The core's clock: 1/4 of the gearboxes' 200 MHz (16 samples a cycle, 1.25 ns bins).
 _CLOCK_HZ = 50_000_000
 #: Channels that meet timing at _CLOCK_HZ (seed 1): 4 does (58 MHz); 6 and 8 do not (45.9 and
-#: 41.4 MHz: the merger's herald-pattern selection over the channels' fine times).
+#: 41.4 MHz: the herald generator's pattern selection over the channels' fine times).
 _MAX_CHANNELS = 4
 
 
