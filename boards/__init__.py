@@ -70,6 +70,13 @@ class Board:
             raise BoardError(f"--channels {channels}: {self.name} fits 1..{self.max_channels}")
         return channels
 
+    @property
+    def crossing_limits_ns(self):
+        """``{(from, to): ns}``: clock crossings (named as in ``report.json``, e.g.
+        ``("posedge fast", "posedge sync")``) whose delay, which nextpnr reports but does not
+        time, the design relies on staying within ``ns``; ``build`` checks them. None here."""
+        return {}
+
     def top(self, channels):
         """The Elaboratable to build for ``channels`` inputs (clocking + Tagger + pins).
 

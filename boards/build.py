@@ -216,7 +216,7 @@ def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
         raise BuildError(f"no clock figures in {out / (NAME + '.tim')}")
     if len(clocks) == 1:
         clocks = {"sync": next(iter(clocks.values()))}
-    limits = getattr(board, "crossing_limits_ns", {})
+    limits = board.crossing_limits_ns
     crossings = parse_crossings(out / f"{NAME}.tim")
     for crossing in crossings:
         crossing["limit_ns"] = limits.get((crossing["from"], crossing["to"]))

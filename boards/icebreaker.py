@@ -161,14 +161,15 @@ class ICEBreakerBoard(Board):
     The test-signal generator is left out: it is ~1000 logic cells at 2 channels and the
     2-channel Tagger without it already fills ~96 % of the UP5K's 5280 (docs/boards.md)."""
 
-    #: The aligned gearbox's crossing (``heraldry.gateware.phy_ice40.ICE40DDRInputs``): ``sync``
-    #: captures registers of ``fast`` at a coinciding edge, so a path may take at most one fast
-    #: period, half of one from the falling-edge sample (``D_IN_1``). nextpnr does not time it;
-    #: the build checks its reported delay against these (``boards/build.py``).
-    crossing_limits_ns = property(lambda self: {
-        ("posedge fast", "posedge sync"): round(1e9 / (2 * self.clock_hz), 3),
-        ("negedge fast", "posedge sync"): round(1e9 / (4 * self.clock_hz), 3),
-    })
+    @property
+    def crossing_limits_ns(self):
+        """The aligned gearbox's crossing (``heraldry.gateware.phy_ice40.ICE40DDRInputs``):
+        ``sync`` captures registers of ``fast`` at a coinciding edge, so a path may take at most
+        one fast period, half of one from the falling-edge sample (``D_IN_1``)."""
+        return {
+            ("posedge fast", "posedge sync"): round(1e9 / (2 * self.clock_hz), 3),
+            ("negedge fast", "posedge sync"): round(1e9 / (4 * self.clock_hz), 3),
+        }
     test_signal = False
     #: Herald rules (and herald pins).
     rules = 1

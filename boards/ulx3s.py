@@ -202,12 +202,12 @@ class ULX3STop(Elaboratable):
 class ULX3SBoard(Board):
     """:class:`Board` for the ULX3S; :meth:`top` gives a :class:`ULX3STop`."""
 
-    #: The elastic crossing (``heraldry.gateware.gearbox.WordGearbox``) reads a slot at least
-    #: one core cycle after it was written: a path from ``sclk`` to ``sync`` may take one core
-    #: period. nextpnr does not time it; the build checks its reported delay against this.
-    crossing_limits_ns = property(lambda self: {
-        ("posedge sclk", "posedge sync"): round(1e9 / self.clock_hz, 3),
-    })
+    @property
+    def crossing_limits_ns(self):
+        """The elastic crossing (``heraldry.gateware.gearbox.WordGearbox``) reads a slot at
+        least one core cycle after it was written: a path from ``sclk`` to ``sync`` may take one
+        core period."""
+        return {("posedge sclk", "posedge sync"): round(1e9 / self.clock_hz, 3)}
 
     def top(self, channels=None):
         return ULX3STop(self, self.check_channels(channels))
