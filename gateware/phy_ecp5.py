@@ -141,7 +141,7 @@ class ECP5GearboxInputs(GearedInputs):
     Attributes
     ----------
     latency : int
-        4, declared: the crossing's delay is fixed only at start. In simulation at eight phases
+        4, declared: the crossing's delay is fixed only at start. In simulation at five phases
         of ``sync`` against ``sclk`` the times come out 8 bins late or 8 early against the pin
         (``tests/gateware/test_gearbox.py``); a start at which the synchroniser goes metastable
         can add one ``sync`` cycle (16 bins).
