@@ -517,7 +517,8 @@ class Device:
         has_test_signal = bool(ident.capabilities & protocol.CAPABILITY_TEST_SIGNAL)
         if not has_test_signal and any(s != protocol.Source.PIN for s in acq.sources()):
             raise ConfigError(f"this board has no built-in test signal (ident.capabilities "
-                              f"{ident.capabilities:#x}): use --test-signal off to read the pins")
+                              f"{ident.capabilities:#x}): select no test source "
+                              f"(test_signal \"off\") to read the pins")
         bits = acq.gateware_config().as_value().value
         # Without the generator the test.* registers are not stored (they keep their resets).
         writes = [(reg.name, bits >> reg.config_offset & ((1 << reg.width) - 1))
