@@ -20,7 +20,7 @@ import os
 import sys
 
 from ..protocol import DELAY_BITS
-from .config import ConfigError
+from .config import ConfigError, read_config
 
 __all__ = ["register", "read_config", "config_delay_options", "cmd_calibrate"]
 
@@ -44,34 +44,6 @@ def register(subparsers):
                             "delay of arm B after arm A, to be found")
     p.add_argument("--out", required=True, metavar="FILE.json", help="config file to write")
     return [("calibrate", cmd_calibrate)]
-
-
-def read_config(path):
-    """``{channel: delay_ns}`` from a config file ``{"delays_ns": {"CH": NS, ...}}``, or
-    ConfigError with a one-line reason."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as error:
-        raise ConfigError(f"--config {path}: cannot read it ({error.strerror})") from None
-    try:
-        config = json.loads(text)
-    except ValueError:
-        raise ConfigError(f"--config {path}: not valid JSON") from None
-    if not isinstance(config, dict) or not isinstance(config.get("delays_ns"), dict):
-        raise ConfigError(f"--config {path}: needs a \"delays_ns\" object such as "
-                          f"{{\"delays_ns\": {{\"0\": 70}}}}")
-    delays = {}
-    for channel, ns in config["delays_ns"].items():
-        try:
-            channel = int(channel)
-        except ValueError:
-            raise ConfigError(f"--config {path}: channel {channel!r} is not a number") from None
-        if isinstance(ns, bool) or not isinstance(ns, (int, float)):
-            raise ConfigError(f"--config {path}: delay {ns!r} of channel {channel} is not a "
-                              f"number of ns")
-        delays[channel] = float(ns)
-    return delays
 
 
 def config_delay_options(path):

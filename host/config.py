@@ -6,14 +6,18 @@ to the gateware's config layout (:meth:`Acquisition.gateware_config`) and to the
 model's settings (:meth:`Acquisition.model_settings`), so both always see the same numbers.
 """
 
+import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 from .. import protocol
 from ..protocol import Edge, Source
 
-__all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "parse_mask", "ns_to_bins"]
+__all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "parse_mask", "ns_to_bins",
+           "read_config", "CONFIG_FILE_KEYS", "CONFIG_FILE_MAX_BYTES"]
 
 EDGES = {"rising": Edge.RISING, "falling": Edge.FALLING, "both": Edge.BOTH}
 TEST_SIGNALS = ("pairs", "periodic", "off")
@@ -21,6 +25,77 @@ TEST_SIGNALS = ("pairs", "periodic", "off")
 
 class ConfigError(ValueError):
     """A configuration value the board cannot take. The message is one line, for the user."""
+
+
+#: The keys of a config file (``heraldry calibrate`` writes them all; only ``delays_ns`` is
+#: applied, the others record how the delays were found). Any other key is refused: a misspelt
+#: ``delay_ns`` must not leave the delays at zero without a word.
+CONFIG_FILE_KEYS = ("delays_ns", "reference", "measured_ns", "bin_ns", "tags")
+#: A config file larger than this is refused unread (one written by calibrate is < 1 KiB).
+CONFIG_FILE_MAX_BYTES = 1 << 20
+
+
+def read_config(path):
+    """``{channel: delay_ns}`` from a config file ``{"delays_ns": {"CH": NS, ...}, ...}``.
+
+    Raises :class:`ConfigError` (one line naming ``--config PATH``) for a file that cannot be
+    read, is not a regular file (a folder, ``/dev/zero``, a pipe), is larger than
+    :data:`CONFIG_FILE_MAX_BYTES`, is not UTF-8 JSON, has a key not in
+    :data:`CONFIG_FILE_KEYS`, or has a channel or delay that is not a number."""
+    what = f"--config {path}"
+    try:
+        # Checked before opening: opening a pipe would wait for a writer.
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what}: not a regular file")
+        if info.st_size > CONFIG_FILE_MAX_BYTES:
+            raise ConfigError(f"{what}: {info.st_size} bytes; a config file is at most "
+                              f"{CONFIG_FILE_MAX_BYTES} bytes")
+        with open(path, "rb") as f:
+            data = f.read(CONFIG_FILE_MAX_BYTES + 1)    # it may have grown since
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot read it ({error.strerror})") from None
+    if len(data) > CONFIG_FILE_MAX_BYTES:
+        raise ConfigError(f"{what}: larger than {CONFIG_FILE_MAX_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what}: not UTF-8 text (byte {error.start})") from None
+    def unique(pairs):
+        config = dict(pairs)
+        if len(config) != len(pairs):
+            seen = set()
+            twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+            raise ConfigError(f"{what}: key {twice!r} is given twice")
+        return config
+    try:
+        config = json.loads(text, object_pairs_hook=unique)
+    except ConfigError:
+        raise
+    except ValueError:
+        raise ConfigError(f"{what}: not valid JSON") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: nested too deeply to be a config file") from None
+    if not isinstance(config, dict) or not isinstance(config.get("delays_ns"), dict):
+        raise ConfigError(f"{what}: needs a \"delays_ns\" object such as "
+                          f"{{\"delays_ns\": {{\"0\": 70}}}}")
+    unknown = sorted(set(config) - set(CONFIG_FILE_KEYS))
+    if unknown:
+        raise ConfigError(f"{what}: unknown key {unknown[0]!r} (a config file has "
+                          f"{', '.join(CONFIG_FILE_KEYS)})")
+    delays = {}
+    for channel, ns in config["delays_ns"].items():
+        try:
+            number = int(channel)
+        except ValueError:
+            raise ConfigError(f"{what}: channel {channel!r} is not a number") from None
+        if isinstance(ns, bool) or not isinstance(ns, (int, float)):
+            raise ConfigError(f"{what}: delay {ns!r} of channel {channel} is not a number "
+                              f"of ns")
+        if number in delays:
+            raise ConfigError(f"{what}: channel {number} is given twice in delays_ns")
+        delays[number] = float(ns)
+    return delays
 
 
 def parse_mask(text, channels, what="herald mask"):

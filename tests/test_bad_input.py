@@ -45,6 +45,12 @@ def _config(tmp_path, text):
     return str(path)
 
 
+def _config_bytes(tmp_path, data):
+    path = tmp_path / "config.json"
+    path.write_bytes(data)
+    return str(path)
+
+
 def _not_ptu(tmp_path):
     path = tmp_path / "in" / "notes.ptu"
     path.parent.mkdir()
@@ -124,6 +130,25 @@ OPTION_CASES = [
      "must be a number"),
     ("config-delay-text", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"0": "x"}}')],
      "is not a number of ns"),
+    ("config-not-utf8", lambda tmp: ["--config", _config_bytes(
+        tmp, b'{"delays_ns": {"0": 10}, "reference": "\xff"}')], "not UTF-8 text (byte 39)"),
+    ("config-dev-zero", ["--config", "/dev/zero"], "/dev/zero: not a regular file"),
+    ("config-folder", lambda tmp: ["--config", str(tmp)], "not a regular file"),
+    ("config-too-large", lambda tmp: ["--config", _config_bytes(
+        tmp, b'{"delays_ns": {}}' + b" " * (1 << 20))], "a config file is at most 1048576"),
+    ("config-unknown-key", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"0": 1}, '
+                                                               '"delay_ns": {"1": 5}}')],
+     "unknown key 'delay_ns'"),
+    ("config-key-twice", lambda tmp: ["--config", _config(
+        tmp, '{"delays_ns": {"0": 1, "0": 2}}')], "key '0' is given twice"),
+    ("config-channel-twice", lambda tmp: ["--config", _config(
+        tmp, '{"delays_ns": {"0": 1, "00": 2}}')], "channel 0 is given twice"),
+    # the same channel twice among the per-channel options
+    ("delay-twice", ["--delay", "0=10", "--delay", "0=20"], "channel 0 is given twice"),
+    ("dead-time-twice", ["--dead-time", "1=10", "--dead-time", "1=10"],
+     "channel 1 is given twice"),
+    ("edge-twice", ["--edge", "2=rising", "--edge", "2=falling"], "channel 2 is given twice"),
+    ("disable-twice", ["--disable", "3", "--disable", "3"], "channel 3 is given twice"),
     # the rest of the acquisition
     ("duration-0", ["--duration", "0"], "--duration"),
     ("duration-inf", ["--duration", "inf"], "--duration"),
