@@ -12,6 +12,14 @@ order is free. ``result()`` can be called at any time and reports the stream as 
 
 ``duration_ps`` (the acquisition time ``T_acq`` used by normalisations) defaults to the span from
 the first to the last tag fed; pass the real acquisition time when known.
+
+**Bound to a run.** ``Correlation``, ``Coincidences``, ``Counter`` (:class:`CountRates`) and
+``HeraldRate`` also take a *source* as their first argument: a :class:`heraldry.host.tagger.Run`
+(a board's or a replay's), e.g. ``Correlation(run, 0, 1, bin_ps=..., range_ps=...)``. The
+object is then attached to the run (``run.attach``), which feeds it every block it collects,
+and ``duration_ps`` defaults to the run's device time so far (``run.elapsed_ps``) instead of
+the tag span. Any other measurement is attached with ``run.attach(obj)``. The results are the
+ones the same object gives fed the same blocks by hand.
 """
 
 from dataclasses import dataclass
@@ -22,7 +30,8 @@ import numpy as np
 from ..protocol import MAX_CHANNELS, Kind
 
 __all__ = [
-    "tags_of", "correlate", "CountRates", "Coincidences", "Correlation", "StartStop",
+    "tags_of", "correlate", "CountRates", "Counter", "Coincidences", "Correlation", "StartStop",
+    "HeraldRate",
     "SlidingCoincidences", "HeraldedG2", "CoincidenceToAccidental", "KlyshkoEfficiency",
     "DelayCalibration", "delays_to_apply",
 ]
@@ -34,9 +43,12 @@ def tags_of(block, channels=None):
     """``(times int64, channels int64)`` of the tags in ``block``, sorted by (time, channel).
 
     ``block``: an array with fields ``time_ps`` and ``channel`` (and optionally ``kind``: only
-    TAG records are kept), or plain times with ``channels`` given separately.
+    TAG records are kept), a :class:`heraldry.host.decode.Block` (its ``events``), or plain
+    times with ``channels`` given separately.
     """
     if channels is None:
+        if hasattr(block, "events") and not isinstance(block, np.ndarray):
+            block = block.events        # a decode.Block, as the driver and a Run yield them
         block = np.asarray(block)
         names = block.dtype.names or ()
         if "kind" in names:
@@ -64,7 +76,38 @@ def tags_of(block, channels=None):
     return times, channels
 
 
-class _Streaming:
+def _is_source(value):
+    """A run (or anything) measurements can be bound to: it has ``attach`` and ``elapsed_ps``."""
+    return hasattr(value, "attach") and hasattr(value, "elapsed_ps")
+
+
+def _split_source(args, names):
+    """``(source or None, args without it)``; TypeError naming ``names`` if the count is wrong."""
+    source = args[0] if args and _is_source(args[0]) else None
+    rest = args[1:] if source is not None else args
+    if len(rest) != len(names):
+        raise TypeError(f"expected ([source,] {', '.join(names)}), got {len(args)} positional "
+                        f"arguments")
+    return source, rest
+
+
+class _Bound:
+    """Binding to a source: ``source.attach(self)``; the default duration is its device time."""
+
+    source = None
+
+    def _bind(self, source):
+        if source is not None:
+            self.source = source
+            source.attach(self)
+
+    def _source_duration(self, duration_ps):
+        if duration_ps is None and self.source is not None:
+            return float(self.source.elapsed_ps)
+        return duration_ps
+
+
+class _Streaming(_Bound):
     """Common part: input normalisation, time-order check, first/last time."""
 
     def __init__(self):
@@ -85,6 +128,7 @@ class _Streaming:
         return self
 
     def _duration(self, duration_ps):
+        duration_ps = self._source_duration(duration_ps)
         if duration_ps is not None:
             return float(duration_ps)
         if self.first is None:
@@ -104,7 +148,8 @@ class Rates:
 
 
 class CountRates(_Streaming):
-    """Tags per channel and, with ``bin_ps``, a binned time trace.
+    """Tags per channel and, with ``bin_ps``, a binned time trace: ``CountRates([source,]
+    channels, *, bin_ps=None, start_ps=0)`` (``Counter`` is the same class).
 
     ``counts[c] = #{tags of channel c}``; ``rates_hz[c] = counts[c] / T_acq`` (T_acq in s =
     ``duration_ps * 1e-12``). Trace bin ``k`` of channel ``c`` counts its tags with
@@ -112,13 +157,15 @@ class CountRates(_Streaming):
     refused. The trace has as many bins as needed to hold the last tag.
     """
 
-    def __init__(self, channels, *, bin_ps=None, start_ps=0):
+    def __init__(self, *args, bin_ps=None, start_ps=0):
         super().__init__()
+        source, (channels,) = _split_source(args, ["channels"])
         self.channels = int(channels)
         self.bin_ps = bin_ps
         self.start_ps = int(start_ps)
         self._counts = np.zeros(self.channels, np.int64)
         self._trace = np.zeros((self.channels, 0), np.int64)
+        self._bind(source)
 
     def _feed(self, times, chans):
         if chans.max() >= self.channels:
@@ -195,10 +242,23 @@ class Coincidences(_Streaming):
     next; the pattern is the bitmask of channels in it. Unlike the hardware, ``window_ps`` is
     not limited to ``2**WINDOW_BITS - 1`` bins. ``groups``: channel masks whose windows to count
     (pattern contains the mask). ``keep_windows``: also keep every window's ``t0`` and pattern.
+    ``Coincidences(source, channels, window_ps=None, ...)``: bound to a run, whose window
+    (``source.window_ps``) is the default.
     """
 
-    def __init__(self, channels, window_ps, *, groups=(), keep_windows=False):
+    def __init__(self, *args, window_ps=None, groups=(), keep_windows=False):
         super().__init__()
+        source = args[0] if args and _is_source(args[0]) else None
+        rest = args[1:] if source is not None else args
+        if not 1 <= len(rest) <= 2 or (len(rest) == 2 and window_ps is not None):
+            raise TypeError("expected ([source,] channels, window_ps)")
+        channels = rest[0]
+        if len(rest) == 2:
+            window_ps = rest[1]
+        if window_ps is None:
+            if source is None:
+                raise TypeError("window_ps is needed without a source")
+            window_ps = source.window_ps
         self.channels = sorted(set(int(c) for c in channels))
         if not self.channels:
             raise ValueError("select at least one channel")
@@ -214,6 +274,7 @@ class Coincidences(_Streaming):
         self._state = np.zeros(3, np.int64)
         self._patterns = np.zeros(1 << MAX_CHANNELS, np.int64)
         self._t0, self._pattern = [], []
+        self._bind(source)
 
     def _feed(self, times, chans):
         keep = (self.mask >> chans) & 1 == 1
@@ -325,8 +386,9 @@ class CorrelationResult:
     g2: np.ndarray          #: counts / (n1 * n2 * bin / duration)
 
 
-class Correlation:
-    """Cross-correlation (g2) histogram of two channels, multi-start multi-stop.
+class Correlation(_Bound):
+    """Cross-correlation (g2) histogram of two channels, multi-start multi-stop:
+    ``Correlation([source,] channel1, channel2, *, bin_ps, range_ps)``.
 
     ``counts[k] = #{(i, j): -T + k*b <= t2[j] - t1[i] < -T + (k+1)*b}`` over ``[-T, T)``
     (``T = range_ps``, ``b = bin_ps``, ``2T`` a multiple of ``b``), t1 the tags of ``channel1``,
@@ -334,8 +396,10 @@ class Correlation:
     streams.
     """
 
-    def __init__(self, channel1, channel2, *, bin_ps, range_ps):
+    def __init__(self, *args, bin_ps, range_ps):
+        source, (channel1, channel2) = _split_source(args, ["channel1", "channel2"])
         self._pairs = _PairCounter(channel1, channel2, bin_ps, -int(range_ps), int(range_ps))
+        self._bind(source)
 
     def feed(self, block, channels=None):
         self._pairs.feed(block, channels)
@@ -343,7 +407,7 @@ class Correlation:
 
     def result(self, duration_ps=None):
         p = self._pairs
-        duration = p._duration(duration_ps)
+        duration = p._duration(self._source_duration(duration_ps))
         edges = p.lo + p.bin * np.arange(len(p.counts) + 1)
         expected = p.n_a * p.n_b * p.bin / duration if duration > 0 else 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -557,6 +621,57 @@ class HeraldedG2:
         with np.errstate(divide="ignore", invalid="ignore"):
             g2 = np.float64(n_h) * n_h12 / (np.float64(n_h1) * n_h2)
         return HeraldedG2Result(n_h, n_h1, n_h2, n_h12, float(g2))
+
+
+@dataclass
+class HeraldRateResult:
+    mask: int               #: the rule's channel mask
+    heralds: int            #: windows whose pattern contains the mask
+    duration_ps: float
+    rate_hz: float          #: heralds / T_acq
+
+
+class HeraldRate(_Bound):
+    """How often a herald rule fires, counted from the tags with the core's semantics:
+    ``HeraldRate([source,] mask, *, window_ps=None, channels=None)``.
+
+    A rule fires at most once per coincidence window, when the window's pattern comes to
+    contain ``mask`` (:func:`heraldry.model.herald_records`); windows are the core's over the
+    tags of ``channels`` (default: every channel of the source's board), so on a lossless run
+    ``heralds`` equals the board's herald counter of a rule with this mask. ``window_ps``
+    defaults to the source's window. ``rate_hz = heralds / T_acq``. On a recording without
+    herald records (another vendor's file) this is the herald rate the core would have given.
+    """
+
+    def __init__(self, *args, window_ps=None, channels=None):
+        source, (mask,) = _split_source(args, ["mask"])
+        if isinstance(mask, str):
+            mask = int(mask, 0)
+        if channels is None:
+            if source is None:
+                raise TypeError("channels are needed without a source")
+            channels = range(source.tagger.channels)
+        if window_ps is None:
+            if source is None:
+                raise TypeError("window_ps is needed without a source")
+            window_ps = source.window_ps
+        self.mask = int(mask)
+        self._c = Coincidences(channels, window_ps, groups=(self.mask,))
+        self._bind(source)
+
+    def feed(self, block, channels=None):
+        self._c.feed(block, channels)
+        return self
+
+    def result(self, duration_ps=None):
+        duration = self._c._duration(self._source_duration(duration_ps))
+        heralds = self._c.result().groups[self.mask]
+        rate = heralds / (duration * 1e-12) if duration > 0 else float("nan")
+        return HeraldRateResult(self.mask, heralds, duration, rate)
+
+
+#: Swabian-style name of :class:`CountRates`.
+Counter = CountRates
 
 
 # --- delay calibration ------------------------------------------------------------------------

@@ -1,0 +1,1001 @@
+"""The instrument API: open a board, run it, measure while it runs.
+
+::
+
+    import heraldry
+    with heraldry.open("sim") as tagger:                  # or "/dev/ttyUSB1", "replay:run.ptu"
+        settings = heraldry.Settings(window_ns=20, delays_ns={1: 10}, heralds=[0b11],
+                                     test_signal="pairs")
+        with tagger.run(settings, duration=0.05) as run:
+            g2 = heraldry.Correlation(run, 0, 1, bin_ps=10_000, range_ps=200_000)
+            for block in run:                             # decoded blocks, times from the start
+                print(run.rates["singles_hz"])
+        print(run.counters["singles"], g2.result().g2)
+
+Three layers, as in the command line (which is a thin user of this one):
+
+* :func:`open` returns a :class:`Tagger`: a board that has identified itself (channels, rules,
+  bin, clock, capabilities) behind its link, or a recorded file played as one.
+* :class:`Settings` are what the user means, in nanoseconds (window, delays, dead times), edges,
+  herald rules and the test signal (**off** unless asked for). :meth:`Tagger.acquisition`
+  turns them into an :class:`~heraldry.host.config.Acquisition` in the board's bins, with the
+  command line's checks and messages (the setting's name in place of the option's); a value
+  that is not a whole number of bins is rounded and said so (:attr:`Run.notes`, and a
+  :class:`SettingsNote` warning), never silently.
+* :meth:`Tagger.run` returns a :class:`Run`: configure, clear, start; iterating it yields
+  :class:`~heraldry.host.decode.Block` s with times in picoseconds from the run start (the
+  ``control.now`` count read just before the start command, as for ``heraldry acquire``);
+  :attr:`Run.counters` and :attr:`Run.rates` follow the board's STATUS snapshots (no counter
+  reads while it runs); leaving the ``with`` block stops the board, waits until the last record
+  is in and verified, and reads the counters once more (:attr:`Run.counters`,
+  :attr:`Run.checks`). Measurement objects of :mod:`heraldry.host.measure` built with the run as
+  their first argument are fed every block the run collects.
+
+Boards and baud rates: ``"sim"`` starts the Verilated virtual board (100 MHz, 12 Mbaud). A
+serial port takes ``baud`` if given, else the baud of ``board`` (a name from
+:data:`heraldry.boards.BOARDS`: ``icebreaker``, ``ulx3s-85f``, ``ulx3s-25f``), else tries the
+known rates (:func:`known_bauds`: the real boards' 3 Mbaud first, then the virtual board's 12
+Mbaud) with a short timeout each and keeps the first that identifies. ``"replay:FILE.ptu"``
+plays a PTU T2 file (ours or PicoQuant's, :mod:`heraldry.host.replay`).
+"""
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import protocol
+from ..protocol import Kind
+from .config import Acquisition, ConfigError, EDGES, TEST_SIGNALS, ns_to_bins, parse_mask
+from .decode import EVENT_DTYPE, Block
+
+__all__ = ["open", "Tagger", "Settings", "Run", "SettingsNote", "known_bauds", "REPLAY_PREFIX",
+           "SIM_BOARD"]
+
+REPLAY_PREFIX = "replay:"
+
+#: The virtual board of ``open("sim")``: generic PHY at 100 MHz (one bin 10 ns), 2 herald rules,
+#: UART at 12 Mbaud. (``heraldry.host.cli.BOARDS["sim"]`` names the same board.)
+SIM_BOARD = {"clock_hz": 100_000_000, "rules": 2, "channels": 4, "baud": 12_000_000}
+
+#: Seconds per identification attempt while probing baud rates (a board answers in
+#: microseconds; a wrong rate gets no valid reply at all).
+PROBE_TIMEOUT_S = 0.25
+
+#: Default interval between the board's counter snapshots during a run (device seconds).
+STATUS_INTERVAL_S = 0.02
+
+
+class SettingsNote(UserWarning):
+    """A setting was adjusted to what the board can do (a time rounded to whole bins)."""
+
+
+def known_bauds():
+    """UART rates to try on a serial port with no board named: every real board's rate
+    (:data:`heraldry.boards.BOARDS`, 3 Mbaud for both), then the virtual board's 12 Mbaud."""
+    from ..boards import BOARDS
+    bauds = sorted({board.baud for board in BOARDS.values()})
+    return bauds + [b for b in (SIM_BOARD["baud"],) if b not in bauds]
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    """What to measure, in lab units. Checked against a board by :meth:`Tagger.acquisition`.
+
+    Members
+    -------
+    window_ns : float or None
+        Coincidence window; ``None``: one clock cycle.
+    delays_ns, dead_times_ns : dict
+        ``{channel: ns}``; channels not named get 0.
+    edges : dict
+        ``{channel: "rising" | "falling" | "both"}``; default rising.
+    disabled : sequence of int
+        Channels to ignore.
+    heralds : sequence of int or str
+        One channel mask per herald rule (``0b011``, ``3`` or ``"0b011"``).
+    herald_width : int
+        Herald output pulse, clock cycles.
+    record_coincidences : sequence of int or str
+        Patterns whose every window is also streamed as a COINCIDENCE record.
+    test_signal : str
+        ``"off"`` (the pins, the default), ``"pairs"`` (channel 0 and 1 the arms of a pair
+        source, dark counts elsewhere) or ``"periodic"`` (every channel every ``period_ns``).
+    pair_rate_hz, efficiency, dark_rate_hz, pair_delay_ns, period_ns, seed
+        The test signal's parameters (as ``heraldry acquire --pair-rate ...``).
+    """
+    window_ns: float = None
+    delays_ns: dict = field(default_factory=dict)
+    dead_times_ns: dict = field(default_factory=dict)
+    edges: dict = field(default_factory=dict)
+    disabled: tuple = ()
+    heralds: tuple = ()
+    herald_width: int = 4
+    record_coincidences: tuple = ()
+    test_signal: str = "off"
+    pair_rate_hz: float = 1e5
+    efficiency: float = 0.5
+    dark_rate_hz: float = 1e3
+    pair_delay_ns: float = 0.0
+    period_ns: float = 1000.0
+    seed: int = 1
+
+
+def _number(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{what} {value!r} is not a number")
+    return float(value)
+
+
+def _per_channel(values, what, n, convert, default):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{what} must be a dict {{channel: value}}, not {values!r}")
+    out = [default] * n
+    for channel, value in values.items():
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+            raise ConfigError(f"{what}: channel {channel!r} is not a number")
+        if not 0 <= channel < n:
+            raise ConfigError(f"{what} {{{channel}: {value!r}}}: no channel {channel} "
+                              f"(channels are 0..{n - 1})")
+        out[channel] = convert(value)
+    return out
+
+
+def _mask(value, n, what):
+    if isinstance(value, str):
+        return parse_mask(value, n, what)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{what} {value!r} is not a channel mask such as 0b011")
+    return parse_mask(str(int(value)), n, what)
+
+
+def settings_to_acquisition(settings, identity):
+    """``(Acquisition, notes)`` for ``settings`` on the board of ``identity`` (or ConfigError,
+    one line). ``notes``: one message per time rounded to whole bins."""
+    s = settings if settings is not None else Settings()
+    if not isinstance(s, Settings):
+        raise ConfigError(f"settings must be a heraldry.Settings, not {type(s).__name__}")
+    n = identity.channels
+    bin_ps = identity.bin_ps
+    cycle_ps = bin_ps * 2 ** identity.fine_bits
+    notes = []
+
+    def bins(what, ns, lo, hi, unit_ps=bin_ps):
+        if unit_ps == bin_ps:
+            value, note = ns_to_bins(what, _number(ns, what), bin_ps, lo, hi)
+        else:       # whole clock cycles (the test signal's period)
+            value, note = ns_to_bins(what, _number(ns, what), unit_ps, lo, hi)
+        if note:
+            notes.append(note)
+        return value
+
+    window = (2 ** identity.fine_bits if s.window_ns is None
+              else bins("window_ns", s.window_ns, 1, 2 ** protocol.WINDOW_BITS - 1))
+    delays = _per_channel(s.delays_ns, "delays_ns", n,
+                          lambda v: bins("delays_ns", v, 0, 2 ** protocol.DELAY_BITS - 1), 0)
+    dead = _per_channel(s.dead_times_ns, "dead_times_ns", n,
+                        lambda v: bins("dead_times_ns", v, 0,
+                                       2 ** protocol.DEAD_TIME_BITS - 1), 0)
+
+    def edge(v):
+        if v not in EDGES:
+            raise ConfigError(f"edges {v!r} must be one of {', '.join(EDGES)}")
+        return v
+    edges = _per_channel(s.edges, "edges", n, edge, "rising")
+    enabled = [True] * n
+    for ch in s.disabled:
+        if isinstance(ch, bool) or not isinstance(ch, (int, np.integer)) or not 0 <= ch < n:
+            raise ConfigError(f"disabled {ch!r}: no such channel (channels are 0..{n - 1})")
+        enabled[ch] = False
+    masks = [_mask(m, n, "herald mask") for m in s.heralds]
+    if len(masks) > identity.rules:
+        raise ConfigError(f"{len(masks)} herald rules given; the board has {identity.rules}")
+    record_mask = 0
+    for p in s.record_coincidences:
+        record_mask |= 1 << _mask(p, n, "record_coincidences pattern")
+    if s.test_signal not in TEST_SIGNALS:
+        raise ConfigError(f"test_signal {s.test_signal!r} must be one of "
+                          f"{', '.join(TEST_SIGNALS)}")
+    if s.test_signal != "off" and not identity.capabilities & protocol.CAPABILITY_TEST_SIGNAL:
+        raise ConfigError(f"test_signal {s.test_signal!r}: this board's gateware has no "
+                          f"built-in test signal; use test_signal \"off\" to read the pins")
+    pair_delay = bins("pair_delay_ns", s.pair_delay_ns, 0, 2 ** protocol.PAIR_DELAY_BITS - 1,
+                      cycle_ps) << identity.fine_bits
+    period = bins("period_ns", s.period_ns, 1, 2 ** protocol.PERIOD_BITS - 1, cycle_ps)
+    acq = Acquisition(
+        channels=n, rules=identity.rules, bin_ps=bin_ps, clock_hz=float(identity.clock_hz),
+        fine_bits=identity.fine_bits, window_bins=window, delays_bins=delays,
+        dead_time_bins=dead, edges=edges, enabled=enabled, herald_masks=masks,
+        herald_width=s.herald_width, coincidence_record_mask=record_mask,
+        test_signal=s.test_signal, pair_rate_hz=s.pair_rate_hz, efficiency=s.efficiency,
+        dark_rate_hz=s.dark_rate_hz, pair_delay_bins=pair_delay, period_cycles=period,
+        seed=s.seed)
+    return acq, notes
+
+
+def _duration_cycles(duration, clock_hz):
+    if duration is None:
+        return None
+    d = _number(duration, "duration")
+    if not 0 < d < math.inf:
+        raise ConfigError(f"duration must be positive and finite, not {d:g}")
+    cycles = int(round(d * clock_hz))
+    if cycles < 1:
+        raise ConfigError(f"duration {d:g} s is shorter than one clock cycle "
+                          f"({1 / clock_hz:g} s)")
+    return cycles
+
+
+# -- opening a board -----------------------------------------------------------------------------
+
+def open(target, *, board=None, baud=None, channels=None, timeout=None, realtime=False):
+    """Open a board (or a recording) and identify it; returns a :class:`Tagger`.
+
+    Parameters
+    ----------
+    target : str
+        ``"sim"`` (the virtual board, started for this tagger and stopped by
+        :meth:`Tagger.close`), a serial device path (``"/dev/ttyUSB1"``, ``"COM3"``), or
+        ``"replay:FILE.ptu"``.
+    board : str, optional
+        A real board's name (``heraldry.boards.BOARDS``): its baud rate is used.
+    baud : int, optional
+        The UART rate; overrides ``board``. Neither given: :func:`known_bauds` are tried.
+    channels : int, optional
+        Inputs of the virtual board (1..8, default 4). A real board has its own.
+    timeout : float, optional
+        Seconds to wait for each reply (default 1, 3 for the virtual board whose pace depends
+        on this machine's load).
+    realtime : bool
+        Replay only: deliver the records at the pace of their recorded time.
+
+    Raises
+    ------
+    ConfigError
+        A target, board name, baud or channel count that cannot work (one line, like the
+        command line's).
+    heraldry.host.driver.IdentificationError
+        Nothing identifies as a heraldry board on that port (at any baud tried).
+    heraldry.host.sim.twin.TwinError, heraldry.host.transport.TransportError
+        The virtual board cannot start; the port cannot be opened (e.g. busy).
+    """
+    if not isinstance(target, str):
+        raise ConfigError(f"open() takes \"sim\", a serial device path or "
+                          f"\"replay:FILE.ptu\", not {target!r}")
+    if target.startswith(REPLAY_PREFIX):
+        for name, value in (("board", board), ("baud", baud), ("channels", channels)):
+            if value is not None:
+                raise ConfigError(f"{name}: a replay describes itself")
+        return _open_replay(target[len(REPLAY_PREFIX):], realtime)
+    if realtime:
+        raise ConfigError("realtime is for replay:FILE.ptu")
+    if target == "sim":
+        if board is not None:
+            raise ConfigError("board names a real board; \"sim\" is the virtual one")
+        return _open_sim(channels, baud, timeout)
+    from .cli import _is_port, check_port
+    if not _is_port(target):
+        raise ConfigError(f"unknown board {target!r}; use \"sim\", a serial device path such "
+                          f"as /dev/ttyUSB1, or \"replay:FILE.ptu\"")
+    if channels is not None:
+        raise ConfigError("channels is for the virtual board; a real board has its own")
+    check_port(target)
+    bauds = _bauds_for(board, baud)
+    return _open_serial(target, bauds, board, timeout)
+
+
+def _bauds_for(board, baud):
+    if baud is not None:
+        if isinstance(baud, bool) or not isinstance(baud, (int, np.integer)) or baud <= 0:
+            raise ConfigError(f"baud must be a positive number, not {baud!r}")
+        return [int(baud)]
+    if board is not None:
+        from ..boards import BoardError, get_board
+        try:
+            return [get_board(board).baud]
+        except BoardError as error:
+            raise ConfigError(str(error)) from None
+    return known_bauds()
+
+
+def _open_sim(channels, baud, timeout):
+    from ..sim.twin import Twin
+    from .transport import SerialTransport
+    n = SIM_BOARD["channels"] if channels is None else channels
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) \
+            or not 1 <= n <= protocol.MAX_CHANNELS:
+        raise ConfigError(f"channels must be 1..{protocol.MAX_CHANNELS}, not {n!r}")
+    baud = SIM_BOARD["baud"] if baud is None else baud
+    if isinstance(baud, bool) or not isinstance(baud, (int, np.integer)) \
+            or not 0 < baud <= SIM_BOARD["clock_hz"] // 4:
+        raise ConfigError(f"baud must be 1..{SIM_BOARD['clock_hz'] // 4}, not {baud!r}")
+    twin = Twin(channels=int(n), rules=SIM_BOARD["rules"], clock_hz=SIM_BOARD["clock_hz"],
+                baud=int(baud))
+    twin.start()
+    try:
+        device = _device(SerialTransport(twin.port, int(baud)), 3.0 if timeout is None
+                         else timeout)
+        try:
+            device.identify()
+        except BaseException:
+            device.close()
+            raise
+    except BaseException:
+        twin.stop()
+        raise
+    return Tagger(device, name="sim", baud=int(baud), twin=twin)
+
+
+def _device(transport, timeout, retries=3):
+    from .driver import Device
+    return Device(transport, timeout=timeout, retries=retries)
+
+
+def _open_serial(port, bauds, board, timeout):
+    from .driver import IdentificationError
+    from .transport import SerialTransport
+    timeout = 1.0 if timeout is None else timeout
+    failures = []
+    for baud in bauds:
+        probing = len(bauds) > 1
+        device = _device(SerialTransport(port, baud), PROBE_TIMEOUT_S if probing else timeout,
+                         retries=1 if probing else 3)
+        try:
+            device.identify()
+        except IdentificationError as error:
+            device.close()
+            if not probing:
+                raise
+            failures.append(f"{baud}")
+            last = error
+            continue
+        except BaseException:
+            device.close()
+            raise
+        device.timeout, device.retries = timeout, 3
+        return Tagger(device, name=port, baud=baud, board=board)
+    raise IdentificationError(
+        f"no heraldry board identified on {port} at {', '.join(failures)} baud "
+        f"(the known boards' rates; give baud= or board= if yours differs): {last}")
+
+
+def _open_replay(path, realtime):
+    from .replay import ReplaySource
+    if not os.path.isfile(path):
+        raise ConfigError(f"replay:{path}: no such file")
+    try:
+        source = ReplaySource(path, realtime=realtime)
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"replay:{path}: cannot replay: {error}") from None
+    return Tagger(None, name=f"{REPLAY_PREFIX}{path}", replay=source)
+
+
+# -- the tagger ------------------------------------------------------------------------------------
+
+class Tagger:
+    """One opened board (or recording): made by :func:`open`. Context manager.
+
+    Members
+    -------
+    name : str
+        ``"sim"``, the port path, or ``"replay:FILE"``.
+    identity : heraldry.host.driver.Identity
+        What the board says about itself (for a replay: what the file says; ``gateware`` 0).
+    channels, rules, fine_bits, bin_ps, clock_hz, capabilities : int or float
+        From the identity.
+    has_test_signal : bool
+        The gateware has the built-in test signal.
+    baud : int or None
+        The UART rate in use (None for a replay).
+    device : heraldry.host.driver.Device or None
+        The driver (None for a replay), for what this class does not cover.
+    is_replay : bool
+    """
+
+    def __init__(self, device, *, name, baud=None, board=None, twin=None, replay=None):
+        self.device = device
+        self.name = name
+        self.baud = baud
+        self.board = board
+        self._twin = twin
+        self._replay = replay
+        self._run = None
+        self._closed = False
+        self._replay_used = False
+        if replay is not None:
+            self.identity = _replay_identity(replay.acquisition)
+        else:
+            self.identity = device.identity
+
+    # identity shortcuts
+    channels = property(lambda self: self.identity.channels)
+    rules = property(lambda self: self.identity.rules)
+    fine_bits = property(lambda self: self.identity.fine_bits)
+    bin_ps = property(lambda self: self.identity.bin_ps)
+    clock_hz = property(lambda self: self.identity.clock_hz)
+    capabilities = property(lambda self: self.identity.capabilities)
+    is_replay = property(lambda self: self._replay is not None)
+
+    @property
+    def has_test_signal(self):
+        return bool(self.identity.capabilities & protocol.CAPABILITY_TEST_SIGNAL)
+
+    def describe(self):
+        """One line: what this is (the command line's start-up line)."""
+        ident = self.identity
+        if self.is_replay:
+            return (f"{self.name}: {ident.channels} channels, {ident.bin_ps:g} ps bins, "
+                    f"{len(self._replay.events)} records, {self._replay.duration_s:g} s")
+        return (f"{self.name}: gateware {ident.gateware_version}, {ident.channels} channels, "
+                f"{ident.clock_hz / 1e6:g} MHz, {ident.bin_ps:g} ps bins, {self.baud} baud")
+
+    def __repr__(self):
+        return f"<heraldry.Tagger {self.describe()}>"
+
+    def acquisition(self, settings=None):
+        """``(Acquisition, notes)``: ``settings`` (default :class:`Settings`\\ ()) in this
+        board's bins; :class:`ConfigError` (one line) if the board cannot take them."""
+        if self.is_replay:
+            raise ConfigError("a replay plays recorded records: it takes no acquisition")
+        return settings_to_acquisition(settings, self.identity)
+
+    def run(self, settings=None, duration=None, *, keep=False, status_interval=None,
+            poll=0.02, anchor_interval=None, progress=None, sink=None):
+        """A :class:`Run` of ``settings`` for ``duration`` device seconds (None: until the
+        ``with`` block is left). The board is configured and started by ``with`` (or
+        :meth:`Run.start`); every check that needs no board is done here, so a
+        :class:`ConfigError` leaves the board untouched.
+
+        ``keep``: also keep every record, for :attr:`Run.result` (an
+        :class:`~heraldry.host.acquire.AcquisitionResult`, what ``heraldry acquire``
+        summarises). ``status_interval``: device seconds between counter snapshots (default
+        :data:`STATUS_INTERVAL_S`). ``progress(done_cycles, total_cycles, stats)`` is called at
+        every poll; ``sink(events)`` gets every block (as :func:`acquire_device`'s).
+        """
+        if self._closed:
+            raise ConfigError("this tagger is closed")
+        if self._run is not None and not self._run.ended:
+            raise ConfigError("a run is already going on this tagger; leave its with block "
+                              "first")
+        if self.is_replay:
+            self._run = ReplayRun(self, settings, duration, keep=keep, progress=progress,
+                                  sink=sink)
+        else:
+            self._run = DeviceRun(self, settings, duration, keep=keep,
+                                  status_interval=status_interval, poll=poll,
+                                  anchor_interval=anchor_interval, progress=progress, sink=sink)
+        return self._run
+
+    def close(self):
+        """End a run still going (the board is left stopped), close the link, stop the virtual
+        board. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._run is not None and self._run.started and not self._run.ended:
+                self._run.stop()
+        finally:
+            if self.device is not None:
+                self.device.close()
+            if self._twin is not None:
+                self._twin.stop()
+            if self._replay is not None:
+                self._replay.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _replay_identity(acq):
+    from .driver import Identity
+    return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0,
+                    channels=acq.channels, rules=acq.rules, fine_bits=acq.fine_bits,
+                    bin_fs=int(round(acq.bin_ps * 1000)), clock_hz=int(round(acq.clock_hz)),
+                    capabilities=0,
+                    counters=protocol.RegisterMap(acq.channels, acq.rules).counters.size)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
+           "herald_dropped", "coincidence_dropped")
+
+
+class Run:
+    """One run of a :class:`Tagger` (made by :meth:`Tagger.run`). Context manager; iterable.
+
+    Iterating yields :class:`~heraldry.host.decode.Block` s (``events`` in ``EVENT_DTYPE``,
+    ``time_ps`` from the run start) until the duration has passed and the last record is in;
+    every block is first fed to the measurements attached to the run (:meth:`attach`, which
+    measurement objects built with the run as first argument call). Leaving the ``with`` block
+    ends the run at once (a run left before its duration is cut short; :meth:`wait` runs it to
+    the end first). After the end: :attr:`counters` are the board's final counts since the
+    clear, :attr:`checks` what was verified, :attr:`result` (with ``keep=True``) the
+    :class:`~heraldry.host.acquire.AcquisitionResult`.
+
+    Members
+    -------
+    acquisition : Acquisition or None
+        What was configured (None for a replay, which plays what the file holds).
+    notes : list of str
+        Adjustments to the settings (times rounded to whole bins).
+    counters : dict
+        ``{group: [counts]}`` (groups of ``heraldry.host.driver.COUNTER_GROUPS``; a replay has
+        ``singles``, ``patterns`` and ``heralds``, counted from its tags), live while running.
+    device_seconds : float
+        Device time since the start, as far as the run has seen.
+    ended : bool
+    """
+
+    def __init__(self, tagger, settings, duration):
+        self.tagger = tagger
+        self.settings = settings
+        self.duration = duration
+        self.acquisition = None
+        self.notes = []
+        self.counters = None
+        self.checks = {}
+        self.result = None
+        self.started = False
+        self.ended = False
+        self.device_seconds = 0.0
+        self._measurements = []
+        self._rates = None
+
+    def attach(self, measurement):
+        """Feed ``measurement`` (anything with ``feed(events)``) every block from now on."""
+        if self.ended:
+            raise ConfigError("this run has ended: attach measurements before or while it runs")
+        self._measurements.append(measurement)
+        return measurement
+
+    @property
+    def elapsed_ps(self):
+        """Device time since the run start, picoseconds (the default ``T_acq`` of measurements
+        bound to this run)."""
+        return self.device_seconds * 1e12
+
+    @property
+    def rates(self):
+        """Live rates, per second of device time over the latest counter interval:
+        ``{"singles_hz": [per channel], "heralds_hz": [per rule], "patterns_hz": {pattern:
+        Hz} (patterns of 2 or more channels), "device_seconds": t}``; zeros before the first
+        counter snapshot."""
+        if self._rates is None:
+            return self._zero_rates()
+        return self._rates
+
+    def _zero_rates(self):
+        ident = self.tagger.identity
+        return {"singles_hz": [0.0] * ident.channels, "heralds_hz": [0.0] * ident.rules,
+                "patterns_hz": {p: 0.0 for p in range(1, 2 ** ident.channels)
+                                if bin(p).count("1") > 1},
+                "device_seconds": self.device_seconds}
+
+    def _set_rates(self, before, after, seconds):
+        if seconds <= 0:
+            return
+        n = self.tagger.identity.channels
+
+        def hz(group, i):
+            return (after[group][i] - before[group][i]) / seconds
+        self._rates = {
+            "singles_hz": [hz("singles", c) for c in range(n)],
+            "heralds_hz": [hz("heralds", r) for r in range(len(after["heralds"]))],
+            "patterns_hz": {p: hz("patterns", p - 1) for p in range(1, 2 ** n)
+                            if bin(p).count("1") > 1},
+            "device_seconds": self.device_seconds,
+        }
+
+    def _feed(self, events):
+        for m in self._measurements:
+            m.feed(events)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.started or self.ended:
+            return False
+        if exc_type is None:
+            self.stop()
+        else:
+            self._abort()
+        return False
+
+    def __iter__(self):
+        if not self.started:
+            raise ConfigError("start the run first: with tagger.run(...) as run: for block in "
+                              "run: ...")
+        while True:
+            block = self._next_block()
+            if block is None:
+                return
+            yield block
+
+    def wait(self):
+        """Run to the end of the duration (feeding the attached measurements). Returns
+        :attr:`counters`."""
+        if self.duration is None:
+            raise ConfigError("wait() needs a run with a duration")
+        for _ in self:
+            pass
+        return self.counters
+
+
+class DeviceRun(Run):
+    """A :class:`Run` on a board behind a link: the steps of
+    :func:`heraldry.host.acquire.acquire_device`, with counter snapshots switched on."""
+
+    def __init__(self, tagger, settings, duration, *, keep, status_interval, poll,
+                 anchor_interval, progress, sink):
+        super().__init__(tagger, settings, duration)
+        ident = tagger.identity
+        self._cycles = _duration_cycles(duration, ident.clock_hz)
+        self.acquisition, self.notes = tagger.acquisition(settings)
+        self.window_ps = self.acquisition.window_bins * self.acquisition.bin_ps
+        self.herald_masks = list(self.acquisition.herald_masks)
+        for note in self.notes:
+            warnings.warn(note, SettingsNote, stacklevel=3)
+        interval = STATUS_INTERVAL_S if status_interval is None else _number(
+            status_interval, "status_interval")
+        reg = tagger.device.map["control.status_period"]
+        self._status_period = int(round(interval * ident.clock_hz))
+        if not 1 <= self._status_period <= reg.maximum:
+            raise ConfigError(f"status_interval {interval:g} s must be 1..{reg.maximum} clock "
+                              f"cycles")
+        anchor = tagger.device.map["control.anchor_interval"]
+        if anchor_interval is not None and not anchor.minimum <= anchor_interval \
+                <= anchor.maximum:
+            raise ConfigError(f"anchor_interval must be {anchor.minimum}..{anchor.maximum} "
+                              f"cycles, not {anchor_interval}")
+        self._anchor_interval = anchor_interval
+        self._keep = keep
+        self._poll = poll
+        self._progress = progress
+        self._sink = sink
+        self._parts = []
+        self._epoch = None
+        self._pending = []
+
+    # -- the run sequence (acquire_device's) --------------------------------------------------
+
+    def start(self):
+        """Stop, configure (every write verified), clear, switch counter snapshots on, start."""
+        from .acquire import anchor_interval_for
+        from .tally import CounterTally
+        if self.started:
+            raise ConfigError("this run has already started")
+        device = self.tagger.device
+        ident = self.tagger.identity
+        acq = self.acquisition
+        reg = device.map["control.anchor_interval"]
+        anchor = self._anchor_interval
+        if anchor is None:
+            anchor = anchor_interval_for(self._cycles or 2 ** 30, reg.minimum, reg.maximum)
+        self._wall = time.monotonic()
+        device.write("control.run", 0)
+        device.write("control.status_period", 0)
+        device.configure(acq)
+        device.write("control.anchor_interval", anchor)
+        device.clear()
+        device.drain_blocks()       # records of an earlier run: all in before clear() returned
+        self._tally = CounterTally(device.counters())
+        self._stats_before = device.stats()
+        self._lost_before = dict(device.lost)
+        self._host_dropped_before = device.host_dropped_tags.copy()
+        self._tags = np.zeros(ident.channels, np.int64)
+        self.counters = {g: list(v) for g, v in self._tally.counts.items()}
+        # Snapshot k (k = 1, 2, ...) is taken about k periods after this write.
+        device.write("control.status_period", self._status_period)
+        self._status_origin = device.now()
+        self._status_seen = 0
+        self._status_records = device.stats()["status_records"]
+        self._snapshot_size = device.map.counters.size
+        self._status_names = {
+            g: [device.map.by_address[protocol.COUNTER_BASE + a].name
+                for a in device.map.counters.range(g)] for g in _GROUPS}
+        device.start()
+        self.started = True
+        self._start = device.start_bounds[0]
+        self._reached = device.start_bounds[1]
+        self._previous = (self._start, self.counters)     # counts are 0 at the start
+
+    def _collect(self):
+        device = self.tagger.device
+        ident = self.tagger.identity
+        block = device.drain_blocks()
+        if not len(block.events):
+            return None
+        events = block.events
+        if self._epoch is None:
+            # Right after a now() poll: the first event is within 2**31 cycles of it.
+            first_bins = int(round(int(events["time_ps"][0]) * 1000 / ident.bin_fs))
+            self._epoch = device.device_cycles(first_bins) - (first_bins >> ident.fine_bits)
+        if self._keep:
+            self._parts.append(events)
+        events = events.copy()
+        events["time_ps"] -= (((self._start - self._epoch) << ident.fine_bits) * ident.bin_fs
+                              // 1000)
+        tags = events[events["kind"] == Kind.TAG.value]
+        self._tags += np.bincount(tags["channel"], minlength=ident.channels)[:ident.channels]
+        if self._sink is not None:
+            self._sink(events)
+        self._feed(events)
+        return Block(events, dict(block.lost))
+
+    def _snapshot(self):
+        """Take the latest complete STATUS snapshot into :attr:`counters` and :attr:`rates`."""
+        device = self.tagger.device
+        records = device.stats()["status_records"] - self._status_records
+        seen = records // self._snapshot_size
+        if seen <= self._status_seen:
+            return
+        values = device.status()
+        if not all(name in values for names in self._status_names.values() for name in names):
+            return
+        raw = {g: [values[name] for name in names] for g, names in self._status_names.items()}
+        self._status_seen = seen
+        counts = self._tally.update(raw)
+        at = self._status_origin + seen * self._status_period
+        clock = self.tagger.identity.clock_hz
+        self._set_rates(self._previous[1], counts, (at - self._previous[0]) / clock)
+        self._previous = (at, counts)
+        self.counters = counts
+
+    def _next_block(self):
+        device = self.tagger.device
+        clock = self.tagger.identity.clock_hz
+        while True:
+            if self._pending:
+                return self._pending.pop(0)
+            if self.ended:
+                return None
+            current = device.now()
+            self._reached = current
+            self.device_seconds = max(0, current - self._start) / clock
+            block = self._collect()
+            self._snapshot()
+            if self._progress is not None:
+                total = self._cycles or 0
+                self._progress(current - self._start if not total
+                               else min(current - self._start, total), total, device.stats())
+            if self._cycles is not None and current - self._start >= self._cycles:
+                self._finish()
+            if block is not None:
+                return block
+            if not self.ended:
+                time.sleep(self._poll)
+
+    def stop(self):
+        """End the run now (the remaining blocks still go to the attached measurements).
+        Returns :attr:`counters`."""
+        if not self.ended:
+            self._finish()
+        # What came in after the last block the caller took: measurements still get it.
+        self._pending.clear()
+        return self.counters
+
+    def _finish(self):
+        from .acquire import _device_result
+        from .driver import DeviceLost
+        device = self.tagger.device
+        acq = self.acquisition
+        try:
+            device.stop()
+            device.write("control.status_period", 0)
+            pipeline = (max(acq.delays_bins) >> acq.fine_bits) \
+                + (acq.window_bins >> acq.fine_bits) + 2 * acq.channels + acq.rules + 64
+            device.drain(pipeline, poll=self._poll)
+            block = self._collect()
+            device.flush()
+            after = self._collect()
+            counts = self._tally.update(device.counters())
+        except DeviceLost as error:
+            self.ended = True
+            self._lost(error)
+            raise
+        self.ended = True
+        self._pending += [b for b in (block, after) if b is not None]
+        stop = device.stop_bounds[0]
+        self.device_seconds = max(0, stop - device.start_bounds[1]) / \
+            self.tagger.identity.clock_hz
+        self.counters = counts
+        self._verify(counts)
+        if self._keep:
+            self.result = _device_result(
+                device, acq, self.duration if self.duration is not None else
+                self.device_seconds, self._parts, counts, self._start, self._epoch,
+                self._stats_before, self._lost_before, self._host_dropped_before,
+                time.monotonic() - self._wall, stop)
+
+    def _lost(self, error):
+        from .acquire import _device_result
+        device = self.tagger.device
+        try:
+            self._collect()
+            device.flush()
+            self._collect()
+        except Exception:
+            pass
+        if self._keep:
+            error.partial = _device_result(
+                device, self.acquisition, self.duration or self.device_seconds, self._parts,
+                None, self._start, self._epoch, self._stats_before, self._lost_before,
+                self._host_dropped_before, time.monotonic() - self._wall, self._reached,
+                error=str(error))
+            self.result = error.partial
+
+    def _abort(self):
+        """An exception left the with block: leave the board stopped if it still answers."""
+        self.ended = True
+        try:
+            self.tagger.device.write("control.run", 0)
+            self.tagger.device.write("control.status_period", 0)
+        except Exception:
+            pass
+
+    def _verify(self, counts):
+        """What the run can prove without keeping the records: every byte verified, and per
+        channel streamed tags + tags lost in-band + tags the host dropped == the singles."""
+        from ..protocol import LossCause
+        device = self.tagger.device
+        stats = {k: v - self._stats_before[k] for k, v in device.stats().items()}
+        n = self.tagger.identity.channels
+        lost = {key: count - self._lost_before.get(key, 0) for key, count in device.lost.items()}
+        host = (device.host_dropped_tags - self._host_dropped_before)[:n]
+        self.link = stats
+        self.checks = {
+            "stream_verified": stats["decode_errors"] == 0 and stats["unverified"] == 0
+            and stats["skipped_bytes"] == 0,
+            "tags_match_singles": all(
+                int(self._tags[c]) + lost.get((LossCause.MERGER_FULL, c), 0) + int(host[c])
+                == counts["singles"][c] for c in range(n)),
+        }
+        self.tags_per_channel = self._tags.tolist()
+
+
+class ReplayRun(Run):
+    """A :class:`Run` over a recording: its blocks in order (up to ``duration`` of recorded
+    time), counters counted from its tags with the core's semantics (the reference model's
+    windows, :class:`heraldry.host.measure.Coincidences` over every channel), using the
+    settings' window and herald rules when given, else the file's."""
+
+    #: Settings a recording cannot take (its tags were stamped with what the board had).
+    _HARDWARE_ONLY = ("delays_ns", "dead_times_ns", "edges", "disabled", "record_coincidences")
+
+    def __init__(self, tagger, settings, duration, *, keep, progress, sink):
+        super().__init__(tagger, settings, duration)
+        from .measure import Coincidences
+        from .replay import ReplaySource
+        source = tagger._replay
+        if tagger._replay_used:         # a source plays once: the next run reads the file again
+            source = tagger._replay = ReplaySource(source.paths[0], realtime=source.realtime)
+        file_acq = source.acquisition
+        ident = tagger.identity
+        n = ident.channels
+        bin_ps = file_acq.bin_ps
+        self._end_ps = None
+        if duration is not None:
+            d = _number(duration, "duration")
+            if not 0 < d < math.inf:
+                raise ConfigError(f"duration must be positive and finite, not {d:g}")
+            self._end_ps = int(round(d * 1e12))
+        window_bins, masks = file_acq.window_bins, list(file_acq.herald_masks)
+        if settings is not None:
+            if not isinstance(settings, Settings):
+                raise ConfigError(f"settings must be a heraldry.Settings, not "
+                                  f"{type(settings).__name__}")
+            if settings.window_ns is not None:
+                # Software windows: any length (not the core's 1023 bins).
+                window_bins, note = ns_to_bins("window_ns", _number(settings.window_ns,
+                                                                    "window_ns"),
+                                               bin_ps, 1, 2 ** 62)
+                if note:
+                    self.notes.append(note)
+            if settings.heralds:
+                masks = [_mask(m, n, "herald mask") for m in settings.heralds]
+            ignored = [name for name in self._HARDWARE_ONLY if getattr(settings, name)]
+            if settings.test_signal != "off":
+                ignored.append(f"test_signal {settings.test_signal!r}")
+            if ignored:
+                self.notes.append(f"a replay plays the recorded tags: {', '.join(ignored)} "
+                                  f"not applied")
+        for note in self.notes:
+            warnings.warn(note, SettingsNote, stacklevel=3)
+        self.window_ps = window_bins * bin_ps
+        self.herald_masks = masks
+        groups = sorted(set(masks))
+        self._windows = Coincidences(range(n), self.window_ps, groups=groups)
+        self._keep = keep
+        self._progress = progress
+        self._sink = sink
+        self._parts = []
+        self._singles = np.zeros(n, np.int64)
+        self._source = source
+        tagger._replay_used = True
+
+    def start(self):
+        if self.started:
+            raise ConfigError("this run has already started")
+        self.started = True
+        self._wall = time.monotonic()
+        self.counters = self._counts()
+        self._previous = (0.0, self.counters)
+        self._total_ps = (int(self._source.events["time_ps"][-1])
+                          if len(self._source.events) else 0)
+
+    def _counts(self):
+        n = self.tagger.identity.channels
+        result = self._windows.result()
+        return {"singles": self._singles.tolist(),
+                "patterns": result.patterns[1:2 ** n].tolist(),
+                "heralds": [result.groups[m] for m in self.herald_masks]}
+
+    def _next_block(self):
+        while not self.ended:
+            block = self._source.read_block()
+            if block is None:
+                self._end()
+                return None
+            events = block.events
+            if self._end_ps is not None and len(events) and events["time_ps"][-1] >= self._end_ps:
+                events = events[events["time_ps"] < self._end_ps]
+                self._end()
+            if not len(events):
+                continue
+            n = self.tagger.identity.channels
+            tags = events[events["kind"] == Kind.TAG.value]
+            self._singles += np.bincount(tags["channel"], minlength=n)[:n]
+            self._windows.feed(tags)
+            if self._keep:
+                self._parts.append(events)
+            if self._sink is not None:
+                self._sink(events)
+            self._feed(events)
+            seconds = int(events["time_ps"][-1]) * 1e-12
+            if not self.ended:
+                self.device_seconds = seconds
+            counts = self._counts()
+            self._set_rates(self._previous[1], counts, seconds - self._previous[0])
+            self._previous = (seconds, counts)
+            self.counters = counts
+            if self._progress is not None:
+                self._progress(int(events["time_ps"][-1]), self._total_ps)
+            return Block(events, dict(block.lost))
+        return None
+
+    def _end(self):
+        self.ended = True
+        self.counters = self._counts()
+        recorded = self._source.duration_s
+        self.device_seconds = recorded if self._end_ps is None else min(
+            recorded, self._end_ps * 1e-12)
+        self.checks = {"file_declares_no_loss": self._source.events_lost == 0}
+        if self._keep:
+            from .acquire import AcquisitionResult
+            events = (np.concatenate(self._parts) if self._parts
+                      else np.zeros(0, EVENT_DTYPE))
+            self.result = AcquisitionResult(
+                acquisition=self._source.acquisition, duration_s=self.device_seconds,
+                events=events, counters=None, lost={}, start_bin=0,
+                wall_seconds=time.monotonic() - self._wall,
+                device_seconds=self.device_seconds, port=", ".join(self._source.paths))
+
+    def stop(self):
+        if not self.ended:
+            self._end()
+        return self.counters
+
+    def _abort(self):
+        self.ended = True
