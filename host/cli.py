@@ -476,6 +476,11 @@ def cmd_acquire(args):
         summary["dropped"] += replay.events_lost
         summary["file_events_lost"] = replay.events_lost
         summary["skipped_special_records"] = replay.skipped_special
+        summary["file_records"] = replay.records
+        summary["file_records_declared"] = replay.records_declared
+        if replay.incomplete:
+            summary["complete"] = False
+            summary["incomplete"] = replay.incomplete
     if writers:
         seconds = result.device_seconds or result.duration_s
         writers[0].close(acquisition_time_s=seconds,
@@ -502,6 +507,11 @@ def cmd_acquire(args):
     else:
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
+    if summary["complete"] is False:        # a replayed file cut short or never finished
+        sys.stderr.write(f"heraldry: warning: {summary['incomplete']}; replayed "
+                         f"{summary['device_seconds']:g} s of records, marked \"complete\": "
+                         f"false\n")
+        return EXIT_LOST
     if not all(summary["checks"].values()):
         return EXIT_FAILED
     if summary["dropped"]:
@@ -552,6 +562,8 @@ def _completed_stop_reason(summary):
     (damaged segments), else time over. (The acquisition time stays the run's; the
     events-dropped warning flag and count cover every cause.)"""
     from .ptu import StopReason
+    if summary.get("complete") is False:        # replayed from a file cut short
+        return StopReason.TRANSFER_FAILED
     board = sum(sum(summary.get(group) or []) for group in (
         "merger_dropped", "delay_dropped", "herald_dropped", "coincidence_dropped"))
     if board:

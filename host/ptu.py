@@ -558,13 +558,28 @@ class PTUData:
 
     ``time_ps`` (int64 when the resolution is a whole number of ps, else float64), ``channel``
     (the 6-bit channel field), ``special`` (True: sync (channel 0) or marker (1..15) record),
-    ``records`` (all records read, overflows included), ``overflows`` (overflow records)."""
+    ``records`` (all records read, overflows included), ``overflows`` (overflow records),
+    ``declared`` (``TTResult_NumberOfRecords``; ``None`` when the header has none or 0, as in a
+    file whose writer never finished it), ``cut_bytes`` (bytes of a last record cut short:
+    ``0..3``, only when the file holds fewer whole records than declared or none is declared),
+    ``end_ps`` (the time the records reach: the last record's, overflow records included).
+
+    :attr:`missing` tells whether records the header declares are not in the file."""
     tags: dict
     time_ps: np.ndarray
     channel: np.ndarray
     special: np.ndarray
     records: int
     overflows: int
+    declared: int = None
+    cut_bytes: int = 0
+    end_ps: float = 0
+
+    @property
+    def missing(self):
+        """Records the header declares that the file does not hold (0 when it holds them all,
+        ``None`` when the header declares no count)."""
+        return None if self.declared is None else max(0, self.declared - self.records)
 
     @property
     def photons(self):
@@ -574,7 +589,9 @@ class PTUData:
 def read_ptu(path):
     """Read a T2 PTU file of record type 0x01010204 (HydraHarp V2, ours) or 0x00010207
     (Generic T2, same layout). The record count is the file size's (like tttrlib), or the
-    header's when that is smaller and non-zero (trailing bytes).
+    header's when that is smaller and non-zero (trailing bytes). A file holding fewer whole
+    records than its header declares (cut short), or declaring none (never finished) is read
+    as far as it goes: :attr:`PTUData.missing` and :attr:`PTUData.cut_bytes` say so.
 
     ``path`` may also be a binary file object (seekable). Raises :class:`PTUError` (a
     ValueError) for a file that is not one we can read, ``OSError`` when it cannot be read."""
@@ -590,8 +607,13 @@ def read_ptu(path):
         raise PTUError(f"record type {rtype:#x} is not a supported T2 type")
     n = len(data) // 4
     declared = _number(tags, "TTResult_NumberOfRecords", 0, integer=True)
+    if declared < 0:
+        raise PTUError(f"PTU tag TTResult_NumberOfRecords = {declared} is not a count")
     if 0 < declared < n:
         n = declared
+    # A last record cut mid-way (the file was copied or written only in part): its bytes are
+    # not a record. Trailing bytes after all the declared records are not a cut record.
+    cut = len(data) % 4 if not 0 < declared <= n else 0
     resolution_ps = _number(tags, "MeasDesc_GlobalResolution") * 1e12
     if not 1e-3 <= resolution_ps <= 1e12:   # a T2 time unit is 1 fs .. 1 s
         raise PTUError(f"MeasDesc_GlobalResolution {resolution_ps * 1e-12:g} s is not a time "
@@ -613,5 +635,7 @@ def read_ptu(path):
         time_ps = units[keep] * whole
     else:
         time_ps = units[keep] * resolution_ps
+    end_ps = float(units[-1]) * resolution_ps if n else 0.0
     return PTUData(tags=tags, time_ps=time_ps, channel=channel[keep].astype(np.uint8),
-                   special=special[keep], records=n, overflows=int(overflow.sum()))
+                   special=special[keep], records=n, overflows=int(overflow.sum()),
+                   declared=declared or None, cut_bytes=cut, end_ps=end_ps)

@@ -13,6 +13,10 @@ pattern at firing, coincidence channels -> COINCIDENCE with their pattern) and
 ``Heraldry_Config`` the acquisition. In other files every photon channel is an input (TAG) and
 sync/marker records are skipped (counted in :attr:`ReplaySource.skipped_special`).
 
+A file cut short (fewer records than its header declares, a last record cut mid-way) or never
+finished (no record count) is replayed as far as it goes; :attr:`ReplaySource.incomplete` says
+why in one line, and the run covers the time its records reach (``device_seconds``).
+
 A file holds no hardware counters. :func:`acquire_replay` reports the counters the reference
 model derives from the file's input tags, and its checks are what a file can prove: that the
 herald and coincidence records in it are exactly those the model derives from its tags (our
@@ -93,6 +97,21 @@ def _channel_map(cmap):
     return inputs, rules, patterns
 
 
+def _incompleteness(path, part):
+    """Why one part (a :class:`~heraldry.host.ptu.PTUData`) is not whole, or ``None``."""
+    cut = (f", its last record cut after {part.cut_bytes} of 4 bytes" if part.cut_bytes
+           else "")
+    if part.declared is None:
+        if part.records == 0 and not part.cut_bytes:
+            return None         # an empty file: nothing can be missing from it
+        return (f"{path} declares no record count (its writer never finished it){cut}; "
+                f"{part.records} records read")
+    if part.missing:
+        return (f"{path} holds {part.records} of the {part.declared} records its header "
+                f"declares ({part.missing} missing{cut})")
+    return None
+
+
 def replay_parts(path):
     """``path`` and the rotation parts that follow it (``name-001.ptu``, ...) that exist."""
     parts = [os.fspath(path)]
@@ -132,6 +151,16 @@ class ReplaySource:
         events-dropped bit without a count, else 0.
     skipped_special : int
         Sync and marker records (no EVENT_DTYPE kind for them).
+    records, records_declared : int, int or None
+        Records read (overflow records included, every part), and the sum of the parts'
+        ``TTResult_NumberOfRecords`` (``None`` when a part declares none).
+    incomplete : str or None
+        Why the file is not whole, in one line, or ``None``: a part holds fewer whole records
+        than its header declares (copied or written only in part; a last record cut mid-way
+        is named), or a part with records declares no count (0 or no tag: its writer never
+        finished it, e.g. it was killed). The records that are there are replayed.
+    end_s : float
+        The time the records read reach (the last record's, overflow records included).
     """
 
     def __init__(self, path, *, realtime=False, block_events=1 << 16, clock=time.monotonic,
@@ -148,6 +177,13 @@ class ReplaySource:
         self._clock = clock
         self._sleep = sleep
         self.tags = parts[0].tags
+        self.records = sum(p.records for p in parts)
+        declared = [p.declared for p in parts]
+        self.records_declared = None if None in declared else sum(declared)
+        self.incomplete = "; ".join(
+            reason for reason in (_incompleteness(path, p) for path, p in zip(self.paths, parts))
+            if reason) or None
+        self.end_s = parts[-1].end_ps * 1e-12
         special = np.concatenate([p.special for p in parts])
         time_ps = np.concatenate([p.time_ps for p in parts])
         channel = np.concatenate([p.channel for p in parts]).astype(np.int64)
@@ -338,8 +374,10 @@ def acquire_replay(source, *, progress=None, sink=None):
             np.array_equal(coincidences["time_ps"],
                            model.coincidence_records["time"] * acq.bin_ps)
             and np.array_equal(coincidences["pattern"], model.coincidence_records["pattern"]))
+    # A file cut short covers the time its records reach, not the acquisition time it declares.
+    seconds = source.end_s if source.incomplete else source.duration_s
     result = AcquisitionResult(
         acquisition=acq, duration_s=source.duration_s, events=events, counters=counters,
         lost={}, start_bin=0, wall_seconds=time.monotonic() - wall,
-        device_seconds=source.duration_s, port=", ".join(source.paths))
+        device_seconds=seconds, port=", ".join(source.paths))
     return result, checks

@@ -198,3 +198,84 @@ def test_cli_replay_refusals(board, fragment, capsys):
     assert cli.main(["acquire", "--board", board]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0]
+
+
+# -- files cut short or never finished (issue 11, item 2) ------------------------------------
+
+def _cut_hydraharp(tmp_path, size=1_000_003):
+    """The first ``size`` bytes of the HydraHarp file (as ``head -c`` makes them)."""
+    path = tmp_path / "cut.ptu"
+    path.write_bytes(HYDRAHARP.read_bytes()[:size])
+    return path
+
+
+def test_cli_replay_of_a_cut_file_says_so(tmp_path, capsys):
+    # The whole file: 435,319 records after a 4,392-byte header (1,745,668 bytes). Cut at
+    # 1,000,003 bytes it holds (1,000,003 - 4,392) // 4 = 248,902 whole records and 3 bytes of
+    # the next; ptufile decodes the whole file, so the cut's figures come from its records.
+    with ptufile.PtuFile(HYDRAHARP) as f:
+        records = f.decode_records()
+        declared = f.tags["TTResult_NumberOfRecords"]
+    assert declared == len(records) == 435_319
+    kept = records[:248_902]
+    photons = int(np.count_nonzero(kept["channel"] >= 0))
+    assert photons == 174_737
+    cut = _cut_hydraharp(tmp_path)
+    summary_path = tmp_path / "s.json"
+    copy = tmp_path / "copy.ptu"
+    status = cli.main(["acquire", "--board", f"replay:{cut}", "--quiet", "--out", str(copy),
+                       "--summary-json", str(summary_path)])
+    assert status == 4
+    summary = json.loads(summary_path.read_text())
+    assert summary["complete"] is False
+    assert summary["tags"] == photons and summary["singles"] == [photons, 0]
+    assert summary["file_records"] == 248_902 and summary["file_records_declared"] == declared
+    assert summary["device_seconds"] == pytest.approx(int(kept["time"][-1]) * 1e-12, abs=1e-12)
+    assert summary["duration_s"] == 5.0         # what the header declares
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("heraldry: warning:")
+    assert "248902 of the 435319 records" in err[0] and "cut after 3 of 4 bytes" in err[0]
+    assert summary["incomplete"] in err[0]
+    # The copy is finished (its own count patched) and marked: stop reason -10.
+    with ptufile.PtuFile(copy) as f:
+        assert f.tags["TTResult_StopReason"] == -10
+        assert int(np.count_nonzero(f.decode_records()["channel"] >= 0)) == photons
+        assert json.loads(f.tags["Heraldry_Summary"])["complete"] is False
+
+
+def test_cut_on_a_record_boundary_and_unfinished_files(tmp_path):
+    acq, result, events = _model_run(seed=4)
+    whole = tmp_path / "whole.ptu"
+    writer = _write(whole, acq, events)
+    source = ReplaySource(whole)
+    assert source.incomplete is None
+    assert source.records == source.records_declared == writer.records
+    data = whole.read_bytes()
+    # Two records short, on a record boundary: nothing cut mid-record.
+    short = tmp_path / "short.ptu"
+    short.write_bytes(data[:-8])
+    source = ReplaySource(short)
+    assert source.records == writer.records - 2
+    assert source.incomplete == (f"{short} holds {writer.records - 2} of the "
+                                 f"{writer.records} records its header declares (2 missing)")
+    assert len(source.events) == len(events) - 2        # the last two are plain records here
+    # Never finished: the count our writer patches at the end is still 0 (and a record is
+    # half-written).
+    from heraldry.host.ptu import read_tags
+    with open(whole, "rb") as f:
+        _, offset = read_tags(f)
+    name = b"TTResult_NumberOfRecords".ljust(32, b"\0")
+    at = data.index(name) + 32 + 4 + 4          # ident, index, type code, then the value
+    assert int.from_bytes(data[at:at + 8], "little") == writer.records
+    unfinished = tmp_path / "unfinished.ptu"
+    unfinished.write_bytes(data[:at] + bytes(8) + data[at + 8:-2])
+    source = ReplaySource(unfinished)
+    assert source.records_declared is None
+    assert source.records == (len(data) - 2 - offset) // 4 == writer.records - 1
+    assert source.incomplete == (f"{unfinished} declares no record count (its writer never "
+                                 f"finished it), its last record cut after 2 of 4 bytes; "
+                                 f"{writer.records - 1} records read")
+    # An empty file that declares no records is whole.
+    with PTUWriter.for_acquisition(tmp_path / "empty.ptu", acq):
+        pass
+    assert ReplaySource(tmp_path / "empty.ptu").incomplete is None
