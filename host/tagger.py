@@ -165,12 +165,11 @@ def settings_to_acquisition(settings, identity):
     cycle_ps = bin_ps * 2 ** identity.fine_bits
     notes = []
 
-    def bins(what, ns, lo, hi, unit_ps=bin_ps):
-        if unit_ps == bin_ps:
-            value, note = ns_to_bins(what, _number(ns, what), bin_ps, lo, hi)
-        else:       # whole clock cycles (the test signal's period)
-            value, note = ns_to_bins(what, _number(ns, what), unit_ps, lo, hi)
-        if note:
+    def bins(what, ns, lo, hi, unit_ps=bin_ps, used=True):
+        # unit_ps: a bin, or a clock cycle (the test signal's times); a value the settings do
+        # not use (the period without the periodic signal) is checked but not noted.
+        value, note = ns_to_bins(what, _number(ns, what), unit_ps, lo, hi)
+        if note and used:
             notes.append(note)
         return value
 
@@ -205,8 +204,9 @@ def settings_to_acquisition(settings, identity):
         raise ConfigError(f"test_signal {s.test_signal!r}: this board's gateware has no "
                           f"built-in test signal; use test_signal \"off\" to read the pins")
     pair_delay = bins("pair_delay_ns", s.pair_delay_ns, 0, 2 ** protocol.PAIR_DELAY_BITS - 1,
-                      cycle_ps) << identity.fine_bits
-    period = bins("period_ns", s.period_ns, 1, 2 ** protocol.PERIOD_BITS - 1, cycle_ps)
+                      cycle_ps, s.test_signal == "pairs") << identity.fine_bits
+    period = bins("period_ns", s.period_ns, 1, 2 ** protocol.PERIOD_BITS - 1, cycle_ps,
+                  s.test_signal == "periodic")
     acq = Acquisition(
         channels=n, rules=identity.rules, bin_ps=bin_ps, clock_hz=float(identity.clock_hz),
         fine_bits=identity.fine_bits, window_bins=window, delays_bins=delays,

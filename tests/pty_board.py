@@ -12,8 +12,10 @@ written (``ident.*`` as configured, ``control.now`` advancing with wall time at
 at ``tag_rate_hz`` of device time.
 """
 
+import fcntl
 import os
 import select
+import struct
 import threading
 import time
 import tty
@@ -57,6 +59,9 @@ def at_wrong_baud(data, device_baud, host_baud):
     return bytes(out)
 
 
+_TCGETS2 = 0x802C542A       # Linux ioctl: read struct termios2 (the port's actual rates)
+
+
 class PtyBoard:
     """A fake board on a pty; a context manager (``with PtyBoard() as board: board.port``).
 
@@ -69,7 +74,9 @@ class PtyBoard:
     baud, host_baud : int
         The board's UART rate and the rate the host opened the port at. When they differ, the
         board's bytes reach the host as :func:`at_wrong_baud` makes them, and the host's commands
-        reach the board the same way (so it rarely understands one).
+        reach the board the same way (so it rarely understands one). ``host_baud="port"``: the
+        rate the host set on the port (read from the pty at every transfer, Linux ``TCGETS2``),
+        as a real UART would see it; lets a test try several rates on one board.
     streaming : bool
         Stream TAG records from the start, as a board left running by an earlier session.
     cycles_per_s : float
@@ -105,6 +112,7 @@ class PtyBoard:
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
         self._stop = threading.Event()
+        self._hung = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="pty-board", daemon=True)
 
@@ -128,6 +136,12 @@ class PtyBoard:
 
     close = disconnect
 
+    def hang(self):
+        """The board hangs, as a process stopped by SIGSTOP: it neither answers nor streams, and
+        its port stays open. Returns ``time.monotonic()`` just after."""
+        self._hung.set()
+        return time.monotonic()
+
     def __enter__(self):
         return self.start()
 
@@ -149,9 +163,19 @@ class PtyBoard:
     def _cycles(self):
         return int((time.monotonic() - self._t0) * self.cycles_per_s)
 
+    def _rate_of_host(self):
+        if self.host_baud != "port":
+            return self.host_baud
+        if self._slave is None:         # disconnected: nothing goes through any more
+            return self.baud
+        # struct termios2: 4 flags, c_line, 19 c_cc, c_ispeed, c_ospeed (Linux).
+        raw = fcntl.ioctl(self._slave, _TCGETS2, bytes(44))
+        return struct.unpack("4I B 19B 2I", raw)[-1]
+
     def _send(self, data):
-        if self.baud != self.host_baud:
-            data = at_wrong_baud(data, self.baud, self.host_baud)
+        host_baud = self._rate_of_host()
+        if self.baud != host_baud:
+            data = at_wrong_baud(data, self.baud, host_baud)
         with self._lock:
             if self._master is None:
                 return
@@ -189,14 +213,18 @@ class PtyBoard:
         pending = b""
         size = protocol.COMMAND_BYTES
         while not self._stop.is_set():
+            if self._hung.is_set():
+                time.sleep(0.01)
+                continue
             ready, _, _ = select.select([self._master], [], [], 0.01)
             if ready:
                 try:
                     data = os.read(self._master, 4096)
                 except OSError:
                     data = b""
-                if self.baud != self.host_baud:
-                    data = at_wrong_baud(data, self.host_baud, self.baud)
+                host_baud = self._rate_of_host()
+                if self.baud != host_baud:
+                    data = at_wrong_baud(data, host_baud, self.baud)
                 pending += data
                 while len(pending) >= size:
                     start = next((i for i, b in enumerate(pending) if b & 0x80), None)

@@ -1,0 +1,297 @@
+"""The instrument API (``heraldry.open``, ``Tagger``, ``Settings``, ``Run``, bound measurements):
+the README's script on the virtual board and on a replay, unit conversion and its messages
+against the command line's, measurements bound to a run against the same objects fed by hand,
+and a :class:`Tagger` on the scripted pty board (baud probing, the run's register writes, a
+verification that fails)."""
+
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import heraldry
+from heraldry import model, protocol
+from heraldry.host import measure
+from heraldry.host.config import ConfigError
+from heraldry.host.decode import EVENT_DTYPE, Block
+from heraldry.host.driver import IdentificationError, Identity
+from heraldry.host.replay import ReplaySource
+from heraldry.host.tagger import Settings, SettingsNote, known_bauds, settings_to_acquisition
+from heraldry.protocol import Kind, Source
+
+from pty_board import PtyBoard
+
+ROOT = Path(__file__).resolve().parent.parent
+HYDRAHARP = "tests/data/hydraharp_v30_t2.ptu"
+
+
+def readme_script():
+    """The README's Python API example (the fenced block after its ``api-example`` marker)."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- api-example[^>]*-->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README.md lost its api-example block"
+    return match.group(1)
+
+
+def run_script(source, capsys):
+    namespace = {"__name__": "__readme__"}
+    exec(compile(source, "README.md", "exec"), namespace)
+    return namespace, capsys.readouterr().out
+
+
+def identity(channels=4, rules=2, fine_bits=0, bin_fs=10_000_000, clock_hz=100_000_000,
+             capabilities=protocol.CAPABILITY_TEST_SIGNAL):
+    return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0x100,
+                    channels=channels, rules=rules, fine_bits=fine_bits, bin_fs=bin_fs,
+                    clock_hz=clock_hz, capabilities=capabilities,
+                    counters=protocol.RegisterMap(channels, rules).counters.size)
+
+
+# -- the README script ------------------------------------------------------------------------
+
+def test_readme_script_on_the_virtual_board(capsys):
+    assert len(readme_script().strip().splitlines()) <= 12
+    ns, out = run_script(readme_script(), capsys)
+    run, g2, heralded = ns["run"], ns["g2"].result(), ns["heralded"].result()
+    assert run.ended and run.checks == {"stream_verified": True, "tags_match_singles": True}
+    assert run.device_seconds >= 0.05
+    lines = [line for line in out.splitlines() if line.strip().endswith("]")]
+    assert lines and all(" ms " in line for line in lines)      # live rates were printed
+    assert "g2 peak" in out
+    # The hardware herald counter (gateware) against the windows counted from the tags.
+    assert heralded.heralds == run.counters["heralds"][0] > 0
+    # Nothing lost: the tags of the g2 are the singles counters.
+    assert (g2.n1, g2.n2) == tuple(run.counters["singles"][:2])
+    # Arm B comes 30 ns after arm A; channel 0 is delayed 30 ns: the peak is at 0 ns.
+    peak = int(np.argmax(g2.counts))
+    assert g2.edges_ps[peak] == 0 and g2.g2[peak] > 10
+    # Times are from the run start: every tag within the run's device time.
+    assert heralded.duration_ps == pytest.approx(run.device_seconds * 1e12)
+
+
+def test_readme_script_on_a_replay(capsys):
+    source = readme_script().replace('heraldry.open("sim")', f'heraldry.open("replay:{HYDRAHARP}")')
+    assert source != readme_script()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ns, out = run_script(source, capsys)
+    notes = [str(w.message) for w in caught if w.category is SettingsNote]
+    assert any("delays_ns" in n and "test_signal 'pairs'" in n for n in notes)
+    run, g2, heralded = ns["run"], ns["g2"].result(), ns["heralded"].result()
+    # Independently: the file's records read directly, the first 50 ms.
+    events = ReplaySource(ROOT / HYDRAHARP).events
+    first = events[(events["time_ps"] < 50 * 10 ** 9) & (events["kind"] == Kind.TAG.value)]
+    per_channel = np.bincount(first["channel"], minlength=2)
+    assert (g2.n1, g2.n2) == tuple(per_channel) and per_channel[0] > 1000
+    assert run.counters["singles"] == per_channel.tolist()
+    assert heralded.heralds == 0 == run.counters["heralds"][0]      # channel 1 never fires
+    assert run.device_seconds == pytest.approx(0.05)
+    assert run.checks == {"file_declares_no_loss": True}
+
+
+def test_replay_counters_equal_acquire_replay():
+    from heraldry.host.replay import acquire_replay
+    result, _ = acquire_replay(ReplaySource(ROOT / HYDRAHARP))
+    with heraldry.open(f"replay:{HYDRAHARP}") as tagger:
+        assert tagger.is_replay and tagger.channels == 2 and tagger.bin_ps == 1
+        with tagger.run(keep=True) as run:
+            blocks = sum(1 for _ in run)
+        assert blocks > 1
+        for group in ("singles", "patterns", "heralds"):
+            assert run.counters[group] == result.counters[group][:len(run.counters[group])]
+        assert np.array_equal(run.result.events, result.events)
+        # A second run plays the file again from its start.
+        with tagger.run(duration=0.01) as again:
+            again.wait()
+        assert 0 < again.counters["singles"][0] < run.counters["singles"][0]
+
+
+# -- settings in lab units --------------------------------------------------------------------
+
+def test_settings_convert_to_bins_with_test_signal_off_by_default():
+    acq, notes = settings_to_acquisition(Settings(window_ns=20, delays_ns={1: 30},
+                                                  dead_times_ns={2: 100}, heralds=[0b11, "0b100"],
+                                                  edges={3: "falling"}, disabled=[2]),
+                                         identity())
+    assert notes == []
+    assert acq.window_bins == 2 and acq.delays_bins == [0, 3, 0, 0]
+    assert acq.dead_time_bins == [0, 0, 10, 0] and acq.herald_masks == [3, 4]
+    assert acq.edges == ["rising"] * 3 + ["falling"] and acq.enabled == [True, True, False, True]
+    assert acq.test_signal == "off" and acq.sources() == [Source.PIN] * 4
+    # No window given: one clock cycle (4 bins on a board with 2 fine bits).
+    acq, _ = settings_to_acquisition(Settings(), identity(fine_bits=2, bin_fs=2_500_000))
+    assert acq.window_bins == 4
+
+
+def test_rounding_is_reported_with_the_command_lines_wording():
+    from heraldry.host import cli
+    # An iCEBreaker-like bin of 10.416667 ns: 31.25 ns is 3.0000 bins, 30 ns is 2.88.
+    ident = identity(channels=2, rules=1, bin_fs=10_416_667, clock_hz=24_000_000)
+    acq, notes = settings_to_acquisition(Settings(window_ns=30), ident)
+    assert acq.window_bins == round(30_000 / 10_416.667) == 3
+    args = cli.build_parser().parse_args(["acquire", "--board", "/dev/null", "--window", "30",
+                                          "--test-signal", "off"])
+    _, cli_notes = cli.acquisition_from_args(args, cli.board_from_identity(ident))
+    assert [n.replace("window_ns", "--window") for n in notes] == [
+        n for n in cli_notes if n.startswith("--window")]
+    assert notes == ["window_ns 30 ns is not a whole number of 10.4167 ns bins; using 3 bins = "
+                     "31.25 ns"]
+    with pytest.warns(SettingsNote, match="not a whole number"):
+        warnings.warn(notes[0], SettingsNote)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (Settings(window_ns=20_000), "window_ns 20000 ns is 2000 bins; it must be 10 to 10230 ns"),
+    (Settings(delays_ns={1: -15}), "delays_ns -15 ns is -1.5 bins; it must be 0 to 10230 ns"),
+    (Settings(delays_ns={4: 5}), "no channel 4 (channels are 0..3)"),
+    (Settings(delays_ns=[5]), "delays_ns must be a dict"),
+    (Settings(window_ns="20"), "window_ns '20' is not a number"),
+    (Settings(heralds=[0b10000]), "names a channel above 3"),
+    (Settings(heralds=[1, 2, 3]), "3 herald rules given; the board has 2"),
+    (Settings(edges={0: "up"}), "edges 'up' must be one of rising, falling, both"),
+    (Settings(test_signal="noise"), "test_signal 'noise' must be one of pairs, periodic, off"),
+    (Settings(disabled=[7]), "disabled 7: no such channel"),
+])
+def test_settings_refused_in_one_line(settings, message):
+    with pytest.raises(ConfigError) as error:
+        settings_to_acquisition(settings, identity())
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_test_signal_refused_on_a_board_without_it():
+    with pytest.raises(ConfigError, match="no built-in test signal; use test_signal \"off\""):
+        settings_to_acquisition(Settings(test_signal="pairs"), identity(capabilities=0))
+    acq, _ = settings_to_acquisition(Settings(), identity(capabilities=0))
+    assert acq.test_signal == "off"
+
+
+def test_open_refuses_what_cannot_work():
+    for target, kwargs, message in [
+            ("nonsense", {}, "unknown board 'nonsense'"),
+            ("/dev/no-such-tty", {}, "no such serial device"),
+            ("replay:/no/such.ptu", {}, "no such file"),
+            ("sim", {"channels": 9}, "channels must be 1..8"),
+            ("sim", {"board": "icebreaker"}, "\"sim\" is the virtual one"),
+            (f"replay:{HYDRAHARP}", {"baud": 3_000_000}, "a replay describes itself")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            heraldry.open(target, **kwargs)
+
+
+def test_import_heraldry_is_cheap():
+    code = ("import sys, heraldry; heavy = [m for m in ('numpy', 'amaranth', 'serial', "
+            "'numba') if m in sys.modules]; print(heavy, heraldry.Settings.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["[]", "Settings"]
+
+
+# -- measurements bound to a run --------------------------------------------------------------
+
+class FakeRun:
+    """A source as measurements see it: ``attach``, ``elapsed_ps``, ``window_ps``, ``tagger``."""
+
+    def __init__(self, channels, window_ps):
+        self.measurements = []
+        self.elapsed_ps = 0
+        self.window_ps = window_ps
+        self.tagger = type("T", (), {"channels": channels})()
+
+    def attach(self, m):
+        self.measurements.append(m)
+        return m
+
+    def play(self, events, cuts):
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(events)]):
+            block = Block(events[a:b].copy(), {})
+            for m in self.measurements:
+                m.feed(block)       # a Block, as a Run delivers them
+        self.elapsed_ps = int(events["time_ps"][-1]) + 1000
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bound_measurements_equal_the_functions_on_the_same_tags(seed):
+    rng = np.random.default_rng(seed)
+    n, window = 3, 2_000
+    times = np.sort(rng.integers(0, 400_000, 900)) // 100 * 100
+    events = np.zeros(len(times) + 40, EVENT_DTYPE)
+    events["time_ps"][:len(times)] = times
+    events["channel"][:len(times)] = rng.integers(0, n, len(times))
+    events["kind"][len(times):] = Kind.HERALD.value       # other records are ignored
+    events["time_ps"][len(times):] = times[-1]
+    run = FakeRun(n, window)
+    g2 = heraldry.Correlation(run, 0, 1, bin_ps=500, range_ps=10_000)
+    windows = heraldry.Coincidences(run, range(n), groups=[0b011])
+    counter = heraldry.Counter(run, n)
+    herald = heraldry.HeraldRate(run, 0b011)
+    run.play(events, np.sort(rng.integers(0, len(events), 9)))
+    tags = events[events["kind"] == Kind.TAG.value]
+    t = [np.sort(tags["time_ps"][tags["channel"] == c]).astype(np.int64) for c in range(n)]
+    # Correlation: the bare kernel on the whole arrays; duration: the run's.
+    r = g2.result()
+    assert np.array_equal(r.counts, measure.correlate(t[0], t[1], 500, -10_000, 10_000))
+    assert r.duration_ps == run.elapsed_ps
+    # Coincidences with the run's window: the reference model's windows (in bins of 100 ps).
+    tag_model = np.zeros(len(tags), model.TAG_DTYPE)
+    tag_model["time"], tag_model["channel"] = tags["time_ps"] // 100, tags["channel"]
+    expect = model.counts_from_tags(tag_model, model.CoreSettings(
+        channels=n, window=window // 100, herald_masks=(0b011,)))
+    assert np.array_equal(windows.result().patterns[1:2 ** n], expect.patterns[1:])
+    assert herald.result().heralds == int(expect.herald_counts[0])
+    assert herald.result().rate_hz == pytest.approx(
+        expect.herald_counts[0] / (run.elapsed_ps * 1e-12))
+    assert counter.result().counts.tolist() == [len(x) for x in t]
+
+
+def test_tags_of_takes_the_drivers_blocks():
+    events = np.zeros(3, EVENT_DTYPE)
+    events["time_ps"] = [30, 10, 20]
+    events["channel"] = [1, 0, 2]
+    events["kind"] = [Kind.TAG.value, Kind.TAG.value, Kind.HERALD.value]
+    times, chans = measure.tags_of(Block(events, {}))
+    assert times.tolist() == [10, 30] and chans.tolist() == [0, 1]
+
+
+# -- a Tagger on the scripted pty board ------------------------------------------------------
+
+def test_tagger_on_a_serial_port_runs_the_acquire_sequence():
+    with PtyBoard(tag_rate_hz=2e5, cycles_per_s=2e6) as board:
+        with heraldry.open(board.port, baud=board.baud) as tagger:
+            assert (tagger.channels, tagger.rules, tagger.bin_ps) == (4, 2, 10_000)
+            assert tagger.baud == 12_000_000 and tagger.has_test_signal
+            with tagger.run(Settings(window_ns=20), duration=0.02) as run:
+                blocks = list(run)
+            names = board.names()
+        assert blocks and all(b.events["time_ps"].min() >= 0 for b in blocks)
+        writes = [(board.map.by_address[f["address"]].name, f["value"]) for f in board.writes]
+        status = [v for name, v in writes if name == "control.status_period"]
+        # Snapshots off while configuring, on for the run (20 ms at 100 MHz), off after.
+        assert status == [0, 2_000_000, 0]
+        runs = [v for name, v in writes if name == "control.run"]
+        assert runs == [0, 1, 0]
+        assert ("config.channel[0].source", Source.PIN.value) in writes or \
+            all(v == Source.PIN.value for name, v in writes if name.endswith(".source"))
+        assert names.index("control.clear") < names.index("control.run", names.index(
+            "control.clear"))
+        # The fake board's counters read 0 while it streams tags: the check must fail.
+        assert run.checks["tags_match_singles"] is False
+        assert sum(run.tags_per_channel) > 0 == sum(run.counters["singles"])
+
+
+def test_baud_is_probed_in_the_known_boards_order():
+    assert known_bauds() == [3_000_000, 12_000_000]
+    with PtyBoard(baud=12_000_000, host_baud="port") as board:
+        with heraldry.open(board.port) as tagger:
+            assert tagger.baud == 12_000_000 and tagger.channels == 4
+    with PtyBoard(baud=3_000_000, host_baud="port") as board:
+        with heraldry.open(board.port, board="icebreaker") as tagger:
+            assert tagger.baud == 3_000_000
+
+
+def test_no_board_at_any_known_baud_is_one_error():
+    with PtyBoard(baud=115_200, host_baud="port") as board:
+        with pytest.raises(IdentificationError, match=r"at 3000000, 12000000 baud"):
+            heraldry.open(board.port)
