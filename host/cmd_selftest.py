@@ -1,14 +1,15 @@
 """``heraldry selftest``: run the board's internal test signal and check its counters against the
 records it streamed.
 
-``heraldry selftest --port PORT`` (a board on a serial port; it describes itself) or ``heraldry
-selftest --board sim`` (the virtual board, the default without ``--port``) configures the test
-signal (``--test-signal pairs``: channel 0 and 1 are the arms of a pair source, the others dark
-counts; ``periodic``: every channel every ``--period`` ns), one herald rule on channels 0 and 1
-(channel 0 alone on a 1-channel board; every channel with ``periodic``) and a coincidence
-record for every window of that pattern, runs ``--duration`` seconds of device time through
-:func:`heraldry.host.acquire.acquire_device` (the acquisition code path, not a copy of it), stops,
-and prints one PASS/FAIL line per check, with its figures:
+``heraldry selftest --board PORT`` (a board on a serial port; it describes itself; the baud rate
+is ``--baud`` or found by trying the known boards' rates) or ``heraldry selftest --board sim``
+(the virtual board, the default) configures the test signal (``--test-signal pairs``: channel 0
+and 1 are the arms of a pair source, the others dark counts; ``periodic``: every channel every
+``--period`` ns), one herald rule on channels 0 and 1 (channel 0 alone on a 1-channel board;
+every channel with ``periodic``) and a coincidence record for every window of that pattern,
+runs ``--duration`` seconds of device time as a :class:`heraldry.host.tagger.Run` (the API's
+run, the steps of :func:`heraldry.host.acquire.acquire_device`), stops, and prints one
+PASS/FAIL line per check, with its figures:
 
 * ``link``: every byte decoded and verified by its segment's CHECK (no decode error, nothing
   unverified or skipped);
@@ -23,6 +24,9 @@ and prints one PASS/FAIL line per check, with its figures:
   model gives for the shortest and the longest run gate the command timing allows (the gate and
   the clear are known to within one command round trip each).
 
+``--port PORT`` is the deprecated spelling of ``--board PORT``: it still works, with one note on
+stderr.
+
 Exit status: 0 every check passed; 1 a check failed, or the board failed or does not answer;
 2 bad options, or a device that does not identify as a heraldry board at that port and baud rate
 (one line on stderr); 4 the board went away during the selftest.
@@ -31,6 +35,7 @@ Exit status: 0 every check passed; 1 a check failed, or the board failed or does
 import sys
 
 from ..protocol import MAX_CHANNELS
+from .cli import _error
 from .config import ConfigError
 
 __all__ = ["register", "cmd_selftest", "selftest_checks", "Check"]
@@ -59,12 +64,14 @@ def register(subparsers):
     from .cli import add_test_signal_options
     p = subparsers.add_parser(
         "selftest", help="run the internal test signal and check counters against tags")
-    p.add_argument("--port", default=None, metavar="PORT",
-                   help="serial device of the board (e.g. /dev/ttyUSB1)")
     p.add_argument("--board", default=None,
-                   help="sim: the virtual board (the default when no --port is given)")
-    p.add_argument("--baud", type=int, default=12_000_000,
-                   help="UART rate of a board on --port (default 12000000)")
+                   help="sim (the virtual board, default) or the serial device of a board "
+                        "(e.g. /dev/ttyUSB1)")
+    p.add_argument("--port", default=None, metavar="PORT",
+                   help="deprecated spelling of --board PORT (prints a note)")
+    p.add_argument("--baud", type=int, default=None,
+                   help="UART rate of a board on a serial port (default: tried in turn, "
+                        "3000000 (the real boards) then 12000000)")
     p.add_argument("--duration", type=float, default=0.01, metavar="SECONDS",
                    help="device time to run the test signal (default 0.01)")
     p.add_argument("--channels", type=int, default=None, metavar="N",
@@ -78,68 +85,49 @@ def register(subparsers):
     return [("selftest", cmd_selftest)]
 
 
-def _error(message):
-    sys.stderr.write(f"heraldry: error: {message}\n")
-
-
-def _check_options(args):
-    """The checks that need no board (ConfigError)."""
+def _board(args):
+    """The board of ``--board`` (or the deprecated ``--port``), after the checks that need no
+    board (ConfigError)."""
     import math
     from . import cli
-    if args.port is not None and args.board not in (None, "sim"):
-        raise ConfigError(f"--board {args.board}: give either --port PORT (a real board, which "
-                          f"describes itself) or --board sim")
-    if args.port is not None and args.board == "sim":
-        raise ConfigError("--port and --board sim exclude each other: --port is a real board")
-    if args.port is None and args.board not in (None, "sim"):
-        raise ConfigError(f"--board {args.board}: selftest runs on --board sim or on a board "
-                          f"on a serial port (--port /dev/ttyUSB1)")
+    board = args.board
     if args.port is not None:
-        try:
-            cli.check_port(args.port)
-        except ConfigError as error:
-            raise ConfigError(str(error).replace("--board", "--port", 1)) from None
+        if board is not None:
+            raise ConfigError("--port and --board exclude each other: --port is the old "
+                              "spelling of --board PORT")
+        sys.stderr.write(f"heraldry: note: --port is deprecated; use --board {args.port}\n")
+        board = args.port
+    board = board or "sim"
+    if board != "sim":
+        if not cli._is_port(board):
+            raise ConfigError(f"--board {board}: selftest runs on --board sim or on a board on a "
+                              f"serial port (--board /dev/ttyUSB1)")
+        cli.check_port(board)
     if not 0 < args.duration < math.inf:
         raise ConfigError(f"--duration must be positive and finite, not {args.duration:g}")
-    if args.baud <= 0:
+    if args.baud is not None and args.baud <= 0:
         raise ConfigError(f"--baud must be positive, not {args.baud}")
     if args.channels is not None:
-        if args.port is not None:
+        if board != "sim":
             raise ConfigError("--channels is for the virtual board; a real board has its own")
         if not 1 <= args.channels <= MAX_CHANNELS:
             raise ConfigError(f"--channels must be 1..{MAX_CHANNELS}, not {args.channels}")
+    return board
 
 
-def _acquisition_args(args):
-    """``heraldry acquire`` options of the selftest's acquisition (parsed by acquire's parser,
-    so every option means what it means there)."""
-    from . import cli
-    n = args.channels
-    argv = ["acquire", "--board", "sim", "--duration", repr(args.duration),
-            "--test-signal", args.test_signal, "--pair-rate", repr(args.pair_rate),
-            "--efficiency", repr(args.efficiency), "--dark-rate", repr(args.dark_rate),
-            "--pair-delay", repr(args.pair_delay), "--period", repr(args.period),
-            "--seed", str(args.seed), "--quiet"]
-    if n is not None:
-        argv += ["--channels", str(n)]
-    return cli.build_parser().parse_args(argv)
-
-
-def _acquisition(args, board):
-    """The Acquisition for ``board`` (``cli.BOARDS`` entry or :func:`cli.board_from_identity`):
-    the test signal, a window of one clock cycle (the arms of a pair with no pair delay share a
-    cycle), herald rule 0 on channels 0 and 1 (pairs; channel 0 alone on a 1-channel board) or
-    on every channel (periodic) with its pattern recorded, rule 1 on channel 0."""
-    from . import cli
-    acq_args = _acquisition_args(args)
-    n = board["channels"] if args.channels is None else args.channels
-    bin_ps = board.get("bin_ps") or int(round(1e12 / board["clock_hz"])) >> board["fine_bits"]
-    acq_args.window = (bin_ps << board["fine_bits"]) / 1000.0
-    # Pairs: channels 0 and 1 together; periodic: every channel fires in the same cycle.
-    pair = (0b11 if n >= 2 else 0b1) if args.test_signal == "pairs" else 2 ** n - 1
-    acq_args.herald = [bin(pair)] + ([bin(0b1)] if board["rules"] >= 2 else [])
-    acq_args.record_coincidences = [bin(pair)]
-    return cli.acquisition_from_args(acq_args, board)
+def _settings(args, channels, rules):
+    """The selftest's :class:`~heraldry.host.tagger.Settings`: the test signal, a window of one
+    clock cycle (the arms of a pair with no pair delay share a cycle), herald rule 0 on
+    channels 0 and 1 (pairs; channel 0 alone on a 1-channel board) or on every channel
+    (periodic) with its pattern recorded, rule 1 on channel 0."""
+    from .tagger import Settings
+    pair = (0b11 if channels >= 2 else 0b1) if args.test_signal == "pairs" \
+        else 2 ** channels - 1
+    return Settings(
+        window_ns=None, heralds=[pair] + ([0b1] if rules >= 2 else []),
+        record_coincidences=[pair], test_signal=args.test_signal,
+        pair_rate_hz=args.pair_rate, efficiency=args.efficiency, dark_rate_hz=args.dark_rate,
+        pair_delay_ns=args.pair_delay, period_ns=args.period, seed=args.seed)
 
 
 def _test_signal_settings(acq):
@@ -245,34 +233,31 @@ def selftest_checks(summary, result):
     return checks
 
 
-def _run(args, transport_factory, board_name, timeout):
-    """Identify, build the acquisition, acquire, check. Returns the exit status."""
-    from .acquire import acquire_device, summarise
-    from .driver import Device
-    from . import cli
-    with Device(transport_factory(), timeout=timeout) as device:
-        identity = device.identify()
-        board = cli.board_from_identity(identity)
-        try:
-            acq, notes = _acquisition(args, board)
-        except ConfigError as error:
-            _error(error)
-            return EXIT_USAGE
-        for note in notes:
-            sys.stderr.write(f"heraldry: note: {note}\n")
-        if not args.quiet:
-            sys.stderr.write(f"heraldry: {device.transport.name}: gateware "
-                             f"{identity.gateware_version}, {identity.channels} channels, "
-                             f"{identity.clock_hz / 1e6:g} MHz; test signal {acq.test_signal} "
-                             f"for {args.duration * 1e3:g} ms of device time...\n")
-        try:
-            result = acquire_device(device, acq, args.duration)
-        except KeyboardInterrupt:
-            try:
-                device.write("control.run", 0)
-            except Exception:
-                pass
-            raise
+def _run(args, tagger, board_name):
+    """Configure, run, check (the board is open). Returns the exit status."""
+    import warnings
+    from .acquire import summarise
+    from .tagger import SettingsNote, option_message
+    settings = _settings(args, tagger.channels, tagger.rules)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SettingsNote)      # printed as notes below
+            run = tagger.run(settings, args.duration, keep=True)
+    except ConfigError as error:
+        _error(option_message(error))
+        return EXIT_USAGE
+    for note in run.notes:
+        sys.stderr.write(f"heraldry: note: {option_message(note)}\n")
+    acq = run.acquisition
+    if not args.quiet:
+        ident = tagger.identity
+        sys.stderr.write(f"heraldry: {tagger.device.transport.name}: gateware "
+                         f"{ident.gateware_version}, {ident.channels} channels, "
+                         f"{ident.clock_hz / 1e6:g} MHz; test signal {acq.test_signal} "
+                         f"for {args.duration * 1e3:g} ms of device time...\n")
+    with run:
+        run.wait()
+    result = run.result
     summary = summarise(result, board=board_name)
     checks = selftest_checks(summary, result)
     print(f"selftest of {board_name} on {result.port}: {acq.channels} channels, "
@@ -288,46 +273,43 @@ def _run(args, transport_factory, board_name, timeout):
 
 def cmd_selftest(args):
     from . import cli
+    from ..sim.twin import TwinError
     from .driver import DeviceError, DeviceLost, IdentificationError
-    from .transport import SerialTransport, TransportError
+    from .tagger import option_message, settings_to_acquisition, sim_identity
+    from .tagger import open as open_board
+    from .transport import TransportError
     try:
-        _check_options(args)
-        if args.port is None:
+        board = _board(args)
+        if board == "sim":
             # The virtual board's parameters are known: refuse bad options before it starts.
-            _acquisition(args, cli.BOARDS["sim"])
+            ident = sim_identity(args.channels)
+            try:
+                settings_to_acquisition(_settings(args, ident.channels, ident.rules), ident)
+            except ConfigError as error:
+                raise ConfigError(option_message(error)) from None
     except ConfigError as error:
         _error(error)
         return EXIT_USAGE
     try:
-        if args.port is not None:
-            try:
-                transport = SerialTransport(args.port, args.baud)
-            except TransportError as error:     # busy, or not a serial port: nothing was run
-                _error(f"--port {args.port}: {error}")
-                return EXIT_USAGE
-            return _run(args, lambda: transport, args.port, 1.0)
-        from ..sim.twin import Twin, TwinError
-        board = cli.BOARDS["sim"]
-        n = args.channels or board["channels"]
         try:
-            twin = Twin(channels=n, rules=board["rules"], clock_hz=int(board["clock_hz"]),
-                        baud=board["baud"])
-            twin.start()
-        except TwinError as error:
-            _error(error)
-            return EXIT_FAILED
-        try:
-            # The virtual board's pace depends on this machine's load: wait longer.
-            return _run(args, lambda: SerialTransport(twin.port, board["baud"]), "sim", 3.0)
-        finally:
-            twin.stop()
+            tagger = open_board(board, baud=args.baud, channels=args.channels)
+        except TransportError as error:
+            if board == "sim":
+                raise
+            _error(f"--board {board}: {error}")    # busy, or not a serial port: nothing was run
+            return EXIT_USAGE
+        with tagger:
+            return _run(args, tagger, board)
+    except ConfigError as error:
+        _error(error)
+        return EXIT_USAGE
     except IdentificationError as error:     # not a heraldry board, or the wrong baud rate
         _error(error)
         return EXIT_USAGE
     except DeviceLost as error:
         _error(f"the board went away during the selftest ({error})")
         return cli.EXIT_LOST
-    except (DeviceError, TransportError) as error:
+    except (DeviceError, TransportError, TwinError) as error:
         _error(error)
         return EXIT_FAILED
     except KeyboardInterrupt:

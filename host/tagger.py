@@ -53,7 +53,7 @@ from .config import Acquisition, ConfigError, EDGES, TEST_SIGNALS, ns_to_bins, p
 from .decode import EVENT_DTYPE, Block
 
 __all__ = ["open", "Tagger", "Settings", "Run", "SettingsNote", "known_bauds", "REPLAY_PREFIX",
-           "SIM_BOARD"]
+           "SIM_BOARD", "settings_to_acquisition", "sim_identity", "option_message"]
 
 REPLAY_PREFIX = "replay:"
 
@@ -229,6 +229,38 @@ def _duration_cycles(duration, clock_hz):
         raise ConfigError(f"duration {d:g} s is shorter than one clock cycle "
                           f"({1 / clock_hz:g} s)")
     return cycles
+
+
+#: Command-line option of each setting, for commands that build :class:`Settings` from options
+#: (:func:`option_message`).
+OPTIONS = {"window_ns": "--window", "delays_ns": "--delay", "dead_times_ns": "--dead-time",
+           "edges": "--edge", "disabled": "--disable", "herald mask": "--herald",
+           "record_coincidences pattern": "--record-coincidences pattern",
+           "test_signal": "--test-signal", "pair_delay_ns": "--pair-delay",
+           "period_ns": "--period", "duration": "--duration"}
+
+
+def option_message(message):
+    """A :class:`ConfigError` message (or note) about a setting, naming the command-line option
+    instead (``window_ns 30 ns is ...`` -> ``--window 30 ns is ...``)."""
+    text = str(message)
+    for name, option in OPTIONS.items():
+        if text.startswith(name + " "):
+            return option + text[len(name):]
+    return text
+
+
+def sim_identity(channels=None):
+    """The :class:`~heraldry.host.driver.Identity` the virtual board of ``open("sim",
+    channels=...)`` reports, known before it starts (to refuse bad settings first)."""
+    from .driver import Identity
+    n = SIM_BOARD["channels"] if channels is None else channels
+    rules = SIM_BOARD["rules"]
+    return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0,
+                    channels=n, rules=rules, fine_bits=0,
+                    bin_fs=10 ** 15 // SIM_BOARD["clock_hz"], clock_hz=SIM_BOARD["clock_hz"],
+                    capabilities=protocol.CAPABILITY_TEST_SIGNAL,
+                    counters=protocol.RegisterMap(n, rules).counters.size)
 
 
 # -- opening a board -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""``heraldry selftest`` against the virtual board: through ``--board sim`` and through ``--port``
-(the board served by ``heraldry sim`` on its pty, the path a real board takes), in overload, with
-a board that lies about a counter (must FAIL), and the refused options."""
+"""``heraldry selftest`` against the virtual board: through ``--board sim`` and through ``--board
+PORT`` (the board served by ``heraldry sim`` on its pty, the path a real board takes; its baud
+found by trying the known rates, and the deprecated ``--port`` spelling), in overload, with a
+board that lies about a counter (must FAIL), and the refused options."""
 
 import os
 import re
@@ -79,17 +80,24 @@ def test_periodic_overload_passes_with_drops_counted():
 
 
 def test_port_of_a_served_board():
-    """``--port``: the virtual board served by ``heraldry sim`` on its pty, like a real board on
-    a USB-serial bridge (the selftest learns channels, clock and bin from its identification)."""
+    """``--board PORT``: the virtual board served by ``heraldry sim`` on its pty, like a real
+    board on a USB-serial bridge (the selftest learns channels, clock and bin from its
+    identification; no ``--baud``: 3 Mbaud is tried first, then the board's 12 Mbaud). The
+    deprecated ``--port PORT`` does the same after one note."""
     proc = subprocess.Popen([sys.executable, "-m", "heraldry.host.cli", "sim", "--channels", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = proc.stdout.readline().strip()
         assert os.path.exists(port), port
-        result = _selftest("--port", port, "--duration", "0.003", "--quiet")
+        result = _selftest("--board", port, "--duration", "0.003", "--quiet")
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.startswith(f"selftest of {port} on {port}: 4 channels")
         assert result.stdout.splitlines()[-1].startswith("selftest PASS")
+        assert result.stderr == ""
+        old = _selftest("--port", port, "--baud", "12000000", "--duration", "0.002", "--quiet")
+        assert old.returncode == 0, old.stdout + old.stderr
+        assert old.stderr == f"heraldry: note: --port is deprecated; use --board {port}\n"
+        assert old.stdout.splitlines()[-1].startswith("selftest PASS")
     finally:
         proc.terminate()
         proc.wait(30)
@@ -150,12 +158,14 @@ def test_generated_bracket_holds_the_model_count():
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--port", "/dev/no-such-port"], "--port /dev/no-such-port: no such serial device"),
+    (["--board", "/dev/no-such-port"], "--board /dev/no-such-port: no such serial device"),
     (["--board", "icebreaker"], "--board icebreaker: selftest runs on --board sim or"),
     (["--port", "/dev/null", "--board", "sim"], "exclude each other"),
+    (["--board", "/dev/null", "--channels", "2"], "--channels is for the virtual board"),
+    (["--pair-delay", "20000"], "--pair-delay 20000 ns is 2000 bins; it must be 0 to 10230 ns"),
     (["--duration", "0"], "--duration must be positive"),
     (["--duration", "inf"], "--duration must be positive and finite"),
-    (["--port", "/dev/null"], "--port /dev/null: cannot open serial port"),
+    (["--board", "/dev/null", "--baud", "3000000"], "--board /dev/null: cannot open serial port"),
     (["--efficiency", "2"], "efficiency 2 is not a probability"),
     (["--channels", "9"], "--channels must be 1..8"),
     (["--test-signal", "off"], "invalid choice: 'off'"),
