@@ -28,6 +28,7 @@ import importlib
 import json
 import math
 import os
+import re
 import signal
 import stat
 import sys
@@ -49,6 +50,34 @@ BOARDS = {
     "sim": {"clock_hz": 100e6, "fine_bits": 0, "rules": 2, "channels": 4, "baud": 12_000_000},
     "sim-inprocess": {"clock_hz": 100e6, "fine_bits": 0, "rules": 2, "channels": 4},
 }
+
+
+def _track_given(parser):
+    """Make every option of ``parser`` record its ``dest`` in the namespace's ``given`` set
+    when it appears on the command line (argparse alone cannot tell a default from an option
+    given with the default's value)."""
+    for action in parser._actions:
+        if action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        base = type(action)
+        tracked = _TRACKED.get(base)
+        if tracked is None:
+            def call(self, parser, namespace, values, option_string=None, _base=base):
+                given = getattr(namespace, "given", None)
+                if given is None:
+                    given = set()
+                    namespace.given = given
+                given.add(self.dest)
+                _base.__call__(self, parser, namespace, values, option_string)
+            tracked = _TRACKED[base] = type(f"Tracked{base.__name__}", (base,),
+                                            {"__call__": call})
+        action.__class__ = tracked
+
+
+_TRACKED = {}
+
+#: The ``acquire`` options a replay takes; the others set up a board, and a file has its own.
+REPLAY_OPTIONS = ("board", "out", "summary_json", "plot", "quiet", "realtime")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,6 +170,7 @@ def build_parser():
                           "(see heraldry.host.plots); the summary lists them under \"plots\"")
     acq.add_argument("--realtime", action="store_true",
                      help="with --board replay:FILE.ptu, play at the pace of the recorded time")
+    _track_given(acq)
     srv = sub.add_parser("sim", help="start the virtual board and serve it on a pty until Ctrl-C")
     srv.add_argument("--channels", type=int, default=4, metavar="N", help="inputs (1..8)")
     srv.add_argument("--baud", type=int, default=BOARDS["sim"]["baud"],
@@ -170,6 +200,13 @@ def check_board_args(args):
     if _is_replay(args.board):
         if not os.path.isfile(args.board[len(REPLAY_PREFIX):]):
             raise ConfigError(f"--board {args.board}: no such file")
+        ignored = sorted(set(getattr(args, "given", ())) - set(REPLAY_OPTIONS))
+        if ignored:
+            raise ConfigError(f"--{ignored[0].replace('_', '-')} does not apply to a replay: "
+                              f"the file's own settings are replayed (a replay takes "
+                              f"{', '.join('--' + o.replace('_', '-') for o in REPLAY_OPTIONS)})")
+    elif getattr(args, "realtime", False):
+        raise ConfigError("--realtime applies to --board replay:FILE.ptu only")
     elif args.board not in BOARDS and not _is_port(args.board):
         raise ConfigError(f"unknown board {args.board!r}; use one of {', '.join(BOARDS)}, a "
                           f"serial device path such as /dev/ttyUSB1, or replay:FILE.ptu")
@@ -302,10 +339,92 @@ def acquisition_from_args(args, board=None):
     return acq, notes
 
 
-def _writable(path):
-    folder = os.path.dirname(os.path.abspath(path))
-    return os.path.isdir(folder) and os.access(folder, os.W_OK) and (
-        not os.path.exists(path) or os.access(path, os.W_OK))
+def _file_key(path):
+    """What makes two names one file: device and inode of a file that exists (through
+    symlinks, hard links, relative or absolute names), else the resolved absolute name."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("name", os.path.realpath(path))
+    return ("inode", info.st_dev, info.st_ino)
+
+
+def check_output_paths(outputs, inputs=()):
+    """Refuse (ConfigError, one line) outputs that cannot be written, or that would overwrite
+    an input or another output of the same command. One rule for every output option of every
+    command: nothing is written or created before it passes.
+
+    ``outputs``: ``[(what, path, kind)]``: ``what`` names the option in the message
+    (``"--out"``), ``kind`` is ``"file"`` or ``"folder"`` (a folder, such as ``--plot DIR``,
+    may be missing: it is made when written; list the files written into it as outputs too).
+    A file's folder must exist (no folders are created for it) and be writable; an existing
+    output must be writable and a file must not be a folder. A PTU output (``.ptu``) also
+    claims its rotation parts (``NAME-001.ptu``, ...). ``inputs``: ``[(what, path)]`` read by
+    the command (config files, replayed files, the serial port); one that does not exist is
+    left to its own check."""
+    seen = {}           # file key -> (what, path) of the output or input that has it
+    for what, path in inputs:
+        if os.path.exists(path):
+            seen.setdefault(_file_key(path), (what, path))
+    parts = []          # (regular expression of an output's rotation parts, what, path)
+    made = set()        # folder outputs that do not exist yet: made when written
+    # Folders first: the files written into them are checked against them.
+    for what, path, kind in sorted(outputs, key=lambda output: output[2] != "folder"):
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.realpath(parent) in made:
+            pass        # checked as the folder output
+        elif not os.path.isdir(parent):
+            raise ConfigError(f"{what} {path}: no such folder {parent} (folders are not "
+                              f"created for outputs)")
+        elif os.path.isdir(path) != (kind == "folder") and os.path.exists(path):
+            raise ConfigError(f"{what} {path}: " + ("is a folder, not a file" if kind == "file"
+                                                     else "is not a folder"))
+        elif not os.access(path if os.path.exists(path) else parent, os.W_OK):
+            raise ConfigError(f"{what} {path}: no permission to write it")
+        if kind == "folder" and not os.path.exists(path):
+            made.add(os.path.realpath(path))
+        key = _file_key(path)
+        if key in seen:
+            other_what, other = seen[key]
+            raise ConfigError(f"{what} {path} is the same file as {other_what} {other}: "
+                              f"choose another name (nothing was written)")
+        seen[key] = (what, path)
+        if _is_ptu(path):
+            root, ext = os.path.splitext(os.path.realpath(path))
+            parts.append((re.escape(root) + r"-\d{3,}" + re.escape(ext), what, path))
+    for pattern, what, path in parts:
+        for other_what, other in inputs:
+            if re.fullmatch(pattern, os.path.realpath(other)):
+                raise ConfigError(f"{what} {path} would overwrite {other_what} {other} with "
+                                  f"its rotation part: choose another name (nothing was "
+                                  f"written)")
+
+
+def acquire_paths(args):
+    """``(outputs, inputs)`` of ``heraldry acquire`` for :func:`check_output_paths`;
+    ConfigError for an ``--out`` name that is neither ``.npz`` nor ``.ptu``."""
+    from .plots import PLOT_FILES
+    outputs, inputs = [], []
+    if args.out:
+        if not (_is_ptu(args.out) or args.out.endswith(".npz")):
+            raise ConfigError(f"--out {args.out}: the name must end in .npz (tags) or .ptu "
+                              f"(PTU T2 records)")
+        outputs.append(("--out", args.out, "file"))
+    if args.summary_json:
+        outputs.append(("--summary-json", args.summary_json, "file"))
+    if args.plot:
+        outputs.append(("--plot", args.plot, "folder"))
+        outputs += [(f"--plot {args.plot}:", os.path.join(args.plot, name), "file")
+                    for name in PLOT_FILES.values()]
+    if getattr(args, "config", None):
+        inputs.append(("--config", args.config))
+    if _is_replay(args.board):
+        from .replay import replay_parts
+        inputs += [(f"--board {REPLAY_PREFIX}", p)
+                   for p in replay_parts(args.board[len(REPLAY_PREFIX):])]
+    elif _is_port(args.board):
+        inputs.append(("--board", args.board))
+    return outputs, inputs
 
 
 def _error(message):
@@ -392,19 +511,12 @@ def cmd_acquire(args):
     except ConfigError as error:
         _error(error)
         return EXIT_USAGE
-    for path in (args.out, args.summary_json):
-        if path and not _writable(path):
-            _error(f"cannot write {path!r} (no such folder or no permission)")
-            return EXIT_USAGE
-    if args.plot:
-        try:
-            os.makedirs(args.plot, exist_ok=True)
-        except OSError as error:
-            _error(f"--plot {args.plot}: {error.strerror}")
-            return EXIT_USAGE
-        if not os.access(args.plot, os.W_OK):
-            _error(f"cannot write into {args.plot!r} (no permission)")
-            return EXIT_USAGE
+    try:
+        check_output_paths(*acquire_paths(args))
+    except ConfigError as error:
+        _error(error)
+        return EXIT_USAGE
+    # (--plot DIR, checked above, is made when the plots are written)
     if acq is not None:
         for note in notes:
             sys.stderr.write(f"heraldry: note: {note}\n")
@@ -418,7 +530,7 @@ def cmd_acquire(args):
     def ptu_sink(acq):
         if not writers:
             from .ptu import PTUWriter
-            options = {k: v for k, v in vars(args).items() if k != "command"}
+            options = {k: v for k, v in vars(args).items() if k not in ("command", "given")}
             writers.append(PTUWriter.for_acquisition(
                 args.out, acq, {"board": args.board, "duration_s": args.duration,
                                 "options": options},

@@ -2,7 +2,9 @@
 config file that ``heraldry acquire --config FILE`` applies.
 
 One acquisition (by default with the pairs test signal, arm A on channel 0 and arm B on channel
-1, ``--pair-delay`` after A), then :class:`heraldry.host.measure.DelayCalibration`: the
+1, ``--pair-delay`` after A), a run of the Python API (:meth:`heraldry.host.tagger.Tagger.run`)
+on ``sim`` or a serial port, with :class:`heraldry.host.measure.DelayCalibration` attached to it
+(fed block by block, the records are not kept): the
 correlation peak of each channel against ``--reference`` gives its delay ``d_c``; the file holds
 the input delays that align them, ``delays_ns[c] = max(d) - d_c`` (the reference's ``d`` is 0),
 for the reference and every channel with a peak::
@@ -12,7 +14,8 @@ for the reference and every channel with a peak::
 With the pairs test signal the known pair delay is checked: channel 1 must be found
 ``--pair-delay`` after channel 0 (to the bin), else exit status 1. Exit status 0 success, 1 a
 failed acquisition, no peak on a channel that needs one, a delay out of the hardware's range or
-a pair delay not found; 2 bad options.
+a pair delay not found; 2 bad options, or no heraldry board on the port; 4 the board went
+away.
 """
 
 import json
@@ -30,7 +33,9 @@ def register(subparsers):
         "calibrate", help="measure channel delays from correlation peaks, write a config file")
     p.add_argument("--board", default="sim",
                    help="sim (default), sim-inprocess, or a serial device path")
-    p.add_argument("--baud", type=int, default=12_000_000, help="UART rate of a serial board")
+    p.add_argument("--baud", type=int, default=None,
+                   help="UART rate of a serial board (default: tried in turn, 3000000 (the "
+                        "real boards) then 12000000)")
     p.add_argument("--duration", type=float, default=0.01, metavar="SECONDS",
                    help="acquisition time in device seconds (default 0.01)")
     p.add_argument("--channels", type=int, default=None, metavar="N", help="inputs (1..8)")
@@ -51,46 +56,64 @@ def config_delay_options(path):
     return [f"{channel}={ns!r}" for channel, ns in sorted(read_config(path).items())]
 
 
-def _acquire(args):
-    """Run the acquisition through the ``acquire`` code paths; ``(result, None)`` or ``(None,
-    exit status)``."""
-    from . import cli
-    argv = ["acquire", "--board", args.board, "--baud", str(args.baud),
-            "--duration", repr(args.duration), "--test-signal", args.test_signal,
-            "--pair-delay", repr(args.pair_delay), "--pair-rate", repr(args.pair_rate),
-            "--efficiency", repr(args.efficiency), "--dark-rate", repr(args.dark_rate),
-            "--seed", str(args.seed), "--quiet"]
-    if args.channels is not None:
-        argv += ["--channels", str(args.channels)]
-    acq_args = cli.build_parser().parse_args(argv)
-    if cli._is_port(args.board):
-        cli.check_board_args(acq_args)
-        from .transport import SerialTransport
-        return cli._run_on_device(acq_args, lambda: SerialTransport(args.board, args.baud),
-                                  None, None)
-    acq, notes = cli.acquisition_from_args(acq_args)
-    for note in notes:
-        sys.stderr.write(f"heraldry: note: {note}\n")
-    if args.board == "sim-inprocess":
-        from .acquire import acquire_sim
-        return acquire_sim(acq, args.duration), None
-    from ..sim.twin import Twin
-    from .transport import SerialTransport
-    board = cli.BOARDS["sim"]
-    twin = Twin(channels=acq.channels, rules=acq.rules, clock_hz=int(acq.clock_hz),
-                baud=board["baud"])
-    twin.start()
-    try:
-        return cli._run_on_device(acq_args, lambda: SerialTransport(twin.port, board["baud"]),
-                                  acq, None, timeout=3.0)
-    finally:
-        twin.stop()
+def _settings(args):
+    from .tagger import Settings
+    return Settings(test_signal=args.test_signal, pair_delay_ns=args.pair_delay,
+                    pair_rate_hz=args.pair_rate, efficiency=args.efficiency,
+                    dark_rate_hz=args.dark_rate, seed=args.seed)
+
+
+def _calibration(args, acq):
+    """The :class:`DelayCalibration` of ``acq``'s channels, or ConfigError (bad ``--reference``).
+    Range: ``--range`` rounded up to whole bins, default the delay line's."""
+    from .measure import DelayCalibration
+    if not 0 <= args.reference < acq.channels:
+        raise ConfigError(f"--reference {args.reference}: no such channel "
+                          f"(0..{acq.channels - 1})")
+    bin_ps = acq.bin_ps
+    span = (2 ** DELAY_BITS) * bin_ps if args.range is None else \
+        -(-int(round(args.range * 1000)) // bin_ps) * bin_ps
+    return DelayCalibration(args.reference, range(acq.channels), bin_ps=bin_ps, range_ps=span,
+                            resolution_ps=bin_ps)
+
+
+def _measure(args):
+    """Run the acquisition with the calibration fed block by block; ``(acq, calibration, tags)``.
+    ``sim`` and a serial port run on the API's :class:`~heraldry.host.tagger.Run`;
+    ``sim-inprocess`` on the in-process core (no link)."""
+    import warnings
+    from .tagger import SettingsNote, option_message, settings_to_acquisition, sim_identity
+    from .tagger import open as open_board
+
+    def notes(messages):
+        for note in messages:
+            sys.stderr.write(f"heraldry: note: {option_message(note)}\n")
+    if args.board in ("sim", "sim-inprocess"):
+        # The virtual board's parameters are known: refuse bad options before it starts.
+        acq, messages = settings_to_acquisition(_settings(args), sim_identity(args.channels))
+        _calibration(args, acq)
+        if args.board == "sim-inprocess":
+            from .acquire import acquire_sim
+            notes(messages)
+            result = acquire_sim(acq, args.duration)
+            return acq, _calibration(args, acq).feed(result.tags), len(result.tags)
+    with open_board(args.board, baud=args.baud, channels=args.channels) as tagger:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SettingsNote)      # printed as notes
+            run = tagger.run(_settings(args), args.duration)
+        notes(run.notes)
+        calibration = run.attach(_calibration(args, run.acquisition))
+        with run:
+            run.wait()
+        return run.acquisition, calibration, sum(run.tags_per_channel)
 
 
 def cmd_calibrate(args):
     from . import cli
-    from .measure import DelayCalibration, delays_to_apply
-    from .driver import DeviceError
+    from ..sim.twin import TwinError
+    from .driver import DeviceError, DeviceLost, IdentificationError
+    from .measure import delays_to_apply
+    from .tagger import option_message
     from .transport import TransportError
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
@@ -99,30 +122,39 @@ def cmd_calibrate(args):
     if args.range is not None and not args.range > 0:
         cli._error(f"--range must be positive, not {args.range:g}")
         return cli.EXIT_USAGE
-    try:
-        result, status = _acquire(args)
-    except ConfigError as error:
-        cli._error(error)
+    if args.baud is not None and args.baud <= 0:
+        cli._error(f"--baud must be positive, not {args.baud}")
         return cli.EXIT_USAGE
-    except (DeviceError, TransportError) as error:
+    if args.board not in ("sim", "sim-inprocess") and not cli._is_port(args.board):
+        cli._error(f"unknown board {args.board!r}; use sim, sim-inprocess or a serial device "
+                   f"path such as /dev/ttyUSB1")
+        return cli.EXIT_USAGE
+    try:
+        try:
+            acq, calibration, tags = _measure(args)
+        except TransportError as error:
+            if not cli._is_port(args.board):
+                raise
+            cli._error(f"--board {args.board}: {error}")    # busy: held by another program
+            return cli.EXIT_USAGE
+    except (ConfigError, IdentificationError) as error:
+        cli._error(option_message(error))
+        return cli.EXIT_USAGE
+    except DeviceLost as error:
+        cli._error(f"the board went away during the calibration ({error})")
+        return cli.EXIT_LOST
+    except (DeviceError, TransportError, TwinError) as error:
         cli._error(error)
         return cli.EXIT_FAILED
-    if result is None:
-        return status
-    acq = result.acquisition
-    if not 0 <= args.reference < acq.channels:
-        cli._error(f"--reference {args.reference}: no such channel (0..{acq.channels - 1})")
-        return cli.EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("heraldry: interrupted\n")
+        return cli.EXIT_INTERRUPTED
     bin_ps = acq.bin_ps
     max_delay = 2 ** DELAY_BITS - 1
-    span = (max_delay + 1) * bin_ps if args.range is None else \
-        -(-int(round(args.range * 1000)) // bin_ps) * bin_ps
-    calibration = DelayCalibration(args.reference, range(acq.channels), bin_ps=bin_ps,
-                                   range_ps=span, resolution_ps=bin_ps)
-    measured = calibration.feed(result.tags).result()
+    measured = calibration.result()
     apply = delays_to_apply(measured, args.reference)
     ok = True
-    print(f"delays against channel {args.reference} ({len(result.tags)} tags, "
+    print(f"delays against channel {args.reference} ({tags} tags, "
           f"{bin_ps / 1000:g} ns bins):")
     print("  channel  found (ns)  peak  background  apply (ns)")
     for c in range(acq.channels):
@@ -153,7 +185,7 @@ def cmd_calibrate(args):
         "reference": args.reference,
         "measured_ns": {str(c): m.delay_ps / 1000 for c, m in measured.items() if m.found},
         "bin_ns": bin_ps / 1000,
-        "tags": int(len(result.tags)),
+        "tags": int(tags),
     }
     if not ok:
         return cli.EXIT_FAILED

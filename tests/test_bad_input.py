@@ -11,8 +11,11 @@
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import serial
@@ -48,6 +51,12 @@ def _config(tmp_path, text):
 def _config_bytes(tmp_path, data):
     path = tmp_path / "config.json"
     path.write_bytes(data)
+    return str(path)
+
+
+def _folder(tmp_path, name):
+    path = tmp_path / name
+    path.mkdir()
     return str(path)
 
 
@@ -159,8 +168,17 @@ OPTION_CASES = [
     ("seed", ["--seed", "-1"], "seed"),
     ("test-signal", ["--test-signal", "laser"], "invalid choice"),
     ("edge-name", ["--edge", "1=sideways"], "edge"),
-    ("out-folder", ["--out", "/nonexistent-folder/x.npz"], "cannot write"),
-    ("summary-folder", ["--summary-json", "/nonexistent-folder/s.json"], "cannot write"),
+    ("out-folder", ["--out", "/nonexistent-folder/x.npz"], "no such folder /nonexistent-folder"),
+    ("summary-folder", ["--summary-json", "/nonexistent-folder/s.json"], "no such folder"),
+    ("out-extension", ["--out", "x.txt"], "--out x.txt: the name must end in .npz"),
+    ("out-extension-case", ["--out", "x.NPZ"], "must end in .npz (tags) or .ptu"),
+    ("out-no-extension", ["--out", "tags"], "must end in .npz"),
+    ("out-is-folder", lambda tmp: ["--out", _folder(tmp, "run.npz")], "is a folder, not a file"),
+    ("summary-is-folder", lambda tmp: ["--summary-json", str(tmp)], "is a folder, not a file"),
+    ("plot-parent-missing", ["--plot", "/nonexistent-folder/plots"],
+     "--plot /nonexistent-folder/plots: no such folder /nonexistent-folder"),
+    ("plot-is-a-file", lambda tmp: ["--plot", _config(tmp, "{}")], "is not a folder"),
+    ("realtime-without-replay", ["--realtime"], "--realtime applies to --board replay"),
     ("ptu-channels", ["--channels", "8", "--out", "x.ptu"]
      + [a for p in range(3, 60) for a in ("--record-coincidences", str(p))], "PTU channels"),
 ]
@@ -172,7 +190,9 @@ def test_bad_option_refused(args, fragment, tmp_path, monkeypatch, capsys, no_bo
     if callable(args):
         args = args(tmp_path)
     try:
-        status = cli.main(["acquire", "--duration", "1e-5", *args])
+        # (a replay takes no --duration: the file's length is replayed)
+        short = [] if any(a.startswith("replay:") for a in args) else ["--duration", "1e-5"]
+        status = cli.main(["acquire", *short, *args])
     except SystemExit as exc:    # argparse's own refusals exit from inside main()
         status = exc.code
     captured = capsys.readouterr()
@@ -183,6 +203,114 @@ def test_bad_option_refused(args, fragment, tmp_path, monkeypatch, capsys, no_bo
     assert fragment in lines[0]
     assert captured.out == ""
     assert not list(tmp_path.glob("*.ptu"))         # no output file was begun
+    assert not list(tmp_path.glob("**/*.png")) and not (tmp_path / "plots").exists()
+
+
+HYDRAHARP = Path(__file__).parent / "data" / "hydraharp_v30_t2.ptu"
+GOOD_CONFIG = '{"delays_ns": {"0": 10}}\n'
+
+
+def _same_file_cases():
+    """(id, setup(tmp) -> args, fragment): an output that is an input or another output. The
+    folder is the working directory; ``hh.ptu`` (PicoQuant's file) and ``config.json`` exist."""
+    def link(name, target, hard=False):
+        def make(tmp):
+            (os.link if hard else os.symlink)(tmp / target, tmp / name)
+            return name
+        return make
+    replay = "replay:hh.ptu"
+    return [
+        ("out-is-replayed-file", lambda t: ["--board", replay, "--out", "hh.ptu"],
+         "--out hh.ptu is the same file as --board replay: hh.ptu"),
+        ("summary-is-replayed-file", lambda t: ["--board", replay, "--summary-json", "hh.ptu"],
+         "--summary-json hh.ptu is the same file as --board replay: hh.ptu"),
+        ("out-is-replayed-file-absolute", lambda t: ["--board", replay,
+                                                     "--out", str(t / "sub" / ".." / "hh.ptu")],
+         "is the same file as --board replay: hh.ptu"),
+        ("out-is-symlink-to-replayed", lambda t: ["--board", replay,
+                                                  "--out", link("l.ptu", "hh.ptu")(t)],
+         "--out l.ptu is the same file as"),
+        ("out-is-hard-link-to-replayed", lambda t: ["--board", replay,
+                                                    "--out", link("h.ptu", "hh.ptu", True)(t)],
+         "--out h.ptu is the same file as"),
+        ("replayed-file-is-rotation-part", lambda t: [
+            "--board", f"replay:{link('run-001.ptu', 'hh.ptu', True)(t)}", "--out", "run.ptu"],
+         "--out run.ptu would overwrite --board replay: run-001.ptu with its rotation part"),
+        ("summary-is-config", lambda t: ["--config", "config.json",
+                                         "--summary-json", str(t / "config.json")],
+         "is the same file as --config config.json"),
+        ("summary-is-symlink-to-config", lambda t: [
+            "--config", "config.json", "--summary-json", link("s.json", "config.json")(t)],
+         "--summary-json s.json is the same file as --config config.json"),
+        ("summary-is-hard-link-to-config", lambda t: [
+            "--config", link("c2.json", "config.json", True)(t),
+            "--summary-json", "config.json"],
+         "--summary-json config.json is the same file as --config c2.json"),
+        ("summary-is-out", lambda t: ["--out", "run.npz", "--summary-json", "./run.npz"],
+         "--summary-json ./run.npz is the same file as --out run.npz"),
+        ("summary-is-a-plot", lambda t: ["--plot", "plots", "--summary-json", "plots/g2.png"],
+         "--plot plots: plots/g2.png is the same file as --summary-json plots/g2.png"),
+        ("plot-is-config", lambda t: ["--plot", ".", "--config", link("rates.png",
+                                                                      "config.json")(t)],
+         "--plot .: ./rates.png is the same file as --config rates.png"),
+        ("replay-window", lambda t: ["--board", replay, "--window", "10"],
+         "--window does not apply to a replay"),
+        ("replay-channels", lambda t: ["--board", replay, "--channels", "2"],
+         "--channels does not apply to a replay"),
+        ("replay-herald", lambda t: ["--board", replay, "--herald", "0b11"],
+         "--herald does not apply to a replay"),
+        ("replay-duration", lambda t: ["--board", replay, "--duration", "1"],
+         "--duration does not apply to a replay"),
+    ]
+
+
+@pytest.mark.parametrize("setup,fragment",
+                         [pytest.param(a, f, id=i) for i, a, f in _same_file_cases()])
+def test_output_that_is_an_input_refused(setup, fragment, tmp_path, monkeypatch, capsys,
+                                         no_board):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    shutil.copyfile(HYDRAHARP, tmp_path / "hh.ptu")
+    (tmp_path / "config.json").write_text(GOOD_CONFIG)
+    args = setup(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    status = cli.main(["acquire", "--quiet", *args])
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("heraldry: error:"), captured.err
+    assert fragment in lines[0]
+    assert captured.out == ""
+    # Nothing was written, made or changed: the same files with the same bytes.
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["sub"]
+    assert (tmp_path / "hh.ptu").read_bytes() == HYDRAHARP.read_bytes()
+
+
+def test_plot_folder_is_made_at_the_end_and_outputs_not_colliding_pass(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The same checks let distinct outputs through: a missing --plot DIR (its parent exists)
+    is made when the plots are written, and a replay with its outputs next to its input runs."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(HYDRAHARP, tmp_path / "hh.ptu")
+    status = cli.main(["acquire", "--board", "replay:hh.ptu", "--quiet", "--out", "copy.ptu",
+                       "--summary-json", "s.json", "--plot", "plots"])
+    assert status == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "g2.png", "patterns.png", "rates.png"]
+    assert json.loads((tmp_path / "s.json").read_text())["tags"] == 305_565
+    assert (tmp_path / "hh.ptu").read_bytes() == HYDRAHARP.read_bytes()
+
+
+def test_calibrate_out_checked_like_acquire(tmp_path, capsys, no_board):
+    """``calibrate --out``: the same rule (no folders made, not a folder)."""
+    for out, fragment in ((tmp_path / "no" / "c.json", "no such folder"),
+                          (tmp_path, "is a folder, not a file")):
+        assert cli.main(["calibrate", "--board", "sim", "--out", str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0]
+    assert not (tmp_path / "no").exists()
 
 
 def test_tripwires_fire(no_board):
