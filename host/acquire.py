@@ -22,7 +22,8 @@ import numpy as np
 from ..protocol import Kind, LossCause
 from .decode import EVENT_DTYPE, Decoder
 from .tally import READ_INTERVAL_CYCLES, CounterTally
-from .driver import DeviceLost
+from .driver import BoardSilent, DeviceError, DeviceLost, NoReply
+from .interrupt import held
 
 __all__ = ["AcquisitionResult", "acquire_device", "acquire_sim", "summarise", "print_summary",
            "anchor_interval_for"]
@@ -106,13 +107,17 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     if anchor_interval is None:
         anchor_interval = anchor_interval_for(cycles, reg.minimum, reg.maximum)
     wall = time.monotonic()
-    device.write("control.run", 0)
-    device.write("control.status_period", 0)
-    device.configure(acq)
-    device.write("control.anchor_interval", anchor_interval)
-    device.clear()
-    device.drain_blocks()       # records of an earlier run: all in before clear() returned
-    tally = CounterTally(device.counters())     # 32-bit counters, extended from differences
+    try:
+        device.write("control.run", 0)
+        device.write("control.status_period", 0)
+        device.configure(acq)
+        device.write("control.anchor_interval", anchor_interval)
+        device.clear()
+        device.drain_blocks()       # records of an earlier run: all in before clear() returned
+        tally = CounterTally(device.counters())     # 32-bit counters, extended from differences
+    except NoReply:
+        # It answered the identification: a board that falls silent now has hung.
+        raise BoardSilent(f"the board stopped answering ({_silence(device)})") from None
     if counter_read_cycles is None:
         counter_read_cycles = READ_INTERVAL_CYCLES
     # The device's tallies are cumulative over its session: this run's are differences.
@@ -121,20 +126,28 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     host_dropped_before = device.host_dropped_tags.copy()
     parts = []
     epoch = None                # device count minus absolute cycle (a multiple of 2**32)
+    sink_failed = False         # the sink raised OSError (e.g. the disk is full): not called again
 
     def collect():
-        nonlocal epoch
-        block = device.drain_blocks()
-        if len(block.events):
+        nonlocal epoch, sink_failed
+        # A stop signal waits for the block to be kept and written (see host.interrupt).
+        with held():
+            block = device.drain_blocks()
+            if not len(block.events):
+                return
             parts.append(block.events)
             if epoch is None:
                 # Right after a now() poll: the first event is within 2**31 cycles of it.
                 first_bins = _bins(block.events["time_ps"][0], ident.bin_fs)
                 epoch = device.device_cycles(first_bins) - (first_bins >> ident.fine_bits)
-            if sink is not None:
+            if sink is not None and not sink_failed:
                 shifted = block.events.copy()
                 shifted["time_ps"] -= ((start - epoch) << ident.fine_bits) * ident.bin_fs // 1000
-                sink(shifted)
+                try:
+                    sink(shifted)
+                except OSError:
+                    sink_failed = True
+                    raise
 
     device.start()
     start = device.start_bounds[0]
@@ -162,20 +175,59 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
         device.flush()
         collect()
         counters = tally.update(device.counters())
-    except DeviceLost as error:
+    except (DeviceLost, NoReply, KeyboardInterrupt, OSError) as caught:
+        if isinstance(caught, OSError) and not sink_failed:
+            raise
+        error = caught
+        if isinstance(caught, NoReply):
+            error = BoardSilent(f"the board stopped answering ({_silence(device)})")
+        elif not isinstance(caught, DeviceLost) and not stopped:
+            # Interrupted, or the output cannot be written: the board is still there.
+            try:
+                device.stop()
+                stopped = True
+            except DeviceError:
+                pass
+        if isinstance(caught, KeyboardInterrupt):
+            what = f"interrupted by {getattr(caught, 'name', 'SIGINT')}"
+        elif isinstance(caught, OSError):
+            what = f"cannot write {caught.filename}: {caught.strerror}"
+        elif isinstance(caught, NoReply):
+            what = _silence(device)
+        else:
+            what = str(error)
         # Keep what arrived: the blocks decoded before the failure, and the open segment's
         # records counted as unverified (their CHECK will never come).
-        collect()
+        collect_quietly = _quiet(collect)
+        collect_quietly()
         device.flush()
-        collect()
+        collect_quietly()
         error.partial = _device_result(
             device, acq, duration_s, parts, None, start, epoch, stats_before, lost_before,
             host_dropped_before, time.monotonic() - wall, reached if not stopped else
-            device.stop_bounds[0], error=str(error))
-        raise
+            device.stop_bounds[0], error=what)
+        if error is caught:
+            raise
+        raise error from None
     return _device_result(device, acq, duration_s, parts, counters, start, epoch, stats_before,
                           lost_before, host_dropped_before, time.monotonic() - wall,
                           device.stop_bounds[0])
+
+
+def _silence(device):
+    """What a board that stopped answering did (no wrong-board guesses: it had identified)."""
+    return (f"no reply from {device.transport.name} after {device.retries + 1} attempts of "
+            f"{device.timeout:g} s")
+
+
+def _quiet(collect):
+    """``collect`` that lets a failing sink pass (already reported): what is left is kept."""
+    def run():
+        try:
+            collect()
+        except OSError:
+            pass
+    return run
 
 
 def _device_result(device, acq, duration_s, parts, counters, start, epoch, stats_before,

@@ -17,10 +17,18 @@ Exit status: 0 success; 2 bad options or a device that is not a heraldry board a
 port and baud rate (one line on stderr, nothing was run, nothing was written to the device); 3 the
 run completed but events were dropped (counted and reported; link segments damaged on the way
 included: ``link_lost_per_channel``); 4 the board went away during the
-run (port closed, cable pulled, virtual board killed): what was received and verified up to then
-is saved (``--out``, ``--summary-json`` with ``"complete": false``), a PTU file is finished with
-its record count patched and stop reason -10 ("data transfer failed"); 1 anything else, including
-hardware counters disagreeing with the streamed tags, or a board that stopped answering.
+run (port closed, cable pulled, virtual board killed) or stopped answering after it had
+identified (hung): what was received and verified up to then is saved (``--out``,
+``--summary-json`` with ``"complete": false``), a PTU file is finished with its record count
+patched, stop reason -10 ("data transfer failed") and the events-dropped flag set; 5 an output
+file could not be written (disk full, file too large): the run stops at once if it was the PTU
+stream, the PTU file keeps the whole records that reached it with its count patched (stop reason
+-10, events-dropped flag), a ``.npz``, ``--summary-json`` or plot is written whole or not at all
+(never a 0-byte file), the other outputs are still written, the summary is printed on stdout,
+and one line names what could not be written (5 outranks 1, 3 and 4); 128 + N stopped by signal
+N (130 SIGINT/Ctrl-C, 143 SIGTERM, e.g. from ``timeout``, 129 SIGHUP): the board is stopped and
+everything is saved as for 4, but with PTU stop reason 1 ("interrupted"); 1 anything else,
+including hardware counters disagreeing with the streamed tags.
 """
 
 import argparse
@@ -41,7 +49,7 @@ from .config import Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, p
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DROPPED, EXIT_LOST = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DROPPED, EXIT_LOST, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 
 #: Named boards. Both virtual boards have the generic PHY at 100 MHz (one bin is 10 ns) and the
@@ -243,6 +251,38 @@ def check_port(path):
     if not os.access(path, os.R_OK | os.W_OK):
         raise ConfigError(f"--board {path}: no permission to read and write it (on Linux, "
                           f"join the group that owns it, e.g. dialout)")
+    if is_own_terminal(path):
+        # Binary frames written there would garble the terminal (and leave it raw).
+        raise ConfigError(f"--board {path}: that is the terminal heraldry runs in, not the "
+                          f"serial port of a board")
+
+
+def is_own_terminal(path):
+    """Whether the character device ``path`` is this process's controlling terminal
+    (``/dev/tty``, or the device it stands for) or the terminal of its standard input, output
+    or error."""
+    try:
+        device = os.stat(path).st_rdev
+    except OSError:
+        return False
+    if device == os.makedev(5, 0):          # /dev/tty: always the controlling terminal
+        return True
+    terminals = set()
+    try:
+        with open("/proc/self/stat") as f:      # Linux: field 7, tty_nr, after "(comm)"
+            tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
+        if tty_nr:
+            terminals.add(os.makedev((tty_nr >> 8) & 0xFFF,
+                                     (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)))
+    except (OSError, ValueError, IndexError):
+        pass
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                terminals.add(os.fstat(fd).st_rdev)
+        except OSError:
+            pass
+    return device in terminals
 
 
 def board_from_identity(identity):
@@ -491,7 +531,7 @@ def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for
 
 
 def cmd_acquire(args):
-    from .driver import DeviceError, DeviceLost
+    from .driver import BoardSilent, DeviceError, DeviceLost
     from .transport import TransportError
     acq = None
     replay = None
@@ -547,6 +587,7 @@ def cmd_acquire(args):
         sink_for = _tee_sink_for(live.start, sink_for)
     from .ptu import StopReason
     result = None
+    ended = None        # the exception that cut the run short, if it left a partial result
     stop_reason = StopReason.TRANSFER_FAILED    # unless interrupted, or the run completes
     try:
         result, status = _acquire(args, acq, progress, sink_for, replay)
@@ -557,25 +598,46 @@ def cmd_acquire(args):
             sys.stderr.write("\n")
         if error.partial is None:
             saved = (f"; {writers[0].paths[0]} holds no records" if writers else "")
-            _error(f"the board went away before the run started ({error}){saved}")
+            what = ("stopped answering" if isinstance(error, BoardSilent) else "went away")
+            _error(f"the board {what} before the run started ({error}){saved}")
             return EXIT_LOST
-        result = error.partial          # saved below like a complete run, marked incomplete
+        result, ended = error.partial, error    # saved below, marked incomplete
     except (DeviceError, TransportError) as error:
         if tty:
             sys.stderr.write("\n")
         _error(error)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        stop_reason = StopReason.MANUAL
-        sys.stderr.write("\nheraldry: interrupted\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:      # SIGINT, SIGTERM or SIGHUP (host.interrupt)
+        if tty:
+            sys.stderr.write("\n")
+        if getattr(error, "partial", None) is None:
+            stop_reason = StopReason.MANUAL
+            saved = (f"; {writers[0].paths[0]} is finished with what it holds (stop reason 1, "
+                     f"interrupted)" if writers else "")
+            sys.stderr.write(f"heraldry: interrupted by {_signal_name(error)} before the run "
+                             f"had data{saved}\n")
+            return _interrupted_status(error)
+        result, ended = error.partial, error
+    except OSError as error:                # an output could not be written (the disk is full)
+        if tty:
+            sys.stderr.write("\n")
+        if getattr(error, "partial", None) is None:
+            _error(f"cannot write {error.filename}: {error.strerror}"
+                   + (f"; {writers[0].paths[0]} is finished with the {writers[0].records} "
+                      f"records written (count patched)" if writers and writers[0].paths
+                      else ""))
+            return EXIT_OUTPUT
+        result, ended = error.partial, error
     finally:
         if result is None and writers:
             # Whatever was streamed stays readable; the header says why it ends early.
-            writers[0].close(stop_reason=stop_reason)
+            try:
+                writers[0].close(stop_reason=stop_reason, incomplete=True)
+            except OSError:
+                pass            # reported above (the same full disk)
     from .acquire import print_summary, summarise
-    if replay is None and not result.complete:
-        return _save_partial(args, result, writers)
+    if ended is not None:
+        return _save_partial(args, result, writers, ended)
     if live is not None:
         live.finish()
     if replay is not None:
@@ -593,32 +655,45 @@ def cmd_acquire(args):
         if replay.incomplete:
             summary["complete"] = False
             summary["incomplete"] = replay.incomplete
+    failed = []         # (what, OSError) of each output that could not be written
     if writers:
         seconds = result.device_seconds or result.duration_s
-        writers[0].close(acquisition_time_s=seconds,
-                         input_rates_hz=[s / seconds if seconds else 0
-                                         for s in summary["singles"]],
-                         events_dropped=summary["dropped"], summary=summary,
-                         stop_reason=_completed_stop_reason(summary))
-        if not args.quiet:
-            sys.stderr.write(f"heraldry: wrote {writers[0].records} PTU records to "
-                             f"{', '.join(writers[0].paths)}\n")
+        try:
+            writers[0].close(acquisition_time_s=seconds,
+                             input_rates_hz=[s / seconds if seconds else 0
+                                             for s in summary["singles"]],
+                             events_dropped=summary["dropped"], summary=summary,
+                             stop_reason=_completed_stop_reason(summary))
+        except OSError as error:
+            failed.append((_ptu_saved(writers[0]), error))
+        else:
+            if not args.quiet:
+                sys.stderr.write(f"heraldry: wrote {writers[0].records} PTU records to "
+                                 f"{', '.join(writers[0].paths)}\n")
     elif args.out:
-        tags = result.tags
-        np.savez(args.out, channel=tags["channel"].astype(np.uint8),
-                 time_ps=tags["time_ps"].astype(np.int64))
+        try:
+            _write_npz(args.out, result.tags)
+        except OSError as error:
+            failed.append((f"{args.out} not written", error))
     if args.plot:
         from .plots import write_plots
-        summary["plots"] = write_plots(result, summary, args.plot)
+        try:
+            summary["plots"] = write_plots(result, summary, args.plot)
+        except OSError as error:
+            failed.append((f"plots in {args.plot} incomplete", error))
     if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=1)
-            f.write("\n")
+        try:
+            _write_json(args.summary_json, summary)
+        except OSError as error:
+            failed.append((f"{args.summary_json} not written", error))
     if not args.quiet:
         print_summary(summary)
     else:
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
+    if failed:
+        _output_error(failed)
+        return EXIT_OUTPUT
     if summary["complete"] is False:        # a replayed file cut short or never finished
         sys.stderr.write(f"heraldry: warning: {summary['incomplete']}; replayed "
                          f"{summary['device_seconds']:g} s of records, marked \"complete\": "
@@ -631,41 +706,124 @@ def cmd_acquire(args):
     return EXIT_OK
 
 
-def _save_partial(args, result, writers):
-    """A run cut short by a lost link: finish every output with what was received and verified,
-    say in one line what happened and what was saved, return :data:`EXIT_LOST`."""
-    from .acquire import summarise
+def _signal_name(error):
+    """The signal behind a KeyboardInterrupt (SIGINT unless host.interrupt says otherwise)."""
+    return getattr(error, "name", "SIGINT")
+
+
+def _interrupted_status(error):
+    """128 + the signal's number, as a shell reports a process ended by it."""
+    return 128 + getattr(error, "signum", signal.SIGINT)
+
+
+def _write_npz(path, tags):
+    """``--out FILE.npz``: every tag's channel and time, written whole or not at all. (NumPy
+    adds ``.npz`` to a name without it; so does this.)"""
+    from .outputs import write_atomically
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    write_atomically(path, lambda f: np.savez(f, channel=tags["channel"].astype(np.uint8),
+                                              time_ps=tags["time_ps"].astype(np.int64)))
+
+
+def _write_json(path, summary):
+    from .outputs import write_atomically
+
+    def write(f):
+        json.dump(summary, f, indent=1)
+        f.write("\n")
+    write_atomically(path, write, mode="w")
+
+
+def _ptu_saved(writer, reason="stop reason -10, data transfer failed"):
+    """What a PTU writer that could not write everything left behind, for the error line."""
+    if not writer.paths:
+        return "no PTU file left (not even its header fitted)"
+    return (f"{writer.records} PTU records kept in {', '.join(writer.paths)} (count patched, "
+            f"{reason}, events-dropped flag set)")
+
+
+def _output_error(failed):
+    """One line for every output that could not be written."""
+    _error("; ".join(f"cannot write {error.filename}: {error.strerror} ({what})"
+                     for what, error in failed)
+           + "; the summary is on stdout")
+
+
+def _save_partial(args, result, writers, ended):
+    """A run cut short (``ended``: the board went away (:class:`DeviceLost`) or stopped
+    answering (:class:`BoardSilent`), a stop signal (KeyboardInterrupt), an output that could
+    not be written (OSError)): finish every output with what was received and verified, print
+    the summary, say in one line what happened and what was saved. Returns :data:`EXIT_LOST`,
+    128 + the signal's number, or :data:`EXIT_OUTPUT` (also when any output fails here)."""
+    from .acquire import print_summary, summarise
+    from .driver import BoardSilent, DeviceError, DeviceLost
     from .ptu import StopReason
     summary = summarise(result, board=args.board)
     saved = []
-    # Records of the segment open at the failure were received but never verified: lost too.
+    failed = []
+    into = f"{result.device_seconds * 1e3:.1f} ms of device time into the run"
+    if isinstance(ended, KeyboardInterrupt):
+        head = f"interrupted by {_signal_name(ended)} {into}"
+        stop_reason, reason_text = StopReason.MANUAL, "stop reason 1, interrupted"
+        status = _interrupted_status(ended)
+    else:
+        if isinstance(ended, BoardSilent):
+            head = f"the board stopped answering {into} ({result.error})"
+        elif isinstance(ended, DeviceLost):
+            head = f"the board went away {into} ({result.error})"
+        else:
+            head = f"cannot write {ended.filename}: {ended.strerror}; the run was stopped {into}"
+        stop_reason, reason_text = StopReason.TRANSFER_FAILED, "stop reason -10, data " \
+            "transfer failed"
+        status = EXIT_OUTPUT if isinstance(ended, OSError) and not isinstance(
+            ended, DeviceError) else EXIT_LOST
+    # Records of the segment open at the end were received but never verified: lost too.
     lost = summary["dropped"] + (summary["unverified"] or 0)
     if writers:
+        writer = writers[0]
         seconds = result.device_seconds
-        writers[0].close(acquisition_time_s=seconds, stop_reason=StopReason.TRANSFER_FAILED,
+        try:
+            writer.close(acquisition_time_s=seconds, stop_reason=stop_reason,
                          input_rates_hz=[t / seconds if seconds else 0
                                          for t in summary["tags_per_channel"]],
-                         events_dropped=lost, summary=summary)
-        saved.append(f"{writers[0].records} PTU records to {', '.join(writers[0].paths)} "
-                     f"(stop reason -10, data transfer failed"
-                     + (f"; {lost} records lost, flagged" if lost else "") + ")")
+                         events_dropped=lost, summary=summary, incomplete=True)
+        except OSError as error:
+            failed.append((_ptu_saved(writer), error))
+        if writer.failed is not None and writer.failed is ended:
+            saved.append(_ptu_saved(writer, reason_text))
+        elif not failed:
+            saved.append(f"{writer.records} PTU records to {', '.join(writer.paths)} "
+                         f"({reason_text}; flagged incomplete"
+                         + (f", {lost} records lost" if lost else "") + ")")
     elif args.out:
-        tags = result.tags
-        np.savez(args.out, channel=tags["channel"].astype(np.uint8),
-                 time_ps=tags["time_ps"].astype(np.int64))
-        saved.append(f"{len(tags)} tags to {args.out}")
+        try:
+            _write_npz(args.out, result.tags)
+            saved.append(f"{len(result.tags)} tags to {args.out}")
+        except OSError as error:
+            failed.append((f"{args.out} not written", error))
     if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=1)
-            f.write("\n")
-        saved.append(f"the summary to {args.summary_json}")
+        try:
+            _write_json(args.summary_json, summary)
+            saved.append(f"the summary to {args.summary_json}")
+        except OSError as error:
+            failed.append((f"{args.summary_json} not written", error))
     if args.quiet:
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
-    what = "; saved " + " and ".join(saved) if saved else "; nothing was saved (no --out)"
-    _error(f"the board went away {result.device_seconds * 1e3:.1f} ms of device time into the "
-           f"run ({result.error}); {summary['tags']} tags received and verified{what}")
-    return EXIT_LOST
+    else:
+        print_summary(summary)
+    what = "; saved " + " and ".join(saved) if saved else "; nothing was saved" + (
+        "" if failed or args.out or args.summary_json else " (no --out)")
+    problems = "".join(f"; cannot write {error.filename}: {error.strerror} ({w})"
+                       for w, error in failed)
+    line = f"{head}; {summary['tags']} tags received and verified{what}{problems}"
+    if isinstance(ended, KeyboardInterrupt) and not failed:
+        sys.stderr.write(f"heraldry: {line}\n")      # what the user asked for: not an error
+    else:
+        _error(line)
+    return EXIT_OUTPUT if failed else status
 
 
 def _completed_stop_reason(summary):
@@ -798,7 +956,13 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "acquire":
-        return cmd_acquire(args)
+        from .interrupt import stop_on_signals
+        with stop_on_signals():
+            try:
+                return cmd_acquire(args)
+            except KeyboardInterrupt as error:       # before the run, or while finishing
+                sys.stderr.write(f"heraldry: interrupted by {_signal_name(error)}\n")
+                return _interrupted_status(error)
     if args.command == "sim":
         return cmd_sim(args)
     if args.command in COMMAND_HANDLERS:

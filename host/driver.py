@@ -37,8 +37,8 @@ from .config import ConfigError
 from .decode import EVENT_DTYPE, Block
 from .transport import TransportError
 
-__all__ = ["DeviceError", "DeviceLost", "NoReply", "IdentificationError", "Identity", "Device",
-           "COUNTER_GROUPS"]
+__all__ = ["DeviceError", "DeviceLost", "BoardSilent", "NoReply", "IdentificationError",
+           "Identity", "Device", "COUNTER_GROUPS"]
 
 #: Counter groups of ``protocol.CounterMap``, in address order.
 COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
@@ -67,6 +67,13 @@ class DeviceLost(DeviceError):
     ``None``: the board cannot be asked any more)."""
 
     partial = None
+
+
+class BoardSilent(DeviceLost):
+    """A board that had identified itself stopped answering: its commands get no REPLY after the
+    resends while the port stays open (the gateware or the bridge hung, the virtual board's
+    process was stopped). Raised by :func:`heraldry.host.acquire.acquire_device` in place of
+    :class:`NoReply`, with ``partial`` like :class:`DeviceLost` once the run had started."""
 
 
 class NoReply(DeviceError):

@@ -70,6 +70,8 @@ def write_plots(result, summary, folder):
     matplotlib.use("Agg")       # files only: never a window, whatever the environment says
     from matplotlib.figure import Figure
 
+    from .outputs import write_atomically
+
     acq = result.acquisition
     n = acq.channels
     duration_ps = int(round((result.device_seconds or result.duration_s) * 1e12))
@@ -78,8 +80,9 @@ def write_plots(result, summary, folder):
     paths = []
 
     def save(fig, key):
+        # Whole or not at all (a full disk leaves no truncated PNG): see host.outputs.
         path = os.path.join(folder, PLOT_FILES[key])
-        fig.savefig(path, dpi=80)
+        write_atomically(path, lambda f: fig.savefig(f, dpi=80, format="png"))
         paths.append(path)
 
     edges, rates = rates_data(tags, n, int(round(result.duration_s * 1e12)), acq.bin_ps)

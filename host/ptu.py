@@ -217,11 +217,19 @@ class PTUWriter:
         :data:`MAX_WRAPS_PER_RECORD`, the most that every tested reader decodes).
 
     Members: ``paths`` (parts written so far), ``records`` (records of all parts, overflow
-    records included), ``events`` (non-overflow records), ``lost`` (items of loss records).
+    records included), ``events`` (non-overflow records), ``lost`` (items of loss records),
+    ``failed`` (the ``OSError`` that stopped the writing, e.g. a full disk, else ``None``).
 
     Every :meth:`write_block` ends with a flush to the operating system, and the header's record
     count stays 0 until :meth:`close` patches it: a killed run leaves files that size-based
     readers (ptufile, tttrlib) open in full, less the last ``reorder_bins`` still held back.
+
+    When writing fails (``OSError``: no space left, file too large, ...), :meth:`write_block`
+    (or :meth:`close`) first makes the part being written readable: it is cut to the whole
+    records that reached the file, its record count is patched in place (no new space needed),
+    and ``records`` is set to what the parts hold; then the error is raised. Nothing more is
+    written; :meth:`close` still patches every header (stop reason, events-dropped flag,
+    summary). A part whose header could not be written is removed.
     """
 
     def __init__(self, path, *, bin_ps, channel_map, config=None, reorder_bins=None,
@@ -252,6 +260,7 @@ class PTUWriter:
         self._pending_channels = np.zeros(0, np.uint8)
         self._file = None
         self._closed = False
+        self.failed = None
         self._open_part()
 
     @classmethod
@@ -320,10 +329,17 @@ class PTUWriter:
         if len(header) + 4 * 2 > self.max_bytes:
             raise ValueError(f"max_bytes {self.max_bytes} leaves no room for records")
         self._file = open(path, "wb")
-        self._file.write(header)
-        self._file.flush()
+        try:
+            self._file.write(header)
+            self._file.flush()
+        except OSError:
+            # Without its whole header the part is no PTU file: leave nothing behind.
+            file, self._file = self._file, None
+            _close_quietly(file)
+            os.remove(path)
+            raise
         self.paths.append(path)
-        self._part_bytes = len(header)
+        self._header_bytes = self._part_bytes = len(header)
         self._part_records = 0
         self._wraps = 0                 # wraps accounted for by this part's overflow records
 
@@ -344,10 +360,36 @@ class PTUWriter:
             return units
         return np.rint(time_ps / self.bin_ps).astype(np.int64)
 
+    def _salvage(self, error):
+        """After ``error`` (an OSError) while writing: cut the open part to the whole records
+        on disk and patch its record count (see the class docstring)."""
+        self.failed = error
+        if self._file is not None and not error.filename:
+            error.filename = self.paths[-1]     # a buffered write's error names no file
+        self._pending_units = self._pending_units[:0]
+        self._pending_channels = self._pending_channels[:0]
+        file, self._file = self._file, None
+        if file is None:
+            return              # a new part's header failed: it was removed
+        _close_quietly(file)    # what the buffer still holds may or may not reach the file
+        path = self.paths[-1]
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            whole = max(0, (size - self._header_bytes) // 4)
+            f.truncate(self._header_bytes + 4 * whole)
+            f.seek(self._offsets["records"])
+            f.write(struct.pack("<q", whole))
+        self.records += whole - self._part_records
+        self._part_records = whole
+
     def write_block(self, events):
-        """Add a block of decoded records (any order within ``reorder_bins``), then flush."""
+        """Add a block of decoded records (any order within ``reorder_bins``), then flush.
+        Raises ``OSError`` when the file cannot be written (after making it readable, see the
+        class docstring), ``ValueError`` for records it cannot place."""
         if self._closed:
             raise ValueError("the PTU writer is closed")
+        if self.failed is not None:
+            raise OSError(self.failed.errno, self.failed.strerror, self.failed.filename)
         events = np.asarray(events, EVENT_DTYPE)
         kind = events["kind"]
         loss = kind == Kind.LOSS.value
@@ -380,9 +422,17 @@ class PTUWriter:
             order = np.argsort(units, kind="stable")
             units, channels = units[order], channels[order]
             due = np.searchsorted(units, self._max_seen - self.reorder_bins, side="right")
-            self._emit(units[:due], channels[:due])
             self._pending_units, self._pending_channels = units[due:], channels[due:]
-        self._file.flush()
+            try:
+                self._emit(units[:due], channels[:due])
+            except OSError as error:
+                self._salvage(error)
+                raise
+        try:
+            self._file.flush()
+        except OSError as error:
+            self._salvage(error)
+            raise
 
     def _encode(self, units, channels):
         """Records for sorted ``units``/``channels`` after ``self._wraps``; also returns, per
@@ -429,19 +479,31 @@ class PTUWriter:
     # -- end ---------------------------------------------------------------------------------
 
     def close(self, *, acquisition_time_s=None, input_rates_hz=None,
-              stop_reason=StopReason.TIME_OVER, events_dropped=None, summary=None):
+              stop_reason=StopReason.TIME_OVER, events_dropped=None, summary=None,
+              incomplete=False):
         """Write what is held back, then patch every part's header: record count (own part),
         ``MeasDesc_AcquisitionTime`` (default: the last event's time), ``TTResult_InputRate(i)``
         (default: tags written per input / acquisition time), ``TTResult_StopReason``,
         ``Heraldry_EventsLost`` and the events-dropped warning flag (set when
-        ``events_dropped`` (default: the loss records' items) is non-zero), and
-        ``Heraldry_Summary`` (``summary``, a JSON-able dict, if given)."""
+        ``events_dropped`` (default: the loss records' items) is non-zero, when ``incomplete``
+        (a run cut short: what the board still held never arrived), or when writing failed),
+        and ``Heraldry_Summary`` (``summary``, a JSON-able dict, if given).
+
+        Raises ``OSError`` if the held-back records cannot be written (after patching every
+        header as above) or a header cannot be patched. After a failed :meth:`write_block` it
+        patches the headers and raises nothing more."""
         if self._closed:
             return
-        self._emit(self._pending_units, self._pending_channels)
-        self._pending_units = self._pending_units[:0]
-        self._pending_channels = self._pending_channels[:0]
-        self._close_part()
+        error = None
+        if self.failed is None:
+            try:
+                self._emit(self._pending_units, self._pending_channels)
+                self._pending_units = self._pending_units[:0]
+                self._pending_channels = self._pending_channels[:0]
+                self._close_part()
+            except OSError as caught:
+                self._salvage(caught)
+                error = caught
         self._closed = True
         if acquisition_time_s is None:
             acquisition_time_s = self._last_units * self.bin_ps * 1e-12
@@ -449,9 +511,10 @@ class PTUWriter:
             input_rates_hz = (self._tag_counts / acquisition_time_s if acquisition_time_s > 0
                               else np.zeros(self.map.channels))
         dropped = self.lost if events_dropped is None else int(events_dropped)
+        flagged = dropped or incomplete or self.failed is not None
         patches = {"acquisition_ms": int(round(acquisition_time_s * 1e3)),
                    "stop_reason": int(stop_reason), "lost": dropped,
-                   "warnings": WARNING_EVENTS_DROPPED if dropped else 0}
+                   "warnings": WARNING_EVENTS_DROPPED if flagged else 0}
         for i, rate in enumerate(input_rates_hz):
             patches[("rate", i)] = int(round(rate))
         text = self._summary_text(summary) if summary is not None else None
@@ -463,6 +526,8 @@ class PTUWriter:
                 if text is not None:
                     f.seek(self._offsets["summary"] + 8)      # the payload follows the value
                     f.write(text)
+        if error is not None:
+            raise error
 
     def _summary_text(self, summary):
         for variant in (summary, {k: v for k, v in summary.items() if k != "patterns"},
@@ -478,6 +543,15 @@ class PTUWriter:
 
     def __exit__(self, *exc):
         self.close(stop_reason=StopReason.TIME_OVER if exc[0] is None else StopReason.MANUAL)
+
+
+def _close_quietly(file):
+    """Close ``file`` after a failed write: flushing its buffer may fail again (the descriptor
+    is closed all the same)."""
+    try:
+        file.close()
+    except OSError:
+        pass
 
 
 # -- reading ---------------------------------------------------------------------------------

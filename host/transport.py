@@ -71,6 +71,10 @@ class SerialTransport(Transport):
         Device path (``/dev/ttyUSB1``, ``/dev/pts/5``). Board names are resolved by the caller.
     baud : int
         Line rate; must match the gateware's UART (ignored by pseudo-terminals).
+
+    Opening the port makes the line raw (8N1, no echo, no flow control); :meth:`close` puts back
+    the terminal settings it had (on POSIX), so a terminal or a port shared with other programs
+    is left as it was found.
     """
 
     def __init__(self, port, baud=12_000_000):
@@ -79,8 +83,8 @@ class SerialTransport(Transport):
         self.baud = baud
         try:
             # 8N1, no flow control: the device never waits for the host (docs/protocol.md).
-            self._serial = serial.Serial(self.name, baudrate=baud, timeout=0.1,
-                                         write_timeout=5.0, exclusive=True)
+            self._serial = _serial_class()(self.name, baudrate=baud, timeout=0.1,
+                                           write_timeout=5.0, exclusive=True)
         except (serial.SerialException, ValueError, OSError) as error:
             raise TransportError(f"cannot open serial port {self.name!r}: {error}") from None
         self._timeout = 0.1
@@ -126,7 +130,39 @@ class SerialTransport(Transport):
             self._serial.cancel_read()
         except Exception:   # already gone: closing is all that is left to do
             pass
+        saved = getattr(self._serial, "saved_termios", None)
+        if saved is not None and self._serial.fd is not None:
+            import termios
+            try:
+                termios.tcsetattr(self._serial.fd, termios.TCSANOW, saved)
+            except (termios.error, OSError):    # the port went away: nothing to put back
+                pass
         self._serial.close()
+
+
+def _serial_class():
+    """pyserial's ``Serial``; on POSIX, one that keeps the terminal settings it found.
+
+    pyserial opens the port and then makes it raw in ``_reconfigure_port`` (pyserial 3.x); the
+    settings are read just before the first reconfiguration, so that :meth:`SerialTransport.close`
+    can restore them."""
+    import serial
+    try:
+        import termios
+    except ImportError:             # not POSIX: no terminal settings to keep
+        return serial.Serial
+
+    class KeptSettingsSerial(serial.Serial):
+        saved_termios = None
+
+        def _reconfigure_port(self, *args, **kwargs):
+            if self.saved_termios is None and self.fd is not None:
+                try:
+                    self.saved_termios = termios.tcgetattr(self.fd)
+                except termios.error:
+                    pass
+            return super()._reconfigure_port(*args, **kwargs)
+    return KeptSettingsSerial
 
 
 class SimTransport(Transport):

@@ -120,7 +120,8 @@ def _check_partial_outputs(status, out, err, ptu, summary_path, *, port_in_messa
     assert tags["TTResult_StopReason"] == StopReason.TRANSFER_FAILED == -10
     lost = summary["dropped"] + summary["unverified"]
     assert tags["Heraldry_EventsLost"] == lost
-    assert bool(tags["TTResult_MDescWarningFlags"] & WARNING_EVENTS_DROPPED) == (lost > 0)
+    # A run cut short is flagged whatever the count: what the board still held never arrived.
+    assert tags["TTResult_MDescWarningFlags"] & WARNING_EVENTS_DROPPED
     assert tags["MeasDesc_AcquisitionTime"] == round(summary["device_seconds"] * 1e3)
     assert json.loads(tags["Heraldry_Summary"]) == summary
     units = ours.time_ps // BIN_PS
