@@ -16,6 +16,7 @@ from heraldry.protocol import (
 )
 from heraldry.protocol import (
     CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, FIXED_LENGTH_KINDS, REGISTER_VALUE_BITS,
+    REPLY_CHECK_BITS, REPLY_FIELD_BITS, reply_check_matrix,
 )
 
 __all__ = ["SIDE_LAYOUT", "Encoder"]
@@ -43,6 +44,18 @@ def _crc_byte(m, crc, byte):
                            ^ (value[-1].replicate(width) & Const(CHECK_CRC_POLY, width)))
         value = nxt
     return value
+
+
+def _reply_check(m, fields):
+    """The check of a STATUS/REPLY (``heraldry.protocol.reply_check``) of the ``fields`` signal:
+    an XOR network built from the CRC's affine form (one parity of a constant subset of the
+    fields per check bit)."""
+    constant, columns = reply_check_matrix()
+    check = Signal(REPLY_CHECK_BITS, name="reply_check")
+    for j in range(REPLY_CHECK_BITS):
+        taps = [fields[i] for i in range(REPLY_FIELD_BITS) if (columns[i] >> j) & 1]
+        m.d.comb += check[j].eq(Cat(*taps).xor() ^ ((constant >> j) & 1))
+    return check
 
 
 def _record_bytes(payload_bits, first_bits):
@@ -74,7 +87,7 @@ class Encoder(wiring.Component):
     does). Records are then encoded as ``docs/protocol.md`` says: TAG delta, COINCIDENCE and
     HERALD zigzag offsets from the running time T, computed modulo ``2**time_bits(F)`` (a segment's
     items are taken within ``anchor_interval <= 2**31`` cycles, so every true delta fits); LOSS,
-    STATUS and REPLY fields.
+    STATUS and REPLY fields (the latter two with their check, ``protocol.reply_check``).
     ANCHOR, CHECK, STATUS and REPLY go out at their full length (``heraldry.wire
     .FIXED_LENGTH_KINDS``), the others at their shortest. CHECK carries the byte count
     (mod ``2**CHECK_FIELD_BITS``) and CRC (``heraldry.wire.crc16``) of its segment's bytes, the
@@ -148,7 +161,7 @@ class Encoder(wiring.Component):
         cb = wire_channel_bits(n)
         bpb = WIRE_BITS_PER_BYTE
         kind_bits = Shape.cast(WireKind).width
-        register_bits = 1 + WIRE_SEQ_BITS + REGISTER_ADDRESS_BITS + REGISTER_VALUE_BITS
+        register_bits = REPLY_FIELD_BITS + REPLY_CHECK_BITS
         loss_bits = Shape.cast(LossCause).width + CHANNEL_BITS + LOSS_COUNT_BITS
         check_bits = 2 * CHECK_FIELD_BITS
 
@@ -269,7 +282,8 @@ class Encoder(wiring.Component):
         strings = {kind: (wire_kind, bit_string(wire_kind, payload))
                    for kind, (wire_kind, payload) in payloads.items()}
         side = self.side.payload
-        side_payload = Cat(side.ok, side.seq, side.address, side.value)
+        side_fields = Cat(side.ok, side.seq, side.address, side.value)
+        side_payload = Cat(side_fields, _reply_check(m, side_fields))
         side_strings = {kind: bit_string(kind, side_payload)
                         for kind in (WireKind.STATUS, WireKind.REPLY)}
 

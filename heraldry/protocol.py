@@ -292,7 +292,8 @@ class WireKind(enum.Enum, shape=3):
 
     ANCHOR, CHECK, STATUS and REPLY are sent at full length (``FIXED_LENGTH_KINDS``).
     * STATUS / REPLY: a register value: ``ok`` (1 bit), ``seq`` (``WIRE_SEQ_BITS``),
-      ``address`` (``REGISTER_ADDRESS_BITS``), ``value`` (32 bits). STATUS records are the
+      ``address`` (``REGISTER_ADDRESS_BITS``), ``value`` (32 bits), ``check``
+      (``REPLY_CHECK_BITS``: :func:`reply_check` of the fields before it). STATUS records are the
       periodic counter snapshot (seq = 0, ok = 1); REPLY answers a command. No time.
     """
     COINCIDENCE = 0
@@ -324,6 +325,38 @@ CHECK_CRC_POLY = 0x1021
 CHECK_CRC_INIT = 0xFFFF
 #: Width of a register value on the link (STATUS/REPLY records, command frames).
 REGISTER_VALUE_BITS = 32
+#: Bits of a STATUS/REPLY record's fields before its check: ok, seq, address, value.
+REPLY_FIELD_BITS = 1 + WIRE_SEQ_BITS + REGISTER_ADDRESS_BITS + REGISTER_VALUE_BITS
+#: The check of a STATUS/REPLY record (protocol version 3): CRC-8 with polynomial
+#: x^8 + x^2 + x + 1 (0x07), initial value 0xFF, MSB-first shift register, no final XOR, over the
+#: ``REPLY_FIELD_BITS`` bits of ok, seq, address and value, least significant first. Its Hamming
+#: distance is 4 up to 119 message bits: every error of up to 3 bits is caught, and all but 1/256
+#: of the others. A REPLY is taken on its check (and its seq and address), not by repetition.
+REPLY_CHECK_BITS = 8
+REPLY_CHECK_POLY = 0x07
+REPLY_CHECK_INIT = 0xFF
+
+
+def reply_check(fields):
+    """The check of a STATUS/REPLY whose ok, seq, address and value are ``fields`` (an integer,
+    ``ok`` in bit 0, ``REPLY_FIELD_BITS`` wide)."""
+    top = 1 << (REPLY_CHECK_BITS - 1)
+    mask = (1 << REPLY_CHECK_BITS) - 1
+    crc = REPLY_CHECK_INIT
+    for i in range(REPLY_FIELD_BITS):
+        feedback = bool(crc & top) ^ ((fields >> i) & 1)
+        crc = ((crc << 1) & mask) ^ (REPLY_CHECK_POLY if feedback else 0)
+    return crc
+
+
+def reply_check_matrix():
+    """``(constant, columns)``: :func:`reply_check` as an affine map over GF(2), ``check =
+    constant ^ XOR of columns[i] for every set bit i of fields``. (A CRC is linear in its message
+    once the initial value's part is split off.) The gateware builds its XOR network and the fast
+    decoder its check from this, so both follow :func:`reply_check`."""
+    constant = reply_check(0)
+    return constant, [reply_check(1 << i) ^ constant for i in range(REPLY_FIELD_BITS)]
+
 #: Reset value of ``control.anchor_interval`` (cycles between ANCHORs).
 DEFAULT_ANCHOR_INTERVAL = 2 ** 20
 
@@ -388,7 +421,7 @@ def command_check_step(crc, bit):
 # and docs/registers.md is generated from it.
 
 MAGIC = 0x484C5244              #: "HRLD" read from register IDENT_MAGIC
-PROTOCOL_VERSION = 2             #: 2: command frames carry a CRC-5 check
+PROTOCOL_VERSION = 3             #: 2: command frames carry a CRC-5 check; 3: replies a CRC-8
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,16 @@ Record dicts (input of :func:`encode_records`, output of :func:`decode_bytes`):
   at which it was read (the encoder ignores a ``time`` key on LOSS records).
 * ``{"kind": "anchor", "time"}`` and ``{"kind": "check"}`` (``bytes``/``crc`` computed by the
   encoder unless given; the decoder returns them).
-* ``{"kind": "status" | "reply", "ok", "seq", "address", "value"}``.
+* ``{"kind": "status" | "reply", "ok", "seq", "address", "value"}`` (the encoder adds the
+  ``check``, :func:`~heraldry.protocol.reply_check`, unless given; the decoder takes only records
+  whose check matches and leaves it out).
 """
 
 from amaranth.hdl import Shape
 
 from .protocol import (  # noqa: F401 (re-exported: wire constants live in protocol)
     CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, DEFAULT_ANCHOR_INTERVAL, FIXED_LENGTH_KINDS,
-    REGISTER_VALUE_BITS,
+    REGISTER_VALUE_BITS, REPLY_CHECK_BITS, REPLY_FIELD_BITS, reply_check,
     CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
     COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS,
     command_check_step,
@@ -96,7 +98,7 @@ class WireFormat:
         self.channel_bits = wire_channel_bits(channels)
         self.time_bits = time_bits(fine_bits)
         register = [("ok", 1), ("seq", WIRE_SEQ_BITS), ("address", REGISTER_ADDRESS_BITS),
-                    ("value", REGISTER_VALUE_BITS)]
+                    ("value", REGISTER_VALUE_BITS), ("check", REPLY_CHECK_BITS)]
         self.fields = {
             Kind.TAG: [("channel", self.channel_bits), ("delta", self.time_bits)],
             WireKind.COINCIDENCE: [("pattern", channels), ("offset", self.time_bits)],
@@ -176,7 +178,8 @@ class WireFormat:
     def well_formed(self, record):
         """``(kind, values)`` of a record on its own, or ``None`` if malformed: reserved kind,
         a length outside 1 .. ``max_bytes`` (exactly ``fixed_bytes`` for control kinds), a payload
-        wider than the kind's fields, a channel, rule or loss index that does not exist.
+        wider than the kind's fields, a channel, rule or loss index that does not exist, a
+        STATUS/REPLY whose check is not :func:`~heraldry.protocol.reply_check` of its fields.
         (Time rules need the running state: see :func:`decode_bytes`.)"""
         if not record or record[0] < WIRE_START:
             return None
@@ -201,6 +204,9 @@ class WireFormat:
                      LossCause.HERALD_RECORD: self.rules,
                      LossCause.COINCIDENCE_RECORD: 1}[cause]
             if values["index"] >= limit:
+                return None
+        if kind in (WireKind.STATUS, WireKind.REPLY):
+            if values["check"] != reply_check(payload & ((1 << REPLY_FIELD_BITS) - 1)):
                 return None
         return kind, values
 
@@ -264,7 +270,10 @@ def encode_records(records, channels, rules, fine_bits=0):
                           "crc": crc16(segment)}
             segment_start = None
         elif kind in _SIDE_KINDS:
-            wire_kind, values = _SIDE_KINDS[kind], rec
+            wire_kind, values = _SIDE_KINDS[kind], dict(rec)
+            if "check" not in values:       # a test may give a wrong one
+                values["check"] = 0
+                values["check"] = reply_check(fmt.pack(wire_kind, values))
         else:
             kind = Kind(kind)
             if kind is Kind.TAG:
@@ -398,7 +407,8 @@ def decode_bytes(data, channels, rules, fine_bits=0):
         parsed = fmt.well_formed(record)
         kind = fmt.record_kind(record[0]) if record[0] >= WIRE_START else None
         if parsed is not None and kind in (WireKind.STATUS, WireKind.REPLY):
-            side = {"kind": "status" if kind is WireKind.STATUS else "reply", **parsed[1]}
+            side = {"kind": "status" if kind is WireKind.STATUS else "reply",
+                    **{key: value for key, value in parsed[1].items() if key != "check"}}
             out.append((position, side))
         if seg is None:
             if parsed is not None and kind is WireKind.ANCHOR:

@@ -19,7 +19,6 @@ away.
 """
 
 import json
-import os
 import sys
 
 from ..protocol import DELAY_BITS
@@ -115,9 +114,11 @@ def cmd_calibrate(args):
     from .measure import delays_to_apply
     from .tagger import option_message
     from .transport import TransportError
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-        cli._error(f"cannot write {args.out!r} (no such folder or no permission)")
+    try:
+        cli.check_output_paths([("--out", args.out, "file")],
+                               [("--board", args.board)] if cli._is_port(args.board) else [])
+    except ConfigError as error:
+        cli._error(error)
         return cli.EXIT_USAGE
     if args.range is not None and not args.range > 0:
         cli._error(f"--range must be positive, not {args.range:g}")

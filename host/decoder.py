@@ -28,7 +28,7 @@ from amaranth.hdl import Shape
 from ..protocol import (
     CHANNEL_BITS, RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_KIND_SHIFT,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
-    REGISTER_ADDRESS_BITS, Kind, LossCause, WireKind,
+    REGISTER_ADDRESS_BITS, REPLY_FIELD_BITS, Kind, LossCause, WireKind, reply_check_matrix,
 )
 from ..protocol import CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS
 from ..wire import WireFormat
@@ -50,7 +50,9 @@ _CODES = _ORPHAN + 1
  _P_K_COINCIDENCE, _P_K_HERALD, _P_K_LOSS, _P_K_ANCHOR, _P_K_CHECK, _P_K_STATUS, _P_K_REPLY,
  _P_OUT_TAG, _P_OUT_COINCIDENCE, _P_OUT_HERALD, _P_OUT_LOSS,
  _P_MERGER_FULL, _P_DELAY_FULL, _P_HERALD_RECORD, _P_TAG_CODE, _P_ORPHAN_CODE,
- _P_SIZE) = range(34)
+ _P_REPLY_FIELD_BITS, _P_REPLY_CONSTANT, _P_REPLY_COLUMNS) = range(36)
+# the STATUS/REPLY check's columns (protocol.reply_check_matrix) follow from _P_REPLY_COLUMNS
+_P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
 
 # Indices into the kernel's state vector (carried from one chunk to the next).
 (_S_CUR_LEN, _S_CUR_KIND, _S_CUR_PAYLOAD, _S_CUR_CRC, _S_CUR_BAD, _S_CUR_SHIFT, _S_CUR_COMPLETE,
@@ -191,6 +193,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     c_herald = prm[_P_HERALD_RECORD]
     tag_code = prm[_P_TAG_CODE]
     orphan_code = prm[_P_ORPHAN_CODE]
+    reply_bits = prm[_P_REPLY_FIELD_BITS]
     check_mask = (1 << check_bits) - 1
     ch_mask = (1 << cb) - 1
     pat_mask = (1 << n_ch) - 1
@@ -298,6 +301,12 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                             ok = index < n_rules
                         else:
                             ok = index == 0
+                    elif k == k_status or k == k_reply:
+                        check = prm[_P_REPLY_CONSTANT]
+                        for j in range(reply_bits):
+                            if (p >> j) & 1:
+                                check ^= prm[_P_REPLY_COLUMNS + j]
+                        ok = check == p >> reply_bits
                 side_record = ok and (k == k_status or k == k_reply)
                 if side_record and n_side < side.shape[0]:      # true by side's size; guards memory
                     q = p
@@ -307,7 +316,8 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                     side[n_side, 2] = q & ((1 << seq_bits) - 1)
                     q >>= seq_bits
                     side[n_side, 3] = q & ((1 << address_bits) - 1)
-                    side[n_side, 4] = q >> address_bits
+                    q >>= address_bits
+                    side[n_side, 4] = q & ((1 << (reply_bits - 1 - seq_bits - address_bits)) - 1)
                     n_side += 1
                 if in_seg == 0:
                     if ok and k == k_anchor:
@@ -569,6 +579,9 @@ class StreamDecoder:
         prm[_P_DELAY_FULL] = LossCause.DELAY_FULL.value
         prm[_P_HERALD_RECORD] = LossCause.HERALD_RECORD.value
         prm[_P_TAG_CODE], prm[_P_ORPHAN_CODE] = _TAG, _ORPHAN
+        prm[_P_REPLY_FIELD_BITS] = REPLY_FIELD_BITS
+        prm[_P_REPLY_CONSTANT], columns = reply_check_matrix()
+        prm[_P_REPLY_COLUMNS:] = columns
         self._prm = prm
         tab = np.full((_CODES, _T_SIZE), -1, np.int64)
         for kind in list(WireKind) + [Kind.TAG]:

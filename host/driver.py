@@ -3,7 +3,8 @@
 A background reader thread reads the link, feeds the bytes to the stream decoder
 (:class:`heraldry.host.decoder.StreamDecoder`) and sorts what comes out:
 
-* REPLY records answer commands (matched by ``seq`` and address) and wake the caller;
+* REPLY records answer commands (matched by ``seq`` and address; the decoder takes only those
+  whose check matches, so a REPLY damaged on the link is never taken) and wake the caller;
 * STATUS records update the latest counter snapshot (:meth:`Device.status`);
 * decoded records (``host.decode.EVENT_DTYPE``) go into a bounded queue of
   :class:`~heraldry.host.decode.Block` s, read with :meth:`Device.read_block` or
@@ -31,7 +32,7 @@ import numpy as np
 from amaranth.hdl import Shape
 
 from .. import protocol
-from ..protocol import (COARSE_BITS, MAGIC, PROTOCOL_VERSION, REGISTER_VALUE_BITS, Command,
+from ..protocol import (COARSE_BITS, MAGIC, PROTOCOL_VERSION, Command,
                         Kind, RegisterMap, WireKind)
 from .config import ConfigError
 from .decode import EVENT_DTYPE, Block
@@ -46,8 +47,6 @@ COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dro
 
 _SEQ_COUNT = 2 ** protocol.WIRE_SEQ_BITS
 _WRAP = 2 ** COARSE_BITS
-#: Register values on the link wrap modulo this (counting registers included).
-_VALUE_WRAP = 2 ** REGISTER_VALUE_BITS
 _KIND_MASK = (1 << Shape.cast(WireKind).width) - 1
 _TAG_CODE = -1      # a TAG record in _scan's kinds (not a WireKind value)
 
@@ -189,7 +188,6 @@ class Device:
         self.unverified = 0
         self.stray_replies = 0
         self.resends = 0
-        self.reply_mismatches = 0
         self.events_decoded = 0
         self.tags_decoded = 0
         self.data_records_started = 0
@@ -365,54 +363,17 @@ class Device:
                           f"bytes received in all, {self.stray_replies} stray replies; is it a "
                           f"heraldry board, at the right baud rate?)")
 
-    #: REPLY records carry no check of their own (docs/protocol.md): a bit flipped on the link
-    #: in a REPLY's value would be taken for the register's. With this set (the default) every
-    #: read is confirmed by further replies (:meth:`_confirmed_read`) and a write whose REPLY
-    #: disagrees is confirmed by reading the register; :attr:`reply_mismatches` counts each
-    #: time replies disagreed and the device was asked again.
-    confirm_replies = True
-
     def read(self, name):
-        """Value of register ``name`` (a ``protocol.RegisterMap`` name, e.g. ``"window"``)."""
+        """Value of register ``name`` (a ``protocol.RegisterMap`` name, e.g. ``"window"``).
+
+        One READ: its REPLY is taken when its check, seq and address match (the decoder drops a
+        REPLY damaged on the link, the command is then sent again on timeout)."""
         reg = self._register(name)
-        if self.confirm_replies:
-            return self._confirmed_read(reg)
         reply = self._transact(Command.READ, reg)
         if not reply["ok"]:
             raise DeviceError(f"{self.transport.name} refused to read {name} "
                               f"(address {reg.address:#05x})")
         return reply["value"]
-
-    def _confirmed_read(self, reg):
-        """READ ``reg`` until its replies agree: two in a row equal, or, for a register that
-        only counts up modulo 2**32 (``control.now``, ``control.bad_frames``, the hardware
-        counters), three in a row in order, of which the middle one is taken. So a value damaged
-        on the link is taken only if another reply equals it, or if it lies between the replies
-        read just before and after it (within what the register itself went through)."""
-        counting = (reg.address >= protocol.COUNTER_BASE
-                    or reg.name in ("control.now", "control.bad_frames"))
-        replies = []
-        for _ in range(2 * (self.retries + 2)):
-            reply = self._transact(Command.READ, reg)
-            replies.append((reply["ok"], reply["value"]))
-            if len(replies) < 2:
-                continue
-            if replies[-1] == replies[-2]:
-                ok, value = replies[-1]
-                if not ok:
-                    raise DeviceError(f"{self.transport.name} refused to read {reg.name} "
-                                      f"(address {reg.address:#05x})")
-                return value
-            if counting and len(replies) < 3:
-                continue            # it may have counted meanwhile: a third reply decides
-            if counting and all(ok for ok, _ in replies[-3:]):
-                x, y, z = (value for _, value in replies[-3:])
-                half = _VALUE_WRAP // 2
-                if (y - x) % _VALUE_WRAP < half and (z - y) % _VALUE_WRAP < half:
-                    return y
-            self.reply_mismatches += 1
-        raise DeviceError(f"the replies of {self.transport.name} to READ {reg.name} keep "
-                          f"disagreeing ({replies[-4:]}): is the link damaged?")
 
     def check_value(self, name, value):
         """Refuse (:class:`ConfigError`) a value ``name`` cannot take, without sending it."""
@@ -434,17 +395,7 @@ class Device:
         value. Write-only strobes (``control.clear``) read back 0 and are not compared."""
         reg = self.check_value(name, value)
         value = int(value)
-        for _ in range(2 if self.confirm_replies else 1):
-            reply = self._transact(Command.WRITE, reg, value)
-            if reply["ok"] and (reg.access != "rw" or reply["value"] == value):
-                return reply["value"]
-            if not self.confirm_replies:
-                break
-            # The REPLY may have been damaged on the link: the register says whether the write
-            # took; a refusal (or a strobe, which cannot be read) is asked once more.
-            self.reply_mismatches += 1
-            if reg.access == "rw" and reply["ok"] and self._confirmed_read(reg) == value:
-                return value
+        reply = self._transact(Command.WRITE, reg, value)
         if not reply["ok"]:
             raise DeviceError(f"{self.transport.name} refused the write of {value} to {name} "
                               f"(address {reg.address:#05x})")
@@ -705,7 +656,6 @@ class Device:
             "host_dropped_events": self.host_dropped_events,
             "stray_replies": self.stray_replies,
             "resends": self.resends,
-            "reply_mismatches": self.reply_mismatches,
             "status_records": self._status_records,
         }
 

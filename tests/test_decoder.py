@@ -114,7 +114,7 @@ def test_events_come_with_the_check_and_replies_at_their_last_byte():
     reply = {"kind": "reply", "ok": 1, "seq": 4, "address": 0x10, "value": 1}
     data = encode_records([{"kind": "anchor", "time": 7}, dict(tag, time=7), dict(tag, time=9),
                            {"kind": "check"}, reply], 2, 1)
-    check_end = len(data) - 8                      # the REPLY (8 bytes) follows the CHECK
+    check_end = len(data) - 9                      # the REPLY (9 bytes) follows the CHECK
     dec = StreamDecoder(2, 1, bin_fs=1000)
     for i in range(len(data)):
         chunk = dec.feed(data[i:i + 1])

@@ -140,14 +140,64 @@ def test_bytes_of_other_kinds_by_hand():
     # LOSS DELAY_FULL index 2 count 300: payload 1 | 2 << 2 | 300 << 5 = 9609.
     loss = {"kind": Kind.LOSS, "cause": LossCause.DELAY_FULL, "index": 2, "count": 300}
     assert encode_records([loss], 4, 2) == bytes([0xD1, 0x31, 0x09])
-    # REPLY ok 1, seq 3, address 0x800, value 0xDEADBEEF: 50 payload bits, always 8 bytes.
+    # REPLY ok 1, seq 3, address 0x800, value 0xDEADBEEF: 50 field bits and their CRC-8 check,
+    # 58 payload bits, always 9 bytes.
     reply = {"kind": "reply", "ok": 1, "seq": 3, "address": 0x800, "value": 0xDEADBEEF}
-    payload = 1 | 3 << 1 | 0x800 << 6 | 0xDEADBEEF << 18
-    expected = [0xF8 | (payload & 7)] + [(payload >> (3 + 7 * i)) & 0x7F for i in range(7)]
+    fields = 1 | 3 << 1 | 0x800 << 6 | 0xDEADBEEF << 18
+    payload = fields | _crc8_by_division(fields) << 50
+    expected = [0xF8 | (payload & 7)] + [(payload >> (3 + 7 * i)) & 0x7F for i in range(8)]
     assert encode_records([reply], 4, 2) == bytes(expected)
-    # STATUS with value 0 is still 8 bytes.
+    # STATUS with value 0 is still 9 bytes (its check is not 0).
     status = {"kind": "status", "ok": 1, "seq": 0, "address": 0, "value": 0}
-    assert encode_records([status], 4, 2) == bytes([0xF1, 0, 0, 0, 0, 0, 0, 0])
+    check = _crc8_by_division(1)
+    payload = 1 | check << 50
+    assert encode_records([status], 4, 2) == bytes(
+        [0xF0 | (payload & 7)] + [(payload >> (3 + 7 * i)) & 0x7F for i in range(8)])
+    assert check != 0
+
+
+def _crc8_by_division(fields, n=50):
+    """The REPLY check of docs/protocol.md computed as polynomial division, not as a shift
+    register: the remainder of ``0xFF * x**n + M(x) * x**8`` modulo ``x^8 + x^2 + x + 1``, where
+    ``M`` has the field bits, least significant first, as its coefficients from x**(n-1) down."""
+    message = 0
+    for i in range(n):
+        message = message << 1 | (fields >> i) & 1
+    dividend = (0xFF << n) ^ (message << 8)
+    poly = 0x107
+    for bit in range(dividend.bit_length() - 1, 7, -1):
+        if dividend >> bit & 1:
+            dividend ^= poly << (bit - 8)
+    return dividend
+
+
+def test_reply_check_catches_every_error_of_up_to_three_bits():
+    from heraldry.protocol import reply_check
+    fmt = WireFormat(4, 2)
+    reply = {"kind": "reply", "ok": 1, "seq": 9, "address": 0x123, "value": 0x89ABCDEF}
+    data = encode_records([reply], 4, 2)
+    assert fmt.well_formed(data) == (WireKind.REPLY, {**{k: v for k, v in reply.items()
+                                                         if k != "kind"},
+                                                      "check": reply_check(
+                                                          fmt.pack(WireKind.REPLY,
+                                                                   {**reply, "check": 0}))})
+    payload_positions = [(0, b) for b in range(3)] + [(i, b) for i in range(1, 9)
+                                                      for b in range(7)]
+    payload_positions = payload_positions[:58]
+    rng = np.random.default_rng(5)
+    flips = [[i] for i in range(len(payload_positions))]
+    flips += [rng.choice(len(payload_positions), k, replace=False).tolist() for k in (2, 3)
+              for _ in range(3000)]
+    for flip in flips:
+        damaged = bytearray(data)
+        for index in flip:
+            at, bit = payload_positions[index]
+            damaged[at] ^= 1 << bit
+        assert fmt.well_formed(bytes(damaged)) is None, flip
+    # a wrong check given to the encoder goes out as it is, and the decoder does not take it
+    bad = encode_records([dict(reply, check=reply_check(0) ^ 1)], 4, 2)
+    assert decode_bytes(bad, 4, 2) == ([], {"decode_errors": 0, "skipped_bytes": 9,
+                                            "unverified": 0})
 
 
 def test_tag_widths_follow_channel_bits():
@@ -369,9 +419,9 @@ def test_every_segment_counted_when_one_byte_flips():
                                   "unverified": 0}
             elif offset == start or anchor_broken:
                 # no ANCHOR any more: the segment's bytes are skipped, but for a forged
-                # STATUS/REPLY (8 bytes) taken from them
+                # STATUS/REPLY (9 bytes) taken from them
                 forged = sum(r["kind"] in SIDE for r in decoded)
-                assert errors == {"decode_errors": 0, "skipped_bytes": end - start - 8 * forged,
+                assert errors == {"decode_errors": 0, "skipped_bytes": end - start - 9 * forged,
                                   "unverified": 0}
             else:
                 # another kind: a CHECK ends the segment early (the rest is skipped), anything

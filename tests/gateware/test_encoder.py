@@ -301,7 +301,7 @@ def test_one_byte_per_cycle():
     check_against_reference(plan, result)
     byte_cycles = np.array(result.first_byte)
     burst = byte_cycles[byte_cycles < 400]
-    assert len(burst) == 9 + 300 + 4 * 8            # ANCHOR, tags, replies
+    assert len(burst) == 9 + 300 + 4 * 9            # ANCHOR, tags, replies
     assert burst[-1] - burst[0] == len(burst) - 1   # no bubble
     # Latency: the first item is taken in cycle 5, its ANCHOR's first byte goes in cycle 7.
     assert result.taken[0][0] == 5 and burst[0] == 7
