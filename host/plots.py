@@ -66,7 +66,8 @@ def write_plots(result, summary, folder):
     """Write the three PNGs of :data:`PLOT_FILES` for ``result`` (an
     :class:`~heraldry.host.acquire.AcquisitionResult`) and its ``summary`` into ``folder``
     (created if missing); returns their paths in that order."""
-    import matplotlib
+    from ..extras import require
+    matplotlib = require("matplotlib", "plots")
     matplotlib.use("Agg")       # files only: never a window, whatever the environment says
     from matplotlib.figure import Figure
 
