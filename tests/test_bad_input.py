@@ -175,8 +175,8 @@ OPTION_CASES = [
     ("out-no-extension", ["--out", "tags"], "must end in .npz"),
     ("out-is-folder", lambda tmp: ["--out", _folder(tmp, "run.npz")], "is a folder, not a file"),
     ("summary-is-folder", lambda tmp: ["--summary-json", str(tmp)], "is a folder, not a file"),
-    ("plot-parent-missing", ["--plot", "/nonexistent-folder/plots"],
-     "--plot /nonexistent-folder/plots: no such folder /nonexistent-folder"),
+    ("plot-parent-missing", lambda tmp: ["--plot", str(tmp / "no" / "plots")],
+     "/no/plots: no such folder"),
     ("plot-is-a-file", lambda tmp: ["--plot", _config(tmp, "{}")], "is not a folder"),
     ("realtime-without-replay", ["--realtime"], "--realtime applies to --board replay"),
     ("ptu-channels", ["--channels", "8", "--out", "x.ptu"]
@@ -203,7 +203,7 @@ def test_bad_option_refused(args, fragment, tmp_path, monkeypatch, capsys, no_bo
     assert fragment in lines[0]
     assert captured.out == ""
     assert not list(tmp_path.glob("*.ptu"))         # no output file was begun
-    assert not list(tmp_path.glob("**/*.png")) and not (tmp_path / "plots").exists()
+    assert not list(tmp_path.glob("**/*.png")) and not (tmp_path / "no").exists()
 
 
 HYDRAHARP = Path(__file__).parent / "data" / "hydraharp_v30_t2.ptu"
