@@ -74,7 +74,8 @@ def test_readme_script_on_the_virtual_board(capsys):
 
 
 def test_readme_script_on_a_replay(capsys):
-    source = readme_script().replace('heraldry.open("sim")', f'heraldry.open("replay:{HYDRAHARP}")')
+    source = readme_script().replace('heraldry.open("sim")',
+                                     f'heraldry.open("replay:{ROOT / HYDRAHARP}")')
     assert source != readme_script()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -295,3 +296,24 @@ def test_no_board_at_any_known_baud_is_one_error():
     with PtyBoard(baud=115_200, host_baud="port") as board:
         with pytest.raises(IdentificationError, match=r"at 3000000, 12000000 baud"):
             heraldry.open(board.port)
+
+
+# -- the docs' examples -----------------------------------------------------------------------
+
+def python_blocks(page):
+    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+
+
+@pytest.mark.parametrize("page", ["docs/api.md", "docs/measurements.md"])
+def test_docs_examples_run(page, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    blocks = python_blocks(page)
+    assert blocks
+    for source in blocks:
+        ns, _ = run_script(source, capsys)
+    if page == "docs/measurements.md":
+        # Independently: channel 0's tags in the first 0.5 s of the file.
+        events = ReplaySource(ROOT / HYDRAHARP).events
+        tags = events[(events["time_ps"] < 5 * 10 ** 11) & (events["kind"] == Kind.TAG.value)]
+        assert ns["r"].n1 == np.count_nonzero(tags["channel"] == 0) > 0
+        assert ns["r"].duration_ps == pytest.approx(5e11)
