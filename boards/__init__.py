@@ -14,6 +14,8 @@ that is missing (not written yet) is skipped; one that fails to import is an err
 import importlib
 from dataclasses import dataclass
 
+from ..extras import require
+
 __all__ = ["Board", "BoardError", "BOARDS", "register", "get_board"]
 
 
@@ -108,7 +110,9 @@ def get_board(name):
         raise BoardError(f"unknown board {name!r}; known boards: {known}") from None
 
 
-# Imported last: they import Board and register from here.
+# Imported last: they import Board and register from here. Their platforms come from
+# amaranth-boards (the [build] extra): say so in one line when it is missing.
+require("amaranth_boards", "building a board")
 _BOARD_MODULES = ("icebreaker", "ulx3s")
 for _module in _BOARD_MODULES:
     try:

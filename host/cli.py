@@ -13,8 +13,9 @@ Commands:
   (:mod:`heraldry.host.plots`).
 * ``heraldry sim``: start the virtual board, print its port path, serve until Ctrl-C.
 
-Exit status: 0 success; 2 bad options or a device that is not a heraldry board at the given
-port and baud rate (one line on stderr, nothing was run, nothing was written to the device); 3 the
+Exit status: 0 success; 2 bad options, a device that is not a heraldry board at the given
+port and baud rate, or a missing optional package (:class:`heraldry.extras.MissingExtra`; one
+line on stderr, nothing was run, nothing was written to the device); 3 the
 run completed but events were dropped (counted and reported; link segments damaged on the way
 included: ``link_lost_per_channel``); 4 the board went away during the
 run (port closed, cable pulled, virtual board killed) or stopped answering after it had
@@ -44,7 +45,8 @@ import time
 
 import numpy as np
 
-from .. import protocol
+from .. import __version__, protocol
+from ..extras import MissingExtra, require
 from .config import Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, parse_mask
 
 __all__ = ["main"]
@@ -128,6 +130,7 @@ def add_test_signal_options(parser, choices, signal_help, pair_delay_help):
 
 def build_parser():
     parser = _Parser(prog="heraldry", description="Open FPGA time tagger for photon detectors.")
+    parser.add_argument("--version", action="version", version=f"heraldry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     acq = sub.add_parser("acquire", help="run one acquisition and print a summary")
     acq.add_argument("--board", default="sim",
@@ -556,7 +559,8 @@ def cmd_acquire(args):
     except ConfigError as error:
         _error(error)
         return EXIT_USAGE
-    # (--plot DIR, checked above, is made when the plots are written)
+    if args.plot:   # (DIR, checked above, is made when the plots are written)
+        require("matplotlib", "--plot")         # before the run, not after it
     if acq is not None:
         for note in notes:
             sys.stderr.write(f"heraldry: note: {note}\n")
@@ -955,18 +959,22 @@ COMMAND_HANDLERS = {}
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "acquire":
-        from .interrupt import stop_on_signals
-        with stop_on_signals():
-            try:
-                return cmd_acquire(args)
-            except KeyboardInterrupt as error:       # before the run, or while finishing
-                sys.stderr.write(f"heraldry: interrupted by {_signal_name(error)}\n")
-                return _interrupted_status(error)
-    if args.command == "sim":
-        return cmd_sim(args)
-    if args.command in COMMAND_HANDLERS:
-        return COMMAND_HANDLERS[args.command](args)
+    try:
+        if args.command == "acquire":
+            from .interrupt import stop_on_signals
+            with stop_on_signals():
+                try:
+                    return cmd_acquire(args)
+                except KeyboardInterrupt as error:       # before the run, or while finishing
+                    sys.stderr.write(f"heraldry: interrupted by {_signal_name(error)}\n")
+                    return _interrupted_status(error)
+        if args.command == "sim":
+            return cmd_sim(args)
+        if args.command in COMMAND_HANDLERS:
+            return COMMAND_HANDLERS[args.command](args)
+    except MissingExtra as error:       # an optional package the command needs (one line)
+        _error(error)
+        return EXIT_USAGE
     parser.error(f"unknown command {args.command}")
 
 

@@ -62,6 +62,9 @@ def _error(message):
 
 
 def cmd_serve(args):
+    from ..extras import require
+    require("zmq", "heraldry serve")        # before any board is touched (MissingExtra: exit 2)
+    require("prometheus_client", "heraldry serve")
     from ..sim.twin import Twin, TwinError
     from .cli import BOARDS, _is_port, acquisition_from_args, board_from_identity
     from .driver import Device, DeviceError

@@ -294,8 +294,9 @@ class Server:
                  pub_port=DEFAULT_PUB_PORT, control_port=DEFAULT_CONTROL_PORT,
                  metrics_port=DEFAULT_METRICS_PORT, token=None, rates_hz=2.0, hwm=1000,
                  sndbuf=None, start=True, herald_floor_hz=0.0, log=None):
-        import zmq
-        from prometheus_client import CollectorRegistry
+        from ..extras import require
+        zmq = require("zmq", "heraldry serve")
+        CollectorRegistry = require("prometheus_client", "heraldry serve").CollectorRegistry
         check_bind(bind, token)
         if not 1 <= rates_hz <= 10:
             raise ServeError(f"--rates-hz must be 1..10, not {rates_hz:g}")

