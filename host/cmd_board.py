@@ -71,10 +71,19 @@ def register(subparsers):
 
 
 def _board_and_channels(args):
-    """``(board, channels, out)`` or raise BoardError."""
-    from ..boards import get_board
+    """``(board, channels, out)`` or raise BoardError. A given ``--out DIR`` follows the rule of
+    every output option (:func:`heraldry.host.cli.check_output_paths`): its parent must exist;
+    the default ``build/BOARD`` is made with its parents."""
+    from ..boards import BoardError, get_board
+    from .cli import check_output_paths
+    from .config import ConfigError
     board = get_board(args.board)
     channels = board.check_channels(args.channels)
+    if args.out:
+        try:
+            check_output_paths([("--out", args.out, "folder")])
+        except ConfigError as error:
+            raise BoardError(str(error)) from None
     out = Path(args.out) if args.out else Path("build") / board.name
     return board, channels, out
 

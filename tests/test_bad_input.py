@@ -383,3 +383,16 @@ def test_busy_port_refused(tmp_path):
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith(f"heraldry: error: --board {board.port}: cannot open")
     assert board.frames == []
+
+
+@pytest.mark.parametrize("command", ["build", "flash"])
+def test_board_out_folder_checked_like_acquire(command, tmp_path, capsys):
+    """``build``/``flash --out DIR``: the same rule (its parent must exist, nothing is made)."""
+    out = tmp_path / "no" / "build"
+    assert cli.main([command, "--board", "icebreaker", "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"--out {out}: no such folder {tmp_path / 'no'}" in lines[0]
+    assert not (tmp_path / "no").exists()
+    (tmp_path / "file").write_text("")
+    assert cli.main([command, "--board", "icebreaker", "--out", str(tmp_path / "file")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
