@@ -7,7 +7,9 @@ Commands:
   through the same driver as a real board; ``PORT`` (a device path) is a real board;
   ``sim-inprocess`` runs the core alone in the Amaranth simulator (no link; slow).
   ``replay:FILE.ptu`` plays a PTU T2 file (ours or PicoQuant's) through the same summary
-  (``--realtime``: at the recorded pace), see :mod:`heraldry.host.replay`.
+  (``--realtime``: at the recorded pace), see :mod:`heraldry.host.replay`, with the file's
+  settings: the options that would set up a board are refused.
+  Outputs are checked by :func:`check_output_paths` before anything runs.
   While it runs, a live table on a terminal (plain progress lines once a second when stderr is
   piped; see :mod:`heraldry.host.liveview`); ``--plot DIR`` writes PNG plots at the end
   (:mod:`heraldry.host.plots`).
@@ -21,7 +23,10 @@ included: ``link_lost_per_channel``); 4 the board went away during the
 run (port closed, cable pulled, virtual board killed) or stopped answering after it had
 identified (hung): what was received and verified up to then is saved (``--out``,
 ``--summary-json`` with ``"complete": false``), a PTU file is finished with its record count
-patched, stop reason -10 ("data transfer failed") and the events-dropped flag set; 5 an output
+patched, stop reason -10 ("data transfer failed") and the events-dropped flag set; also 4: a
+replayed file holds fewer records than its header declares, or declares none (one warning line,
+what it holds is replayed and saved, ``"complete": false``, a PTU copy ends with stop reason
+-10); 5 an output
 file could not be written (disk full, file too large): the run stops at once if it was the PTU
 stream, the PTU file keeps the whole records that reached it with its count patched (stop reason
 -10, events-dropped flag), a ``.npz``, ``--summary-json`` or plot is written whole or not at all
