@@ -396,3 +396,16 @@ def test_board_out_folder_checked_like_acquire(command, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert cli.main([command, "--board", "icebreaker", "--out", str(tmp_path / "file")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--config", "/dev/zero"], "--config /dev/zero: not a regular file"),
+    (["--delay", "1=10", "--delay", "1=20"], "channel 1 is given twice"),
+])
+def test_serve_reads_config_files_and_options_like_acquire(args, fragment, capsys, no_board):
+    """``serve`` shares acquire's configuration options and the config-file reader."""
+    pytest.importorskip("zmq")
+    pytest.importorskip("prometheus_client")
+    assert cli.main(["serve", "--board", "sim", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0]
