@@ -441,7 +441,7 @@ def check_output_paths(outputs, inputs=()):
             root, ext = os.path.splitext(os.path.realpath(path))
             parts.append((re.escape(root) + r"-\d{3,}" + re.escape(ext), what, path))
     for pattern, what, path in parts:
-        for other_what, other in inputs:
+        for other_what, other in [*inputs, *((w, p) for w, p, _ in outputs)]:
             if re.fullmatch(pattern, os.path.realpath(other)):
                 raise ConfigError(f"{what} {path} would overwrite {other_what} {other} with "
                                   f"its rotation part: choose another name (nothing was "

@@ -236,6 +236,9 @@ def _same_file_cases():
         ("replayed-file-is-rotation-part", lambda t: [
             "--board", f"replay:{link('run-001.ptu', 'hh.ptu', True)(t)}", "--out", "run.ptu"],
          "--out run.ptu would overwrite --board replay: run-001.ptu with its rotation part"),
+        ("summary-is-rotation-part-of-out", lambda t: ["--out", "run.ptu",
+                                                       "--summary-json", "run-002.ptu"],
+         "--out run.ptu would overwrite --summary-json run-002.ptu with its rotation part"),
         ("summary-is-config", lambda t: ["--config", "config.json",
                                          "--summary-json", str(t / "config.json")],
          "is the same file as --config config.json"),
