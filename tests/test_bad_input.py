@@ -54,6 +54,12 @@ def _config_bytes(tmp_path, data):
     return str(path)
 
 
+def _fifo(tmp_path):
+    path = tmp_path / "config-pipe"
+    os.mkfifo(path)
+    return str(path)
+
+
 def _folder(tmp_path, name):
     path = tmp_path / name
     path.mkdir()
@@ -143,6 +149,7 @@ OPTION_CASES = [
         tmp, b'{"delays_ns": {"0": 10}, "reference": "\xff"}')], "not UTF-8 text (byte 39)"),
     ("config-dev-zero", ["--config", "/dev/zero"], "/dev/zero: not a regular file"),
     ("config-folder", lambda tmp: ["--config", str(tmp)], "not a regular file"),
+    ("config-pipe", lambda tmp: ["--config", _fifo(tmp)], "not a regular file"),   # no wait
     ("config-too-large", lambda tmp: ["--config", _config_bytes(
         tmp, b'{"delays_ns": {}}' + b" " * (1 << 20))], "a config file is at most 1048576"),
     ("config-unknown-key", lambda tmp: ["--config", _config(tmp, '{"delays_ns": {"0": 1}, '
