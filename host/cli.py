@@ -619,22 +619,25 @@ def cmd_acquire(args):
     except KeyboardInterrupt as error:      # SIGINT, SIGTERM or SIGHUP (host.interrupt)
         if tty:
             sys.stderr.write("\n")
-        if getattr(error, "partial", None) is None:
+        if getattr(error, "partial", None) is None:     # not a board run, or before its start
             stop_reason = StopReason.MANUAL
-            saved = (f"; {writers[0].paths[0]} is finished with what it holds (stop reason 1, "
-                     f"interrupted)" if writers else "")
-            sys.stderr.write(f"heraldry: interrupted by {_signal_name(error)} before the run "
-                             f"had data{saved}\n")
+            saved = ""
+            if _close_early(writers, stop_reason):
+                saved = (f"; saved {writers[0].records} PTU records to "
+                         f"{', '.join(writers[0].paths)} (stop reason 1, interrupted; flagged "
+                         f"incomplete)")
+            sys.stderr.write(f"heraldry: interrupted by {_signal_name(error)}{saved}\n")
             return _interrupted_status(error)
         result, ended = error.partial, error
     except OSError as error:                # an output could not be written (the disk is full)
         if tty:
             sys.stderr.write("\n")
-        if getattr(error, "partial", None) is None:
-            _error(f"cannot write {error.filename}: {error.strerror}"
-                   + (f"; {writers[0].paths[0]} is finished with the {writers[0].records} "
-                      f"records written (count patched)" if writers and writers[0].paths
-                      else ""))
+        if getattr(error, "partial", None) is None:     # not a board run, or before its start
+            saved = ""
+            if writers:
+                _close_early(writers, stop_reason)
+                saved = "; " + _ptu_saved(writers[0])
+            _error(f"cannot write {error.filename}: {error.strerror}{saved}")
             return EXIT_OUTPUT
         result, ended = error.partial, error
     finally:
@@ -713,6 +716,18 @@ def cmd_acquire(args):
     if summary["dropped"]:
         return EXIT_DROPPED
     return EXIT_OK
+
+
+def _close_early(writers, stop_reason):
+    """Finish the PTU file of a run that ended without a result (flagged incomplete); whether
+    it was finished without an error (a full disk was reported already)."""
+    if not writers:
+        return False
+    try:
+        writers[0].close(stop_reason=stop_reason, incomplete=True)
+    except OSError:
+        return False
+    return writers[0].failed is None
 
 
 def _signal_name(error):

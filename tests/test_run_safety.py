@@ -47,7 +47,7 @@ def _start(board, *options, preexec_fn=None):
                             preexec_fn=preexec_fn)
 
 
-def _wait_for_records(path, proc, records=500, timeout=60):
+def _wait_for_records(path, proc, records=500, timeout=120):
     deadline = time.monotonic() + timeout
     header = None
     while time.monotonic() < deadline:
@@ -61,7 +61,7 @@ def _wait_for_records(path, proc, records=500, timeout=60):
     raise AssertionError("no records arrived")
 
 
-def _finish(proc, timeout=60):
+def _finish(proc, timeout=120):
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
