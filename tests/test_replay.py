@@ -279,3 +279,21 @@ def test_cut_on_a_record_boundary_and_unfinished_files(tmp_path):
     with PTUWriter.for_acquisition(tmp_path / "empty.ptu", acq):
         pass
     assert ReplaySource(tmp_path / "empty.ptu").incomplete is None
+
+
+def test_api_replay_of_a_cut_file_fails_a_check(tmp_path):
+    """``heraldry.open("replay:...")``: the same file cut short ends with a failed check and
+    the time its records reach."""
+    import heraldry
+    with ptufile.PtuFile(HYDRAHARP) as f:
+        last_ps = int(f.decode_records()["time"][248_901])
+    with heraldry.open(f"replay:{_cut_hydraharp(tmp_path)}") as tagger:
+        with tagger.run() as run:
+            sum(1 for _ in run)         # to the end of the file
+    assert run.checks == {"file_declares_no_loss": True,
+                          "file_holds_every_declared_record": False}
+    assert run.device_seconds == pytest.approx(last_ps * 1e-12, abs=1e-12)
+    with heraldry.open(f"replay:{HYDRAHARP}") as tagger:
+        with tagger.run() as run:
+            sum(1 for _ in run)
+    assert run.checks == {"file_declares_no_loss": True} and run.device_seconds == 5.0
