@@ -2,19 +2,25 @@
 
 ``heraldry serve --board sim|PORT [acquire's configuration options] [--bind 127.0.0.1]
 [--pub-port 5560] [--control-port 5561] [--metrics-port 9560] [--token SECRET]
-[--rates-hz 2] [--hwm 1000] [--sndbuf BYTES] [--herald-floor HZ] [--no-start]``
+[--rates-hz 2] [--hwm 1000] [--sndbuf BYTES] [--herald-floor HZ] [--no-start] [--baud B]``
+
+The board is opened with :func:`heraldry.host.tagger.open` (``--baud``, else the known boards'
+rates tried in turn); the server gets the configuration as a dict of acquire options, checked
+by :func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer.
 
 Starts acquiring at once (unless ``--no-start``) and runs until Ctrl-C or SIGTERM, leaving the
 board stopped. When ready it prints one JSON line on stdout: ``{"pub": "tcp://...", "control":
 "tcp://...", "metrics": "http://.../metrics"}``. Port 0 picks a free port. Exit status: 0 after
 Ctrl-C/SIGTERM; 2 bad options (one line on stderr: e.g. a non-loopback ``--bind`` without
-``--token``, a port in use); 1 the board cannot be started or does not answer.
+``--token``, a port in use, a ``--board`` path that is no serial device); 1 the board cannot be
+started or does not answer.
 """
 
 import json
 import signal
 import sys
 
+from .cli import _error
 from .config import ConfigError
 
 __all__ = ["register", "cmd_serve"]
@@ -23,7 +29,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Options of ``heraldry acquire`` that serve shares: the board, and the configuration options
 # (an allow-list: acquire's output options, present and future, mean nothing to a server).
-_SHARED = {"board", "baud", "config", "quiet"}
+_SHARED = {"board", "config", "quiet"}
 
 
 def register(subparsers):
@@ -35,6 +41,9 @@ def register(subparsers):
     for action in acquire._actions:
         if action.dest in _SHARED or action.dest in CONFIG_KEYS:
             p._add_action(action)       # what argparse's parents= does, without its -h clash
+    p.add_argument("--baud", type=int, default=None,
+                   help="UART rate of a board on a serial port (default: tried in turn, "
+                        "3000000 (the real boards) then 12000000)")
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
                    help="address to listen on (default 127.0.0.1; others need --token)")
     p.add_argument("--pub-port", type=int, default=DEFAULT_PUB_PORT,
@@ -57,19 +66,25 @@ def register(subparsers):
     return [("serve", cmd_serve)]
 
 
-def _error(message):
-    sys.stderr.write(f"heraldry: error: {message}\n")
+def _acquire_options(args, config=None):
+    """``args`` as ``heraldry acquire``'s options (for :func:`acquisition_from_args`), with
+    ``config`` (a configure request's options) on top. The Namespace stays in this layer; the
+    server sees a dict. ``--baud`` is serve's own (None: found by ``heraldry.open``)."""
+    from argparse import Namespace
+    options = {key: value for key, value in vars(args).items() if key != "baud"}
+    return Namespace(**{**options, **(config or {})})
 
 
 def cmd_serve(args):
     from ..extras import require
     require("zmq", "heraldry serve")        # before any board is touched (MissingExtra: exit 2)
     require("prometheus_client", "heraldry serve")
-    from ..sim.twin import Twin, TwinError
+    from ..sim.twin import TwinError
     from .cli import BOARDS, _is_port, acquisition_from_args, board_from_identity
-    from .driver import Device, DeviceError
-    from .serve import Server, ServeError, check_bind
-    from .transport import SerialTransport, TransportError
+    from .driver import DeviceError
+    from .serve import CONFIG_KEYS, Server, ServeError, check_bind
+    from .tagger import open as open_board
+    from .transport import TransportError
     args.duration = 1.0         # acquisition_from_args checks it; a server has none
     try:
         check_bind(args.bind, args.token)
@@ -78,10 +93,12 @@ def cmd_serve(args):
                 raise ServeError(f"--{name.replace('_', '-')} must be 0..65535")
         if args.board != "sim" and not _is_port(args.board):
             raise ServeError(f"--board {args.board}: serve needs sim or a serial device path")
+        if args.baud is not None and args.baud <= 0:
+            raise ServeError(f"--baud must be positive, not {args.baud}")
         board = BOARDS["sim"] if args.board == "sim" else None
         acq = None
         if board is not None:
-            acq, notes = acquisition_from_args(args, board)
+            acq, notes = acquisition_from_args(_acquire_options(args), board)
             for note in notes:
                 sys.stderr.write(f"heraldry: note: {note}\n")
     except (ConfigError, ServeError) as error:
@@ -91,22 +108,26 @@ def cmd_serve(args):
     def terminate(signum, frame):
         raise KeyboardInterrupt
     previous = signal.signal(signal.SIGTERM, terminate)
-    twin = device = server = None
+    tagger = server = None
     try:
-        if board is not None:
-            twin = Twin(channels=acq.channels, rules=acq.rules, clock_hz=int(acq.clock_hz),
-                        baud=board["baud"])
-            twin.start()
-            transport, timeout = SerialTransport(twin.port, board["baud"]), 3.0
-        else:
-            transport, timeout = SerialTransport(args.board, args.baud), 1.0
-        device = Device(transport, timeout=timeout)
-        identity = device.identify()
+        # One way to open a board (heraldry.open): the virtual board with the channels asked
+        # for, a serial port at --baud or at the rate that identifies.
+        tagger = open_board(args.board, baud=args.baud,
+                            channels=acq.channels if board is not None else None)
+        device = tagger.device
+        identity = device.identity
+        transport = device.transport
         if board is None:
             board = board_from_identity(identity)
+
+        def acquisition_for(config):
+            # The configure requests' options on top of the command line's, checked as acquire
+            # checks them (the Namespace stays in this command-line layer).
+            return acquisition_from_args(_acquire_options(args, config), board)
         try:
             server = Server(
-                device, args, lambda a: acquisition_from_args(a, board), bind=args.bind,
+                device, {key: getattr(args, key) for key in CONFIG_KEYS}, acquisition_for,
+                bind=args.bind,
                 pub_port=args.pub_port, control_port=args.control_port,
                 metrics_port=args.metrics_port, token=args.token, rates_hz=args.rates_hz,
                 hwm=args.hwm, sndbuf=args.sndbuf, start=not args.no_start,
@@ -130,6 +151,9 @@ def cmd_serve(args):
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
+    except ConfigError as error:        # the port: missing, not a serial device, no permission
+        _error(error)
+        return EXIT_USAGE
     except (TwinError, DeviceError, TransportError) as error:
         _error(error)
         return EXIT_FAILED
@@ -138,9 +162,7 @@ def cmd_serve(args):
         try:
             if server is not None:
                 server.close()
-            if device is not None:
-                device.close()
-            if twin is not None:
-                twin.stop()
+            if tagger is not None:
+                tagger.close()
         finally:
             signal.signal(signal.SIGTERM, previous)

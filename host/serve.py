@@ -51,7 +51,6 @@ import secrets
 import socket
 import threading
 import time
-from argparse import Namespace
 
 import numpy as np
 
@@ -265,11 +264,11 @@ class Server:
     ----------
     device : Device
         Identified (``device.identity`` set); the server owns its run gate from now on.
-    args : argparse.Namespace
-        ``heraldry acquire`` configuration options (see :data:`CONFIG_KEYS`); ``configure``
-        requests override them.
+    config : dict
+        ``heraldry acquire`` configuration options by their long name with ``_`` (the keys of
+        :data:`CONFIG_KEYS`; others are ignored); ``configure`` requests override them.
     acquisition_for : callable
-        ``acquisition_for(args) -> (Acquisition, notes)`` (raises ConfigError).
+        ``acquisition_for(config) -> (Acquisition, notes)`` (raises ConfigError).
     bind, pub_port, control_port, metrics_port : str, int
         Where to listen. Port 0 picks a free port (see the ``*_port`` members after start).
     token : str or None
@@ -290,7 +289,7 @@ class Server:
         ``log(message)`` for one-line notes (link down, a board that would not stop).
     """
 
-    def __init__(self, device, args, acquisition_for, *, bind="127.0.0.1",
+    def __init__(self, device, config, acquisition_for, *, bind="127.0.0.1",
                  pub_port=DEFAULT_PUB_PORT, control_port=DEFAULT_CONTROL_PORT,
                  metrics_port=DEFAULT_METRICS_PORT, token=None, rates_hz=2.0, hwm=1000,
                  sndbuf=None, start=True, herald_floor_hz=0.0, log=None):
@@ -304,9 +303,9 @@ class Server:
             raise ServeError(f"--hwm must be at least 1, not {hwm}")
         self.device = device
         self.identity = device.identity or device.identify()
-        self.args = args
+        self.config = {key: config[key] for key in CONFIG_KEYS if key in config}
         self.acquisition_for = acquisition_for
-        self.acq, _ = acquisition_for(args)
+        self.acq, _ = acquisition_for(dict(self.config))
         self.token = token
         self.herald_floor_hz = float(herald_floor_hz)
         self.rates_period = 1.0 / rates_hz
@@ -412,16 +411,16 @@ class Server:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}; use "
                               f"{', '.join(CONFIG_KEYS)}")
-        args = Namespace(**vars(self.args))
+        config = dict(self.config)
         for key, value in overrides.items():
             if key in _LIST_KEYS and not isinstance(value, list):
                 value = [value]
-            setattr(args, key, value)
+            config[key] = value
         try:
-            acq, notes = self.acquisition_for(args)
+            acq, notes = self.acquisition_for(dict(config))
         except (TypeError, AttributeError) as error:
             raise ConfigError(f"bad configure value: {error}") from None
-        self.args, self.acq = args, acq
+        self.config, self.acq = config, acq
         if self.running:
             self.start()
         else:
@@ -529,7 +528,7 @@ class Server:
                 "board": {"channels": ident.channels, "rules": ident.rules,
                           "clock_hz": ident.clock_hz, "bin_fs": ident.bin_fs,
                           "gateware": ident.gateware_version},
-                "config": {key: getattr(self.args, key, None) for key in CONFIG_KEYS},
+                "config": {key: self.config.get(key) for key in CONFIG_KEYS},
                 "events_messages": self.events_seq, "events_published": self.events_published,
                 "rates": rates,
                 "uptime_s": time.monotonic() - self.started}

@@ -312,6 +312,20 @@ def test_non_loopback_bind_needs_a_token():
     assert "--token" in err
 
 
+def test_a_port_that_is_no_serial_device_is_refused_in_one_line():
+    """The board is opened like every command opens one (``heraldry.open``): a missing path, and
+    a path that is no serial device, are bad options (exit 2, one line), nothing served."""
+    for path, fragment in (("/dev/no-such-tty", "no such serial device"),
+                           ("/etc/hostname", "not a serial device")):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "heraldry.host.cli", "serve", "--board", path],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and out == "", err
+        assert err.count("\n") == 1 and err.startswith(f"heraldry: error: --board {path}: ")
+        assert fragment in err
+
+
 # -- Grafana dashboard and alert rules -----------------------------------------------------
 
 def _yaml_subset(text):
