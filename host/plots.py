@@ -65,7 +65,9 @@ def patterns_data(patterns):
 def write_plots(result, summary, folder):
     """Write the three PNGs of :data:`PLOT_FILES` for ``result`` (an
     :class:`~heraldry.host.acquire.AcquisitionResult`) and its ``summary`` into ``folder``
-    (created if missing); returns their paths in that order."""
+    (created if missing); returns their paths in that order. Each file is written whole or not
+    at all (:func:`heraldry.host.outputs.write_atomically`): on ``OSError`` (e.g. a full disk)
+    the ones written before stay, the failing one is not left behind."""
     from ..extras import require
     matplotlib = require("matplotlib", "plots")
     matplotlib.use("Agg")       # files only: never a window, whatever the environment says
