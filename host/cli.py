@@ -446,6 +446,13 @@ def check_output_paths(outputs, inputs=()):
                 raise ConfigError(f"{what} {path} would overwrite {other_what} {other} with "
                                   f"its rotation part: choose another name (nothing was "
                                   f"written)")
+    for _, what, path in parts:
+        from .ptu import part_path
+        stale = part_path(path, 1)
+        if os.path.exists(stale):
+            raise ConfigError(f"{what} {path}: {stale} exists (a rotation part of an earlier "
+                              f"run, which a replay of {path} would join): remove it or choose "
+                              f"another name")
 
 
 def acquire_paths(args):

@@ -225,6 +225,9 @@ def _same_file_cases():
             (os.link if hard else os.symlink)(tmp / target, tmp / name)
             return name
         return make
+    def stale_part(tmp):
+        shutil.copyfile(HYDRAHARP, tmp / "copy-001.ptu")      # left by an earlier, longer run
+        return ["--out", "copy.ptu"]
     replay = "replay:hh.ptu"
     return [
         ("out-is-replayed-file", lambda t: ["--board", replay, "--out", "hh.ptu"],
@@ -246,6 +249,9 @@ def _same_file_cases():
         ("summary-is-rotation-part-of-out", lambda t: ["--out", "run.ptu",
                                                        "--summary-json", "run-002.ptu"],
          "--out run.ptu would overwrite --summary-json run-002.ptu with its rotation part"),
+        ("out-with-a-stale-rotation-part", stale_part,
+         "--out copy.ptu: copy-001.ptu exists (a rotation part of an earlier run, which a "
+         "replay of copy.ptu would join)"),
         ("summary-is-config", lambda t: ["--config", "config.json",
                                          "--summary-json", str(t / "config.json")],
          "is the same file as --config config.json"),
