@@ -786,6 +786,16 @@ class DeviceRun(Run):
         self.counters = counts
 
     def _next_block(self):
+        from .driver import DeviceLost
+        try:
+            return self._poll_block()
+        except DeviceLost as error:
+            if not self.ended:          # (_finish has already kept what arrived)
+                self.ended = True
+                self._lost(error)
+            raise
+
+    def _poll_block(self):
         device = self.tagger.device
         clock = self.tagger.identity.clock_hz
         while True:

@@ -21,7 +21,7 @@ from heraldry.host.decode import EVENT_DTYPE, Block
 from heraldry.host.driver import IdentificationError, Identity
 from heraldry.host.replay import ReplaySource
 from heraldry.host.tagger import Settings, SettingsNote, known_bauds, settings_to_acquisition
-from heraldry.protocol import Kind, Source
+from heraldry.protocol import Command, Kind, Source
 
 from pty_board import PtyBoard
 
@@ -58,9 +58,15 @@ def test_readme_script_on_the_virtual_board(capsys):
     ns, out = run_script(readme_script(), capsys)
     run, g2, heralded = ns["run"], ns["g2"].result(), ns["heralded"].result()
     assert run.ended and run.checks == {"stream_verified": True, "tags_match_singles": True}
-    assert run.device_seconds >= 0.05
+    # The gate was open for the duration, give or take the start command's round trip.
+    assert 0.049 < run.device_seconds < 0.06
     lines = [line for line in out.splitlines() if line.strip().endswith("]")]
     assert lines and all(" ms " in line for line in lines)      # live rates were printed
+    # Live rates from the STATUS snapshots: an arm of the pair source sees pair rate x
+    # efficiency + dark counts (1e5 x 0.5 + 1e3 per second of device time).
+    live = [eval(line.split(" ms ", 1)[1]) for line in lines]
+    arm = [rates[0] for rates in live if rates[0] > 0]
+    assert arm and abs(arm[-1] / 51_000 - 1) < 0.3, live
     assert "g2 peak" in out
     # The hardware herald counter (gateware) against the windows counted from the tags.
     assert heralded.heralds == run.counters["heralds"][0] > 0
@@ -277,9 +283,33 @@ def test_tagger_on_a_serial_port_runs_the_acquire_sequence():
             all(v == Source.PIN.value for name, v in writes if name.endswith(".source"))
         assert names.index("control.clear") < names.index("control.run", names.index(
             "control.clear"))
+        # Live counters come from STATUS snapshots: no counter is read while the gate is open.
+        start = max(i for i, f in enumerate(board.frames) if f["op"] is Command.WRITE
+                    and f["address"] == board.map["control.run"].address and f["value"] == 1)
+        stop = next(i for i, f in enumerate(board.frames) if i > start
+                    and f["address"] == board.map["control.run"].address)
+        assert not [n for n in names[start:stop] if n.startswith("counter.")]
+        assert [n for n in names[stop:] if n.startswith("counter.")]    # the final read
         # The fake board's counters read 0 while it streams tags: the check must fail.
         assert run.checks["tags_match_singles"] is False
         assert sum(run.tags_per_channel) > 0 == sum(run.counters["singles"])
+
+
+def test_a_board_that_goes_away_mid_run_keeps_what_arrived():
+    from heraldry.host.driver import DeviceLost
+    with PtyBoard(tag_rate_hz=2e5, cycles_per_s=2e6) as board:
+        tagger = heraldry.open(board.port, baud=board.baud)
+        seen = 0
+        with pytest.raises(DeviceLost) as lost:
+            with tagger.run(duration=10.0, keep=True) as run:
+                for block in run:
+                    seen += len(block.tags)
+                    if seen > 50:
+                        board.disconnect()
+        tagger.close()
+    partial = lost.value.partial
+    assert partial is run.result and partial.error and partial.counters is None
+    assert run.ended and len(partial.tags) >= seen > 50
 
 
 def test_baud_is_probed_in_the_known_boards_order():
