@@ -163,6 +163,23 @@ def test_npz_and_json_are_whole_or_absent(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["summary.json", "tags.npz"]    # no temporary left
 
 
+def test_plot_that_does_not_fit_leaves_no_empty_png(tmp_path):
+    """``--plot DIR`` on a disk that cannot take the first PNG (rates.png, about 28 kB here):
+    no 0-byte or cut PNG, no temporary file, exit 5, the summary JSON (small) still written."""
+    plots, summary_path = tmp_path / "plots", tmp_path / "summary.json"
+    with PtyBoard(cycles_per_s=2e6, tag_rate_hz=5e5) as board:
+        proc = _start(board, "--duration", "0.05", "--quiet", "--plot", str(plots),
+                      "--summary-json", str(summary_path), preexec_fn=_limit_file_size(12_000))
+        status, out, err = _finish(proc)
+    assert status == 5, err
+    line = _one_line(err)
+    assert line == (f"heraldry: error: cannot write {plots / 'rates.png'}: File too large "
+                    f"(plots in {plots} incomplete); the summary is on stdout")
+    assert os.listdir(plots) == []
+    summary = json.loads(out)
+    assert json.loads(summary_path.read_text()) == summary and "plots" not in summary
+
+
 def _mount_tmpfs(folder, size):
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
                              str(folder)], capture_output=True)
