@@ -33,7 +33,7 @@ Three layers, as in the command line (which is a thin user of this one):
 
 Boards and baud rates: ``"sim"`` starts the Verilated virtual board (100 MHz, 12 Mbaud). A
 serial port takes ``baud`` if given, else the baud of ``board`` (a name from
-:data:`heraldry.boards.BOARDS`: ``icebreaker``, ``ulx3s-85f``, ``ulx3s-25f``), else tries the
+:data:`BOARD_BAUDS`: ``icebreaker``, ``ulx3s-85f``, ``ulx3s-25f``), else tries the
 known rates (:func:`known_bauds`: the real boards' 3 Mbaud first, then the virtual board's 12
 Mbaud) with a short timeout each and keeps the first that identifies. ``"replay:FILE.ptu"``
 plays a PTU T2 file (ours or PicoQuant's, :mod:`heraldry.host.replay`).
@@ -52,7 +52,8 @@ from ..protocol import Kind
 from .config import Acquisition, ConfigError, EDGES, TEST_SIGNALS, ns_to_bins, parse_mask
 from .decode import EVENT_DTYPE, Block
 
-__all__ = ["open", "Tagger", "Settings", "Run", "SettingsNote", "known_bauds", "REPLAY_PREFIX",
+__all__ = ["open", "Tagger", "Settings", "Run", "SettingsNote", "known_bauds", "BOARD_BAUDS",
+           "REPLAY_PREFIX",
            "SIM_BOARD", "settings_to_acquisition", "sim_identity", "option_message"]
 
 REPLAY_PREFIX = "replay:"
@@ -73,11 +74,15 @@ class SettingsNote(UserWarning):
     """A setting was adjusted to what the board can do (a time rounded to whole bins)."""
 
 
+#: UART rate of each real board (``heraldry.boards.BOARDS``, whose platforms need the ``build``
+#: extra: the host must know the rates without it; tests/test_api.py checks they agree).
+BOARD_BAUDS = {"icebreaker": 3_000_000, "ulx3s-85f": 3_000_000, "ulx3s-25f": 3_000_000}
+
+
 def known_bauds():
     """UART rates to try on a serial port with no board named: every real board's rate
-    (:data:`heraldry.boards.BOARDS`, 3 Mbaud for both), then the virtual board's 12 Mbaud."""
-    from ..boards import BOARDS
-    bauds = sorted({board.baud for board in BOARDS.values()})
+    (:data:`BOARD_BAUDS`, 3 Mbaud for all), then the virtual board's 12 Mbaud."""
+    bauds = sorted(set(BOARD_BAUDS.values()))
     return bauds + [b for b in (SIM_BOARD["baud"],) if b not in bauds]
 
 
@@ -275,7 +280,8 @@ def open(target, *, board=None, baud=None, channels=None, timeout=None, realtime
         :meth:`Tagger.close`), a serial device path (``"/dev/ttyUSB1"``, ``"COM3"``), or
         ``"replay:FILE.ptu"``.
     board : str, optional
-        A real board's name (``heraldry.boards.BOARDS``): its baud rate is used.
+        A real board's name (:data:`BOARD_BAUDS`: ``icebreaker``, ``ulx3s-85f``,
+        ``ulx3s-25f``): its baud rate is used.
     baud : int, optional
         The UART rate; overrides ``board``. Neither given: :func:`known_bauds` are tried.
     channels : int, optional
@@ -327,11 +333,10 @@ def _bauds_for(board, baud):
             raise ConfigError(f"baud must be a positive number, not {baud!r}")
         return [int(baud)]
     if board is not None:
-        from ..boards import BoardError, get_board
-        try:
-            return [get_board(board).baud]
-        except BoardError as error:
-            raise ConfigError(str(error)) from None
+        if board not in BOARD_BAUDS:
+            raise ConfigError(f"unknown board {board!r}; use one of {', '.join(BOARD_BAUDS)} "
+                              f"(or give baud=)")
+        return [BOARD_BAUDS[board]]
     return known_bauds()
 
 

@@ -183,6 +183,7 @@ def test_open_refuses_what_cannot_work():
             ("replay:/no/such.ptu", {}, "no such file"),
             ("sim", {"channels": 9}, "channels must be 1..8"),
             ("sim", {"board": "icebreaker"}, "\"sim\" is the virtual one"),
+            ("/dev/null", {"board": "arty"}, "unknown board 'arty'; use one of icebreaker"),
             (f"replay:{HYDRAHARP}", {"baud": 3_000_000}, "a replay describes itself")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             heraldry.open(target, **kwargs)
@@ -313,6 +314,9 @@ def test_a_board_that_goes_away_mid_run_keeps_what_arrived():
 
 
 def test_baud_is_probed_in_the_known_boards_order():
+    from heraldry.boards import BOARDS
+    from heraldry.host.tagger import BOARD_BAUDS
+    assert BOARD_BAUDS == {name: board.baud for name, board in BOARDS.items()}
     assert known_bauds() == [3_000_000, 12_000_000]
     with PtyBoard(baud=12_000_000, host_baud="port") as board:
         with heraldry.open(board.port) as tagger:
