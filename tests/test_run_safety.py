@@ -415,3 +415,57 @@ def test_port_terminal_settings_are_restored(tmp_path):
     assert json.loads(out)["tags"] > 0
     assert cooked[3] & termios.ICANON and cooked[3] & termios.ECHO    # not raw
     assert after == cooked
+
+
+# -- the pieces, in-process --------------------------------------------------------------------
+
+def test_signal_inside_held_waits_for_the_block():
+    """A stop signal inside ``held()`` is raised when the block ends, not inside it; once one
+    has been raised, later signals are ignored (the outputs are being finished)."""
+    from heraldry.host.interrupt import Interrupted, held, stop_on_signals
+    steps = []
+    with stop_on_signals():
+        with pytest.raises(Interrupted) as info:
+            with held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)            # the handler has run by now
+                steps.append("block finished")
+            steps.append("not reached")
+        assert info.value.signum == signal.SIGTERM and info.value.name == "SIGTERM"
+        assert steps == ["block finished"]
+        os.kill(os.getpid(), signal.SIGINT)     # while finishing: ignored
+        time.sleep(0.05)
+        steps.append("finished")
+    assert steps == ["block finished", "finished"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_hung_board_in_the_python_api():
+    """``acquire_device`` on a board that stops answering mid-run: :class:`BoardSilent` (a
+    ``DeviceLost``) with the partial result, its message free of wrong-board guesses."""
+    from heraldry.host.acquire import acquire_device
+    from heraldry.host.config import Acquisition
+    from heraldry.host.driver import BoardSilent, Device, DeviceLost
+    from heraldry.host.transport import SerialTransport
+    received = []
+
+    with PtyBoard(cycles_per_s=2e6, tag_rate_hz=5e5) as board:
+        def sink(events):
+            received.append(len(events))
+            if sum(received) > 2000:
+                board.hang()
+        device = Device(SerialTransport(board.port), timeout=0.3)
+        try:
+            with pytest.raises(BoardSilent) as info:
+                acquire_device(device, Acquisition(channels=4, rules=2), 20.0, sink=sink)
+        finally:
+            device.close()
+    error = info.value
+    assert isinstance(error, DeviceLost)
+    assert str(error) == (f"the board stopped answering (no reply from {board.port} after 4 "
+                          f"attempts of 0.3 s)")
+    partial = error.partial
+    assert partial is not None and not partial.complete and partial.counters is None
+    assert partial.error == f"no reply from {board.port} after 4 attempts of 0.3 s"
+    assert len(partial.tags) == sum(received) > 2000
