@@ -66,8 +66,20 @@ SIM_BOARD = {"clock_hz": 100_000_000, "rules": 2, "channels": 4, "baud": 12_000_
 #: microseconds; a wrong rate gets no valid reply at all).
 PROBE_TIMEOUT_S = 0.25
 
-#: Default interval between the board's counter snapshots during a run (device seconds).
+#: Default interval between the board's counter snapshots during a run (device seconds), made
+#: longer where the snapshots would take more than :data:`STATUS_LINK_SHARE` of the link.
 STATUS_INTERVAL_S = 0.02
+STATUS_LINK_SHARE = 0.02
+
+#: UART bits per byte (8N1).
+_BITS_PER_BYTE = 10
+
+
+def _status_record_bytes():
+    """Bytes of one STATUS record on the link (a fixed-length control record), from the codec."""
+    from ..wire import encode_records
+    return len(encode_records([{"kind": "status", "ok": 1, "seq": 0,
+                                "address": protocol.COUNTER_BASE, "value": 0}], 1, 1))
 
 
 class SettingsNote(UserWarning):
@@ -496,7 +508,7 @@ class Tagger:
         """
         if self._closed:
             raise ConfigError("this tagger is closed")
-        if self._run is not None and not self._run.ended:
+        if self._run is not None and self._run.started and not self._run.ended:
             raise ConfigError("a run is already going on this tagger; leave its with block "
                               "first")
         if self.is_replay:
@@ -684,13 +696,25 @@ class DeviceRun(Run):
         self.herald_masks = list(self.acquisition.herald_masks)
         for note in self.notes:
             warnings.warn(note, SettingsNote, stacklevel=3)
-        interval = STATUS_INTERVAL_S if status_interval is None else _number(
-            status_interval, "status_interval")
+        # One snapshot's time on the link: snapshots closer than that would come back to back
+        # (and the live rates, which place snapshot k at k periods, would be wrong).
+        snapshot_s = (tagger.device.map.counters.size * _status_record_bytes()
+                      * _BITS_PER_BYTE / tagger.baud)
+        if status_interval is None:
+            interval = max(STATUS_INTERVAL_S, snapshot_s / STATUS_LINK_SHARE)
+        else:
+            interval = _number(status_interval, "status_interval")
+            if interval <= 2 * snapshot_s:
+                raise ConfigError(f"status_interval {interval:g} s: a snapshot of "
+                                  f"{tagger.device.map.counters.size} counters takes "
+                                  f"{snapshot_s * 1e3:.3g} ms at {tagger.baud} baud; give more "
+                                  f"than twice that")
         reg = tagger.device.map["control.status_period"]
         self._status_period = int(round(interval * ident.clock_hz))
         if not 1 <= self._status_period <= reg.maximum:
             raise ConfigError(f"status_interval {interval:g} s must be 1..{reg.maximum} clock "
                               f"cycles")
+        self.status_interval = self._status_period / ident.clock_hz
         anchor = tagger.device.map["control.anchor_interval"]
         if anchor_interval is not None and not anchor.minimum <= anchor_interval \
                 <= anchor.maximum:

@@ -276,8 +276,9 @@ def test_tagger_on_a_serial_port_runs_the_acquire_sequence():
         assert blocks and all(b.events["time_ps"].min() >= 0 for b in blocks)
         writes = [(board.map.by_address[f["address"]].name, f["value"]) for f in board.writes]
         status = [v for name, v in writes if name == "control.status_period"]
-        # Snapshots off while configuring, on for the run (20 ms at 100 MHz), off after.
-        assert status == [0, 2_000_000, 0]
+        # Snapshots off while configuring, on for the run (20 ms at 100 MHz: 32 records of 9
+        # bytes take 0.24 ms at 12 Mbaud, under 2 % of 20 ms), off after.
+        assert status == [0, 2_000_000, 0] and run.status_interval == 0.02
         runs = [v for name, v in writes if name == "control.run"]
         assert runs == [0, 1, 0]
         assert ("config.channel[0].source", Source.PIN.value) in writes or \
@@ -294,6 +295,19 @@ def test_tagger_on_a_serial_port_runs_the_acquire_sequence():
         # The fake board's counters read 0 while it streams tags: the check must fail.
         assert run.checks["tags_match_singles"] is False
         assert sum(run.tags_per_channel) > 0 == sum(run.counters["singles"])
+
+
+def test_snapshot_interval_follows_the_link():
+    """At 3 Mbaud a snapshot of 32 counters (9 bytes each) takes 0.96 ms: the default interval
+    grows to keep snapshots at 2 % of the link (48 ms); an interval under two snapshots is
+    refused before anything is written."""
+    with PtyBoard(baud=3_000_000) as board:
+        with heraldry.open(board.port, baud=3_000_000) as tagger:
+            assert tagger.run(duration=0.01).status_interval == pytest.approx(0.048)
+            with pytest.raises(ConfigError, match=r"takes 0.96 ms at 3000000 baud"):
+                tagger.run(duration=0.01, status_interval=0.0015)
+            assert tagger.run(duration=0.01, status_interval=0.002).status_interval == 0.002
+        assert not board.writes
 
 
 def test_a_board_that_goes_away_mid_run_keeps_what_arrived():
