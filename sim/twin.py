@@ -366,6 +366,8 @@ class Twin:
             return None
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
+            # A harness stopped by SIGSTOP (a hung board, in tests) only acts on it once resumed.
+            self._proc.send_signal(signal.SIGCONT)
             try:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:

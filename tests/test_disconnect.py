@@ -275,3 +275,45 @@ def test_port_gone_before_the_run_is_device_lost():
         assert not device._reader.is_alive()
     finally:
         device.close()
+
+
+def test_virtual_board_stopped_mid_run(tmp_path, twin_binary):
+    """SIGSTOP on the virtual board once records flow (a hung board: the port stays open):
+    "the board stopped answering" after the resends (4 attempts of 3 s), never "is it a heraldry
+    board?"; exit 4 and the PTU finished, flagged, as for a lost board."""
+    ptu, summary_path = tmp_path / "run.ptu", tmp_path / "summary.json"
+    proc = subprocess.Popen([sys.executable, "-m", "heraldry.host.cli", "acquire", "--board",
+                             "sim", *ACQUIRE, "--out", str(ptu), "--summary-json",
+                             str(summary_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        twin = _twin_of(proc.pid)
+        _wait_for_records(ptu, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    os.kill(twin, signal.SIGSTOP)
+    try:
+        elapsed, status, out, err = _finish(proc, time.monotonic())
+    finally:
+        try:
+            os.kill(twin, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    print(f"\nvirtual board SIGSTOPped: heraldry acquire exited {elapsed:.3f} s later")
+    assert status == 4, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("heraldry: error: the board stopped answering ")
+    assert "after 4 attempts of 3 s" in lines[0] and "baud" not in lines[0]
+    assert str(ptu) in lines[0] and "data transfer failed" in lines[0]
+    summary = json.loads(out)
+    assert summary == json.loads(summary_path.read_text()) and summary["complete"] is False
+    tags = read_ptu(ptu).tags
+    assert tags["TTResult_StopReason"] == StopReason.TRANSFER_FAILED
+    assert tags["TTResult_MDescWarningFlags"] & WARNING_EVENTS_DROPPED
+    with ptufile.PtuFile(ptu) as f:
+        assert f.number_records == tags["TTResult_NumberOfRecords"] == summary["tags"] \
+            + summary["herald_records"] + summary["coincidence_records"] + read_ptu(ptu).overflows
+    # The resends take 12 s; the stopped harness is resumed to end (not waited on for 10 s).
+    assert 11 <= elapsed < 20
