@@ -227,7 +227,8 @@ class PTUWriter:
     When writing fails (``OSError``: no space left, file too large, ...), :meth:`write_block`
     (or :meth:`close`) first makes the part being written readable: it is cut to the whole
     records that reached the file, its record count is patched in place (no new space needed),
-    and ``records`` is set to what the parts hold; then the error is raised. Nothing more is
+    and ``records`` is set to what the parts hold (``events`` still counts every event handed to
+    the file, some of which may have been cut); then the error is raised. Nothing more is
     written; :meth:`close` still patches every header (stop reason, events-dropped flag,
     summary). A part whose header could not be written is removed.
     """
