@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .cli import _error
+
 __all__ = ["register", "cmd_build", "cmd_flash", "programmer_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -32,10 +34,6 @@ PROGRAMMER_FIX = {
     "openFPGALoader": "install it (Debian/Ubuntu: apt install openfpgaloader) or set "
                       "OPENFPGALOADER",
 }
-
-
-def _error(message):
-    sys.stderr.write(f"heraldry: error: {message}\n")
 
 
 #: For --help only: importing heraldry.boards (Amaranth, every board module) just to list them

@@ -14,13 +14,11 @@ import sys
 import time
 
 from ..sim.faults import FAULT_KINDS as _KINDS
+from .cli import _error
 
 __all__ = ["register", "cmd_relay"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-def _error(message):
-    sys.stderr.write(f"heraldry: error: {message}\n")
 
 
 def register(subparsers):

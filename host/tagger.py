@@ -311,7 +311,7 @@ def open(target, *, board=None, baud=None, channels=None, timeout=None, realtime
         command line's).
     heraldry.host.driver.IdentificationError
         Nothing identifies as a heraldry board on that port (at any baud tried).
-    heraldry.host.sim.twin.TwinError, heraldry.host.transport.TransportError
+    heraldry.sim.twin.TwinError, heraldry.host.transport.TransportError
         The virtual board cannot start; the port cannot be opened (e.g. busy).
     """
     if not isinstance(target, str):
