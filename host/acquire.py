@@ -97,6 +97,16 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     ``sink(events)``, if given, gets every block as it is collected, with times from the run
     start like ``AcquisitionResult.events`` (e.g. :meth:`heraldry.host.ptu.PTUWriter.write_block`
     streaming to a file while the run goes on).
+
+    A run cut short raises with ``partial`` set on the exception (an :class:`AcquisitionResult`
+    of what was received and verified, ``counters`` ``None``, ``error`` saying why):
+    :class:`~heraldry.host.driver.DeviceLost` (the link went away);
+    :class:`~heraldry.host.driver.BoardSilent` (a ``DeviceLost``: the board stopped answering,
+    in place of ``NoReply``; also before the start, without ``partial``); ``KeyboardInterrupt``
+    (including :class:`heraldry.host.interrupt.Interrupted`; the board is stopped first); and
+    the ``OSError`` of a ``sink`` that cannot write (the board is stopped, the sink is not
+    called again). A stop signal waits for the block being collected and passed to ``sink``
+    (:func:`heraldry.host.interrupt.held`).
     """
     ident = device.identity or device.identify()
     cycles = int(round(duration_s * ident.clock_hz))
