@@ -307,7 +307,11 @@ def test_snapshot_interval_follows_the_link():
             with pytest.raises(ConfigError, match=r"takes 0.96 ms at 3000000 baud"):
                 tagger.run(duration=0.01, status_interval=0.0015)
             assert tagger.run(duration=0.01, status_interval=0.002).status_interval == 0.002
-        assert not board.writes
+            with pytest.raises(ConfigError, match="window_ns 20000 ns is 2000 bins"):
+                tagger.run(Settings(window_ns=20_000), duration=0.01)
+            with pytest.raises(ConfigError, match="duration must be positive"):
+                tagger.run(duration=-1)
+        assert not board.writes             # refused settings never reach the board
 
 
 def test_a_board_that_goes_away_mid_run_keeps_what_arrived():
