@@ -9,12 +9,13 @@ evenly over drop, flip (one bit), duplicate and delay (up to 50 ms; a delay chan
 read over the same faulty link and confirmed); ``decode_errors`` = records in damaged segments;
 ``faults_injected`` = the faults the relay injected into the board's bytes in that run.
 
-A damaged segment loses all its events, so recovery depends on the segment length. Two series:
-the gateware's default ``control.anchor_interval`` (2^20 cycles, 10.5 ms, about 5 kB per
-segment here) and a short one (2^14 cycles, 164 us, about 90 bytes per segment, 15 bytes of
-ANCHOR + CHECK each: 7 % of a 12 Mbaud link). Beside each measured fraction the table prints what
-independent byte faults predict from the board's own segments (the relay keeps the clean
-stream): sum over segments of tags * (1 - 3/4 rate)^bytes, over all tags.
+A damaged group (at most ``WIRE_GROUP_RECORDS`` data records, closed by a TIME or the segment's
+CHECK) loses its events, and a damaged ANCHOR group (the ANCHOR and the TIME after it) its whole
+segment. Two series: the gateware's default ``control.anchor_interval`` (2^20 cycles, 10.5 ms)
+and a short one (2^14 cycles, 164 us). Beside each measured fraction the table prints what
+independent byte faults predict from the board's own groups (the relay keeps the clean stream):
+sum over groups of tags * (1 - 3/4 rate)^bytes, over all tags, where a group's bytes are its
+own, the record that closes it and its segment's ANCHOR group.
 """
 
 import time
@@ -27,22 +28,30 @@ DURATION_S = 0.2
 ANCHORS = {"default": 2 ** 20, "short": 2 ** 14}
 
 
-def _segment_tags(clean):
-    """``(bytes, tags)`` of every segment of a clean stream (ANCHOR .. CHECK)."""
+def _group_tags(clean):
+    """``(bytes, tags)`` of every group of a clean stream (an ANCHOR or TIME up to the next
+    TIME or CHECK), where ``bytes`` are those whose damage costs the group's tags: its own, the
+    record that closes it (a TIME's CRC verifies the group before it) and its segment's ANCHOR
+    group (the ANCHOR and the TIME after it)."""
     from heraldry.protocol import Kind, WireKind
     from heraldry.wire import WireFormat, split_records
-    out, size, tags = [], None, 0
+    out, group, anchor_cost = [], None, 0
     for rec in split_records(clean):
         kind = WireFormat.record_kind(rec[0])
         if kind is WireKind.ANCHOR:
-            size, tags = 0, 0
-        if size is None:
+            group = [len(rec), 0, True]             # bytes, tags, is the ANCHOR's group
             continue
-        size += len(rec)
-        tags += kind is Kind.TAG
-        if kind is WireKind.CHECK:
-            out.append((size, tags))
-            size = None
+        if group is None:
+            continue
+        if kind in (WireKind.TIME, WireKind.CHECK):
+            if group[2]:
+                anchor_cost = group[0] + len(rec)
+            else:
+                out.append((group[0] + len(rec) + anchor_cost, group[1]))
+            group = [len(rec), 0, False] if kind is WireKind.TIME else None
+            continue
+        group[0] += len(rec)
+        group[1] += kind is Kind.TAG
     return np.array(out, np.float64).reshape(-1, 2)
 
 
@@ -65,9 +74,9 @@ def _run(binary, rate, anchor_interval, seed):
             clean = relay.clean
             faults = relay.counts["to_host"]
     counted = sum(result.counters["singles"])
-    segments = _segment_tags(clean)
-    survive = (1 - 0.75 * rate) ** segments[:, 0]
-    predicted = float((segments[:, 1] * survive).sum() / max(1, segments[:, 1].sum()))
+    groups = _group_tags(clean)
+    survive = (1 - 0.75 * rate) ** groups[:, 0]
+    predicted = float((groups[:, 1] * survive).sum() / max(1, groups[:, 1].sum()))
     return {
         "byte_fault_rate": rate,
         "events_recovered_fraction": round(len(result.tags) / counted, 5) if counted else None,
@@ -76,9 +85,9 @@ def _run(binary, rate, anchor_interval, seed):
         "faults_injected": sum(faults[k] for k in ("drop", "flip", "duplicate", "delay")),
     }, {
         "predicted": predicted, "tags": len(result.tags), "counted": counted,
-        "segments": len(segments), "segment_bytes": float(segments[:, 0].mean()),
+        "groups": len(groups), "group_bytes": float(groups[:, 0].mean()),
         "skipped": stats["skipped_bytes"], "unverified": stats["unverified"],
-        "resends": stats["resends"], "mismatches": stats["reply_mismatches"],
+        "resends": stats["resends"],
         "seconds": time.monotonic() - start,
     }
 
@@ -89,7 +98,7 @@ def run():
     figures = {}
     print(f"  {'anchor':>7} {'rate':>7} {'recovered':>9} {'predicted':>9} {'tags':>6} "
           f"{'counted':>7} {'faults':>6} {'dec.err':>7} {'skipped':>7} {'unverif':>7} "
-          f"{'segments':>8} {'seg.bytes':>9} {'resends':>7} {'mismatch':>8} {'wall s':>6}")
+          f"{'groups':>8} {'grp.cost':>9} {'resends':>7} {'wall s':>6}")
     for name, interval in ANCHORS.items():
         rows = []
         for i, rate in enumerate(RATES):
@@ -99,8 +108,8 @@ def run():
                   f"{row['events_recovered_fraction']:9.4f} {more['predicted']:9.4f} "
                   f"{more['tags']:6d} {more['counted']:7d} {row['faults_injected']:6d} "
                   f"{row['decode_errors']:7d} {more['skipped']:7d} {more['unverified']:7d} "
-                  f"{more['segments']:8d} {more['segment_bytes']:9.0f} {more['resends']:7d} "
-                  f"{more['mismatches']:8d} {more['seconds']:6.1f}", flush=True)
+                  f"{more['groups']:8d} {more['group_bytes']:9.0f} {more['resends']:7d} "
+                  f"{more['seconds']:6.1f}", flush=True)
         figures["fault_recovery" if name == "default"
                 else f"fault_recovery_anchor_{interval}"] = rows
     return figures

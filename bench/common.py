@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 
 from heraldry.protocol import (
-    WIRE_BITS_PER_BYTE, WIRE_START, WIRE_TAG_FIRST_BITS, Kind, WireKind,
+    WIRE_BITS_PER_BYTE, WIRE_GROUP_RECORDS, WIRE_START, WIRE_TAG_FIRST_BITS, Kind, WireKind,
 )
 from heraldry.wire import CHECK_CRC_INIT, CHECK_FIELD_BITS, WireFormat, encode_stream
 
@@ -51,8 +51,13 @@ def encode_tags(times, channels, n_channels, *, fine_bits=0, anchor_interval=2 *
             break
         starts.append(j)
     starts = np.array(starts)
+    segment = np.zeros(n, np.int64)
+    segment[starts[1:]] = 1
+    segment = np.cumsum(segment)                    # segment index of each record
+    first = starts[segment]                         # the record each one's ANCHOR carries
+    opens = (np.arange(n) - first) % WIRE_GROUP_RECORDS == 0     # a TIME comes before it
     delta = np.diff(times, prepend=times[0])
-    delta[starts] = 0
+    delta[opens] = times[opens] - times[first[opens]]   # TIME: T = the ANCHOR's time
     payload = channels.astype(np.int64) | (delta << fmt.channel_bits)
     first_bits, bpb = WIRE_TAG_FIRST_BITS, WIRE_BITS_PER_BYTE
     length = np.ones(n, np.int64)
@@ -64,13 +69,12 @@ def encode_tags(times, channels, n_channels, *, fine_bits=0, anchor_interval=2 *
         length += longer
         limit <<= bpb
     anchor_len = fmt.fixed_bytes[WireKind.ANCHOR]
+    time_len = fmt.fixed_bytes[WireKind.TIME]
     check_len = fmt.fixed_bytes[WireKind.CHECK]
-    segment = np.zeros(n, np.int64)
-    segment[starts[1:]] = 1
-    segment = np.cumsum(segment)                    # segment index of each record
-    # offset of each record: tag bytes before it, plus the ANCHORs and CHECKs before it
-    offset = (np.cumsum(length) - length) + anchor_len * (segment + 1) + check_len * segment
-    total = int(length.sum()) + (anchor_len + check_len) * len(starts)
+    # offset of each record: tag bytes before it, plus the ANCHORs, TIMEs and CHECKs before it
+    offset = ((np.cumsum(length) - length) + anchor_len * (segment + 1) + check_len * segment
+              + time_len * np.cumsum(opens))
+    total = int(length.sum()) + (anchor_len + check_len) * len(starts) + time_len * int(opens.sum())
     out = np.zeros(total, np.uint8)
     out[offset] = WIRE_START | (payload & ((1 << first_bits) - 1))
     shift = first_bits
@@ -79,15 +83,23 @@ def encode_tags(times, channels, n_channels, *, fine_bits=0, anchor_interval=2 *
         out[offset[more] + j] = (payload[more] >> shift) & ((1 << bpb) - 1)
         shift += bpb
     ends = np.append(starts[1:], n)
-    for s, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-        anchor_at = int(offset[a]) - anchor_len
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        anchor_at = int(offset[a]) - time_len - anchor_len
         out[anchor_at:anchor_at + anchor_len] = np.frombuffer(fmt.record_bytes(
             WireKind.ANCHOR, fmt.pack(WireKind.ANCHOR, {"time": int(times[a])})), np.uint8)
+        seed = crc = binascii.crc_hqx(out[anchor_at:anchor_at + anchor_len].tobytes(),
+                                      CHECK_CRC_INIT)
         seg_end = int(offset[b - 1] + length[b - 1])
-        body = out[anchor_at:seg_end].tobytes()
+        group_starts = (np.flatnonzero(opens[a:b]) + a).tolist()
+        for g, r in enumerate(group_starts):
+            time_at = int(offset[r]) - time_len
+            out[time_at:time_at + time_len] = np.frombuffer(fmt.record_bytes(
+                WireKind.TIME, fmt.pack(WireKind.TIME, {"crc": crc})), np.uint8)
+            group_end = (int(offset[group_starts[g + 1]]) - time_len
+                         if g + 1 < len(group_starts) else seg_end)
+            crc = binascii.crc_hqx(out[time_at:group_end].tobytes(), seed)
         check = fmt.record_bytes(WireKind.CHECK, fmt.pack(WireKind.CHECK, {
-            "bytes": len(body) & ((1 << CHECK_FIELD_BITS) - 1),
-            "crc": binascii.crc_hqx(body, CHECK_CRC_INIT)}))
+            "bytes": (seg_end - time_at) & ((1 << CHECK_FIELD_BITS) - 1), "crc": crc}))
         out[seg_end:seg_end + check_len] = np.frombuffer(check, np.uint8)
     return out.tobytes()
 

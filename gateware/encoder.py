@@ -11,7 +11,8 @@ from amaranth.lib.wiring import In, Out
 
 from heraldry.protocol import (
     CHANNEL_BITS, COARSE_BITS, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES, REGISTER_ADDRESS_BITS,
-    RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS,
+    RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_GROUP_RECORDS,
+    WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS,
     WIRE_TAG_FIRST_BITS, Kind, LossCause, WireKind, record_layout, time_bits, wire_channel_bits,
 )
 from heraldry.protocol import (
@@ -65,7 +66,8 @@ def _record_bytes(payload_bits, first_bits):
 
 
 class Encoder(wiring.Component):
-    """Encodes records into self-synchronising bytes, in ANCHOR ... CHECK segments.
+    """Encodes records into self-synchronising bytes, in ANCHOR ... CHECK segments cut into
+    groups by TIME records.
 
     Each *item* (a record from ``i``, a side record from ``side``) is *taken* in the cycle of its
     handshake; the encoder's policy is a function of the items, in the order taken, and of the
@@ -77,7 +79,11 @@ class Encoder(wiring.Component):
     * an item taken while a segment is open and ``k - A >= anchor_interval`` or a ``clear`` came
       since ``A`` is preceded by a CHECK (the segment is closed);
     * a record from ``i`` taken while no segment is open is preceded by an ANCHOR carrying its
-      absolute time (``A = k``), so a TAG right after it has delta 0;
+      absolute time (``A = k``) and a TIME (the ANCHOR is a group of its own), so a TAG right
+      after them has delta 0;
+    * a TAG, COINCIDENCE or HERALD record from ``i`` taken while the open group holds
+      ``WIRE_GROUP_RECORDS`` data records is preceded by a TIME (the CRC of the group it closes)
+      and measured from the ANCHOR's time, to which the TIME sets T back;
     * in a cycle in which nothing is taken but the first condition holds, the encoder closes the
       segment by itself (a CHECK alone): a run's last records are verifiable one anchor interval
       after their segment began, and an item taken later gets no second CHECK. (Same bytes as
@@ -88,10 +94,11 @@ class Encoder(wiring.Component):
     HERALD zigzag offsets from the running time T, computed modulo ``2**time_bits(F)`` (a segment's
     items are taken within ``anchor_interval <= 2**31`` cycles, so every true delta fits); LOSS,
     STATUS and REPLY fields (the latter two with their check, ``protocol.reply_check``).
-    ANCHOR, CHECK, STATUS and REPLY go out at their full length (``heraldry.wire
-    .FIXED_LENGTH_KINDS``), the others at their shortest. CHECK carries the byte count
-    (mod ``2**CHECK_FIELD_BITS``) and CRC (``heraldry.wire.crc16``) of its segment's bytes, the
-    ANCHOR included.
+    ANCHOR, TIME, CHECK, STATUS and REPLY go out at their full length (``heraldry.wire
+    .FIXED_LENGTH_KINDS``), the others at their shortest. TIME carries the CRC
+    (``heraldry.wire.crc16``) of the group it closes (from its ANCHOR or TIME on), CHECK the
+    byte count (mod ``2**CHECK_FIELD_BITS``) and CRC of the last group; the ANCHOR group's CRC
+    starts from ``CHECK_CRC_INIT``, the others' from the ANCHOR group's CRC.
 
     Throughput and latency: one byte per cycle while ``o.ready`` is high, with no bubble between
     records (an item is taken in the cycle the previous one's last byte is); the first byte of an
@@ -172,6 +179,7 @@ class Encoder(wiring.Component):
             WireKind.HERALD: (RULE_BITS + n + tb, WIRE_OTHER_FIRST_BITS),
             WireKind.LOSS: (loss_bits, WIRE_OTHER_FIRST_BITS),
             WireKind.ANCHOR: (WIRE_ANCHOR_TIME_BITS, WIRE_OTHER_FIRST_BITS),
+            WireKind.TIME: (CHECK_FIELD_BITS, WIRE_OTHER_FIRST_BITS),
             WireKind.CHECK: (check_bits, WIRE_OTHER_FIRST_BITS),
             WireKind.STATUS: (register_bits, WIRE_OTHER_FIRST_BITS),
             WireKind.REPLY: (register_bits, WIRE_OTHER_FIRST_BITS),
@@ -232,6 +240,7 @@ class Encoder(wiring.Component):
         r1_valid = Signal()
         r1_check = Signal()
         r1_anchor = Signal()
+        r1_group = Signal()                     # a TIME: the group ends, the next one begins
         r1_item = Signal()
         r1_string = Signal(sbits)
         r1_bytes = Signal(range(groups + 1))
@@ -262,11 +271,18 @@ class Encoder(wiring.Component):
         # Running time T, modulo 2**tb: every delta and offset fits tb bits (module docstring).
         # An ANCHOR item's delta is from its own time, i.e. 0; the subtraction runs in parallel
         # with the `expired` comparison instead of after it.
+        # Groups: `group` counts the data records of the open group (saturating at K). A TAG,
+        # COINCIDENCE or HERALD taken when it is K is preceded by a TIME and measured from the
+        # ANCHOR's time (`anchor_t`), as every TIME sets T back to it.
         t_run = Signal(tb)
+        anchor_t = Signal(tb)
+        group = Signal(range(WIRE_GROUP_RECORDS + 1))
+        group_full = Signal()
+        m.d.comb += group_full.eq((group == WIRE_GROUP_RECORDS) & (rec.kind != Kind.LOSS))
         diff = Signal(tb)
         zigzag = Signal(tb)
         m.d.comb += [
-            diff.eq(Mux(would_anchor, 0, rec.time - t_run)),
+            diff.eq(Mux(would_anchor, 0, rec.time - Mux(group_full, anchor_t, t_run))),
             zigzag.eq(Cat(Const(0, 1), diff[:-1]) ^ diff[-1].replicate(tb)),
         ]
 
@@ -346,7 +362,12 @@ class Encoder(wiring.Component):
         ]
         m.d.sync += [seg_bytes.eq(bytes_next), seg_crc.eq(crc_next)]
 
+        # The CRC every group after the ANCHOR's starts from: the ANCHOR group's own (binds each
+        # group to its ANCHOR). `first_group`: the open group is the ANCHOR's.
+        seed = Signal(CHECK_FIELD_BITS)
+        first_group = Signal()
         check_string = bit_string(WireKind.CHECK, Cat(bytes_next, crc_next))
+        time_string = bit_string(WireKind.TIME, crc_next)
         anchor_string = bit_string(WireKind.ANCHOR, r1_time)
 
         with m.If(fire):
@@ -357,12 +378,21 @@ class Encoder(wiring.Component):
             with m.If(r1_check):
                 m.d.sync += [cur.eq(check_string), left.eq(max_bytes[WireKind.CHECK]),
                              cur_check.eq(1), r1_check.eq(0)]
-                m.d.comb += last_phase.eq(~r1_anchor & ~r1_item)
+                m.d.comb += last_phase.eq(~r1_anchor & ~r1_group & ~r1_item)
             with m.Elif(r1_anchor):
-                # The segment's byte count and CRC start with the ANCHOR's first byte.
+                # The group's byte count and CRC start with the ANCHOR's first byte.
                 m.d.sync += [cur.eq(anchor_string), left.eq(max_bytes[WireKind.ANCHOR]),
-                             cur_check.eq(0), r1_anchor.eq(0),
+                             cur_check.eq(0), r1_anchor.eq(0), first_group.eq(1),
                              seg_bytes.eq(0), seg_crc.eq(CHECK_CRC_INIT)]
+                m.d.comb += last_phase.eq(~r1_group & ~r1_item)
+            with m.Elif(r1_group):
+                # Closes the group (its CRC covers the byte leaving now) and opens the next one,
+                # which starts with this TIME's first byte and its CRC from the seed.
+                m.d.sync += [cur.eq(time_string), left.eq(max_bytes[WireKind.TIME]),
+                             cur_check.eq(0), r1_group.eq(0), first_group.eq(0),
+                             seg_bytes.eq(0), seg_crc.eq(Mux(first_group, crc_next, seed))]
+                with m.If(first_group):
+                    m.d.sync += seed.eq(crc_next)
                 m.d.comb += last_phase.eq(~r1_item)
             with m.Else():
                 m.d.sync += [cur.eq(r1_string), left.eq(Mux(r1_bytes == 0, shortest, r1_bytes)),
@@ -383,6 +413,7 @@ class Encoder(wiring.Component):
                 r1_valid.eq(1),
                 r1_check.eq(expired),
                 r1_anchor.eq(anchor),
+                r1_group.eq(take_i & (would_anchor | group_full)),
                 r1_item.eq(~take_check),
                 r1_string.eq(item_string),
                 r1_bytes.eq(item_bytes),
@@ -393,12 +424,16 @@ class Encoder(wiring.Component):
                 m.d.sync += seg_open.eq(0)
             with m.If(take_i):
                 m.d.sync += prefer_side.eq(1)
+                with m.If(group_full):
+                    m.d.sync += [t_run.eq(anchor_t), group.eq(1)]
+                with m.Elif(group != WIRE_GROUP_RECORDS):
+                    m.d.sync += group.eq(group + 1)
                 with m.Switch(rec.kind):
                     with m.Case(Kind.TAG, Kind.HERALD):
                         m.d.sync += t_run.eq(rec.time)
                 with m.If(anchor):
                     m.d.sync += [seg_open.eq(1), age.eq(1), aged.eq(self.anchor_interval <= 1),
-                                 t_run.eq(rec.time)]
+                                 t_run.eq(rec.time), anchor_t.eq(rec.time), group.eq(1)]
             with m.If(take_side):
                 m.d.sync += prefer_side.eq(0)
         with m.Elif(self.clear & seg_open):

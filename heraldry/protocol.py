@@ -284,13 +284,16 @@ class WireKind(enum.Enum, shape=3):
     * COINCIDENCE: ``pattern`` (N bits), ``zigzag(t0 - T)``. T unchanged.
     * HERALD: ``rule`` (RULE_BITS), ``pattern`` (N bits), ``zigzag(time - T)``. T = time.
     * LOSS: ``cause`` (2 bits, LossCause), ``index`` (CHANNEL_BITS), ``count``. No time.
-    * TIME: reserved (not sent by protocol version 1).
-    * ANCHOR: absolute time in bins (``WIRE_ANCHOR_TIME_BITS``): T = time. Starts a segment.
-    * CHECK: ``bytes`` (16 bits: bytes of the segment, i.e. from its ANCHOR on, this record
-      excluded, mod 2**16), ``crc`` (16 bits: CRC-16/CCITT-FALSE of those bytes, see
-      ``CHECK_CRC_POLY``). Ends a segment.
+    * TIME: ``crc`` (16 bits: CRC-16/CCITT-FALSE, see ``CHECK_CRC_POLY``, of the bytes of the
+      group it closes). Ends a group and starts the next one: T = the segment's ANCHOR time.
+    * ANCHOR: absolute time in bins (``WIRE_ANCHOR_TIME_BITS``): T = time. Starts a segment, and
+      its first group (the ANCHOR alone: a TIME follows it at once).
+    * CHECK: ``bytes`` (16 bits: bytes of the group it closes mod 2**16), ``crc`` (16 bits, as
+      TIME's). Ends the group and the segment.
 
-    ANCHOR, CHECK, STATUS and REPLY are sent at full length (``FIXED_LENGTH_KINDS``).
+    A *group* is an ANCHOR or a TIME and the records after it, up to the next TIME or CHECK
+    (excluded). ANCHOR, TIME, CHECK, STATUS and REPLY are sent at full length
+    (``FIXED_LENGTH_KINDS``).
     * STATUS / REPLY: a register value: ``ok`` (1 bit), ``seq`` (``WIRE_SEQ_BITS``),
       ``address`` (``REGISTER_ADDRESS_BITS``), ``value`` (32 bits), ``check``
       (``REPLY_CHECK_BITS``: :func:`reply_check` of the fields before it). STATUS records are the
@@ -359,12 +362,17 @@ def reply_check_matrix():
 
 #: Reset value of ``control.anchor_interval`` (cycles between ANCHORs).
 DEFAULT_ANCHOR_INTERVAL = 2 ** 20
+#: Data records per group: before a TAG, COINCIDENCE or HERALD record that would be the group's
+#: ``WIRE_GROUP_RECORDS + 1``-th data record, the encoder closes the group with a TIME. A damaged
+#: group costs its own records only (docs/protocol.md has the trade-off table).
+WIRE_GROUP_RECORDS = 16
 
 #: Control records are sent at their kind's full length (payload zero-extended), so a reader
 #: knows one is complete at its last byte without waiting for the next record's first byte
 #: (a REPLY or the final CHECK of a run may be the last bytes for a long time). The other kinds
 #: use the shortest encoding of their payload.
-FIXED_LENGTH_KINDS = (WireKind.ANCHOR, WireKind.CHECK, WireKind.STATUS, WireKind.REPLY)
+FIXED_LENGTH_KINDS = (WireKind.ANCHOR, WireKind.TIME, WireKind.CHECK, WireKind.STATUS,
+                      WireKind.REPLY)
 
 
 def wire_channel_bits(channels):
@@ -421,7 +429,9 @@ def command_check_step(crc, bit):
 # and docs/registers.md is generated from it.
 
 MAGIC = 0x484C5244              #: "HRLD" read from register IDENT_MAGIC
-PROTOCOL_VERSION = 3             #: 2: command frames carry a CRC-5 check; 3: replies a CRC-8
+#: 2: command frames carry a CRC-5 check; 3: replies a CRC-8; 4: segments are cut into groups of
+#: WIRE_GROUP_RECORDS data records, each verified on its own (TIME records)
+PROTOCOL_VERSION = 4
 
 
 @dataclass(frozen=True)

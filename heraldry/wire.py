@@ -14,8 +14,8 @@ Record dicts (input of :func:`encode_records`, output of :func:`decode_bytes`):
   ``{"kind": Kind.LOSS, "cause", "index", "count"}``: times are absolute, unwrapped, in bins.
   A LOSS record carries no time on the wire; the decoder adds ``"time"`` = the running time T
   at which it was read (the encoder ignores a ``time`` key on LOSS records).
-* ``{"kind": "anchor", "time"}`` and ``{"kind": "check"}`` (``bytes``/``crc`` computed by the
-  encoder unless given; the decoder returns them).
+* ``{"kind": "anchor", "time"}``, ``{"kind": "time"}`` and ``{"kind": "check"}`` (``crc`` and
+  the CHECK's ``bytes`` computed by the encoder unless given; the decoder returns them).
 * ``{"kind": "status" | "reply", "ok", "seq", "address", "value"}`` (the encoder adds the
   ``check``, :func:`~heraldry.protocol.reply_check`, unless given; the decoder takes only records
   whose check matches and leaves it out).
@@ -25,6 +25,7 @@ from amaranth.hdl import Shape
 
 from .protocol import (  # noqa: F401 (re-exported: wire constants live in protocol)
     CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, DEFAULT_ANCHOR_INTERVAL, FIXED_LENGTH_KINDS,
+    WIRE_GROUP_RECORDS,
     REGISTER_VALUE_BITS, REPLY_CHECK_BITS, REPLY_FIELD_BITS, reply_check,
     CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
     COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS,
@@ -106,7 +107,7 @@ class WireFormat:
                               ("offset", self.time_bits)],
             WireKind.LOSS: [("cause", _CAUSE_BITS), ("index", CHANNEL_BITS),
                             ("count", LOSS_COUNT_BITS)],
-            WireKind.TIME: None,
+            WireKind.TIME: [("crc", CHECK_FIELD_BITS)],
             WireKind.ANCHOR: [("time", WIRE_ANCHOR_TIME_BITS)],
             WireKind.CHECK: [("bytes", CHECK_FIELD_BITS), ("crc", CHECK_FIELD_BITS)],
             WireKind.STATUS: register,
@@ -244,31 +245,40 @@ def encode_records(records, channels, rules, fine_bits=0):
     """Encode exactly the given records (see the module docstring) into bytes.
 
     The running time T starts at 0 and follows the rules of docs/protocol.md (TAG: T += delta,
-    HERALD: T = time, ANCHOR: T = time). A ``check`` without ``bytes``/``crc`` gets those of the
-    bytes since the last ANCHOR (which must exist and not be closed yet). Raises ``ValueError``
-    for what the format cannot carry (a TAG earlier than T, a field too wide).
+    HERALD: T = time, ANCHOR: T = time, TIME: T = the last ANCHOR's time). A ``{"kind":
+    "time"}`` without ``crc`` and a ``{"kind": "check"}`` without ``bytes``/``crc`` get those of
+    the open group: the bytes since the last ANCHOR or TIME (which must exist, and not be
+    closed by a CHECK yet). Raises ``ValueError`` for what the format cannot carry (a TAG earlier
+    than T, a field too wide).
     """
     fmt = WireFormat(channels, rules, fine_bits)
     out = bytearray()
-    t_run = 0
-    segment_start = None     # offset of the open segment's ANCHOR in ``out``
+    t_run = t_anchor = 0
+    group_start = None       # offset of the open group's first record (ANCHOR or TIME) in ``out``
+    seed = None              # CRC every group after the ANCHOR's starts from; None: in that one
     for rec in records:
         kind = rec["kind"]
         if kind == "anchor":
             wire_kind, values = WireKind.ANCHOR, {"time": rec["time"]}
-            t_run = rec["time"]
-            segment_start = len(out)
-        elif kind == "check":
-            wire_kind = WireKind.CHECK
-            if "bytes" in rec:
-                values = {"bytes": rec["bytes"], "crc": rec["crc"]}
+            t_run = t_anchor = rec["time"]
+            group_start = len(out)
+            seed = None
+        elif kind in ("check", "time"):
+            wire_kind = WireKind.CHECK if kind == "check" else WireKind.TIME
+            if group_start is None and not ("crc" in rec and (kind == "time" or "bytes" in rec)):
+                raise ValueError(f"a {kind.upper()} needs an open group or explicit fields")
+            group = out[group_start:] if group_start is not None else b""
+            crc = crc16(group, CHECK_CRC_INIT if seed is None else seed)
+            values = {"crc": rec["crc"] if "crc" in rec else crc}
+            if kind == "check":
+                values["bytes"] = (rec["bytes"] if "bytes" in rec
+                                   else len(group) & ((1 << CHECK_FIELD_BITS) - 1))
+                group_start = None
             else:
-                if segment_start is None:
-                    raise ValueError("a CHECK needs an open segment or explicit bytes/crc")
-                segment = out[segment_start:]
-                values = {"bytes": len(segment) & ((1 << CHECK_FIELD_BITS) - 1),
-                          "crc": crc16(segment)}
-            segment_start = None
+                t_run = t_anchor
+                group_start = len(out)
+                if seed is None:
+                    seed = crc
         elif kind in _SIDE_KINDS:
             wire_kind, values = _SIDE_KINDS[kind], dict(rec)
             if "check" not in values:       # a test may give a wrong one
@@ -300,8 +310,8 @@ def encode_records(records, channels, rules, fine_bits=0):
 
 
 def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT_ANCHOR_INTERVAL,
-                  final_check=True):
-    """The encoder policy of docs/protocol.md: place ANCHORs and CHECKs around ``records``.
+                  final_check=True, group_records=WIRE_GROUP_RECORDS):
+    """The encoder policy of docs/protocol.md: place ANCHORs, TIMEs and CHECKs around ``records``.
 
     ``records`` are data records (TAG/COINCIDENCE/HERALD/LOSS with absolute ``time`` in bins;
     LOSS records too: the merger gives them the coarse time of their bundle), side records
@@ -312,12 +322,14 @@ def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT
     a side record's or clear's is the previous cycle.
 
     Policy, for each item taken at cycle ``k``, with ``A`` the cycle the open segment's ANCHOR was
-    sent in:
+    sent in and ``n`` the data records of the open group:
 
     1. if a segment is open and (``k - A >= anchor_interval`` or a clear came since its ANCHOR):
        CHECK (the segment is closed);
-    2. a data record when no segment is open: ANCHOR carrying the record's time (``A = k``);
-    3. the item itself (a clear sends nothing).
+    2. a data record when no segment is open: ANCHOR carrying the record's time (``A = k``) and
+       at once a TIME (the ANCHOR is a group of its own); ``n = 0``;
+    3. a TAG, COINCIDENCE or HERALD record when ``n >= group_records``: TIME; ``n = 0``;
+    4. the item itself (a clear sends nothing); ``n += 1`` for a data record.
 
     After the last item, if ``final_check`` and a segment is open: CHECK. (The gateware sends a
     CHECK alone as soon as it is between items at a cycle with ``k - A >= anchor_interval``, or
@@ -326,6 +338,7 @@ def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT
     """
     out = []
     cycle = None
+    group = 0
     segment_cycle = None         # A; None = no open segment
     cleared = False
     for rec in records:
@@ -351,8 +364,14 @@ def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT
                 if not 0 <= rec["time"] < (1 << WIRE_ANCHOR_TIME_BITS):
                     raise ValueError(f"time {rec['time']} outside the anchor's range")
                 out.append({"kind": "anchor", "time": rec["time"]})
+                out.append({"kind": "time"})
                 segment_cycle = k
                 cleared = False
+                group = 0
+            elif group >= group_records and Kind(kind) is not Kind.LOSS:
+                out.append({"kind": "time"})
+                group = 0
+            group += 1
         out.append({key: value for key, value in rec.items() if key != "cycle"})
     if final_check and segment_cycle is not None:
         out.append({"kind": "check"})
@@ -365,24 +384,32 @@ _TIME_LIMIT = 1 << WIRE_ANCHOR_TIME_BITS
 
 
 def decode_bytes(data, channels, rules, fine_bits=0):
-    """Decode a whole byte stream with the segment rules of docs/protocol.md.
+    """Decode a whole byte stream with the segment and group rules of docs/protocol.md.
 
     Returns ``(records, errors)``: ``records`` in stream order (record dicts as in the module
-    docstring: the ANCHOR, data records and CHECK of every verified segment, and every well-formed
-    STATUS/REPLY wherever it is); ``errors`` = ``{"decode_errors", "skipped_bytes",
+    docstring: the ANCHOR, TIMEs, data records and CHECK of every verified group, and every
+    well-formed STATUS/REPLY wherever it is); ``errors`` = ``{"decode_errors", "skipped_bytes",
     "unverified"}``:
 
-    * a segment is an ANCHOR and the records after it up to a CHECK. It is *damaged* if its CHECK
-      is malformed or disagrees with the segment's byte count (modulo ``2**CHECK_FIELD_BITS``) and
-      :func:`crc16` (the ANCHOR included, the CHECK excluded), if it holds a malformed
-      record, or if a well-formed ANCHOR comes before its CHECK (that ANCHOR starts the next
-      segment). A record is malformed if it is not :meth:`WireFormat.well_formed`, or if it places
-      a time outside ``0 .. 2**WIRE_ANCHOR_TIME_BITS - 1`` or earlier than the previous time of
-      the same kind (TAG, HERALD or COINCIDENCE) emitted or in the segment. A damaged segment's
-      records (its ANCHOR and its CHECK included) count in ``decode_errors``;
+    * a segment is an ANCHOR and the records after it up to a CHECK, cut into groups: a group is
+      an ANCHOR or a well-formed TIME and the records after it up to the next well-formed TIME or
+      CHECK (a TIME excluded: it opens the next group; a CHECK included: it ends the segment),
+      which carries the group's :func:`crc16` (a CHECK also its byte count, modulo
+      ``2**CHECK_FIELD_BITS``). The ANCHOR's group's CRC starts from ``CHECK_CRC_INIT``, every
+      other group's from the ANCHOR group's CRC (so a group verifies only under its own
+      ANCHOR). A malformed TIME or CHECK ends nothing. A group is *damaged* if that CRC (or count) disagrees,
+      if it holds a malformed record, or if a well-formed ANCHOR comes before its end (that
+      ANCHOR starts the next segment). A record is malformed if it is not
+      :meth:`WireFormat.well_formed`, or if it places a time outside ``0 ..
+      2**WIRE_ANCHOR_TIME_BITS - 1`` or earlier than the previous time of the same kind (TAG,
+      HERALD or COINCIDENCE) emitted or in the group;
+    * a group's records are emitted if it is intact and the segment's first group (its ANCHOR
+      alone) was intact: every TIME sets T back to the ANCHOR's time, so a group needs nothing
+      from the groups before it but the ANCHOR. The records of a group that is not emitted (its
+      opening ANCHOR or TIME included, and a CHECK that closes it) count in ``decode_errors``;
     * bytes outside segments (before the first ANCHOR, between a CHECK and the next ANCHOR)
       that are not a well-formed STATUS/REPLY count in ``skipped_bytes``;
-    * the records of a segment still open at the end count in ``unverified``. A control record
+    * the records of a group still open at the end count in ``unverified``. A control record
       cut short by the end of the stream counts as one of them (or as skipped bytes outside a
       segment): it is incomplete, not malformed.
     """
@@ -391,11 +418,21 @@ def decode_bytes(data, channels, rules, fine_bits=0):
     out = []                       # (stream position, record)
     last = {Kind.TAG: -1, Kind.HERALD: -1, Kind.COINCIDENCE: -1}   # emitted times, per kind
     seg = None
+    group = None
 
-    def open_segment(position, values, record):
-        return {"records": [(position, {"kind": "anchor", "time": values["time"]})],
-                "count": len(record), "crc": crc16(record), "n": 1, "bad": False,
-                "t": values["time"], "last": dict(last)}
+    def open_group(position, opener, record):
+        return {"records": [(position, opener)], "count": len(record),
+                "crc": crc16(record, seg["seed"]), "n": 1, "bad": False, "t": seg["anchor"],
+                "last": dict(last)}
+
+    def close_group(ok):
+        # the open group ends; True if its records were emitted
+        if ok and not group["bad"] and (seg["anchored"] or group["first"]):
+            out.extend(group["records"])
+            last.update(group["last"])
+            return True
+        errors["decode_errors"] += group["n"]
+        return False
 
     records = split_records(data)
     truncated = None
@@ -410,58 +447,69 @@ def decode_bytes(data, channels, rules, fine_bits=0):
             side = {"kind": "status" if kind is WireKind.STATUS else "reply",
                     **{key: value for key, value in parsed[1].items() if key != "check"}}
             out.append((position, side))
+        if parsed is not None and kind is WireKind.ANCHOR:
+            if seg is not None:
+                errors["decode_errors"] += group["n"]
+            seg = {"anchor": parsed[1]["time"], "anchored": False, "seed": CHECK_CRC_INIT}
+            group = open_group(position, {"kind": "anchor", "time": parsed[1]["time"]}, record)
+            group["first"] = True
+            continue
         if seg is None:
-            if parsed is not None and kind is WireKind.ANCHOR:
-                seg = open_segment(position, parsed[1], record)
-            elif parsed is None or kind not in (WireKind.STATUS, WireKind.REPLY):
+            if parsed is None or kind not in (WireKind.STATUS, WireKind.REPLY):
                 errors["skipped_bytes"] += len(record)
             continue
-        if kind is WireKind.CHECK:
-            mask = (1 << CHECK_FIELD_BITS) - 1
-            if (parsed is not None and not seg["bad"]
-                    and parsed[1] == {"bytes": seg["count"] & mask, "crc": seg["crc"]}):
-                out += seg["records"]
-                out.append((position, {"kind": "check", **parsed[1]}))
-                last.update(seg["last"])
+        if parsed is not None and kind in (WireKind.TIME, WireKind.CHECK):
+            # the group ends; a TIME opens the next one (a malformed TIME or CHECK is a malformed
+            # record of the group, which goes on)
+            values = parsed[1]
+            match = values["crc"] == group["crc"] and (
+                kind is WireKind.TIME
+                or values["bytes"] == group["count"] & ((1 << CHECK_FIELD_BITS) - 1))
+            emitted = close_group(match)
+            if group["first"]:
+                # the ANCHOR's group, verified or not, gives the CRC the others start from
+                seg["anchored"], seg["seed"] = emitted, group["crc"]
+            if kind is WireKind.CHECK:
+                if emitted:
+                    out.append((position, {"kind": "check", **values}))
+                else:
+                    errors["decode_errors"] += 1
+                seg = group = None
             else:
-                errors["decode_errors"] += seg["n"] + 1
-            seg = None
+                group = open_group(position, {"kind": "time", **values}, record)
+                group["first"] = False
             continue
-        if parsed is not None and kind is WireKind.ANCHOR:
-            errors["decode_errors"] += seg["n"]
-            seg = open_segment(position, parsed[1], record)
-            continue
-        seg["count"] += len(record)
-        seg["crc"] = crc16(record, seg["crc"])
-        seg["n"] += 1
+        group["count"] += len(record)
+        group["crc"] = crc16(record, group["crc"])
+        group["n"] += 1
         if parsed is None:
-            seg["bad"] = True
+            group["bad"] = True
             continue
         values = parsed[1]
         if kind is Kind.TAG:
             rec = {"kind": Kind.TAG, "channel": values["channel"],
-                   "time": seg["t"] + values["delta"]}
+                   "time": group["t"] + values["delta"]}
         elif kind is WireKind.COINCIDENCE:
             rec = {"kind": Kind.COINCIDENCE, "pattern": values["pattern"],
-                   "time": seg["t"] + unzigzag(values["offset"])}
+                   "time": group["t"] + unzigzag(values["offset"])}
         elif kind is WireKind.HERALD:
             rec = {"kind": Kind.HERALD, "rule": values["rule"], "pattern": values["pattern"],
-                   "time": seg["t"] + unzigzag(values["offset"])}
+                   "time": group["t"] + unzigzag(values["offset"])}
         elif kind is WireKind.LOSS:
             rec = {"kind": Kind.LOSS, "cause": LossCause(values["cause"]),
-                   "index": values["index"], "count": values["count"], "time": seg["t"]}
+                   "index": values["index"], "count": values["count"], "time": group["t"]}
         else:
             continue                # STATUS / REPLY: already taken
         if rec["kind"] is not Kind.LOSS:
-            if not 0 <= rec["time"] < _TIME_LIMIT or rec["time"] < seg["last"][rec["kind"]]:
-                seg["bad"] = True
+            if not 0 <= rec["time"] < _TIME_LIMIT or rec["time"] < group["last"][rec["kind"]]:
+                group["bad"] = True
                 continue
-            seg["last"][rec["kind"]] = rec["time"]
+            group["last"][rec["kind"]] = rec["time"]
             if rec["kind"] is not Kind.COINCIDENCE:
-                seg["t"] = rec["time"]
-        seg["records"].append((position, rec))
+                group["t"] = rec["time"]
+        group["records"].append((position, rec))
     if seg is not None:
-        errors["unverified"] += seg["n"] + (truncated is not None)
+        errors["unverified"] += group["n"] + (truncated is not None)
     elif truncated is not None:
         errors["skipped_bytes"] += len(truncated)
     out.sort(key=lambda item: item[0])

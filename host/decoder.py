@@ -50,7 +50,7 @@ _CODES = _ORPHAN + 1
  _P_K_COINCIDENCE, _P_K_HERALD, _P_K_LOSS, _P_K_ANCHOR, _P_K_CHECK, _P_K_STATUS, _P_K_REPLY,
  _P_OUT_TAG, _P_OUT_COINCIDENCE, _P_OUT_HERALD, _P_OUT_LOSS,
  _P_MERGER_FULL, _P_DELAY_FULL, _P_HERALD_RECORD, _P_TAG_CODE, _P_ORPHAN_CODE,
- _P_REPLY_FIELD_BITS, _P_REPLY_CONSTANT, _P_REPLY_COLUMNS) = range(36)
+ _P_REPLY_FIELD_BITS, _P_REPLY_CONSTANT, _P_K_TIME, _P_REPLY_COLUMNS) = range(37)
 # the STATUS/REPLY check's columns (protocol.reply_check_matrix) follow from _P_REPLY_COLUMNS
 _P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
 
@@ -59,7 +59,7 @@ _P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
  _S_IN_SEGMENT, _S_T, _S_SEG_BYTES, _S_SEG_CRC, _S_SEG_RECORDS, _S_SEG_BAD,
  _S_LAST_TAG, _S_LAST_HERALD, _S_LAST_COINC, _S_DONE_TAG, _S_DONE_HERALD, _S_DONE_COINC,
  _S_DECODE_ERRORS, _S_SKIPPED, _S_UNVERIFIED, _S_PTR, _S_SEG_START, _S_SIDE, _S_LOSSES,
- _S_SIZE) = range(27)
+ _S_T_ANCHOR, _S_ANCHORED, _S_GROUP_FIRST, _S_SEED, _S_SIZE) = range(31)
 
 # Kernel tables, one row per kind code.
 (_T_FIRST_BITS, _T_PAYLOAD_BITS, _T_MAX_BYTES, _T_FIXED_BYTES, _T_SIZE) = range(5)
@@ -182,6 +182,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     k_loss = prm[_P_K_LOSS]
     k_anchor = prm[_P_K_ANCHOR]
     k_check = prm[_P_K_CHECK]
+    k_time = prm[_P_K_TIME]
     k_status = prm[_P_K_STATUS]
     k_reply = prm[_P_K_REPLY]
     out_tag = prm[_P_OUT_TAG]
@@ -226,6 +227,10 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     seg_start = st[_S_SEG_START]
     n_side = st[_S_SIDE]
     losses = st[_S_LOSSES]
+    t_anchor = st[_S_T_ANCHOR]
+    anchored = st[_S_ANCHORED]
+    group_first = st[_S_GROUP_FIRST]
+    seed = st[_S_SEED]
 
     n = data.shape[0]
     i = 0
@@ -323,6 +328,9 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                     if ok and k == k_anchor:
                         in_seg = 1
                         t_run = p
+                        t_anchor = p
+                        anchored = 0
+                        group_first = 1
                         seg_bytes = cur_len
                         seg_crc = cur_crc
                         crc_from = i
@@ -334,25 +342,62 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                         seg_start = ptr
                     elif not side_record:
                         skipped += cur_len
-                elif k == k_check:
-                    if ok and seg_bad == 0:
+                elif ok and (k == k_check or k == k_time):
+                    # the group ends; a TIME opens the next one
+                    if seg_bad == 0:
                         seg_crc = _crc_fold(seg_crc, data, crc_from, max(cur_start, crc_from),
                                             crc_tables)
-                    if (ok and seg_bad == 0 and (p & check_mask) == (seg_bytes & check_mask)
-                            and (p >> check_bits) == seg_crc):
+                    if k == k_check:
+                        match = ((p & check_mask) == (seg_bytes & check_mask)
+                                 and (p >> check_bits) == seg_crc)
+                    else:
+                        match = p == seg_crc
+                    emitted = seg_bad == 0 and match and (anchored != 0 or group_first != 0)
+                    if emitted:
                         _to_ps(ev_time, seg_start, ptr, bin_q, bin_r)
                         seg_start = ptr
                         done_tag = last_tag
                         done_herald = last_herald
                         done_coinc = last_coinc
+                        if group_first != 0:
+                            anchored = 1
+                            seed = seg_crc      # every later group's CRC starts from it
                     else:
-                        decode_errors += seg_records + 1
+                        decode_errors += seg_records
                         ptr = seg_start
-                    in_seg = 0
+                    group_first = 0
+                    if k == k_check:
+                        if not emitted:
+                            decode_errors += 1
+                        in_seg = 0
+                    else:
+                        # the TIME opens the next group: its CRC, from the seed, over the
+                        # TIME's bytes (rebuilt from its payload: it is well formed)
+                        t_run = t_anchor
+                        seg_bytes = cur_len
+                        fb = tab[k, _T_FIRST_BITS]
+                        b = start | tag_flag | (k << kind_shift) | (p & ((1 << fb) - 1))
+                        seg_crc = (((seed << 8) & 0xFFFF)
+                                   ^ crc_tables[0, ((seed >> 8) ^ b) & 0xFF])
+                        q = p >> fb
+                        for _ in range(cur_len - 1):
+                            b = q & ((1 << bpb) - 1)
+                            q >>= bpb
+                            seg_crc = (((seg_crc << 8) & 0xFFFF)
+                                       ^ crc_tables[0, ((seg_crc >> 8) ^ b) & 0xFF])
+                        crc_from = i
+                        seg_records = 1
+                        seg_bad = 0
+                        last_tag = done_tag
+                        last_herald = done_herald
+                        last_coinc = done_coinc
                 elif ok and k == k_anchor:
                     decode_errors += seg_records
                     ptr = seg_start
                     t_run = p
+                    t_anchor = p
+                    anchored = 0
+                    group_first = 1
                     seg_bytes = cur_len
                     seg_crc = cur_crc
                     crc_from = i
@@ -468,7 +513,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     if in_seg != 0 and seg_bad == 0:
         # fold this chunk's bytes of the segment, but not those of a CHECK begun in it
         end = n
-        if cur_len > 0 and cur_kind == k_check:
+        if cur_len > 0 and (cur_kind == k_check or cur_kind == k_time):
             end = max(cur_start, 0)
         seg_crc = _crc_fold(seg_crc, data, crc_from, max(end, crc_from), crc_tables)
 
@@ -498,6 +543,10 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     st[_S_SEG_START] = seg_start
     st[_S_SIDE] = n_side
     st[_S_LOSSES] = losses
+    st[_S_T_ANCHOR] = t_anchor
+    st[_S_ANCHORED] = anchored
+    st[_S_GROUP_FIRST] = group_first
+    st[_S_SEED] = seed
 
 
 def _crc_tables():
@@ -571,6 +620,7 @@ class StreamDecoder:
         for index, kind in ((_P_K_COINCIDENCE, WireKind.COINCIDENCE),
                             (_P_K_HERALD, WireKind.HERALD), (_P_K_LOSS, WireKind.LOSS),
                             (_P_K_ANCHOR, WireKind.ANCHOR), (_P_K_CHECK, WireKind.CHECK),
+                            (_P_K_TIME, WireKind.TIME),
                             (_P_K_STATUS, WireKind.STATUS), (_P_K_REPLY, WireKind.REPLY)):
             prm[index] = kind.value
         prm[_P_OUT_TAG], prm[_P_OUT_COINCIDENCE] = Kind.TAG.value, Kind.COINCIDENCE.value

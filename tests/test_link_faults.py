@@ -36,7 +36,7 @@ from heraldry.protocol import WIRE_KIND_SHIFT, WIRE_TAG_FLAG, Kind
 from heraldry.sim.faults import FAULT_KINDS, FaultRelay, Faults
 from heraldry.wire import WIRE_START, WireKind, decode_bytes, encode_stream, split_records
 from test_decoder import assert_same, expected, random_cuts
-from test_wire import random_records
+from test_wire import groups_of, lost_groups, random_records
 
 CHANNELS, RULES = 4, 2
 BIN_PS = 10_000
@@ -228,47 +228,28 @@ def test_fault_rates_are_checked():
 
 # -- The decoders: one fault at every byte ------------------------------------------------------
 
-def _segments(data):
-    """Byte ranges ``[begin, end)`` of the segments of a clean stream, and each record's offset
-    and length."""
-    offsets, pos = [], 0
-    records = split_records(data)
-    for rec in records:
-        offsets.append(pos)
-        pos += len(rec)
-    ranges, begin = [], None
-    for rec, at in zip(records, offsets):
-        kind = wire.WireFormat.record_kind(rec[0])
-        if kind is WireKind.ANCHOR:
-            begin = at
-        elif kind is WireKind.CHECK:
-            ranges.append((begin, at + len(rec)))
-    return records, offsets, ranges
-
-
-def _events_by_segment(data, bin_fs):
-    """``expected()``'s events of a clean stream and the segment index of each."""
+def _events_by_group(data, bin_fs):
+    """``expected()``'s events of a clean stream and the group index of each (ANCHOR and TIME
+    records open groups, ``test_wire.groups_of``)."""
     records, _ = decode_bytes(data, CHANNELS, RULES)
-    segment, index = -1, []
+    group, index = -1, []
     for rec in records:
-        if rec["kind"] == "anchor":
-            segment += 1
+        if rec["kind"] in ("anchor", "time"):
+            group += 1
         elif rec["kind"] not in ("check", "reply", "status"):
-            index.append(segment)
+            index.append(group)
     events = expected(data, CHANNELS, RULES, bin_fs=bin_fs)[0]
     assert len(events) == len(index)
     return events, np.array(index)
 
 
-def _hit(ranges, faults):
-    """Indices of the segments (byte ranges of the clean stream) that ``faults`` (``(position,
-    kind)``) damage: any fault inside one, except a delay (no byte changes) and a duplicate of
-    its first or last byte: the copy is a lone byte just before or after the segment (a lone
-    start byte before the ANCHOR; a CHECK ends at its fixed length), skipped outside it."""
-    return sorted({s for position, kind in faults if kind != "delay"
-                   for s, (a, b) in enumerate(ranges)
-                   if a <= position < b
-                   and not (kind == "duplicate" and position in (a, b - 1))})
+def _lost(data, faults):
+    """Indices of the groups of the clean stream ``data`` that ``faults`` (``(position,
+    kind)``) cost: the union of what each costs (``test_wire.lost_groups``; a delay changes no
+    byte)."""
+    groups = groups_of(data, CHANNELS, RULES)
+    return sorted(set().union(*[lost_groups(groups, data, position, kind)
+                                for position, kind in faults if kind != "delay"]))
 
 
 def _faulted(data, position, kind, bit=0):
@@ -282,22 +263,26 @@ def _faulted(data, position, kind, bit=0):
     return bytes(out)
 
 
-def test_one_fault_costs_exactly_its_segment_and_framing_is_back_within_one_record():
+def test_one_fault_costs_exactly_its_group_and_framing_is_back_within_one_record():
     rng = np.random.default_rng(11)
     # replies and status records before the first segment, inside segments and between two
     side = [{"kind": "reply", "ok": 1, "seq": 3, "address": 0x15, "value": 123456},
             {"kind": "status", "ok": 1, "seq": 0, "address": 0x801, "value": 77}]
-    first = random_records(rng, CHANNELS, RULES, n=22, big_gaps=False)
-    later = random_records(rng, CHANNELS, RULES, n=22, big_gaps=False,
+    first = random_records(rng, CHANNELS, RULES, n=60, big_gaps=False)
+    later = random_records(rng, CHANNELS, RULES, n=60, big_gaps=False,
                            start=max(r.get("time", 0) for r in first) + 5000)
     data = (wire.encode_records(side[:1], CHANNELS, RULES)
-            + encode_stream(first, CHANNELS, RULES, anchor_interval=2 ** 8)
+            + encode_stream(first, CHANNELS, RULES, anchor_interval=2 ** 10)
             + wire.encode_records(side, CHANNELS, RULES)
-            + encode_stream(later, CHANNELS, RULES, anchor_interval=2 ** 8))
-    clean_records, offsets, ranges = _segments(data)
-    events, segment_of = _events_by_segment(data, 1000)
-    assert len(ranges) >= 5 and len(events) >= 30
-    assert any(b < c for (_, b), (c, _) in zip(ranges, ranges[1:]))       # a gap
+            + encode_stream(later, CHANNELS, RULES, anchor_interval=2 ** 10))
+    clean_records = split_records(data)
+    offsets = np.cumsum([0] + [len(r) for r in clean_records])[:-1]
+    groups = groups_of(data, CHANNELS, RULES)
+    events, group_of = _events_by_group(data, 1000)
+    segments = {segment for *_, segment, _ in groups}
+    assert len(segments) >= 4 and len(groups) >= 2 * len(segments) + 4 and len(events) >= 100
+    assert any(kind in ("reply", "status") for kind in
+               (r["kind"] for r in first + later))                   # side records inside
     cases = [(p, k, 0) for p in range(len(data)) for k in ("drop", "duplicate")]
     cases += [(p, "flip", bit) for p in range(len(data)) for bit in range(8)]
     for position, kind, bit in cases:
@@ -307,13 +292,13 @@ def test_one_fault_costs_exactly_its_segment_and_framing_is_back_within_one_reco
         tail = clean_records[r + 1:]
         got_records = split_records(damaged)
         assert got_records[len(got_records) - len(tail):] == tail, (position, kind, bit)
-        # segments: all but the one hit are emitted, the reference and the fast decoder agree
+        # groups: all but those lost are emitted, the reference and the fast decoder agree
         got, _, _, _, errors = assert_same(damaged, CHANNELS, RULES, bin_fs=1000,
                                            cuts=random_cuts(rng, len(damaged), 40))
-        hit = _hit(ranges, [(position, kind)])
-        keep = ~np.isin(segment_of, hit)
+        lost = _lost(data, [(position, kind)])
+        keep = ~np.isin(group_of, lost)
         np.testing.assert_array_equal(got, events[keep], err_msg=f"{position} {kind} {bit}")
-        if hit:         # always a trace: a CHECK hit at the very end leaves it unverified
+        if lost:        # always a trace: a CHECK hit at the very end leaves it unverified
             assert sum(errors.values()) > 0
 
 
@@ -432,14 +417,13 @@ def check_accounting(result, stats, relay):
     # the board's own stream is perfect, and it carries every tag the board counted
     clean_records, clean_errors = decode_bytes(clean, CHANNELS, RULES)
     assert clean_errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
-    events, segment_of = _events_by_segment(clean, BIN_PS * 1000)
+    events, group_of = _events_by_group(clean, BIN_PS * 1000)
     tags = events["kind"] == Kind.TAG.value
     singles = np.bincount(events["channel"][tags], minlength=CHANNELS).tolist()
     assert result.counters["singles"] == singles        # read over the faulty link, confirmed
-    # which segments the faults damaged
-    _, _, ranges = _segments(clean)
-    hit = _hit(ranges, relay.fault_log)
-    want = _abs_tags(events[~np.isin(segment_of, hit)])
+    # which groups the faults cost
+    hit = _lost(clean, relay.fault_log)
+    want = _abs_tags(events[~np.isin(group_of, hit)])
     got = _abs_tags(result.events, result.start_bin)
     assert got == want
     # the driver's counts are the reference decoder's on the bytes the host received
@@ -454,7 +438,7 @@ def check_accounting(result, stats, relay):
     for kind in (Kind.TAG, Kind.HERALD, Kind.COINCIDENCE):
         times = result.events["time_ps"][result.events["kind"] == kind.value]
         assert np.all(np.diff(times) >= 0)
-    return len(hit), len(ranges)
+    return len(hit), len(groups_of(clean, CHANNELS, RULES))
 
 
 @pytest.mark.parametrize("rate", [1e-4, 1e-3, 1e-2])

@@ -8,8 +8,9 @@ import binascii
 import numpy as np
 import pytest
 
+from heraldry import wire
 from heraldry.protocol import (
-    COMMAND_BYTES, Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
+    COMMAND_BYTES, WIRE_START, Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
 )
 from heraldry.wire import (
     WireFormat, command_check, decode_bytes, decode_command, encode_command, encode_records,
@@ -70,10 +71,10 @@ def random_records(rng, channels, rules, fine_bits=0, n=300, start=0, big_gaps=T
 
 
 def strip(records):
-    """Data and side records without anchors/checks; LOSS without its (wire-less) time."""
+    """Data and side records without anchors/times/checks; LOSS without its (wire-less) time."""
     out = []
     for rec in records:
-        if rec["kind"] in ("anchor", "check"):
+        if rec["kind"] in ("anchor", "time", "check"):
             continue
         rec = dict(rec)
         if rec["kind"] == Kind.LOSS:
@@ -95,6 +96,64 @@ def segments_of(data, channels, rules, fine_bits=0):
         if kind is WireKind.CHECK:
             out.append((start, offset))
     return out
+
+
+def groups_of(data, channels, rules, fine_bits=0):
+    """The groups of a clean stream: ``[(start, end, segment, opener_end), ...]`` byte ranges
+    from an ANCHOR or TIME up to the next TIME (excluded) or CHECK (included), the index of
+    their segment, and the end of their opening record. Written from docs/protocol.md, without
+    the decoder."""
+    fmt = WireFormat(channels, rules, fine_bits)
+    out, offset, start, segment, opener_end = [], 0, None, -1, None
+    for record in split_records(data):
+        kind = fmt.record_kind(record[0])
+        if kind in (WireKind.TIME, WireKind.CHECK) and start is not None:
+            end = offset + len(record) if kind is WireKind.CHECK else offset
+            out.append((start, end, segment, opener_end))
+            start = None
+        if kind is WireKind.ANCHOR:
+            segment += 1
+        if kind in (WireKind.ANCHOR, WireKind.TIME):
+            start, opener_end = offset, offset + len(record)
+        offset += len(record)
+    return out
+
+
+def lost_groups(groups, data, position, op):
+    """Indices of the groups that one fault costs by docs/protocol.md: ``op`` ("drop", "flip",
+    "duplicate", or "insert": a byte added after it) at byte ``position`` of the clean stream
+    ``data``. The group holding the damage is lost; so is the group before it if the damage is
+    in the TIME that opens the group (the TIME's CRC verifies the group before); and every group
+    of a segment whose ANCHOR group is lost. A duplicated start byte is a lone byte just before
+    its record (outside every group before an ANCHOR); a byte duplicated or added after a
+    CHECK's last byte is outside every group, after an ANCHOR's or TIME's last byte it is an
+    orphan in its group."""
+    g = next((g for g, (start, end, _, _) in enumerate(groups) if start <= position < end),
+             None)
+    if g is None:
+        return set()                # outside segments: a lone or orphan byte, skipped
+    start, end, segment, opener_end = groups[g]
+    first = g == 0 or groups[g - 1][2] != segment            # the ANCHOR's group
+    last = g + 1 == len(groups) or groups[g + 1][2] != segment
+    in_time = not first and position < opener_end
+    if op == "duplicate" and data[position] >= WIRE_START:
+        if position == start:
+            lost = set() if first else {g - 1}
+        else:
+            lost = {g}
+    elif op in ("duplicate", "insert"):
+        if position == end - 1 and last:
+            lost = set()
+        elif in_time and position < opener_end - 1:
+            lost = {g - 1, g}
+        else:
+            lost = {g}
+    else:
+        lost = {g - 1, g} if in_time else {g}
+    for h in list(lost):
+        if h == 0 or groups[h - 1][2] != groups[h][2]:
+            lost |= {k for k, group in enumerate(groups) if group[2] == groups[h][2]}
+    return lost
 
 
 # -- Hand-computed bytes -----------------------------------------------------------------------
@@ -279,11 +338,24 @@ def test_reference_round_trip(channels, rules, fine_bits, start):
         assert errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
         assert strip(decoded) == strip(records)
         assert max(r["time"] for r in records if r["kind"] == Kind.TAG) >= start
-        # every anchor's time is that of the data record right after it
+        # every anchor is followed by a TIME, and its time is that of the data record after it
         for i, rec in enumerate(decoded):
             if rec["kind"] == "anchor":
-                nxt = next(r for r in decoded[i + 1:] if r["kind"] not in SIDE)
-                assert nxt["kind"] in tuple(Kind) and nxt["time"] == rec["time"]
+                after = [r for r in decoded[i + 1:] if r["kind"] not in SIDE]
+                assert after[0]["kind"] == "time"
+                assert after[1]["kind"] in tuple(Kind) and after[1]["time"] == rec["time"]
+        # groups: a TIME comes before the 17th data record of a group, never before a LOSS
+        run = 0
+        for i, rec in enumerate(decoded):
+            if rec["kind"] in ("anchor", "time", "check"):
+                if rec["kind"] == "time" and decoded[i - 1]["kind"] != "anchor":
+                    assert run >= wire.WIRE_GROUP_RECORDS
+                    nxt = next(r for r in decoded[i + 1:] if r["kind"] not in SIDE)
+                    assert nxt["kind"] in (Kind.TAG, Kind.COINCIDENCE, Kind.HERALD)
+                run = 0
+            elif rec["kind"] not in SIDE:
+                run += 1
+                assert run <= wire.WIRE_GROUP_RECORDS or rec["kind"] == Kind.LOSS
         # encode_records reproduces the same bytes from the decoded list (anchors, checks kept)
         assert encode_records(decoded, channels, rules, fine_bits) == data
 
@@ -331,6 +403,8 @@ def test_encoder_policy_places_anchors_and_checks(interval):
             assert not is_open and records[item]["kind"] not in SIDE
             assert rec["time"] == records[item]["time"]
             is_open, anchor_cycle = True, cycles[item]
+        elif rec["kind"] == "time":
+            assert is_open
         else:
             if is_open:
                 assert cycles[item] - anchor_cycle < interval
@@ -347,8 +421,8 @@ def test_clear_closes_the_segment_before_the_next_item():
                {"kind": "reply", "ok": 1, "seq": 1, "address": 0x11, "value": 0},
                dict(tag, time=20)]
     decoded, _ = decode_bytes(encode_stream(records, 1, 1), 1, 1)
-    assert [r["kind"] for r in decoded] == ["anchor", Kind.TAG, "check", "reply", "anchor",
-                                            Kind.TAG, "check"]
+    assert [r["kind"] for r in decoded] == ["anchor", "time", Kind.TAG, "check", "reply",
+                                            "anchor", "time", Kind.TAG, "check"]
 
 
 def test_explicit_cycles_drive_the_anchor_interval():
@@ -357,17 +431,17 @@ def test_explicit_cycles_drive_the_anchor_interval():
     records = [dict(tag, time=0, cycle=0), dict(tag, time=1, cycle=2000),
                dict(tag, time=2, cycle=2000)]
     decoded, _ = decode_bytes(encode_stream(records, 1, 1, anchor_interval=1024), 1, 1)
-    assert [r["kind"] for r in decoded] == ["anchor", Kind.TAG, "check", "anchor", Kind.TAG,
-                                            Kind.TAG, "check"]
+    assert [r["kind"] for r in decoded] == ["anchor", "time", Kind.TAG, "check", "anchor",
+                                            "time", Kind.TAG, Kind.TAG, "check"]
     with pytest.raises(ValueError):
         encode_stream([dict(tag, time=0, cycle=5), dict(tag, time=1, cycle=4)], 1, 1)
     # boundary: taken 1023 cycles after the ANCHOR stays in the segment, 1024 starts a new one
     records = [dict(tag, time=5), dict(tag, time=5 + 1023), dict(tag, time=5 + 1024),
                dict(tag, time=5 + 2047), dict(tag, time=5 + 2048)]
     decoded, _ = decode_bytes(encode_stream(records, 1, 1, anchor_interval=1024), 1, 1)
-    assert [r["kind"] for r in decoded] == ["anchor", Kind.TAG, Kind.TAG, "check",
-                                            "anchor", Kind.TAG, Kind.TAG, "check",
-                                            "anchor", Kind.TAG, "check"]
+    assert [r["kind"] for r in decoded] == ["anchor", "time", Kind.TAG, Kind.TAG, "check",
+                                            "anchor", "time", Kind.TAG, Kind.TAG, "check",
+                                            "anchor", "time", Kind.TAG, "check"]
 
 
 def test_final_check_can_be_left_open():
@@ -390,43 +464,51 @@ def _stream(n=60, seed=1, channels=4):
     return records, data
 
 
-def test_every_segment_counted_when_one_byte_flips():
-    records, data = _stream()
-    segments = segments_of(data, 4, 2)
-    assert len(segments) >= 4
+def _group_of_records(clean):
+    """The group index of each record of a clean decode (ANCHOR and TIME open a group)."""
+    index, out = -1, []
+    for rec in clean:
+        if rec["kind"] in ("anchor", "time"):
+            index += 1
+        out.append(index)
+    return out
+
+
+def _faulted(data, position, op, bit=0):
+    out = bytearray(data)
+    if op == "drop":
+        del out[position]
+    elif op == "duplicate":
+        out.insert(position, out[position])
+    else:
+        out[position] ^= 1 << bit
+    return bytes(out)
+
+
+def test_one_fault_costs_its_group():
+    """A drop, a duplicate or a flipped bit at any byte costs exactly the groups
+    :func:`lost_groups` names (the one it hits; the one before if it hits a TIME; the whole
+    segment if it hits the ANCHOR's group) and leaves a trace in the counts."""
+    records, data = _stream(n=120)
+    groups = groups_of(data, 4, 2)
     clean, _ = decode_bytes(data, 4, 2)
-    for seg_index, (start, end) in enumerate(segments):
-        seg_records = len(split_records(data[start:end]))
-        before = sum(len(split_records(data[s:e])) for s, e in segments[:seg_index])
-        for offset in range(start, end):
-            bit = offset % 7                            # bit 7 intact: framing unchanged
-            damaged = bytearray(data)
-            damaged[offset] ^= 1 << bit
-            decoded, errors = decode_bytes(bytes(damaged), 4, 2)
-            # exactly that segment's records are missing (a flip may forge a well-formed
-            # STATUS/REPLY, which is taken: the host checks its seq and address)
-            assert ([r for r in decoded if r["kind"] not in SIDE]
-                    == clean[:before] + clean[before + seg_records:])
-            # A flip in a payload bit keeps every record's kind: the whole segment is counted.
-            # (First bytes: 6 payload bits for a TAG, 3 for the others; the ANCHOR's 9th byte
-            # holds time bits 52..58, and bits 56.. must be zero.)
-            first = data[offset] >= 0x80
-            payload_bits = 6 if data[offset] < 0xC0 else 3
-            kind_changed = first and bit >= payload_bits
-            anchor_broken = offset == start + 8 and bit >= 4
-            if not kind_changed and not anchor_broken:
-                assert errors == {"decode_errors": seg_records, "skipped_bytes": 0,
-                                  "unverified": 0}
-            elif offset == start or anchor_broken:
-                # no ANCHOR any more: the segment's bytes are skipped, but for a forged
-                # STATUS/REPLY (9 bytes) taken from them
-                forged = sum(r["kind"] in SIDE for r in decoded)
-                assert errors == {"decode_errors": 0, "skipped_bytes": end - start - 9 * forged,
-                                  "unverified": 0}
-            else:
-                # another kind: a CHECK ends the segment early (the rest is skipped), anything
-                # else leaves it to the next ANCHOR or the end of the stream
-                assert 0 < errors["decode_errors"] + errors["unverified"] <= seg_records
+    group_of = _group_of_records(clean)
+    assert len(groups) == group_of[-1] + 1
+    assert len({segment for *_, segment, _ in groups}) >= 4
+    assert max(end - start for start, end, *_ in groups) < 80          # groups are small
+    cases = [(p, op, 0) for p in range(len(data)) for op in ("drop", "duplicate")]
+    cases += [(p, "flip", bit) for p in range(len(data)) for bit in range(8)]
+    for position, op, bit in cases:
+        decoded, errors = decode_bytes(_faulted(data, position, op, bit), 4, 2)
+        lost = lost_groups(groups, data, position, op)
+        want = [rec for rec, g in zip(clean, group_of) if g not in lost]
+        assert strip(decoded) == strip(want), (position, op, bit, lost)
+        if lost:
+            assert sum(errors.values()) > 0
+    # a flip inside a group that is neither a segment's first nor its last costs that group only
+    middle = next(g for g in range(1, len(groups) - 1)
+                  if groups[g - 1][2] == groups[g][2] == groups[g + 1][2])
+    assert lost_groups(groups, data, groups[middle][1] - 2, "flip") == {middle}
 
 
 def test_late_join_skips_to_the_first_anchor_and_takes_replies():
@@ -528,27 +610,26 @@ def test_backwards_times_damage_the_segment():
 
 
 def test_truncation_leaves_unverified_or_skipped_never_wrong():
-    records, data = _stream(n=25, seed=3)
-    clean = strip(decode_bytes(data, 4, 2)[0])
-    ends = {end: len(strip(decode_bytes(data[:end], 4, 2)[0]))
-            for _, end in segments_of(data, 4, 2)}
-    assert len(ends) >= 3
+    records, data = _stream(n=60, seed=3)
+    clean, _ = decode_bytes(data, 4, 2)
+    group_of = _group_of_records(clean)
+    groups = groups_of(data, 4, 2)
+    time_bytes = WireFormat(4, 2).fixed_bytes[WireKind.TIME]
+    # a group's records come out once the record that closes it is complete
+    closed_at = [end if g + 1 == len(groups) or groups[g + 1][2] != segment else end + time_bytes
+                 for g, (_, end, segment, _) in enumerate(groups)]
+    segment_ends = {end for g, (_, end, segment, _) in enumerate(groups)
+                    if g + 1 == len(groups) or groups[g + 1][2] != segment}
+    assert len(segment_ends) >= 3 and len(groups) > len(segment_ends)
     for cut in range(len(data) + 1):
         decoded, errors = decode_bytes(data[:cut], 4, 2)
         assert errors["decode_errors"] == 0
-        got = strip(decoded)
-        assert got == clean[:len(got)]
-        start = max([e for e in ends if e < cut], default=0)
-        if cut in ends or cut == 0:
+        done = {g for g, at in enumerate(closed_at) if at <= cut}
+        assert strip(decoded) == strip([r for r, g in zip(clean, group_of) if g in done])
+        if cut in segment_ends or cut == 0:
             assert errors["unverified"] == errors["skipped_bytes"] == 0
-            assert len(got) == ends.get(cut, 0)
-        elif cut - start < 9:
-            # inside the next ANCHOR (9 bytes): no segment yet, its bytes are skipped
-            assert errors == {"decode_errors": 0, "skipped_bytes": cut - start, "unverified": 0}
         else:
-            # the cut segment's records, from its ANCHOR to the cut, are unverified
-            assert errors["skipped_bytes"] == 0
-            assert errors["unverified"] == len(split_records(data[start:cut]))
+            assert errors["unverified"] + errors["skipped_bytes"] > 0
 
 
 @pytest.mark.parametrize("op", ["drop", "flip", "duplicate", "insert"])
@@ -557,7 +638,9 @@ def test_random_damage_emits_only_original_records(op):
     records, data = _stream(n=400, seed=11)
     originals = {(r["kind"], r.get("channel"), r["time"]) for r in records
                  if r["kind"] in (Kind.TAG, Kind.HERALD, Kind.COINCIDENCE)}
-    segments = segments_of(data, 4, 2)
+    groups = groups_of(data, 4, 2)
+    group_of = _group_of_records(decode_bytes(data, 4, 2)[0])
+    clean = decode_bytes(data, 4, 2)[0]
     for rate in (0.001, 0.01, 0.05):
         damaged, touched = bytearray(), set()
         for i, byte in enumerate(data):
@@ -580,15 +663,26 @@ def test_random_damage_emits_only_original_records(op):
         # untouched segments come out whole; touched ones not at all (a byte inserted or
         # duplicated after a segment's last byte is outside it: the CHECK has a fixed length)
         emitted = strip(decoded)
-        for start, end in segments:
-            seg = strip(decode_bytes(data[start:end], 4, 2)[0])
-            present = [r in emitted for r in seg]
-            hit = touched & set(range(start, end))
-            if op in ("insert", "duplicate"):
-                hit.discard(end - 1)
-            if not hit:
+        segment_range = {}
+        for start, end, segment, _ in groups:
+            first, _ = segment_range.get(segment, (start, end))
+            segment_range[segment] = (first, end)
+        for start, end, segment, _ in groups:
+            group = [r for r, g in zip(clean, group_of) if groups[g][:2] == (start, end)]
+            present = [r in emitted for r in strip(group)]
+            first, last = segment_range[segment]
+            # a duplicated start byte damages the record before it (or nothing, before the
+            # ANCHOR); a byte duplicated or added after the CHECK is outside the segment
+            def damage(begin, end):
+                hit = touched & set(range(begin, end))
+                if op == "duplicate" and data[begin] >= WIRE_START:
+                    hit.discard(begin)
+                if op in ("insert", "duplicate"):
+                    hit.discard(last - 1)
+                return hit
+            if not damage(first, last):
                 assert all(present)
-            else:
+            elif damage(start, end):
                 assert not any(present)
         if touched:
             assert errors["decode_errors"] + errors["skipped_bytes"] > 0

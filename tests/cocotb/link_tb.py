@@ -177,7 +177,7 @@ async def records_arrive_over_uart(dut):
     def strip(recs):
         out = []
         for rec in recs:
-            if rec["kind"] in ("anchor", "check", "clear"):
+            if rec["kind"] in ("anchor", "time", "check", "clear"):
                 continue
             rec = {key: value for key, value in rec.items() if key != "cycle"}
             if rec["kind"] == Kind.LOSS:

@@ -209,7 +209,7 @@ def data_records(records):
     record's decoded time is the running time: not part of the wire record)."""
     out = []
     for rec in records:
-        if rec["kind"] in ("anchor", "check", "clear"):
+        if rec["kind"] in ("anchor", "time", "check", "clear"):
             continue
         rec = {k: v for k, v in rec.items() if k != "cycle"}
         if rec["kind"] == Kind.LOSS:
@@ -267,7 +267,7 @@ def test_random_streams_match_reference(channels, rules, fine_bits, seed):
         if kind == WireKind.CHECK:
             sent_at = result.first_byte[position]
             lone += items == len(result.taken) or result.taken[items][0] >= sent_at - 1
-        elif kind != WireKind.ANCHOR:
+        elif kind not in (WireKind.ANCHOR, WireKind.TIME):
             items += 1
         position += len(rec)
     checks = kinds.count("check")
@@ -282,7 +282,7 @@ def test_anchor_interval_from_register_value():
     result = run(plan)
     records, _ = check_against_reference(plan, result)
     kinds = [rec["kind"] for rec in records]
-    data = [k for k in kinds if k not in ("anchor", "check", "status", "reply")]
+    data = [k for k in kinds if k not in ("anchor", "time", "check", "status", "reply")]
     assert kinds.count("anchor") == kinds.count("check") == len(data)
 
 
@@ -295,13 +295,15 @@ def test_one_byte_per_cycle():
               for k in range(300)]
     offers += [Offer(5, "side", {"kind": "reply", "ok": 1, "seq": k, "address": 7,
                                  "value": k}) for k in range(4)]
-    plan = Plan(n, 1, 0, base + 10, 2 ** 20, 700, offers, ready=np.ones(700, bool))
-    plan.interval = 400
+    plan = Plan(n, 1, 0, base + 10, 2 ** 20, 1000, offers, ready=np.ones(1000, bool))
+    plan.interval = 600
     result = run(plan)
     check_against_reference(plan, result)
     byte_cycles = np.array(result.first_byte)
-    burst = byte_cycles[byte_cycles < 400]
-    assert len(burst) == 9 + 300 + 4 * 9            # ANCHOR, tags, replies
+    burst = byte_cycles[byte_cycles < 600]
+    # everything but the final CHECK: ANCHOR, TIMEs, tags (two bytes for the first of a group:
+    # measured from the ANCHOR's time), replies
+    assert len(burst) == len(result.data) - 6 > 9 + 3 + 300 + 4 * 9
     assert burst[-1] - burst[0] == len(burst) - 1   # no bubble
     # Latency: the first item is taken in cycle 5, its ANCHOR's first byte goes in cycle 7.
     assert result.taken[0][0] == 5 and burst[0] == 7
@@ -321,13 +323,14 @@ def test_check_alone_closes_idle_segment():
     plan = Plan(2, 1, 0, base, interval, 400, offers, ready=np.ones(400, bool))
     result = run(plan)
     records, _ = check_against_reference(plan, result)
-    assert [rec["kind"] for rec in records] == ["anchor", Kind.TAG, Kind.TAG, "check", "status"]
+    assert [rec["kind"] for rec in records] == ["anchor", "time", Kind.TAG, Kind.TAG, "check",
+                                                "status"]
     # The segment opened when the first tag was taken (cycle 10); its CHECK is taken (alone)
     # in cycle 10 + interval, so its 6 bytes leave from cycle 10 + interval + 2 on, long before
     # the status record comes.
     cycles = np.array(result.first_byte)
     assert list(cycles[(cycles > 100) & (cycles < 200)]) == list(range(112, 118))
-    assert len(cycles[cycles < 100]) == 9 + 1 + 1
+    assert len(cycles[cycles < 100]) == 9 + 3 + 1 + 1       # ANCHOR, TIME, two TAGs
 
 
 def test_clear_starts_new_segment():
@@ -344,13 +347,16 @@ def test_clear_starts_new_segment():
     # The last segment stays open: no CHECK before the interval of 10k cycles has passed.
     records, errors = check_against_reference(plan, result, final_check=False)
     assert [rec["kind"] for rec in records] == [
-        "anchor", Kind.TAG, Kind.HERALD, "check", "anchor", Kind.TAG, "check"]
+        "anchor", "time", Kind.TAG, Kind.HERALD, "check", "anchor", "time", Kind.TAG, "check",
+        "anchor"]
+    # (the open segment's ANCHOR is a group of its own, verified by the TIME after it; that
+    # TIME and the coincidence are the open group)
     assert errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 2}
     anchors = [rec["time"] for rec in records if rec["kind"] == "anchor"]
-    assert anchors == [base + 5, base + 38]
+    assert anchors == [base + 5, base + 38, base + 1]
     # The open segment's ANCHOR carries the coincidence's t0.
     assert result.data.endswith(wire.encode_records(
-        [{"kind": "anchor", "time": base + 1},
+        [{"kind": "anchor", "time": base + 1}, {"kind": "time"},
          {"kind": Kind.COINCIDENCE, "pattern": 3, "time": base + 1}], 2, 2))
 
 
