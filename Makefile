@@ -1,10 +1,10 @@
-# The two set-up commands in README.md. Each creates .venv from the pinned requirements first.
+# The set-up commands in README.md. Each creates .venv from the pinned requirements first.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-slow bench lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ demo: $(STAMP)
 	    --delay 0=30 --herald 0b0011 --herald 0b0001 --record-coincidences 0b0011 --seed 1 \
 	    --out demo.npz --summary-json demo-summary.json
 
+# The developer loop: every area, one representative case of each long sweep.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 -m "not slow" tests
+
+# The rest (long soaks, board builds, full parameter sweeps, long fuzzing, a fresh pip install).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -279,6 +279,7 @@ def test_flash_runs_the_programmer(tmp_path, capsys, monkeypatch):
 UP5K_BITSTREAM_BYTES = 104090
 
 
+@pytest.mark.slow
 def test_icebreaker_bitstream_build(tmp_path, capsys):
     board = get_board("icebreaker")
     out = tmp_path / "ice"

@@ -8,12 +8,14 @@ JSON contents) plus pure random bytes. Hypothesis draws one seed per example; ea
 a batch of inputs generated from that seed with numpy (hypothesis' per-example cost would not
 fit 10^5 inputs in the CI budget otherwise). Exact counts:
 
-* decoder: 2 tests x 250 examples x 200 inputs = 100 000 inputs, each decoded by the reference
+* decoder: 2 tests x 250 examples x 200 inputs = 100 000 inputs (``make test-slow``; ``make test``
+  runs the first 25 examples of each test, 10 000 inputs), each decoded by the reference
   :func:`heraldry.wire.decode_bytes` and by :class:`heraldry.host.decoder.StreamDecoder` (in
   random chunks), which must agree exactly (``test_decoder.assert_same``: events, replies,
   status, losses, counters); neither may raise; the fast decoder's times of each kind never go
   backwards, its counters are never negative;
-* PTU: 2 tests x 250 examples x 200 inputs = 100 000 files, each read by :func:`read_ptu` and
+* PTU: 2 tests x 250 examples x 200 inputs = 100 000 files (``make test-slow``; 10 000 in
+  ``make test``), each read by :func:`read_ptu` and
   replayed by :class:`~heraldry.host.replay.ReplaySource` (+ :func:`acquire_replay` when it
   opens), both from memory (a file object: the same code as from a path once opened), which
   may raise :class:`~heraldry.host.ptu.PTUError` (a ValueError with one line for the user) and
@@ -38,6 +40,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -52,8 +55,12 @@ from test_wire import random_records
 
 HANG_S = 5.0
 BATCH_HANG_S = 60.0
-EXAMPLES = 250
+EXAMPLES = 250                  # the full budget: make test-slow
+SAMPLE = 25                     # make test: the same seeds' first examples
 BATCH = 200
+#: Each fuzz test at its full budget (slow tier) and at a sample of it (fast tier).
+BUDGETS = [pytest.param(SAMPLE, id="sample"),
+           pytest.param(EXAMPLES, id="full", marks=pytest.mark.slow)]
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 phases=[Phase.generate, Phase.shrink],
                 suppress_health_check=list(HealthCheck))
@@ -89,11 +96,11 @@ class _Watchdog:
 WATCHDOG = _Watchdog()
 
 
-def _run_batches(batch):
-    """Run ``batch(seed)`` for EXAMPLES hypothesis seeds; returns the number of inputs run."""
+def _run_batches(batch, examples):
+    """Run ``batch(seed)`` for ``examples`` hypothesis seeds; returns the number of inputs run."""
     done = []
 
-    @FUZZ
+    @settings(FUZZ, max_examples=examples)
     @given(st.integers(0, 2 ** 63 - 1))
     def run(seed):
         faulthandler.dump_traceback_later(BATCH_HANG_S, exit=True)
@@ -211,13 +218,15 @@ def _decoder_batch(seed, mutated):
     return BATCH
 
 
-def test_fuzz_decoders_on_mutated_streams():
-    """100 000 inputs in all with the next test; see the module docstring."""
-    assert _run_batches(lambda seed: _decoder_batch(seed, True)) == EXAMPLES * BATCH == 50_000
+@pytest.mark.parametrize("examples", BUDGETS)
+def test_fuzz_decoders_on_mutated_streams(examples):
+    """100 000 inputs in all with the next test at the full budget; see the module docstring."""
+    assert _run_batches(lambda seed: _decoder_batch(seed, True), examples) == examples * BATCH
 
 
-def test_fuzz_decoders_on_random_bytes():
-    assert _run_batches(lambda seed: _decoder_batch(seed, False)) == EXAMPLES * BATCH == 50_000
+@pytest.mark.parametrize("examples", BUDGETS)
+def test_fuzz_decoders_on_random_bytes(examples):
+    assert _run_batches(lambda seed: _decoder_batch(seed, False), examples) == examples * BATCH
 
 
 # -- the PTU reader and the replay -----------------------------------------------------------------
@@ -405,14 +414,16 @@ def _ptu_batch(seed, folder, files, header):
     return BATCH
 
 
-def test_fuzz_ptu_reader_bytes(tmp_path):
-    """100 000 files in all with the next test; see the module docstring."""
+@pytest.mark.parametrize("examples", BUDGETS)
+def test_fuzz_ptu_reader_bytes(tmp_path, examples):
+    """100 000 files in all with the next test at the full budget; see the module docstring."""
     files = _valid_files(tmp_path)
-    assert _run_batches(lambda seed: _ptu_batch(seed, tmp_path, files, False)) \
-        == EXAMPLES * BATCH == 50_000
+    assert _run_batches(lambda seed: _ptu_batch(seed, tmp_path, files, False), examples) \
+        == examples * BATCH
 
 
-def test_fuzz_ptu_reader_header_tags(tmp_path):
+@pytest.mark.parametrize("examples", BUDGETS)
+def test_fuzz_ptu_reader_header_tags(tmp_path, examples):
     files = _valid_files(tmp_path)
-    assert _run_batches(lambda seed: _ptu_batch(seed, tmp_path, files, True)) \
-        == EXAMPLES * BATCH == 50_000
+    assert _run_batches(lambda seed: _ptu_batch(seed, tmp_path, files, True), examples) \
+        == examples * BATCH

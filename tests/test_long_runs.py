@@ -152,7 +152,9 @@ def _run(phases, channels, rules, fine_bits, interval):
     return bytes(sent), log, counts["cycles"]
 
 
-@pytest.mark.parametrize("fine_bits, wraps, busy_every, seed", [(0, 4200, 97, 1), (2, 600, 41, 2)])
+@pytest.mark.parametrize("fine_bits, wraps, busy_every, seed", [
+    pytest.param(0, 4200, 97, 1, marks=pytest.mark.slow),       # thousands of wraps: slow tier
+    (2, 600, 41, 2)])
 def test_time_extension_across_thousands_of_wraps(fine_bits, wraps, busy_every, seed):
     channels, rules, interval = 4, 2, 48
     rng = np.random.default_rng(seed)
@@ -284,6 +286,7 @@ def test_counters_that_wrap_during_a_run_on_the_virtual_board():
 SOAK_CYCLES = 10 ** 9
 
 
+@pytest.mark.slow
 @pytest.mark.soak
 def test_soak_a_billion_cycles_every_event_accounted(tmp_path):
     """``heraldry acquire --board sim`` for 10**9 cycles (10 s of device time; about 7 minutes of

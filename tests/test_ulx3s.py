@@ -111,6 +111,7 @@ class PHYProbe(Elaboratable):
         return m
 
 
+@pytest.mark.slow
 def test_build_phys_meet_timing(tmp_path):
     """Full toolchain run of the clocking + 8 gearbox PHYs on the right bank: places, routes
     (nextpnr fails on a timing miss, as no --timing-allow-fail is given) and packs."""
@@ -129,6 +130,7 @@ def test_build_phys_meet_timing(tmp_path):
     assert (tmp_path / "probe.bit").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_build_full_tagger_meets_timing(tmp_path):
     """The whole board build (about 3-4 minutes: synthesis 50 s, place and route 150 s): both
     clocks met, the elastic crossing within one core period, the bin as claimed."""

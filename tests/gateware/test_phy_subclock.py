@@ -310,6 +310,7 @@ class ICE40Probe(Elaboratable):
         return m
 
 
+@pytest.mark.slow
 def test_ice40_build(tmp_path):
     """Full iCE40 toolchain run: four SB_IO DDR PHYs at 96 MHz (5.2 ns bins) place, route, meet
     timing (no --timing-allow-fail: nextpnr fails otherwise) and pack."""
