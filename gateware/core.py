@@ -12,7 +12,7 @@ from amaranth.lib import wiring, stream
 from amaranth.lib.wiring import In, Out
 
 from ..protocol import (COARSE_BITS, COUNTER_BITS, CounterMap, Source, config_layout,
-                        record_layout, time_bits)
+                        record_layout)
 from .channel import InputStage
 from .coincidence import CoincidenceUnit, HeraldGenerator
 from .counters import Counters
@@ -233,17 +233,6 @@ class TaggerCore(wiring.Component):
             self.herald.eq(heralds.herald),
         ]
 
-        # Rules firing in one cycle share that cycle's time and pattern (exact for F = 0):
-        # take them from the lowest-numbered firing rule.
-        herald_time = Signal(time_bits(f))
-        herald_pattern = Signal(n)
-        for rule in reversed(range(r)):
-            with m.If(heralds.fire[rule]):
-                m.d.comb += [
-                    herald_time.eq(heralds.herald_time[rule]),
-                    herald_pattern.eq(heralds.herald_pattern[rule]),
-                ]
-
         m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth)
         # A registered stage between the merger's record multiplexer and whoever takes the
         # records (the wire encoder's time arithmetic), with no loss of throughput.
@@ -258,8 +247,10 @@ class TaggerCore(wiring.Component):
             merger.closed_t0.eq(coinc.closed_t0),
             merger.coincidence_record_mask.eq(cfg.coincidence_record_mask),
             merger.herald_fire.eq(heralds.fire),
-            merger.herald_time.eq(herald_time),
-            merger.herald_pattern.eq(herald_pattern),
+            # Every rule's own completing time and pattern: rules firing in one cycle may
+            # differ in both once F > 0.
+            merger.herald_time.eq(heralds.herald_time),
+            merger.herald_pattern.eq(heralds.herald_pattern),
             merger.delay_overflow.eq(overflow),
             merger.clear.eq(self.clear),
             self.idle.eq(merger.idle & ~out.busy),

@@ -25,7 +25,8 @@ class Merger(wiring.Component):
     1. at most one loss record (``time = Cat(0, coarse)`` of the bundle it travels with);
     2. tag records, in time order: by (fine time, channel), which for ``fine_bits == 0`` is
        channel order;
-    3. herald records, in rule order;
+    3. herald records, in rule order (each with its own time and pattern: with ``F > 0`` rules
+       firing in one cycle may have different times, so these are not in time order);
     4. the coincidence record (``time`` = the window's ``t0``, earlier than the tags before it).
 
     When ``o.ready`` stays high the serialiser emits one record every cycle, including across
@@ -87,9 +88,11 @@ class Merger(wiring.Component):
         before ``Cat(0, ref)`` (stored as that offset).
     coincidence_record_mask : ``In(2**N)``
         The close is recorded iff bit ``closed_pattern`` is set.
-    herald_fire, herald_time, herald_pattern : ``In(R)``, ``In(time_bits(F))``, ``In(N)``
-        Rules firing this cycle, with the time (coarse part must equal ``ref``) and pattern they
-        share (exact for F = 0; with F > 0 all rules firing in one cycle get the same time).
+    herald_fire, herald_time, herald_pattern : ``In(R)``, ``In(ArrayLayout(time_bits(F), R))``,
+    ``In(ArrayLayout(N, R))``
+        Rules firing this cycle and, per rule (valid with its ``herald_fire`` bit), the time of
+        its completing event (coarse part must equal ``ref``; only the fine bits are stored)
+        and its pattern. Each herald record carries its own rule's time and pattern.
     delay_overflow : ``In(N)``
         One-cycle pulse per event dropped by a delay line.
     clear : ``In(1)``
@@ -137,8 +140,8 @@ class Merger(wiring.Component):
             "events":              unsigned(n),
             "fine":                data.ArrayLayout(unsigned(f), n),
             "herald":              unsigned(r),
-            "herald_fine":         unsigned(f),
-            "herald_pattern":      unsigned(n),
+            "herald_fine":         data.ArrayLayout(unsigned(f), r),
+            "herald_pattern":      data.ArrayLayout(unsigned(n), r),
             "coincidence":         unsigned(1),
             "coincidence_pattern": unsigned(n),
             "t0_offset":           unsigned(self.t0_offset_bits),
@@ -157,8 +160,8 @@ class Merger(wiring.Component):
             "closed_t0":               In(tb),
             "coincidence_record_mask": In(2 ** n),
             "herald_fire":             In(r),
-            "herald_time":             In(tb),
-            "herald_pattern":          In(n),
+            "herald_time":             In(data.ArrayLayout(unsigned(tb), r)),
+            "herald_pattern":          In(data.ArrayLayout(unsigned(n), r)),
             "delay_overflow":          In(n),
             "clear":                   In(1),
             "o":                       Out(stream.Signature(record_layout(f))),
@@ -190,7 +193,8 @@ class Merger(wiring.Component):
             bundle.t0_offset.eq(Cat(Const(0, f), self.ref) - self.closed_t0),
         ]
         if f:
-            m.d.sync += bundle.herald_fine.eq(self.herald_time[:f])
+            for i in range(r):
+                m.d.sync += bundle.herald_fine[i].eq(self.herald_time[i][:f])
             for c in range(n):
                 m.d.sync += bundle.fine[c].eq(self.times[c][:f])
 
@@ -356,15 +360,19 @@ class Merger(wiring.Component):
                         rec.time.eq(Cat(cur.fine[c], cur.coarse)),
                     ]
         with m.Elif(rem_herald.any()):
+            # The rule taken is one-hot: select its fields with an AND-OR, no priority chain.
+            herald_pattern, herald_fine, rule = 0, 0, 0
+            for i in range(r):
+                herald_pattern = herald_pattern | Mux(herald_onehot[i], cur.herald_pattern[i], 0)
+                herald_fine = herald_fine | Mux(herald_onehot[i], cur.herald_fine[i], 0)
+                rule = rule | Mux(herald_onehot[i], i, 0)
             m.d.comb += [
                 rec.kind.eq(Kind.HERALD),
-                rec.payload.herald.pattern.eq(cur.herald_pattern),
-                rec.time.eq(Cat(cur.herald_fine, cur.coarse)),
+                rec.payload.herald.rule.eq(rule),
+                rec.payload.herald.pattern.eq(herald_pattern),
+                rec.time.eq(Cat(herald_fine[:f], cur.coarse)),
                 after_herald.eq(rem_herald & ~herald_onehot),
             ]
-            for i in range(r):
-                with m.If(herald_onehot[i]):
-                    m.d.comb += rec.payload.herald.rule.eq(i)
         with m.Elif(rem_coinc):
             m.d.comb += [
                 rec.kind.eq(Kind.COINCIDENCE),

@@ -32,8 +32,8 @@ class Stimulus:
     events: np.ndarray        # (S,) channel mask
     fine: np.ndarray          # (S, N) fine time of each channel's event
     herald: np.ndarray        # (S,) rule mask
-    herald_fine: np.ndarray   # (S,)
-    herald_pattern: np.ndarray
+    herald_fine: np.ndarray   # (S, R): each rule's own fine time
+    herald_pattern: np.ndarray  # (S, R): each rule's own pattern
     closed: np.ndarray        # (S,) 0/1
     closed_pattern: np.ndarray
     closed_t0: np.ndarray     # (S,) absolute bins
@@ -56,8 +56,8 @@ class Stimulus:
         tags = sorted((int(self.fine[k, c]), c) for c in range(self.channels)
                       if (self.events[k] >> c) & 1)
         out = [(Kind.TAG, (start + fine) % mod, c) for fine, c in tags]
-        out += [(Kind.HERALD, (start + int(self.herald_fine[k])) % mod, i,
-                 int(self.herald_pattern[k]))
+        out += [(Kind.HERALD, (start + int(self.herald_fine[k, i])) % mod, i,
+                 int(self.herald_pattern[k, i]))
                 for i in range(self.rules) if (self.herald[k] >> i) & 1]
         if self.recorded(k):
             out.append((Kind.COINCIDENCE, int(self.closed_t0[k]) % mod,
@@ -104,8 +104,8 @@ def random_stimulus(seed, channels, rules, fine_bits=0, cycles=1000, p_event=0.1
     return Stimulus(
         channels=n, rules=r, fine_bits=f, base=base, record_mask=record_mask,
         events=events, fine=fine, herald=herald,
-        herald_fine=rng.integers(0, 2 ** f, cycles).astype(np.int64),
-        herald_pattern=rng.integers(1, 2 ** n, cycles).astype(np.int64),
+        herald_fine=rng.integers(0, 2 ** f, (cycles, r)).astype(np.int64),
+        herald_pattern=rng.integers(1, 2 ** n, (cycles, r)).astype(np.int64),
         closed=closed, closed_pattern=closed_pattern, closed_t0=closed_t0, overflow=overflow)
 
 
@@ -163,9 +163,11 @@ def run(stim, ready, depth, extra_cycles=0):
                         put(f"time{c}", dut.times[c], (start + int(stim.fine[k, c])) % tmod)
                 herald = int(stim.herald[k])
                 put("herald", dut.herald_fire, herald)
-                if herald:
-                    put("htime", dut.herald_time, (start + int(stim.herald_fine[k])) % tmod)
-                    put("hpattern", dut.herald_pattern, int(stim.herald_pattern[k]))
+                for i in range(r):
+                    if (herald >> i) & 1:
+                        put(f"htime{i}", dut.herald_time[i],
+                            (start + int(stim.herald_fine[k, i])) % tmod)
+                        put(f"hpattern{i}", dut.herald_pattern[i], int(stim.herald_pattern[k, i]))
                 closed = int(stim.closed[k])
                 put("closed", dut.closed, closed)
                 if closed:
