@@ -599,6 +599,10 @@ def cmd_acquire(args):
         except ValueError as error:
             _error(error)
             return EXIT_USAGE
+        except OSError as error:        # not even the header fits (a full disk)
+            _error(f"cannot write {error.filename}: {error.strerror}; nothing was run "
+                   f"(no PTU file left)")
+            return EXIT_OUTPUT
     if live is not None:
         sink_for = _tee_sink_for(live.start, sink_for)
     from .ptu import StopReason
@@ -644,6 +648,8 @@ def cmd_acquire(args):
             if writers:
                 _close_early(writers, stop_reason)
                 saved = "; " + _ptu_saved(writers[0])
+            elif _is_ptu(args.out):     # its header did not fit: made after identification
+                saved = "; no PTU file left (not even its header fitted)"
             _error(f"cannot write {error.filename}: {error.strerror}{saved}")
             return EXIT_OUTPUT
         result, ended = error.partial, error

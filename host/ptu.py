@@ -333,11 +333,13 @@ class PTUWriter:
         try:
             self._file.write(header)
             self._file.flush()
-        except OSError:
+        except OSError as error:
             # Without its whole header the part is no PTU file: leave nothing behind.
             file, self._file = self._file, None
             _close_quietly(file)
             os.remove(path)
+            if not error.filename:
+                error.filename = path           # a buffered write's error names no file
             raise
         self.paths.append(path)
         self._header_bytes = self._part_bytes = len(header)

@@ -469,3 +469,31 @@ def test_hung_board_in_the_python_api():
     assert partial is not None and not partial.complete and partial.counters is None
     assert partial.error == f"no reply from {board.port} after 4 attempts of 0.3 s"
     assert len(partial.tags) == sum(received) > 2000
+
+
+def test_no_room_for_the_ptu_header(tmp_path):
+    """A disk full from the start: the PTU header does not fit. Replay (the file is opened
+    before the run): nothing run; a board on a port (opened after the identification): the
+    board is not started. Exit 5, one line, no PTU file left either way."""
+    source = tmp_path / "source.ptu"
+    events = np.zeros(100, EVENT_DTYPE)
+    events["time_ps"] = np.arange(100) * 7 * BIN_PS
+    with PTUWriter(source, bin_ps=BIN_PS, channel_map=ChannelMap(4, 2)) as writer:
+        writer.write_block(events)
+    out = tmp_path / "copy.ptu"
+    proc = subprocess.run([*CLI, "--board", f"replay:{source}", "--quiet", "--out", str(out)],
+                          capture_output=True, text=True, preexec_fn=_limit_file_size(8_000),
+                          timeout=120)
+    assert proc.returncode == 5, proc.stderr
+    assert _one_line(proc.stderr) == (f"heraldry: error: cannot write {out}: File too large; "
+                                      f"nothing was run (no PTU file left)")
+    assert not out.exists()
+    with PtyBoard() as board:
+        proc = _start(board, "--duration", "0.01", "--quiet", "--out", str(out),
+                      preexec_fn=_limit_file_size(8_000))
+        status, _, err = _finish(proc)
+        written = [(board.map.by_address[f["address"]].name, f["value"]) for f in board.writes]
+    assert status == 5, err
+    assert _one_line(err) == (f"heraldry: error: cannot write {out}: File too large; no PTU "
+                              f"file left (not even its header fitted)")
+    assert not out.exists() and ("control.run", 1) not in written
