@@ -1,5 +1,5 @@
 """Bytes per event on the link, through the reference encoder policy (``wire.encode_stream``,
-which the gateware reproduces byte for byte), ANCHOR and CHECK overhead included.
+which the gateware reproduces byte for byte), ANCHOR, TIME and CHECK overhead included.
 
 Figures: ``bytes_per_event`` for Poisson traffic of 10^5 events/s on 4 channels at 100 MHz
 (10 ns bins), and the same at 10^4 and 10^6 events/s (``bytes_per_event_1e4``,
@@ -31,7 +31,7 @@ def run():
                       (1e6, "bytes_per_event_1e6")):
         total, tags, overhead = bytes_per_event(rate)
         print(f"  {rate:.0e} events/s: {total:.4f} bytes/event ({tags:.4f} for the tags, "
-              f"ANCHOR+CHECK {overhead:,.0f} bytes/s)")
+              f"ANCHOR+TIME+CHECK {overhead:,.0f} bytes/s)")
         out[key] = round(total, 4)
     return out
 

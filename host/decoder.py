@@ -1,21 +1,21 @@
 """Fast incremental decoder of the link byte stream (docs/protocol.md) into numpy event blocks.
 
-:class:`StreamDecoder` takes bytes in arbitrary chunks (records and segments straddle chunk
-boundaries) and gives, per chunk, the events of the segments verified so far, the register
+:class:`StreamDecoder` takes bytes in arbitrary chunks (records, groups and segments straddle
+chunk boundaries) and gives, per chunk, the events of the groups verified so far, the register
 replies and status records, and counts of what it could not use. It agrees record for record and
 count for count with the reference decoder :func:`heraldry.wire.decode_bytes` (tests/
 test_decoder.py); all widths, codes and lengths come from :class:`heraldry.wire.WireFormat`.
 
 The stream is inherently sequential (every TAG's time is the running sum of the deltas before
-it, and a segment's fate depends on its CHECK), so one compiled pass (numba, ``cache=True``;
-:func:`compile_seconds` makes the first call's cost explicit) walks the records with its state
-carried from one chunk to the next: a small loop for runs of TAGs in an intact segment, a general
-path for everything else. A segment's bytes are contiguous, so its CRC is computed over byte
-ranges, 4 bytes per step, when its CHECK comes; its events are written in bins and converted to
-ps once verified. numpy sizes the output and sums the loss records. Events of the open segment
-are held until its CHECK (at most one anchor interval of device time; the memory is unbounded
-only for a stream whose segments never end). About 70 M events/s of CPU time on the CI machine
-for 4-channel TAG streams (``python -m bench decoder``).
+it, and a group's fate depends on the TIME or CHECK that ends it), so one compiled pass (numba,
+``cache=True``; :func:`compile_seconds` makes the first call's cost explicit) walks the records
+with its state carried from one chunk to the next: a small loop for runs of TAGs in an intact
+group, a general path for everything else. A group's bytes are contiguous, so its CRC is
+computed over byte ranges, 4 bytes per step, when its end comes; its events are written in bins
+and converted to ps once verified. numpy sizes the output and sums the loss records. Events of
+the open group are held until its end (at most ``WIRE_GROUP_RECORDS`` data records, or one
+anchor interval of device time). About 70 M events/s of CPU time on the CI machine for 4-channel
+TAG streams (``python -m bench decoder``).
 """
 
 import time
@@ -86,14 +86,14 @@ def _crc_fold(crc, data, begin, end, tables):
 def _tag_run(data, i, t_run, ptr, n_ch, cb, tag_bits, tag_max, time_bits, out_tag, start,
              other, first_bits, bpb, ev_time, ev_channel, ev_kind, ev_pattern, ev_count):
     """Decode the run of TAG records starting at ``data[i]`` (a TAG's first byte) in an open
-    segment, up to the next other start byte or the end of ``data``: the hot loop, kept small.
+    group, up to the next other start byte or the end of ``data``: the hot loop, kept small.
     ``start`` is the least start byte, ``other`` the least non-TAG one; ``first_bits`` and ``bpb``
     the payload bits of a TAG's first byte and of the others.
 
-    Times are written in bins (converted when the segment is verified). A malformed TAG only
-    raises ``bad``: the segment is then damaged, and everything written since its start is
+    Times are written in bins (converted when the group is verified). A malformed TAG only
+    raises ``bad``: the group is then damaged, and everything written since its start is
     dropped anyway; the checks are integer ORs, not branches. Requires ``t_run`` >= the
-    segment's last TAG time. Returns ``(i, payload, length, shift, t_run, ptr, bad, records,
+    group's last TAG time. Returns ``(i, payload, length, shift, t_run, ptr, bad, records,
     nbytes)``: a TAG still open at the end of ``data`` (``length`` > 0) is left to the caller;
     ``records`` and ``nbytes`` count the others.
     """
@@ -155,10 +155,11 @@ def _to_ps(ev_time, begin, end, bin_q, bin_r):
 def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, ev_kind,
                    ev_pattern, ev_count, side):
     """Walk ``data`` record by record; see StreamDecoder. Writes events from ``st[_S_PTR]`` on,
-    times in bins, converted to ps when their segment is verified (``st[_S_SEG_START]`` then
-    moves past them; a damaged segment rolls ``st[_S_PTR]`` back to it), and side records from
-    ``st[_S_SIDE]``. A segment's CRC is folded over whole byte ranges (at its CHECK and at the
-    end of each chunk), only while the segment is intact."""
+    times in bins, converted to ps when their group is verified (``st[_S_SEG_START]`` then
+    moves past them; a damaged group rolls ``st[_S_PTR]`` back to it), and side records from
+    ``st[_S_SIDE]``. A group's CRC is folded over whole byte ranges (at its TIME or CHECK and at
+    the end of each chunk), only while the group is intact; the CRC of a group opened by a TIME
+    starts from the ANCHOR group's (``seed``)."""
     n_ch = prm[_P_CHANNELS]
     n_rules = prm[_P_RULES]
     cb = prm[_P_CHANNEL_BITS]
@@ -235,7 +236,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     n = data.shape[0]
     i = 0
     cur_start = -1          # index of the current record's first byte; -1: an earlier chunk
-    crc_from = 0            # the segment's CRC covers its bytes before this index
+    crc_from = 0            # the group's CRC covers its bytes before this index
     while True:
         # -- 1. the current record takes the continuation bytes that follow --
         if cur_len > 0 and cur_complete == 0:
@@ -265,7 +266,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
             p = cur_payload
             if (k == tag_code and in_seg != 0 and seg_bad == 0 and cur_bad == 0
                     and cur_len <= tag_max and (p >> tag_bits) == 0 and (p & ch_mask) < n_ch):
-                # the common case: a well-formed TAG in an intact segment
+                # the common case: a well-formed TAG in an intact group
                 seg_bytes += cur_len
                 seg_records += 1
                 t = t_run + (p >> cb)
@@ -511,7 +512,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
         ptr = seg_start
         in_seg = 0
     if in_seg != 0 and seg_bad == 0:
-        # fold this chunk's bytes of the segment, but not those of a CHECK begun in it
+        # fold this chunk's bytes of the group, but not those of a TIME or CHECK begun in it
         end = n
         if cur_len > 0 and (cur_kind == k_check or cur_kind == k_time):
             end = max(cur_start, 0)
@@ -570,7 +571,7 @@ _CRC_TABLES = _crc_tables()
 class Chunk:
     """What one :meth:`StreamDecoder.feed` (or ``close``) yields.
 
-    ``events``: ``EVENT_DTYPE`` records of the segments verified by this call, in stream order
+    ``events``: ``EVENT_DTYPE`` records of the groups verified by this call, in stream order
     (TAG, COINCIDENCE, HERALD and LOSS records; a LOSS's time is the running time it was read at,
     ``channel`` its index, ``pattern`` its cause, ``count`` its count). ``replies``: REPLY records
     as dicts ``ok``/``seq``/``address``/``value``; ``status``: STATUS records as ``(address,
@@ -594,11 +595,12 @@ class StreamDecoder:
     ``bins * bin_fs // 1000`` (int64; beyond 2**63 ps, 106 days, they wrap).
 
     :meth:`feed` takes any bytes-like chunk and never raises on its content; :meth:`close` ends
-    the stream (the last record is complete; a segment still open is counted as unverified) and
+    the stream (the last record is complete; a group still open is counted as unverified) and
     leaves the decoder ready for a new stream of the same device clock. A chunk's events are
-    those whose segment's CHECK arrived in it. Cumulative counters: ``decode_errors`` (records in
-    damaged segments), ``skipped_bytes`` (outside segments), ``unverified`` (records of segments
-    that never got their CHECK), ``emitted`` (events), ``lost`` (sum of LOSS records).
+    those whose group's TIME or CHECK arrived in it. Cumulative counters: ``decode_errors``
+    (records of groups not emitted), ``skipped_bytes`` (outside segments), ``unverified``
+    (records of groups that never got their end), ``emitted`` (events), ``lost`` (sum of LOSS
+    records).
     """
 
     def __init__(self, channels, rules, fine_bits=0, bin_fs=10_000_000):
