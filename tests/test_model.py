@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 import heraldry.model as model
-from heraldry.model import ChannelSettings, CoreSettings
+from heraldry.model import ChannelSettings, CoreSettings, HeraldRule
 
 SEMANTICS = Path(__file__).resolve().parent.parent / "docs" / "semantics.md"
 EDGE_NAMES = ("none", "rising", "falling", "both")
@@ -72,7 +72,9 @@ def naive_delay(times, delay, depth, fine_bits=0):
 
 def naive_coincidence(delayed, window, masks):
     """Coincidence unit and herald rules stepped bin by bin. Returns (windows, heralds) as lists
-    of (t0, pattern) and (time, rule, pattern)."""
+    of (t0, pattern) and (time, rule, pattern). ``masks``: channel masks (early, no veto) or
+    ``HeraldRule`` s."""
+    rules = [m if isinstance(m, HeraldRule) else HeraldRule(m) for m in masks]
     events = defaultdict(list)
     for c, times in enumerate(delayed):
         for t in times:
@@ -85,15 +87,21 @@ def naive_coincidence(delayed, window, masks):
         if is_open and b >= t0 + window:
             windows.append((t0, pattern))
             is_open = False
+            for number, rule in enumerate(rules):
+                if (rule.mode == "exact" and pattern & rule.require == rule.require
+                        and not pattern & rule.veto):
+                    heralds.append((t0, number, pattern))
         for c in events.get(b, []):
             if not is_open:
-                is_open, t0, pattern, fired = True, b, 0, [False] * len(masks)
+                is_open, t0, pattern, decided = True, b, 0, [False] * len(rules)
             pattern |= 1 << c
         if b in events:
-            for rule, mask in enumerate(masks):
-                if not fired[rule] and pattern & mask == mask:
-                    fired[rule] = True
-                    heralds.append((b, rule, pattern))
+            for number, rule in enumerate(rules):
+                if (rule.mode == "early" and not decided[number]
+                        and pattern & rule.require == rule.require):
+                    decided[number] = True      # vetoed or not, once per window
+                    if not pattern & rule.veto:
+                        heralds.append((b, number, pattern))
     assert not is_open
     return windows, sorted(heralds)
 
@@ -106,7 +114,7 @@ def naive_simulate(rise, fall, settings, gate=None):
         out, lost = naive_delay(accepted, ch.delay, settings.delay_depth, settings.fine_bits)
         delayed.append(out)
         dropped.append(lost)
-    windows, heralds = naive_coincidence(delayed, settings.window, settings.herald_masks)
+    windows, heralds = naive_coincidence(delayed, settings.window, settings.herald_rules)
     patterns = [0] * 2**settings.channels
     for _, pattern in windows:
         patterns[pattern] += 1
@@ -167,6 +175,21 @@ def random_pins(rng, channels, span, rate):
     return rise, fall
 
 
+def random_rules(rng, channels, count=None):
+    """Rules with random require/veto masks, modes and pins (sometimes plain masks)."""
+    count = int(rng.integers(0, 4)) if count is None else count
+    rules = []
+    for r in range(count):
+        require = int(rng.integers(1, 2**channels))
+        if rng.random() < 0.25:
+            rules.append(require)
+            continue
+        veto = int(rng.integers(0, 2**channels)) & ~require if rng.random() < 0.6 else 0
+        rules.append(HeraldRule(require, veto, str(rng.choice(model.HERALD_MODES)),
+                                int(rng.integers(0, count))))
+    return tuple(rules)
+
+
 def random_settings(rng, channels, fine_bits=0):
     return CoreSettings(
         channels=channels,
@@ -178,7 +201,7 @@ def random_settings(rng, channels, fine_bits=0):
             dead_time=int(rng.choice([0, 0, 1, 2, 3, 7, 20])),
             delay=int(rng.choice([0, 0, 1, 3, 17, 40, 63])),
         ) for _ in range(channels)),
-        herald_masks=tuple(int(m) for m in rng.integers(1, 2**channels, rng.integers(0, 4))),
+        herald_rules=random_rules(rng, channels),
         herald_width=int(rng.integers(1, 6)),
         coincidence_record_mask=sum(1 << p for p in range(2**channels) if rng.random() < 0.3),
         delay_depth=int(rng.integers(1, 5)),
@@ -243,6 +266,49 @@ def test_windows_and_heralds_match_naive(times, window, raw_masks):
     assert list(zip(got.t0.tolist(), got.pattern.tolist())) == windows
     got_heralds = model.herald_records(tpc, window, masks)
     assert [tuple(int(x) for x in h) for h in got_heralds] == heralds
+
+
+@hsettings(max_examples=500, derandomize=True, database=None, deadline=None)
+@given(
+    times=st.lists(st.lists(st.integers(0, 60), max_size=12), min_size=1, max_size=5),
+    window=st.integers(1, 12),
+    raw_rules=st.lists(st.tuples(st.integers(1, 31), st.integers(0, 31), st.booleans()),
+                       max_size=4),
+)
+def test_herald_rules_match_naive(times, window, raw_rules):
+    """Require/veto masks, early and exact modes, against the bin-by-bin definition."""
+    channels = len(times)
+    tpc = [np.unique(t).astype(np.int64) for t in times]
+    rules = []
+    for require, veto, exact in raw_rules:
+        require = require % 2**channels or 1
+        rules.append(HeraldRule(require, veto % 2**channels & ~require,
+                                "exact" if exact else "early"))
+    _, heralds = naive_coincidence(tpc, window, rules)
+    got = model.herald_records(tpc, window, rules)
+    assert [tuple(int(x) for x in h) for h in got] == heralds
+
+
+def test_random_rules_exercise_veto_and_exact():
+    """The random settings of test_simulate_matches_naive fire exact rules and veto some."""
+    fired_exact = vetoed = 0
+    for seed in range(32):
+        rng = np.random.default_rng(seed)
+        channels = int(rng.integers(1, 5)) if seed % 6 else 8
+        fine_bits = (0, 0, 1, 2)[seed % 4]
+        rise, fall = random_pins(rng, channels, 6000, rate=float(rng.choice([0.02, 0.1, 0.3])))
+        settings = random_settings(rng, channels, fine_bits)
+        result = model.simulate(rise, fall, settings, random_gate(rng, 6000))
+        for number, rule in enumerate(settings.herald_rules):
+            count = int(result.herald_counts[number])
+            fired_exact += count if rule.mode == "exact" else 0
+            if rule.veto:
+                unvetoed = HeraldRule(rule.require, 0, rule.mode)
+                again = model.herald_records(
+                    [result.tags["time"][result.tags["channel"] == c]
+                     for c in range(channels)], settings.window, [unvetoed])
+                vetoed += len(again) - count
+    assert fired_exact > 0 and vetoed > 0
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -470,6 +536,74 @@ def test_herald_fires_once_per_window_at_the_completing_event():
         == [(5, 0, 0b011), (12, 0, 0b011)]
 
 
+PSI_MINUS = (HeraldRule(0b1001, 0b0110, "exact", 0), HeraldRule(0b0110, 0b1001, "exact", 0))
+
+
+@pytest.mark.parametrize("pattern", range(1, 16))
+def test_psi_minus_exact_fires_on_1001_and_0110_only(pattern):
+    """psi-: D0&D3 or D1&D2, no third click, both rules on pin 0. Clicks spread over the window
+    in channel order or reversed; a second window far later proves the state is per window."""
+    for order in (1, -1):
+        channels = [c for c in range(4) if pattern >> c & 1][::order]
+        tpc = [[] for _ in range(4)]
+        for k, c in enumerate(channels):
+            tpc[c] += [10 + 2 * k, 100 + k]
+        heralds = model.herald_records(tpc, 8, PSI_MINUS)
+        if pattern in (0b1001, 0b0110):
+            rule = 0 if pattern == 0b1001 else 1
+            assert heralds.tolist() == [(10, rule, pattern), (100, rule, pattern)]
+        else:
+            assert heralds.tolist() == []
+    settings = CoreSettings(channels=4, window=8, herald_rules=PSI_MINUS)
+    assert settings.herald_masks == (0b1001, 0b0110)
+
+
+def test_early_veto_is_decided_at_the_completing_event():
+    rule = HeraldRule(0b011, 0b100)                       # D0&D1&!D2, early
+    # The veto channel before the completing event, or at its very time: no herald.
+    assert model.herald_records([[0], [4], [2]], 10, [rule]).tolist() == []
+    assert model.herald_records([[0], [4], [4]], 10, [rule]).tolist() == []
+    # After it: the herald stands (an early rule cannot see the future), pattern without D2.
+    assert model.herald_records([[0], [4], [5]], 10, [rule]).tolist() == [(4, 0, 0b011)]
+    # Vetoed once, the window does not fire later either; the next window does.
+    assert model.herald_records([[0, 3, 20], [1, 6, 22], [0]], 10, [rule]).tolist() \
+        == [(22, 0, 0b011)]
+    # The same clicks, exact: the late veto click takes the herald back.
+    exact = HeraldRule(0b011, 0b100, "exact")
+    assert model.herald_records([[0], [4], [5]], 10, [exact]).tolist() == []
+    assert model.herald_records([[0], [4], []], 10, [exact]).tolist() == [(0, 0, 0b011)]
+
+
+def test_herald_pin_modes_and_shared_pins():
+    rules = (HeraldRule(0b01, pin=1), HeraldRule(0b10, mode="exact", pin=1), HeraldRule(0b11))
+    h = np.zeros(3, model.HERALD_DTYPE)
+    h["time"], h["rule"] = [9, 12, 40], [0, 1, 2]
+    # F = 2, W = 6: rule 0 decides in cycle 9 >> 2 = 2; rule 1 (window t0 = 12, last bin 17)
+    # in cycle (17 >> 2) + 1 = 5; rule 2 (early, its own pin 2) in cycle 10. Latency 3.
+    pins = model.herald_pin(h, 2, 3, fine_bits=2, herald_rules=rules, window=6)
+    assert pins == [[], [(5, 7), (8, 10)], [(13, 15)]]
+    # Width 4: the two firings on pin 1 merge.
+    assert model.herald_pin(h, 4, 3, fine_bits=2, herald_rules=rules, window=6)[1] == [(5, 12)]
+    with pytest.raises(ValueError, match="window"):
+        model.herald_pin(h, 2, 3, herald_rules=rules)
+
+
+def test_herald_rule_text_and_validation():
+    assert str(HeraldRule(0b1001, 0b0110, "exact")) == "D0&D3&!D1&!D2,exact"
+    assert str(HeraldRule(0b11, pin=1)) == "D0&D1,pin=1"
+    for make, match in [
+            (lambda: HeraldRule(0), "require"),
+            (lambda: HeraldRule(0b11, 0b10), "never fire"),
+            (lambda: HeraldRule(1, mode="late"), "mode"),
+            (lambda: HeraldRule(1, pin=model.MAX_RULES), "pin"),
+            (lambda: CoreSettings(channels=2, herald_rules=(HeraldRule(1, 0b100),)), "beyond"),
+            (lambda: CoreSettings(channels=2, herald_rules=(1,), herald_masks=(2,)), "not both")]:
+        with pytest.raises(ValueError, match=match):
+            make()
+    settings = CoreSettings(channels=2, herald_masks=(0b11, 0b01))
+    assert settings.herald_rules == (HeraldRule(0b11, pin=0), HeraldRule(0b01, pin=1))
+
+
 def test_herald_pin_retrigger():
     def fire(*times, rule=0):
         h = np.zeros(len(times), model.HERALD_DTYPE)
@@ -652,6 +786,7 @@ def render(spec):
     channels, bins = spec["channels"], spec["bins"]
     settings = CoreSettings(
         channels=channels, window=spec["window"], herald_masks=spec.get("masks", ()),
+        herald_rules=spec.get("rules", ()),
         herald_width=spec.get("width", 1),
         channel=tuple(ChannelSettings(dead_time=spec.get("dead_time", [0] * channels)[c],
                                       delay=spec.get("delay", [0] * channels)[c])
@@ -685,12 +820,14 @@ def render(spec):
         rows.append(_span_row("window", result.windows.t0.tolist(), window, bins))
         rows.append(_row("pattern", pattern))
         rows.append(_row("closed", [c.ljust(COLUMN) for c in closed]))
-    for rule, intervals in enumerate(model.herald_pin(result.heralds, settings.herald_width,
-                                                      spec.get("latency", 4),
-                                                      rules=len(settings.herald_masks))):
+    for rule in range(len(settings.herald_rules)):
         fires = result.heralds["time"][result.heralds["rule"] == rule]
         rows.append(_event_row(f"fire {rule}", fires, bins))
-        rows.append(_level_row(f"herald {rule}", intervals, bins))
+    pins = model.herald_pin(result.heralds, settings.herald_width, spec.get("latency", 4),
+                            herald_rules=settings.herald_rules, window=settings.window,
+                            rules=max((r.pin + 1 for r in settings.herald_rules), default=0))
+    for pin, intervals in enumerate(pins):
+        rows.append(_level_row(f"herald {pin}", intervals, bins))
     return rows
 
 
@@ -707,6 +844,12 @@ DIAGRAMS = {
                   rise=[[1], [2]], fall=[[3], [4]]),
     "latency": dict(channels=2, bins=10, window=2, masks=(0b11,), width=2,
                     rise=[[1], [2]], fall=[[6], [5]]),
+    "veto": dict(channels=3, bins=20, window=5, width=2,
+                 rules=(HeraldRule(0b011, 0b100), HeraldRule(0b011, 0b100, "exact")),
+                 rise=[[1, 8], [2, 10], [4]], fall=[[2, 9], [3, 11], [5]]),
+    "psi-minus": dict(channels=4, bins=27, window=5, width=2, rules=PSI_MINUS,
+                      rise=[[1, 8], [12, 15], [17], [3, 10]],
+                      fall=[[2, 9], [13, 16], [18], [4, 11]]),
 }
 
 

@@ -19,8 +19,8 @@ import numpy as np
 
 __all__ = [
     "MAX_CHANNELS", "MAX_RULES", "MAX_DELAY", "MAX_WINDOW", "MAX_DEAD_TIME", "MAX_HERALD_WIDTH",
-    "EDGES",
-    "ChannelSettings", "CoreSettings",
+    "EDGES", "HERALD_MODES",
+    "ChannelSettings", "HeraldRule", "CoreSettings",
     "input_events", "delay_events",
     "Windows", "coincidence_windows", "pattern_counts",
     "HERALD_DTYPE", "herald_records",
@@ -39,6 +39,9 @@ MAX_DEAD_TIME = 2**16 - 1       # 2**protocol.DEAD_TIME_BITS - 1
 MAX_HERALD_WIDTH = 2**8 - 1     # 2**protocol.HERALD_WIDTH_BITS - 1
 #: Edge selections, the lower-case names of `protocol.Edge`'s members.
 EDGES = ("none", "rising", "falling", "both")
+#: Herald rule modes (docs/semantics.md, "Heralds"): ``early`` decides at the completing event,
+#: ``exact`` when the window closes.
+HERALD_MODES = ("early", "exact")
 
 HERALD_DTYPE = np.dtype([("time", np.int64), ("rule", np.uint8), ("pattern", np.uint16)])
 TAG_DTYPE = np.dtype([("time", np.int64), ("channel", np.uint8)])
@@ -90,18 +93,40 @@ def _channel_times(times_per_channel):
     return tpc
 
 
+def _mask(mask, r, channels):
+    _int(mask, f"herald mask of rule {r}")
+    if mask == 0:
+        raise ValueError(f"herald mask of rule {r} is 0: it would never fire")
+    if not 0 < mask < 2**channels:
+        raise ValueError(f"herald mask of rule {r} ({mask:#b}) has bits beyond the "
+                         f"{channels} channels")
+    return int(mask)
+
+
 def _masks(masks, channels):
     masks = tuple(masks)
     if len(masks) > MAX_RULES:
         raise ValueError(f"at most {MAX_RULES} herald rules, not {len(masks)}")
-    for r, mask in enumerate(masks):
-        _int(mask, f"herald mask of rule {r}")
-        if mask == 0:
-            raise ValueError(f"herald mask of rule {r} is 0: it would never fire")
-        if not 0 < mask < 2**channels:
-            raise ValueError(f"herald mask of rule {r} ({mask:#b}) has bits beyond the "
+    return tuple(_mask(mask, r, channels) for r, mask in enumerate(masks))
+
+
+def _rules(rules, channels):
+    """Herald rules as :class:`HeraldRule` s, checked against ``channels``, pins filled in.
+
+    A plain integer is a channel mask: ``HeraldRule(require=mask)`` (early, no veto)."""
+    rules = tuple(rules)
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"at most {MAX_RULES} herald rules, not {len(rules)}")
+    out = []
+    for r, rule in enumerate(rules):
+        if not isinstance(rule, HeraldRule):
+            rule = HeraldRule(require=_mask(rule, r, channels))
+        if rule.require >> channels or rule.veto >> channels:
+            raise ValueError(f"herald rule {r} ({rule}) names channels beyond the "
                              f"{channels} channels")
-    return tuple(int(m) for m in masks)
+        out.append(rule if rule.pin is not None else
+                   HeraldRule(rule.require, rule.veto, rule.mode, r))
+    return tuple(out)
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -135,6 +160,57 @@ class ChannelSettings:
 
 
 @dataclass(frozen=True)
+class HeraldRule:
+    """One herald rule (docs/semantics.md, "Heralds").
+
+    Members:
+        require: channels that must be in the window's pattern (non-zero bitmask).
+        veto: channels that must not be in it (bitmask, disjoint from ``require``).
+        mode: ``"early"``: decided at the completing event (the first event after which the
+            window's pattern contains ``require``); fires iff the pattern at that moment
+            (including every event at that same time) holds no ``veto`` channel. A veto
+            channel arriving later in the window does not take the herald back.
+            ``"exact"``: decided when the window closes; fires iff the closed pattern contains
+            ``require`` and no ``veto`` channel.
+        pin: herald output pin the rule drives (several rules may share one: their firings
+            are OR'ed); ``None``: the pin of the rule's own number.
+
+    ``str()`` gives the command-line form, e.g. ``D0&D3&!D1&!D2,exact``. Raises ``ValueError``
+    for anything out of range (channel numbers are checked by :class:`CoreSettings`).
+    """
+    require: int
+    veto: int = 0
+    mode: str = "early"
+    pin: int = None
+
+    def __post_init__(self):
+        require = _int(self.require, "herald require mask", 0, 2**MAX_CHANNELS - 1)
+        veto = _int(self.veto, "herald veto mask", 0, 2**MAX_CHANNELS - 1)
+        if require == 0:
+            raise ValueError("herald require mask is 0: a rule needs at least one channel")
+        if require & veto:
+            raise ValueError(f"herald rule requires and vetoes the same channels "
+                             f"({require & veto:#b}): it would never fire")
+        if self.mode not in HERALD_MODES:
+            raise ValueError(f"herald mode must be one of {', '.join(HERALD_MODES)}, "
+                             f"not {self.mode!r}")
+        pin = None if self.pin is None else _int(self.pin, "herald pin", 0, MAX_RULES - 1)
+        object.__setattr__(self, "require", require)
+        object.__setattr__(self, "veto", veto)
+        object.__setattr__(self, "pin", pin)
+
+    def __str__(self):
+        terms = [f"D{c}" for c in range(MAX_CHANNELS) if self.require >> c & 1]
+        terms += [f"!D{c}" for c in range(MAX_CHANNELS) if self.veto >> c & 1]
+        text = "&".join(terms)
+        if self.mode != "early":
+            text += f",{self.mode}"
+        if self.pin is not None:
+            text += f",pin={self.pin}"
+        return text
+
+
+@dataclass(frozen=True)
 class CoreSettings:
     """Everything the model needs to know about one core's configuration.
 
@@ -143,8 +219,13 @@ class CoreSettings:
         fine_bits: PHY sub-clock bits F; ``2**F`` bins per cycle.
         window: coincidence window W in bins, 1..``MAX_WINDOW`` and ``>= 2**F``.
         channel: one :class:`ChannelSettings` per channel, or ``()`` for all defaults.
-        herald_masks: one channel bitmask per herald rule (at most ``MAX_RULES``), each
-            non-zero and within the channel count.
+        herald_rules: the herald rules (at most ``MAX_RULES``): :class:`HeraldRule` s or
+            plain channel masks (``HeraldRule(require=mask)``: early, no veto). Stored as
+            :class:`HeraldRule` s with every ``pin`` filled in (default: the rule's number).
+        herald_masks: the older way to give rules: one channel bitmask per rule, each
+            non-zero and within the channel count. Give ``herald_rules`` or ``herald_masks``
+            (or both, if they agree); afterwards ``herald_masks`` holds every rule's
+            ``require`` mask.
         herald_width: herald pin pulse in cycles, 1..``MAX_HERALD_WIDTH``.
         coincidence_record_mask: bit ``p`` set: closed windows of pattern ``p`` are recorded.
         delay_depth: events one delay line holds (>= 1).
@@ -159,6 +240,7 @@ class CoreSettings:
     herald_width: int = 1
     coincidence_record_mask: int = 0
     delay_depth: int = 16
+    herald_rules: tuple = ()
 
     def __post_init__(self):
         channels = _int(self.channels, "channels", 1, MAX_CHANNELS)
@@ -176,6 +258,13 @@ class CoreSettings:
             if not isinstance(ch, ChannelSettings):
                 raise ValueError(f"channel[{c}] must be a ChannelSettings, not {ch!r}")
         herald_masks = _masks(self.herald_masks, channels)
+        herald_rules = _rules(self.herald_rules, channels)
+        if herald_rules and herald_masks:
+            if herald_masks != tuple(r.require for r in herald_rules):
+                raise ValueError("give herald_rules or herald_masks, not both (they disagree)")
+        elif herald_masks:
+            herald_rules = _rules(herald_masks, channels)
+        herald_masks = tuple(r.require for r in herald_rules)
         herald_width = _int(self.herald_width, "herald_width", 1, MAX_HERALD_WIDTH)
         record_mask = _int(self.coincidence_record_mask, "coincidence_record_mask",
                            0, 2**(2**channels) - 1)
@@ -184,7 +273,7 @@ class CoreSettings:
                             ("window", window), ("channel", channel),
                             ("herald_masks", herald_masks), ("herald_width", herald_width),
                             ("coincidence_record_mask", record_mask),
-                            ("delay_depth", delay_depth)):
+                            ("delay_depth", delay_depth), ("herald_rules", herald_rules)):
             object.__setattr__(self, name, value)
 
     def channel_settings(self, c):
@@ -371,21 +460,29 @@ def pattern_counts(windows, channels):
     return np.bincount(pattern, minlength=2**channels).astype(np.int64)
 
 
-def herald_records(times_per_channel, window, masks):
+def herald_records(times_per_channel, window, rules):
     """Herald firings of every rule.
 
-    Rule ``r`` fires at most once per window, at the event whose time makes the window's
-    pattern contain ``masks[r]``; the record's pattern is the window's pattern including every
-    event at that same time. Returns a :data:`HERALD_DTYPE` array sorted by (time, rule).
+    ``rules``: :class:`HeraldRule` s, or channel masks (early rules without veto). Each rule
+    fires at most once per window:
+
+    * ``early``: at the event whose time makes the window's pattern contain ``require`` (the
+      completing event), if the pattern at that time (including every event at that same time)
+      holds no ``veto`` channel. Record: that time, the rule, that pattern.
+    * ``exact``: once the window has closed, if its pattern contains ``require`` and no
+      ``veto`` channel. Record: the window's ``t0``, the rule, the closed pattern.
+
+    Returns a :data:`HERALD_DTYPE` array sorted by (time, rule).
     """
     tpc = _channel_times(times_per_channel)
     window = _int(window, "window", 1, MAX_WINDOW)
     channels = len(tpc)
-    masks = _masks(masks, channels)
+    rules = _rules(rules, channels)
     times, chans = _merge(tpc)
-    if times.size == 0 or not masks:
+    if times.size == 0 or not rules:
         return np.zeros(0, HERALD_DTYPE)
     starts = _window_starts(times, window)
+    closed = np.bitwise_or.reduceat(np.left_shift(1, chans), starts)
     window_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(times)]))
     # first[w, c]: time of channel c's first event in window w. Events are in time order, so
     # np.unique's first occurrence of each (window, channel) is the earliest.
@@ -394,13 +491,23 @@ def herald_records(times_per_channel, window, masks):
     first.flat[keys] = times[index]
     bits = np.left_shift(1, np.arange(channels))
     parts = []
-    for rule, mask in enumerate(masks):
+    for number, rule in enumerate(rules):
+        mask = rule.require
+        if rule.mode == "exact":
+            fires = (closed & mask == mask) & (closed & rule.veto == 0)
+            part = np.zeros(int(fires.sum()), HERALD_DTYPE)
+            part["time"], part["rule"], part["pattern"] = times[starts[fires]], number, \
+                closed[fires]
+            parts.append(part)
+            continue
         columns = [c for c in range(channels) if mask >> c & 1]
         complete = (first[:, columns] != _NEVER).all(axis=1)
         fire = first[complete][:, columns].max(axis=1)
         pattern = ((first[complete] <= fire[:, None]) * bits).sum(axis=1)
+        allowed = pattern & rule.veto == 0
+        fire, pattern = fire[allowed], pattern[allowed]
         part = np.zeros(len(fire), HERALD_DTYPE)
-        part["time"], part["rule"], part["pattern"] = fire, rule, pattern
+        part["time"], part["rule"], part["pattern"] = fire, number, pattern
         parts.append(part)
     records = np.concatenate(parts)
     return records[np.lexsort((records["rule"], records["time"]))]
@@ -443,7 +550,7 @@ class Result:
 
 def _result(tpc, settings, delay_dropped):
     windows = coincidence_windows(tpc, settings.window)
-    heralds = herald_records(tpc, settings.window, settings.herald_masks)
+    heralds = herald_records(tpc, settings.window, settings.herald_rules)
     # The mask has 2**channels bits (256 for 8 channels): look it up per pattern, not by shift.
     selected = np.array([settings.coincidence_record_mask >> p & 1
                          for p in range(2**settings.channels)], bool)
@@ -457,7 +564,7 @@ def _result(tpc, settings, delay_dropped):
         windows=windows,
         heralds=heralds,
         herald_counts=np.bincount(heralds["rule"].astype(np.int64),
-                                  minlength=len(settings.herald_masks)).astype(np.int64),
+                                  minlength=len(settings.herald_rules)).astype(np.int64),
         coincidence_records=records,
         delay_dropped=np.asarray(delay_dropped, np.int64),
     )
@@ -520,22 +627,30 @@ def counts_from_tags(tags, settings):
     return _result(tpc, settings, np.zeros(settings.channels, np.int64))
 
 
-def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0):
+def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0, herald_rules=None,
+               window=None):
     """When each herald output pin is high.
 
-    A firing whose record time falls in cycle ``f = time >> fine_bits`` drives pin ``rule`` high
-    for cycles ``[f + latency, f + latency + width)``; a firing while the pin is high restarts the
-    width, so overlapping or touching intervals merge. For the core with the generic PHY and
-    the completing channel's delay already in the record time, ``latency = phy.latency + 2``
-    (input-stage register, herald register) = 3.
+    A firing *decided* in cycle ``d`` drives its pin high for cycles ``[d + latency,
+    d + latency + width)``; a firing while the pin is high restarts the width, so overlapping or
+    touching intervals merge (also between rules that share a pin). An early rule decides in
+    the cycle of its record time, ``d = time >> fine_bits``; an exact rule when its window has
+    closed, the cycle after the one holding the window's last bin: ``d = ((time + window - 1)
+    >> fine_bits) + 1`` (its record time is the window's ``t0``). For the core with the generic
+    PHY and the completing channel's delay already in the record time, ``latency =
+    phy.latency + 2`` (input-stage register, herald register) = 3.
 
     Parameters:
         heralds: :data:`HERALD_DTYPE` array.
         width: pulse width in cycles, 1..``MAX_HERALD_WIDTH``.
         latency: cycles, >= 0.
-        rules: number of rules (pins); ``None`` = highest rule in ``heralds`` + 1.
+        rules: number of pins; ``None`` = highest pin used + 1.
+        herald_rules: the :class:`HeraldRule` s (or masks) the records come from, for their
+            modes and pins (``CoreSettings.herald_rules``); ``None``: every rule early, rule
+            ``r`` on pin ``r``.
+        window: W in bins; needed when a rule is exact.
 
-    Returns, per rule, a sorted list of disjoint, non-touching half-open ``(start, stop)``
+    Returns, per pin, a sorted list of disjoint, non-touching half-open ``(start, stop)``
     cycle intervals.
     """
     width = _int(width, "width", 1, MAX_HERALD_WIDTH)
@@ -545,14 +660,28 @@ def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0):
     if heralds.dtype.names is None or not {"time", "rule"} <= set(heralds.dtype.names):
         raise ValueError("heralds must be a structured array with 'time' and 'rule' fields")
     rule_of = heralds["rule"].astype(np.int64)
+    decided = heralds["time"].astype(np.int64) >> fine_bits
+    pin_of = rule_of
+    if herald_rules is not None:
+        herald_rules = _rules(herald_rules, MAX_CHANNELS)
+        if rule_of.size and rule_of.max() >= len(herald_rules):
+            raise ValueError(f"heralds hold rule {rule_of.max()} but only "
+                             f"{len(herald_rules)} rules are given")
+        exact = np.array([r.mode == "exact" for r in herald_rules], bool)
+        if exact.any():
+            window = _int(window, "window", 1, MAX_WINDOW)
+            late = exact[rule_of]
+            closes = ((heralds["time"].astype(np.int64) + window - 1) >> fine_bits) + 1
+            decided = np.where(late, closes, decided)
+        pin_of = np.array([r.pin for r in herald_rules], np.int64)[rule_of]
     if rules is None:
-        rules = int(rule_of.max()) + 1 if rule_of.size else 0
+        rules = int(pin_of.max()) + 1 if pin_of.size else 0
     rules = _int(rules, "rules", 0, MAX_RULES)
-    if rule_of.size and rule_of.max() >= rules:
-        raise ValueError(f"heralds hold rule {rule_of.max()} but rules = {rules}")
+    if pin_of.size and pin_of.max() >= rules:
+        raise ValueError(f"heralds drive pin {pin_of.max()} but rules = {rules}")
     pins = []
-    for rule in range(rules):
-        starts = np.sort(heralds["time"][rule_of == rule].astype(np.int64) >> fine_bits)
+    for pin in range(rules):
+        starts = np.sort(decided[pin_of == pin])
         intervals = []
         for start in (starts + latency).tolist():
             if intervals and start <= intervals[-1][1]:
