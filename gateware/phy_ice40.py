@@ -1,96 +1,16 @@
-"""iCE40 DDR input PHYs: two samples per clock cycle from the ``SB_IO`` input registers.
+"""iCE40 DDR inputs: two samples per fast clock cycle from the ``SB_IO`` input registers.
 
 :class:`ICE40DDRInputs` (what the iCEBreaker builds) samples every pin at a clock twice as fast
 as the core and hands the core four samples per cycle (F = 2) through the aligned
-:class:`~.gearbox.WordGearbox`; :class:`ICE40DDRPHY` samples at the core's own clock (F = 1), for
-a design whose core runs as fast as the sampling.
+:class:`~.gearbox.WordGearbox`.
 """
 
-from amaranth.hdl import C, ClockSignal, Instance, Module, Signal
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.hdl import C, ClockSignal, Instance, Signal
+from amaranth.lib.wiring import In
 
 from .gearbox import GearedInputs
-from .phy import PHYSignature, WordEdges
 
-__all__ = ["ICE40DDRPHY", "ICE40DDRInputs"]
-
-
-class ICE40DDRPHY(wiring.Component):
-    """iCE40 DDR input: ``SB_IO`` registered DDR input (``PIN_TYPE=0b000000``), ``fine_bits = 1``.
-
-    ``D_IN_0`` is the pin sampled at the rising clock edge, ``D_IN_1`` the pin sampled at the
-    following falling edge. A fabric register captures both at the next rising edge (the second
-    flop of the synchroniser: the IO register is the first), giving a 2-sample word whose edges
-    :class:`WordEdges` encodes. The falling-edge sample has only half a period to reach that
-    register, which limits the clock to about 125 MHz (toolchain feasibility builds: 113-125 MHz).
-
-    Bin of an edge: the value of ``now`` in the cycle after the rising clock edge ``k`` at or after
-    which the pin is first sampled in its new state, times 2, plus 0 if the sample at ``k`` sees it
-    or 1 if only the falling-edge sample after ``k`` does.
-
-    Parameters
-    ----------
-    port : IOPort or None
-        The raw pin (``platform.request(..., dir="-").io``), connected to ``SB_IO``'s
-        ``PACKAGE_PIN``. Not used with ``sim=True``.
-    sim : bool
-        Replace ``SB_IO`` by a behavioural model for the Amaranth simulator (see ``samples``).
-
-    Attributes
-    ----------
-    fine_bits : int
-        1.
-    latency : int
-        1: IO register at clock edge k (and k + 1/2), fabric register at k + 1, edge detection
-        combinational, so ``rise`` is high in the cycle after edge k + 1, one cycle after the
-        bin's cycle.
-
-    Members
-    -------
-    phy : Out(PHYSignature(1))
-        Edge reports.
-    samples : In(2)
-        ``sim=True`` only. The pin level at clock edge k (bit 0) and at the falling edge after it
-        (bit 1), set by the test bench before edge k. The model registers both at edge k, which
-        matches what the fabric register sees of ``D_IN_0``/``D_IN_1`` at edge k + 1.
-    """
-
-    fine_bits = 1
-    latency = 1
-
-    def __init__(self, port=None, *, sim=False):
-        if not sim and port is None:
-            raise ValueError("ICE40DDRPHY needs a port unless sim=True")
-        self.port = port
-        self.sim = sim
-        members = {"phy": Out(PHYSignature(self.fine_bits))}
-        if sim:
-            members["samples"] = In(2 ** self.fine_bits)
-        super().__init__(members)
-
-    def elaborate(self, platform):
-        m = Module()
-
-        io_samples = Signal(2)  # D_IN_1, D_IN_0: outputs of the IO registers
-        if self.sim:
-            m.d.sync += io_samples.eq(self.samples)
-        else:
-            m.submodules.sb_io = Instance(
-                "SB_IO",
-                p_PIN_TYPE=C(0b000000, 6),
-                io_PACKAGE_PIN=self.port,
-                i_INPUT_CLK=ClockSignal("sync"),
-                o_D_IN_0=io_samples[0],
-                o_D_IN_1=io_samples[1],
-            )
-
-        word = Signal(2)
-        m.d.sync += word.eq(io_samples)
-        m.submodules.edges = edges = WordEdges(self.fine_bits)
-        m.d.comb += edges.word.eq(word)
-        wiring.connect(m, edges.phy, wiring.flipped(self.phy))
-        return m
+__all__ = ["ICE40DDRInputs"]
 
 
 class ICE40DDRInputs(GearedInputs):
@@ -102,7 +22,8 @@ class ICE40DDRInputs(GearedInputs):
     ports A = ``GENCLK`` for ``fast``, B = ``GENCLK_HALF`` for ``sync``; ``boards/icebreaker.py``).
     The IO registers are the first flop; ``sync`` captures them and the previous fast word (a
     fast fabric register) at once: the second flop. The falling-edge sample has half a fast
-    period to reach either, as in :class:`ICE40DDRPHY`.
+    period to reach either, which limits the fast clock to about 125 MHz (toolchain feasibility
+    builds of a single-clock DDR input: 113-125 MHz).
 
     Bin of an edge: ``4 * now + i``, ``now`` the coarse counter in the ``sync`` cycle after the
     ``sync`` edge ``K - 1`` at or after which the pin is first sampled in its new state, ``i``

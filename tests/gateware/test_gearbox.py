@@ -9,6 +9,7 @@ phases of ``sync`` against ``fast``, since the real phase is unknown.
 
 import random
 
+import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
@@ -16,13 +17,39 @@ from amaranth.sim import Simulator
 
 from heraldry import model
 from heraldry.gateware.channel import InputStage
+from heraldry.gateware.core import TaggerCore
 from heraldry.gateware.gearbox import WordGearbox
+from heraldry.gateware.phy import WordEdges
 from heraldry.gateware.phy_ecp5 import ECP5GearboxInputs
 from heraldry.gateware.phy_ice40 import ICE40DDRInputs
 from heraldry.protocol import COARSE_BITS, Edge, time_bits
-from test_phy_subclock import EDGE_NAMES, levels_from_edges, sample_edges
 
 T = 1e-8   # the fast clock's period in the simulator (any value)
+EDGE_NAMES = {Edge.RISING: "rising", Edge.FALLING: "falling", Edge.BOTH: "both"}
+
+
+def sample_edges(levels, offset):
+    """Rise and fall bins of a level sequence (pin low before it), ``offset`` added."""
+    rise, fall = [], []
+    previous = 0
+    for b, level in enumerate(levels):
+        if level and not previous:
+            rise.append(b + offset)
+        if previous and not level:
+            fall.append(b + offset)
+        previous = level
+    return np.array(rise, np.int64), np.array(fall, np.int64)
+
+
+def levels_from_edges(edges, n_samples):
+    """Pin levels of ``n_samples`` samples that toggle at each of the sorted sample indices."""
+    levels, level, k = [], 0, 0
+    for b in range(n_samples):
+        while k < len(edges) and edges[k] == b:
+            level ^= 1
+            k += 1
+        levels.append(level)
+    return levels
 
 
 def add_clocks(sim, ratio, fast, phase):
@@ -96,6 +123,28 @@ def test_elastic_gearbox_keeps_every_word_at_any_phase(phase):
     starts = [s for s in range(ratio) if groups(padded, width, ratio, s)[:len(outputs)]
               == outputs]
     assert len(starts) == 1, "the output is not one run of consecutive groups"
+
+
+def test_word_edges_needs_fine_bits():
+    with pytest.raises(ValueError):
+        WordEdges(0)
+
+
+def test_core_takes_prebuilt_phys():
+    """TaggerCore(phys=...) as the boards use it (the input blocks' per-channel ``WordEdges``,
+    each given its block's latency): fine bits and latency come from the PHYs; a wrong count,
+    or PHYs that disagree, are refused."""
+    phys = [WordEdges(4) for _ in range(2)]
+    for phy in phys:
+        phy.latency = 5
+    core = TaggerCore(2, 1, phys=phys, test_signal=False)
+    assert core.fine_bits == 4 and core.latency == 5 + TaggerCore.PIPELINE
+    with pytest.raises(ValueError, match="phys must hold 2 PHYs, not 1"):
+        TaggerCore(2, 1, phys=phys[:1])
+    other = WordEdges(2)
+    other.latency = 5
+    with pytest.raises(ValueError, match="same fine_bits and latency"):
+        TaggerCore(2, 1, phys=[phys[0], other])
 
 
 def test_gearbox_rejects_bad_parameters():
@@ -239,7 +288,6 @@ def herald_latency(inputs, ratio, sample, *, phase=0.0):
     0): the pin rises just before sample instant ``sample`` (``2**Fp`` instants per fast cycle,
     the first at the first fast edge). Returns the time from that sample instant to the ``sync``
     edge after which the herald pin is high, in ``sync`` periods."""
-    from heraldry.gateware.core import TaggerCore
     from heraldry.host.config import Acquisition
 
     per_fast = 2 ** inputs.sample_bits
