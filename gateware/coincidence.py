@@ -21,7 +21,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..protocol import COARSE_BITS, HERALD_WIDTH_BITS, MAX_CHANNELS, MAX_RULES, WINDOW_BITS, \
-    time_bits
+    herald_pin_bits, time_bits
 from .arith import above_each, at_most_step
 
 __all__ = ["CoincidenceUnit", "HeraldGenerator"]
@@ -240,15 +240,26 @@ class CoincidenceUnit(wiring.Component):
 
 
 class HeraldGenerator(wiring.Component):
-    """Herald rules: fire when a window's pattern first contains a rule's mask; drive pins.
+    """Herald rules (require and veto masks, early or exact) and the herald pins they drive.
 
-    Rule ``r`` fires in the cycle whose events make the pattern of their window contain
-    ``herald_mask[r]`` when it did not before, so at most once per window. With ``F > 0`` the
-    completing event is the earliest event of the cycle after which the window's pattern contains
-    the mask; events of the cycle at the same time count, later ones do not. A rule fires at most
-    once per cycle even when a window closes and the next opens within the cycle: the completing
-    event of the old window is on a channel of the mask, and that channel has no other event in
-    the cycle to complete the new window. A mask of 0 never fires.
+    The rules are those of ``heraldry.model.HeraldRule`` (docs/semantics.md, "Heralds").
+
+    An **early** rule ``r`` decides in the cycle whose events make the pattern of their window
+    contain ``herald_mask[r]`` (its ``require`` mask) when it did not before, so at most once per
+    window, and fires then iff that pattern holds no channel of ``herald_veto[r]``. With ``F > 0``
+    the completing event is the earliest event of the cycle after which the window's pattern
+    contains the mask; events of the cycle at the same time count, later ones do not. A rule
+    decides at most once per cycle even when a window closes and the next opens within the
+    cycle: the completing event of the old window is on a channel of the mask, and that channel
+    has no other event in the cycle to complete the new window. (So every candidate event of a
+    cycle is in one window, and since a window's pattern only grows, the earliest candidate is
+    free of veto channels iff some candidate is: the veto needs no earliest-event selection.)
+
+    An **exact** rule (``herald_exact[r]`` set) fires in the cycle ``closed`` pulses for a window
+    whose ``closed_pattern`` contains the mask and no veto channel. Its record's time and pattern
+    are the window's ``t0`` and closed pattern, which the merger takes from the close it
+    travels with; ``herald_time[r]`` and ``herald_pattern[r]`` are meaningful for early rules
+    only. A mask of 0 never fires.
 
     Parameters
     ----------
@@ -265,15 +276,24 @@ class HeraldGenerator(wiring.Component):
         The same per-cycle inputs as the :class:`CoincidenceUnit`'s.
     join, prev_pattern : In(N)
         The :class:`CoincidenceUnit`'s combinational outputs of the same name.
+    closed, closed_pattern : In(1), In(N)
+        The :class:`CoincidenceUnit`'s registered outputs of the same name (exact rules).
     herald_mask : In(ArrayLayout(N, R))
-        Channel mask of each rule.
+        Each rule's ``require`` mask.
+    herald_veto : In(ArrayLayout(N, R))
+        Each rule's ``veto`` mask.
+    herald_exact : In(R)
+        Bit r set: rule r is exact, else early.
+    herald_pin : In(ArrayLayout(herald_pin_bits(R), R))
+        The pin each rule drives (initially its own); the firings of rules sharing a pin are
+        OR'ed.
     herald_width : In(HERALD_WIDTH_BITS)
         Pin pulse length in cycles (0: pins stay low).
     clear : In(1)
         Suppresses firing in this cycle and drops the pins at the next edge.
     fire : Out(R)
         Combinational: one-cycle pulse per firing, in the cycle the completing events are
-        presented.
+        presented (early) or the cycle ``closed`` pulses (exact).
     herald_time : Out(ArrayLayout(time_bits(F), R))
         Combinational, valid with ``fire[r]``: time of rule r's completing event (``ref`` for
         ``F = 0``).
@@ -281,10 +301,11 @@ class HeraldGenerator(wiring.Component):
         Combinational, valid with ``fire[r]``: the window's pattern right after the completing
         event (including every event of the window at the same time).
     herald : Out(R)
-        Registered pins. A firing in cycle ``c`` drives pin r high in cycles
+        Registered pins. A firing in cycle ``c`` of a rule on pin p drives pin p high in cycles
         ``c + 1 .. c + herald_width``; a firing while high restarts the count.
 
-    Latency: ``fire`` 0 cycles from ``events``; ``herald`` one clock edge after the events.
+    Latency: ``fire`` 0 cycles from ``events`` (early) or ``closed`` (exact); ``herald`` one
+    clock edge later.
     """
 
     def __init__(self, channels, rules, fine_bits=0):
@@ -299,7 +320,13 @@ class HeraldGenerator(wiring.Component):
             "ref":            In(COARSE_BITS),
             "join":           In(channels),
             "prev_pattern":   In(channels),
+            "closed":         In(1),
+            "closed_pattern": In(channels),
             "herald_mask":    In(data.ArrayLayout(unsigned(channels), rules)),
+            "herald_veto":    In(data.ArrayLayout(unsigned(channels), rules)),
+            "herald_exact":   In(rules),
+            "herald_pin":     In(data.ArrayLayout(unsigned(herald_pin_bits(rules)), rules),
+                                 init=list(range(rules))),
             "herald_width":   In(HERALD_WIDTH_BITS),
             "clear":          In(1),
             "fire":           Out(rules),
@@ -330,12 +357,20 @@ class HeraldGenerator(wiring.Component):
             before.append(b)
             after.append(a)
 
+        closed = self.closed & ~self.clear
         for r in range(self.rules):
             mask = self.herald_mask[r]
+            veto = self.herald_veto[r]
             cand = Signal(n, name=f"cand{r}")
             m.d.comb += cand.eq(Cat(
                 events[i] & ((before[i] & mask) != mask) & ((after[i] & mask) == mask)
                 for i in range(n)))
+            # Candidates whose pattern holds no veto channel; computed beside `cand`, not
+            # after the earliest-candidate selection (see the class docstring).
+            allowed = Cat(cand[i] & ((after[i] & veto) == 0) for i in range(n))
+            early = allowed.any()
+            exact = (closed & ((self.closed_pattern & mask) == mask)
+                     & ((self.closed_pattern & veto) == 0))
             if f > 0:
                 # The earliest candidates complete the mask; they share one time and window.
                 first = Signal(n, name=f"first{r}")
@@ -349,23 +384,29 @@ class HeraldGenerator(wiring.Component):
                 pattern = pattern | Mux(first[i], after[i], 0)
                 time_fine = time_fine | Mux(first[i], fine[i], 0)
             m.d.comb += [
-                self.fire[r].eq(cand.any()),
+                self.fire[r].eq(Mux(self.herald_exact[r], exact, early)),
                 self.herald_pattern[r].eq(pattern),
                 self.herald_time[r].eq(Cat(time_fine[:f], self.ref)),
             ]
 
+        for p in range(self.rules):
+            if self.rules == 1:
+                fire = self.fire[0]
+            else:
+                fire = Cat(self.fire[r] & (self.herald_pin[r] == p)
+                           for r in range(self.rules)).any()
             # Cycles the pin stays high after the current one.
-            remaining = Signal(HERALD_WIDTH_BITS, name=f"remaining{r}")
+            remaining = Signal(HERALD_WIDTH_BITS, name=f"remaining{p}")
             with m.If(self.clear):
-                m.d.sync += [remaining.eq(0), self.herald[r].eq(0)]
-            with m.Elif(self.fire[r]):
+                m.d.sync += [remaining.eq(0), self.herald[p].eq(0)]
+            with m.Elif(fire):
                 m.d.sync += [
-                    self.herald[r].eq(self.herald_width != 0),
+                    self.herald[p].eq(self.herald_width != 0),
                     remaining.eq(Mux(self.herald_width != 0, self.herald_width - 1, 0)),
                 ]
             with m.Elif(remaining != 0):
                 m.d.sync += remaining.eq(remaining - 1)
             with m.Else():
-                m.d.sync += self.herald[r].eq(0)
+                m.d.sync += self.herald[p].eq(0)
 
         return m

@@ -59,7 +59,8 @@ class TaggerCore(wiring.Component):
     pins : In(N)
         Detector inputs, asynchronous (synchronised in the PHY).
     config : In(config_layout(N, R))
-        Configuration; change only while stopped (``run`` low and the pipeline drained).
+        Configuration; change only while stopped (``run`` low and the pipeline drained). Its
+        initial value is all zeros but ``herald_pin``: rule r on pin r.
     run : In(1)
         Run gate, sampled by the input stages only (docs/architecture.md, "Run gate").
     clear : In(1)
@@ -114,7 +115,8 @@ class TaggerCore(wiring.Component):
         self.map = CounterMap(channels, rules)
         super().__init__({
             "pins":         In(channels),
-            "config":       In(config_layout(channels, rules)),
+            "config":       In(config_layout(channels, rules),
+                               init={"herald_pin": list(range(rules))}),
             "run":          In(1),
             "clear":        In(1),
             "records":      Out(stream.Signature(record_layout(self.fine_bits))),
@@ -227,7 +229,12 @@ class TaggerCore(wiring.Component):
             heralds.ref.eq(ref),
             heralds.join.eq(coinc.join),
             heralds.prev_pattern.eq(coinc.prev_pattern),
+            heralds.closed.eq(coinc.closed),
+            heralds.closed_pattern.eq(coinc.closed_pattern),
             heralds.herald_mask.eq(cfg.herald_mask),
+            heralds.herald_veto.eq(cfg.herald_veto),
+            heralds.herald_exact.eq(cfg.herald_exact),
+            heralds.herald_pin.eq(cfg.herald_pin),
             heralds.herald_width.eq(cfg.herald_width),
             heralds.clear.eq(self.clear),
             self.herald.eq(heralds.herald),
@@ -251,6 +258,7 @@ class TaggerCore(wiring.Component):
             # differ in both once F > 0.
             merger.herald_time.eq(heralds.herald_time),
             merger.herald_pattern.eq(heralds.herald_pattern),
+            merger.herald_exact.eq(cfg.herald_exact),
             merger.delay_overflow.eq(overflow),
             merger.clear.eq(self.clear),
             self.idle.eq(merger.idle & ~out.busy),

@@ -93,6 +93,11 @@ class Merger(wiring.Component):
         Rules firing this cycle and, per rule (valid with its ``herald_fire`` bit), the time of
         its completing event (coarse part must equal ``ref``; only the fine bits are stored)
         and its pattern. Each herald record carries its own rule's time and pattern.
+    herald_exact : ``In(R)``
+        Bit r set: rule r is exact. Its firings come with a close (``closed``, which need not
+        be recorded) and its records carry that window's ``t0`` and pattern instead of
+        ``herald_time[r]`` and ``herald_pattern[r]``. Configuration: change it only while
+        ``idle``.
     delay_overflow : ``In(N)``
         One-cycle pulse per event dropped by a delay line.
     clear : ``In(1)``
@@ -162,6 +167,7 @@ class Merger(wiring.Component):
             "herald_fire":             In(r),
             "herald_time":             In(data.ArrayLayout(unsigned(tb), r)),
             "herald_pattern":          In(data.ArrayLayout(unsigned(n), r)),
+            "herald_exact":            In(r),
             "delay_overflow":          In(n),
             "clear":                   In(1),
             "o":                       Out(stream.Signature(record_layout(f))),
@@ -339,6 +345,9 @@ class Merger(wiring.Component):
 
         rec = self.o.payload
         coarse_time = Cat(Const(0, f), cur.coarse)
+        # The bundle's close: its window's t0 (coincidence records and exact heralds).
+        window_t0 = Signal(time_bits(f))
+        m.d.comb += window_t0.eq(coarse_time - cur.t0_offset)
         with m.If(rem_loss):
             m.d.comb += [
                 rec.kind.eq(Kind.LOSS),
@@ -366,18 +375,19 @@ class Merger(wiring.Component):
                 herald_pattern = herald_pattern | Mux(herald_onehot[i], cur.herald_pattern[i], 0)
                 herald_fine = herald_fine | Mux(herald_onehot[i], cur.herald_fine[i], 0)
                 rule = rule | Mux(herald_onehot[i], i, 0)
+            exact = (herald_onehot & self.herald_exact).any()
             m.d.comb += [
                 rec.kind.eq(Kind.HERALD),
                 rec.payload.herald.rule.eq(rule),
-                rec.payload.herald.pattern.eq(herald_pattern),
-                rec.time.eq(Cat(herald_fine[:f], cur.coarse)),
+                rec.payload.herald.pattern.eq(Mux(exact, cur.coincidence_pattern, herald_pattern)),
+                rec.time.eq(Mux(exact, window_t0, Cat(herald_fine[:f], cur.coarse))),
                 after_herald.eq(rem_herald & ~herald_onehot),
             ]
         with m.Elif(rem_coinc):
             m.d.comb += [
                 rec.kind.eq(Kind.COINCIDENCE),
                 rec.payload.coincidence.pattern.eq(cur.coincidence_pattern),
-                rec.time.eq(coarse_time - cur.t0_offset),
+                rec.time.eq(window_t0),
                 after_coinc.eq(0),
             ]
 

@@ -20,7 +20,7 @@ __all__ = [
     "PROBABILITY_BITS", "PERIOD_BITS", "COUNTER_BITS", "LOSS_COUNT_BITS",
     "Kind", "LossCause", "Edge", "Source",
     "time_bits", "record_layout", "record_fields", "decode_record",
-    "channel_config_layout", "test_signal_layout", "config_layout", "CounterMap",
+    "channel_config_layout", "test_signal_layout", "config_layout", "herald_pin_bits", "CounterMap",
 ]
 
 #: Width of the free-running coarse counter (cycles). Wraps are resolved downstream.
@@ -198,7 +198,20 @@ def config_layout(channels, rules):
         # bit p set: closed windows with pattern p are also sent as COINCIDENCE records
         "coincidence_record_mask": unsigned(2 ** channels),
         "test":         test_signal_layout(channels),
+        # Herald rules beyond a plain mask (docs/semantics.md, "Heralds"); after everything
+        # else so that the older registers keep their addresses. herald_mask is each rule's
+        # `require` mask.
+        "herald_veto":  data.ArrayLayout(unsigned(channels), rules),
+        # bit r set: rule r decides when its window closes (exact), else at the completing event
+        "herald_exact": unsigned(rules),
+        # the herald pin each rule drives (reset: its own); rules sharing a pin are OR'ed
+        "herald_pin":   data.ArrayLayout(unsigned(herald_pin_bits(rules)), rules),
     })
+
+
+def herald_pin_bits(rules):
+    """Width of a rule's pin number in a core with ``rules`` rules (and pins)."""
+    return (rules - 1).bit_length()
 
 
 class CounterMap:
@@ -521,6 +534,9 @@ class RegisterMap:
             for part in range(0, width, 32):
                 part_width = min(32, width - part)
                 reset, lo, hi = _CONFIG_FIELD_RULES.get(leaf, (0, 0, 2 ** part_width - 1))
+                if leaf == "herald_pin":        # each rule on its own pin after reset
+                    index = int(name.rsplit("[", 1)[1].rstrip("]"))
+                    reset, hi = index, self.rules - 1
                 reg_name = name if width <= 32 else f"{name}.{part // 32}"
                 regs.append(Register(reg_name, address, "rw", reset, lo, min(hi, 2**part_width - 1),
                                      f"config bits {offset + part}..{offset + part + part_width - 1}",

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 from .. import protocol
+from ..model.core import HERALD_MODES, HeraldRule
 from ..protocol import Edge, Source
 
-__all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "parse_mask", "ns_to_bins",
-           "read_config", "CONFIG_FILE_KEYS", "CONFIG_FILE_MAX_BYTES"]
+__all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "parse_mask", "parse_herald",
+           "herald_rule", "ns_to_bins", "read_config", "CONFIG_FILE_KEYS",
+           "CONFIG_FILE_MAX_BYTES"]
 
 EDGES = {"rising": Edge.RISING, "falling": Edge.FALLING, "both": Edge.BOTH}
 TEST_SIGNALS = ("pairs", "periodic", "off")
@@ -114,6 +116,93 @@ def parse_mask(text, channels, what="herald mask"):
     return mask
 
 
+def parse_herald(text, channels, rules=None, what="--herald"):
+    """Parse one herald rule: ``CHANNELS[,OPTION...]`` into a :class:`heraldry.model.HeraldRule`.
+
+    ``CHANNELS`` is either terms joined by ``&``, each ``Dc`` (channel c required) or ``!Dc``
+    (channel c vetoed), e.g. ``D0&D3&!D1&!D2``, or a channel mask such as ``0b0011`` (those
+    channels required, none vetoed). ``OPTION`` is ``early`` (the default: decided at the
+    completing event) or ``exact`` (decided when the window closes), or ``pin=P`` (the herald
+    pin the rule drives; default: the pin of its own number; rules sharing a pin are OR'ed).
+    ``rules`` is the board's rule count, which bounds ``pin``. Refuses anything else with a
+    :class:`ConfigError` naming ``what``.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"{what} {text!r} is not a rule such as D0&D3&!D1&!D2,exact")
+    parts = [part.strip() for part in text.split(",")]
+    head, options = parts[0], parts[1:]
+    if not head:
+        raise ConfigError(f"{what} {text!r} names no channel; give e.g. D0&D3&!D1&!D2,exact")
+    if head[0].isdigit():
+        require, veto = parse_mask(head, channels, f"{what} mask"), 0
+    else:
+        require = veto = 0
+        for term in head.split("&"):
+            term = term.strip()
+            negate = term.startswith("!")
+            name = term[1:].strip() if negate else term
+            if len(name) < 2 or name[0] not in "Dd" or not name[1:].isdigit():
+                raise ConfigError(f"{what} {text!r}: {term!r} is not a channel term like D3 or "
+                                  f"!D3")
+            c = int(name[1:])
+            if c >= channels:
+                raise ConfigError(f"{what} {text!r}: there is no channel {c} (the board has "
+                                  f"{channels} channels: D0..D{channels - 1})")
+            if (require | veto) >> c & 1:
+                raise ConfigError(f"{what} {text!r} names channel {c} twice")
+            if negate:
+                veto |= 1 << c
+            else:
+                require |= 1 << c
+        if not require:
+            raise ConfigError(f"{what} {text!r} requires no channel (only !D terms): it would "
+                              f"never fire")
+    mode, pin = None, None
+    for option in options:
+        key, _, value = option.partition("=")
+        key = key.strip()
+        if option in HERALD_MODES and mode is None:
+            mode = option
+        elif key == "pin" and _ and pin is None:
+            value = value.strip()
+            if not value.isdigit():
+                raise ConfigError(f"{what} {text!r}: pin={value} is not a pin number")
+            pin = int(value)
+            if rules is not None and pin >= rules:
+                raise ConfigError(f"{what} {text!r}: there is no herald pin {pin} (the board has "
+                                  f"{rules}: 0..{rules - 1})")
+        elif option in HERALD_MODES or key == "pin":
+            twice = "mode" if option in HERALD_MODES else "pin"
+            raise ConfigError(f"{what} {text!r} gives the {twice} twice")
+        else:
+            raise ConfigError(f"{what} {text!r}: unknown option {option!r} (options: early, "
+                              f"exact, pin=P)")
+    try:
+        return HeraldRule(require, veto, mode or "early", pin)
+    except ValueError as error:
+        raise ConfigError(f"{what} {text!r}: {error}") from None
+
+
+def herald_rule(value, channels):
+    """A :class:`HeraldRule` from a rule, a ``dict`` of its fields (as a saved acquisition holds
+    them) or a plain channel mask; :class:`ConfigError` otherwise."""
+    if isinstance(value, HeraldRule):
+        rule = value
+    elif isinstance(value, dict):
+        try:
+            rule = HeraldRule(**value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"herald rule {value!r}: {error}") from None
+    elif isinstance(value, Integral) and not isinstance(value, bool):
+        if not 0 < value < 2 ** channels:
+            raise ConfigError(f"herald mask {value:#b} must select channels among "
+                              f"0..{channels - 1}")
+        rule = HeraldRule(int(value))
+    else:
+        raise ConfigError(f"herald rule {value!r} is not a rule, a dict or a channel mask")
+    return rule
+
+
 def ns_to_bins(what, ns, bin_ps, lo, hi):
     """Convert nanoseconds to whole bins; refuse values outside ``lo..hi`` bins.
 
@@ -153,7 +242,11 @@ class Acquisition:
     """One acquisition's settings, in lab units. Call :meth:`validate` (done by every consumer).
 
     Times are in bins (``bin_ps`` each) once validated; the CLI converts nanoseconds with
-    :func:`ns_to_bins`. ``herald_masks`` lists the rules in use (at most ``rules``).
+    :func:`ns_to_bins`. ``herald_rules`` lists the rules in use (at most ``rules``), as
+    :class:`heraldry.model.HeraldRule` s (or plain channel masks, or dicts of a rule's fields);
+    ``herald_masks`` is the older way to give them (plain masks: early, no veto). Give either,
+    or both if they agree; afterwards ``herald_rules`` holds the rules with every ``pin``
+    filled in and ``herald_masks`` their ``require`` masks.
     """
     channels: int = 4
     rules: int = 2
@@ -175,6 +268,7 @@ class Acquisition:
     pair_delay_bins: int = 0
     period_cycles: int = 100
     seed: int = 1
+    herald_rules: list = field(default_factory=list)
 
     def __post_init__(self):
         n = self.channels
@@ -188,6 +282,19 @@ class Acquisition:
         self.dead_time_bins = list(self.dead_time_bins) or [0] * n
         self.edges = list(self.edges) or ["rising"] * n
         self.enabled = list(self.enabled) or [True] * n
+        if not isinstance(self.herald_rules, (list, tuple)):
+            raise ConfigError(f"herald_rules must be a list, not {self.herald_rules!r}")
+        if not isinstance(self.herald_masks, (list, tuple)):
+            raise ConfigError(f"herald_masks must be a list, not {self.herald_masks!r}")
+        rules = [herald_rule(r, n) for r in self.herald_rules]
+        masks = list(self.herald_masks)
+        if not rules:
+            rules = [herald_rule(m, n) for m in masks]
+        elif masks and masks != [r.require for r in rules]:
+            raise ConfigError("give herald_rules or herald_masks, not both (they disagree)")
+        self.herald_rules = [r if r.pin is not None else HeraldRule(r.require, r.veto, r.mode, i)
+                             for i, r in enumerate(rules)]
+        self.herald_masks = [r.require for r in self.herald_rules]
         self.validate()
 
     def validate(self):
@@ -231,12 +338,19 @@ class Acquisition:
             if e not in EDGES:
                 raise ConfigError(f"edge of channel {c} must be one of {', '.join(EDGES)}, "
                                   f"not {e!r}")
-        if len(self.herald_masks) > self.rules:
-            raise ConfigError(f"{len(self.herald_masks)} herald rules given; the gateware has "
+        if len(self.herald_rules) > self.rules:
+            raise ConfigError(f"{len(self.herald_rules)} herald rules given; the gateware has "
                               f"{self.rules}")
-        for mask in self.herald_masks:
-            if mask <= 0 or mask >> n:
-                raise ConfigError(f"herald mask {mask:#b} must select channels among 0..{n - 1}")
+        if [r.require for r in self.herald_rules] != list(self.herald_masks):
+            raise ConfigError("herald_masks must be the require masks of herald_rules")
+        for rule in self.herald_rules:
+            if not isinstance(rule, HeraldRule):
+                raise ConfigError(f"herald rule {rule!r} is not a heraldry.model.HeraldRule")
+            if (rule.require | rule.veto) >> n:
+                raise ConfigError(f"herald rule {rule} must name channels among 0..{n - 1}")
+            if rule.pin is None or rule.pin >= self.rules:
+                raise ConfigError(f"herald rule {rule} drives pin {rule.pin}; the gateware has "
+                                  f"pins 0..{self.rules - 1}")
         if not 1 <= self.herald_width <= 2 ** protocol.HERALD_WIDTH_BITS - 1:
             raise ConfigError(f"herald width must be 1..{2 ** protocol.HERALD_WIDTH_BITS - 1} "
                               f"cycles, not {self.herald_width}")
@@ -294,7 +408,13 @@ class Acquisition:
     def gateware_config(self):
         """The value for the core's ``config`` port: a ``protocol.config_layout`` constant."""
         layout = protocol.config_layout(self.channels, self.rules)
-        masks = list(self.herald_masks) + [0] * (self.rules - len(self.herald_masks))
+        unused = self.rules - len(self.herald_rules)
+        masks = list(self.herald_masks) + [0] * unused
+        vetoes = [r.veto for r in self.herald_rules] + [0] * unused
+        exact = sum(1 << i for i, r in enumerate(self.herald_rules) if r.mode == "exact")
+        # Unused rules (mask 0) never fire; they keep their own pins.
+        pins = [r.pin for r in self.herald_rules] + list(range(len(self.herald_rules),
+                                                               self.rules))
         sources = self.sources()
         return layout.const({
             "channel": [{
@@ -306,6 +426,9 @@ class Acquisition:
             } for c in range(self.channels)],
             "window": self.window_bins,
             "herald_mask": masks,
+            "herald_veto": vetoes,
+            "herald_exact": exact,
+            "herald_pin": pins,
             "herald_width": self.herald_width,
             "coincidence_record_mask": self.coincidence_record_mask,
             "test": {
@@ -331,7 +454,7 @@ class Acquisition:
                                           dead_time=self.dead_time_bins[c],
                                           delay=self.delays_bins[c])
                           for c in range(self.channels)),
-            herald_masks=tuple(self.herald_masks),
+            herald_rules=tuple(self.herald_rules),
             herald_width=self.herald_width,
             coincidence_record_mask=self.coincidence_record_mask,
         )

@@ -287,7 +287,7 @@ def _random_subclock_events(rng, channels, fine_bits, start_cycle, cycles, rate)
 def _check_subclock(fine_bits, window, masks, events, start_cycle, delays=None):
     channels = len(events)
     acq = Acquisition(channels=channels, rules=len(masks), fine_bits=fine_bits,
-                      window_bins=window, test_signal="off", herald_masks=list(masks),
+                      window_bins=window, test_signal="off", herald_rules=list(masks),
                       delays_bins=delays or [0] * channels)
     tags, heralds = _run_subclock_core(fine_bits, len(masks), acq, events, start_cycle)
     empty = [np.zeros(0, np.int64)] * channels
@@ -295,6 +295,22 @@ def _check_subclock(fine_bits, window, masks, events, start_cycle, delays=None):
     np.testing.assert_array_equal(tags, expected.tags)
     assert heralds.tolist() == expected.heralds.tolist()
     return expected
+
+
+@pytest.mark.parametrize("fine_bits,window,seed", [(0, 3, 5), (2, 7, 6), (4, 16, 7),
+                                                   (4, 29, 8)])
+def test_herald_rules_through_the_whole_core(fine_bits, window, seed):
+    """Veto masks, early and exact rules, two rules on one pin: every herald record (an exact
+    rule's with its window's t0 and closed pattern, through the merger) against the model."""
+    rng = np.random.default_rng(seed)
+    start = 200 + int(rng.integers(0, 50))
+    events = _random_subclock_events(rng, 4, fine_bits, start, 500, 0.25)
+    rules = [model.HeraldRule(0b1001, 0b0110, "exact", 0),
+             model.HeraldRule(0b0110, 0b1001, "exact", 0),
+             model.HeraldRule(0b0011, 0b0100, "early", 1)]
+    expected = _check_subclock(fine_bits, window, rules, events, start)
+    counts = np.bincount(expected.heralds["rule"], minlength=3)
+    assert counts.min() >= 3, counts
 
 
 @pytest.mark.parametrize("fine_bits,window,seed", [(2, 5, 1), (2, 9, 2), (4, 16, 3),

@@ -17,6 +17,7 @@ from amaranth.sim import Simulator
 
 from heraldry import model
 from heraldry.gateware.coincidence import CoincidenceUnit, HeraldGenerator
+from heraldry.model import HeraldRule
 from heraldry.protocol import COARSE_BITS, time_bits
 
 LATENCY = 1   # herald pin rises one clock edge after the completing events
@@ -37,6 +38,8 @@ class Dut:
             herald.clear.eq(unit.clear),
             herald.join.eq(unit.join),
             herald.prev_pattern.eq(unit.prev_pattern),
+            herald.closed.eq(unit.closed),
+            herald.closed_pattern.eq(unit.closed_pattern),
         ]
 
 
@@ -46,7 +49,7 @@ class Trace:
     def __init__(self, rules):
         self.closes = []       # (cycle, t0, pattern)
         self.heralds = []      # (cycle, time, rule, pattern)
-        self.pins = [[] for _ in range(rules)]   # per rule: cycles with the pin high
+        self.pins = [[] for _ in range(rules)]   # per pin: cycles with the pin high
         self.per_cycle = {}    # cycle -> (prev_pattern, join, pattern)
 
     def pin_intervals(self, rule):
@@ -59,11 +62,19 @@ class Trace:
         return [tuple(i) for i in intervals]
 
 
+def as_rules(channels, masks):
+    """Masks or HeraldRules as the model's HeraldRules, pins filled in."""
+    return model.CoreSettings(channels=channels, herald_rules=tuple(masks)).herald_rules
+
+
 def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
                  clears=(), check=None):
     """Simulate cycles ``start .. stop - 1`` (absolute coarse times) with the events of
-    ``times`` (per channel, absolute bins) presented in their cycles. ``clears``: cycles in which
-    ``clear`` is high. ``check(ctx, dut, cycle)`` runs in each cycle after the inputs are set."""
+    ``times`` (per channel, absolute bins) presented in their cycles. ``masks``: channel masks
+    or ``HeraldRule`` s. ``clears``: cycles in which ``clear`` is high. ``check(ctx, dut,
+    cycle)`` runs in each cycle after the inputs are set. An exact rule's herald record is
+    traced with the close it fires with (its window's t0 and pattern), as the merger takes it."""
+    rule_list = as_rules(channels, masks)
     rules = len(masks)
     dut = Dut(channels, rules, fine_bits)
     unit, herald = dut.unit, dut.herald
@@ -82,7 +93,11 @@ def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
 
     async def bench(ctx):
         ctx.set(unit.window, window)
-        ctx.set(herald.herald_mask, list(masks))
+        ctx.set(herald.herald_mask, [r.require for r in rule_list])
+        ctx.set(herald.herald_veto, [r.veto for r in rule_list])
+        ctx.set(herald.herald_exact, sum(1 << i for i, r in enumerate(rule_list)
+                                         if r.mode == "exact"))
+        ctx.set(herald.herald_pin, [r.pin for r in rule_list])
         ctx.set(herald.herald_width, width)
         for cycle in range(start, stop):
             mask, cycle_times = by_cycle.get(cycle, (0, None))
@@ -97,7 +112,11 @@ def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
                                       ctx.get(unit.pattern))
             fire = ctx.get(herald.fire)
             for r in range(rules):
-                if fire >> r & 1:
+                if fire >> r & 1 and rule_list[r].mode == "exact":
+                    assert ctx.get(unit.closed)
+                    trace.heralds.append((cycle, ctx.get(unit.closed_t0), r,
+                                          ctx.get(unit.closed_pattern)))
+                elif fire >> r & 1:
                     trace.heralds.append((cycle, ctx.get(herald.herald_time[r]), r,
                                           ctx.get(herald.herald_pattern[r])))
             if ctx.get(unit.closed):
@@ -136,16 +155,20 @@ def compare_with_model(channels, fine_bits, window, masks, width, times, trace):
         counts[p] += 1
     assert np.array_equal(counts, model.pattern_counts(windows, channels))
 
-    records = model.herald_records(arrays, window, list(masks))
-    expected = [(int(t) >> f, int(t) % tmod, int(r), int(p))
-                for t, r, p in zip(records["time"], records["rule"], records["pattern"])]
+    rules = as_rules(channels, masks)
+    records = model.herald_records(arrays, window, rules)
+    # The cycle a rule decides in: an early rule's record time, an exact rule's close.
+    expected = sorted(
+        (((int(t) + window - 1) >> f) + 1 if rules[r].mode == "exact" else int(t) >> f,
+         int(t) % tmod, int(r), int(p))
+        for t, r, p in zip(records["time"], records["rule"], records["pattern"]))
     # Within a cycle (F > 0) the gateware reports in rule order, the model in time order.
-    fine_mask = 2 ** f - 1
-    assert sorted(trace.heralds, key=lambda h: (h[0], h[1] & fine_mask, h[2])) == expected
+    assert sorted(trace.heralds) == expected
 
-    pins = model.herald_pin(records, width, LATENCY, rules=len(masks), fine_bits=f)
+    pins = model.herald_pin(records, width, LATENCY, rules=len(masks), fine_bits=f,
+                            herald_rules=rules, window=window)
     for r in range(len(masks)):
-        assert trace.pin_intervals(r) == [tuple(map(int, i)) for i in pins[r]], f"rule {r}"
+        assert trace.pin_intervals(r) == [tuple(map(int, i)) for i in pins[r]], f"pin {r}"
 
     if f == 0:
         check_per_cycle(channels, window, arrays, windows, trace)
@@ -343,6 +366,87 @@ def test_clear_drops_window_and_pins():
     assert trace.pin_intervals(0) == [(11, 16)]
     assert trace.per_cycle[15] == (0b11, 0, 0b11)
     assert trace.per_cycle[18] == (0, 0, 0b10)
+
+
+def random_rules(rng, channels):
+    """Four rules: an early and an exact one with a veto, two more of any kind; rules 0 and 3
+    share a pin. Masks of one or two channels (they fire often), vetoes among the others."""
+    out = []
+    for r in range(4):
+        require = 0
+        for c in rng.sample(range(channels), rng.randint(1, 2)):
+            require |= 1 << c
+        others = [c for c in range(channels) if not require >> c & 1]
+        veto = sum(1 << c for c in rng.sample(others, rng.randint(1, len(others))))
+        if r >= 2 and rng.random() < 0.3:
+            veto = 0
+        mode = ("early", "exact")[r] if r < 2 else rng.choice(model.HERALD_MODES)
+        pin = out[0].pin if r == 3 else rng.randrange(2)
+        out.append(HeraldRule(require, veto, mode, pin))
+    return out
+
+
+@pytest.mark.parametrize("fine_bits, channels, window, rate, seed", [
+    (0, 4, 1, 0.4, 51), (0, 4, 6, 0.1, 52), (0, 3, 3, 0.3, 53), (0, 8, 4, 0.1, 54),
+    (2, 4, 4, 0.3, 55), (2, 4, 11, 0.2, 56), (4, 4, 16, 0.3, 57), (4, 4, 45, 0.15, 58),
+])
+def test_random_rules_veto_exact_shared_pins(fine_bits, channels, window, rate, seed):
+    """Require/veto masks, early and exact rules, several rules on one pin, against the model;
+    half the runs start near the counter's wrap."""
+    rng = random.Random(seed)
+    rules = random_rules(rng, channels)
+    start = NEAR_WRAP if seed % 2 else 7
+    times = random_times(rng, channels, fine_bits, start, 700, rate, burst=0.02)
+    trace, windows, records = run_and_compare(channels, fine_bits, window, rules,
+                                              rng.choice([1, 2, 5]), times, start, 700)
+    fired = {int(r) for r in records["rule"]}
+    assert len(windows.t0) >= 20 and len(records) >= 10
+    assert any(rules[r].mode == "exact" for r in fired), "an exact rule fired"
+    assert any(rules[r].veto for r in fired), "a rule with a veto fired"
+    unvetoed = model.herald_records(as_arrays(times), window,
+                                    [HeraldRule(r.require, 0, r.mode) for r in rules])
+    assert len(unvetoed) > len(records), "some firings were vetoed"
+
+
+PSI_MINUS = [HeraldRule(0b1001, 0b0110, "exact", 0), HeraldRule(0b0110, 0b1001, "exact", 0)]
+
+
+@pytest.mark.parametrize("fine_bits, window", [(0, 6), (2, 9), (4, 30)])
+def test_psi_minus_fires_on_1001_and_0110_only(fine_bits, window):
+    """psi- (exact, both rules on pin 0): each of the 15 patterns in its own window, clicks
+    spread over the window (the last one in the window's last bin) or all in one bin; the pin
+    fires for 1001 and 0110 and never for 1011, 0111, 1101, 1111 (or any other)."""
+    times = [[] for _ in range(4)]
+    windows = []
+    t = 40 << fine_bits
+    for spread in (True, False):
+        for pattern in range(1, 16):
+            channels = [c for c in range(4) if pattern >> c & 1]
+            for k, c in enumerate(channels):
+                offset = 0 if not spread or k == 0 else (window - 1) * k // (len(channels) - 1)
+                times[c].append(t + offset)
+            windows.append((t, pattern))
+            t += (window + 3) << fine_bits
+    start = 35
+    cycles = (t >> fine_bits) - start
+    trace, got_windows, records = run_and_compare(4, fine_bits, window, PSI_MINUS, 2, times,
+                                                  start, cycles)
+    assert list(zip(got_windows.t0.tolist(), got_windows.pattern.tolist())) == windows
+    fired = [(int(t0), int(p)) for t0, _, p in records.tolist()]
+    assert fired == [(t0, p) for t0, p in windows if p in (0b1001, 0b0110)]
+    assert len(fired) == 4
+    assert [h[2] for h in trace.heralds] == [1, 0, 1, 0]     # 0110 comes before 1001
+    assert len(trace.pin_intervals(0)) == 4 and trace.pins[1] == []   # both on pin 0
+
+
+def test_early_veto_in_the_completing_cycle():
+    """F = 2, rule D0&D1&!D2 early: the veto click at the completing bin, or earlier in the same
+    cycle, suppresses the herald; one bin later in that cycle it does not."""
+    rule = [HeraldRule(0b011, 0b100)]
+    for veto_bin, fires in ((41, False), (42, False), (43, True)):
+        times = [[40], [42], [veto_bin]]
+        trace, _, records = run_and_compare(3, 2, 8, rule, 1, times, 5, 10)
+        assert (len(records) == 1) == fires and len(trace.heralds) == len(records)
 
 
 def test_reject_bad_parameters():
