@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..protocol import Kind, LossCause
+from .config import rule_text
 from .decode import EVENT_DTYPE, Decoder
 from .tally import READ_INTERVAL_CYCLES, CounterTally
 from .driver import BoardSilent, DeviceError, DeviceLost, NoReply
@@ -388,6 +389,7 @@ def summarise(result, *, board="sim"):
         "patterns": patterns,
         "heralds": c["heralds"][:len(acq.herald_masks)],
         "herald_masks": list(acq.herald_masks),
+        "herald_rules": [rule_text(r, i, acq.channels) for i, r in enumerate(acq.herald_rules)],
         "tags": int(len(tags)),
         "tags_per_channel": tags_per_channel,
         "coincidence_records": coincidence_records,
@@ -460,6 +462,7 @@ def _partial_summary(result, board):
         "patterns": None,
         "heralds": None,
         "herald_masks": list(acq.herald_masks),
+        "herald_rules": [rule_text(r, i, acq.channels) for i, r in enumerate(acq.herald_rules)],
         "tags": int(len(tags)),
         "tags_per_channel": np.bincount(tags["channel"], minlength=n)[:n].tolist(),
         "coincidence_records": int(np.count_nonzero(
@@ -520,8 +523,8 @@ def print_summary(summary, file=None):
     if multi:
         w("  coincidences (pattern: windows): " + ", ".join(
             f"{p:0{n}b}: {v}" for p, v in multi[:8]) + ("" if len(multi) <= 8 else ", ...") + "\n")
-    for rule, (mask, count) in enumerate(zip(summary["herald_masks"], summary["heralds"])):
-        w(f"  herald rule {rule} (mask {mask:0{n}b}): {count}\n")
+    for rule, (text, count) in enumerate(zip(summary["herald_rules"], summary["heralds"])):
+        w(f"  herald rule {rule} ({text}): {count}\n")
     failed = [name for name, ok in summary["checks"].items() if not ok]
     if summary.get("stream_verified") is False:
         w(f"  LINK DAMAGED: {sum(summary['link_lost_per_channel'])} tags lost on the link "

@@ -52,7 +52,8 @@ import numpy as np
 
 from .. import __version__, protocol
 from ..extras import MissingExtra, require
-from .config import Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, parse_mask
+from .config import (Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, parse_herald,
+                     parse_mask)
 
 __all__ = ["main"]
 
@@ -160,8 +161,11 @@ def build_parser():
                      help=f"edge of a channel: {', '.join(EDGES)} (repeatable)")
     acq.add_argument("--disable", action="append", default=[], type=int, metavar="CH",
                      help="ignore a channel (repeatable)")
-    acq.add_argument("--herald", action="append", default=[], metavar="MASK",
-                     help="herald rule: channel mask such as 0b011 (repeatable)")
+    acq.add_argument("--herald", action="append", default=[], metavar="RULE",
+                     help="herald rule (repeatable): channel terms such as 'D0&D3&!D1&!D2' "
+                          "(Dc required, !Dc vetoed) or a mask such as 0b011 (required), then "
+                          "options ',exact' (decide when the window closes; default early: at "
+                          "the completing event) and ',pin=P' (rules sharing a pin are OR'ed)")
     acq.add_argument("--herald-width", type=int, default=4, metavar="CYCLES",
                      help="herald output pulse width in clock cycles (default 4)")
     acq.add_argument("--record-coincidences", action="append", default=[], metavar="PATTERN",
@@ -363,7 +367,7 @@ def acquisition_from_args(args, board=None):
         if not enabled[ch]:
             raise ConfigError(f"--disable {ch}: channel {ch} is given twice")
         enabled[ch] = False
-    masks = [parse_mask(m, n) for m in args.herald]
+    herald_rules = [parse_herald(text, n, board["rules"]) for text in args.herald]
     record_mask = 0
     for text in args.record_coincidences:
         pattern = parse_mask(text, n, "--record-coincidences pattern")
@@ -379,7 +383,7 @@ def acquisition_from_args(args, board=None):
     acq = Acquisition(
         channels=n, rules=board["rules"], bin_ps=bin_ps, clock_hz=board["clock_hz"],
         fine_bits=board["fine_bits"], window_bins=window, delays_bins=delays,
-        dead_time_bins=dead, edges=edges, enabled=enabled, herald_masks=masks,
+        dead_time_bins=dead, edges=edges, enabled=enabled, herald_rules=herald_rules,
         herald_width=args.herald_width, coincidence_record_mask=record_mask,
         test_signal=args.test_signal, pair_rate_hz=args.pair_rate, efficiency=args.efficiency,
         dark_rate_hz=args.dark_rate, pair_delay_bins=pair_delay, period_cycles=period,

@@ -36,7 +36,7 @@ import sys
 
 from ..protocol import MAX_CHANNELS
 from .cli import _error
-from .config import ConfigError
+from .config import ConfigError, rule_text
 
 __all__ = ["register", "cmd_selftest", "selftest_checks", "Check"]
 
@@ -191,12 +191,12 @@ def selftest_checks(summary, result):
                   for cause, group in pairs)))
     events = result.events
     heralds = events[events["kind"] == Kind.HERALD.value]
-    for rule, mask in enumerate(acq.herald_masks):
+    for rule, herald_rule in enumerate(acq.herald_rules):
         records = int(np.count_nonzero(heralds["channel"] == rule))
         lost = loss["HERALD_RECORD"][rule]
         counter = summary["heralds"][rule]
         checks.append(Check(
-            f"herald rule {rule} (mask {mask:0{n}b})", records + lost == counter,
+            f"herald rule {rule} ({rule_text(herald_rule, rule, n)})", records + lost == counter,
             f"{records} records + {lost} lost = {records + lost}, counter {counter}"))
     coincidences = events[events["kind"] == Kind.COINCIDENCE.value]
     recorded = [p for p in range(1, 2 ** n) if acq.coincidence_record_mask >> p & 1]

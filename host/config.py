@@ -18,7 +18,7 @@ from ..model.core import HERALD_MODES, HeraldRule
 from ..protocol import Edge, Source
 
 __all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "parse_mask", "parse_herald",
-           "herald_rule", "ns_to_bins", "read_config", "CONFIG_FILE_KEYS",
+           "herald_rule", "rule_text", "ns_to_bins", "read_config", "CONFIG_FILE_KEYS",
            "CONFIG_FILE_MAX_BYTES"]
 
 EDGES = {"rising": Edge.RISING, "falling": Edge.FALLING, "both": Edge.BOTH}
@@ -181,6 +181,15 @@ def parse_herald(text, channels, rules=None, what="--herald"):
         return HeraldRule(require, veto, mode or "early", pin)
     except ValueError as error:
         raise ConfigError(f"{what} {text!r}: {error}") from None
+
+
+def rule_text(rule, number, channels):
+    """How a summary names rule ``number``: ``mask 0011`` for a plain mask rule (early, no veto,
+    its own pin), else the command-line form (``D0&D3&!D1&!D2,exact,pin=0``)."""
+    if rule.veto == 0 and rule.mode == "early" and rule.pin in (None, number):
+        return f"mask {rule.require:0{channels}b}"
+    own = rule if rule.pin != number else HeraldRule(rule.require, rule.veto, rule.mode)
+    return str(own)
 
 
 def herald_rule(value, channels):

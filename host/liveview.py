@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from ..protocol import Kind
+from .config import rule_text
 from .measure import Coincidences
 
 __all__ = ["LiveView"]
@@ -190,10 +191,10 @@ class LiveView:
         shown = ", ".join(f"{p:0{n}b}: {v}" for p, v in multi[:self.top]) or (
             "none yet" if self.coincidences is not None else "n/a (tags out of time order)")
         lines.append(f"  coincidences (window {self.acq.window_bins} bins): {shown}")
-        rules = len(self.acq.herald_masks)
+        rules = len(self.acq.herald_rules)
         lines.append("  heralds: " + (", ".join(
-            f"rule {r} ({m:0{n}b}) {int(self.heralds[r])}"
-            for r, m in enumerate(self.acq.herald_masks)) if rules else "no rules"))
+            f"rule {r} ({rule_text(rule, r, n)}) {int(self.heralds[r])}"
+            for r, rule in enumerate(self.acq.herald_rules)) if rules else "no rules"))
         lines.append(f"  dropped (loss records): {self.dropped}")
         if self._stats is not None and wall > 0:
             s = self._stats

@@ -48,8 +48,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import protocol
+from ..model.core import HeraldRule
 from ..protocol import Kind
-from .config import Acquisition, ConfigError, EDGES, TEST_SIGNALS, ns_to_bins, parse_mask
+from .config import (Acquisition, ConfigError, EDGES, TEST_SIGNALS, herald_rule, ns_to_bins,
+                     parse_herald, parse_mask)
 from .decode import EVENT_DTYPE, Block
 
 __all__ = ["open", "Tagger", "Settings", "Run", "SettingsNote", "known_bauds", "BOARD_BAUDS",
@@ -114,8 +116,10 @@ class Settings:
         ``{channel: "rising" | "falling" | "both"}``; default rising.
     disabled : sequence of int
         Channels to ignore.
-    heralds : sequence of int or str
-        One channel mask per herald rule (``0b011``, ``3`` or ``"0b011"``).
+    heralds : sequence of int, str or HeraldRule
+        One herald rule each: a channel mask (``0b011``, ``3`` or ``"0b011"``: those channels
+        required, early, no veto), the command line's form (``"D0&D3&!D1&!D2,exact,pin=0"``,
+        see ``heraldry acquire --help``) or a :class:`heraldry.model.HeraldRule`.
     herald_width : int
         Herald output pulse, clock cycles.
     record_coincidences : sequence of int or str
@@ -171,6 +175,17 @@ def _mask(value, n, what):
     return parse_mask(str(int(value)), n, what)
 
 
+def _herald(value, n, rules):
+    if isinstance(value, str):
+        return parse_herald(value, n, rules, "herald rule")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, HeraldRule)):
+        raise ConfigError(f"herald rule {value!r} is not a channel mask such as 0b011, a rule "
+                          f"such as 'D0&D3&!D1&!D2,exact' or a heraldry.model.HeraldRule")
+    if isinstance(value, HeraldRule):
+        return herald_rule(value, n)
+    return herald_rule(_mask(value, n, "herald mask"), n)
+
+
 def settings_to_acquisition(settings, identity):
     """``(Acquisition, notes)`` for ``settings`` on the board of ``identity`` (or ConfigError,
     one line). ``notes``: one message per time rounded to whole bins."""
@@ -208,9 +223,10 @@ def settings_to_acquisition(settings, identity):
         if isinstance(ch, bool) or not isinstance(ch, (int, np.integer)) or not 0 <= ch < n:
             raise ConfigError(f"disabled {ch!r}: no such channel (channels are 0..{n - 1})")
         enabled[ch] = False
-    masks = [_mask(m, n, "herald mask") for m in s.heralds]
-    if len(masks) > identity.rules:
-        raise ConfigError(f"{len(masks)} herald rules given; the board has {identity.rules}")
+    herald_rules = [_herald(m, n, identity.rules) for m in s.heralds]
+    if len(herald_rules) > identity.rules:
+        raise ConfigError(f"{len(herald_rules)} herald rules given; the board has "
+                          f"{identity.rules}")
     record_mask = 0
     for p in s.record_coincidences:
         record_mask |= 1 << _mask(p, n, "record_coincidences pattern")
@@ -227,7 +243,7 @@ def settings_to_acquisition(settings, identity):
     acq = Acquisition(
         channels=n, rules=identity.rules, bin_ps=bin_ps, clock_hz=float(identity.clock_hz),
         fine_bits=identity.fine_bits, window_bins=window, delays_bins=delays,
-        dead_time_bins=dead, edges=edges, enabled=enabled, herald_masks=masks,
+        dead_time_bins=dead, edges=edges, enabled=enabled, herald_rules=herald_rules,
         herald_width=s.herald_width, coincidence_record_mask=record_mask,
         test_signal=s.test_signal, pair_rate_hz=s.pair_rate_hz, efficiency=s.efficiency,
         dark_rate_hz=s.dark_rate_hz, pair_delay_bins=pair_delay, period_cycles=period,
@@ -936,6 +952,15 @@ class DeviceRun(Run):
         self.tags_per_channel = self._tags.tolist()
 
 
+def _rule_count(rule, result):
+    """Windows a herald rule without an early veto fires in, from a software window count: an
+    exact rule's closed patterns, or (early, no veto) the windows containing its mask."""
+    if rule.mode == "early":
+        return result.groups[rule.require]
+    return int(sum(count for p, count in enumerate(result.patterns)
+                   if p & rule.require == rule.require and not p & rule.veto))
+
+
 class ReplayRun(Run):
     """A :class:`Run` over a recording: its blocks in order (up to ``duration`` of recorded
     time), counters counted from its tags with the core's semantics (the reference model's
@@ -962,7 +987,7 @@ class ReplayRun(Run):
             if not 0 < d < math.inf:
                 raise ConfigError(f"duration must be positive and finite, not {d:g}")
             self._end_ps = int(round(d * 1e12))
-        window_bins, masks = file_acq.window_bins, list(file_acq.herald_masks)
+        window_bins, rules = file_acq.window_bins, list(file_acq.herald_rules)
         if settings is not None:
             if not isinstance(settings, Settings):
                 raise ConfigError(f"settings must be a heraldry.Settings, not "
@@ -975,7 +1000,7 @@ class ReplayRun(Run):
                 if note:
                     self.notes.append(note)
             if settings.heralds:
-                masks = [_mask(m, n, "herald mask") for m in settings.heralds]
+                rules = [_herald(m, n, protocol.MAX_RULES) for m in settings.heralds]
             ignored = [name for name in self._HARDWARE_ONLY if getattr(settings, name)]
             if settings.test_signal != "off":
                 ignored.append(f"test_signal {settings.test_signal!r}")
@@ -985,8 +1010,16 @@ class ReplayRun(Run):
         for note in self.notes:
             warnings.warn(note, SettingsNote, stacklevel=3)
         self.window_ps = window_bins * bin_ps
-        self.herald_masks = masks
-        groups = sorted(set(masks))
+        for r, rule in enumerate(rules):
+            if rule.mode == "early" and rule.veto:
+                # Its decision depends on the order of the clicks in each window, which the
+                # software windows do not keep (exact rules and vetoless ones need only the
+                # window's pattern).
+                raise ConfigError(f"herald rule {r} ({rule}) is early with a veto: a replay "
+                                  f"cannot recount it; give it as exact, or without the veto")
+        self.herald_rules = rules
+        self.herald_masks = [rule.require for rule in rules]
+        groups = sorted(set(self.herald_masks))
         self._windows = Coincidences(range(n), self.window_ps, groups=groups)
         self._keep = keep
         self._progress = progress
@@ -1011,7 +1044,7 @@ class ReplayRun(Run):
         result = self._windows.result()
         return {"singles": self._singles.tolist(),
                 "patterns": result.patterns[1:2 ** n].tolist(),
-                "heralds": [result.groups[m] for m in self.herald_masks]}
+                "heralds": [_rule_count(rule, result) for rule in self.herald_rules]}
 
     def _next_block(self):
         while not self.ended:

@@ -117,6 +117,22 @@ def test_replay_counters_equal_acquire_replay():
         assert 0 < again.counters["singles"][0] < run.counters["singles"][0]
 
 
+def test_replay_recounts_exact_rules_and_refuses_an_early_veto():
+    """A replay recounts heralds from software windows: an exact rule from the windows' closed
+    patterns; an early rule with a veto depends on the click order, which it does not keep."""
+    with heraldry.open(f"replay:{HYDRAHARP}") as tagger:
+        # The file has clicks on channel 0 only; 1 us windows hold several of them.
+        settings = Settings(window_ns=1000, heralds=["D0&D1,exact", "D0&!D1,exact"])
+        run = tagger.run(settings, duration=0.05)
+        with run:
+            run.wait()
+        patterns = run.counters["patterns"]            # pattern p at index p - 1
+        assert run.counters["heralds"] == [patterns[0b11 - 1], patterns[0b01 - 1]]
+        assert 0 < patterns[0b01 - 1] < run.counters["singles"][0]
+        with pytest.raises(ConfigError, match="early with a veto: a replay cannot recount it"):
+            tagger.run(Settings(heralds=["D0&!D1"]))
+
+
 # -- settings in lab units --------------------------------------------------------------------
 
 def test_settings_convert_to_bins_with_test_signal_off_by_default():
@@ -132,6 +148,24 @@ def test_settings_convert_to_bins_with_test_signal_off_by_default():
     # No window given: one clock cycle (4 bins on a board with 2 fine bits).
     acq, _ = settings_to_acquisition(Settings(), identity(fine_bits=2, bin_fs=2_500_000))
     assert acq.window_bins == 4
+
+
+def test_herald_rules_in_settings():
+    """Settings.heralds takes masks, the command line's rule form and HeraldRules alike; the
+    rules reach the gateware config and the model settings."""
+    from heraldry.model import HeraldRule
+    psi = HeraldRule(0b0110, 0b1001, "exact", 0)
+    acq, _ = settings_to_acquisition(Settings(heralds=["D0&D3&!D1&!D2,exact", psi]), identity())
+    assert acq.herald_rules == [HeraldRule(0b1001, 0b0110, "exact", 0), psi]
+    config = acq.gateware_config()
+    assert list(config.herald_mask) == [0b1001, 0b0110]
+    assert list(config.herald_veto) == [0b0110, 0b1001]
+    assert config.herald_exact == 0b11 and list(config.herald_pin) == [0, 0]
+    assert acq.model_settings().herald_rules == tuple(acq.herald_rules)
+    acq, _ = settings_to_acquisition(Settings(heralds=[0b11]), identity())
+    assert acq.herald_rules == [HeraldRule(0b11, pin=0)]
+    config = acq.gateware_config()
+    assert list(config.herald_pin) == [0, 1] and config.herald_exact == 0      # rule 1 unused
 
 
 def test_rounding_is_reported_with_the_command_lines_wording():
@@ -159,6 +193,9 @@ def test_rounding_is_reported_with_the_command_lines_wording():
     (Settings(window_ns="20"), "window_ns '20' is not a number"),
     (Settings(heralds=[0b10000]), "names a channel above 3"),
     (Settings(heralds=[1, 2, 3]), "3 herald rules given; the board has 2"),
+    (Settings(heralds=["D0&D5"]), "there is no channel 5"),
+    (Settings(heralds=["D0,pin=2"]), "there is no herald pin 2"),
+    (Settings(heralds=[1.5]), "is not a channel mask such as 0b011, a rule"),
     (Settings(edges={0: "up"}), "edges 'up' must be one of rising, falling, both"),
     (Settings(test_signal="noise"), "test_signal 'noise' must be one of pairs, periodic, off"),
     (Settings(disabled=[7]), "disabled 7: no such channel"),

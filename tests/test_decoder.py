@@ -251,6 +251,29 @@ def test_matches_reference_under_damage(op):
         assert got <= originals
 
 
+def test_a_group_verifies_only_under_its_own_anchor():
+    """The CHECK of one segment and the ANCHOR of the next both lost: the next segment's groups
+    then follow the first segment's last group, and their TIMEs' CRCs match their bytes. They
+    must not be emitted at times measured from the first segment's ANCHOR: every group's CRC
+    starts from its ANCHOR group's, so under another ANCHOR none verifies (found by
+    test_matches_reference_under_damage, drop)."""
+    tag = {"kind": Kind.TAG, "channel": 1}
+    first = [dict(tag, time=1000 + k) for k in range(40)]
+    # (spread so that, measured from the wrong ANCHOR, its later groups' times still go forward)
+    second = [dict(tag, time=900_000 + 100 * k) for k in range(40)]
+    one = encode_stream(first, 2, 1)
+    two = encode_stream(second, 2, 1)
+    check, anchor = 6, 9                          # the first's CHECK, the second's ANCHOR
+    data = one[:-check] + two[anchor:]
+    events, _, _, _, errors = assert_same(data, 2, 1, bin_fs=1000)
+    # the first segment's groups but its last (ended by the lost CHECK); nothing of the second
+    groups = [first[:16], first[16:32], first[32:]]
+    assert events["time_ps"].tolist() == [r["time"] for r in groups[0] + groups[1]]
+    assert errors["decode_errors"] > 0
+    # with both ANCHORs, everything
+    assert len(assert_same(one + two, 2, 1, bin_fs=1000)[0]) == 80
+
+
 def test_truncation_at_every_position():
     rng = np.random.default_rng(3)
     records = random_records(rng, 4, 2, 0, n=40, big_gaps=False)
