@@ -3,9 +3,10 @@
 Two paths give the same :class:`AcquisitionResult`:
 
 * :func:`acquire_device`: any board behind a :class:`heraldry.host.driver.Device` (a real board
-  on a serial port, or the Verilated virtual board behind its pseudo-terminal): configure, clear,
-  run while streaming until ``control.now`` has advanced by the duration, stop, wait for the
-  pipeline and the last segment's CHECK, read every counter.
+  on a serial port, or the Verilated virtual board behind its pseudo-terminal), through the
+  API's run (:class:`heraldry.host.tagger.DeviceRun`): configure, clear, run while streaming
+  until ``control.now`` has advanced by the duration, stop, wait for the pipeline and the last
+  segment's CHECK, read every counter.
 * :func:`acquire_sim`: the core alone in the Amaranth simulator, in-process, no link (slow).
 
 The summary cross-checks the hardware counters against counts recomputed independently from the
@@ -14,7 +15,6 @@ they must agree exactly; a disagreement is a gateware bug and is reported as suc
 """
 
 import sys
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,9 +22,6 @@ import numpy as np
 from ..protocol import Kind, LossCause
 from .config import rule_text
 from .decode import EVENT_DTYPE, Decoder
-from .tally import READ_INTERVAL_CYCLES, CounterTally
-from .driver import BoardSilent, DeviceError, DeviceLost, NoReply
-from .interrupt import held
 
 __all__ = ["AcquisitionResult", "acquire_device", "acquire_sim", "summarise", "print_summary",
            "anchor_interval_for"]
@@ -81,164 +78,37 @@ def anchor_interval_for(cycles, minimum, maximum):
 
 
 def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=None, poll=0.02,
-                   sink=None, counter_read_cycles=None):
-    """Run ``acq`` (an :class:`Acquisition`) on ``device`` for ``duration_s`` of device time.
+                   sink=None, counter_read_cycles=None, status_interval=None):
+    """Run ``acq`` (an :class:`Acquisition`) on ``device`` for ``duration_s`` of device time;
+    returns the :class:`AcquisitionResult`. The caller keeps ``device`` (not closed here).
 
-    Steps: stop (a previous session may have left it running), configure every config register
-    (verified), set ``control.anchor_interval`` (default :func:`anchor_interval_for`) and switch
-    STATUS snapshots off, clear (which re-seeds the test signal), start, poll ``control.now``
-    while collecting decoded blocks until the device has run ``duration_s``, stop, then wait
-    for the pipeline to drain and the last segment's CHECK (:meth:`Device.drain`), then read
-    every counter. The counters are 32 bits and wrap: they are also read right after the clear
-    and every ``counter_read_cycles`` (default :data:`heraldry.host.tally.READ_INTERVAL_CYCLES`)
-    while running, and the result has their counts since the clear, extended beyond 32 bits
-    (:class:`heraldry.host.tally.CounterTally`).
+    The run is :class:`heraldry.host.tagger.DeviceRun` with every record kept (the one run
+    sequence: stop, configure, anchor interval, clear, counter baseline, start, poll until the
+    device has run ``duration_s``, stop, wait for the pipeline and the last segment's CHECK,
+    read every counter). The 32-bit counters are extended beyond their width
+    (:class:`heraldry.host.tally.CounterTally`) from the board's STATUS snapshots
+    (``status_interval``), or, with ``counter_read_cycles``, from reads of every counter that
+    often. ``progress(done_cycles, total_cycles, stats)`` is called after every poll;
+    ``sink(events)`` gets every block as it is collected, with times from the run start like
+    ``AcquisitionResult.events`` (e.g. :meth:`heraldry.host.ptu.PTUWriter.write_block`).
 
-    ``progress(done_cycles, total_cycles, stats)`` is called after every poll while running.
-    ``sink(events)``, if given, gets every block as it is collected, with times from the run
-    start like ``AcquisitionResult.events`` (e.g. :meth:`heraldry.host.ptu.PTUWriter.write_block`
-    streaming to a file while the run goes on).
-
-    A run cut short raises with ``partial`` set on the exception (an :class:`AcquisitionResult`
-    of what was received and verified, ``counters`` ``None``, ``error`` saying why):
-    :class:`~heraldry.host.driver.DeviceLost` (the link went away);
-    :class:`~heraldry.host.driver.BoardSilent` (a ``DeviceLost``: the board stopped answering,
-    in place of ``NoReply``; also before the start, without ``partial``); ``KeyboardInterrupt``
-    (including :class:`heraldry.host.interrupt.Interrupted`; the board is stopped first); and
-    the ``OSError`` of a ``sink`` that cannot write (the board is stopped, the sink is not
-    called again). A stop signal waits for the block being collected and passed to ``sink``
-    (:func:`heraldry.host.interrupt.held`).
+    A run cut short raises with ``partial`` set on the exception (``counters`` ``None``,
+    ``error`` saying why): :class:`~heraldry.host.driver.DeviceLost`,
+    :class:`~heraldry.host.driver.BoardSilent` (the board stopped answering; also before the
+    start, without ``partial``), ``KeyboardInterrupt`` (the board is stopped first), and the
+    ``OSError`` of a ``sink`` that cannot write (see :class:`~heraldry.host.tagger.DeviceRun`).
     """
-    ident = device.identity or device.identify()
-    cycles = int(round(duration_s * ident.clock_hz))
-    if cycles < 1:
-        raise ValueError(f"duration {duration_s:g} s is shorter than one clock cycle")
-    rmap = device.map
-    reg = rmap["control.anchor_interval"]
-    if anchor_interval is None:
-        anchor_interval = anchor_interval_for(cycles, reg.minimum, reg.maximum)
-    wall = time.monotonic()
-    try:
-        device.write("control.run", 0)
-        device.write("control.status_period", 0)
-        device.configure(acq)
-        device.write("control.anchor_interval", anchor_interval)
-        device.clear()
-        device.drain_blocks()       # records of an earlier run: all in before clear() returned
-        tally = CounterTally(device.counters())     # 32-bit counters, extended from differences
-    except NoReply:
-        # It answered the identification: a board that falls silent now has hung.
-        raise BoardSilent(f"the board stopped answering ({_silence(device)})") from None
-    if counter_read_cycles is None:
-        counter_read_cycles = READ_INTERVAL_CYCLES
-    # The device's tallies are cumulative over its session: this run's are differences.
-    stats_before = device.stats()
-    lost_before = dict(device.lost)
-    host_dropped_before = device.host_dropped_tags.copy()
-    parts = []
-    epoch = None                # device count minus absolute cycle (a multiple of 2**32)
-    sink_failed = False         # the sink raised OSError (e.g. the disk is full): not called again
-
-    def collect():
-        nonlocal epoch, sink_failed
-        # A stop signal waits for the block to be kept and written (see host.interrupt).
-        with held():
-            block = device.drain_blocks()
-            if not len(block.events):
-                return
-            parts.append(block.events)
-            if epoch is None:
-                # Right after a now() poll: the first event is within 2**31 cycles of it.
-                first_bins = _bins(block.events["time_ps"][0], ident.bin_fs)
-                epoch = device.device_cycles(first_bins) - (first_bins >> ident.fine_bits)
-            if sink is not None and not sink_failed:
-                shifted = block.events.copy()
-                shifted["time_ps"] -= ((start - epoch) << ident.fine_bits) * ident.bin_fs // 1000
-                try:
-                    sink(shifted)
-                except OSError:
-                    sink_failed = True
-                    raise
-
-    device.start()
-    start = device.start_bounds[0]
-    reached = device.start_bounds[1]        # the last control.now count read in the run
-    counters_read = start
-    stopped = False
-    try:
-        while True:
-            current = device.now()
-            reached = current
-            collect()
-            if progress is not None:
-                progress(min(current - start, cycles), cycles, device.stats())
-            if current - start >= cycles:
-                break
-            if current - counters_read >= counter_read_cycles:
-                tally.update(device.counters())
-                counters_read = current
-            time.sleep(poll)
-        device.stop()
-        stopped = True
-        pipeline = (max(acq.delays_bins) >> acq.fine_bits) + (acq.window_bins >> acq.fine_bits) \
-            + 2 * acq.channels + acq.rules + 64
-        device.drain(pipeline, poll=poll)
-        device.flush()
-        collect()
-        counters = tally.update(device.counters())
-    except (DeviceLost, NoReply, KeyboardInterrupt, OSError) as caught:
-        if isinstance(caught, OSError) and not sink_failed:
-            raise
-        error = caught
-        if isinstance(caught, NoReply):
-            error = BoardSilent(f"the board stopped answering ({_silence(device)})")
-        elif not isinstance(caught, DeviceLost) and not stopped:
-            # Interrupted, or the output cannot be written: the board is still there.
-            try:
-                device.stop()
-                stopped = True
-            except DeviceError:
-                pass
-        if isinstance(caught, KeyboardInterrupt):
-            what = f"interrupted by {getattr(caught, 'name', 'SIGINT')}"
-        elif isinstance(caught, OSError):
-            what = f"cannot write {caught.filename}: {caught.strerror}"
-        elif isinstance(caught, NoReply):
-            what = _silence(device)
-        else:
-            what = str(error)
-        # Keep what arrived: the blocks decoded before the failure, and the open segment's
-        # records counted as unverified (their CHECK will never come).
-        collect_quietly = _quiet(collect)
-        collect_quietly()
-        device.flush()
-        collect_quietly()
-        error.partial = _device_result(
-            device, acq, duration_s, parts, None, start, epoch, stats_before, lost_before,
-            host_dropped_before, time.monotonic() - wall, reached if not stopped else
-            device.stop_bounds[0], error=what)
-        if error is caught:
-            raise
-        raise error from None
-    return _device_result(device, acq, duration_s, parts, counters, start, epoch, stats_before,
-                          lost_before, host_dropped_before, time.monotonic() - wall,
-                          device.stop_bounds[0])
-
-
-def _silence(device):
-    """What a board that stopped answering did (no wrong-board guesses: it had identified)."""
-    return (f"no reply from {device.transport.name} after {device.retries + 1} attempts of "
-            f"{device.timeout:g} s")
-
-
-def _quiet(collect):
-    """``collect`` that lets a failing sink pass (already reported): what is left is kept."""
-    def run():
-        try:
-            collect()
-        except OSError:
-            pass
-    return run
+    from .tagger import Tagger
+    if device.identity is None:
+        device.identify()
+    tagger = Tagger(device, name=device.transport.name,
+                    baud=getattr(device.transport, "baud", None))
+    run = tagger.run(acq, duration_s, keep=True, status_interval=status_interval, poll=poll,
+                     anchor_interval=anchor_interval, progress=progress, sink=sink,
+                     counter_read_cycles=counter_read_cycles)
+    with run:
+        run.wait()
+    return run.result
 
 
 def _device_result(device, acq, duration_s, parts, counters, start, epoch, stats_before,
@@ -266,10 +136,6 @@ def _device_result(device, acq, duration_s, parts, counters, start, epoch, stats
         device_seconds=device_seconds, port=device.transport.name, link=stats,
         host_dropped_tags=host_dropped[:acq.channels].tolist(),
         device_cycles=bounds, error=error)
-
-
-def _bins(time_ps, bin_fs):
-    return int(round(int(time_ps) * 1000 / bin_fs))
 
 
 def acquire_sim(acq, duration_s, *, progress=None, sink=None):

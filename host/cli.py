@@ -142,8 +142,10 @@ def build_parser():
     acq.add_argument("--board", default="sim",
                      help="sim (the virtual board behind a pty, default), sim-inprocess (the "
                           "core in the Amaranth simulator, slow), or a serial device path")
-    acq.add_argument("--baud", type=int, default=12_000_000,
-                     help="UART rate of a board on a serial port (default 12000000)")
+    acq.add_argument("--baud", type=int, default=None,
+                     help="UART rate of the board (default: a serial port's board is tried at "
+                          "the known boards' rates, 3000000 then 12000000; the virtual board "
+                          "runs at 12000000)")
     acq.add_argument("--duration", type=float, default=0.001, metavar="SECONDS",
                      help="acquisition time in device seconds (default 0.001)")
     acq.add_argument("--channels", type=int, default=None, metavar="N",
@@ -236,7 +238,7 @@ def check_board_args(args):
         raise ConfigError(f"--channels must be 1..8, not {args.channels}")
     if not 0 < args.duration < math.inf:
         raise ConfigError(f"--duration must be positive and finite, not {args.duration:g}")
-    if getattr(args, "baud", 1) <= 0:
+    if getattr(args, "baud", None) is not None and args.baud <= 0:
         raise ConfigError(f"--baud must be positive, not {args.baud}")
     interval = getattr(args, "anchor_interval", None)
     if interval is not None:
@@ -494,29 +496,39 @@ def _is_ptu(path):
     return path is not None and path.lower().endswith(".ptu")
 
 
-def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for=None):
-    """Open the board, identify it, build the acquisition if not given (a real board describes
-    itself), run it. ``sink_for(acq)`` returns the ``sink`` for :func:`acquire_device` (or
-    raises ValueError: a usage error). Returns ``(result, None)`` or ``(None, exit status)``."""
-    from .acquire import acquire_device
-    from .driver import Device, IdentificationError
+def _run_on_board(args, acq, progress, sink_for=None):
+    """Open the board of ``--board`` (``sim`` or a serial port) with :func:`heraldry.open`,
+    build the acquisition if not given (a real board describes itself), run it as the API's
+    :meth:`~heraldry.host.tagger.Tagger.run` with every record kept. ``sink_for(acq)`` returns
+    the run's ``sink`` (or raises ValueError: a usage error). Returns ``(result, None)`` or
+    ``(None, exit status)``; a run cut short raises as :class:`~heraldry.host.tagger.DeviceRun`
+    says, with the partial result."""
+    from ..sim.twin import TwinError
+    from .driver import IdentificationError
+    from .tagger import open as open_board, option_message
     from .transport import TransportError
+    sim = args.board == "sim"
     try:
-        transport = transport_factory()
+        tagger = open_board(args.board, baud=args.baud, channels=acq.channels if sim else None)
+    except ConfigError as error:
+        _error(option_message(error))
+        return None, EXIT_USAGE
     except TransportError as error:
-        if not _is_port(args.board):
+        if sim:
             raise
         _error(f"--board {args.board}: {error}")        # e.g. busy: held by another program
         return None, EXIT_USAGE
-    with Device(transport, timeout=timeout) as device:
-        try:
-            identity = device.identify()
-        except IdentificationError as error:
-            if not _is_port(args.board):
-                raise           # our own virtual board: a bug, not a usage error
-            # Nothing but READs of ident.* was sent: the board was not touched.
-            _error(error)
-            return None, EXIT_USAGE
+    except IdentificationError as error:
+        if sim:
+            raise           # our own virtual board: a bug, not a usage error
+        # Nothing but READs of ident.* was sent: the board was not touched.
+        _error(error)
+        return None, EXIT_USAGE
+    except TwinError as error:
+        _error(error)
+        return None, EXIT_FAILED
+    with tagger:
+        identity = tagger.identity
         if acq is None:
             try:
                 acq, notes = acquisition_from_args(args, board_from_identity(identity))
@@ -526,7 +538,7 @@ def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for
             for note in notes:
                 sys.stderr.write(f"heraldry: note: {note}\n")
         if not args.quiet:
-            sys.stderr.write(f"heraldry: {device.transport.name}: gateware "
+            sys.stderr.write(f"heraldry: {tagger.device.transport.name}: gateware "
                              f"{identity.gateware_version}, {identity.channels} channels, "
                              f"{identity.clock_hz / 1e6:g} MHz; acquiring "
                              f"{args.duration * 1e3:g} ms of device time...\n")
@@ -537,16 +549,11 @@ def _run_on_device(args, transport_factory, acq, progress, timeout=1.0, sink_for
             except ValueError as error:
                 _error(error)
                 return None, EXIT_USAGE
-        try:
-            return acquire_device(device, acq, args.duration, progress=progress,
-                                  anchor_interval=getattr(args, "anchor_interval", None),
-                                  sink=sink), None
-        except KeyboardInterrupt:
-            try:    # leave the board stopped
-                device.write("control.run", 0)
-            except Exception:
-                pass
-            raise
+        run = tagger.run(acq, args.duration, keep=True, progress=progress, sink=sink,
+                         anchor_interval=args.anchor_interval)
+        with run:
+            run.wait()
+        return run.result, None
 
 
 def cmd_acquire(args):
@@ -915,26 +922,7 @@ def _acquire(args, acq, progress, sink_for, replay=None):
                              f"the {acq.channels}-channel core in-process...\n")
         sink = sink_for(acq) if sink_for is not None else None
         return acquire_sim(acq, args.duration, progress=progress, sink=sink), None
-    from .transport import SerialTransport
-    if args.board == "sim":
-        from ..sim.twin import Twin, TwinError
-        board = BOARDS["sim"]
-        try:
-            twin = Twin(channels=acq.channels, rules=acq.rules, clock_hz=int(acq.clock_hz),
-                        baud=board["baud"])
-            twin.start()
-        except TwinError as error:
-            _error(error)
-            return None, EXIT_FAILED
-        try:
-            # The virtual board's pace depends on this machine's load: wait longer.
-            return _run_on_device(
-                args, lambda: SerialTransport(twin.port, board["baud"]), acq, progress,
-                timeout=3.0, sink_for=sink_for)
-        finally:
-            twin.stop()
-    return _run_on_device(args, lambda: SerialTransport(args.board, args.baud), None, progress,
-                          sink_for=sink_for)
+    return _run_on_board(args, acq if args.board == "sim" else None, progress, sink_for)
 
 
 def cmd_sim(args):

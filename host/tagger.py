@@ -270,7 +270,7 @@ OPTIONS = {"window_ns": "--window", "delays_ns": "--delay", "dead_times_ns": "--
            "edges": "--edge", "disabled": "--disable", "herald mask": "--herald",
            "record_coincidences pattern": "--record-coincidences pattern",
            "test_signal": "--test-signal", "pair_delay_ns": "--pair-delay",
-           "period_ns": "--period", "duration": "--duration"}
+           "period_ns": "--period", "duration": "--duration", "baud": "--baud"}
 
 
 def option_message(message):
@@ -510,17 +510,22 @@ class Tagger:
         return settings_to_acquisition(settings, self.identity)
 
     def run(self, settings=None, duration=None, *, keep=False, status_interval=None,
-            poll=0.02, anchor_interval=None, progress=None, sink=None):
+            poll=0.02, anchor_interval=None, progress=None, sink=None,
+            counter_read_cycles=None):
         """A :class:`Run` of ``settings`` for ``duration`` device seconds (None: until the
         ``with`` block is left). The board is configured and started by ``with`` (or
         :meth:`Run.start`); every check that needs no board is done here, so a
         :class:`ConfigError` leaves the board untouched.
 
-        ``keep``: also keep every record, for :attr:`Run.result` (an
+        ``settings``: :class:`Settings`, or an :class:`~heraldry.host.config.Acquisition`
+        made for this board (the bins of ``heraldry acquire``'s options). ``keep``: also keep
+        every record, for :attr:`Run.result` (an
         :class:`~heraldry.host.acquire.AcquisitionResult`, what ``heraldry acquire``
         summarises). ``status_interval``: device seconds between counter snapshots (default
-        :data:`STATUS_INTERVAL_S`). ``progress(done_cycles, total_cycles, stats)`` is called at
-        every poll; ``sink(events)`` gets every block (as :func:`acquire_device`'s).
+        :data:`STATUS_INTERVAL_S`); ``counter_read_cycles``: no snapshots, every counter read
+        each time the device has run that many cycles instead. ``progress(done_cycles,
+        total_cycles, stats)`` is called at every poll; ``sink(events)`` gets every block, with
+        times from the run start. What a run cut short raises: :class:`DeviceRun`.
         """
         if self._closed:
             raise ConfigError("this tagger is closed")
@@ -533,7 +538,8 @@ class Tagger:
         else:
             self._run = DeviceRun(self, settings, duration, keep=keep,
                                   status_interval=status_interval, poll=poll,
-                                  anchor_interval=anchor_interval, progress=progress, sink=sink)
+                                  anchor_interval=anchor_interval, progress=progress, sink=sink,
+                                  counter_read_cycles=counter_read_cycles)
         return self._run
 
     def close(self):
@@ -675,7 +681,7 @@ class Run:
         if exc_type is None:
             self.stop()
         else:
-            self._abort()
+            self._abort(exc)
         return False
 
     def __iter__(self):
@@ -699,38 +705,52 @@ class Run:
 
 
 class DeviceRun(Run):
-    """A :class:`Run` on a board behind a link: the steps of
-    :func:`heraldry.host.acquire.acquire_device`, with counter snapshots switched on."""
+    """A :class:`Run` on a board behind a link: the one run sequence of the code base
+    (``heraldry acquire``, ``selftest``, ``calibrate`` and
+    :func:`heraldry.host.acquire.acquire_device` all run through it).
+
+    ``settings``: :class:`Settings`, or an :class:`~heraldry.host.config.Acquisition` already in
+    this board's bins (what ``heraldry acquire`` builds from its options). The counters follow
+    the board's STATUS snapshots; with ``counter_read_cycles`` the snapshots stay off and every
+    counter is read instead each time the device has run that many cycles.
+
+    A run cut short raises, with ``partial`` set on the exception when ``keep`` (the
+    :class:`~heraldry.host.acquire.AcquisitionResult` of what was received and verified, also
+    :attr:`Run.result`): :class:`~heraldry.host.driver.DeviceLost` (the link went away);
+    :class:`~heraldry.host.driver.BoardSilent` (a ``DeviceLost``: the board stopped answering,
+    in place of :class:`~heraldry.host.driver.NoReply`; also before the start, without
+    ``partial``); ``KeyboardInterrupt`` (including :class:`heraldry.host.interrupt.Interrupted`;
+    the board is stopped first); and the ``OSError`` of a ``sink`` that cannot write (the board
+    is stopped, the sink is not called again). A stop signal waits for the block being
+    collected and passed to ``sink`` (:func:`heraldry.host.interrupt.held`).
+    """
 
     def __init__(self, tagger, settings, duration, *, keep, status_interval, poll,
-                 anchor_interval, progress, sink):
+                 anchor_interval, progress, sink, counter_read_cycles=None):
         super().__init__(tagger, settings, duration)
         ident = tagger.identity
         self._cycles = _duration_cycles(duration, ident.clock_hz)
-        self.acquisition, self.notes = tagger.acquisition(settings)
+        if isinstance(settings, Acquisition):
+            self.acquisition, self.notes = _checked_acquisition(settings, ident), []
+        else:
+            self.acquisition, self.notes = tagger.acquisition(settings)
         self.window_ps = self.acquisition.window_bins * self.acquisition.bin_ps
         self.herald_masks = list(self.acquisition.herald_masks)
         for note in self.notes:
             warnings.warn(note, SettingsNote, stacklevel=3)
-        # One snapshot's time on the link: snapshots closer than that would come back to back
-        # (and the live rates, which place snapshot k at k periods, would be wrong).
-        snapshot_s = (tagger.device.map.counters.size * _status_record_bytes()
-                      * _BITS_PER_BYTE / tagger.baud)
-        if status_interval is None:
-            interval = max(STATUS_INTERVAL_S, snapshot_s / STATUS_LINK_SHARE)
+        if counter_read_cycles is not None:
+            if status_interval is not None:
+                raise ConfigError("give status_interval or counter_read_cycles, not both")
+            if isinstance(counter_read_cycles, bool) or not isinstance(
+                    counter_read_cycles, (int, np.integer)) or counter_read_cycles < 1:
+                raise ConfigError(f"counter_read_cycles must be a positive number of cycles, "
+                                  f"not {counter_read_cycles!r}")
+            self._status_period = 0
+            self.status_interval = None
         else:
-            interval = _number(status_interval, "status_interval")
-            if interval <= 2 * snapshot_s:
-                raise ConfigError(f"status_interval {interval:g} s: a snapshot of "
-                                  f"{tagger.device.map.counters.size} counters takes "
-                                  f"{snapshot_s * 1e3:.3g} ms at {tagger.baud} baud; give more "
-                                  f"than twice that")
-        reg = tagger.device.map["control.status_period"]
-        self._status_period = int(round(interval * ident.clock_hz))
-        if not 1 <= self._status_period <= reg.maximum:
-            raise ConfigError(f"status_interval {interval:g} s must be 1..{reg.maximum} clock "
-                              f"cycles")
-        self.status_interval = self._status_period / ident.clock_hz
+            self._status_period = _status_period(tagger, status_interval)
+            self.status_interval = self._status_period / ident.clock_hz
+        self._counter_read_cycles = counter_read_cycles
         anchor = tagger.device.map["control.anchor_interval"]
         if anchor_interval is not None and not anchor.minimum <= anchor_interval \
                 <= anchor.maximum:
@@ -741,75 +761,94 @@ class DeviceRun(Run):
         self._poll = poll
         self._progress = progress
         self._sink = sink
+        self._sink_failed = False       # the sink raised OSError (a full disk): not called again
+        self._stopped = False
         self._parts = []
-        self._epoch = None
+        self._epoch = None              # device count minus absolute cycle (a multiple of 2**32)
         self._pending = []
 
-    # -- the run sequence (acquire_device's) --------------------------------------------------
+    # -- the run sequence -----------------------------------------------------------------------
 
     def start(self):
         """Stop, configure (every write verified), clear, switch counter snapshots on, start."""
         from .acquire import anchor_interval_for
+        from .driver import BoardSilent, NoReply
         from .tally import CounterTally
         if self.started:
             raise ConfigError("this run has already started")
         device = self.tagger.device
-        ident = self.tagger.identity
-        acq = self.acquisition
         reg = device.map["control.anchor_interval"]
         anchor = self._anchor_interval
         if anchor is None:
             anchor = anchor_interval_for(self._cycles or 2 ** 30, reg.minimum, reg.maximum)
         self._wall = time.monotonic()
-        device.write("control.run", 0)
-        device.write("control.status_period", 0)
-        device.configure(acq)
-        device.write("control.anchor_interval", anchor)
-        device.clear()
-        device.drain_blocks()       # records of an earlier run: all in before clear() returned
-        self._tally = CounterTally(device.counters())
-        self._stats_before = device.stats()
-        self._lost_before = dict(device.lost)
-        self._host_dropped_before = device.host_dropped_tags.copy()
-        self._tags = np.zeros(ident.channels, np.int64)
-        self.counters = {g: list(v) for g, v in self._tally.counts.items()}
-        # Snapshot k (k = 1, 2, ...) is taken about k periods after this write.
-        device.write("control.status_period", self._status_period)
-        self._status_origin = device.now()
-        self._status_seen = 0
-        self._status_records = device.stats()["status_records"]
-        self._snapshot_size = device.map.counters.size
-        self._status_names = {
-            g: [device.map.by_address[protocol.COUNTER_BASE + a].name
-                for a in device.map.counters.range(g)] for g in _GROUPS}
-        device.start()
+        try:
+            device.write("control.run", 0)      # a previous session may have left it running
+            device.write("control.status_period", 0)
+            device.configure(self.acquisition)
+            device.write("control.anchor_interval", anchor)
+            device.clear()                      # (which re-seeds the test signal)
+            device.drain_blocks()       # records of an earlier run: all in before clear() returned
+            # 32-bit counters, extended from their differences (heraldry.host.tally).
+            self._tally = CounterTally(device.counters())
+            # The device's tallies are cumulative over its session: this run's are differences.
+            self._stats_before = device.stats()
+            self._lost_before = dict(device.lost)
+            self._host_dropped_before = device.host_dropped_tags.copy()
+            self._tags = np.zeros(self.tagger.identity.channels, np.int64)
+            self.counters = {g: list(v) for g, v in self._tally.counts.items()}
+            if self._status_period:
+                # Snapshot k (k = 1, 2, ...) is taken about k periods after this write.
+                device.write("control.status_period", self._status_period)
+            self._status_origin = device.now()
+            self._status_seen = 0
+            self._status_records = device.stats()["status_records"]
+            self._snapshot_size = device.map.counters.size
+            self._status_names = {
+                g: [device.map.by_address[protocol.COUNTER_BASE + a].name
+                    for a in device.map.counters.range(g)] for g in _GROUPS}
+            device.start()
+        except NoReply:
+            # It answered the identification: a board that falls silent now has hung.
+            raise BoardSilent(f"the board stopped answering ({_silence(device)})") from None
+        except KeyboardInterrupt:
+            self._leave_stopped()
+            raise
         self.started = True
         self._start = device.start_bounds[0]
-        self._reached = device.start_bounds[1]
+        self._reached = device.start_bounds[1]      # the last control.now count read in the run
+        self._counters_read = self._start
         self._previous = (self._start, self.counters)     # counts are 0 at the start
 
     def _collect(self):
+        from .interrupt import held
         device = self.tagger.device
         ident = self.tagger.identity
-        block = device.drain_blocks()
-        if not len(block.events):
-            return None
-        events = block.events
-        if self._epoch is None:
-            # Right after a now() poll: the first event is within 2**31 cycles of it.
-            first_bins = int(round(int(events["time_ps"][0]) * 1000 / ident.bin_fs))
-            self._epoch = device.device_cycles(first_bins) - (first_bins >> ident.fine_bits)
-        if self._keep:
-            self._parts.append(events)
-        events = events.copy()
-        events["time_ps"] -= (((self._start - self._epoch) << ident.fine_bits) * ident.bin_fs
-                              // 1000)
-        tags = events[events["kind"] == Kind.TAG.value]
-        self._tags += np.bincount(tags["channel"], minlength=ident.channels)[:ident.channels]
-        if self._sink is not None:
-            self._sink(events)
-        self._feed(events)
-        return Block(events, dict(block.lost))
+        # A stop signal waits for the block to be kept and written (see host.interrupt).
+        with held():
+            block = device.drain_blocks()
+            if not len(block.events):
+                return None
+            events = block.events
+            if self._epoch is None:
+                # Right after a now() poll: the first event is within 2**31 cycles of it.
+                first_bins = int(round(int(events["time_ps"][0]) * 1000 / ident.bin_fs))
+                self._epoch = device.device_cycles(first_bins) - (first_bins >> ident.fine_bits)
+            if self._keep:
+                self._parts.append(events)
+            events = events.copy()
+            events["time_ps"] -= (((self._start - self._epoch) << ident.fine_bits)
+                                  * ident.bin_fs // 1000)
+            tags = events[events["kind"] == Kind.TAG.value]
+            self._tags += np.bincount(tags["channel"], minlength=ident.channels)[:ident.channels]
+            self._feed(events)
+            if self._sink is not None and not self._sink_failed:
+                try:
+                    self._sink(events)
+                except OSError:
+                    self._sink_failed = True
+                    raise
+            return Block(events, dict(block.lost))
 
     def _snapshot(self):
         """Take the latest complete STATUS snapshot into :attr:`counters` and :attr:`rates`."""
@@ -823,22 +862,17 @@ class DeviceRun(Run):
             return
         raw = {g: [values[name] for name in names] for g, names in self._status_names.items()}
         self._status_seen = seen
-        counts = self._tally.update(raw)
-        at = self._status_origin + seen * self._status_period
+        self._counted(self._tally.update(raw), self._status_origin + seen * self._status_period)
+
+    def _counted(self, counts, at):
+        """New counts since the clear, as they stood at device count ``at``: the live rates."""
         clock = self.tagger.identity.clock_hz
         self._set_rates(self._previous[1], counts, (at - self._previous[0]) / clock)
         self._previous = (at, counts)
         self.counters = counts
 
     def _next_block(self):
-        from .driver import DeviceLost
-        try:
-            return self._poll_block()
-        except DeviceLost as error:
-            if not self.ended:          # (_finish has already kept what arrived)
-                self.ended = True
-                self._lost(error)
-            raise
+        return self._guarded(self._poll_block)
 
     def _poll_block(self):
         device = self.tagger.device
@@ -852,7 +886,11 @@ class DeviceRun(Run):
             self._reached = current
             self.device_seconds = max(0, current - self._start) / clock
             block = self._collect()
-            self._snapshot()
+            if self._status_period:
+                self._snapshot()
+            elif current - self._counters_read >= self._counter_read_cycles:
+                self._counted(self._tally.update(device.counters()), current)
+                self._counters_read = current
             if self._progress is not None:
                 total = self._cycles or 0
                 self._progress(current - self._start if not total
@@ -868,30 +906,27 @@ class DeviceRun(Run):
         """End the run now (the remaining blocks still go to the attached measurements).
         Returns :attr:`counters`."""
         if not self.ended:
-            self._finish()
+            self._guarded(self._finish)
         # What came in after the last block the caller took: measurements still get it.
         self._pending.clear()
         return self.counters
 
     def _finish(self):
+        """Stop, wait for the pipeline and the last segment's CHECK, read every counter."""
         from .acquire import _device_result
-        from .driver import DeviceLost
         device = self.tagger.device
         acq = self.acquisition
-        try:
-            device.stop()
+        device.stop()
+        self._stopped = True
+        if self._status_period:
             device.write("control.status_period", 0)
-            pipeline = (max(acq.delays_bins) >> acq.fine_bits) \
-                + (acq.window_bins >> acq.fine_bits) + 2 * acq.channels + acq.rules + 64
-            device.drain(pipeline, poll=self._poll)
-            block = self._collect()
-            device.flush()
-            after = self._collect()
-            counts = self._tally.update(device.counters())
-        except DeviceLost as error:
-            self.ended = True
-            self._lost(error)
-            raise
+        pipeline = (max(acq.delays_bins) >> acq.fine_bits) \
+            + (acq.window_bins >> acq.fine_bits) + 2 * acq.channels + acq.rules + 64
+        device.drain(pipeline, poll=self._poll)
+        block = self._collect()
+        device.flush()
+        after = self._collect()
+        counts = self._tally.update(device.counters())
         self.ended = True
         self._pending += [b for b in (block, after) if b is not None]
         stop = device.stop_bounds[0]
@@ -906,31 +941,82 @@ class DeviceRun(Run):
                 self._stats_before, self._lost_before, self._host_dropped_before,
                 time.monotonic() - self._wall, stop)
 
-    def _lost(self, error):
-        from .acquire import _device_result
-        device = self.tagger.device
+    def _guarded(self, step):
+        """``step()``; a run it cuts short keeps what arrived (:meth:`_cut_short`)."""
+        from .driver import DeviceLost, NoReply
         try:
-            self._collect()
-            device.flush()
-            self._collect()
-        except Exception:
-            pass
+            return step()
+        except (DeviceLost, NoReply, KeyboardInterrupt, OSError) as caught:
+            if isinstance(caught, OSError) and not self._sink_failed:
+                raise           # not an output that failed: nothing to add
+            if self.ended:
+                raise
+            error = self._cut_short(caught)
+            if error is caught:
+                raise
+            raise error from None
+
+    def _cut_short(self, caught):
+        """End the run on ``caught``: leave the board stopped if it still answers, keep the
+        blocks decoded before the failure (the open segment's records count as unverified:
+        its CHECK will never come), set ``partial`` and :attr:`result` (with ``keep``).
+        Returns the exception to raise (:class:`BoardSilent` in place of ``NoReply``)."""
+        from .acquire import _device_result
+        from .driver import BoardSilent, DeviceError, DeviceLost, NoReply
+        device = self.tagger.device
+        self.ended = True
+        error = caught
+        if isinstance(caught, NoReply):
+            what = _silence(device)
+            error = BoardSilent(f"the board stopped answering ({what})")
+        elif isinstance(caught, DeviceLost):
+            what = str(caught)
+        elif isinstance(caught, KeyboardInterrupt):
+            what = f"interrupted by {getattr(caught, 'name', 'SIGINT')}"
+        else:
+            what = f"cannot write {caught.filename}: {caught.strerror}"
+        if not isinstance(caught, (DeviceLost, NoReply)) and not self._stopped:
+            # Interrupted, or the output cannot be written: the board is still there.
+            try:
+                device.stop()
+                self._stopped = True
+            except DeviceError:
+                pass
+            self._leave_stopped()
+        for step in (self._collect, device.flush, self._collect):
+            try:
+                step()
+            except (OSError, DeviceError):
+                pass        # a failing sink was reported already; a lost link has no more
+        end = device.stop_bounds[0] if self._stopped else self._reached
+        self.device_seconds = max(0, end - device.start_bounds[1]) / \
+            self.tagger.identity.clock_hz
         if self._keep:
             error.partial = _device_result(
                 device, self.acquisition, self.duration or self.device_seconds, self._parts,
                 None, self._start, self._epoch, self._stats_before, self._lost_before,
-                self._host_dropped_before, time.monotonic() - self._wall, self._reached,
-                error=str(error))
+                self._host_dropped_before, time.monotonic() - self._wall, end, error=what)
             self.result = error.partial
+        return error
 
-    def _abort(self):
-        """An exception left the with block: leave the board stopped if it still answers."""
-        self.ended = True
-        try:
-            self.tagger.device.write("control.run", 0)
-            self.tagger.device.write("control.status_period", 0)
-        except Exception:
-            pass
+    def _leave_stopped(self):
+        """Gate closed and snapshots off, if the board still answers (nothing raised)."""
+        from .driver import DeviceError
+        for name in ("control.run", "control.status_period"):
+            try:
+                self.tagger.device.write(name, 0)
+            except DeviceError:
+                return
+
+    def _abort(self, exc):
+        """An exception left the with block: keep what arrived, leave the board stopped."""
+        from .driver import DeviceLost, NoReply
+        if isinstance(exc, (DeviceLost, NoReply, KeyboardInterrupt)) or (
+                isinstance(exc, OSError) and self._sink_failed):
+            self._cut_short(exc)
+        else:
+            self.ended = True
+            self._leave_stopped()
 
     def _verify(self, counts):
         """What the run can prove without keeping the records: every byte verified, and per
@@ -950,6 +1036,51 @@ class DeviceRun(Run):
                 == counts["singles"][c] for c in range(n)),
         }
         self.tags_per_channel = self._tags.tolist()
+
+
+def _status_period(tagger, status_interval):
+    """Clock cycles between STATUS snapshots for ``status_interval`` seconds (default
+    :data:`STATUS_INTERVAL_S`, longer where snapshots would take more than
+    :data:`STATUS_LINK_SHARE` of the link); ConfigError for one the link cannot carry."""
+    ident = tagger.identity
+    size = tagger.device.map.counters.size
+    # One snapshot's time on the link: snapshots closer than that would come back to back
+    # (and the live rates, which place snapshot k at k periods, would be wrong). A transport
+    # without a baud rate (the in-process one) has no such limit.
+    snapshot_s = (size * _status_record_bytes() * _BITS_PER_BYTE / tagger.baud
+                  if tagger.baud else 0.0)
+    if status_interval is None:
+        interval = max(STATUS_INTERVAL_S, snapshot_s / STATUS_LINK_SHARE)
+    else:
+        interval = _number(status_interval, "status_interval")
+        if interval <= 2 * snapshot_s:
+            raise ConfigError(f"status_interval {interval:g} s: a snapshot of {size} counters "
+                              f"takes {snapshot_s * 1e3:.3g} ms at {tagger.baud} baud; give "
+                              f"more than twice that")
+    reg = tagger.device.map["control.status_period"]
+    period = int(round(interval * ident.clock_hz))
+    if not 1 <= period <= reg.maximum:
+        raise ConfigError(f"status_interval {interval:g} s must be 1..{reg.maximum} clock "
+                          f"cycles")
+    return period
+
+
+def _checked_acquisition(acq, identity):
+    """``acq`` if it was made for the board of ``identity`` (ConfigError, one line, if not)."""
+    made = (acq.channels, acq.rules, acq.fine_bits, acq.bin_ps)
+    board = (identity.channels, identity.rules, identity.fine_bits, identity.bin_ps)
+    if made != board:
+        raise ConfigError(f"the acquisition is for {acq.channels} channels, {acq.rules} herald "
+                          f"rules, {acq.bin_ps:g} ps bins ({acq.fine_bits} fine bits); the board "
+                          f"has {identity.channels}, {identity.rules}, {identity.bin_ps:g} ps "
+                          f"({identity.fine_bits})")
+    return acq
+
+
+def _silence(device):
+    """What a board that stopped answering did (no wrong-board guesses: it had identified)."""
+    return (f"no reply from {device.transport.name} after {device.retries + 1} attempts of "
+            f"{device.timeout:g} s")
 
 
 def _rule_count(rule, result):
@@ -1106,5 +1237,5 @@ class ReplayRun(Run):
             self._end()
         return self.counters
 
-    def _abort(self):
+    def _abort(self, exc):
         self.ended = True

@@ -127,7 +127,9 @@ def test_ptu_that_cannot_grow_stops_the_run_and_stays_readable(tmp_path):
     line = _one_line(err)
     assert line.startswith(f"heraldry: error: cannot write {ptu}: File too large"), line
     assert "the run was stopped" in line and "count patched" in line
-    assert written[-1] == ("control.run", 0) and ("control.run", 1) in written
+    # Left stopped, its counter snapshots off (the last writes).
+    assert written[-2:] == [("control.run", 0), ("control.status_period", 0)]
+    assert ("control.run", 1) in written
     summary = json.loads(out)
     assert summary == json.loads(summary_path.read_text())
     assert summary["complete"] is False and str(ptu) in summary["error"]
@@ -299,7 +301,7 @@ def test_stop_signal_finishes_the_ptu(tmp_path, signum):
     assert "Traceback" not in err
     assert last.startswith(f"heraldry: interrupted by {name} ") and str(ptu) in last
     assert "stop reason 1, interrupted" in last and str(summary_path) in last
-    assert written[-1] == ("control.run", 0)
+    assert written[-2:] == [("control.run", 0), ("control.status_period", 0)]   # stopped
     summary = json.loads(summary_path.read_text())
     assert summary["complete"] is False and summary["error"] == f"interrupted by {name}"
     assert "run INCOMPLETE" in out and ", ".join(map(str, summary["tags_per_channel"])) in out
@@ -469,6 +471,34 @@ def test_hung_board_in_the_python_api():
     assert partial is not None and not partial.complete and partial.counters is None
     assert partial.error == f"no reply from {board.port} after 4 attempts of 0.3 s"
     assert len(partial.tags) == sum(received) > 2000
+
+
+def test_hung_board_through_tagger_run():
+    """The same through ``heraldry.open`` and ``tagger.run`` (the run ``heraldry acquire``
+    uses): :class:`BoardSilent` with the partial result, which is also ``run.result``; nothing
+    more is written to the silent board (no 4 x 0.3 s resends per stop write)."""
+    import heraldry
+    from heraldry.host.driver import BoardSilent
+    seen = 0
+    with PtyBoard(cycles_per_s=2e6, tag_rate_hz=5e5) as board:
+        with heraldry.open(board.port, baud=board.baud, timeout=0.3) as tagger:
+            with pytest.raises(BoardSilent) as info:
+                with tagger.run(duration=20.0, keep=True) as run:
+                    for block in run:
+                        seen += len(block.tags)
+                        if seen > 2000:
+                            board.hang()
+            began = time.monotonic()
+        closed_after = time.monotonic() - began
+    error = info.value
+    assert str(error) == (f"the board stopped answering (no reply from {board.port} after 4 "
+                          f"attempts of 0.3 s)")
+    partial = error.partial
+    assert partial is run.result and run.ended
+    assert not partial.complete and partial.counters is None
+    assert partial.error == f"no reply from {board.port} after 4 attempts of 0.3 s"
+    assert len(partial.tags) >= seen > 2000
+    assert closed_after < 1.0
 
 
 def test_no_room_for_the_ptu_header(tmp_path):
