@@ -406,3 +406,24 @@ def test_docs_examples_run(page, capsys, monkeypatch):
         tags = events[(events["time_ps"] < 5 * 10 ** 11) & (events["kind"] == Kind.TAG.value)]
         assert ns["r"].n1 == np.count_nonzero(tags["channel"] == 0) > 0
         assert ns["r"].duration_ps == pytest.approx(5e11)
+
+
+def test_acquire_finds_a_3_mbaud_board_without_baud():
+    """``heraldry acquire --board PORT`` without ``--baud`` opens the port as the API does:
+    a board at 3 Mbaud (both real boards' rate) identifies at the first rate tried (the port's
+    set rate is what the scripted board sees), where a 12 Mbaud default garbled every byte.
+    The run is the API's: the board's writes are the run sequence of ``Tagger.run``."""
+    import json
+    with PtyBoard(baud=3_000_000, host_baud="port", cycles_per_s=2e6, tag_rate_hz=2e5) as board:
+        proc = subprocess.run([sys.executable, "-m", "heraldry.host.cli", "acquire", "--board",
+                               board.port, "--duration", "0.01", "--quiet"],
+                              capture_output=True, text=True, timeout=120)
+        writes = [(board.map.by_address[f["address"]].name, f["value"]) for f in board.writes]
+    # The scripted board's counters read 0 while it streams tags: the checks fail (exit 1).
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["port"] == board.port and summary["tags"] > 0
+    status = [v for name, v in writes if name == "control.status_period"]
+    # 0.01 s at 3 Mbaud: snapshots every 48 ms (2 % of the link), off before and after.
+    assert status == [0, 4_800_000, 0]
+    assert [v for name, v in writes if name == "control.run"] == [0, 1, 0]
