@@ -283,6 +283,7 @@ def test_host_queue_overflow_is_counted():
         assert device.stats()["host_dropped_events"] >= device.host_dropped_tags.sum()
 
 
+@pytest.mark.slow
 def test_slow_link_losses_account_for_every_event():
     """The tx stream ready one cycle in 8 (12.5 MB/s at 100 MHz) against a periodic signal
     on both channels every 3 cycles: the merger drops, and loss records account for every

@@ -11,7 +11,7 @@ import pytest
 
 from heraldry import model
 from heraldry.host import measure
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 from heraldry.protocol import Kind
 
 
@@ -139,6 +139,7 @@ def test_correlation_against_brute_force(seed, bin_ps, range_ps):
     assert np.allclose(whole.g2, expected / (len(t1) * len(t2) * bin_ps / duration))
 
 
+@pytest.mark.slow
 def test_correlation_counts_equal_pycorrelate():
     pycorrelate = pytest.importorskip("pycorrelate")
     rng = np.random.default_rng(10)

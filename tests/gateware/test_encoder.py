@@ -239,8 +239,11 @@ def check_against_reference(plan, result, final_check=True):
 
 
 @pytest.mark.parametrize("channels,rules,fine_bits,seed", [
-    (1, 1, 0, 1), (4, 2, 0, 2), (8, 8, 0, 3), (4, 3, 2, 4),
-    (2, 1, 2, 5), (4, 2, 4, 6),   # the iCEBreaker's and the ULX3S's shapes
+    pytest.param(1, 1, 0, 1, marks=pytest.mark.slow),
+    pytest.param(4, 2, 0, 2, marks=pytest.mark.slow),
+    pytest.param(8, 8, 0, 3, marks=pytest.mark.slow),
+    pytest.param(4, 3, 2, 4, marks=pytest.mark.slow),
+    (2, 1, 2, 5), (4, 2, 4, 6),   # the iCEBreaker's and the ULX3S's shapes: also in make test
 ])
 def test_random_streams_match_reference(channels, rules, fine_bits, seed):
     plan = random_plan(seed, channels, rules, fine_bits, p_side=0.4)

@@ -229,7 +229,8 @@ def _acquisition(pair_rate_hz):
                        coincidence_record_mask=(1 << 0b0011) | (1 << 0b0111), seed=11)
 
 
-@pytest.mark.parametrize("lossy", [False, True], ids=["lossless", "backpressure"])
+@pytest.mark.parametrize("lossy", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["lossless", "backpressure"])
 def test_acquisition_end_to_end(lossy):
     """Configure the pairs test signal by commands, clear, run ~3000 cycles with STATUS
     snapshots on, stop, wait for the last segment to close, read every counter by command and
