@@ -21,7 +21,8 @@ import numpy as np
 
 from ..protocol import Kind, LossCause
 from .config import rule_text
-from .decode import EVENT_DTYPE, Decoder
+from .core_records import CoreRecordDecoder
+from .events import EVENT_DTYPE
 
 __all__ = ["AcquisitionResult", "acquire_device", "acquire_sim", "summarise", "print_summary",
            "anchor_interval_for"]
@@ -34,7 +35,7 @@ _COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dr
 class AcquisitionResult:
     """What one acquisition produced.
 
-    ``events`` are every decoded record (``decode.EVENT_DTYPE``) with times from the run start:
+    ``events`` are every decoded record (``events.EVENT_DTYPE``) with times from the run start:
     for a device, the run start is the ``control.now`` count read just before the start command
     (the gate opened at most one command round trip later, see ``device_cycles``).
     ``device_cycles`` (link path only) gives ``{"clear"|"start"|"stop": [before, after]}``: the
@@ -49,7 +50,7 @@ class AcquisitionResult:
     """
     acquisition: object     # the Acquisition that was run
     duration_s: float
-    events: np.ndarray      # every decoded record (decode.EVENT_DTYPE), times from run start
+    events: np.ndarray      # every decoded record (events.EVENT_DTYPE), times from run start
     counters: dict          # hardware counters by group name
     lost: dict              # {(LossCause, index): count} from loss records
     start_bin: int
@@ -147,7 +148,7 @@ def acquire_sim(acq, duration_s, *, progress=None, sink=None):
         raise ValueError(f"duration {duration_s:g} s is shorter than one clock cycle")
     sim = CoreSimulation(channels=acq.channels, rules=acq.rules)
     run = sim.acquire(acq.gateware_config(), cycles, progress=progress)
-    decoder = Decoder(fine_bits=acq.fine_bits, bin_ps=acq.bin_ps)
+    decoder = CoreRecordDecoder(fine_bits=acq.fine_bits, bin_ps=acq.bin_ps)
     block = decoder.decode(run.records)
     start_bin = run.start_time << acq.fine_bits
     events = block.events.copy()

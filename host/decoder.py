@@ -32,7 +32,7 @@ from ..protocol import (
 )
 from ..protocol import CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS
 from ..wire import WireFormat
-from .decode import EVENT_DTYPE
+from .events import EVENT_DTYPE
 
 __all__ = ["Chunk", "StreamDecoder", "compile_seconds"]
 

@@ -6,8 +6,8 @@ A background reader thread reads the link, feeds the bytes to the stream decoder
 * REPLY records answer commands (matched by ``seq`` and address; the decoder takes only those
   whose check matches, so a REPLY damaged on the link is never taken) and wake the caller;
 * STATUS records update the latest counter snapshot (:meth:`Device.status`);
-* decoded records (``host.decode.EVENT_DTYPE``) go into a bounded queue of
-  :class:`~heraldry.host.decode.Block` s, read with :meth:`Device.read_block` or
+* decoded records (``host.events.EVENT_DTYPE``) go into a bounded queue of
+  :class:`~heraldry.host.events.Block` s, read with :meth:`Device.read_block` or
   :meth:`Device.blocks`. When the queue is full the block is dropped and *counted*, per kind and
   per channel (:attr:`Device.host_dropped_tags`, :meth:`Device.stats`): never silently.
 
@@ -35,7 +35,7 @@ from .. import protocol
 from ..protocol import (COARSE_BITS, MAGIC, PROTOCOL_VERSION, Command,
                         Kind, RegisterMap, WireKind)
 from .config import ConfigError
-from .decode import EVENT_DTYPE, Block
+from .events import EVENT_DTYPE, Block
 from .transport import TransportError
 
 __all__ = ["DeviceError", "DeviceLost", "BoardSilent", "NoReply", "IdentificationError",

@@ -101,7 +101,7 @@ class LiveView:
         return self.feed
 
     def feed(self, events):
-        """Aggregate one block of decoded records (``decode.EVENT_DTYPE``)."""
+        """Aggregate one block of decoded records (``events.EVENT_DTYPE``)."""
         if not len(events):
             return
         kind = events["kind"]

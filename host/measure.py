@@ -3,7 +3,7 @@
 Every measurement is an object fed block by block: ``m.feed(block)`` then ``m.result()``. Feeding
 the tags in any number of blocks gives exactly the result of feeding them all at once, so the
 same object serves a live acquisition (one block per driver read) and a saved file. A block is
-either a :data:`heraldry.host.decode.EVENT_DTYPE` array (records of other kinds than TAG are
+either a :data:`heraldry.host.events.EVENT_DTYPE` array (records of other kinds than TAG are
 ignored) or ``feed(times, channels)`` with two plain arrays. Times are integers in one unit
 (picoseconds for decoded blocks); every time parameter (``window_ps``, ``bin_ps``, ...) is in the
 same unit. Blocks must come in time order: each block's earliest tag is not earlier than the
@@ -43,12 +43,12 @@ def tags_of(block, channels=None):
     """``(times int64, channels int64)`` of the tags in ``block``, sorted by (time, channel).
 
     ``block``: an array with fields ``time_ps`` and ``channel`` (and optionally ``kind``: only
-    TAG records are kept), a :class:`heraldry.host.decode.Block` (its ``events``), or plain
+    TAG records are kept), a :class:`heraldry.host.events.Block` (its ``events``), or plain
     times with ``channels`` given separately.
     """
     if channels is None:
         if hasattr(block, "events") and not isinstance(block, np.ndarray):
-            block = block.events        # a decode.Block, as the driver and a Run yield them
+            block = block.events        # an events.Block, as the driver and a Run yield them
         block = np.asarray(block)
         names = block.dtype.names or ()
         if "kind" in names:

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import __version__, protocol
 from ..protocol import Kind
-from .decode import EVENT_DTYPE
+from .events import EVENT_DTYPE
 
 __all__ = ["RECORD_TYPE_HH2_T2", "WRAP", "MAX_WRAPS_PER_RECORD", "ROTATE_BYTES",
            "WARNING_EVENTS_DROPPED", "StopReason", "ChannelMap", "PTUWriter", "PTUData",
@@ -186,7 +186,7 @@ def _datetime_days(when):
 
 
 class PTUWriter:
-    """Stream decoded records (``host.decode.EVENT_DTYPE``, times in ps) into a PTU T2 file.
+    """Stream decoded records (``host.events.EVENT_DTYPE``, times in ps) into a PTU T2 file.
 
     Parameters
     ----------

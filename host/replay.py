@@ -1,8 +1,8 @@
 """Replay a PTU T2 file as a virtual board: ``heraldry acquire --board replay:FILE.ptu``.
 
 :class:`ReplaySource` plays a file (ours, with every rotation part, or one PicoQuant's software
-wrote) as the driver delivers a run: :class:`~heraldry.host.decode.Block` s of
-``host.decode.EVENT_DTYPE`` records with times in ps from the run start, through
+wrote) as the driver delivers a run: :class:`~heraldry.host.events.Block` s of
+``host.events.EVENT_DTYPE`` records with times in ps from the run start, through
 :meth:`ReplaySource.read_block` / :meth:`ReplaySource.blocks`, as fast as possible or at the
 pace of the recorded time (``realtime``). :func:`acquire_replay` turns a replay into the
 :class:`~heraldry.host.acquire.AcquisitionResult` that ``heraldry acquire`` summarises.
@@ -32,7 +32,7 @@ import numpy as np
 from .. import protocol
 from ..protocol import Kind
 from .config import Acquisition
-from .decode import EVENT_DTYPE, Block
+from .events import EVENT_DTYPE, Block
 from .ptu import PTUError, part_path, read_ptu
 
 __all__ = ["ReplaySource", "acquire_replay", "replay_parts"]

@@ -6,7 +6,7 @@ thread, does three things:
 * **Publishes** on a ZeroMQ PUB socket (``tcp://BIND:PUB_PORT``), as multipart messages:
 
   - ``[b"events", header, data]``: ``header`` is JSON ``{"seq", "first", "dtype", "count",
-    "lost"}``, ``data`` the raw bytes of ``count`` records of ``decode.EVENT_DTYPE`` (``dtype``
+    "lost"}``, ``data`` the raw bytes of ``count`` records of ``events.EVENT_DTYPE`` (``dtype``
     is its ``numpy.lib.format`` description; :func:`decode_events` turns the frames back into an
     array). ``seq`` counts every events message the server produced (0, 1, 2, ...) and
     ``first`` every record it produced before this message's, so a subscriber sees any message
@@ -56,7 +56,7 @@ import numpy as np
 
 from ..protocol import LossCause
 from .config import ConfigError
-from .decode import EVENT_DTYPE
+from .events import EVENT_DTYPE
 
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
            "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",

@@ -23,7 +23,7 @@ Three layers, as in the command line (which is a thin user of this one):
   that is not a whole number of bins is rounded and said so (:attr:`Run.notes`, and a
   :class:`SettingsNote` warning), never silently.
 * :meth:`Tagger.run` returns a :class:`Run`: configure, clear, start; iterating it yields
-  :class:`~heraldry.host.decode.Block` s with times in picoseconds from the run start (the
+  :class:`~heraldry.host.events.Block` s with times in picoseconds from the run start (the
   ``control.now`` count read just before the start command, as for ``heraldry acquire``);
   :attr:`Run.counters` and :attr:`Run.rates` follow the board's STATUS snapshots (no counter
   reads while it runs); leaving the ``with`` block stops the board, waits until the last record
@@ -52,7 +52,7 @@ from ..model.core import HeraldRule
 from ..protocol import Kind
 from .config import (Acquisition, ConfigError, EDGES, TEST_SIGNALS, herald_rule, ns_to_bins,
                      parse_herald, parse_mask)
-from .decode import EVENT_DTYPE, Block
+from .events import EVENT_DTYPE, Block
 
 __all__ = ["open", "Tagger", "Settings", "Run", "SettingsNote", "known_bauds", "BOARD_BAUDS",
            "REPLAY_PREFIX",
@@ -584,7 +584,7 @@ _GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
 class Run:
     """One run of a :class:`Tagger` (made by :meth:`Tagger.run`). Context manager; iterable.
 
-    Iterating yields :class:`~heraldry.host.decode.Block` s (``events`` in ``EVENT_DTYPE``,
+    Iterating yields :class:`~heraldry.host.events.Block` s (``events`` in ``EVENT_DTYPE``,
     ``time_ps`` from the run start) until the duration has passed and the last record is in;
     every block is first fed to the measurements attached to the run (:meth:`attach`, which
     measurement objects built with the run as first argument call). Leaving the ``with`` block

@@ -17,7 +17,7 @@ import heraldry
 from heraldry import model, protocol
 from heraldry.host import measure
 from heraldry.host.config import ConfigError
-from heraldry.host.decode import EVENT_DTYPE, Block
+from heraldry.host.events import EVENT_DTYPE, Block
 from heraldry.host.driver import IdentificationError, Identity
 from heraldry.host.replay import ReplaySource
 from heraldry.host.tagger import Settings, SettingsNote, known_bauds, settings_to_acquisition

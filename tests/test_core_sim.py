@@ -16,7 +16,7 @@ from heraldry import model, protocol
 from heraldry.gateware.core import TaggerCore
 from heraldry.gateware.phy import PHYSignature
 from heraldry.host.config import Acquisition
-from heraldry.host.decode import Decoder
+from heraldry.host.core_records import CoreRecordDecoder
 from heraldry.model import testsignal as tsmodel
 from heraldry.protocol import Kind, LossCause
 from heraldry.sim.harness import CoreSimulation, PinStimulus
@@ -25,7 +25,7 @@ PHY_LATENCY = 1  # GenericPHY.latency; checked below against the gateware
 
 
 def _decode(run):
-    block = Decoder().decode(run.records)
+    block = CoreRecordDecoder().decode(run.records)
     return block.events, block.lost
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 from heraldry.host.decoder import StreamDecoder
 from heraldry.protocol import Kind, LossCause
 from heraldry.wire import decode_bytes, encode_records, encode_stream

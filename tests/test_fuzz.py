@@ -44,7 +44,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 from heraldry.host.ptu import ChannelMap, PTUError, PTUWriter, read_ptu
 from heraldry.host.replay import ReplaySource, acquire_replay
 from heraldry.protocol import Kind

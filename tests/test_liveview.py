@@ -14,7 +14,7 @@ import pytest
 
 from heraldry import model
 from heraldry.host.config import Acquisition
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 from heraldry.host.liveview import LiveView
 from heraldry.protocol import Kind, LossCause
 

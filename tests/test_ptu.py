@@ -13,7 +13,7 @@ import ptufile
 import pytest
 import tttrlib
 
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 from heraldry.host.ptu import (WRAP, ChannelMap, PTUWriter, StopReason, read_ptu)
 from heraldry.protocol import Kind, LossCause
 
@@ -170,7 +170,7 @@ def test_header_only_file(tmp_path):
 _KILLED_WRITER = """
 import os, signal, sys
 import numpy as np
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 from heraldry.host.ptu import ChannelMap, PTUWriter
 rng = np.random.default_rng(7)
 ev = np.zeros(20000, EVENT_DTYPE)

@@ -11,7 +11,7 @@ import pytest
 from heraldry import model
 from heraldry.host import cli
 from heraldry.host.config import Acquisition
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 from heraldry.host.ptu import ChannelMap, PTUWriter
 from heraldry.host.replay import BLOCK_SECONDS, ReplaySource, acquire_replay
 from heraldry.protocol import Kind

@@ -33,7 +33,7 @@ import pytest
 
 from heraldry.host.ptu import (WARNING_EVENTS_DROPPED, PTUWriter, ChannelMap, StopReason,
                                read_ptu)
-from heraldry.host.decode import EVENT_DTYPE
+from heraldry.host.events import EVENT_DTYPE
 
 from pty_board import PtyBoard
 

@@ -20,7 +20,7 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from heraldry.host.decode import EVENT_DTYPE                          # noqa: E402
+from heraldry.host.events import EVENT_DTYPE                          # noqa: E402
 from heraldry.host.serve import (DROP_CAUSES, HERALD_LATENCY_EDGES, METRIC_NAMES,  # noqa: E402
                                  SequenceTracker, decode_events, free_port, request)
 from heraldry import model                                              # noqa: E402
