@@ -256,10 +256,10 @@ class HeraldGenerator(wiring.Component):
     free of veto channels iff some candidate is: the veto needs no earliest-event selection.)
 
     An **exact** rule (``herald_exact[r]`` set) fires in the cycle ``closed`` pulses for a window
-    whose ``closed_pattern`` contains the mask and no veto channel. Its record's time and pattern
-    are the window's ``t0`` and closed pattern, which the merger takes from the close it
-    travels with; ``herald_time[r]`` and ``herald_pattern[r]`` are meaningful for early rules
-    only. A mask of 0 never fires.
+    whose ``closed_pattern`` contains the mask and no veto channel. Its record's time is the
+    first bin of that cycle, ``Cat(0, ref)`` (when it decided), and its pattern the closed one,
+    which the merger takes from the close it travels with; ``herald_time[r]`` and
+    ``herald_pattern[r]`` are meaningful for early rules only. A mask of 0 never fires.
 
     Parameters
     ----------

@@ -25,8 +25,9 @@ class Merger(wiring.Component):
     1. at most one loss record (``time = Cat(0, coarse)`` of the bundle it travels with);
     2. tag records, in time order: by (fine time, channel), which for ``fine_bits == 0`` is
        channel order;
-    3. herald records, in rule order (each with its own time and pattern: with ``F > 0`` rules
-       firing in one cycle may have different times, so these are not in time order);
+    3. herald records, in time order, equal times in rule order (each with its own time and
+       pattern: with ``F > 0`` rules firing in one cycle may have different times; the wire
+       protocol refuses a herald record earlier than the one before);
     4. the coincidence record (``time`` = the window's ``t0``, earlier than the tags before it).
 
     When ``o.ready`` stays high the serialiser emits one record every cycle, including across
@@ -95,9 +96,9 @@ class Merger(wiring.Component):
         and its pattern. Each herald record carries its own rule's time and pattern.
     herald_exact : ``In(R)``
         Bit r set: rule r is exact. Its firings come with a close (``closed``, which need not
-        be recorded) and its records carry that window's ``t0`` and pattern instead of
-        ``herald_time[r]`` and ``herald_pattern[r]``. Configuration: change it only while
-        ``idle``.
+        be recorded) and its records carry the cycle's first bin ``Cat(0, ref)`` (when the
+        rule decided) and the closed window's pattern instead of ``herald_time[r]`` and
+        ``herald_pattern[r]``. Configuration: change it only while ``idle``.
     delay_overflow : ``In(N)``
         One-cycle pulse per event dropped by a delay line.
     clear : ``In(1)``
@@ -329,8 +330,20 @@ class Merger(wiring.Component):
                     earlier.append(rem_tags[d] & before)
             blocked = Cat(earlier).any() if earlier else Const(0)
             m.d.comb += tag_onehot[c].eq(rem_tags[c] & ~blocked)
+        # Next herald: smallest (time, rule) among the remaining ones. An exact rule's record is
+        # at the bundle's first bin (fine 0), an early rule's at its completing event.
+        herald_key = [Signal(f, name=f"herald_key{i}") for i in range(r)]
         herald_onehot = Signal(r)
-        m.d.comb += herald_onehot.eq(rem_herald & (~rem_herald + 1))
+        for i in range(r):
+            if f:
+                m.d.comb += herald_key[i].eq(Mux(self.herald_exact[i], 0, cur.herald_fine[i]))
+                earlier = [rem_herald[j] & (herald_key[j] <= herald_key[i] if j < i
+                                            else herald_key[j] < herald_key[i])
+                           for j in range(r) if j != i]
+            else:
+                earlier = [rem_herald[j] for j in range(i)]
+            blocked = Cat(earlier).any() if earlier else Const(0)
+            m.d.comb += herald_onehot[i].eq(rem_herald[i] & ~blocked)
 
         after_loss = Signal()
         after_tags = Signal(n)
@@ -345,9 +358,6 @@ class Merger(wiring.Component):
 
         rec = self.o.payload
         coarse_time = Cat(Const(0, f), cur.coarse)
-        # The bundle's close: its window's t0 (coincidence records and exact heralds).
-        window_t0 = Signal(time_bits(f))
-        m.d.comb += window_t0.eq(coarse_time - cur.t0_offset)
         with m.If(rem_loss):
             m.d.comb += [
                 rec.kind.eq(Kind.LOSS),
@@ -373,21 +383,21 @@ class Merger(wiring.Component):
             herald_pattern, herald_fine, rule = 0, 0, 0
             for i in range(r):
                 herald_pattern = herald_pattern | Mux(herald_onehot[i], cur.herald_pattern[i], 0)
-                herald_fine = herald_fine | Mux(herald_onehot[i], cur.herald_fine[i], 0)
+                herald_fine = herald_fine | Mux(herald_onehot[i], herald_key[i], 0)
                 rule = rule | Mux(herald_onehot[i], i, 0)
             exact = (herald_onehot & self.herald_exact).any()
             m.d.comb += [
                 rec.kind.eq(Kind.HERALD),
                 rec.payload.herald.rule.eq(rule),
                 rec.payload.herald.pattern.eq(Mux(exact, cur.coincidence_pattern, herald_pattern)),
-                rec.time.eq(Mux(exact, window_t0, Cat(herald_fine[:f], cur.coarse))),
+                rec.time.eq(Cat(herald_fine[:f], cur.coarse)),
                 after_herald.eq(rem_herald & ~herald_onehot),
             ]
         with m.Elif(rem_coinc):
             m.d.comb += [
                 rec.kind.eq(Kind.COINCIDENCE),
                 rec.payload.coincidence.pattern.eq(cur.coincidence_pattern),
-                rec.time.eq(window_t0),
+                rec.time.eq(coarse_time - cur.t0_offset),
                 after_coinc.eq(0),
             ]
 

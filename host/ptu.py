@@ -148,9 +148,9 @@ class ChannelMap:
             "herald_rules": {str(r): self.herald_channel(r) for r in range(self.rules)},
             "coincidence_patterns": {f"0b{p:0{self.channels}b}": self.coincidence_channel(p)
                                      for p in self.coincidence_patterns},
-            "note": "PTU channel of each input, herald rule (at the completing event's time) "
-                    "and recorded coincidence pattern (at the window's t0); loss records are "
-                    "counted in Heraldry_EventsLost",
+            "note": "PTU channel of each input, herald rule (at the completing event's time, "
+                    "an exact rule's at its window's end) and recorded coincidence pattern (at "
+                    "the window's t0); loss records are counted in Heraldry_EventsLost",
         }
 
 

@@ -70,10 +70,11 @@ def naive_delay(times, delay, depth, fine_bits=0):
     return out, dropped
 
 
-def naive_coincidence(delayed, window, masks):
+def naive_coincidence(delayed, window, masks, fine_bits=0):
     """Coincidence unit and herald rules stepped bin by bin. Returns (windows, heralds) as lists
     of (t0, pattern) and (time, rule, pattern). ``masks``: channel masks (early, no veto) or
-    ``HeraldRule`` s."""
+    ``HeraldRule`` s; an exact rule's record is at the first cycle boundary at or after the
+    window's end (cycles of ``2**fine_bits`` bins)."""
     rules = [m if isinstance(m, HeraldRule) else HeraldRule(m) for m in masks]
     events = defaultdict(list)
     for c, times in enumerate(delayed):
@@ -87,19 +88,22 @@ def naive_coincidence(delayed, window, masks):
         if is_open and b >= t0 + window:
             windows.append((t0, pattern))
             is_open = False
+            decided = b
+            while decided % 2**fine_bits:
+                decided += 1
             for number, rule in enumerate(rules):
                 if (rule.mode == "exact" and pattern & rule.require == rule.require
                         and not pattern & rule.veto):
-                    heralds.append((t0, number, pattern))
+                    heralds.append((decided, number, pattern))
         for c in events.get(b, []):
             if not is_open:
-                is_open, t0, pattern, decided = True, b, 0, [False] * len(rules)
+                is_open, t0, pattern, done = True, b, 0, [False] * len(rules)
             pattern |= 1 << c
         if b in events:
             for number, rule in enumerate(rules):
-                if (rule.mode == "early" and not decided[number]
+                if (rule.mode == "early" and not done[number]
                         and pattern & rule.require == rule.require):
-                    decided[number] = True      # vetoed or not, once per window
+                    done[number] = True         # vetoed or not, once per window
                     if not pattern & rule.veto:
                         heralds.append((b, number, pattern))
     assert not is_open
@@ -114,7 +118,8 @@ def naive_simulate(rise, fall, settings, gate=None):
         out, lost = naive_delay(accepted, ch.delay, settings.delay_depth, settings.fine_bits)
         delayed.append(out)
         dropped.append(lost)
-    windows, heralds = naive_coincidence(delayed, settings.window, settings.herald_rules)
+    windows, heralds = naive_coincidence(delayed, settings.window, settings.herald_rules,
+                                         settings.fine_bits)
     patterns = [0] * 2**settings.channels
     for _, pattern in windows:
         patterns[pattern] += 1
@@ -550,8 +555,8 @@ def test_psi_minus_exact_fires_on_1001_and_0110_only(pattern):
             tpc[c] += [10 + 2 * k, 100 + k]
         heralds = model.herald_records(tpc, 8, PSI_MINUS)
         if pattern in (0b1001, 0b0110):
-            rule = 0 if pattern == 0b1001 else 1
-            assert heralds.tolist() == [(10, rule, pattern), (100, rule, pattern)]
+            rule = 0 if pattern == 0b1001 else 1        # decided at each window's end
+            assert heralds.tolist() == [(18, rule, pattern), (108, rule, pattern)]
         else:
             assert heralds.tolist() == []
     settings = CoreSettings(channels=4, window=8, herald_rules=PSI_MINUS)
@@ -571,21 +576,24 @@ def test_early_veto_is_decided_at_the_completing_event():
     # The same clicks, exact: the late veto click takes the herald back.
     exact = HeraldRule(0b011, 0b100, "exact")
     assert model.herald_records([[0], [4], [5]], 10, [exact]).tolist() == []
-    assert model.herald_records([[0], [4], []], 10, [exact]).tolist() == [(0, 0, 0b011)]
+    assert model.herald_records([[0], [4], []], 10, [exact]).tolist() == [(10, 0, 0b011)]
+    # Its record is at the window's end, rounded up to a whole cycle (here 4 bins).
+    assert model.herald_records([[1], [4], []], 10, [exact], 2).tolist() == [(12, 0, 0b011)]
+    assert model.herald_records([[2], [4], []], 10, [exact], 2).tolist() == [(12, 0, 0b011)]
 
 
 def test_herald_pin_modes_and_shared_pins():
     rules = (HeraldRule(0b01, pin=1), HeraldRule(0b10, mode="exact", pin=1), HeraldRule(0b11))
     h = np.zeros(3, model.HERALD_DTYPE)
-    h["time"], h["rule"] = [9, 12, 40], [0, 1, 2]
-    # F = 2, W = 6: rule 0 decides in cycle 9 >> 2 = 2; rule 1 (window t0 = 12, last bin 17)
-    # in cycle (17 >> 2) + 1 = 5; rule 2 (early, its own pin 2) in cycle 10. Latency 3.
-    pins = model.herald_pin(h, 2, 3, fine_bits=2, herald_rules=rules, window=6)
+    h["time"], h["rule"] = [9, 20, 40], [0, 1, 2]
+    # F = 2: rule 0 decides in cycle 9 >> 2 = 2, rule 1 in cycle 5 (its record is at its
+    # decision), rule 2 (its own pin 2) in cycle 10. Latency 3.
+    pins = model.herald_pin(h, 2, 3, fine_bits=2, herald_rules=rules)
     assert pins == [[], [(5, 7), (8, 10)], [(13, 15)]]
     # Width 4: the two firings on pin 1 merge.
-    assert model.herald_pin(h, 4, 3, fine_bits=2, herald_rules=rules, window=6)[1] == [(5, 12)]
-    with pytest.raises(ValueError, match="window"):
-        model.herald_pin(h, 2, 3, herald_rules=rules)
+    assert model.herald_pin(h, 4, 3, fine_bits=2, herald_rules=rules)[1] == [(5, 12)]
+    with pytest.raises(ValueError, match="rules are given"):
+        model.herald_pin(h, 2, 3, herald_rules=rules[:2])
 
 
 def test_herald_rule_text_and_validation():
@@ -824,7 +832,7 @@ def render(spec):
         fires = result.heralds["time"][result.heralds["rule"] == rule]
         rows.append(_event_row(f"fire {rule}", fires, bins))
     pins = model.herald_pin(result.heralds, settings.herald_width, spec.get("latency", 4),
-                            herald_rules=settings.herald_rules, window=settings.window,
+                            herald_rules=settings.herald_rules,
                             rules=max((r.pin + 1 for r in settings.herald_rules), default=0))
     for pin, intervals in enumerate(pins):
         rows.append(_level_row(f"herald {pin}", intervals, bins))

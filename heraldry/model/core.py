@@ -460,22 +460,27 @@ def pattern_counts(windows, channels):
     return np.bincount(pattern, minlength=2**channels).astype(np.int64)
 
 
-def herald_records(times_per_channel, window, rules):
+def herald_records(times_per_channel, window, rules, fine_bits=0):
     """Herald firings of every rule.
 
     ``rules``: :class:`HeraldRule` s, or channel masks (early rules without veto). Each rule
-    fires at most once per window:
+    fires at most once per window, and its record's time is when it decided:
 
     * ``early``: at the event whose time makes the window's pattern contain ``require`` (the
       completing event), if the pattern at that time (including every event at that same time)
       holds no ``veto`` channel. Record: that time, the rule, that pattern.
     * ``exact``: once the window has closed, if its pattern contains ``require`` and no
-      ``veto`` channel. Record: the window's ``t0``, the rule, the closed pattern.
+      ``veto`` channel. Record: the window's end ``t0 + W`` rounded up to a whole cycle of
+      ``2**fine_bits`` bins (the first bin of the cycle in which the core decides), the rule,
+      the closed pattern.
 
-    Returns a :data:`HERALD_DTYPE` array sorted by (time, rule).
+    So every rule's records, and all of them together, are in time order as the core sends them
+    (the wire protocol refuses a herald earlier than the one before). Returns a
+    :data:`HERALD_DTYPE` array sorted by (time, rule).
     """
     tpc = _channel_times(times_per_channel)
     window = _int(window, "window", 1, MAX_WINDOW)
+    fine_bits = _int(fine_bits, "fine_bits", 0)
     channels = len(tpc)
     rules = _rules(rules, channels)
     times, chans = _merge(tpc)
@@ -496,8 +501,8 @@ def herald_records(times_per_channel, window, rules):
         if rule.mode == "exact":
             fires = (closed & mask == mask) & (closed & rule.veto == 0)
             part = np.zeros(int(fires.sum()), HERALD_DTYPE)
-            part["time"], part["rule"], part["pattern"] = times[starts[fires]], number, \
-                closed[fires]
+            decided = (((times[starts[fires]] + window - 1) >> fine_bits) + 1) << fine_bits
+            part["time"], part["rule"], part["pattern"] = decided, number, closed[fires]
             parts.append(part)
             continue
         columns = [c for c in range(channels) if mask >> c & 1]
@@ -550,7 +555,7 @@ class Result:
 
 def _result(tpc, settings, delay_dropped):
     windows = coincidence_windows(tpc, settings.window)
-    heralds = herald_records(tpc, settings.window, settings.herald_rules)
+    heralds = herald_records(tpc, settings.window, settings.herald_rules, settings.fine_bits)
     # The mask has 2**channels bits (256 for 8 channels): look it up per pattern, not by shift.
     selected = np.array([settings.coincidence_record_mask >> p & 1
                          for p in range(2**settings.channels)], bool)
@@ -627,18 +632,16 @@ def counts_from_tags(tags, settings):
     return _result(tpc, settings, np.zeros(settings.channels, np.int64))
 
 
-def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0, herald_rules=None,
-               window=None):
+def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0, herald_rules=None):
     """When each herald output pin is high.
 
-    A firing *decided* in cycle ``d`` drives its pin high for cycles ``[d + latency,
-    d + latency + width)``; a firing while the pin is high restarts the width, so overlapping or
-    touching intervals merge (also between rules that share a pin). An early rule decides in
-    the cycle of its record time, ``d = time >> fine_bits``; an exact rule when its window has
-    closed, the cycle after the one holding the window's last bin: ``d = ((time + window - 1)
-    >> fine_bits) + 1`` (its record time is the window's ``t0``). For the core with the generic
-    PHY and the completing channel's delay already in the record time, ``latency =
-    phy.latency + 2`` (input-stage register, herald register) = 3.
+    A firing whose record time falls in cycle ``d = time >> fine_bits`` (the cycle its rule
+    decided in: an early rule's completing event, an exact rule's window end rounded up to a
+    cycle) drives its pin high for cycles ``[d + latency, d + latency + width)``; a firing while
+    the pin is high restarts the width, so overlapping or touching intervals merge (also between
+    rules that share a pin). For the core with the generic PHY and the completing channel's
+    delay already in the record time, ``latency = phy.latency + 2`` (input-stage register,
+    herald register) = 3.
 
     Parameters:
         heralds: :data:`HERALD_DTYPE` array.
@@ -646,9 +649,7 @@ def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0, herald_rules
         latency: cycles, >= 0.
         rules: number of pins; ``None`` = highest pin used + 1.
         herald_rules: the :class:`HeraldRule` s (or masks) the records come from, for their
-            modes and pins (``CoreSettings.herald_rules``); ``None``: every rule early, rule
-            ``r`` on pin ``r``.
-        window: W in bins; needed when a rule is exact.
+            pins (``CoreSettings.herald_rules``); ``None``: rule ``r`` on pin ``r``.
 
     Returns, per pin, a sorted list of disjoint, non-touching half-open ``(start, stop)``
     cycle intervals.
@@ -667,12 +668,6 @@ def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0, herald_rules
         if rule_of.size and rule_of.max() >= len(herald_rules):
             raise ValueError(f"heralds hold rule {rule_of.max()} but only "
                              f"{len(herald_rules)} rules are given")
-        exact = np.array([r.mode == "exact" for r in herald_rules], bool)
-        if exact.any():
-            window = _int(window, "window", 1, MAX_WINDOW)
-            late = exact[rule_of]
-            closes = ((heralds["time"].astype(np.int64) + window - 1) >> fine_bits) + 1
-            decided = np.where(late, closes, decided)
         pin_of = np.array([r.pin for r in herald_rules], np.int64)[rule_of]
     if rules is None:
         rules = int(pin_of.max()) + 1 if pin_of.size else 0

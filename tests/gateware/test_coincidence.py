@@ -73,7 +73,8 @@ def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
     ``times`` (per channel, absolute bins) presented in their cycles. ``masks``: channel masks
     or ``HeraldRule`` s. ``clears``: cycles in which ``clear`` is high. ``check(ctx, dut,
     cycle)`` runs in each cycle after the inputs are set. An exact rule's herald record is
-    traced with the close it fires with (its window's t0 and pattern), as the merger takes it."""
+    traced as the merger makes it: the cycle's first bin and the pattern of the close it fires
+    with."""
     rule_list = as_rules(channels, masks)
     rules = len(masks)
     dut = Dut(channels, rules, fine_bits)
@@ -114,7 +115,7 @@ def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
             for r in range(rules):
                 if fire >> r & 1 and rule_list[r].mode == "exact":
                     assert ctx.get(unit.closed)
-                    trace.heralds.append((cycle, ctx.get(unit.closed_t0), r,
+                    trace.heralds.append((cycle, (cycle << fine_bits) % tmod, r,
                                           ctx.get(unit.closed_pattern)))
                 elif fire >> r & 1:
                     trace.heralds.append((cycle, ctx.get(herald.herald_time[r]), r,
@@ -156,17 +157,15 @@ def compare_with_model(channels, fine_bits, window, masks, width, times, trace):
     assert np.array_equal(counts, model.pattern_counts(windows, channels))
 
     rules = as_rules(channels, masks)
-    records = model.herald_records(arrays, window, rules)
-    # The cycle a rule decides in: an early rule's record time, an exact rule's close.
-    expected = sorted(
-        (((int(t) + window - 1) >> f) + 1 if rules[r].mode == "exact" else int(t) >> f,
-         int(t) % tmod, int(r), int(p))
-        for t, r, p in zip(records["time"], records["rule"], records["pattern"]))
+    records = model.herald_records(arrays, window, rules, f)
+    # A rule decides in the cycle of its record time (an exact rule's: its window's end).
+    expected = sorted((int(t) >> f, int(t) % tmod, int(r), int(p))
+                      for t, r, p in zip(records["time"], records["rule"], records["pattern"]))
     # Within a cycle (F > 0) the gateware reports in rule order, the model in time order.
     assert sorted(trace.heralds) == expected
 
     pins = model.herald_pin(records, width, LATENCY, rules=len(masks), fine_bits=f,
-                            herald_rules=rules, window=window)
+                            herald_rules=rules)
     for r in range(len(masks)):
         assert trace.pin_intervals(r) == [tuple(map(int, i)) for i in pins[r]], f"pin {r}"
 
@@ -404,7 +403,7 @@ def test_random_rules_veto_exact_shared_pins(fine_bits, channels, window, rate, 
     assert any(rules[r].mode == "exact" for r in fired), "an exact rule fired"
     assert any(rules[r].veto for r in fired), "a rule with a veto fired"
     unvetoed = model.herald_records(as_arrays(times), window,
-                                    [HeraldRule(r.require, 0, r.mode) for r in rules])
+                                    [HeraldRule(r.require, 0, r.mode) for r in rules], fine_bits)
     assert len(unvetoed) > len(records), "some firings were vetoed"
 
 
@@ -432,8 +431,10 @@ def test_psi_minus_fires_on_1001_and_0110_only(fine_bits, window):
     trace, got_windows, records = run_and_compare(4, fine_bits, window, PSI_MINUS, 2, times,
                                                   start, cycles)
     assert list(zip(got_windows.t0.tolist(), got_windows.pattern.tolist())) == windows
-    fired = [(int(t0), int(p)) for t0, _, p in records.tolist()]
-    assert fired == [(t0, p) for t0, p in windows if p in (0b1001, 0b0110)]
+    # Each decided at its window's end, rounded up to a cycle.
+    fired = [(int(t), int(p)) for t, _, p in records.tolist()]
+    assert fired == [((((t0 + window - 1) >> fine_bits) + 1) << fine_bits, p)
+                     for t0, p in windows if p in (0b1001, 0b0110)]
     assert len(fired) == 4
     assert [h[2] for h in trace.heralds] == [1, 0, 1, 0]     # 0110 comes before 1001
     assert len(trace.pin_intervals(0)) == 4 and trace.pins[1] == []   # both on pin 0

@@ -29,6 +29,7 @@ class Stimulus:
     fine_bits: int
     base: int                 # absolute coarse time (ref) of cycle 0
     record_mask: int          # coincidence_record_mask
+    exact: int                # herald_exact: rules whose records take the bundle's close
     events: np.ndarray        # (S,) channel mask
     fine: np.ndarray          # (S, N) fine time of each channel's event
     herald: np.ndarray        # (S,) rule mask
@@ -56,9 +57,17 @@ class Stimulus:
         tags = sorted((int(self.fine[k, c]), c) for c in range(self.channels)
                       if (self.events[k] >> c) & 1)
         out = [(Kind.TAG, (start + fine) % mod, c) for fine, c in tags]
-        out += [(Kind.HERALD, (start + int(self.herald_fine[k, i])) % mod, i,
-                 int(self.herald_pattern[k, i]))
-                for i in range(self.rules) if (self.herald[k] >> i) & 1]
+        # Heralds in (time, rule) order; an exact rule's at the cycle's first bin, with the
+        # pattern of the bundle's close.
+        heralds = []
+        for i in range(self.rules):
+            if (self.herald[k] >> i) & 1:
+                if self.exact >> i & 1:
+                    heralds.append((0, i, int(self.closed_pattern[k])))
+                else:
+                    heralds.append((int(self.herald_fine[k, i]), i, int(self.herald_pattern[k, i])))
+        out += [(Kind.HERALD, (start + fine) % mod, i, pattern)
+                for fine, i, pattern in sorted(heralds)]
         if self.recorded(k):
             out.append((Kind.COINCIDENCE, int(self.closed_t0[k]) % mod,
                         int(self.closed_pattern[k])))
@@ -73,7 +82,7 @@ class Stimulus:
 
 
 def random_stimulus(seed, channels, rules, fine_bits=0, cycles=1000, p_event=0.1, p_herald=0.05,
-                    p_close=0.05, p_overflow=0.0, base=2 ** COARSE_BITS - 300):
+                    p_close=0.05, p_overflow=0.0, base=2 ** COARSE_BITS - 300, exact=None):
     rng = np.random.default_rng(seed)
     n, r, f = channels, rules, fine_bits
     events = np.zeros(cycles, np.int64)
@@ -101,8 +110,14 @@ def random_stimulus(seed, channels, rules, fine_bits=0, cycles=1000, p_event=0.1
     record_mask |= 2 ** (2 ** n - 1) | 2
     if n == 1:
         record_mask = 0b10
+    # Exact rules fire with a close only (the core's), in about half of them.
+    exact = int(rng.integers(0, 2 ** r)) if exact is None else exact
+    for i in range(r):
+        if exact >> i & 1 and p_herald:
+            fires = closed & (rng.random(cycles) < 0.5).astype(np.int64)
+            herald = (herald & ~(1 << i)) | (fires << i)
     return Stimulus(
-        channels=n, rules=r, fine_bits=f, base=base, record_mask=record_mask,
+        channels=n, rules=r, fine_bits=f, base=base, record_mask=record_mask, exact=exact,
         events=events, fine=fine, herald=herald,
         herald_fine=rng.integers(0, 2 ** f, (cycles, r)).astype(np.int64),
         herald_pattern=rng.integers(1, 2 ** n, (cycles, r)).astype(np.int64),
@@ -152,6 +167,7 @@ def run(stim, ready, depth, extra_cycles=0):
                 last[name] = value
 
         ctx.set(dut.coincidence_record_mask, stim.record_mask)
+        ctx.set(dut.herald_exact, stim.exact)
         for k in range(total):
             ctx.set(dut.ref, stim.ref(k) % cmod)
             if k < stim.cycles:
