@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 import serial  # noqa: E402  (pyserial is a dependency: never skip for want of it)
@@ -349,6 +350,54 @@ def test_pins_file_edges_get_their_bins(binary):
         assert len(fired) >= 3 and herald_times[r] == fired and heralds[r] == len(fired), r
         rises = 1 + sum(b - a > HERALD_WIDTH for a, b in zip(fired, fired[1:]))
         assert twin.stats["herald_rises"][r] == rises, r
+
+
+def test_herald_rules_on_the_virtual_board(binary):
+    """Veto masks, an exact and an early rule, both on pin 0, written through the new registers:
+    the herald records (in stream order) are the model's for the streamed tags, the counters
+    agree, and pin 1 never rises."""
+    from heraldry import model
+    first = 8_000_000
+    edges = _pin_edges(first, seed=11)
+    window = 3
+    rules = [model.HeraldRule(0b0011, 0b0100, "exact", 0), model.HeraldRule(0b0100, 0b1000,
+                                                                           "early", 0)]
+    with Twin(binary, pins=edges) as twin:
+        link = Link(twin.port)
+        link.write("control.anchor_interval", MAP["control.anchor_interval"].minimum)
+        link.write("window", window)
+        link.write("herald_width", 1)
+        for r, rule in enumerate(rules):
+            link.write(f"herald_mask[{r}]", rule.require)
+            link.write(f"herald_veto[{r}]", rule.veto)
+            link.write(f"herald_pin[{r}]", rule.pin)
+        link.write("herald_exact", 0b01)
+        assert link.read("herald_pin[1]") == 0 and link.read("herald_exact") == 0b01
+        link.clear()
+        link.write("control.run", 1)
+        started = link.read("control.now")
+        assert started < first - 1000, f"device at cycle {started} before the run opened"
+        last = max(e[0] for e in edges)
+        link.wait_cycles(last + 5000 - started, started)
+        link.write("control.run", 0)
+        link.drain(MAP["control.anchor_interval"].minimum)
+        heralds = link.counters("heralds")
+        link.close()
+        _closed_cleanly(twin)
+    records = _verified_records(link.stream)
+    tags = [[] for _ in range(CHANNELS)]
+    got = []
+    for rec in records:
+        if rec["kind"] is Kind.TAG:
+            tags[rec["channel"]].append(rec["time"] % WRAP)
+        elif rec["kind"] is Kind.HERALD:
+            got.append((rec["time"] % WRAP, rec["rule"], rec["pattern"]))
+    expected = model.herald_records(tags, window, rules)
+    assert got == [(int(t), int(r), int(p)) for t, r, p in expected.tolist()]
+    counts = np.bincount(expected["rule"], minlength=2)
+    assert heralds == counts.tolist() and counts.min() >= 3
+    pins = model.herald_pin(expected, 1, 0, rules=2, herald_rules=rules)
+    assert twin.stats["herald_rises"] == [len(pins[0]), 0]
 
 
 def test_max_cycles_and_sigterm(binary, tmp_path):
