@@ -334,7 +334,7 @@ REGISTER_ADDRESS_BITS = 12
 CHECK_FIELD_BITS = 16
 #: The CHECK's ``crc`` is CRC-16/CCITT-FALSE of the segment's bytes: polynomial
 #: x^16 + x^12 + x^5 + 1, MSB first, initial value 0xFFFF, no final XOR (Python's
-#: ``binascii.crc_hqx(data, 0xFFFF)``). A plain byte sum, the first draft, misses any
+#: ``binascii.crc_hqx(data, 0xFFFF)``). A plain byte sum would miss any
 #: transposition and one double bit flip in 16; this CRC catches every error of up to 3 bits and
 #: every burst of up to 16, and costs a 16-bit register and a few XORs per byte in the gateware.
 CHECK_CRC_POLY = 0x1021

@@ -53,20 +53,13 @@ import numpy as np
 from .. import __version__, protocol
 from ..extras import MissingExtra, require
 from .config import (Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, parse_herald,
-                     parse_mask)
+                     parse_mask, read_config)
+from .tagger import REPLAY_PREFIX, VIRTUAL_BOARDS
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DROPPED, EXIT_LOST, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
-
-#: Named boards. Both virtual boards have the generic PHY at 100 MHz (one bin is 10 ns) and the
-#: UART at 12 Mbaud; a device path instead of a name is a real board, which describes itself.
-BOARDS = {
-    "sim": {"clock_hz": 100e6, "fine_bits": 0, "rules": 2, "channels": 4, "baud": 12_000_000},
-    "sim-inprocess": {"clock_hz": 100e6, "fine_bits": 0, "rules": 2, "channels": 4},
-}
-
 
 def _track_given(parser):
     """Make every option of ``parser`` record its ``dest`` in the namespace's ``given`` set
@@ -195,7 +188,7 @@ def build_parser():
     _track_given(acq)
     srv = sub.add_parser("sim", help="start the virtual board and serve it on a pty until Ctrl-C")
     srv.add_argument("--channels", type=int, default=4, metavar="N", help="inputs (1..8)")
-    srv.add_argument("--baud", type=int, default=BOARDS["sim"]["baud"],
+    srv.add_argument("--baud", type=int, default=VIRTUAL_BOARDS["sim"]["baud"],
                      help="UART rate of the virtual board (default 12000000)")
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
@@ -205,15 +198,12 @@ def build_parser():
     return parser
 
 
-REPLAY_PREFIX = "replay:"
-
-
 def _is_replay(name):
     return name.startswith(REPLAY_PREFIX)
 
 
 def _is_port(name):
-    return name not in BOARDS and not _is_replay(name) and (os.sep in name
+    return name not in VIRTUAL_BOARDS and not _is_replay(name) and (os.sep in name
                                                              or name.startswith("COM"))
 
 
@@ -229,9 +219,10 @@ def check_board_args(args):
                               f"{', '.join('--' + o.replace('_', '-') for o in REPLAY_OPTIONS)})")
     elif getattr(args, "realtime", False):
         raise ConfigError("--realtime applies to --board replay:FILE.ptu only")
-    elif args.board not in BOARDS and not _is_port(args.board):
-        raise ConfigError(f"unknown board {args.board!r}; use one of {', '.join(BOARDS)}, a "
-                          f"serial device path such as /dev/ttyUSB1, or replay:FILE.ptu")
+    elif args.board not in VIRTUAL_BOARDS and not _is_port(args.board):
+        raise ConfigError(f"unknown board {args.board!r}; use one of "
+                          f"{', '.join(VIRTUAL_BOARDS)}, a serial device path such as "
+                          f"/dev/ttyUSB1, or replay:FILE.ptu")
     if _is_port(args.board):
         check_port(args.board)
     if args.channels is not None and not 1 <= args.channels <= 8:
@@ -316,7 +307,7 @@ def acquisition_from_args(args, board=None):
     :func:`board_from_identity`); default: the named board of ``--board``."""
     check_board_args(args)
     if board is None:
-        board = BOARDS[args.board]
+        board = VIRTUAL_BOARDS[args.board]
     n = board["channels"] if args.channels is None else args.channels
     if board.get("fixed_channels") and n != board["channels"]:
         raise ConfigError(f"--channels {n}: the board has {board['channels']} channels")
@@ -348,10 +339,13 @@ def acquisition_from_args(args, board=None):
     window = bins("--window", args.window, 1, 1023)
     delays = 0
     if getattr(args, "config", None):
-        from .cmd_calibrate import config_delay_options
         what = f"--config {args.config}: delay"
-        delays = per_channel(config_delay_options(args.config), what,
-                             lambda v: bins(what, _float(v, what), 0, 1023), 0)
+        delays = [0] * n
+        for channel, ns in sorted(read_config(args.config).items()):
+            if not 0 <= channel < n:
+                raise ConfigError(f"{what} {f'{channel}={ns!r}'!r}: no channel {channel} "
+                                  f"(channels are 0..{n - 1})")
+            delays[channel] = bins(what, ns, 0, 1023)
     delays = per_channel(args.delay, "--delay",
                          lambda v: bins("--delay", _float(v, "--delay"), 0, 1023), delays)
     dead = per_channel(args.dead_time, "--dead-time",
@@ -383,7 +377,7 @@ def acquisition_from_args(args, board=None):
     pair_delay = bins("--pair-delay", args.pair_delay, 0, 1023)
     period = bins("--period", args.period, 1, 2 ** 32 - 1)
     acq = Acquisition(
-        channels=n, rules=board["rules"], bin_ps=bin_ps, clock_hz=board["clock_hz"],
+        channels=n, rules=board["rules"], bin_ps=bin_ps, clock_hz=float(board["clock_hz"]),
         fine_bits=board["fine_bits"], window_bins=window, delays_bins=delays,
         dead_time_bins=dead, edges=edges, enabled=enabled, herald_rules=herald_rules,
         herald_width=args.herald_width, coincidence_record_mask=record_mask,
@@ -935,8 +929,9 @@ def cmd_sim(args):
     if not 1 <= args.channels <= 8:
         _error(f"--channels must be 1..8, not {args.channels}")
         return EXIT_USAGE
-    if args.baud <= 0 or BOARDS["sim"]["clock_hz"] < 4 * args.baud:
-        _error(f"--baud must be 1..{int(BOARDS['sim']['clock_hz'] // 4)}, not {args.baud}")
+    sim = VIRTUAL_BOARDS["sim"]
+    if args.baud <= 0 or sim["clock_hz"] < 4 * args.baud:
+        _error(f"--baud must be 1..{sim['clock_hz'] // 4}, not {args.baud}")
         return EXIT_USAGE
     from ..sim.twin import Twin, TwinError
 
@@ -946,14 +941,14 @@ def cmd_sim(args):
     twin = None
     hold = None
     try:
-        twin = Twin(channels=args.channels, rules=BOARDS["sim"]["rules"],
-                    clock_hz=int(BOARDS["sim"]["clock_hz"]), baud=args.baud)
+        twin = Twin(channels=args.channels, rules=sim["rules"], clock_hz=sim["clock_hz"],
+                    baud=args.baud)
         twin.start()
         hold = os.open(twin.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         sys.stdout.write(f"{twin.port}\n")
         sys.stdout.flush()
         sys.stderr.write(f"heraldry: virtual board ({args.channels} channels, "
-                         f"{BOARDS['sim']['clock_hz'] / 1e6:g} MHz, {args.baud} baud) on "
+                         f"{sim['clock_hz'] / 1e6:g} MHz, {args.baud} baud) on "
                          f"{twin.port}; e.g. heraldry acquire --board {twin.port}. "
                          f"Ctrl-C to stop.\n")
         while twin.returncode is None:

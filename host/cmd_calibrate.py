@@ -22,9 +22,9 @@ import json
 import sys
 
 from ..protocol import DELAY_BITS
-from .config import ConfigError, read_config
+from .config import ConfigError
 
-__all__ = ["register", "read_config", "config_delay_options", "cmd_calibrate"]
+__all__ = ["register", "cmd_calibrate"]
 
 
 def register(subparsers):
@@ -48,11 +48,6 @@ def register(subparsers):
                             "delay of arm B after arm A, to be found")
     p.add_argument("--out", required=True, metavar="FILE.json", help="config file to write")
     return [("calibrate", cmd_calibrate)]
-
-
-def config_delay_options(path):
-    """The config file's delays as ``--delay`` option values (``"CH=NS"``), for ``acquire``."""
-    return [f"{channel}={ns!r}" for channel, ns in sorted(read_config(path).items())]
 
 
 def _settings(args):

@@ -80,7 +80,8 @@ def cmd_serve(args):
     require("zmq", "heraldry serve")        # before any board is touched (MissingExtra: exit 2)
     require("prometheus_client", "heraldry serve")
     from ..sim.twin import TwinError
-    from .cli import BOARDS, _is_port, acquisition_from_args, board_from_identity
+    from .cli import _is_port, acquisition_from_args, board_from_identity
+    from .tagger import VIRTUAL_BOARDS
     from .driver import DeviceError
     from .serve import CONFIG_KEYS, Server, ServeError, check_bind
     from .tagger import open as open_board
@@ -95,7 +96,7 @@ def cmd_serve(args):
             raise ServeError(f"--board {args.board}: serve needs sim or a serial device path")
         if args.baud is not None and args.baud <= 0:
             raise ServeError(f"--baud must be positive, not {args.baud}")
-        board = BOARDS["sim"] if args.board == "sim" else None
+        board = VIRTUAL_BOARDS["sim"] if args.board == "sim" else None
         acq = None
         if board is not None:
             acq, notes = acquisition_from_args(_acquire_options(args), board)

@@ -55,14 +55,23 @@ from .config import (Acquisition, ConfigError, EDGES, TEST_SIGNALS, herald_rule,
 from .events import EVENT_DTYPE, Block
 
 __all__ = ["open", "Tagger", "Settings", "Run", "SettingsNote", "known_bauds", "BOARD_BAUDS",
-           "REPLAY_PREFIX",
-           "SIM_BOARD", "settings_to_acquisition", "sim_identity", "option_message"]
+           "REPLAY_PREFIX", "SIM_BOARD", "VIRTUAL_BOARDS", "settings_to_acquisition",
+           "sim_identity", "option_message"]
 
 REPLAY_PREFIX = "replay:"
 
-#: The virtual board of ``open("sim")``: generic PHY at 100 MHz (one bin 10 ns), 2 herald rules,
-#: UART at 12 Mbaud. (``heraldry.host.cli.BOARDS["sim"]`` names the same board.)
-SIM_BOARD = {"clock_hz": 100_000_000, "rules": 2, "channels": 4, "baud": 12_000_000}
+#: The virtual boards, by the name ``--board`` takes: ``sim``, the Verilated board behind a
+#: pseudo-terminal (``open("sim")``, UART at 12 Mbaud), and ``sim-inprocess``, the core alone in
+#: the Amaranth simulator without a link (``heraldry acquire`` only). Both have the generic PHY
+#: at 100 MHz (one bin 10 ns, no fine bits), 2 herald rules and 4 channels unless told. A real
+#: board describes itself; the host knows only its UART rate (:data:`BOARD_BAUDS`).
+VIRTUAL_BOARDS = {
+    "sim": {"clock_hz": 100_000_000, "fine_bits": 0, "rules": 2, "channels": 4,
+            "baud": 12_000_000},
+    "sim-inprocess": {"clock_hz": 100_000_000, "fine_bits": 0, "rules": 2, "channels": 4},
+}
+#: The virtual board of ``open("sim")``.
+SIM_BOARD = VIRTUAL_BOARDS["sim"]
 
 #: Seconds per identification attempt while probing baud rates (a board answers in
 #: microseconds; a wrong rate gets no valid reply at all).

@@ -37,11 +37,12 @@ from pathlib import Path
 from ..extras import MissingExtra, require
 from .verilog import builtin_yosys, file_lock, gateware_sources, write_atomic
 
-__all__ = ["TwinError", "TOPLEVEL", "HARNESS_DIR", "cache_root", "convert_top", "build_twin",
+__all__ = ["TwinError", "BOARD_TOPLEVEL", "HARNESS_DIR", "cache_root", "convert_top", "build_twin",
            "write_pins", "Twin"]
 
-#: Verilog name of the gateware's top module (ports ``clk rst pins herald led uart_rx uart_tx``).
-TOPLEVEL = "heraldry_top"
+#: Verilog name of the virtual board's top module, core and link (ports ``clk rst pins herald
+#: led uart_rx uart_tx``); the core alone is :data:`heraldry.sim.verilog.CORE_TOPLEVEL`.
+BOARD_TOPLEVEL = "heraldry_top"
 #: The harness: C++ main and ``board.v`` (``heraldry_top`` with a power-on reset).
 HARNESS_DIR = Path(__file__).resolve().parent / "twin"
 #: Verilator top: the wrapper in ``board.v``, whose ``rst`` is held for ``_RESET_CYCLES`` edges.
@@ -78,7 +79,7 @@ def _top_params(channels, rules, clock_hz, baud):
 def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, cache_dir=None):
     """Write (or reuse) the Verilog of ``Tagger(channels, rules, clock_hz=, baud=, link="uart")``.
 
-    Returns ``<cache>/verilog/heraldry_top_<key>.v`` (top module :data:`TOPLEVEL`, ports
+    Returns ``<cache>/verilog/heraldry_top_<key>.v`` (top module :data:`BOARD_TOPLEVEL`, ports
     ``clk rst pins herald led uart_rx uart_tx``), ``<cache>`` being ``cache_dir`` or
     :func:`cache_root`. The key hashes the parameters, the Amaranth version and every gateware
     and protocol source, so an edit converts anew and nothing stale is reused. Conversion uses
@@ -88,12 +89,12 @@ def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, c
 
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
     digest = hashlib.sha256()
-    params = dict(_top_params(channels, rules, clock_hz, baud), toplevel=TOPLEVEL,
+    params = dict(_top_params(channels, rules, clock_hz, baud), toplevel=BOARD_TOPLEVEL,
                   amaranth=amaranth.__version__)
     digest.update(json.dumps(params, sort_keys=True).encode())
     for path in gateware_sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    path = cache / "verilog" / f"{TOPLEVEL}_{digest.hexdigest()[:16]}.v"
+    path = cache / "verilog" / f"{BOARD_TOPLEVEL}_{digest.hexdigest()[:16]}.v"
     if path.is_file():
         return path
 
@@ -103,7 +104,7 @@ def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, c
 
     top = Tagger(channels, rules, clock_hz=clock_hz, baud=baud, link="uart")
     with builtin_yosys():
-        text = verilog.convert(top, name=TOPLEVEL)
+        text = verilog.convert(top, name=BOARD_TOPLEVEL)
     write_atomic(path, text)
     return path
 
@@ -146,7 +147,7 @@ def build_twin(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, ca
         ``<cache>/twin-<key>/heraldry_twin`` with ``twin.json`` (its parameters) beside it; the
         key hashes the Verilog, the harness sources, the parameters and the Verilator version.
     verilog : path-like, optional
-        Build this Verilog file (top module :data:`TOPLEVEL` with the same ports) instead of
+        Build this Verilog file (top module :data:`BOARD_TOPLEVEL` with the same ports) instead of
         converting the gateware's top.
     jobs : int
         Parallel compile jobs.

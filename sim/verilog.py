@@ -16,11 +16,12 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["TOPLEVEL", "REPO_ROOT", "DEFAULT_CACHE", "gateware_sources", "core_key",
+__all__ = ["CORE_TOPLEVEL", "REPO_ROOT", "DEFAULT_CACHE", "gateware_sources", "core_key",
            "convert_core", "verilator_on_path", "verilator_make_overrides"]
 
-#: Name of the Verilog top module (the HDL toplevel for simulators).
-TOPLEVEL = "tagger_core"
+#: Verilog name of the core alone (no link, no UART): the HDL toplevel of the cocotb tests.
+#: The virtual board's top, core and link, is :data:`heraldry.sim.twin.BOARD_TOPLEVEL`.
+CORE_TOPLEVEL = "tagger_core"
 #: The repository checkout this package was imported from (editable install), else the
 #: working directory.
 REPO_ROOT = (Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def core_key(channels=4, rules=2, **kwargs):
     from the current sources."""
     import amaranth
     digest = hashlib.sha256()
-    params = {"channels": channels, "rules": rules, "toplevel": TOPLEVEL,
+    params = {"channels": channels, "rules": rules, "toplevel": CORE_TOPLEVEL,
               "amaranth": amaranth.__version__}
     params.update({name: _describe(value) for name, value in kwargs.items()})
     digest.update(json.dumps(params, sort_keys=True).encode())
@@ -122,7 +123,7 @@ def convert_core(channels=4, rules=2, *, cache_dir=None, **kwargs):
     Returns
     -------
     Path
-        ``<cache_dir>/tagger_core_<key>.v`` with top module :data:`TOPLEVEL`, clock ``clk``,
+        ``<cache_dir>/tagger_core_<key>.v`` with top module :data:`CORE_TOPLEVEL`, clock ``clk``,
         synchronous reset ``rst`` and one port per core member, named by its path joined with
         ``__`` (``records__valid``, ``records__payload``, ...). ``config`` is one flat bus,
         ``protocol.config_layout`` packed LSB first.
@@ -134,12 +135,12 @@ def convert_core(channels=4, rules=2, *, cache_dir=None, **kwargs):
     from ..gateware.core import TaggerCore
 
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    path = cache / f"{TOPLEVEL}_{core_key(channels, rules, **kwargs)}.v"
+    path = cache / f"{CORE_TOPLEVEL}_{core_key(channels, rules, **kwargs)}.v"
     if path.is_file():
         return path
     core = TaggerCore(channels=channels, rules=rules, **kwargs)
     with builtin_yosys():
-        text = verilog.convert(core, name=TOPLEVEL)
+        text = verilog.convert(core, name=CORE_TOPLEVEL)
     write_atomic(path, text)
     return path
 
