@@ -242,7 +242,7 @@ def _tags(records):
 
 def _check_against(bench, records, counters, expected, settings):
     """Compare everything the core emitted with a model :class:`~heraldry.model.Result`."""
-    rules = len(settings.herald_masks)
+    rules = len(settings.herald_rules)
     tags = [(r["time"], r["channel"]) for r in records if r["kind"] == Kind.TAG]
     assert tags == [(int(t), int(c)) for t, c in expected.tags[["time", "channel"]].tolist()], \
         "streamed tags (in stream order) differ from the model"
@@ -271,7 +271,7 @@ def _check_against(bench, records, counters, expected, settings):
         assert not counters[name].any(), f"{name} = {counters[name].tolist()}"
 
     pins = model.herald_pin(expected.heralds, settings.herald_width, HERALD_PIN_LATENCY,
-                            rules=bench.rules)
+                            rules=bench.rules, herald_rules=settings.herald_rules)
     assert bench.herald_intervals() == pins, "herald pin waveforms differ from the model"
 
 
@@ -472,6 +472,63 @@ async def random_pins_against_model(dut):
     assert expected.patterns[0b0011] > 5 and expected.patterns[0b1100] > 5
     assert (expected.herald_counts > 5).all() and expected.coincidence_records.size > 5
     _check_against(bench, bench.decoded(), counters, expected, settings)
+
+
+@cocotb.test()
+async def herald_rules_against_model(dut):
+    """Herald rules with veto masks, early and exact, two on one pin: psi- (exact, rules 0 and 1
+    on pin 0: D0&D3 or D1&D2 with no third click) as the issue's Bell-state herald, against
+    ``model.simulate`` on random correlated pulses (pairs, triples, all four) plus one window
+    of each psi- pattern with and without a third click; every record, counter and pin."""
+    rng = random.Random(20261204)
+    bench = CoreBench(dut)
+    await bench.start()
+    n = bench.channels
+    window = 4
+    rules = [model.HeraldRule(0b1001, 0b0110, "exact", 0),
+             model.HeraldRule(0b0110, 0b1001, "exact", 0)]
+    acq = Acquisition(channels=n, rules=bench.rules, test_signal="off", window_bins=window,
+                      herald_rules=rules, herald_width=2)
+    settings = acq.model_settings()
+    await bench.configure(acq.gateware_config())
+    await bench.clear()
+    n0 = await bench.now_at_falling_edge()
+    run_from = n0 + 40
+    run_to = run_from + 1500
+    gate_from = run_from - PHY_LATENCY
+
+    pulses = [[] for _ in range(n)]
+    # psi- patterns 1001 and 0110, then with a third click (1011, 0111, 1101, 1110) and all four:
+    # clicks one bin apart from the window's first bin on.
+    manual = [0b1001, 0b0110, 0b1011, 0b0111, 0b1101, 0b1110, 0b1111]
+    for k, pattern in enumerate(manual):
+        b = gate_from + 20 + 12 * k
+        for j, c in enumerate(c for c in range(n) if pattern >> c & 1):
+            rise = bench.time_of_cycle(b + j - 1) + 2500
+            pulses[c].append((rise, rise + 3 * PERIOD_PS // 2))
+    spans = [(bench.time_of_cycle(gate_from + 20 + 12 * len(manual) + 10),
+              bench.time_of_cycle(run_to - 20))]
+    added = _random_pulses(rng, n, spans, 4 * PERIOD_PS, pulses)
+    assert added >= 300, added
+
+    driver = cocotb.start_soon(bench.drive(_edges(pulses)))
+    started = await bench.set_run(1, at_now=run_from)
+    stopped = await bench.set_run(0, at_now=run_to)
+    await driver
+    await bench.drain(quiet_cycles=2 * n + bench.rules + 16, at_least=window + 16)
+    counters = await bench.read_counters()
+
+    rise, fall = _edge_bins(bench, pulses)
+    expected = model.simulate(rise, fall, settings, gate=[(started - PHY_LATENCY,
+                                                             stopped - PHY_LATENCY)])
+    # The hand-written windows: only 1001 and 0110 herald, at their windows' ends.
+    first = [(int(t), int(r), int(p)) for t, r, p in expected.heralds.tolist()][:2]
+    assert first == [(gate_from + 20 + window, 0, 0b1001), (gate_from + 32 + window, 1, 0b0110)]
+    assert set(expected.heralds["pattern"].tolist()) == {0b1001, 0b0110}
+    assert (expected.herald_counts >= 3).all()
+    assert expected.patterns[[0b1011, 0b0111, 0b1101, 0b1110, 0b1111]].min() >= 1
+    _check_against(bench, bench.decoded(), counters, expected, settings)
+    assert bench.herald_intervals()[1] == []
 
 
 @cocotb.test()
