@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cocotb_runner
-from heraldry.sim.verilog import TOPLEVEL, convert_core
+from heraldry.sim.verilog import CORE_TOPLEVEL, convert_core
 
 HERE = Path(__file__).resolve().parent
 CHANNELS, RULES = 4, 2
@@ -21,12 +21,12 @@ TB_MODULE = "core_tb"
 @pytest.fixture(scope="module")
 def verilated():
     """Convert and Verilate the core once; returns ``(runner, build_dir)``."""
-    return cocotb_runner.build(convert_core(CHANNELS, RULES), TOPLEVEL)
+    return cocotb_runner.build(convert_core(CHANNELS, RULES), CORE_TOPLEVEL)
 
 
 def run_cocotb(verilated, testcase):
     """Run one ``@cocotb.test()`` of ``core_tb``; fail unless it ran and passed."""
-    cocotb_runner.run(verilated, HERE, TB_MODULE, TOPLEVEL, testcase)
+    cocotb_runner.run(verilated, HERE, TB_MODULE, CORE_TOPLEVEL, testcase)
 
 
 def test_edge_bins_follow_the_definition(verilated):
