@@ -149,7 +149,7 @@ def test_tty_frame_content_and_rates():
                     if bin(p).count("1") > 1 and expected[p]), key=lambda pv: (-pv[1], pv[0]))
     assert lines[6] == ("  coincidences (window 2 bins): "
                         + ", ".join(f"{p:04b}: {v}" for p, v in multi[:3]))
-    assert lines[7] == f"  heralds: rule 0 (0011) {0 + 1 + 2 + 0}"
+    assert lines[7] == f"  heralds: rule 0 (mask 0011) {0 + 1 + 2 + 0}"
     assert lines[8] == f"  dropped (loss records): {1 + 2 + 3 + 4}"
     assert lines[9] == "  link: 5 ktags/s, 20 kB/s, 0 decode errors"
     # A rendering without new records keeps the last rate; after finish() the average is over
