@@ -143,8 +143,9 @@ def build_parser():
                      help="acquisition time in device seconds (default 0.001)")
     acq.add_argument("--channels", type=int, default=None, metavar="N",
                      help="inputs (1..8; default: the board's, 4 on the virtual boards)")
-    acq.add_argument("--window", type=float, default=10.0, metavar="NS",
-                     help="coincidence window in ns (default one 10 ns bin)")
+    acq.add_argument("--window", type=float, default=None, metavar="NS",
+                     help="coincidence window in ns (default one clock cycle: one 10 ns bin "
+                          "on the virtual boards)")
     acq.add_argument("--delay", action="append", default=[], metavar="CH=NS",
                      help="input delay of a channel (repeatable)")
     acq.add_argument("--config", metavar="FILE.json",
@@ -314,9 +315,14 @@ def acquisition_from_args(args, board=None):
     bin_ps = board.get("bin_ps") or int(round(1e12 / board["clock_hz"])) >> board["fine_bits"]
     notes = []
 
-    def bins(what, ns, lo, hi):
-        value, note = ns_to_bins(what, ns, bin_ps, lo, hi)
-        if note:
+    cycle_ps = bin_ps * 2 ** board["fine_bits"]
+
+    def bins(what, ns, lo, hi, unit_ps=bin_ps, used=True):
+        # unit_ps: a bin, or a clock cycle (the test signal's times, as the API's Settings); a
+        # value the run does not use (the period without the periodic signal) is checked but
+        # not noted.
+        value, note = ns_to_bins(what, ns, unit_ps, lo, hi)
+        if note and used:
             notes.append(note)
         return value
 
@@ -336,7 +342,8 @@ def acquisition_from_args(args, board=None):
             values[channel] = convert(value)
         return values
 
-    window = bins("--window", args.window, 1, 1023)
+    window = (2 ** board["fine_bits"] if args.window is None
+              else bins("--window", args.window, 1, 2 ** protocol.WINDOW_BITS - 1))
     delays = 0
     if getattr(args, "config", None):
         what = f"--config {args.config}: delay"
@@ -374,8 +381,11 @@ def acquisition_from_args(args, board=None):
     if args.duration * board["clock_hz"] < 1:
         raise ConfigError(f"--duration {args.duration:g} s is shorter than one clock cycle "
                           f"({1 / board['clock_hz']:g} s)")
-    pair_delay = bins("--pair-delay", args.pair_delay, 0, 1023)
-    period = bins("--period", args.period, 1, 2 ** 32 - 1)
+    # Whole clock cycles: the test signal steps once a cycle.
+    pair_delay = bins("--pair-delay", args.pair_delay, 0, 2 ** protocol.PAIR_DELAY_BITS - 1,
+                      cycle_ps, args.test_signal == "pairs") << board["fine_bits"]
+    period = bins("--period", args.period, 1, 2 ** protocol.PERIOD_BITS - 1, cycle_ps,
+                  args.test_signal == "periodic")
     acq = Acquisition(
         channels=n, rules=board["rules"], bin_ps=bin_ps, clock_hz=float(board["clock_hz"]),
         fine_bits=board["fine_bits"], window_bins=window, delays_bins=delays,

@@ -125,3 +125,42 @@ def test_herald_rules_end_to_end_inprocess(tmp_path):
     # counts between. The exact rule fires in exactly the windows of pattern 0011.
     assert summary["patterns"]["15"] > 0 and summary["heralds"][1] > 0
     assert summary["heralds"][0] == summary["patterns"]["3"] > 0
+
+
+def _ulx3s_like():
+    """The identity of a board with fine bits: 50 MHz core, F = 4, 1.25 ns bins (a cycle is
+    20 ns = 16 bins), as the ULX3S reports it."""
+    from heraldry import protocol
+    from heraldry.host.driver import Identity
+    return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0x100,
+                    channels=4, rules=2, fine_bits=4, bin_fs=1_250_000, clock_hz=50_000_000,
+                    capabilities=protocol.CAPABILITY_TEST_SIGNAL,
+                    counters=protocol.RegisterMap(4, 2).counters.size)
+
+
+def test_test_signal_times_are_clock_cycles_on_a_board_with_fine_bits():
+    """``--period`` and ``--pair-delay`` are whole clock cycles (the test signal steps once a
+    cycle), not bins: on a board with 16 bins per cycle, 1000 ns is 50 cycles (not 800) and a
+    pair delay of 40 ns is 2 cycles (32 bins); 30 ns is rounded to a whole cycle and said so.
+    The default window is one clock cycle. The API's Settings give the same registers."""
+    from heraldry.host.tagger import Settings, settings_to_acquisition
+    identity = _ulx3s_like()
+    board = cli.board_from_identity(identity)
+    parser = cli.build_parser()
+    args = parser.parse_args(["acquire", "--board", "/dev/null", "--test-signal", "periodic",
+                              "--period", "1000", "--pair-delay", "40"])
+    acq, notes = cli.acquisition_from_args(args, board)
+    assert (acq.period_cycles, acq.pair_delay_bins, acq.pair_delay_cycles()) == (50, 32, 2)
+    assert acq.window_bins == 16        # the default window: one clock cycle (not one 10 ns)
+    assert notes == []
+    acq.validate()
+    api, _ = settings_to_acquisition(Settings(test_signal="periodic", period_ns=1000,
+                                              pair_delay_ns=40), identity)
+    assert (api.period_cycles, api.pair_delay_bins) == (50, 32)
+    args = parser.parse_args(["acquire", "--board", "/dev/null", "--pair-delay", "30",
+                              "--period", "1010"])
+    acq, notes = cli.acquisition_from_args(args, board)
+    assert acq.pair_delay_bins == 32 and acq.period_cycles == 50     # 1.5 -> 2, 50.5 -> 50
+    # Only the signal in use is noted (pairs, the default): not the periodic signal's period.
+    assert notes == ["--pair-delay 30 ns is not a whole number of 20 ns bins; using 2 bins = 40 ns"]
+    acq.validate()
