@@ -168,6 +168,24 @@ def test_herald_rules_in_settings():
     assert list(config.herald_pin) == [0, 1] and config.herald_exact == 0      # rule 1 unused
 
 
+def test_herald_rules_survive_a_saved_acquisition():
+    """A PTU file keeps its acquisition as JSON (dataclasses.asdict): the rules come back as
+    they were, and a file of the older kind (masks only) still reads."""
+    import dataclasses
+    import json
+    from heraldry.host.config import Acquisition
+    from heraldry.model import HeraldRule
+    rules = [HeraldRule(0b1001, 0b0110, "exact", 0), HeraldRule(0b0110, 0b0001, pin=0)]
+    acq = Acquisition(channels=4, rules=2, herald_rules=rules, test_signal="off")
+    again = Acquisition(**json.loads(json.dumps(dataclasses.asdict(acq))))
+    assert again.herald_rules == rules and again.model_settings() == acq.model_settings()
+    old = dataclasses.asdict(Acquisition(channels=4, rules=2, herald_masks=[3]))
+    del old["herald_rules"]
+    assert Acquisition(**old).herald_rules == [HeraldRule(3, pin=0)]
+    with pytest.raises(ConfigError, match="not both"):
+        Acquisition(channels=4, rules=2, herald_masks=[3], herald_rules=rules)
+
+
 def test_rounding_is_reported_with_the_command_lines_wording():
     from heraldry.host import cli
     # An iCEBreaker-like bin of 10.416667 ns: 31.25 ns is 3.0000 bins, 30 ns is 2.88.
