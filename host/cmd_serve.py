@@ -8,10 +8,10 @@ The board is opened with :func:`heraldry.host.tagger.open` (``--baud``, else the
 rates tried in turn); the server gets the configuration as a dict of acquire options, checked
 by :func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer.
 
-Starts acquiring at once (unless ``--no-start``) and runs until Ctrl-C or SIGTERM, leaving the
-board stopped. When ready it prints one JSON line on stdout: ``{"pub": "tcp://...", "control":
+Starts acquiring at once (unless ``--no-start``) and runs until Ctrl-C, SIGTERM or SIGHUP,
+leaving the board stopped. When ready it prints one JSON line on stdout: ``{"pub": "tcp://...", "control":
 "tcp://...", "metrics": "http://.../metrics"}``. Port 0 picks a free port. Exit status: 0 after
-Ctrl-C/SIGTERM; 2 bad options (one line on stderr: e.g. a non-loopback ``--bind`` without
+Ctrl-C/SIGTERM/SIGHUP; 2 bad options (one line on stderr: e.g. a non-loopback ``--bind`` without
 ``--token``, a port in use, a ``--board`` path that is no serial device); 1 the board cannot be
 started or does not answer.
 """
@@ -26,6 +26,9 @@ from .config import ConfigError
 __all__ = ["register", "cmd_serve"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Signals that stop the server like Ctrl-C (exit status 0, the board left stopped).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 # Options of ``heraldry acquire`` that serve shares: the board, and the configuration options
 # (an allow-list: acquire's output options, present and future, mean nothing to a server).
@@ -108,7 +111,9 @@ def cmd_serve(args):
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # SIGTERM (kill, a service manager) and SIGHUP (the terminal closed) stop it as Ctrl-C does:
+    # left to their default action they would end the process with the board still running.
+    previous = {s: signal.signal(s, terminate) for s in _STOP_SIGNALS}
     tagger = server = None
     try:
         # One way to open a board (heraldry.open): the virtual board with the channels asked
@@ -159,11 +164,13 @@ def cmd_serve(args):
         _error(error)
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)    # a second SIGTERM must not cut this
+        for s in _STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)      # a second signal must not cut this short
         try:
             if server is not None:
                 server.close()
             if tagger is not None:
                 tagger.close()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -521,10 +521,12 @@ def test_serve_shares_the_configuration_options_of_acquire():
     assert (args.window, args.herald, args.bind, args.token) == (20.0, ["0b11"], "127.0.0.1", None)
 
 
-def test_serial_board_is_left_stopped_after_sigterm():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_serial_board_is_left_stopped_after_a_stop_signal(signum):
     """``--board PORT`` (the virtual board on its pty, as a real board): the server identifies
-    it, runs it, and on SIGTERM leaves it stopped; the board keeps its state for the next
-    client, which finds the run gate closed and the counters frozen."""
+    it, runs it, and on SIGTERM (or SIGHUP: the terminal closed) exits 0 and leaves it stopped;
+    the board keeps its state for the next client, which finds the run gate closed and the
+    counters frozen."""
     from heraldry.host.driver import Device
     from heraldry.host.transport import SerialTransport
     from heraldry.sim.twin import Twin
@@ -542,7 +544,7 @@ def test_serial_board_is_left_stopped_after_sigterm():
             while _scrape(endpoints)[1].get('heraldry_detection_rate_hz{channel="0"}', 0) == 0:
                 assert time.monotonic() < deadline, "no detections 30 s after the start"
                 time.sleep(0.2)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             assert proc.wait(30) == 0, proc.stderr.read()
             with Device(SerialTransport(twin.port, twin.baud), timeout=3.0) as device:
                 device.identify()
