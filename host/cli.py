@@ -38,6 +38,7 @@ including hardware counters disagreeing with the streamed tags.
 """
 
 import argparse
+import errno
 import importlib
 import json
 import math
@@ -986,7 +987,65 @@ COMMAND_MODULES = ["heraldry.host.cmd_calibrate", "heraldry.host.cmd_board",
 COMMAND_HANDLERS = {}
 
 
+class _StandardStream:
+    """``sys.stdout`` or ``sys.stderr`` that may go away: a pipe whose reader quit (EPIPE), a
+    terminal that hung up (EIO, e.g. closed before its SIGHUP). The first write that fails so
+    points the stream at the null device and drops it; what the command is finishing (its
+    files, its exit status) goes on. Other errors propagate."""
+
+    _GONE = (errno.EPIPE, errno.EIO)
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text):
+        if self.gone:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            if error.errno not in self._GONE:
+                raise
+            self._drop()
+            return len(text)
+
+    def flush(self):
+        if self.gone:
+            return
+        try:
+            self._stream.flush()
+        except OSError as error:
+            if error.errno not in self._GONE:
+                raise
+            self._drop()
+
+    def _drop(self):
+        self.gone = True
+        try:
+            # What is still buffered goes nowhere, also at the interpreter's exit.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass        # not a file descriptor (a test's capture): dropped all the same
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None):
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _StandardStream(sys.stdout), _StandardStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -366,6 +366,47 @@ def test_hung_board_is_not_a_wrong_board(tmp_path):
     assert len(times) == summary["tags"] > 500
 
 
+def test_sighup_with_the_terminal_gone(tmp_path):
+    """The terminal closes under a run (its pty's master end closed, so every write to it fails
+    with EIO), then SIGHUP: the PTU is finished as for any stop signal, nothing is printed (the
+    summary and the line have nowhere to go), and the exit status is still 129, not 1 from a
+    traceback while printing."""
+    ptu = tmp_path / "run.ptu"
+    master, slave = os.openpty()
+    with PtyBoard(cycles_per_s=2e6, tag_rate_hz=5e5) as board:
+        proc = subprocess.Popen([*CLI, "--board", board.port, "--duration", "20",
+                                 "--out", str(ptu)], stdin=subprocess.DEVNULL, stdout=slave,
+                                stderr=slave)
+        os.close(slave)
+        try:
+            _wait_for_records(ptu, proc)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            os.close(master)        # the terminal is gone: writes to it fail with EIO
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGHUP)
+        try:
+            status = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert status == 128 + signal.SIGHUP
+    _check_ptu(ptu, StopReason.MANUAL)
+
+
+def test_summary_to_a_closed_pipe():
+    """``heraldry acquire ... | head -c 0``: stdout's reader is gone before the summary is
+    written. No traceback, and the run's own exit status (0: a clean in-process run)."""
+    proc = subprocess.Popen([*CLI, "--board", "sim-inprocess", "--duration", "2e-6", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert err == ""
+
+
 # -- the terminal as the board ---------------------------------------------------------------
 
 def _in_new_session_on(slave_path):
