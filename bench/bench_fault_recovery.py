@@ -64,7 +64,8 @@ def _run(binary, rate, anchor_interval, seed):
     from heraldry.sim.twin import Twin
 
     acq = Acquisition(channels=CHANNELS, rules=RULES, window_bins=2, delays_bins=[3, 0, 0, 0],
-                      herald_masks=[0b0011], pair_rate_hz=2e5, pair_delay_bins=3)
+                      herald_masks=[0b0011], test_signal="pairs", pair_rate_hz=2e5,
+                      pair_delay_bins=3)
     start = time.monotonic()
     with Twin(binary) as twin:
         with FaultRelay(twin.port, to_host=Faults.uniform(rate), seed=seed, record=True) as relay:

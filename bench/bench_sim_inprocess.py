@@ -43,8 +43,8 @@ def _baseline(cycles):
 def _core(cycles):
     from heraldry.host.config import Acquisition
     from heraldry.sim.harness import CoreSimulation
-    acq = Acquisition(channels=4, window_bins=2, herald_masks=[0b0011], pair_rate_hz=5e6,
-                      dark_rate_hz=2e5, efficiency=0.5)
+    acq = Acquisition(channels=4, window_bins=2, herald_masks=[0b0011], test_signal="pairs",
+                      pair_rate_hz=5e6, dark_rate_hz=2e5, efficiency=0.5)
     sim = CoreSimulation(channels=4, rules=2)
     run = sim.acquire(acq.gateware_config(), cycles)
     # The harness also clears, drains and reads counters: count every cycle it simulated.

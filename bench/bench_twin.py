@@ -67,8 +67,8 @@ def _run(binary, stream):
         link, thread = _reader(twin.port, sink)
         if stream:
             acq = Acquisition(channels=CHANNELS, rules=RULES, window_bins=4,
-                              herald_masks=[0b0011], pair_rate_hz=2e5, dark_rate_hz=2e4,
-                              efficiency=0.5)
+                              herald_masks=[0b0011], test_signal="pairs", pair_rate_hz=2e5,
+                              dark_rate_hz=2e4, efficiency=0.5)
             bits = acq.gateware_config().as_value().value
             seq = 0
             writes = [(reg.name, bits >> reg.config_offset & ((1 << reg.width) - 1))

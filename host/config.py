@@ -255,7 +255,10 @@ class Acquisition:
     :class:`heraldry.model.HeraldRule` s (or plain channel masks, or dicts of a rule's fields);
     ``herald_masks`` is the older way to give them (plain masks: early, no veto). Give either,
     or both if they agree; afterwards ``herald_rules`` holds the rules with every ``pin``
-    filled in and ``herald_masks`` their ``require`` masks.
+    filled in and ``herald_masks`` their ``require`` masks. ``test_signal`` is ``"off"`` (the
+    pins) unless asked for: on a board that has the built-in signal, a forgotten setting must
+    not measure synthetic photons (``heraldry acquire`` and ``selftest`` ask for ``"pairs"``
+    by default, as their options say).
     """
     channels: int = 4
     rules: int = 2
@@ -270,7 +273,7 @@ class Acquisition:
     herald_masks: list = field(default_factory=list)
     herald_width: int = 4
     coincidence_record_mask: int = 0
-    test_signal: str = "pairs"
+    test_signal: str = "off"
     pair_rate_hz: float = 1e5
     efficiency: float = 0.5
     dark_rate_hz: float = 1e3

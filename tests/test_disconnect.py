@@ -208,7 +208,7 @@ def test_device_lost_in_the_python_api(twin_binary):
     killer = threading.Thread(target=kill, daemon=True)
     device = Device(SerialTransport(twin.port), timeout=3.0)
     try:
-        acq = Acquisition(channels=4, rules=2, pair_rate_hz=2e5)
+        acq = Acquisition(channels=4, rules=2, test_signal="pairs", pair_rate_hz=2e5)
         killer.start()
         with pytest.raises(DeviceLost, match="hung up") as info:
             acquire_device(device, acq, 20.0, sink=sink)

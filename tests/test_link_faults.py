@@ -396,7 +396,8 @@ def acquire_through_relay(binary, faults, *, seed=1, duration=0.01, anchor_inter
     from heraldry.sim.twin import Twin
 
     acq = Acquisition(channels=CHANNELS, rules=RULES, window_bins=2, delays_bins=[3, 0, 0, 0],
-                      herald_masks=[0b0011], pair_rate_hz=2e5, pair_delay_bins=3)
+                      herald_masks=[0b0011], test_signal="pairs", pair_rate_hz=2e5,
+                      pair_delay_bins=3)
     with Twin(binary) as twin:
         with FaultRelay(twin.port, to_host=faults, seed=seed, record=True) as relay:
             with Device(SerialTransport(relay.port), timeout=timeout, retries=8) as device:
@@ -503,7 +504,7 @@ def test_a_run_whose_last_check_is_lost_still_ends(binary):
         def close(self):
             self.inner.close()
 
-    acq = Acquisition(channels=CHANNELS, rules=RULES, pair_rate_hz=1e5)
+    acq = Acquisition(channels=CHANNELS, rules=RULES, test_signal="pairs", pair_rate_hz=1e5)
     with Twin(binary) as twin:
         transport = LoseCheckAfterStop(SerialTransport(twin.port))
         with Device(transport, timeout=0.5) as device:

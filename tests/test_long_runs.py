@@ -257,8 +257,8 @@ def test_counters_that_wrap_during_a_run_on_the_virtual_board():
             return raw
 
     acq = Acquisition(window_bins=2, herald_masks=[0b0011, 0b0001],
-                      coincidence_record_mask=1 << 0b0011, pair_rate_hz=1e5, efficiency=0.5,
-                      dark_rate_hz=1e4, seed=4)
+                      coincidence_record_mask=1 << 0b0011, test_signal="pairs",
+                      pair_rate_hz=1e5, efficiency=0.5, dark_rate_hz=1e4, seed=4)
     with Twin() as twin, PresetBoard(SerialTransport(twin.port, twin.baud), timeout=3.0) as dev:
         dev.identify()
         # Read the counters every 10**5 cycles (the default is every 2**30 cycles).

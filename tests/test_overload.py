@@ -155,7 +155,8 @@ def test_host_queue_drops_are_accounted():
     from heraldry.host.driver import Device
     from heraldry.host.transport import SerialTransport
     from heraldry.sim.twin import Twin
-    acq = Acquisition(window_bins=2, herald_masks=[0b0011], pair_rate_hz=2e5, dark_rate_hz=1e4)
+    acq = Acquisition(window_bins=2, herald_masks=[0b0011], test_signal="pairs",
+                      pair_rate_hz=2e5, dark_rate_hz=1e4)
     with Twin() as twin, Device(SerialTransport(twin.port, twin.baud), timeout=3.0,
                                 queue_blocks=1) as device:
         device.identify()

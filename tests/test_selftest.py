@@ -136,7 +136,8 @@ def test_generated_bracket_holds_the_model_count():
     count with the slack on each side."""
     from heraldry.host.config import Acquisition
     from heraldry.model.testsignal import generate
-    acq = Acquisition(pair_rate_hz=3e6, efficiency=0.5, dark_rate_hz=2e5, seed=9)
+    acq = Acquisition(test_signal="pairs", pair_rate_hz=3e6, efficiency=0.5,
+                      dark_rate_hz=2e5, seed=9)
     bounds = {"clear": [-500, -400], "start": [0, 60], "stop": [40_000, 40_100]}
     brackets = _generated_bracket(acq, bounds)
     from heraldry.host.cmd_selftest import _test_signal_settings

@@ -215,8 +215,8 @@ def test_pairs_stream_accounts_for_every_single(binary):
     # Pair rate above what 12 Mbaud carries: the merger FIFO fills and loss records appear, so
     # both the lossless start and the lossy steady state go through the accounting.
     acq = Acquisition(channels=CHANNELS, rules=RULES, window_bins=4,
-                      herald_masks=[0b0011, 0b0100], herald_width=4, pair_rate_hz=1e6,
-                      dark_rate_hz=5e4, efficiency=0.5, seed=12345)
+                      herald_masks=[0b0011, 0b0100], herald_width=4, test_signal="pairs",
+                      pair_rate_hz=1e6, dark_rate_hz=5e4, efficiency=0.5, seed=12345)
     run_cycles = 100_000
     with Twin(binary) as twin:
         link = Link(twin.port)
