@@ -445,3 +445,17 @@ def test_acquire_finds_a_3_mbaud_board_without_baud():
     # 0.01 s at 3 Mbaud: snapshots every 48 ms (2 % of the link), off before and after.
     assert status == [0, 4_800_000, 0]
     assert [v for name, v in writes if name == "control.run"] == [0, 1, 0]
+
+
+def test_library_acquisition_reads_the_pins_by_default():
+    """``Acquisition()`` (the settings in bins that ``tagger.run`` and ``acquire_device`` take)
+    reads the pins unless the test signal is asked for, like ``Settings()``; the command line
+    keeps its documented ``--test-signal pairs`` default."""
+    from heraldry.host import cli
+    from heraldry.host.config import Acquisition
+    acq = Acquisition()
+    acq.validate()
+    assert acq.test_signal == "off" and acq.sources() == [Source.PIN] * 4
+    assert settings_to_acquisition(Settings(), identity())[0].sources() == acq.sources()
+    args = cli.build_parser().parse_args(["acquire"])
+    assert cli.acquisition_from_args(args)[0].sources()[:2] == [Source.PAIR_A, Source.PAIR_B]
