@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow test-python bench lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,21 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m slow tests
 
+# Another Python (make test-python PY=/path/to/python3.12): a venv of its own with the pinned
+# requirements, then the tests whose results could depend on the interpreter (packaging, wire
+# format, model, measurements, the CLI on the virtual board).
+PY_TESTS := tests/test_packaging.py tests/test_wire.py tests/test_model.py tests/test_measure.py \
+            tests/test_cli.py
+test-python:
+	@test -n "$(PY)" || { echo "usage: make test-python PY=python3.12" >&2; exit 2; }
+	$(PY) -m venv $(VENV)-$(notdir $(PY))
+	$(VENV)-$(notdir $(PY))/bin/python -m pip install --quiet --upgrade pip==26.3
+	$(VENV)-$(notdir $(PY))/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)-$(notdir $(PY))/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)-$(notdir $(PY))/bin/python -m pytest -n 2 -m "not slow" $(PY_TESTS)
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV)-python3.* build *.egg-info .pytest_cache
