@@ -3,6 +3,11 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# setuptools prints an information-only notice ("Editable installation ... be careful with folders
+# in your working directory with the same name as your package") for every editable install of a
+# package-dir layout like ours (gateware/ is heraldry.gateware); it is not a problem to act on, so
+# that one notice, and no other warning, is silenced.
+EDITABLE_ENV := PYTHONWARNINGS="ignore:Editable installation.:UserWarning"
 
 .PHONY: demo test test-slow test-python bench lint clean
 
@@ -10,7 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(EDITABLE_ENV) $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 demo: $(STAMP)
@@ -37,7 +42,7 @@ test-python:
 	$(PY) -m venv $(VENV)-$(notdir $(PY))
 	$(VENV)-$(notdir $(PY))/bin/python -m pip install --quiet --upgrade pip==26.3
 	$(VENV)-$(notdir $(PY))/bin/python -m pip install --quiet -r requirements.txt
-	$(VENV)-$(notdir $(PY))/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(EDITABLE_ENV) $(VENV)-$(notdir $(PY))/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(VENV)-$(notdir $(PY))/bin/python -m pytest -n 2 -m "not slow" $(PY_TESTS)
 
 bench: $(STAMP)
