@@ -87,9 +87,9 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     sequence: stop, configure, anchor interval, clear, counter baseline, start, poll until the
     device has run ``duration_s``, stop, wait for the pipeline and the last segment's CHECK,
     read every counter). The 32-bit counters are extended beyond their width
-    (:class:`heraldry.host.tally.CounterTally`) from the board's STATUS snapshots
-    (``status_interval``), or, with ``counter_read_cycles``, from reads of every counter that
-    often. ``progress(done_cycles, total_cycles, stats)`` is called after every poll;
+    (:class:`heraldry.host.tally.CounterTally`) from reads of every counter each
+    ``counter_read_cycles`` (default :data:`heraldry.host.tally.READ_INTERVAL_CYCLES`), or,
+    with ``status_interval`` instead, from the board's STATUS snapshots. ``progress(done_cycles, total_cycles, stats)`` is called after every poll;
     ``sink(events)`` gets every block as it is collected, with times from the run start like
     ``AcquisitionResult.events`` (e.g. :meth:`heraldry.host.ptu.PTUWriter.write_block`).
 
@@ -100,6 +100,9 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     ``OSError`` of a ``sink`` that cannot write (see :class:`~heraldry.host.tagger.DeviceRun`).
     """
     from .tagger import Tagger
+    from .tally import READ_INTERVAL_CYCLES
+    if counter_read_cycles is None and status_interval is None:
+        counter_read_cycles = READ_INTERVAL_CYCLES
     if device.identity is None:
         device.identify()
     tagger = Tagger(device, name=device.transport.name,

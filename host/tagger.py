@@ -775,6 +775,7 @@ class DeviceRun(Run):
         self._parts = []
         self._epoch = None              # device count minus absolute cycle (a multiple of 2**32)
         self._pending = []
+        self._next_poll = 0.0           # time.monotonic() of the next control.now poll
 
     # -- the run sequence -----------------------------------------------------------------------
 
@@ -891,6 +892,12 @@ class DeviceRun(Run):
                 return self._pending.pop(0)
             if self.ended:
                 return None
+            # One control.now poll per ``poll`` seconds, whether or not the last one brought a
+            # block: polling back to back would fill the link with replies.
+            wait = self._next_poll - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._next_poll = time.monotonic() + self._poll
             current = device.now()
             self._reached = current
             self.device_seconds = max(0, current - self._start) / clock
@@ -908,8 +915,6 @@ class DeviceRun(Run):
                 self._finish()
             if block is not None:
                 return block
-            if not self.ended:
-                time.sleep(self._poll)
 
     def stop(self):
         """End the run now (the remaining blocks still go to the attached measurements).

@@ -441,9 +441,8 @@ def test_acquire_finds_a_3_mbaud_board_without_baud():
     assert proc.returncode == 1, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["port"] == board.port and summary["tags"] > 0
-    status = [v for name, v in writes if name == "control.status_period"]
-    # 0.01 s at 3 Mbaud: snapshots every 48 ms (2 % of the link), off before and after.
-    assert status == [0, 4_800_000, 0]
+    # acquire reads its counters (no STATUS snapshots: switched off, never on).
+    assert [v for name, v in writes if name == "control.status_period"] == [0]
     assert [v for name, v in writes if name == "control.run"] == [0, 1, 0]
 
 
@@ -459,3 +458,27 @@ def test_library_acquisition_reads_the_pins_by_default():
     assert settings_to_acquisition(Settings(), identity())[0].sources() == acq.sources()
     args = cli.build_parser().parse_args(["acquire"])
     assert cli.acquisition_from_args(args)[0].sources()[:2] == [Source.PAIR_A, Source.PAIR_B]
+
+
+def test_a_run_polls_at_its_pace_while_blocks_flow():
+    """Iterating a run whose every poll brings a block still polls ``control.now`` once per
+    ``poll`` seconds (it polled back to back, filling the link with replies: 10 % more link
+    bytes and merger drops at 2e5 pairs/s on the virtual board)."""
+    import time as _time
+    with PtyBoard(tag_rate_hz=5e5, cycles_per_s=2e7) as board:    # 0.5 s of wall time
+        with heraldry.open(board.port, baud=board.baud) as tagger:
+            began = _time.monotonic()
+            blocks = 0
+            with tagger.run(duration=0.1, poll=0.05) as run:
+                for _ in run:
+                    blocks += 1
+            wall = _time.monotonic() - began
+        now = board.map["control.now"].address
+        run_reg = board.map["control.run"].address
+        frames = board.frames
+        start = next(i for i, f in enumerate(frames) if f["address"] == run_reg
+                     and f["op"] is Command.WRITE and f["value"] == 1)
+        stop = next(i for i, f in enumerate(frames) if i > start and f["address"] == run_reg)
+        polls = sum(1 for f in frames[start:stop] if f["address"] == now)
+    assert blocks >= 3
+    assert polls <= wall / 0.05 + 2, (polls, wall)
