@@ -79,6 +79,26 @@ class Board:
         time, the design relies on staying within ``ns``; ``build`` checks them. None here."""
         return {}
 
+    @property
+    def connector_pins(self):
+        """``{resource: [(connector, number, pin), ...]}``: where the board's ``det`` and
+        ``herald`` resources sit on the amaranth-boards platform's connectors (index order);
+        ``build`` checks the constraint file's pins against these. None here."""
+        return {}
+
+    @property
+    def hold_crossings(self):
+        """Clock crossings (``("posedge fast", "posedge sync")``) whose launch and capture edges
+        coincide, so their shortest path must exceed the capturing flip-flop's hold time;
+        ``build`` measures it in nextpnr's SDF. None here."""
+        return ()
+
+    @property
+    def sdf_clock_sources(self):
+        """``{domain: SDF instance}``: the cell whose output drives each clock of
+        :attr:`hold_crossings` in nextpnr's SDF (a global buffer). None here."""
+        return {}
+
     def top(self, channels):
         """The Elaboratable to build for ``channels`` inputs (clocking + Tagger + pins).
 

@@ -131,7 +131,6 @@ class ICEBreakerTop(Elaboratable):
         m.domains.fast = ClockDomain("fast", reset_less=True)
         clk12 = platform.request(platform.default_clk, dir="-")
         locked = Signal()
-        # The constraints must be on plain signals that survive synthesis.
         clk = Signal(name="pll_clk")
         clk_fast = Signal(name="pll_fast")
         m.submodules.pll = Instance(
@@ -149,8 +148,10 @@ class ICEBreakerTop(Elaboratable):
             o_LOCK=locked,
         )
         m.d.comb += [ClockSignal("sync").eq(clk), ClockSignal("fast").eq(clk_fast)]
-        platform.add_clock_constraint(clk, self.board.clock_hz)
-        platform.add_clock_constraint(clk_fast, fast_hz)
+        # No constraints on the PLL outputs: synthesis merges these nets into the domains'
+        # (`clk`, `fast_clk`), so nextpnr would ignore them ("net 'pll_clk' does not exist in
+        # design"); it derives both from the 12 MHz pin constraint through the PLL instead, and
+        # `build` fails if a clock is left without one.
         # LOCK is asynchronous to the PLL output: release the reset synchronously.
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
@@ -170,6 +171,25 @@ class ICEBreakerBoard(Board):
             ("posedge fast", "posedge sync"): round(1e9 / (2 * self.clock_hz), 3),
             ("negedge fast", "posedge sync"): round(1e9 / (4 * self.clock_hz), 3),
         }
+
+    @property
+    def connector_pins(self):
+        """Detector inputs on PMOD1A 1..4, herald outputs on PMOD1B 1..4."""
+        return {"det": [("pmod", 0, str(p)) for p in range(1, 5)],
+                "herald": [("pmod", 1, str(p)) for p in range(1, 5)]}
+
+    @property
+    def hold_crossings(self):
+        """``fast`` registers (the DDR input's rising-edge sample and the older word) captured
+        by ``sync`` at the coinciding rising edge: a same-edge transfer."""
+        return (("posedge fast", "posedge sync"),)
+
+    @property
+    def sdf_clock_sources(self):
+        """nextpnr-ice40 puts the PLL's ``PLLOUTGLOBALA`` (``fast``) and ``PLLOUTGLOBALB``
+        (``sync``) on global buffers named after the PLL instance (``pll``)."""
+        return {"fast": "$gbuf_pll_pllout_a", "sync": "$gbuf_pll_pllout_b"}
+
     test_signal = False
     #: Herald rules (and herald pins).
     rules = 1

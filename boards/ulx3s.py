@@ -209,6 +209,13 @@ class ULX3SBoard(Board):
         core period."""
         return {("posedge sclk", "posedge sync"): round(1e9 / self.clock_hz, 3)}
 
+    @property
+    def connector_pins(self):
+        """Detector inputs and herald outputs on the ``gpio`` header (``DETECTOR_PINS``,
+        ``HERALD_PINS``)."""
+        return {"det": [("gpio", 0, pin) for pin in DETECTOR_PINS],
+                "herald": [("gpio", 0, pin) for pin in HERALD_PINS]}
+
     def top(self, channels=None):
         return ULX3STop(self, self.check_channels(channels))
 

@@ -98,6 +98,11 @@ def _print_report(report):
                  for c in report.get("crossings", [])]
     if crossings:
         print(f"  clock crossings (not timed by nextpnr): {', '.join(crossings)}")
+    if report.get("icetime_mhz") is not None:
+        print(f"  icetime (second opinion, longest path): {report['icetime_mhz']:g} MHz")
+    for hold in report.get("crossing_hold", []):
+        print(f"  crossing hold {hold['from']} -> {hold['to']}: shortest path "
+              f"{hold['min_delay_ns']:g} ns, slack {hold['slack_ns']:g} ns")
     print(f"  resources: {cells}")
     print(f"  bitstream: {report['bitstream']}")
 
@@ -161,7 +166,8 @@ def _built(out, board, channels):
     except (OSError, ValueError):
         return None
     if (report.get("board") == board.name and report.get("channels") == channels
-            and report.get("timing_met") and path.exists()):
+            and report.get("timing_met") and report.get("checks_ok", True)
+            and path.exists()):
         return path
     return None
 

@@ -6,19 +6,26 @@ The pin maps and PLL figures asserted here are copied from ``docs/boards.md`` an
 toolchain feasibility notes (the spec), not computed from the code under test.
 """
 
+import dataclasses
 import json
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+from amaranth.build import Attrs, Pins, Resource
 
 from heraldry import protocol
 from heraldry.boards import BOARDS, Board, BoardError, get_board
-from heraldry.boards.build import parse_crossings, parse_nextpnr, plan
-from heraldry.boards.icebreaker import ice40_pll_params
+from heraldry.boards.build import (check_constraints, check_pins, constraint_pins,
+                                   expected_pins, icetime_command, parse_crossings,
+                                   parse_icetime, parse_nextpnr, plan, sdf_crossing_hold,
+                                   timed_clocks)
+from heraldry.boards.build import BuildError
+from heraldry.boards.icebreaker import HeraldryICEBreakerPlatform, ice40_pll_params
 from heraldry.gateware.core import TaggerCore
 from heraldry.host import cli
 from heraldry.host.cmd_board import programmer_command
@@ -107,9 +114,9 @@ def test_icebreaker_plan_pins_and_clock(tmp_path):
     pins = dict(re.findall(r"^set_io (\S+) (\S+)$", pcf, re.M))
     assert pins == ICEBREAKER_PINS
     freqs = dict(re.findall(r"^set_frequency (\S+) (\S+)$", pcf, re.M))
-    assert float(freqs["clk12_0__io"]) == 12.0
-    assert float(freqs["pll_clk"]) == board.clock_hz / 1e6 == 24.0
-    assert float(freqs["pll_fast"]) == 48.0
+    # Only the oscillator pin: nextpnr derives 48 and 24 MHz through the PLL (constraints on
+    # the PLL output nets were dropped: synthesis renames them).
+    assert freqs == {"clk12_0__io": "12.0"}
     rtlil = (tmp_path / "heraldry.il").read_text()
     # 48 MHz = 12 MHz * 64 / 2**4 (VCO 768 MHz) on port A, GENCLK_HALF (24 MHz) on port B.
     assert "SB_PLL40_2F_PAD" in rtlil
@@ -159,6 +166,293 @@ def test_parse_crossings_keeps_the_post_route_figures(tmp_path):
         {"from": "posedge fast", "to": "posedge sync", "max_delay_ns": 4.39},
         {"from": "negedge fast", "to": "posedge sync", "max_delay_ns": 4.0}]
     assert parse_crossings(tmp_path / "missing.tim") == []
+
+
+# --- build checks -------------------------------------------------------------------------
+
+#: An iCEBreaker nextpnr log as it was before the PLL constraints were dropped (lines copied
+#: from a real build, shortened).
+ICEBREAKER_LOG_DROPPED = """\
+Info: constrained 'herald_0__io' to bel 'X9/Y31/io0'
+Warning: net 'pll_clk' does not exist in design, ignoring clock constraint
+Warning: net 'pll_fast' does not exist in design, ignoring clock constraint
+Info: constraining clock net 'clk12_0__io' to 12.00 MHz
+Info:     Derived frequency constraint of 48.0 MHz for net fast_clk
+Info:     Derived frequency constraint of 24.0 MHz for net clk
+Info: Max frequency for clock      'clk': 25.71 MHz (PASS at 24.00 MHz)
+Info: Max frequency for clock 'fast_clk': 125.00 MHz (PASS at 48.00 MHz)
+"""
+
+
+def test_check_constraints_reports_each_dropped_constraint():
+    failures = check_constraints(ICEBREAKER_LOG_DROPPED, ["clk", "fast_clk"])
+    assert failures == [
+        "nextpnr ignored a constraint: net 'pll_clk' does not exist in design, ignoring clock "
+        "constraint",
+        "nextpnr ignored a constraint: net 'pll_fast' does not exist in design, ignoring clock "
+        "constraint"]
+    fixed = "\n".join(t for t in ICEBREAKER_LOG_DROPPED.splitlines() if "Warning" not in t)
+    assert check_constraints(fixed, ["clk", "fast_clk"]) == []
+    # A PCF line for a port that is not in the design (nextpnr-ice40's wording).
+    assert check_constraints("Warning: unmatched constraint 'det_3__io' (on line 5)\n", []) == [
+        "nextpnr ignored a constraint: unmatched constraint 'det_3__io' (on line 5)"]
+
+
+def test_check_constraints_finds_a_clock_timed_against_the_default():
+    # fast_clk gets no derived constraint (e.g. a PLL nextpnr cannot follow): nextpnr times it
+    # at its --freq default and says nothing.
+    log = ("Info: constraining clock net 'clk12_0__io' to 12.00 MHz\n"
+           "Info:     Derived frequency constraint of 24.0 MHz for net clk\n"
+           "Info: Max frequency for clock 'fast_clk': 125.00 MHz (PASS at 12.00 MHz)\n")
+    assert check_constraints(log, timed_clocks(None, log) + ["clk"]) == [
+        "clock 'fast_clk' has no constraint (nextpnr timed it against its default)"]
+    # nextpnr's global-buffer names (ECP5 report keys, iCE40 $glb_clk) are the same nets.
+    log = ("Info:     Derived frequency constraint of 200.0 MHz for net inputs.sclk_clk\n"
+           "Info: constraining clock net 'clk' to 50.00 MHz\n")
+    assert check_constraints(log, ["$glbnet$inputs.sclk_clk", "clk$glb_clk"]) == []
+
+
+def test_timed_clocks_prefers_the_json_report(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"fmax": {
+        "$glbnet$clk": {"achieved": 60, "constraint": 50}}}))
+    assert timed_clocks(tmp_path / "r.json", ICEBREAKER_LOG_DROPPED) == ["$glbnet$clk"]
+    assert timed_clocks(tmp_path / "none.json", ICEBREAKER_LOG_DROPPED) == ["clk", "fast_clk"]
+
+
+def test_constraint_pins_reads_pcf_and_lpf():
+    assert constraint_pins("set_io det_0__io 4\nset_io -nowarn herald_0__io 43\n"
+                           "set_frequency clk 24.0\n") == {"det_0__io": "4",
+                                                            "herald_0__io": "43"}
+    lpf = ('LOCATE COMP "det_0__io" SITE "U18";\nIOBUF PORT "det_0__io" IO_TYPE=LVCMOS33;\n'
+           'LOCATE COMP "herald_1__io" SITE "C11";\n')
+    assert constraint_pins(lpf) == {"det_0__io": "U18", "herald_1__io": "C11"}
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_expected_pins_follow_the_connectors(name):
+    # Connector tables as the board vendors document them (iCEBreaker PMOD1A/PMOD1B, ULX3S
+    # header gpio 14+..17-, 0+/0-), not read from amaranth-boards.
+    expected = {"icebreaker": {"det": ["4", "2", "47", "45"], "herald": ["43", "38", "34", "31"]},
+                "ulx3s": {"det": ["U18", "U17", "N17", "P16", "N16", "M17", "L16", "L17"],
+                          "herald": ["B11", "C11"]}}[name.split("-")[0]]
+    pins = expected_pins(BOARDS[name])
+    assert pins == {f"{r}_{i}__io": pin for r, places in expected.items()
+                    for i, pin in enumerate(places)}
+
+
+def test_check_pins_fails_on_a_moved_or_missing_pin():
+    expected = expected_pins(get_board("icebreaker"))
+    good = {"clk12_0__io": "35", "det_0__io": "4", "det_1__io": "2", "herald_0__io": "43"}
+    assert check_pins(expected, good, 2) == []
+    assert check_pins(expected, {**good, "det_1__io": "3"}, 2) == [
+        "pin check: det_1__io is on pin 3, the connector gives 2"]
+    assert check_pins(expected, {**good, "herald_7__io": "28"}, 2) == [
+        "pin check: herald_7__io (pin 28) is on no declared connector pin"]
+    del good["det_1__io"]
+    assert check_pins(expected, good, 2) == ["pin check: det_1__io is not in the constraint file"]
+
+
+class _WrongPinPlatform(HeraldryICEBreakerPlatform):
+    """det 1 on FPGA pin 3 (PMOD1A 7) instead of PMOD1A 2 (pin 2)."""
+    resources = [r for r in HeraldryICEBreakerPlatform.resources
+                 if (r.name, r.number) != ("det", 1)] + [
+        Resource("det", 1, Pins("3", dir="i"), Attrs(IO_STANDARD="SB_LVCMOS"))]
+
+
+def test_a_deliberately_wrong_pin_fails_the_check(tmp_path):
+    board = dataclasses.replace(get_board("icebreaker"), platform=_WrongPinPlatform)
+    plan(board, 2, tmp_path)
+    assigned = constraint_pins((tmp_path / "heraldry.pcf").read_text())
+    assert assigned["det_1__io"] == "3"
+    assert check_pins(expected_pins(board), assigned, 2) == [
+        "pin check: det_1__io is on pin 3, the connector gives 2"]
+    # The real board's plan passes the same check.
+    plan(get_board("icebreaker"), 2, tmp_path / "real")
+    assigned = constraint_pins((tmp_path / "real" / "heraldry.pcf").read_text())
+    assert check_pins(expected_pins(get_board("icebreaker")), assigned, 2) == []
+
+
+def test_icetime_command_and_figure():
+    args = icetime_command(get_board("icebreaker").platform(), None)
+    assert args == ["-d", "up5k", "-P", "sg48", "-p", "heraldry.pcf", "-i", "-t",
+                    "heraldry.asc"]
+    text = ("Report for critical path:\n---\n\nTotal number of logic levels: 13\n"
+            "Total path delay: 40.97 ns (24.41 MHz)\n")
+    assert parse_icetime(text) == 24.41
+    assert parse_icetime("icetime: error\n") is None
+
+
+#: A crossing in nextpnr's SDF form (ps): an SB_IO DDR input and a fabric register on clock A,
+#: two capture registers on clock B, one LUT between.
+SMALL_SDF = """\
+(DELAYFILE
+  (SDFVERSION "3.0")
+  (DIVIDER /)
+  (TIMESCALE 1ps)
+  (CELL
+    (CELLTYPE "top")
+    (INSTANCE )
+    (DELAY
+      (ABSOLUTE
+        (INTERCONNECT \\$gbuf_a/GLOBAL_BUFFER_OUTPUT in\\.io/INPUT_CLK (900:900:900) (900:900:900))
+        (INTERCONNECT \\$gbuf_a/GLOBAL_BUFFER_OUTPUT hist/CLK (900:900:900) (900:900:900))
+        (INTERCONNECT \\$gbuf_b/GLOBAL_BUFFER_OUTPUT cap0/CLK (1000:1000:1000) (1000:1000:1000))
+        (INTERCONNECT \\$gbuf_b/GLOBAL_BUFFER_OUTPUT cap1/CLK (1000:1000:1000) (1000:1000:1000))
+        (INTERCONNECT in\\.io/D_IN_0 lut/I0 (700:700:700) (650:650:650))
+        (INTERCONNECT lut/O cap0/I0 (300:300:300) (300:300:300))
+        (INTERCONNECT in\\.io/D_IN_1 cap1/I0 (100:100:100) (100:100:100))
+        (INTERCONNECT in\\.io/D_IN_0 hist/I0 (200:200:200) (200:200:200))
+        (INTERCONNECT hist/O cap1/I1 (600:600:600) (600:600:600))
+      )
+    )
+  )
+  (CELL
+    (CELLTYPE "SB_IO")
+    (INSTANCE in\\.io)
+    (DELAY (ABSOLUTE
+        (IOPATH INPUT_CLK D_IN_1 (1005:1005:1005) (1005:1005:1005))
+        (IOPATH INPUT_CLK D_IN_0 (1005:1005:1005) (1005:1005:1005))))
+    (TIMINGCHECK
+      (SETUPHOLD (posedge CLOCK_ENABLE) (posedge INPUT_CLK) (205:205:205) (0:0:0)))
+  )
+  (CELL
+    (CELLTYPE "ICESTORM_LC")
+    (INSTANCE hist)
+    (DELAY (ABSOLUTE (IOPATH CLK O (1390:1390:1390) (1390:1390:1390))))
+    (TIMINGCHECK (SETUPHOLD (posedge I0) (posedge CLK) (1234:1234:1234) (0:0:0)))
+  )
+  (CELL
+    (CELLTYPE "ICESTORM_LC")
+    (INSTANCE lut)
+    (DELAY (ABSOLUTE (IOPATH I0 O (449:449:449) (449:449:449))))
+  )
+  (CELL
+    (CELLTYPE "ICESTORM_LC")
+    (INSTANCE cap0)
+    (DELAY (ABSOLUTE (IOPATH CLK O (1390:1390:1390) (1390:1390:1390))))
+    (TIMINGCHECK
+      (SETUPHOLD (posedge I0) (posedge CLK) (1234:1234:1234) (50:50:50))
+      (SETUPHOLD (negedge I0) (posedge CLK) (1234:1234:1234) (20:20:20)))
+  )
+  (CELL
+    (CELLTYPE "ICESTORM_LC")
+    (INSTANCE cap1)
+    (DELAY (ABSOLUTE (IOPATH CLK O (1390:1390:1390) (1390:1390:1390))))
+    (TIMINGCHECK
+      (SETUPHOLD (posedge I0) (posedge CLK) (1234:1234:1234) (0:0:0))
+      (SETUPHOLD (posedge I1) (posedge CLK) (1234:1234:1234) (0:0:0)))
+  )
+)
+"""
+
+
+def test_sdf_crossing_hold_by_hand():
+    # Paths from clock A's rising edge into clock B registers, by hand (ps):
+    #   in.io D_IN_0 -> lut -> cap0.I0: 1005 + 650 (fall) + 449 + 300 = 2404; clock A arrives
+    #     at 900, B at 1000, hold 50: slack 900 + 2404 - 1000 - 50 = 2254.
+    #   hist.O -> cap1.I1: 1390 + 600 = 1990; slack 900 + 1990 - 1000 - 0 = 1890.
+    #   D_IN_1 (the falling-edge sample) -> cap1.I0: not a same-edge path, left out.
+    #   D_IN_0 -> hist: clock A to clock A, not the crossing.
+    hold = sdf_crossing_hold(SMALL_SDF, "$gbuf_a", "$gbuf_b")
+    assert hold == {"min_delay_ns": 1.99, "hold_ns": 0.15, "slack_ns": 1.89, "endpoints": 2}
+    # A fast register right at the capture flop with a long hold: negative slack.
+    tight = SMALL_SDF.replace("(600:600:600) (600:600:600)", "(0:0:0) (0:0:0)").replace(
+        "(IOPATH CLK O (1390:1390:1390) (1390:1390:1390))))\n    (TIMINGCHECK (SETUPHOLD (posedge "
+        "I0) (posedge CLK) (1234:1234:1234) (0:0:0)))\n  )\n  (CELL\n    (CELLTYPE \"ICESTORM_LC\")"
+        "\n    (INSTANCE lut)",
+        "(IOPATH CLK O (50:50:50) (50:50:50))))\n  )\n  (CELL\n    (CELLTYPE \"ICESTORM_LC\")"
+        "\n    (INSTANCE lut)")
+    hold = sdf_crossing_hold(tight, "$gbuf_a", "$gbuf_b")
+    assert hold["min_delay_ns"] == 0.05 and hold["slack_ns"] == pytest.approx(0.9 + 0.05 - 1.0)
+    # The reverse direction has no path; an unknown clock source is an error too.
+    with pytest.raises(BuildError, match="no path"):
+        sdf_crossing_hold(SMALL_SDF, "$gbuf_b", "$gbuf_a")
+    with pytest.raises(BuildError, match="no register clocked from"):
+        sdf_crossing_hold(SMALL_SDF, "$gbuf_pll_pllout_a", "$gbuf_b")
+
+
+def _fake_toolchain(tmp_path, monkeypatch, log, icetime_mhz=24.41):
+    """Tool variables pointing at scripts that write what Yosys, nextpnr, icepack and icetime
+    would: ``log`` as nextpnr's log, a report JSON, SMALL_SDF with the iCEBreaker's clock
+    buffer names, an .asc and a bitstream."""
+    src = tmp_path / "fake"
+    src.mkdir()
+    (src / "heraldry.tim").write_text(log + (
+        "Info: Max delay posedge fast_clk -> posedge clk: 4.39 ns\n"
+        "Info: Max delay negedge fast_clk -> posedge clk: 4.00 ns\n"))
+    (src / "heraldry.report.json").write_text(json.dumps({
+        "fmax": {"clk": {"achieved": 25.71, "constraint": 24.0},
+                 "fast_clk": {"achieved": 125.0, "constraint": 48.0}},
+        "utilization": {"ICESTORM_LC": {"used": 5162, "available": 5280}}}))
+    (src / "heraldry.sdf").write_text(SMALL_SDF.replace("$gbuf_a", "$gbuf_pll_pllout_a")
+                                      .replace("$gbuf_b", "$gbuf_pll_pllout_b"))
+    files = " ".join(str(src / f) for f in ("heraldry.tim", "heraldry.report.json",
+                                             "heraldry.sdf"))
+    tools = {
+        "YOSYS": _fake_tool(tmp_path / "yosys", "exit 0\n"),
+        "NEXTPNR_ICE40": _fake_tool(tmp_path / "nextpnr", f"cp {files} .\necho asc > "
+                                                          "heraldry.asc\n"),
+        "ICEPACK": _fake_tool(tmp_path / "icepack", "echo bin > heraldry.bin\n"),
+        "ICETIME": _fake_tool(tmp_path / "icetime", f'echo "Total path delay: 40.97 ns '
+                                                    f'({icetime_mhz} MHz)"\n'),
+    }
+    for var, path in tools.items():
+        monkeypatch.setenv(var, str(path))
+
+
+def test_build_fails_on_a_dropped_constraint(tmp_path, capsys, monkeypatch):
+    _fake_toolchain(tmp_path, monkeypatch, ICEBREAKER_LOG_DROPPED)
+    out = tmp_path / "out"
+    assert cli.main(["build", "--board", "icebreaker", "--out", str(out), "--quiet"]) == 1
+    err = [t for t in capsys.readouterr().err.splitlines() if t.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("heraldry: error: build check failed: nextpnr ignored a "
+                             "constraint: net 'pll_clk' does not exist") and "1 more" in err[0]
+    report = json.loads((out / "report.json").read_text())
+    assert report["checks_ok"] is False
+    failed = [c["detail"] for c in report["checks"] if c["ok"] is False]
+    assert len(failed) == 2 and all("does not exist in design" in f for f in failed)
+    # flash does not take that bitstream as built.
+    monkeypatch.setenv("ICEPROG", "true")
+    assert cli.main(["flash", "--board", "icebreaker", "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("# would build first")
+
+
+def test_build_report_carries_the_checks(tmp_path, capsys, monkeypatch):
+    fixed = "\n".join(t for t in ICEBREAKER_LOG_DROPPED.splitlines() if "Warning" not in t)
+    _fake_toolchain(tmp_path, monkeypatch, fixed + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["build", "--board", "icebreaker", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["checks_ok"] is True and report["timing_met"] is True
+    assert {c["check"]: c["ok"] for c in report["checks"]} == {
+        "constraints": True, "pins": True, "icetime": True, "crossing hold": True}
+    assert report["icetime_mhz"] == 24.41
+    assert report["crossing_hold"] == [{"from": "posedge fast", "to": "posedge sync",
+                                        "min_delay_ns": 1.99, "hold_ns": 0.15,
+                                        "slack_ns": 1.89, "endpoints": 2}]
+    assert "icetime (second opinion, longest path): 24.41 MHz" in printed
+    assert "shortest path 1.99 ns, slack 1.89 ns" in printed
+
+
+def test_icetime_below_the_target_is_timing_not_met(tmp_path, capsys, monkeypatch):
+    fixed = "\n".join(t for t in ICEBREAKER_LOG_DROPPED.splitlines() if "Warning" not in t)
+    _fake_toolchain(tmp_path, monkeypatch, fixed + "\n", icetime_mhz=23.9)
+    out = tmp_path / "out"
+    assert cli.main(["build", "--board", "icebreaker", "--out", str(out), "--quiet"]) == 1
+    assert "timing not met" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing_met"] is False and report["checks_ok"] is True
+    (icetime,) = [c for c in report["checks"] if c["check"] == "icetime"]
+    assert icetime["ok"] is False and "23.9 MHz < 24 MHz" in icetime["detail"]
+    # Without icetime installed the check is skipped (null), not failed.
+    monkeypatch.setenv("ICETIME", str(tmp_path / "no-icetime"))
+    assert cli.main(["build", "--board", "icebreaker", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["icetime_mhz"] is None
+    (icetime,) = [c for c in report["checks"] if c["check"] == "icetime"]
+    assert icetime["ok"] is None and "not installed" in icetime["detail"]
 
 
 # --- core without the test-signal generator -----------------------------------------------
@@ -312,6 +606,28 @@ def test_icebreaker_bitstream_build(tmp_path, capsys):
         assert 0 < crossing["max_delay_ns"] <= crossing["limit_ns"]
     lc = report["resources"]["ICESTORM_LC"]
     assert 0 < lc["used"] <= lc["available"] == 5280
+    # Build checks: no constraint dropped (the PLL outputs' were), both clocks derived.
+    log = (out / "heraldry.tim").read_text()
+    assert "does not exist in design" not in log
+    assert "Derived frequency constraint of 48.0 MHz" in log
+    assert "Derived frequency constraint of 24.0 MHz" in log
+    checks = {c["check"]: c["ok"] for c in report["checks"]}
+    assert checks["constraints"] is True and checks["pins"] is True
+    # icetime's second opinion (fpga-icestorm; null when it is not installed), on the kept .asc.
+    assert (out / "heraldry.asc").exists()
+    if shutil.which("icetime"):
+        assert checks["icetime"] is True
+        assert sync["target_mhz"] <= report["icetime_mhz"] < 1000 / 30     # 30 ns: a sane path
+    else:
+        assert checks["icetime"] is None and report["icetime_mhz"] is None
+    # The aligned crossing's hold side from nextpnr's SDF: paths from the fast rising edge
+    # (D_IN_0 of each pin, the older word) into sync registers, shortest one positive.
+    (hold,) = report["crossing_hold"]
+    assert (hold["from"], hold["to"]) == ("posedge fast", "posedge sync")
+    assert checks["crossing hold"] is True
+    assert hold["endpoints"] >= 2 * board.default_channels
+    assert 0 < hold["min_delay_ns"] < crossings[("posedge fast", "posedge sync")]["max_delay_ns"]
+    assert hold["slack_ns"] > 0
     assert Path(report["bitstream"]).stat().st_size == UP5K_BITSTREAM_BYTES
     # flash finds the fresh build and would not rebuild it.
     capsys.readouterr()

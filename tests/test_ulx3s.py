@@ -146,3 +146,9 @@ def test_build_full_tagger_meets_timing(tmp_path):
     assert crossing["to"] == "posedge sync" and crossing["limit_ns"] == 20.0
     assert 0 < crossing["max_delay_ns"] <= crossing["limit_ns"]
     assert report["resources"]["IOLOGIC"]["used"] == 4
+    # Build checks: nothing dropped, every clock constrained, pins as the gpio connector gives
+    # them (else build() raises); no icetime or SDF hold on the ECP5.
+    assert {c["check"]: c["ok"] for c in report["checks"]} == {"constraints": True,
+                                                               "pins": True}
+    assert "does not exist in design" not in (tmp_path / "heraldry.tim").read_text()
+    assert report["icetime_mhz"] is None and report["crossing_hold"] == []
