@@ -435,7 +435,8 @@ def _open_serial(port, bauds, board, timeout):
         return Tagger(device, name=port, baud=baud, board=board)
     raise IdentificationError(
         f"no heraldry board identified on {port} at {', '.join(failures)} baud "
-        f"(the known boards' rates; give baud= or board= if yours differs): {last}")
+        f"(the known boards' rates; give the rate, or the board's name, if yours differs): "
+        f"{last}")
 
 
 def _open_replay(path, realtime):

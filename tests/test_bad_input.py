@@ -361,13 +361,14 @@ DEVICE_CASES = [
     ("wrong-protocol", dict(ident={"protocol": 99}), [], "protocol version 99"),
     ("impossible-channels", dict(ident={"channels": 0}), [], "ident.channels = 0"),
     ("wrong-counters", dict(ident={"counters": 5}), [], "5 counters"),
-    # A board at 3 Mbaud (the ULX3S rate) opened at the default 12 Mbaud: its bytes arrive
+    # A board at 3 Mbaud (the ULX3S rate) opened at --baud 12000000: its bytes arrive
     # garbled, and it cannot read the host's commands either.
     ("wrong-baud-streaming", dict(baud=3_000_000, host_baud=12_000_000, streaming=True,
-                                  tag_rate_hz=2e4), [], "wrong baud rate"),
-    ("wrong-baud-silent", dict(baud=3_000_000, host_baud=12_000_000), [], "baud rate?"),
+                                  tag_rate_hz=2e4), ["--baud", "12000000"], "wrong baud rate"),
+    ("wrong-baud-silent", dict(baud=3_000_000, host_baud=12_000_000), ["--baud", "12000000"],
+     "baud rate?"),
     ("wrong-baud-faster", dict(baud=48_000_000, host_baud=12_000_000, streaming=True,
-                               tag_rate_hz=2e4), [], "baud rate"),
+                               tag_rate_hz=2e4), ["--baud", "12000000"], "baud rate"),
     # Options that need the board's channel count: refused after the identification reads.
     ("delay-channel-of-board", dict(), ["--delay", "7=10"], "no channel 7"),
     ("channels-of-board", dict(), ["--channels", "2"], "the board has 4 channels"),
