@@ -89,7 +89,8 @@ def acquire_device(device, acq, duration_s, *, progress=None, anchor_interval=No
     read every counter). The 32-bit counters are extended beyond their width
     (:class:`heraldry.host.tally.CounterTally`) from reads of every counter each
     ``counter_read_cycles`` (default :data:`heraldry.host.tally.READ_INTERVAL_CYCLES`), or,
-    with ``status_interval`` instead, from the board's STATUS snapshots. ``progress(done_cycles, total_cycles, stats)`` is called after every poll;
+    with ``status_interval`` instead, from the board's STATUS snapshots.
+    ``progress(done_cycles, total_cycles, stats)`` is called after every poll;
     ``sink(events)`` gets every block as it is collected, with times from the run start like
     ``AcquisitionResult.events`` (e.g. :meth:`heraldry.host.ptu.PTUWriter.write_block`).
 

@@ -936,7 +936,7 @@ def _acquire(args, acq, progress, sink_for, replay=None):
 
 
 def cmd_sim(args):
-    """Serve the virtual board until Ctrl-C (or SIGTERM).
+    """Serve the virtual board until Ctrl-C (or SIGTERM, or SIGHUP).
 
     The harness exits when its last client closes the pty; this command keeps the pty's slave
     open itself (it never reads from it), so clients can come and go and the board keeps its
@@ -953,7 +953,10 @@ def cmd_sim(args):
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # SIGTERM and SIGHUP (the terminal closed) stop it as Ctrl-C does: left to their default
+    # action they would end this process and leave the virtual board's process running.
+    stop_signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, terminate) for s in stop_signals}
     twin = None
     hold = None
     try:
@@ -977,7 +980,8 @@ def cmd_sim(args):
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if hold is not None:
             os.close(hold)
         if twin is not None:

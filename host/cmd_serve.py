@@ -9,8 +9,8 @@ rates tried in turn); the server gets the configuration as a dict of acquire opt
 by :func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer.
 
 Starts acquiring at once (unless ``--no-start``) and runs until Ctrl-C, SIGTERM or SIGHUP,
-leaving the board stopped. When ready it prints one JSON line on stdout: ``{"pub": "tcp://...", "control":
-"tcp://...", "metrics": "http://.../metrics"}``. Port 0 picks a free port. Exit status: 0 after
+leaving the board stopped. When ready it prints one JSON line on stdout: ``{"pub":
+"tcp://...", "control": "tcp://...", "metrics": "http://.../metrics"}``. Port 0 picks a free port. Exit status: 0 after
 Ctrl-C/SIGTERM/SIGHUP; 2 bad options (one line on stderr: e.g. a non-loopback ``--bind`` without
 ``--token``, a port in use, a ``--board`` path that is no serial device); 1 the board cannot be
 started or does not answer.

@@ -185,3 +185,36 @@ def test_sim_command_serves_a_board_until_interrupted(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sim_command_stops_on_sighup():
+    """``heraldry sim`` whose terminal closes (SIGHUP) stops as on Ctrl-C: exit 0 and the
+    virtual board's process ended (SIGHUP's default action ended only this process)."""
+    from pathlib import Path
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "heraldry.host.cli", "sim", "--channels", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        assert os.path.exists(port), proc.stderr.read() if proc.poll() is not None else port
+        children = [int(c) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+        twins = [c for c in children
+                 if "heraldry_twin" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(twins) == 1, children
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{twins[0]}") and time.monotonic() < deadline:
+            try:        # a zombie until reaped by its parent (gone): only its state is left
+                if Path(f"/proc/{twins[0]}/stat").read_text().split(")")[1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+            time.sleep(0.05)
+        else:
+            assert not os.path.exists(f"/proc/{twins[0]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
