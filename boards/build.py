@@ -8,7 +8,11 @@
      "icetime_mhz", "crossing_hold": [{"from", "to", "min_delay_ns", "hold_ns", "slack_ns",
      "endpoints"}], "checks": [{"check", "ok", "detail"}], "checks_ok",
      "resources": {cell: {"used", "available"}}, "bitstream", "seed", "seconds": {step: s},
-     "phy"}
+     "phy", "herald_latency_ns": {"early": {"min", "max"}, "exact": {"min", "max"},
+     "window_ns"}}
+
+``herald_latency_ns`` is simulated for the board's input block at every build
+(:func:`heraldry.sim.latency.board_latency`, about 15 s for the ULX3S's sweep of clock phases).
 
 Clocks are named after their Amaranth domains (``sync``, ``fast``, ``sclk``). nextpnr does not
 time paths between two clocks; it reports their longest delay, which goes into ``crossings``.
@@ -36,6 +40,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from ..sim.latency import board_latency
 
 
 __all__ = ["BuildError", "NAME", "FATAL_CHECKS", "tool_env", "plan", "build", "parse_nextpnr",
@@ -584,6 +590,7 @@ def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
         "bin_fs": board.bin_fs,
         "bin_ps": board.bin_ps,
         "phy": board.phy.__name__,
+        "herald_latency_ns": board_latency(board),
         "clocks": clocks,
         "crossings": crossings,
         "timing_met": timing_met,

@@ -55,23 +55,18 @@ import time
 import numpy as np
 
 from ..protocol import LossCause
+from ..sim.latency import herald_latency_seconds
 from .config import ConfigError
 from .events import EVENT_DTYPE
 
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
            "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
-           "DEFAULT_METRICS_PORT", "HERALD_LATENCY_EDGES", "DROP_CAUSES", "METRIC_NAMES"]
+           "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES"]
 
 DEFAULT_PUB_PORT = 5560
 DEFAULT_CONTROL_PORT = 5561
 DEFAULT_METRICS_PORT = 9560
 
-#: Herald latency of the gateware, in rising clock edges from the detector edge to the herald
-#: pin (docs/architecture.md, "Coincidence unit and herald generator"; measured in cocotb): the
-#: edge that samples the pin, the PHY's second synchroniser flop (``GenericPHY.latency``), the
-#: core's registers up to the coincidence unit (``TaggerCore.PIPELINE``) and the herald
-#: register. tests/test_serve.py checks the sum against those constants.
-HERALD_LATENCY_EDGES = 5
 
 #: Causes of dropped events, the ``cause`` label of ``heraldry_events_dropped_total``: the four
 #: in-band loss causes (hardware counters), the host's decoded-block queue, and events messages
@@ -85,7 +80,7 @@ METRIC_NAMES = (
     "heraldry_herald_rate_hz",              # gauge, label rule
     "heraldry_herald_rate_total_hz",        # gauge, sum over rules
     "heraldry_herald_rate_floor_hz",        # gauge, --herald-floor (0: no floor)
-    "heraldry_herald_latency_seconds",      # gauge, HERALD_LATENCY_EDGES clock periods
+    "heraldry_herald_latency_seconds",      # gauge, early rule, worst case (sim.latency)
     "heraldry_events_dropped_total",        # counter, label cause (DROP_CAUSES)
     "heraldry_decode_errors_total",         # counter
     "heraldry_publish_refused_total",       # counter, label topic
@@ -226,10 +221,14 @@ class _Collector:
         yield GaugeMetricFamily("heraldry_herald_rate_floor_hz",
                                 "herald rate below which to alert (0: none)",
                                 value=s.herald_floor_hz)
-        yield GaugeMetricFamily(
-            "heraldry_herald_latency_seconds",
-            f"detector edge to herald pin: {HERALD_LATENCY_EDGES} clock periods (gateware)",
-            value=HERALD_LATENCY_EDGES / s.identity.clock_hz)
+        # The board's simulated figure (its input block, told by the fine bits); none for an
+        # input block not measured.
+        latency = herald_latency_seconds(s.identity.clock_hz, s.identity.fine_bits)
+        g = GaugeMetricFamily("heraldry_herald_latency_seconds",
+                              "detector edge to herald pin, early rule, worst case (simulated)")
+        if latency is not None:
+            g.add_metric([], latency)
+        yield g
         c = CounterMetricFamily("heraldry_events_dropped", "events dropped, by cause",
                                 labels=["cause"])
         for cause in DROP_CAUSES:

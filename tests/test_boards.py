@@ -429,6 +429,8 @@ def test_build_report_carries_the_checks(tmp_path, capsys, monkeypatch):
     assert {c["check"]: c["ok"] for c in report["checks"]} == {
         "constraints": True, "pins": True, "icetime": True, "crossing hold": True}
     assert report["icetime_mhz"] == 24.41
+    # Simulated at build time: 3.25 to 4.25 periods of 24 MHz (test_herald_latency.py).
+    assert report["herald_latency_ns"]["early"] == {"min": 135.417, "max": 177.083}
     assert report["crossing_hold"] == [{"from": "posedge fast", "to": "posedge sync",
                                         "min_delay_ns": 1.99, "hold_ns": 0.15,
                                         "slack_ns": 1.89, "endpoints": 2}]
