@@ -568,3 +568,46 @@ def test_no_room_for_the_ptu_header(tmp_path):
     assert _one_line(err) == (f"heraldry: error: cannot write {out}: File too large; no PTU "
                               f"file left (not even its header fitted)")
     assert not out.exists() and ("control.run", 1) not in written
+
+
+def test_api_run_cut_short_by_a_full_sink_or_ctrl_c():
+    """Through ``tagger.run(keep=True)``: a sink that cannot write (ENOSPC) stops the board,
+    raises that ``OSError`` with the partial result (the sink is not called again); a
+    KeyboardInterrupt in the caller's loop stops the board and leaves the partial result in
+    ``run.result``. Either way the board's last writes close the gate and switch snapshots
+    off, and what was received is kept."""
+    import heraldry
+    calls = []
+    failed_at = []
+
+    def sink(events):
+        calls.append(len(events))
+        if sum(calls) > 1000:
+            failed_at.append(len(calls))
+            raise OSError(errno.ENOSPC, "No space left on device", "run.ptu")
+
+    with PtyBoard(cycles_per_s=2e6, tag_rate_hz=5e5) as board:
+        with heraldry.open(board.port, baud=board.baud) as tagger:
+            with pytest.raises(OSError) as info:
+                with tagger.run(duration=20.0, keep=True, sink=sink) as run:
+                    for _ in run:
+                        pass
+            full = [(board.map.by_address[f["address"]].name, f["value"]) for f in board.writes]
+            seen = 0
+            with pytest.raises(KeyboardInterrupt):
+                with tagger.run(duration=20.0, keep=True) as interrupted:
+                    for block in interrupted:
+                        seen += len(block.tags)
+                        if seen > 1000:
+                            raise KeyboardInterrupt
+            writes = [(board.map.by_address[f["address"]].name, f["value"]) for f in board.writes]
+    partial = info.value.partial
+    assert partial is run.result and partial.counters is None
+    assert partial.error == "cannot write run.ptu: No space left on device"
+    assert failed_at == [len(calls)]       # not called again once it failed
+    assert len(partial.tags) >= sum(calls) > 1000
+    assert full[-2:] == [("control.run", 0), ("control.status_period", 0)]
+    result = interrupted.result
+    assert result is not None and result.error == "interrupted by SIGINT"
+    assert len(result.tags) >= seen > 1000
+    assert writes[-2:] == [("control.run", 0), ("control.status_period", 0)]
