@@ -611,3 +611,21 @@ def test_api_run_cut_short_by_a_full_sink_or_ctrl_c():
     assert result is not None and result.error == "interrupted by SIGINT"
     assert len(result.tags) >= seen > 1000
     assert writes[-2:] == [("control.run", 0), ("control.status_period", 0)]
+
+
+def test_hung_board_before_the_run_starts_through_tagger_run():
+    """A board that identified, then hangs before the run's first write: entering
+    ``tagger.run`` raises :class:`BoardSilent` (not ``NoReply``), with no partial result (no
+    run was started)."""
+    import heraldry
+    from heraldry.host.driver import BoardSilent
+    with PtyBoard() as board:
+        with heraldry.open(board.port, baud=board.baud, timeout=0.2) as tagger:
+            board.hang()
+            run = tagger.run(duration=1.0, keep=True)
+            with pytest.raises(BoardSilent) as info:
+                with run:
+                    pass
+    assert str(info.value) == (f"the board stopped answering (no reply from {board.port} "
+                               f"after 4 attempts of 0.2 s)")
+    assert info.value.partial is None and not run.started and run.result is None
