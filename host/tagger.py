@@ -614,6 +614,10 @@ class Run:
         ``singles``, ``patterns`` and ``heralds``, counted from its tags), live while running.
     device_seconds : float
         Device time since the start, as far as the run has seen.
+    counters_seconds : float
+        Device time since the start at which :attr:`counters` stood (the latest STATUS
+        snapshot's, the stop's once ended; a replay's latest record), for rates over any span
+        of the caller's (differences of :attr:`counters` over differences of this).
     ended : bool
     """
 
@@ -629,6 +633,7 @@ class Run:
         self.started = False
         self.ended = False
         self.device_seconds = 0.0
+        self.counters_seconds = 0.0
         self._measurements = []
         self._rates = None
 
@@ -704,6 +709,17 @@ class Run:
                 return
             yield block
 
+    def poll(self):
+        """The next block if one has come in, else None at once: a step for a caller's own
+        event loop (a server answering requests between steps), where iterating would wait for
+        a block. On a board, at most one ``control.now`` poll per ``poll`` interval (a call
+        before the interval has passed returns None without touching the link), which also
+        takes the latest counter snapshot; after :meth:`stop` it returns the blocks that came
+        in while stopping, then None. Raises what iterating raises."""
+        if not self.started:
+            raise ConfigError("start the run first: run.start() or with tagger.run(...)")
+        return self._next_block()
+
     def wait(self):
         """Run to the end of the duration (feeding the attached measurements). Returns
         :attr:`counters`."""
@@ -733,6 +749,11 @@ class DeviceRun(Run):
     the board is stopped first); and the ``OSError`` of a ``sink`` that cannot write (the board
     is stopped, the sink is not called again). A stop signal waits for the block being
     collected and passed to ``sink`` (:func:`heraldry.host.interrupt.held`).
+
+    After the start, ``start_cycles`` is the board's ``control.now`` count (extended on the
+    host, :meth:`~heraldry.host.driver.Device.now`) read just before the start command: the
+    run's times count from it, so ``start_cycles / clock_hz`` plus a run time is the board's
+    own device time (what ``heraldry serve`` publishes, continuous across its runs).
     """
 
     def __init__(self, tagger, settings, duration, *, keep, status_interval, poll,
@@ -776,6 +797,7 @@ class DeviceRun(Run):
         self._parts = []
         self._epoch = None              # device count minus absolute cycle (a multiple of 2**32)
         self._pending = []
+        self._tail = []                 # blocks of the stop the caller did not take: poll()'s
         self._next_poll = 0.0           # time.monotonic() of the next control.now poll
 
     # -- the run sequence -----------------------------------------------------------------------
@@ -829,6 +851,7 @@ class DeviceRun(Run):
         self._start = device.start_bounds[0]
         self._reached = device.start_bounds[1]      # the last control.now count read in the run
         self._counters_read = self._start
+        self.start_cycles = self._start
         self._previous = (self._start, self.counters)     # counts are 0 at the start
 
     def _collect(self):
@@ -881,13 +904,26 @@ class DeviceRun(Run):
         self._set_rates(self._previous[1], counts, (at - self._previous[0]) / clock)
         self._previous = (at, counts)
         self.counters = counts
+        self.counters_seconds = (at - self._start) / clock
 
     def _next_block(self):
         return self._guarded(self._poll_block)
 
+    def poll(self):
+        if not self.started:
+            raise ConfigError("start the run first: run.start() or with tagger.run(...)")
+        return self._guarded(self._poll_once)
+
+    def _poll_once(self):
+        for queue in (self._pending, self._tail):
+            if queue:
+                return queue.pop(0)
+        if self.ended or time.monotonic() < self._next_poll:
+            return None
+        block = self._step()
+        return block if block is not None or not self._pending else self._pending.pop(0)
+
     def _poll_block(self):
-        device = self.tagger.device
-        clock = self.tagger.identity.clock_hz
         while True:
             if self._pending:
                 return self._pending.pop(0)
@@ -898,31 +934,40 @@ class DeviceRun(Run):
             wait = self._next_poll - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            self._next_poll = time.monotonic() + self._poll
-            current = device.now()
-            self._reached = current
-            self.device_seconds = max(0, current - self._start) / clock
-            block = self._collect()
-            if self._status_period:
-                self._snapshot()
-            elif current - self._counters_read >= self._counter_read_cycles:
-                self._counted(self._tally.update(device.counters()), current)
-                self._counters_read = current
-            if self._progress is not None:
-                total = self._cycles or 0
-                self._progress(current - self._start if not total
-                               else min(current - self._start, total), total, device.stats())
-            if self._cycles is not None and current - self._start >= self._cycles:
-                self._finish()
+            block = self._step()
             if block is not None:
                 return block
+
+    def _step(self):
+        """One ``control.now`` poll: the block that came in (or None), the latest snapshot,
+        progress, and the end of the duration."""
+        device = self.tagger.device
+        self._next_poll = time.monotonic() + self._poll
+        current = device.now()
+        self._reached = current
+        self.device_seconds = max(0, current - self._start) / self.tagger.identity.clock_hz
+        block = self._collect()
+        if self._status_period:
+            self._snapshot()
+        elif current - self._counters_read >= self._counter_read_cycles:
+            self._counted(self._tally.update(device.counters()), current)
+            self._counters_read = current
+        if self._progress is not None:
+            total = self._cycles or 0
+            self._progress(current - self._start if not total
+                           else min(current - self._start, total), total, device.stats())
+        if self._cycles is not None and current - self._start >= self._cycles:
+            self._finish()
+        return block
 
     def stop(self):
         """End the run now (the remaining blocks still go to the attached measurements).
         Returns :attr:`counters`."""
         if not self.ended:
             self._guarded(self._finish)
-        # What came in after the last block the caller took: measurements still get it.
+        # What came in after the last block the caller took: measurements still get it, and
+        # poll(), not iteration, returns it.
+        self._tail += self._pending
         self._pending.clear()
         return self.counters
 
@@ -948,6 +993,7 @@ class DeviceRun(Run):
         self.device_seconds = max(0, stop - device.start_bounds[1]) / \
             self.tagger.identity.clock_hz
         self.counters = counts
+        self.counters_seconds = self.device_seconds
         self._verify(counts)
         if self._keep:
             self.result = _device_result(
@@ -1220,6 +1266,7 @@ class ReplayRun(Run):
             self._set_rates(self._previous[1], counts, seconds - self._previous[0])
             self._previous = (seconds, counts)
             self.counters = counts
+            self.counters_seconds = self.device_seconds
             if self._progress is not None:
                 self._progress(int(events["time_ps"][-1]), self._total_ps)
             return Block(events, dict(block.lost))
@@ -1234,6 +1281,7 @@ class ReplayRun(Run):
         recorded = self._source.end_s if incomplete else self._source.duration_s
         self.device_seconds = recorded if self._end_ps is None else min(
             recorded, self._end_ps * 1e-12)
+        self.counters_seconds = self.device_seconds
         self.checks = {"file_declares_no_loss": self._source.events_lost == 0}
         if incomplete:
             self.checks["file_holds_every_declared_record"] = False

@@ -482,3 +482,75 @@ def test_a_run_polls_at_its_pace_while_blocks_flow():
         polls = sum(1 for f in frames[start:stop] if f["address"] == now)
     assert blocks >= 3
     assert polls <= wall / 0.05 + 2, (polls, wall)
+
+
+def test_poll_steps_a_run_without_a_duration_and_returns_the_stops_blocks():
+    """``run.poll()`` (an event loop's step, what ``heraldry serve`` runs on) on the virtual
+    board: a run without a duration goes on until stopped; the counters' snapshots
+    (``counters_seconds``) are whole status intervals apart and the counts only grow; the run's times count from
+    ``start_cycles``, read between two ``control.now`` reads around the start; after the stop,
+    iterating yields nothing but ``poll()`` returns the blocks that came in while stopping, and
+    the tags of every block polled equal the board's singles counters."""
+    interval = 0.002
+    with heraldry.open("sim") as tagger:
+        device = tagger.device
+        run = tagger.run(Settings(test_signal="pairs"), status_interval=interval, poll=0.005)
+        with pytest.raises(ConfigError, match="start the run first"):
+            run.poll()
+        before = device.now()
+        run.start()
+        after = device.now()
+        assert before <= run.start_cycles <= after
+        tags = np.zeros(tagger.channels, np.int64)
+        seen = [(0.0, run.counters)]
+        nones = 0
+        while len(seen) < 4:
+            block = run.poll()
+            if block is None:
+                nones += 1
+            else:
+                t = block.tags
+                assert t["time_ps"].min() >= 0
+                tags += np.bincount(t["channel"], minlength=tagger.channels)
+            if run.counters_seconds != seen[-1][0]:
+                seen.append((run.counters_seconds, run.counters))
+        assert nones > 0 and not run.ended
+        for (t0, c0), (t1, c1) in zip(seen, seen[1:]):
+            assert t1 > t0
+            if t0:      # snapshots are whole intervals apart (the first counts from before
+                k = (t1 - t0) / interval        # the start, when snapshots were switched on)
+                assert k == pytest.approx(round(k), abs=1e-6) and round(k) >= 1
+            assert all(b >= a for a, b in zip(c0["singles"], c1["singles"]))
+        final = run.stop()
+        assert run.ended and list(run) == []
+        tail = 0
+        while (block := run.poll()) is not None:
+            tail += 1
+            tags += np.bincount(block.tags["channel"], minlength=tagger.channels)
+        assert run.poll() is None
+        assert tags.tolist() == final["singles"] and sum(final["singles"]) > 0
+        assert run.checks["tags_match_singles"] and run.counters_seconds == run.device_seconds
+
+
+def test_poll_never_waits_and_keeps_the_runs_pace():
+    """Calling ``poll()`` back to back returns at once (None between the run's polls) and reads
+    ``control.now`` once per ``poll`` seconds, as iterating does."""
+    import time as _time
+    with PtyBoard(tag_rate_hz=5e5, cycles_per_s=2e7) as board:
+        with heraldry.open(board.port, baud=board.baud) as tagger:
+            calls = nones = 0
+            with tagger.run(poll=0.05) as run:
+                began = _time.monotonic()
+                while _time.monotonic() - began < 0.4:
+                    calls += 1
+                    nones += run.poll() is None
+            wall = _time.monotonic() - began
+        now = board.map["control.now"].address
+        run_reg = board.map["control.run"].address
+        frames = board.frames
+        start = next(i for i, f in enumerate(frames) if f["address"] == run_reg
+                     and f["op"] is Command.WRITE and f["value"] == 1)
+        stop = next(i for i, f in enumerate(frames) if i > start and f["address"] == run_reg)
+        polls = sum(1 for f in frames[start:stop] if f["address"] == now)
+    assert calls > 100 and nones > calls - polls - 1
+    assert 2 <= polls <= wall / 0.05 + 2, (polls, wall)
