@@ -1,0 +1,508 @@
+"""Two-node time: offset search, offset and frequency tracking, and coincidences across boards.
+
+Two boards with their own crystals see the two photons of the same pairs. Nothing but those
+pairs ties their time bases together; this module finds and follows the relation
+
+    ``b = a + offset(a)``,  ``offset(a) = offset_s + ppm * 1e-6 * (a - t_ref_s)``
+
+between a pair's board-1 time ``a`` and board-2 time ``b`` (both the boards' *local* times in
+seconds), and merges the two streams into board 1's time base so the reference model's window
+semantics (:mod:`heraldry.model`) apply across the boards. docs/sync.md explains the method,
+its figures and its limits. Plain numpy; ``import heraldry`` does not load it.
+
+* :func:`find_offset`: acquisition over a wide range (default +-200 us, +-100 ppm) by FFT
+  cross-correlation of binned streams in short chunks, summed along every frequency hypothesis,
+  then refined on exact pair differences with smaller bins and a least-squares fit.
+* :class:`Tracker`: fed block by block; a type-2 loop (proportional-integral on the mean
+  residual of the pairs matched in a tracking window) follows offset and frequency; lock state
+  ``searching`` / ``locked`` / ``lost``.
+* :func:`link`: both, then the merge and the reference model's coincidences (and heralds).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SEARCHING", "LOCKED", "LOST", "SyncError", "Fit", "find_offset", "Segment",
+           "Tracker", "LinkResult", "link", "window_misses"]
+
+SEARCHING, LOCKED, LOST = "searching", "locked", "lost"
+
+#: Smallest peak significance (standard deviations of the summed correlation above its mean)
+#: that :func:`find_offset` accepts.
+MIN_SIGNIFICANCE = 8.0
+
+
+class SyncError(ValueError):
+    """No correlation peak where one was looked for (too few pairs, wrong range), or unusable
+    input. A ``ValueError``: the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Relation of board 2's time to board 1's: ``b = a + offset_s + ppm*1e-6*(a - t_ref_s)``.
+
+    ``jitter_s``: standard deviation of the matched pairs' residuals; ``pairs``: pairs in the
+    fit; ``significance``: the coarse peak's height in standard deviations (0 when not
+    searched)."""
+    offset_s: float
+    ppm: float
+    t_ref_s: float
+    jitter_s: float = 0.0
+    pairs: int = 0
+    significance: float = 0.0
+
+    def offset_at(self, a):
+        """Offset (seconds) at board-1 times ``a``."""
+        return self.offset_s + self.ppm * 1e-6 * (np.asarray(a, np.float64) - self.t_ref_s)
+
+    def to_a(self, b):
+        """Board-2 times ``b`` in board 1's time base (the inverse of the relation)."""
+        b = np.asarray(b, np.float64)
+        rho = self.ppm * 1e-6
+        return (b - self.offset_s + rho * self.t_ref_s) / (1.0 + rho)
+
+
+def _sorted_seconds(values, name):
+    array = np.asarray(values, np.float64)
+    if array.ndim != 1:
+        raise SyncError(f"{name} must be a 1-D array of times, not shape {array.shape}")
+    if array.size and (not np.all(np.isfinite(array)) or np.any(np.diff(array) < 0)):
+        raise SyncError(f"{name} must be finite times sorted in time")
+    return array
+
+
+def _coarse(a, b, t0, span, bin_s, max_offset_s, max_ppm):
+    """FFT stage: correlation of ``a`` (in ``[t0, t0+span)``) and ``b`` in chunks short enough
+    that ``max_ppm`` smears a chunk's peak by at most one bin, summed over the chunks along each
+    frequency hypothesis (grid step: half a bin over the span). Returns (offset, rho, z)."""
+    rho_max = max_ppm * 1e-6
+    chunk = min(span, bin_s / max(rho_max, 1e-12))
+    n_chunks = max(1, int(span // chunk))
+    chunk = span / n_chunks
+    t_ref = t0 + span / 2
+    lag0 = int(np.ceil(max_offset_s / bin_s))
+    shift_max = int(np.ceil(rho_max * span / 2 / bin_s)) + 1
+    lag_max = lag0 + shift_max
+    chunk_bins = int(np.ceil(chunk / bin_s))
+    nfft = 1 << int(np.ceil(np.log2(chunk_bins + 3 * lag_max + 2)))
+    corr = np.zeros((n_chunks, 2 * lag_max + 1))
+    centres = t0 + (np.arange(n_chunks) + 0.5) * chunk
+    for k in range(n_chunks):
+        start = t0 + k * chunk
+        origin = start - lag_max * bin_s
+        ia = slice(*np.searchsorted(a, [start, start + chunk]))
+        ib = slice(*np.searchsorted(b, [origin, start + chunk + lag_max * bin_s]))
+        ha = np.bincount(((a[ia] - origin) / bin_s).astype(np.int64), minlength=nfft)[:nfft]
+        hb = np.bincount(((b[ib] - origin) / bin_s).astype(np.int64), minlength=nfft)[:nfft]
+        c = np.fft.irfft(np.conj(np.fft.rfft(ha)) * np.fft.rfft(hb), nfft)
+        corr[k] = np.concatenate((c[nfft - lag_max:], c[:lag_max + 1]))
+    step = bin_s / (2 * span)
+    rhos = np.arange(-rho_max, rho_max + step / 2, step) if rho_max > 0 else np.zeros(1)
+    lags = np.arange(-lag0, lag0 + 1)
+    summed = np.zeros((len(rhos), len(lags)))
+    rows = np.arange(n_chunks)[:, None]
+    for j, rho in enumerate(rhos):
+        shifts = np.rint(rho * (centres - t_ref) / bin_s).astype(np.int64)
+        summed[j] = corr[rows, lag_max + lags[None, :] + shifts[:, None]].sum(axis=0)
+    j, l = np.unravel_index(np.argmax(summed), summed.shape)
+    sd = summed.std()
+    z = (summed[j, l] - summed.mean()) / sd if sd > 0 else 0.0
+    return lags[l] * bin_s, rhos[j], float(z), step
+
+
+def _differences(a, b, fit, half_s):
+    """Pairs (a_i, b_j - offset(a_i)) with ``|b_j - a_i - offset(a_i)| <= half_s``."""
+    centre = a + fit.offset_at(a)
+    lo = np.searchsorted(b, centre - half_s, "left")
+    hi = np.searchsorted(b, centre + half_s, "right")
+    counts = hi - lo
+    if counts.sum() == 0:
+        return np.zeros(0), np.zeros(0)
+    owner = np.repeat(np.arange(len(a)), counts)
+    idx = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + lo[owner]
+    return a[owner], b[idx] - centre[owner]
+
+
+def _fine(a, b, fit, bin_s, half_lag_s, half_rho):
+    """Difference-histogram stage around ``fit``: the best (offset, rho) cell."""
+    t, d = _differences(a, b, fit, half_lag_s + half_rho * (a[-1] - a[0]))
+    if len(d) == 0:
+        return fit
+    step = bin_s / (2 * max(a[-1] - a[0], bin_s))
+    rhos = np.arange(-half_rho, half_rho + step / 2, step)
+    n_lag = int(np.ceil(half_lag_s / bin_s))
+    best = (-1, 0.0, 0.0)
+    for rho in rhos:
+        idx = np.floor((d - rho * (t - fit.t_ref_s)) / bin_s).astype(np.int64) + n_lag
+        ok = (idx >= 0) & (idx < 2 * n_lag)
+        h = np.bincount(idx[ok], minlength=2 * n_lag)
+        k = int(np.argmax(h))
+        if h[k] > best[0]:
+            best = (h[k], (k - n_lag + 0.5) * bin_s, rho)
+    return Fit(fit.offset_s + best[1], fit.ppm + best[2] * 1e6, fit.t_ref_s,
+               significance=fit.significance)
+
+
+def _least_squares(a, b, fit, half_s):
+    """Refit offset and frequency on the pairs within ``half_s`` of ``fit``, trimming at 3
+    sigma twice."""
+    t, d = _differences(a, b, fit, half_s)
+    if len(d) < 3:
+        return fit, t, d
+    keep = np.ones(len(d), bool)
+    for _ in range(3):
+        x = t[keep] - fit.t_ref_s
+        slope, intercept = np.polyfit(x, d[keep], 1) if np.ptp(x) > 0 else (0.0, d[keep].mean())
+        resid = d - intercept - slope * (t - fit.t_ref_s)
+        sigma = max(resid[keep].std(), 1e-15)
+        keep = np.abs(resid) <= max(3 * sigma, 1e-12)
+    return (Fit(fit.offset_s + intercept, fit.ppm + slope * 1e6, fit.t_ref_s,
+                jitter_s=float(resid[keep].std()), pairs=int(keep.sum()),
+                significance=fit.significance), t[keep], resid[keep])
+
+
+def find_offset(a, b, *, max_offset_s=200e-6, max_ppm=100.0, start_s=None, span_s=0.5,
+                bins_s=(2e-6, 64e-9, 4e-9), min_significance=MIN_SIGNIFICANCE):
+    """Find the relation of ``b`` (board 2's tag times) to ``a`` (board 1's) from their common
+    photon pairs, over offsets within ``+-max_offset_s`` and frequency differences within
+    ``+-max_ppm``.
+
+    Uses ``a`` in ``[start_s, start_s + span_s)`` (default: from the first tag). Stage 1 bins
+    both streams in ``bins_s[0]`` and cross-correlates them by FFT in chunks of
+    ``bins_s[0] / (max_ppm * 1e-6)`` (20 ms by default; each FFT ``2**14`` points for the
+    default range), then sums the chunks' correlations along every frequency hypothesis (step:
+    half a bin over the span). Each further bin refines around the last estimate on the exact
+    pair differences (no FFT); a least-squares fit on the pairs within a few final bins gives
+    the result. Memory: chunks x (2 x lags) floats for stage 1 (25 x 2.3e2 by default), the
+    pair differences of the fine stages (about ``len(a) x rate_b x 4 bins`` values).
+
+    Returns a :class:`Fit` with ``t_ref_s`` the middle of the span. Raises :class:`SyncError`
+    when the coarse peak is below ``min_significance`` standard deviations or there are no tags.
+    """
+    a = _sorted_seconds(a, "board 1's times")
+    b = _sorted_seconds(b, "board 2's times")
+    if not (max_offset_s > 0 and max_ppm >= 0 and span_s > 0 and len(bins_s) >= 1):
+        raise SyncError("max_offset_s and span_s must be > 0, max_ppm >= 0, bins_s not empty")
+    if len(a) == 0 or len(b) == 0:
+        raise SyncError("no tags on one of the boards: nothing to correlate")
+    t0 = a[0] if start_s is None else float(start_s)
+    span = min(span_s, a[-1] - t0)
+    a = a[np.searchsorted(a, t0):np.searchsorted(a, t0 + span)]
+    if len(a) < 2 or span <= 0:
+        raise SyncError("no tags of board 1 in the span searched")
+    offset, rho, z, step = _coarse(a, b, t0, span, bins_s[0], max_offset_s, max_ppm)
+    if not z >= min_significance:
+        raise SyncError(f"no correlation peak within +-{max_offset_s * 1e6:g} us and "
+                        f"+-{max_ppm:g} ppm (best {z:.1f} sigma, {min_significance:g} needed)")
+    fit = Fit(offset, rho * 1e6, t0 + span / 2, significance=z)
+    previous = bins_s[0]
+    for bin_s in bins_s[1:]:
+        fit = _fine(a, b, fit, bin_s, 2 * previous, 2 * previous / (2 * span))
+        previous = bin_s
+    # Least squares within a window that grows to four jitters of the line (a peak much wider
+    # than the last bin is cut at first, which underestimates its width).
+    half = 2 * previous
+    for _ in range(6):
+        fit, _, _ = _least_squares(a, b, fit, half)
+        if half >= 4 * fit.jitter_s:
+            break
+        half = 4 * fit.jitter_s
+    return fit
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of board-1 time ``[start_s, end_s)`` processed by the :class:`Tracker`.
+
+    ``state``: lock state after it; ``fit``: the relation valid in it (``None`` while
+    searching or lost: its tags are not merged); ``matched``: pairs matched in the tracking
+    window; ``jitter_s``: their residuals' standard deviation."""
+    start_s: float
+    end_s: float
+    state: str
+    fit: Fit = None
+    matched: int = 0
+    jitter_s: float = 0.0
+
+
+class Tracker:
+    """Follows offset and frequency between two boards, fed block by block.
+
+    Parameters:
+        block_s: board-1 time processed per loop update (default 10 ms).
+        window_s: half-width of the tracking window around the predicted offset (default
+            ``max(10 ns, 5 x the acquisition's residual jitter)`` once locked).
+        acquire_s: data collected for an acquisition (also after a loss) by
+            :func:`find_offset` (default 0.5 s).
+        loss_fraction: lock is lost when two blocks in a row match fewer than this fraction
+            (default 0.5) of the pairs expected from the rate seen while locked.
+        gain_offset, gain_frequency: the loop's proportional and integral gains per block
+            (default 0.3 and 0.03: poles at radius 0.84, settling within ~15 blocks).
+        track: ``False``: keep the first acquisition's offset and no frequency (what a single
+            fixed calibration does; the untracked baseline).
+        search: further keywords for :func:`find_offset` (``max_offset_s``, ``max_ppm``,
+            ``bins_s``, ``min_significance``).
+
+    Members: ``state``, ``fit`` (latest :class:`Fit`), ``segments`` (every processed
+    :class:`Segment`, in order), ``losses`` (times lock was lost, board-1 seconds),
+    ``locks`` (times lock was (re)gained: the end of the acquisition span).
+    """
+
+    def __init__(self, *, block_s=0.01, window_s=None, acquire_s=0.5, loss_fraction=0.5,
+                 gain_offset=0.3, gain_frequency=0.03, track=True, **search):
+        if not (block_s > 0 and acquire_s > 0 and 0 < loss_fraction < 1):
+            raise SyncError("block_s and acquire_s must be > 0, loss_fraction 0..1")
+        self.block_s, self.window_s, self.acquire_s = block_s, window_s, acquire_s
+        self.loss_fraction, self.track = loss_fraction, track
+        self.gain_offset, self.gain_frequency = gain_offset, gain_frequency
+        self.search = search
+        self.max_offset_s = search.get("max_offset_s", 200e-6)
+        self.state, self.fit = SEARCHING, None
+        self.segments, self.losses, self.locks = [], [], []
+        self._a = np.zeros(0)
+        self._b = np.zeros(0)
+        self._at = None             # board-1 time processed up to
+        self._rate = 0.0            # matched pairs per second while locked
+        self._short = 0             # blocks in a row below loss_fraction
+        self._window = None
+
+    def feed(self, a, b, *, final=False):
+        """Add the next tags of both boards (seconds, sorted, later than those fed before) and
+        process what they cover. ``final``: no more tags come; process the rest. Returns the
+        :class:`Segment` s processed by this call."""
+        self._a = np.concatenate((self._a, _sorted_seconds(a, "board 1's times")))
+        self._b = np.concatenate((self._b, _sorted_seconds(b, "board 2's times")))
+        if self._at is None and len(self._a):
+            self._at = self._a[0]
+        done = []
+        while self._at is not None:
+            segment = self._step(final)
+            if segment is None:
+                break
+            done.append(segment)
+            self.segments.append(segment)
+        return done
+
+    def _covered(self, end, final):
+        """Whether both buffers reach past board-1 time ``end`` (with the offset's slack)."""
+        if final:
+            return len(self._a) and self._at < self._a[-1]
+        slack = self.max_offset_s + 1e-3
+        return (len(self._a) and self._a[-1] >= end and len(self._b)
+                and self._b[-1] >= end + slack)
+
+    def _drop(self, before):
+        self._a = self._a[np.searchsorted(self._a, before):]
+        self._b = self._b[np.searchsorted(self._b, before - 2 * self.max_offset_s - 1e-3):]
+
+    def _step(self, final):
+        if self.state == LOCKED:
+            end = self._at + self.block_s
+            if not self._covered(end, final):
+                return None
+            return self._track(end)
+        end = self._at + self.acquire_s
+        if not self._covered(end, final):
+            return None
+        a = self._a[:np.searchsorted(self._a, end)]
+        start, self._at = self._at, end
+        try:
+            fit = find_offset(a, self._b, start_s=start, span_s=end - start, **self.search)
+        except SyncError:
+            self._drop(end)
+            return Segment(start, end, self.state)
+        if not self.track:
+            fit = Fit(fit.offset_at(start), 0.0, start, fit.jitter_s, fit.pairs,
+                      fit.significance)
+        self.state, self.fit = LOCKED, fit
+        self._window = self.window_s or max(10e-9, 5 * fit.jitter_s)
+        self._rate = fit.pairs / (end - start)
+        self._short = 0
+        self.locks.append(end)
+        self._drop(end)
+        return Segment(start, end, LOCKED, fit, fit.pairs, fit.jitter_s)
+
+    def _track(self, end):
+        start, self._at = self._at, end
+        a = self._a[:np.searchsorted(self._a, end)]
+        fit = self.fit
+        if not self.track:
+            self._drop(end)
+            return Segment(start, end, LOCKED, fit)
+        t, d = _differences(a, self._b, fit, self._window) if len(a) else ((), ())
+        t, d = np.asarray(t), np.asarray(d)
+        self._drop(end)
+        expected = self._rate * (end - start)
+        if len(d) < self.loss_fraction * expected:
+            self._short += 1
+            if self._short >= 2:
+                self.state, self.fit = LOST, None
+                self.losses.append(start)
+                return Segment(start, end, LOST, None, len(d))
+        else:
+            self._short = 0
+        if len(d) == 0:
+            return Segment(start, end, LOCKED, fit, 0)
+        # Trimmed mean: accidentals in the window are few but not none.
+        median = np.median(d)
+        sigma = max(fit.jitter_s, 1e-12)
+        near = np.abs(d - median) <= 3 * sigma
+        residual = d[near].mean() if near.any() else median
+        t_mid = t.mean()
+        rho = fit.ppm * 1e-6
+        here = fit.offset_at(t_mid)
+        jitter = float(d[near].std()) if near.sum() > 1 else fit.jitter_s
+        # The block's own estimate (a posteriori) corrects it; the loop's state moves by the
+        # gains only.
+        seen = Fit(here + residual, fit.ppm, t_mid, jitter, int(near.sum()), fit.significance)
+        rho += self.gain_frequency * residual / self.block_s
+        self.fit = Fit(here + self.gain_offset * residual, rho * 1e6, t_mid,
+                       0.9 * fit.jitter_s + 0.1 * jitter, int(near.sum()), fit.significance)
+        if len(d) >= self.loss_fraction * expected:
+            self._rate = 0.9 * self._rate + 0.1 * len(d) / (end - start)
+        return Segment(start, end, LOCKED, seen, len(d), jitter)
+
+
+def window_misses(a, b, window_s, *, span_s=None):
+    """Estimated fraction of the correlated pairs between ``a`` and ``b`` (same time base,
+    seconds) whose difference lies outside ``+-window_s``: the correlation peak's counts outside
+    the window over all its counts, accidentals subtracted (their density taken from
+    ``span_s/2 < |d| < span_s``, default ``span_s = max(40 window, 2 us)``). ``nan`` without a
+    peak."""
+    span = span_s or max(40 * window_s, 2e-6)
+    t, d = _differences(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                        Fit(0.0, 0.0, 0.0), span)
+    if len(d) == 0:
+        return float("nan")
+    density = np.count_nonzero(np.abs(d) > span / 2) / span      # per second of difference
+    inside = np.count_nonzero(np.abs(d) < window_s) - density * 2 * window_s
+    peak = np.count_nonzero(np.abs(d) <= span / 2) - density * span
+    if peak <= 0:
+        return float("nan")
+    return float(min(1.0, max(0.0, 1.0 - inside / peak)))
+
+
+@dataclass
+class LinkResult:
+    """What :func:`link` found.
+
+    Members: ``state`` (lock state at the end), ``fit`` (last relation, ``None`` if never
+    locked), ``segments`` (the tracker's), ``losses``, ``locks`` (board-1 seconds),
+    ``synced_s`` (board-1 time covered by a relation), ``tags`` (merged stream,
+    :data:`heraldry.model.TAG_DTYPE` in ``bin_s`` bins of board 1's time from ``origin_s``;
+    board 2's channels after board 1's), ``windows`` (the reference model's coincidence
+    windows), ``cross`` (windows holding channels of both boards), ``heralds``, ``misses``
+    (:func:`window_misses` on the corrected sync tags), ``bin_s``, ``origin_s``,
+    ``channels_a``, ``channels_b``."""
+    state: str
+    fit: Fit
+    segments: list
+    losses: list
+    locks: list
+    synced_s: float
+    tags: np.ndarray
+    windows: object
+    cross: int
+    heralds: np.ndarray
+    misses: float
+    bin_s: float
+    origin_s: float
+    channels_a: int
+    channels_b: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cross_rate_hz(self):
+        """Cross-node coincidence windows per second of synchronised time."""
+        return self.cross / self.synced_s if self.synced_s > 0 else 0.0
+
+
+def _channels(channels, n, name):
+    if channels is None:
+        return np.zeros(n, np.int64)
+    channels = np.asarray(channels, np.int64)
+    if channels.shape != (n,):
+        raise SyncError(f"{name} must give one channel per tag")
+    if n and (channels.min() < 0):
+        raise SyncError(f"{name} must be channel numbers >= 0")
+    return channels
+
+
+def link(a, b, *, channels_a=None, channels_b=None, sync_a=None, sync_b=None, window_s=20e-9,
+         bin_s=1e-9, rules=(), block_s=0.01, **tracker):
+    """Synchronise board 2 to board 1 and find the coincidences across them.
+
+    ``a``, ``b``: each board's tag times (local seconds, sorted); ``channels_a``/``channels_b``:
+    their channels (default all 0); ``sync_a``/``sync_b``: channels whose tags carry the pairs
+    (default: all). The :class:`Tracker` (keywords ``tracker``) runs on the sync tags in blocks
+    of ``block_s``; every tag of a segment with a relation is merged, board 2's through
+    :meth:`Fit.to_a`, into ``bin_s`` bins (the reference model's integer time), board 2's
+    channel ``c`` becoming ``channels_a + c``. Coincidence windows of ``window_s``
+    (``round(window_s / bin_s)`` bins, 1..``MAX_WINDOW``) and the ``rules`` (herald rules or
+    channel masks over the merged channels) are the reference model's. Tags of segments
+    without a relation are left out. Raises :class:`SyncError` for bad input."""
+    from .model import MAX_WINDOW, coincidence_windows, herald_records, tag_stream
+    a = _sorted_seconds(a, "board 1's times")
+    b = _sorted_seconds(b, "board 2's times")
+    ca, cb = _channels(channels_a, len(a), "channels_a"), _channels(channels_b, len(b),
+                                                                   "channels_b")
+    n_a = int(ca.max()) + 1 if len(ca) else 1
+    n_b = int(cb.max()) + 1 if len(cb) else 1
+    if n_a + n_b > 8:
+        raise SyncError(f"{n_a} + {n_b} channels: the merged stream holds at most 8")
+    window = int(round(window_s / bin_s))
+    if not 1 <= window <= MAX_WINDOW:
+        raise SyncError(f"a {window_s * 1e9:g} ns window is {window} bins of "
+                        f"{bin_s * 1e12:g} ps: 1..{MAX_WINDOW} needed")
+    ma = np.isin(ca, sync_a) if sync_a is not None else np.ones(len(a), bool)
+    mb = np.isin(cb, sync_b) if sync_b is not None else np.ones(len(b), bool)
+    sa, sb = a[ma], b[mb]
+    tr = Tracker(block_s=block_s, **tracker)
+    # Feed in blocks, as a live source would.
+    if len(sa):
+        edges = np.arange(sa[0], sa[-1] + block_s, block_s)
+        ia = np.searchsorted(sa, edges)
+        ib = np.searchsorted(sb, edges)
+        for k in range(len(edges) - 1):
+            tr.feed(sa[ia[k]:ia[k + 1]], sb[ib[k]:ib[k + 1]])
+        tr.feed(sa[ia[-1]:], sb[ib[-1]:], final=True)
+    origin = a[0] if len(a) else 0.0
+    parts_a, parts_b, chans_a, chans_b, corr_a, corr_b = [], [], [], [], [], []
+    synced, j_done = 0.0, 0
+    for seg in tr.segments:
+        if seg.fit is None:
+            continue
+        synced += seg.end_s - seg.start_s
+        i = slice(*np.searchsorted(a, [seg.start_s, seg.end_s]))
+        ends = np.array([seg.start_s, seg.end_s])
+        lo, hi = np.searchsorted(b, ends + seg.fit.offset_at(ends))
+        # Consecutive relations meet within picoseconds: no board-2 tag is taken twice.
+        j = slice(max(lo, j_done), max(hi, j_done))
+        j_done = j.stop
+        parts_a.append(a[i])
+        chans_a.append(ca[i])
+        parts_b.append(seg.fit.to_a(b[j]))
+        chans_b.append(cb[j])
+        corr_a.append(a[i][ma[i]])
+        corr_b.append(parts_b[-1][mb[j]])
+    times_a = np.concatenate(parts_a) if parts_a else np.zeros(0)
+    times_b = np.concatenate(parts_b) if parts_b else np.zeros(0)
+    ch_a = np.concatenate(chans_a) if chans_a else np.zeros(0, np.int64)
+    ch_b = np.concatenate(chans_b) if chans_b else np.zeros(0, np.int64)
+    tpc = []
+    for c in range(n_a):
+        tpc.append(np.floor((times_a[ch_a == c] - origin) / bin_s).astype(np.int64))
+    for c in range(n_b):
+        tpc.append(np.sort(np.floor((times_b[ch_b == c] - origin) / bin_s).astype(np.int64)))
+    windows = coincidence_windows(tpc, window)
+    both = ((windows.pattern & ((1 << n_a) - 1)) != 0) & ((windows.pattern >> n_a) != 0)
+    heralds = herald_records(tpc, window, rules) if rules else np.zeros(0)
+    ra = np.concatenate(corr_a) if corr_a else np.zeros(0)
+    rb = np.sort(np.concatenate(corr_b)) if corr_b else np.zeros(0)
+    misses = window_misses(ra, rb, window_s) if len(ra) and len(rb) else float("nan")
+    return LinkResult(state=tr.state, fit=tr.fit or next(
+        (s.fit for s in reversed(tr.segments) if s.fit is not None), None),
+        segments=tr.segments, losses=tr.losses, locks=tr.locks, synced_s=synced,
+        tags=tag_stream(tpc), windows=windows, cross=int(both.sum()), heralds=heralds,
+        misses=misses, bin_s=bin_s, origin_s=origin, channels_a=n_a, channels_b=n_b)
