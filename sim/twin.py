@@ -19,6 +19,12 @@ gateware stamps a rise of cycle ``k`` with bin ``now`` of cycle ``k + 1``, which
 ``k + 1 + TaggerCore.latency`` (``now`` starts ``latency`` ahead so that the core's time reference
 ``ref`` starts at 0 at reset). Without a pins file the
 pins stay low (the test signal drives the channels).
+
+Loopback (``Twin(loopback=...)``, the harness's ``--loopback``, no rebuild): a simulated jumper
+wire from a herald output to an input pin, ``{herald: channel}`` or ``(herald, channel[, delay])``
+items. The level herald output ``herald`` had after the rising edge of cycle ``k`` drives input
+``channel`` from cycle ``k + 1 + delay`` on (``delay`` extra cycles of wire, 0..1023, default 0: a
+wire shorter than a clock period); the input is high when the pins file or the jumper drives it.
 """
 
 import hashlib
@@ -273,6 +279,11 @@ class Twin:
         Its ``twin.json`` gives ``channels``, ``rules``, ``clock_hz`` and ``baud``.
     pins : path-like or iterable of (cycle, channel, level), optional
         Edges to drive on the pins (module docstring); default: pins stay low.
+    loopback : dict or iterable, optional
+        Simulated jumpers from herald outputs to inputs: ``{herald: channel}`` or items
+        ``(herald, channel)`` / ``(herald, channel, delay_cycles)`` (module docstring); kept as
+        ``loopback``, a list of ``(herald, channel, delay)``. ValueError for a herald, channel
+        or delay the board does not have.
     max_cycles : int, optional
         Stop after this many cycles after reset.
     startup_timeout : float
@@ -286,7 +297,8 @@ class Twin:
     """
 
     def __init__(self, binary=None, *, channels=4, rules=2, clock_hz=100_000_000,
-                 baud=12_000_000, pins=None, max_cycles=None, startup_timeout=30.0):
+                 baud=12_000_000, pins=None, loopback=None, max_cycles=None,
+                 startup_timeout=30.0):
         if binary is None:
             binary = build_twin(channels, rules, clock_hz, baud)
         self.binary = Path(binary)
@@ -297,6 +309,7 @@ class Twin:
         self.baud = params["baud"]
         self._pins = pins
         self._pins_tmp = None
+        self.loopback = _loops(loopback, self.rules, self.channels)
         self.max_cycles = max_cycles
         self.startup_timeout = startup_timeout
         self.port = None
@@ -314,6 +327,8 @@ class Twin:
                 os.close(fd)
                 self._pins_tmp = pins = write_pins(name, self._pins)
             args += ["--pins", str(pins)]
+        for herald, channel, delay in self.loopback:
+            args += ["--loopback", f"{herald}:{channel}:{delay}"]
         if self.max_cycles is not None:
             args += ["--max-cycles", str(int(self.max_cycles))]
         return args
@@ -396,6 +411,31 @@ class Twin:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+#: Longest simulated jumper, in cycles (the harness's LOOP_HISTORY - 1).
+MAX_LOOP_DELAY = 1023
+
+
+def _loops(loopback, rules, channels):
+    """``[(herald, channel, delay), ...]`` from :class:`Twin`'s ``loopback`` (ValueError)."""
+    if loopback is None:
+        return []
+    items = loopback.items() if isinstance(loopback, dict) else loopback
+    out = []
+    for item in items:
+        item = tuple(item)
+        if len(item) not in (2, 3) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in item):
+            raise ValueError(f"loopback item {item!r}: want (herald, channel[, delay]) integers")
+        herald, channel, delay = item + (0,) * (3 - len(item))
+        if not (0 <= herald < rules and 0 <= channel < channels
+                and 0 <= delay <= MAX_LOOP_DELAY):
+            raise ValueError(f"loopback {herald}:{channel}:{delay}: this board has herald "
+                             f"outputs 0..{rules - 1}, inputs 0..{channels - 1}, and a jumper "
+                             f"delays 0..{MAX_LOOP_DELAY} cycles")
+        out.append((herald, channel, delay))
+    return out
 
 
 def _parse_stats(text):

@@ -11,6 +11,11 @@
 //   --baud N         UART baud rate of the gateware             default TWIN_BAUD
 //   --pins FILE      edges to drive on `pins` (format below)    default: pins stay low
 //   --max-cycles N   stop after N cycles after reset            default: run until told
+//   --loopback H:C[:D]  a jumper from herald output H to input C: the level `herald[H]` had
+//                    after the rising edge of cycle k drives input C from cycle k + 1 + D on
+//                    (D extra cycles of wire, default 0: a wire shorter than a clock period);
+//                    the input is high when the pins file or the jumper drives it high.
+//                    Repeatable; D < LOOP_HISTORY.
 //
 // Output: one line `PORT <slave path>` on stdout once the pty is ready; at exit one line on
 // stderr: `twin: cycles=... seconds=... cycles_per_s=... bytes_to_host=... bytes_from_host=...
@@ -98,6 +103,26 @@ uint64_t parse_u64(const char* text, const char* what) {
         usage_error(msg.c_str());
     }
     return value;
+}
+
+// Cycles of herald history kept for the loopback's wire delay.
+constexpr unsigned LOOP_HISTORY = 1024;
+
+struct Loop {
+    unsigned herald, channel, delay;
+};
+
+Loop parse_loop(const char* text) {
+    unsigned h, c, d = 0;
+    char extra;
+    int n = std::sscanf(text, "%u:%u:%u%c", &h, &c, &d, &extra);
+    if ((n != 2 && n != 3) || h >= TWIN_RULES || c >= TWIN_CHANNELS || d >= LOOP_HISTORY) {
+        std::string msg = std::string("bad --loopback ") + text + ": want HERALD:CHANNEL[:DELAY]"
+            " with HERALD < " + std::to_string(TWIN_RULES) + ", CHANNEL < "
+            + std::to_string(TWIN_CHANNELS) + ", DELAY < " + std::to_string(LOOP_HISTORY);
+        usage_error(msg.c_str());
+    }
+    return {h, c, d};
 }
 
 struct Edge {
@@ -368,6 +393,7 @@ int main(int argc, char** argv) {
     uint64_t clock_hz = TWIN_CLOCK_HZ, baud = TWIN_BAUD;
     uint64_t max_cycles = UINT64_MAX;
     const char* pins_path = nullptr;
+    std::vector<Loop> loops;
     for (int i = 1; i < argc; i++) {
         std::string arg = argv[i];
         auto value = [&](const char* what) -> const char* {
@@ -377,6 +403,7 @@ int main(int argc, char** argv) {
         if (arg == "--clock-hz") clock_hz = parse_u64(value("--clock-hz"), "--clock-hz");
         else if (arg == "--baud") baud = parse_u64(value("--baud"), "--baud");
         else if (arg == "--pins") pins_path = value("--pins");
+        else if (arg == "--loopback") loops.push_back(parse_loop(value("--loopback")));
         else if (arg == "--max-cycles")
             max_cycles = parse_u64(value("--max-cycles"), "--max-cycles");
         else usage_error(("unknown argument " + arg).c_str());
@@ -423,6 +450,8 @@ int main(int argc, char** argv) {
     unsigned pins = 0;
     unsigned herald_prev = 0;
     uint64_t herald_rises[TWIN_RULES] = {};
+    // herald_history[k % LOOP_HISTORY]: `herald` after the rising edge of cycle k.
+    std::vector<unsigned> herald_history(LOOP_HISTORY, 0);
     uint64_t cycle = 0;
     size_t pending_at_check = 0;
     const char* reason = "max-cycles";
@@ -434,7 +463,14 @@ int main(int argc, char** argv) {
                 const Edge& e = edges[next_edge++];
                 pins = e.level ? (pins | (1u << e.channel)) : (pins & ~(1u << e.channel));
             }
-            top->pins = pins;
+            unsigned looped = 0;
+            for (const Loop& l : loops) {
+                if (cycle >= 1 + (uint64_t)l.delay) {
+                    unsigned h = herald_history[(cycle - 1 - l.delay) % LOOP_HISTORY];
+                    looped |= ((h >> l.herald) & 1u) << l.channel;
+                }
+            }
+            top->pins = pins | looped;
             top->uart_rx = source.line();
             top->clk = 1;
             top->eval();
@@ -444,6 +480,7 @@ int main(int argc, char** argv) {
             int byte = sink.step(cycle, top->uart_tx);
             if (byte >= 0) pty.out.push_back((uint8_t)byte);
             unsigned herald = top->herald;
+            herald_history[cycle % LOOP_HISTORY] = herald;
             if (herald != herald_prev) {
                 unsigned rose = herald & ~herald_prev;
                 for (unsigned r = 0; r < TWIN_RULES; r++) herald_rises[r] += (rose >> r) & 1;
