@@ -436,3 +436,59 @@ def test_harness_rejects_bad_arguments(binary):
     result = subprocess.run([str(binary), "--baud", "0"], capture_output=True, text=True,
                             timeout=10)
     assert result.returncode == 2 and "--baud" in result.stderr
+
+
+def test_loopback_jumpers(binary):
+    """Simulated jumpers (``Twin(loopback=...)``, no rebuild): herald pin 0 wired to input 1
+    directly and to input 2 through 7 cycles of wire, pin 1 (no rule) to input 3. Each pulse of
+    rule 0 (channel 0 alone, early) comes back as a rise and a fall on inputs 1 and 2 at the
+    pin-to-pin latency the Amaranth simulation measured for this input block, plus the cycle
+    in which the harness hands the pin to the input, plus the wire; input 3 stays dark."""
+    from heraldry.sim.latency import MEASURED
+    first, wire_delay = 8_000_000, 7
+    sources = [first + 300 * i for i in range(20)]
+    edges = [e for k in sources for e in ((k, 0, 1), (k + 2, 0, 0))]
+    with Twin(binary, pins=edges, loopback=[(0, 1), (0, 2, wire_delay), (1, 3)]) as twin:
+        assert twin.loopback == [(0, 1, 0), (0, 2, wire_delay), (1, 3, 0)]
+        link = Link(twin.port)
+        link.write("control.anchor_interval", MAP["control.anchor_interval"].minimum)
+        link.write("herald_width", HERALD_WIDTH)
+        link.write("herald_mask[0]", 0b0001)
+        for c in (1, 2, 3):
+            link.write(f"channel[{c}].edge", Edge.BOTH.value)
+        link.clear()
+        link.write("control.run", 1)
+        started = link.read("control.now")
+        assert started < first - 1000, f"device at cycle {started} before the run opened"
+        link.wait_cycles(sources[-1] + 5000 - started, started)
+        link.write("control.run", 0)
+        link.drain(MAP["control.anchor_interval"].minimum)
+        singles = link.counters("singles")
+        heralds = link.counters("heralds")
+        link.close()
+        _closed_cleanly(twin)
+    got = [[] for _ in range(CHANNELS)]
+    for rec in _verified_records(link.stream):
+        if rec["kind"] is Kind.TAG:
+            got[rec["channel"]].append(rec["time"] % WRAP)
+    early = MEASURED["GenericPHY"]["early"][0]
+    assert early.denominator == 1      # one sample a cycle: whole cycles
+    bins = [k + 1 + NOW_AT_RESET for k in sources]
+    assert got[0] == bins and heralds == [len(sources), 0]
+    for channel, delay in ((1, 0), (2, wire_delay)):
+        back = int(early) + 1 + delay
+        wanted = sorted(b + back + w for b in bins for w in (0, HERALD_WIDTH))
+        assert got[channel] == wanted, channel
+        assert singles[channel] == 2 * len(sources)
+    assert got[3] == [] and singles[3] == 0
+    assert twin.stats["herald_rises"] == [len(sources), 0]
+
+
+def test_loopback_refused_where_the_board_has_no_such_pin(binary):
+    for bad in ([(2, 1)], [(0, 4)], [(0, 1, 1024)], [(0,)], {0: "1"}):
+        with pytest.raises(ValueError):
+            Twin(binary, loopback=bad)
+    # The harness itself refuses what Twin would not pass.
+    result = subprocess.run([str(binary), "--loopback", "0:9"], capture_output=True, text=True,
+                            timeout=10)
+    assert result.returncode == 2 and "--loopback 0:9" in result.stderr
