@@ -40,7 +40,8 @@ class SyncError(ValueError):
 
 @dataclass(frozen=True)
 class Fit:
-    """Relation of board 2's time to board 1's: ``b = a + offset_s + ppm*1e-6*(a - t_ref_s)``.
+    """Relation of board 2's time to board 1's: ``b = a + offset_at(a)``, ``offset_at(a) =
+    offset_s + 1e-6 * (ppm * (a - t_ref_s) + drift_ppm_per_s * (a - t_ref_s)**2 / 2)``.
 
     ``jitter_s``: standard deviation of the matched pairs' residuals; ``pairs``: pairs in the
     fit; ``significance``: the coarse peak's height in standard deviations (0 when not
@@ -51,16 +52,24 @@ class Fit:
     jitter_s: float = 0.0
     pairs: int = 0
     significance: float = 0.0
+    drift_ppm_per_s: float = 0.0
 
     def offset_at(self, a):
         """Offset (seconds) at board-1 times ``a``."""
-        return self.offset_s + self.ppm * 1e-6 * (np.asarray(a, np.float64) - self.t_ref_s)
+        x = np.asarray(a, np.float64) - self.t_ref_s
+        return self.offset_s + 1e-6 * x * (self.ppm + 0.5 * self.drift_ppm_per_s * x)
+
+    def ppm_at(self, a):
+        """Frequency difference (ppm) at board-1 time ``a``."""
+        return self.ppm + self.drift_ppm_per_s * (a - self.t_ref_s)
 
     def to_a(self, b):
         """Board-2 times ``b`` in board 1's time base (the inverse of the relation)."""
         b = np.asarray(b, np.float64)
-        rho = self.ppm * 1e-6
-        return (b - self.offset_s + rho * self.t_ref_s) / (1.0 + rho)
+        a = b - self.offset_s
+        for _ in range(3):      # fixed point: each step gains a factor ppm * 1e-6
+            a = b - self.offset_at(a)
+        return a
 
 
 def _sorted_seconds(values, name):
@@ -145,21 +154,22 @@ def _fine(a, b, fit, bin_s, half_lag_s, half_rho):
 
 
 def _least_squares(a, b, fit, half_s):
-    """Refit offset and frequency on the pairs within ``half_s`` of ``fit``, trimming at 3
-    sigma twice."""
+    """Refit offset, frequency and its drift (a quadratic in time) on the pairs within
+    ``half_s`` of ``fit``, trimming at 3 sigma."""
     t, d = _differences(a, b, fit, half_s)
-    if len(d) < 3:
+    if len(d) < 4 or np.ptp(t) <= 0:
         return fit, t, d
     keep = np.ones(len(d), bool)
+    x = t - fit.t_ref_s
     for _ in range(3):
-        x = t[keep] - fit.t_ref_s
-        slope, intercept = np.polyfit(x, d[keep], 1) if np.ptp(x) > 0 else (0.0, d[keep].mean())
-        resid = d - intercept - slope * (t - fit.t_ref_s)
+        curve, slope, intercept = np.polyfit(x[keep], d[keep], 2)
+        resid = d - np.polyval((curve, slope, intercept), x)
         sigma = max(resid[keep].std(), 1e-15)
         keep = np.abs(resid) <= max(3 * sigma, 1e-12)
     return (Fit(fit.offset_s + intercept, fit.ppm + slope * 1e6, fit.t_ref_s,
                 jitter_s=float(resid[keep].std()), pairs=int(keep.sum()),
-                significance=fit.significance), t[keep], resid[keep])
+                significance=fit.significance,
+                drift_ppm_per_s=fit.drift_ppm_per_s + 2 * curve * 1e6), t[keep], resid[keep])
 
 
 def find_offset(a, b, *, max_offset_s=200e-6, max_ppm=100.0, start_s=None, span_s=0.5,
@@ -315,7 +325,13 @@ class Tracker:
         if not self.track:
             fit = Fit(fit.offset_at(start), 0.0, start, fit.jitter_s, fit.pairs,
                       fit.significance)
-        self.state, self.fit = LOCKED, fit
+        # The span is corrected by the fit (with its drift); the loop starts from the fit's
+        # value and slope at the span's end.
+        self.state = LOCKED
+        self.fit = Fit(fit.offset_at(end), fit.ppm_at(end), end, fit.jitter_s, fit.pairs,
+                       fit.significance)
+        self._offset, self._t = self.fit.offset_s, end
+        self._rho, self._residual = self.fit.ppm * 1e-6, 0.0
         self._window = self.window_s or max(10e-9, 5 * fit.jitter_s)
         self._rate = fit.pairs / (end - start)
         self._short = 0
@@ -330,7 +346,8 @@ class Tracker:
         if not self.track:
             self._drop(end)
             return Segment(start, end, LOCKED, fit)
-        t, d = _differences(a, self._b, fit, self._window) if len(a) else ((), ())
+        loop = Fit(self._offset, self._rho * 1e6, self._t, fit.jitter_s)
+        t, d = _differences(a, self._b, loop, self._window) if len(a) else ((), ())
         t, d = np.asarray(t), np.asarray(d)
         self._drop(end)
         expected = self._rate * (end - start)
@@ -350,15 +367,20 @@ class Tracker:
         near = np.abs(d - median) <= 3 * sigma
         residual = d[near].mean() if near.any() else median
         t_mid = t.mean()
-        rho = fit.ppm * 1e-6
-        here = fit.offset_at(t_mid)
+        here = self._offset + self._rho * (t_mid - self._t)
         jitter = float(d[near].std()) if near.sum() > 1 else fit.jitter_s
-        # The block's own estimate (a posteriori) corrects it; the loop's state moves by the
-        # gains only.
-        seen = Fit(here + residual, fit.ppm, t_mid, jitter, int(near.sum()), fit.significance)
-        rho += self.gain_frequency * residual / self.block_s
-        self.fit = Fit(here + self.gain_offset * residual, rho * 1e6, t_mid,
-                       0.9 * fit.jitter_s + 0.1 * jitter, int(near.sum()), fit.significance)
+        # Loop state: offset and integrator move by the gains. The integrator alone lags a
+        # drifting frequency by gain_offset/gain_frequency blocks' worth of the drift (the
+        # proportional term makes up for it): the frequency reported adds that term, on the
+        # residual averaged over ~10 blocks.
+        self._offset, self._t = here + self.gain_offset * residual, t_mid
+        self._rho += self.gain_frequency * residual / self.block_s
+        self._residual = 0.9 * self._residual + 0.1 * residual
+        ppm = (self._rho + self.gain_offset * self._residual / self.block_s) * 1e6
+        # The block's own estimate (a posteriori) corrects its tags.
+        seen = Fit(here + residual, ppm, t_mid, jitter, int(near.sum()), fit.significance)
+        self.fit = Fit(self._offset, ppm, t_mid, 0.9 * fit.jitter_s + 0.1 * jitter,
+                       int(near.sum()), fit.significance)
         if len(d) >= self.loss_fraction * expected:
             self._rate = 0.9 * self._rate + 0.1 * len(d) / (end - start)
         return Segment(start, end, LOCKED, seen, len(d), jitter)

@@ -297,40 +297,36 @@ def board_from_identity(identity):
     identification."""
     return {"clock_hz": float(identity.clock_hz), "fine_bits": identity.fine_bits,
             "rules": identity.rules, "channels": identity.channels, "bin_ps": identity.bin_ps,
-            "fixed_channels": True,
+            "fixed_channels": True, "identity": identity,
             "test_signal": bool(identity.capabilities & protocol.CAPABILITY_TEST_SIGNAL)}
 
 
-def acquisition_from_args(args, board=None):
-    """Turn parsed ``acquire`` options into a validated :class:`Acquisition` (or ConfigError).
+def _virtual_identity(board, channels):
+    """The identity a named virtual board reports with ``channels`` inputs (known before it
+    starts, so that bad options are refused before anything runs)."""
+    from .driver import Identity
+    rules = board["rules"]
+    return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0,
+                    channels=channels, rules=rules, fine_bits=board["fine_bits"],
+                    bin_fs=int(round(1e15 / board["clock_hz"])) >> board["fine_bits"],
+                    clock_hz=int(board["clock_hz"]),
+                    capabilities=protocol.CAPABILITY_TEST_SIGNAL,
+                    counters=protocol.RegisterMap(channels, rules).counters.size)
 
-    ``board``: ``{"clock_hz", "fine_bits", "rules", "channels"}`` (plus ``"bin_ps"``,
-    ``"fixed_channels"`` and ``"test_signal"`` for a real board, see
-    :func:`board_from_identity`); default: the named board of ``--board``."""
-    check_board_args(args)
-    if board is None:
-        board = VIRTUAL_BOARDS[args.board]
-    n = board["channels"] if args.channels is None else args.channels
-    if board.get("fixed_channels") and n != board["channels"]:
-        raise ConfigError(f"--channels {n}: the board has {board['channels']} channels")
-    bin_ps = board.get("bin_ps") or int(round(1e12 / board["clock_hz"])) >> board["fine_bits"]
-    notes = []
 
-    cycle_ps = bin_ps * 2 ** board["fine_bits"]
+def settings_from_args(args, identity):
+    """Map parsed ``acquire`` options onto the API's :class:`~heraldry.host.tagger.Settings`
+    (nanoseconds, as typed). Only the command line's own syntax is checked here (``CH=VALUE``
+    pairs, a channel named twice, a channel the board lacks, the ``--config`` file); the values
+    are validated against the board by :func:`~heraldry.host.tagger.settings_to_acquisition`,
+    the one conversion the API uses too."""
+    from .tagger import Settings
+    n = identity.channels
 
-    def bins(what, ns, lo, hi, unit_ps=bin_ps, used=True):
-        # unit_ps: a bin, or a clock cycle (the test signal's times, as the API's Settings); a
-        # value the run does not use (the period without the periodic signal) is checked but
-        # not noted.
-        value, note = ns_to_bins(what, ns, unit_ps, lo, hi)
-        if note and used:
-            notes.append(note)
-        return value
-
-    def per_channel(options, what, convert, default):
-        # ``default`` (a list) may come from the config file: an option overrides its entry.
-        # The same channel twice among the options is refused (which one was meant?).
-        values = list(default) if isinstance(default, list) else [default] * n
+    def per_channel(options, what, convert, initial=None):
+        # An option overrides the config file's entry for its channel; the same channel twice
+        # among the options is refused (which one was meant?).
+        values = dict(initial or {})
         given = set()
         for text in options:
             channel, value = _channel_value(text, what)
@@ -343,59 +339,66 @@ def acquisition_from_args(args, board=None):
             values[channel] = convert(value)
         return values
 
-    window = (2 ** board["fine_bits"] if args.window is None
-              else bins("--window", args.window, 1, 2 ** protocol.WINDOW_BITS - 1))
-    delays = 0
+    delays = {}
     if getattr(args, "config", None):
         what = f"--config {args.config}: delay"
-        delays = [0] * n
         for channel, ns in sorted(read_config(args.config).items()):
             if not 0 <= channel < n:
                 raise ConfigError(f"{what} {f'{channel}={ns!r}'!r}: no channel {channel} "
                                   f"(channels are 0..{n - 1})")
-            delays[channel] = bins(what, ns, 0, 1023)
-    delays = per_channel(args.delay, "--delay",
-                         lambda v: bins("--delay", _float(v, "--delay"), 0, 1023), delays)
-    dead = per_channel(args.dead_time, "--dead-time",
-                       lambda v: bins("--dead-time", _float(v, "--dead-time"), 0, 65535), 0)
-
-    def edge(v):
-        if v not in EDGES:
-            raise ConfigError(f"--edge {v!r} must be one of {', '.join(EDGES)}")
-        return v
-    edges = per_channel(args.edge, "--edge", edge, "rising")
-    enabled = [True] * n
+            # Checked here too, so that a bad value names the file it came from.
+            ns_to_bins(what, ns, identity.bin_ps, 0, 2 ** protocol.DELAY_BITS - 1)
+            delays[channel] = ns
+    delays = per_channel(args.delay, "--delay", lambda v: _float(v, "--delay"), delays)
+    dead = per_channel(args.dead_time, "--dead-time", lambda v: _float(v, "--dead-time"))
+    edges = per_channel(args.edge, "--edge", str)
+    disabled = []
     for ch in args.disable:
         if not 0 <= ch < n:
             raise ConfigError(f"--disable {ch}: no such channel (channels are 0..{n - 1})")
-        if not enabled[ch]:
+        if ch in disabled:
             raise ConfigError(f"--disable {ch}: channel {ch} is given twice")
-        enabled[ch] = False
-    herald_rules = [parse_herald(text, n, board["rules"]) for text in args.herald]
-    record_mask = 0
-    for text in args.record_coincidences:
-        pattern = parse_mask(text, n, "--record-coincidences pattern")
-        record_mask |= 1 << pattern
+        disabled.append(ch)
+    # Parsed here, so that a bad rule or pattern is refused in the option's own words.
+    heralds = tuple(parse_herald(text, n, identity.rules) for text in args.herald)
+    patterns = tuple(parse_mask(text, n, "--record-coincidences pattern")
+                     for text in args.record_coincidences)
+    return Settings(
+        window_ns=args.window, delays_ns=delays, dead_times_ns=dead, edges=edges,
+        disabled=tuple(disabled), heralds=heralds, herald_width=args.herald_width,
+        record_coincidences=patterns, test_signal=args.test_signal,
+        pair_rate_hz=args.pair_rate, efficiency=args.efficiency, dark_rate_hz=args.dark_rate,
+        pair_delay_ns=args.pair_delay, period_ns=args.period, seed=args.seed)
+
+
+def acquisition_from_args(args, board=None):
+    """Turn parsed ``acquire`` options into a validated :class:`Acquisition` (or ConfigError),
+    through the API's :class:`~heraldry.host.tagger.Settings` and its one conversion; messages
+    and rounding notes name the command-line options.
+
+    ``board``: ``{"clock_hz", "fine_bits", "rules", "channels"}`` (plus ``"bin_ps"``,
+    ``"fixed_channels"``, ``"test_signal"`` and ``"identity"`` for a real board, see
+    :func:`board_from_identity`); default: the named board of ``--board``."""
+    from .tagger import option_message, settings_to_acquisition
+    check_board_args(args)
+    if board is None:
+        board = VIRTUAL_BOARDS[args.board]
+    n = board["channels"] if args.channels is None else args.channels
+    if board.get("fixed_channels") and n != board["channels"]:
+        raise ConfigError(f"--channels {n}: the board has {board['channels']} channels")
+    identity = board.get("identity") or _virtual_identity(board, n)
     if args.test_signal != "off" and not board.get("test_signal", True):
         raise ConfigError(f"--test-signal {args.test_signal}: this board's gateware has no "
                           f"built-in test signal; use --test-signal off to read the pins")
     if args.duration * board["clock_hz"] < 1:
         raise ConfigError(f"--duration {args.duration:g} s is shorter than one clock cycle "
                           f"({1 / board['clock_hz']:g} s)")
-    # Whole clock cycles: the test signal steps once a cycle.
-    pair_delay = bins("--pair-delay", args.pair_delay, 0, 2 ** protocol.PAIR_DELAY_BITS - 1,
-                      cycle_ps, args.test_signal == "pairs") << board["fine_bits"]
-    period = bins("--period", args.period, 1, 2 ** protocol.PERIOD_BITS - 1, cycle_ps,
-                  args.test_signal == "periodic")
-    acq = Acquisition(
-        channels=n, rules=board["rules"], bin_ps=bin_ps, clock_hz=float(board["clock_hz"]),
-        fine_bits=board["fine_bits"], window_bins=window, delays_bins=delays,
-        dead_time_bins=dead, edges=edges, enabled=enabled, herald_rules=herald_rules,
-        herald_width=args.herald_width, coincidence_record_mask=record_mask,
-        test_signal=args.test_signal, pair_rate_hz=args.pair_rate, efficiency=args.efficiency,
-        dark_rate_hz=args.dark_rate, pair_delay_bins=pair_delay, period_cycles=period,
-        seed=args.seed)
-    return acq, notes
+    settings = settings_from_args(args, identity)
+    try:
+        acq, notes = settings_to_acquisition(settings, identity)
+    except ConfigError as error:
+        raise ConfigError(option_message(error)) from None
+    return acq, [option_message(note) for note in notes]
 
 
 def _file_key(path):
@@ -992,7 +995,7 @@ def cmd_sim(args):
 # sub-parsers and returns ``[(name, handler), ...]``; ``handler(args)`` returns the exit status.
 COMMAND_MODULES = ["heraldry.host.cmd_calibrate", "heraldry.host.cmd_board",
                    "heraldry.host.cmd_serve", "heraldry.host.cmd_selftest",
-                   "heraldry.host.cmd_relay"]
+                   "heraldry.host.cmd_relay", "heraldry.host.cmd_link"]
 COMMAND_HANDLERS = {}
 
 

@@ -1,0 +1,261 @@
+"""Two-node time (issue 15): the two-board model source, heraldry.sync's offset search and
+tracker, the merge through the reference model, and ``heraldry link``.
+
+Every figure is checked against the model's truth (its clocks, its pair indices) or against the
+reference model run on the same detections on one shared clock, never against sync's own
+output."""
+
+import math
+
+import numpy as np
+import pytest
+
+from heraldry.model import coincidence_windows
+from heraldry.model.twonode import Clock, two_node_source
+from heraldry.sync import LOCKED, SyncError, Tracker, find_offset, link, window_misses
+
+WINDOW_BINS = 20        # 20 ns in the model's 1 ns bins
+
+
+def seconds(src):
+    return src.a * src.bin_a_s, src.b * src.bin_b_s
+
+
+def shared_coincidences(src, window=WINDOW_BINS):
+    """Cross-node coincidences of one board carrying both detectors (ideal clock), the fiber
+    delay taken out as a cable delay would: the baseline."""
+    fiber = round(src.fiber_delay_s / src.bin_a_s)
+    w = coincidence_windows([np.sort(src.shared_a), np.sort(src.shared_b - fiber)], window)
+    return int(np.count_nonzero(w.pattern == 3))
+
+
+def true_relative_ppm(src, t_true):
+    """Board 2's frequency against board 1's at true time t (from the model's clocks)."""
+    fa = 1 + 1e-6 * src.clock_a.ppm_at(t_true)
+    fb = 1 + 1e-6 * src.clock_b.ppm_at(t_true)
+    return (fb / fa - 1) * 1e6
+
+
+# --- the model source ---------------------------------------------------------------------------
+
+def test_clock_local_time_closed_form():
+    clock = Clock(ppm=20, drift_ppm_per_s=2, steps=((1.0, 5.0),), start_s=0.25)
+    t = np.array([0.0, 0.5, 1.0, 3.0])
+    # by hand: 0.25 + t + 1e-6 (20 t + t^2 + 5 max(0, t - 1))
+    expected = [0.25, 0.75 + 1e-6 * (10 + 0.25), 1.25 + 1e-6 * 21, 3.25 + 1e-6 * (60 + 9 + 10)]
+    assert clock.local(t) == pytest.approx(expected, abs=1e-15)
+    assert clock.ppm_at(2.0) == pytest.approx(20 + 4 + 5)
+
+
+def test_two_node_source_contract():
+    src = two_node_source(0.5, pair_rate_hz=2e4, efficiency_a=0.5, efficiency_b=0.25,
+                          dark_rate_a_hz=2e3, dark_rate_b_hz=0, fiber_delay_s=10e-6,
+                          jitter_s=0, clock_a=Clock(ppm=10), clock_b=Clock(ppm=-10), seed=5)
+    assert np.all(np.diff(src.a) >= 0) and np.all(np.diff(src.b) >= 0)
+    assert np.all(src.pair_b >= 0)                         # no darks on board 2
+    assert np.count_nonzero(src.pair_a < 0) == pytest.approx(1000, rel=0.15)
+    assert np.count_nonzero(src.pair_a >= 0) == pytest.approx(0.5 * 1e4, rel=0.1)
+    assert len(src.b) == pytest.approx(0.25 * 1e4, rel=0.1)
+    # without jitter, B is exactly fiber_delay later in true time; each board quantises its clock
+    common, ia, ib = np.intersect1d(src.pair_a, src.pair_b, return_indices=True)
+    assert len(common) > 500
+    assert np.allclose(src.true_b[ib] - src.true_a[ia], 10e-6, atol=1e-12)
+    assert np.array_equal(src.b[ib], np.floor(src.true_b[ib] * (1 - 10e-6) / 1e-9))
+    assert np.array_equal(src.a[ia], np.floor(src.true_a[ia] * (1 + 10e-6) / 1e-9))
+
+
+# --- offset search ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fiber_s, ppm_a, ppm_b, start_b", [
+    (50e-6, 20, -15, 0.0), (0.0, -40, 45, -150e-6), (150e-6, 0, 0, 45e-6), (5e-6, 60, -30, 0)])
+def test_find_offset_over_a_wide_range(fiber_s, ppm_a, ppm_b, start_b):
+    src = two_node_source(0.6, fiber_delay_s=fiber_s, clock_a=Clock(ppm=ppm_a),
+                          clock_b=Clock(ppm=ppm_b, start_s=start_b + 1e-3), seed=11,
+                          dark_rate_a_hz=2e4, dark_rate_b_hz=2e4)
+    a, b = seconds(src)
+    b = b - 1e-3            # board 2 started 1 ms "before true zero": no tags lost at the start
+    fit = find_offset(a, b, span_s=0.5)
+    truth = src.offset_s(fit.t_ref_s) - 1e-3
+    assert fit.offset_s == pytest.approx(truth, abs=0.3e-9)
+    assert fit.ppm == pytest.approx(true_relative_ppm(src, 0.25), abs=0.005)
+
+
+def test_find_offset_at_realistic_rates_with_20ns_jitter():
+    # 1e5 singles/s per side, 1e4 pairs/s, 20 ns jitter per detector, 70 % of the singles darks
+    src = two_node_source(0.6, pair_rate_hz=1e5, efficiency_a=0.316, efficiency_b=0.316,
+                          dark_rate_a_hz=6.8e4, dark_rate_b_hz=6.8e4, jitter_s=20e-9,
+                          fiber_delay_s=50e-6, clock_a=Clock(ppm=20), clock_b=Clock(ppm=-15),
+                          seed=3)
+    a, b = seconds(src)
+    assert len(a) / 0.6 == pytest.approx(1e5, rel=0.05)
+    fit = find_offset(a, b)
+    assert fit.offset_s == pytest.approx(src.offset_s(fit.t_ref_s), abs=2e-9)
+    assert fit.ppm == pytest.approx(true_relative_ppm(src, 0.25), abs=0.02)
+
+
+def test_find_offset_without_pairs_is_an_error():
+    src = two_node_source(0.5, pair_rate_hz=0, dark_rate_a_hz=5e4, dark_rate_b_hz=5e4, seed=4)
+    with pytest.raises(SyncError, match="no correlation peak"):
+        find_offset(*seconds(src))
+    with pytest.raises(SyncError):
+        find_offset([], [1.0])
+
+
+def test_offset_outside_the_search_range_is_not_found():
+    src = two_node_source(0.5, fiber_delay_s=300e-6, seed=6)
+    with pytest.raises(SyncError):
+        find_offset(*seconds(src), max_offset_s=100e-6)
+
+
+# --- tracking and merging -----------------------------------------------------------------------
+
+def test_tracked_link_recovers_the_shared_clock_coincidences():
+    """Issue 15's figure: +20 / -15 ppm, 50 us fiber: >= 99 % of the shared-clock run's
+    coincidences; the untracked (fixed offset) run < 1 %."""
+    src = two_node_source(2.0, fiber_delay_s=50e-6, clock_a=Clock(ppm=20),
+                          clock_b=Clock(ppm=-15, start_s=2e-6), seed=1)
+    baseline = shared_coincidences(src)
+    assert baseline > 15000
+    a, b = seconds(src)
+    tracked = link(a, b, window_s=20e-9, bin_s=1e-9)
+    assert tracked.state == LOCKED and not tracked.losses
+    assert tracked.cross >= 0.99 * baseline
+    assert tracked.cross <= 1.005 * baseline
+    assert tracked.fit.ppm == pytest.approx(true_relative_ppm(src, 1.0), abs=0.01)
+    assert tracked.misses < 0.01
+    untracked = link(a, b, window_s=20e-9, bin_s=1e-9, track=False)
+    assert untracked.cross < 0.01 * baseline
+
+
+def test_link_coincidences_are_the_true_pairs():
+    """The merged stream's cross-node windows hold board-2 tags of the same pairs as the
+    board-1 tags (checked with the model's pair indices)."""
+    src = two_node_source(0.8, dark_rate_a_hz=0, dark_rate_b_hz=0, jitter_s=0.3e-9,
+                          clock_a=Clock(ppm=-8), clock_b=Clock(ppm=12), seed=9)
+    a, b = seconds(src)
+    result = link(a, b, window_s=5e-9, bin_s=1e-9, acquire_s=0.3)
+    both = np.intersect1d(src.pair_a, src.pair_b)
+    # every pair seen on both boards, bar chance overlaps (3e4/s x 3e4/s x 10 ns: ~7 in all)
+    assert len(both) > 5000
+    assert result.cross == pytest.approx(len(both), abs=0.002 * len(both) + 10)
+
+
+def test_frequency_step_loses_lock_and_relocks():
+    """+2 ppm on board 2 at 1.0 s: lock lost within two blocks, regained after one
+    acquisition (0.25 s here), the new ppm measured."""
+    step_at = 1.0
+    src = two_node_source(2.0, fiber_delay_s=50e-6, clock_a=Clock(ppm=20),
+                          clock_b=Clock(ppm=-15, steps=((step_at, 2.0),)), seed=2)
+    a, b = seconds(src)
+    result = link(a, b, window_s=20e-9, bin_s=1e-9, acquire_s=0.25)
+    assert len(result.losses) == 1
+    lost_at = result.losses[0]
+    assert step_at <= lost_at <= step_at + 0.03
+    relock = result.locks[-1] - step_at
+    assert 0.25 <= relock <= 0.3
+    assert result.state == LOCKED
+    assert result.fit.ppm == pytest.approx(true_relative_ppm(src, 1.5), abs=0.01)
+    # Coincidences lost: at most the loss and the acquisition's worth
+    baseline = shared_coincidences(src)
+    assert result.cross >= 0.99 * baseline * (2.0 - 0.3) / 2.0
+
+
+def test_linear_drift_is_followed_without_loss():
+    src = two_node_source(2.0, clock_a=Clock(ppm=5, drift_ppm_per_s=-1.0),
+                          clock_b=Clock(ppm=-5, drift_ppm_per_s=1.0), seed=8)
+    result = link(*seconds(src), window_s=20e-9, bin_s=1e-9)
+    assert not result.losses and result.state == LOCKED
+    assert result.cross >= 0.99 * shared_coincidences(src)
+    assert result.fit.ppm == pytest.approx(true_relative_ppm(src, 2.0), abs=0.05)
+
+
+def test_tracker_fed_in_uneven_blocks_matches_whole():
+    src = two_node_source(1.2, clock_a=Clock(ppm=3), clock_b=Clock(ppm=-3), seed=12)
+    a, b = seconds(src)
+    tracker = Tracker(acquire_s=0.3)
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.uniform(a[0], a[-1], 40))
+    ia, ib = np.searchsorted(a, cuts), np.searchsorted(b, cuts)
+    for k in range(len(cuts) - 1):
+        tracker.feed(a[ia[k]:ia[k + 1]], b[ib[k]:ib[k + 1]])
+    tracker.feed(a[ia[-1]:], b[ib[-1]:], final=True)
+    assert tracker.state == LOCKED
+    assert tracker.fit.offset_at(1.0) == pytest.approx(src.offset_s(1.0), abs=0.3e-9)
+    # segments tile board 1's time without gaps
+    starts = np.array([s.start_s for s in tracker.segments])
+    ends = np.array([s.end_s for s in tracker.segments])
+    assert np.allclose(starts[1:], ends[:-1], atol=0)
+
+
+def test_window_misses_against_a_gaussian():
+    rng = np.random.default_rng(1)
+    a = np.sort(rng.uniform(0, 1.0, 20000))
+    sigma, window = 10e-9, 15e-9
+    b = np.sort(np.concatenate((a + rng.normal(0, sigma, len(a)), rng.uniform(0, 1.0, 20000))))
+    expected = math.erfc(window / sigma / math.sqrt(2))     # outside +-1.5 sigma: 13.4 %
+    assert window_misses(a, b, window) == pytest.approx(expected, abs=0.015)
+
+
+def test_link_rejects_bad_input():
+    with pytest.raises(SyncError, match="1..1023"):
+        link([0.0, 1.0], [0.0, 1.0], window_s=20e-9, bin_s=1e-12)
+    with pytest.raises(SyncError, match="sorted"):
+        link([1.0, 0.0], [0.0, 1.0])
+    with pytest.raises(SyncError, match="at most 8"):
+        link([0.0, 1.0], [0.0, 1.0], channels_a=[0, 6], channels_b=[0, 2])
+
+
+# --- heraldry link on two PTU files ---------------------------------------------------------------
+
+def _write_ptu(path, times_bins, bin_ps, channel=0):
+    from heraldry.host.events import EVENT_DTYPE
+    from heraldry.host.ptu import ChannelMap, PTUWriter
+    from heraldry.protocol import Kind
+    events = np.zeros(len(times_bins), EVENT_DTYPE)
+    events["time_ps"] = np.asarray(times_bins, np.int64) * bin_ps
+    events["channel"] = channel
+    events["kind"] = Kind.TAG.value
+    events["count"] = 1
+    with PTUWriter(str(path), bin_ps=bin_ps, channel_map=ChannelMap(1)) as writer:
+        writer.write_block(events)
+
+
+def test_cli_link_two_ptu_files(tmp_path, capsys):
+    from heraldry.host.cli import main
+    src = two_node_source(1.5, fiber_delay_s=50e-6, clock_a=Clock(ppm=20),
+                          clock_b=Clock(ppm=-15), seed=21)
+    _write_ptu(tmp_path / "a.ptu", src.a, 1000)
+    _write_ptu(tmp_path / "b.ptu", src.b, 1000)
+    status = main(["link", str(tmp_path / "a.ptu"), str(tmp_path / "b.ptu"),
+                   "--window-ns", "20", "--bin-ps", "1000"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "lock state: locked" in out
+    ppm = float(out.split("frequency: ")[1].split(" ppm")[0])
+    assert ppm == pytest.approx(true_relative_ppm(src, 0.5), abs=0.01)
+    offset_us = float(out.split("offset: ")[1].split(" us")[0])
+    t_ref = float(out.split("at board-1 time ")[1].split(" s")[0])
+    assert offset_us * 1e-6 == pytest.approx(src.offset_s(t_ref), abs=1e-9)
+    cross = int(out.split("cross-node coincidences: ")[1].split(" ")[0].replace(",", ""))
+    assert cross >= 0.99 * shared_coincidences(src)
+
+
+def test_cli_link_errors(tmp_path, capsys):
+    from heraldry.host.cli import main
+    (tmp_path / "junk.ptu").write_bytes(b"not a ptu file at all")
+    status = main(["link", str(tmp_path / "junk.ptu"), str(tmp_path / "junk.ptu")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "cannot read" in err
+    status = main(["link", str(tmp_path / "missing.ptu"), str(tmp_path / "junk.ptu")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "missing.ptu" in err
+    status = main(["link", "a.ptu", "b.ptu", "--window-ns", "0"])
+    err = capsys.readouterr().err
+    assert status == 2 and "--window-ns" in err
+    src = two_node_source(0.6, pair_rate_hz=0, dark_rate_a_hz=2e4, dark_rate_b_hz=2e4, seed=3)
+    _write_ptu(tmp_path / "a.ptu", src.a, 1000)
+    _write_ptu(tmp_path / "b.ptu", src.b, 1000)
+    status = main(["link", str(tmp_path / "a.ptu"), str(tmp_path / "b.ptu"),
+                   "--acquire-s", "0.5"])
+    out = capsys.readouterr().out
+    assert status == 1 and "no correlation peak found" in out
