@@ -171,9 +171,128 @@ def test_generated_bracket_holds_the_model_count():
     (["--channels", "9"], "--channels must be 1..8"),
     (["--test-signal", "off"], "invalid choice: 'off'"),
     (["--pair-rate", "2e8"], "pair rate 2e+08 Hz must be"),
+    (["--loopback", "0:0"], "--loopback: input 0: the jumper goes to an input 1..3"),
+    (["--loopback", "2:1"], "--loopback: herald output 2: this board has herald outputs 0..1"),
+    (["--loopback", "a:1"], "--loopback a:1: want HERALD:CHANNEL"),
+    (["--loopback", "--channels", "1"], "--loopback needs a board with 2 or more inputs"),
+    (["--sim-jumper", "0:1"], "--sim-jumper is for the virtual board with --loopback"),
+    (["--loopback", "--sim-jumper", "0:1:5000"], "--sim-jumper: a delay of 0..1023 cycles"),
+    (["--loopback", "--sim-jumper", "0:7"], "--sim-jumper: input 7: the jumper goes to"),
 ])
 def test_bad_options_are_refused_before_anything_runs(args, fragment):
     proc = _selftest(*args, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == "" and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("heraldry: error: ") and fragment in proc.stderr
+
+
+# -- loopback (one jumper from a herald output to an input) --------------------------------------
+
+#: The virtual board's loopback: a pulse of rule 0 rises on the pin MEASURED's early minimum
+#: (whole core periods for the one-sample-a-cycle input block) after channel 0's sample, the
+#: harness hands it to the input for the next cycle, and it is 4 cycles (the herald width) long.
+def _sim_return_bins():
+    from heraldry.sim.latency import MEASURED
+    early = MEASURED["GenericPHY"]["early"][0]
+    assert early.denominator == 1
+    return int(early) + 1
+
+
+def _device_ms(stdout):
+    return float(re.search(r", ([\d.]+) ms of device time", stdout).group(1))
+
+
+LOOPBACK_CHECKS = ["source (channel 0)", "input path (channel 1)", "herald pin 0", "latency",
+                   "pulse width"]
+
+
+def test_loopback_on_the_wired_virtual_board_passes():
+    duration, period_ns = 0.02, 200_000
+    proc = _selftest("--board", "sim", "--loopback", "--duration", str(duration), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = _checks(proc.stdout)
+    assert set(LOOPBACK_CHECKS) <= set(checks)
+    assert not any(name.startswith("test signal") for name in checks)
+    assert all(state == "PASS" for state, _ in checks.values()), proc.stdout
+    sources = _numbers(checks["source (channel 0)"][1])[0]
+    assert abs(sources - _device_ms(proc.stdout) * 1e6 / period_ns) <= 0.02 * sources + 2
+    edges, counter = _numbers(checks["herald pin 0"][1])[:3:2]
+    assert counter == sources and edges == 2 * counter
+    back = _sim_return_bins()
+    latency = _numbers(checks["latency"][1])
+    assert latency[:3] == [sources, back, back]          # pulses, min and max bins
+    assert f"({back * 10}..{back * 10} ns)" in checks["latency"][1]
+    width = _numbers(checks["pulse width"][1])
+    assert width[:3] == [sources, 4, 4]
+    assert proc.stdout.splitlines()[-1].startswith("selftest PASS")
+
+
+@pytest.mark.parametrize("jumper, failed, says", [
+    ("none", ["input path (channel 1)", "herald pin 0", "latency", "pulse width"],
+     "is the jumper from herald output 0 to input 1?"),
+    ("1:1", ["input path (channel 1)", "herald pin 0", "latency", "pulse width"],
+     "is the jumper from herald output 0 to input 1?"),
+    ("0:2", ["input path (channel 1)", "herald pin 0", "latency", "pulse width"],
+     "tags on channel 2: is the jumper on that input?"),
+    ("0:1:20", ["latency"], None),
+])
+def test_loopback_fails_with_the_jumper_missing_or_misplaced(jumper, failed, says):
+    proc = _selftest("--board", "sim", "--loopback", "--sim-jumper", jumper, "--duration",
+                     "0.01", "--quiet")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    checks = _checks(proc.stdout)
+    assert sorted(n for n, (state, _) in checks.items() if state == "FAIL") == sorted(failed)
+    assert checks["source (channel 0)"][0] == "PASS"
+    if says:
+        assert says in checks["input path (channel 1)"][1]
+    if jumper == "0:1:20":          # 20 cycles of wire: 20 bins late, out of the range
+        back = _sim_return_bins() + 20
+        assert _numbers(checks["latency"][1])[1:3] == [back, back]
+    assert proc.stdout.splitlines()[-1].startswith("selftest FAIL")
+
+
+def test_loopback_without_a_test_signal_uses_channel_0s_pin(monkeypatch, capsys):
+    """A board without the test signal (the iCEBreaker): channel 0 reads its pin, fed here by
+    the pins file (pulses every 3001 cycles); with nothing on it, the source check says what to
+    do. The virtual board is told apart from the iCEBreaker only by the capability."""
+    import argparse
+    from heraldry.host import tagger as tagger_mod
+    from heraldry.host.cmd_selftest import _run
+    from heraldry.sim.twin import Twin
+    monkeypatch.setattr(tagger_mod.Tagger, "has_test_signal", property(lambda self: False))
+    args = argparse.Namespace(loopback=(0, 1), duration=0.01, period=200_000.0, seed=1,
+                              quiet=True)
+    edges = [e for k in range(1000, 40_000_000, 3001) for e in ((k, 0, 1), (k + 1, 0, 0))]
+    for pins in (edges, None):
+        with Twin(pins=pins, loopback=[(0, 1)]) as twin:
+            with tagger_mod.open(twin.port, baud=twin.baud, timeout=3.0) as board:
+                status = _run(args, board, "sim")
+        out = capsys.readouterr().out
+        checks = _checks(out)
+        assert "source on channel 0: its pin" in out.splitlines()[0]
+        if pins is None:
+            assert status == 1 and checks["source (channel 0)"][0] == "FAIL"
+            assert "this board has no test signal; feed channel 0" in \
+                checks["source (channel 0)"][1]
+            continue
+        assert status == 0, out
+        sources = _numbers(checks["source (channel 0)"][1])[0]
+        # Over about the header's device time: one pulse every 3001 cycles.
+        assert abs(sources - _device_ms(out) * 1e5 / 3001) <= 0.02 * sources + 2
+        back = _sim_return_bins()
+        assert _numbers(checks["latency"][1])[:3] == [sources, back, back]
+
+
+def test_loopback_latency_bounds_of_the_real_boards():
+    """The range the latency check accepts, per input block, worked out by hand from
+    docs/boards.md's pin-to-pin figures (core periods, early rule): samples a period times the
+    figure, the top one bin up (the returned edge waits for the next sample) plus 15 ns of
+    buffers and wire in bins, 2 bins slack each side."""
+    from heraldry.host.cmd_selftest import _latency_bounds
+    # iCEBreaker: 3.25..4.25 periods of 4 bins of 10417 ps; 15 ns = 2 bins (rounded up).
+    assert _latency_bounds(2, 10417, True)[:3] == (13 - 2, 17 + 1 + 2 + 2, 4 + 2)
+    # ULX3S: 5.625..7.5625 periods of 16 bins of 1250 ps; 15 ns = 12 bins.
+    assert _latency_bounds(4, 1250, True)[:3] == (90 - 2, 121 + 1 + 12 + 2, 31 + 2)
+    # The virtual board: 4..5 periods of one 10 ns bin, no buffers.
+    assert _latency_bounds(0, 10_000, False)[:3] == (4 - 2, 5 + 1 + 2, 1 + 2)
+    assert _latency_bounds(3, 1000, True) is None
