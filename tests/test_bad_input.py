@@ -119,7 +119,8 @@ OPTION_CASES = [
     ("herald-pin-beyond", ["--herald", "D0,pin=2"], "there is no herald pin 2"),
     ("herald-pin-text", ["--herald", "D0,pin=x"], "pin=x is not a pin number"),
     ("herald-beyond", ["--herald", "0b10000"], "names a channel above 3"),
-    ("herald-too-many", ["--herald", "1", "--herald", "2", "--herald", "3"], "the gateware has 2"),
+    ("herald-too-many", ["--herald", "1", "--herald", "2", "--herald", "3"],
+     "3 herald rules given; the board has 2"),
     ("herald-width-0", ["--herald-width", "0"], "herald width"),
     ("record-pattern-0", ["--record-coincidences", "0"], "--record-coincidences pattern"),
     # unknown board, unreadable or nonexistent port, wrong baud
