@@ -520,6 +520,10 @@ def cmd_selftest(args):
             ident = sim_identity(args.channels)
             if args.loopback is not None:
                 _check_jumper(args.loopback, "--loopback", ident.channels, ident.rules)
+                limit = ident.clock_hz // 4      # the UART's four cycles a bit
+                if args.baud is not None and args.baud > limit:
+                    raise ConfigError(f"--baud must be 1..{limit} on the virtual board, not "
+                                      f"{args.baud}")
                 if args.sim_jumper not in (None, "none"):
                     _check_jumper(args.sim_jumper, "--sim-jumper", ident.channels, ident.rules)
             try:

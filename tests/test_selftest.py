@@ -178,6 +178,7 @@ def test_generated_bracket_holds_the_model_count():
     (["--sim-jumper", "0:1"], "--sim-jumper is for the virtual board with --loopback"),
     (["--loopback", "--sim-jumper", "0:1:5000"], "--sim-jumper: a delay of 0..1023 cycles"),
     (["--loopback", "--sim-jumper", "0:7"], "--sim-jumper: input 7: the jumper goes to"),
+    (["--loopback", "--baud", "50000000"], "--baud must be 1..25000000 on the virtual board"),
 ])
 def test_bad_options_are_refused_before_anything_runs(args, fragment):
     proc = _selftest(*args, timeout=60)
