@@ -36,8 +36,8 @@ takes both edges, so every herald pulse comes back as a rise and a fall on ``C``
 * ``source (channel 0)``: events arrived on channel 0;
 * ``input path (channel C)``: the herald pulses came back on input ``C`` (or, failing, which
   channel they came back on);
-* ``herald pin H``: pulses returned on ``C`` == the herald counter (the last one may still be on
-  its way when the run stops);
+* ``herald pin H``: the edges input ``C`` counted (its singles counter) == 2 x the herald
+  counter (the last pulse may still be on its way when the run stops);
 * ``latency``: the delay from each channel-0 tag to its returned rise lies within the board's
   simulated pin-to-pin latency (:data:`heraldry.sim.latency.MEASURED`, ``early``) plus
   :data:`LOOPBACK_IO_NS` for buffers and wire on a real board, :data:`LOOPBACK_SLACK_BINS` bins
