@@ -2,18 +2,22 @@
 
 ``heraldry serve --board sim|PORT [acquire's configuration options] [--bind 127.0.0.1]
 [--pub-port 5560] [--control-port 5561] [--metrics-port 9560] [--token SECRET]
-[--rates-hz 2] [--hwm 1000] [--sndbuf BYTES] [--herald-floor HZ] [--no-start] [--baud B]``
+[--rates-hz 2] [--status-interval S] [--hwm 1000] [--sndbuf BYTES] [--herald-floor HZ]
+[--no-start] [--baud B]``
 
 The board is opened with :func:`heraldry.host.tagger.open` (``--baud``, else the known boards'
-rates tried in turn); the server gets the configuration as a dict of acquire options, checked
-by :func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer.
+rates tried in turn); the server gets the :class:`~heraldry.host.tagger.Tagger` and the
+configuration as a dict of acquire options, checked by
+:func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer; it runs the
+board with :meth:`~heraldry.host.tagger.Tagger.run`.
 
 Starts acquiring at once (unless ``--no-start``) and runs until Ctrl-C, SIGTERM or SIGHUP,
 leaving the board stopped. When ready it prints one JSON line on stdout: ``{"pub":
-"tcp://...", "control": "tcp://...", "metrics": "http://.../metrics"}``. Port 0 picks a free port. Exit status: 0 after
-Ctrl-C/SIGTERM/SIGHUP; 2 bad options (one line on stderr: e.g. a non-loopback ``--bind`` without
-``--token``, a port in use, a ``--board`` path that is no serial device); 1 the board cannot be
-started or does not answer.
+"tcp://...", "control": "tcp://...", "metrics": "http://.../metrics"}``. Port 0 picks a free port.
+Exit status: 0 after Ctrl-C/SIGTERM/SIGHUP; 2 bad options (one line on stderr: e.g. a
+non-loopback ``--bind`` without ``--token``, a port in use, a ``--board`` path that is no
+serial device, a ``--status-interval`` the link cannot carry); 1 the board cannot be started
+or does not answer.
 """
 
 import json
@@ -59,6 +63,10 @@ def register(subparsers):
                    help="every control request must carry it (required off loopback)")
     p.add_argument("--rates-hz", type=float, default=2.0,
                    help="rates messages per second, 1..10 (default 2)")
+    p.add_argument("--status-interval", type=float, default=None, metavar="S",
+                   help="device seconds between the board's counter snapshots (default: the "
+                        "rates period on a serial port; 0.02 on the virtual board, whose "
+                        "device time runs slower than the wall's)")
     p.add_argument("--hwm", type=int, default=1000,
                    help="PUB send high-water mark, messages per subscriber (default 1000)")
     p.add_argument("--sndbuf", type=int, default=None, metavar="BYTES",
@@ -84,7 +92,7 @@ def cmd_serve(args):
     require("prometheus_client", "heraldry serve")
     from ..sim.twin import TwinError
     from .cli import _is_port, acquisition_from_args, board_from_identity
-    from .tagger import VIRTUAL_BOARDS
+    from .tagger import STATUS_INTERVAL_S, VIRTUAL_BOARDS
     from .driver import DeviceError
     from .serve import CONFIG_KEYS, Server, ServeError, check_bind
     from .tagger import open as open_board
@@ -120,9 +128,13 @@ def cmd_serve(args):
         # for, a serial port at --baud or at the rate that identifies.
         tagger = open_board(args.board, baud=args.baud,
                             channels=acq.channels if board is not None else None)
-        device = tagger.device
-        identity = device.identity
-        transport = device.transport
+        identity = tagger.identity
+        transport = tagger.device.transport
+        status_interval = args.status_interval
+        if status_interval is None and args.board == "sim":
+            # The Verilated board runs tens of times slower than real time: one snapshot per
+            # rates period of device time would refresh the rates every ten wall seconds or so.
+            status_interval = STATUS_INTERVAL_S
         if board is None:
             board = board_from_identity(identity)
 
@@ -132,15 +144,16 @@ def cmd_serve(args):
             return acquisition_from_args(_acquire_options(args, config), board)
         try:
             server = Server(
-                device, {key: getattr(args, key) for key in CONFIG_KEYS}, acquisition_for,
+                tagger, {key: getattr(args, key) for key in CONFIG_KEYS}, acquisition_for,
                 bind=args.bind,
                 pub_port=args.pub_port, control_port=args.control_port,
                 metrics_port=args.metrics_port, token=args.token, rates_hz=args.rates_hz,
                 hwm=args.hwm, sndbuf=args.sndbuf, start=not args.no_start,
-                herald_floor_hz=args.herald_floor,
+                herald_floor_hz=args.herald_floor, status_interval=status_interval,
                 log=lambda message: sys.stderr.write(f"heraldry: {message}\n"))
         except (ConfigError, ServeError) as error:
-            _error(error)
+            # The run's check names the API's keyword: name the option.
+            _error(str(error).replace("status_interval ", "--status-interval ", 1))
             return EXIT_USAGE
         host = args.bind
         endpoints = {"pub": f"tcp://{host}:{server.pub_port}",

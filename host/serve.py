@@ -1,17 +1,21 @@
 """One board, many watchers: a ZeroMQ event/rates publisher, a control socket and ``/metrics``.
 
-:class:`Server` owns one :class:`heraldry.host.driver.Device` and, in one loop on the calling
-thread, does three things:
+:class:`Server` owns one opened board (a :class:`heraldry.host.tagger.Tagger`) and, in one
+loop on the calling thread, does three things. Its acquisition is the API's: every ``start``
+is a new :meth:`~heraldry.host.tagger.Tagger.run` without a duration, stepped with
+:meth:`~heraldry.host.tagger.Run.poll` between control requests, its counters following the
+board's STATUS snapshots (no counter is read while it runs).
 
 * **Publishes** on a ZeroMQ PUB socket (``tcp://BIND:PUB_PORT``), as multipart messages:
 
   - ``[b"events", header, data]``: ``header`` is JSON ``{"seq", "first", "dtype", "count",
-    "lost"}``, ``data`` the raw bytes of ``count`` records of ``events.EVENT_DTYPE`` (``dtype``
-    is its ``numpy.lib.format`` description; :func:`decode_events` turns the frames back into an
-    array). ``seq`` counts every events message the server produced (0, 1, 2, ...) and
-    ``first`` every record it produced before this message's, so a subscriber sees any message
-    it did not get as a gap, and knows exactly how many records were in it
-    (:class:`SequenceTracker`).
+    "lost"}``, ``data`` the raw bytes of ``count`` records of ``events.EVENT_DTYPE`` (times in
+    the board's device time: the run's start count plus the run's time, so they go on
+    increasing across restarts; ``dtype`` is its ``numpy.lib.format`` description;
+    :func:`decode_events` turns the frames back into an array). ``seq`` counts every events
+    message the server produced (0, 1, 2, ...) and ``first`` every record it produced before
+    this message's, so a subscriber sees any message it did not get as a gap, and knows
+    exactly how many records were in it (:class:`SequenceTracker`).
   - ``[b"rates", json]`` every ``1 / rates_hz`` s (1..10 Hz): ``seq``, ``device_time_s``,
     ``running``, ``link_up``, per-channel ``channel_rates_hz``, ``pattern_rates_hz`` (pattern
     -> Hz, every pattern of 2 or more channels), ``herald_rates_hz`` per rule and their sum
@@ -19,7 +23,9 @@ thread, does three things:
     ``decode_errors``, ``events_messages`` (events messages produced), ``events_published``
     (records in them) and ``publish_refused``.
     Rates are per second of *device* time, from differences of the hardware counters between
-    two ticks (counter reads straddle a few ms of device time: the tick's time is the middle).
+    the latest STATUS snapshots seen at two ticks (at the snapshots' own device times; a tick
+    without a new snapshot repeats the rates). ``dropped`` adds up every run since the server
+    started (each ``start`` clears the board's counters), so it never decreases.
 
   Sends never block (``NOBLOCK``, send high-water mark ``hwm``): a slow subscriber cannot stall
   acquisition. ZeroMQ's PUB socket drops a message for a subscriber whose queue is at its
@@ -98,7 +104,14 @@ CONFIG_KEYS = ("channels", "window", "delay", "dead_time", "edge", "disable", "h
 _LIST_KEYS = ("delay", "dead_time", "edge", "disable", "herald", "record_coincidences")
 
 _MAX_EVENTS_PER_MESSAGE = 1 << 16
-_WRAP = 1 << 32
+
+#: Default wall seconds between a run's ``control.now`` polls: each costs one read (17 bytes on
+#: the link), so 20 per second.
+RUN_POLL_S = 0.05
+
+# Hardware drop causes and the counter group of each.
+_HARDWARE_DROPS = {"merger_full": "merger_dropped", "delay_full": "delay_dropped",
+                   "herald_record": "herald_dropped", "coincidence_record": "coincidence_dropped"}
 
 
 class ServeError(ValueError):
@@ -261,8 +274,8 @@ class Server:
 
     Parameters
     ----------
-    device : Device
-        Identified (``device.identity`` set); the server owns its run gate from now on.
+    tagger : heraldry.host.tagger.Tagger
+        An opened board (not a replay); the server owns its runs from now on.
     config : dict
         ``heraldry acquire`` configuration options by their long name with ``_`` (the keys of
         :data:`CONFIG_KEYS`; others are ignored); ``configure`` requests override them.
@@ -284,14 +297,22 @@ class Server:
         Open the run gate at once.
     herald_floor_hz : float
         Exported as ``heraldry_herald_rate_floor_hz`` for the alert rule (0: no floor).
+    status_interval : float or None
+        Device seconds between the board's counter snapshots (None: the rates period, one
+        snapshot per rates message on a board whose device time keeps pace with the wall's).
+        Checked by :meth:`~heraldry.host.tagger.Tagger.run` (ConfigError).
+    poll_s : float
+        Wall seconds between the run's ``control.now`` polls (each collects the blocks that
+        came in and the latest snapshot).
     log : callable
         ``log(message)`` for one-line notes (link down, a board that would not stop).
     """
 
-    def __init__(self, device, config, acquisition_for, *, bind="127.0.0.1",
+    def __init__(self, tagger, config, acquisition_for, *, bind="127.0.0.1",
                  pub_port=DEFAULT_PUB_PORT, control_port=DEFAULT_CONTROL_PORT,
                  metrics_port=DEFAULT_METRICS_PORT, token=None, rates_hz=2.0, hwm=1000,
-                 sndbuf=None, start=True, herald_floor_hz=0.0, log=None):
+                 sndbuf=None, start=True, herald_floor_hz=0.0, status_interval=None,
+                 poll_s=RUN_POLL_S, log=None):
         from ..extras import require
         zmq = require("zmq", "heraldry serve")
         CollectorRegistry = require("prometheus_client", "heraldry serve").CollectorRegistry
@@ -300,8 +321,14 @@ class Server:
             raise ServeError(f"--rates-hz must be 1..10, not {rates_hz:g}")
         if hwm < 1:
             raise ServeError(f"--hwm must be at least 1, not {hwm}")
-        self.device = device
-        self.identity = device.identity or device.identify()
+        if tagger.is_replay:
+            raise ServeError("serve needs a board, not a replay")
+        self.tagger = tagger
+        self.device = device = tagger.device
+        self.identity = tagger.identity
+        self.status_interval = 1.0 / rates_hz if status_interval is None else status_interval
+        self.poll_s = poll_s
+        self.run = None             # the run going on, or the last one
         self.config = {key: config[key] for key in CONFIG_KEYS if key in config}
         self.acquisition_for = acquisition_for
         self.acq, _ = acquisition_for(dict(self.config))
@@ -323,7 +350,9 @@ class Server:
         self.events_published = 0
         self.rates_seq = 0
         self._stopping = False
-        self._last = None           # (device time in cycles, counters) of the last tick
+        self._last = None           # (counters_seconds, counters) of the run at the last tick
+        self._done = {cause: 0 for cause in _HARDWARE_DROPS}   # drops of the runs that ended
+        self._run_for(self.acq)     # the status interval and poll checked before any socket
         self._host_dropped = device.stats()["host_dropped_events"]
         self._decode_errors = device.stats()["decode_errors"]
         self._zmq = zmq
@@ -377,31 +406,63 @@ class Server:
                                      if bin(p).count("1") > 1},
                 "herald_rates_hz": [0.0] * rules, "herald_rate_hz": 0.0}
 
-    def start(self):
-        """Stop, configure, clear and open the run gate (counters restart from zero; the rates
-        read 0 until the next tick)."""
+    def _run_for(self, acq):
+        """A new run of ``acq`` without a duration (not started; ConfigError if it cannot)."""
         from .acquire import anchor_interval_for
-        device = self.device
-        device.write("control.run", 0)
-        device.write("control.status_period", 0)
-        device.configure(self.acq)
-        reg = device.map["control.anchor_interval"]
+        reg = self.device.map["control.anchor_interval"]
         # Events are held by the decoder until their segment's CHECK: short segments keep the
         # stream's latency low (2**16 cycles, 2 % of the link for CHECK + ANCHOR).
-        device.write("control.anchor_interval", anchor_interval_for(0, reg.minimum, reg.maximum))
-        device.clear()
-        device.drain_blocks()
-        self._last = None
+        return self.tagger.run(acq, status_interval=self.status_interval, poll=self.poll_s,
+                               anchor_interval=anchor_interval_for(0, reg.minimum, reg.maximum))
+
+    def _going(self):
+        return self.run is not None and self.run.started and not self.run.ended
+
+    def _device_time_s(self):
+        """The board's device time as far as the current (or last) run has seen."""
+        run = self.run
+        return run.start_cycles / self.identity.clock_hz + run.device_seconds
+
+    def start(self):
+        """End the run going on (if any) and start a new one: configure, clear (counters from
+        zero; the rates read 0 until the first snapshot), snapshots on, run gate open."""
+        self.stop()
+        run = self._run_for(self.acq)
+        run.start()
+        self.run, self._last = run, (0.0, run.counters)
         with self._lock:
-            self.rates = self._zero_rates(device.now() / self.identity.clock_hz)
-        device.start()
+            self.rates = self._zero_rates(self._device_time_s())
         self.running = 1
-        self._tick_counters()
+        self.link_up = 1
 
     def stop(self):
-        """Close the run gate (records in the pipeline still come out and are published)."""
-        self.device.write("control.run", 0)
+        """End the run going on: stop the board, wait for the last records (published) and
+        take the final counters; with no run going, close the run gate all the same."""
+        if not self._going():
+            self.device.write("control.run", 0)
+            self.running = 0
+            return
+        try:
+            self.run.stop()
+        finally:
+            self._run_ended()
+
+    def _run_ended(self):
+        """The run has ended (stopped, or cut short by a lost link): publish what it still
+        holds, add its drops to the server's totals, rates to zero."""
+        run = self.run
         self.running = 0
+        self._publish_blocks()
+        with self._lock:
+            self._update_drops(run.counters)
+            for cause, group in _HARDWARE_DROPS.items():
+                self._done[cause] += sum(run.counters[group])
+            self.rates = self._zero_rates(self._device_time_s())
+
+    def _update_drops(self, counters):
+        """Drops so far: the ended runs' plus this run's ``counters`` (under the lock)."""
+        for cause, group in _HARDWARE_DROPS.items():
+            self.dropped[cause] = self._done[cause] + sum(counters[group])
 
     def _configure(self, overrides):
         if not isinstance(overrides, dict):
@@ -421,9 +482,7 @@ class Server:
             raise ConfigError(f"bad configure value: {error}") from None
         self.config, self.acq = config, acq
         if self.running:
-            self.start()
-        else:
-            self.device.configure(acq)
+            self.start()        # a stopped board takes it at the next start
         return notes
 
     # -- publishing ------------------------------------------------------------------------
@@ -454,59 +513,80 @@ class Server:
                 with self._lock:
                     self.dropped["publish"] += len(part)
 
-    def _tick_counters(self):
-        """Read the counters and device time; update rates and cumulative drops."""
-        device = self.device
-        before = device.now()
-        counters = device.counters()
-        after = device.now()
-        cycles = (before + after) / 2
-        stats = device.stats()
-        clock = self.identity.clock_hz
-        n = self.identity.channels
+    def _publish_blocks(self):
+        """Publish every block the run has for us now, in the board's device time."""
+        run = self.run
+        ident = self.identity
+        offset_ps = (run.start_cycles << ident.fine_bits) * ident.bin_fs // 1000
+        while (block := run.poll()) is not None:
+            if len(block.events):
+                events = block.events.copy()
+                events["time_ps"] += offset_ps
+                self.publish_events(events, block.lost)
+
+    def _step(self):
+        """One step of the run going on (nothing if none): publish what came in. A lost link
+        ends the run (``link_up`` 0, said once in the log)."""
+        from .driver import DeviceError
+        if not self._going():
+            return
+        try:
+            self._publish_blocks()
+        except DeviceError as error:
+            self._link_down(error)
+            self._run_ended()
+
+    def _link_down(self, error):
+        if self.link_up:
+            self.log(f"link down: {error}")
+        self.link_up = 0
+
+    def _tick(self):
+        """Update rates and cumulative drops from the run's latest snapshot. With no run going
+        the board is asked its time (one read), so a lost link is seen while stopped too."""
+        from .driver import DeviceError
+        stats = self.device.stats()         # host-side figures: no link traffic
         with self._lock:
             self.decode_errors += stats["decode_errors"] - self._decode_errors
             self._decode_errors = stats["decode_errors"]
             self.dropped["host_queue"] += stats["host_dropped_events"] - self._host_dropped
             self._host_dropped = stats["host_dropped_events"]
-            last = self._last
-            self._last = (cycles, counters)
-            groups = {"merger_full": "merger_dropped", "delay_full": "delay_dropped",
-                      "herald_record": "herald_dropped",
-                      "coincidence_record": "coincidence_dropped"}
-            if last is not None:
-                # Hardware counters are 32 bits and wrap; a clear zeroes them (last is None).
-                def delta(group, i):
-                    return (counters[group][i] - last[1][group][i]) % _WRAP
-                for cause, group in groups.items():
-                    self.dropped[cause] += sum(delta(group, i)
-                                               for i in range(len(counters[group])))
-                seconds = (cycles - last[0]) / clock
-                if seconds > 0:
-                    self.rates = {
-                        "device_time_s": cycles / clock,
-                        "channel_rates_hz": [delta("singles", c) / seconds for c in range(n)],
-                        "pattern_rates_hz": {str(p): delta("patterns", p - 1) / seconds
-                                             for p in range(1, 2 ** n) if bin(p).count("1") > 1},
-                        "herald_rates_hz": [delta("heralds", r) / seconds
-                                            for r in range(len(counters["heralds"]))],
-                    }
-                    self.rates["herald_rate_hz"] = sum(self.rates["herald_rates_hz"])
-            else:
-                # After a clear the counters count from zero: everything so far is new.
-                for cause, group in groups.items():
-                    self.dropped[cause] += sum(counters[group])
+        if not self._going():
+            try:
+                now = self.device.now()
+            except DeviceError as error:
+                self._link_down(error)
+                return
+            self.link_up = 1
+            with self._lock:
+                self.rates["device_time_s"] = now / self.identity.clock_hz
+            return
+        run = self.run
+        counts, at = run.counters, run.counters_seconds
+        n = self.identity.channels
+        with self._lock:
+            self._update_drops(counts)
+            self.rates["device_time_s"] = self._device_time_s()
+            last_at, last = self._last
+            seconds = at - last_at
+            if seconds > 0:
+                # Counters extended past 32 bits by the run: plain differences.
+                def hz(group, i):
+                    return (counts[group][i] - last[group][i]) / seconds
+                self.rates = {
+                    "device_time_s": self._device_time_s(),
+                    "channel_rates_hz": [hz("singles", c) for c in range(n)],
+                    "pattern_rates_hz": {str(p): hz("patterns", p - 1)
+                                         for p in range(1, 2 ** n) if bin(p).count("1") > 1},
+                    "herald_rates_hz": [hz("heralds", r) for r in range(len(counts["heralds"]))],
+                }
+                self.rates["herald_rate_hz"] = sum(self.rates["herald_rates_hz"])
+                self._last = (at, counts)
 
     def publish_rates(self):
-        """Read the counters and publish one ``rates`` message (also refreshes the metrics)."""
-        from .driver import DeviceError
-        try:
-            self._tick_counters()
-            self.link_up = 1
-        except DeviceError as error:
-            if self.link_up:
-                self.log(f"link down: {error}")
-            self.link_up = 0
+        """Publish one ``rates`` message from the latest snapshot (also refreshes the
+        metrics)."""
+        self._tick()
         with self._lock:
             message = dict(self.rates, seq=self.rates_seq, running=self.running,
                            link_up=self.link_up, dropped=dict(self.dropped),
@@ -570,7 +650,7 @@ class Server:
         except ConfigError as error:
             return {"ok": False, "error": str(error)}
         except DeviceError as error:
-            self.link_up = 0
+            self._link_down(error)      # (a run it cut short has ended: stop() saw to it)
             return {"ok": False, "error": f"board: {error}"}
         return {"ok": True, "running": bool(self.running)}
 
@@ -594,9 +674,7 @@ class Server:
         next_rates = time.monotonic() + self.rates_period
         while not self._stopping:
             self._serve_control(poll_s)
-            block = self.device.drain_blocks()
-            if len(block.events):
-                self.publish_events(block.events, block.lost)
+            self._step()
             if time.monotonic() >= next_rates:
                 self.publish_rates()
                 next_rates = max(next_rates + self.rates_period, time.monotonic())
@@ -614,10 +692,10 @@ class Server:
         self._context.term()
 
     def close(self):
-        """Stop the board (best effort) and close every socket."""
+        """End the run (the board stopped, its last records published; best effort) and close
+        every socket."""
         try:
-            self.device.write("control.run", 0)
-            self.running = 0
+            self.stop()
         except Exception as error:      # the link may be what failed
             self.log(f"could not stop the board: {error}")
         self._close_sockets()

@@ -45,6 +45,7 @@ def server():
     proc = _start("--pub-port", str(ports[0]), "--control-port", str(ports[1]),
                   "--metrics-port", str(ports[2]), "--quiet", "--rates-hz", "5",
                   "--hwm", "4", "--sndbuf", "4096", "--herald", "0b0011",
+                  "--status-interval", "0.002",         # the virtual board runs slowly
                   "--herald-floor", str(HERALD_FLOOR), "--pair-rate", str(PAIR_RATE),
                   "--efficiency", str(EFFICIENCY), "--dark-rate", str(DARK_RATE), "--seed", "7")
     line = proc.stdout.readline()      # the twin's first build (cached) happens before this
@@ -165,6 +166,9 @@ def test_rates_topic_and_metrics_agree_with_the_stream(server):
     same: pair channels and pattern 0b0011 > 0, herald rate > 0, nothing dropped, link up."""
     proc, endpoints, context = server
     sub = _sub(context, endpoints["pub"], b"rates")
+    # Rates follow the counter snapshots: zero until the run's first (on a loaded machine the
+    # virtual board may not have run 2 ms of device time yet).
+    _collect(sub, 20, until=lambda m: json.loads(m[-1][1])["channel_rates_hz"][0] > 0)
     t = time.monotonic()
     rates = _rates(sub, 8)
     elapsed = time.monotonic() - t
@@ -186,8 +190,7 @@ def test_rates_topic_and_metrics_agree_with_the_stream(server):
     pairs = np.mean([r["pattern_rates_hz"]["3"] for r in rates])
     # Windows of pattern 0b0011: pairs detected in both arms, plus rare accidentals.
     assert abs(pairs / (PAIR_RATE * EFFICIENCY ** 2) - 1) < 0.3
-    # Heralds of rule 0b0011 are those windows (and the rare 3- and 4-channel ones); the counters
-    # are read one by one, so the two are sampled a little apart in device time.
+    # Heralds of rule 0b0011 are those windows (and the rare 3- and 4-channel ones).
     assert abs(np.mean([r["herald_rate_hz"] for r in rates]) / pairs - 1) < 0.2
     text, samples = _scrape(endpoints)
     for name in METRIC_NAMES:
@@ -291,9 +294,12 @@ def test_control_one_client_at_a_time(server):
     assert got["ok"] and got["running"] is False
     assert request(b, "status")["config"]["herald"] == ["0b0101"]
     assert request(a, "start", lease=lease) == {"ok": True, "running": True}
+    # The rates read 0 until the new run's first counter snapshot (--status-interval of
+    # device time: the virtual board runs tens of times slower than real time).
     rates = _sub(context, endpoints["pub"], b"rates")
-    running = _rates(rates, 3)[-1]
+    msgs = _collect(rates, 20, until=lambda m: json.loads(m[-1][1])["channel_rates_hz"][0] > 0)
     rates.close()
+    running = json.loads(msgs[-1][1])
     assert running["running"] and running["channel_rates_hz"][0] > 0
     assert running["herald_rate_hz"] < running["pattern_rates_hz"]["3"] / 10
     assert request(a, "release_control", lease=lease) == {"ok": True}
@@ -310,6 +316,17 @@ def test_non_loopback_bind_needs_a_token():
     assert proc.returncode == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("heraldry: error: --bind 0.0.0.0")
     assert "--token" in err
+
+
+def test_a_status_interval_the_link_cannot_carry_is_refused_in_one_line():
+    """32 counter snapshot records of 9 bytes take 0.24 ms at 12 Mbaud: an interval under two
+    of them is a bad option (exit 2, one line naming it), nothing served."""
+    proc = _start("--status-interval", "0.0004", "--pub-port", "0", "--control-port", "0",
+                  "--metrics-port", "0")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and out == "", err
+    assert err.count("\n") == 1
+    assert err.startswith("heraldry: error: --status-interval 0.0004 s: a snapshot of 32 ")
 
 
 def test_a_port_that_is_no_serial_device_is_refused_in_one_line():
@@ -552,7 +569,7 @@ def test_serial_board_is_left_stopped_after_a_stop_signal(signum):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "heraldry.host.cli", "serve", "--board", twin.port,
                  "--pub-port", str(ports[0]), "--control-port", str(ports[1]),
-                 "--metrics-port", str(ports[2]), "--quiet"],
+                 "--metrics-port", str(ports[2]), "--quiet", "--status-interval", "0.02"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             endpoints = json.loads(proc.stdout.readline())
             deadline = time.monotonic() + 30
@@ -570,3 +587,115 @@ def test_serial_board_is_left_stopped_after_a_stop_signal(signum):
                 assert device.counters()["singles"] == singles
         finally:
             os.close(hold)
+
+
+class _ScriptedRun:
+    """A run whose counters, snapshot times and blocks the test sets (``Tagger.run``'s
+    interface as the server uses it)."""
+
+    def __init__(self, tagger, groups):
+        self.tagger = tagger
+        self.start_cycles = None
+        self.counters = {g: [0] * n for g, n in groups.items()}
+        self.counters_seconds = self.device_seconds = 0.0
+        self.started = self.ended = False
+        self.blocks = []
+
+    def start(self):
+        self.started = True
+        self.start_cycles = self.tagger.cycles
+        self.tagger.cycles += 10 ** 9
+
+    def poll(self):
+        return self.blocks.pop(0) if self.blocks else None
+
+    def stop(self):
+        self.ended = True
+        return self.counters
+
+
+class _ScriptedTagger:
+    def __init__(self):
+        from types import SimpleNamespace
+        self.identity = SimpleNamespace(channels=2, rules=1, clock_hz=100_000_000, fine_bits=0,
+                                        bin_fs=10_000_000, gateware_version=1)
+        self.groups = {"singles": 2, "patterns": 3, "heralds": 1, "delay_dropped": 2,
+                       "merger_dropped": 2, "herald_dropped": 1, "coincidence_dropped": 1}
+        anchor = SimpleNamespace(minimum=2 ** 8, maximum=2 ** 30)
+        self.device = SimpleNamespace(
+            map={"control.anchor_interval": anchor}, write=lambda name, value: None,
+            now=lambda: 0, stats=lambda: {"decode_errors": 0, "host_dropped_events": 0})
+        self.is_replay = False
+        self.runs = []
+        self.cycles = 10 ** 9           # the device count at the next run start
+
+    def run(self, acq, **options):
+        run = _ScriptedRun(self, self.groups)
+        self.runs.append(run)
+        return run
+
+
+def test_drops_rates_and_device_time_across_runs():
+    """Over a restart the drop totals keep growing (Prometheus counters: each run's counters
+    start from zero after its clear), rates are counter differences over the snapshots' device
+    times, and published times are the board's device time (the run's start count plus the
+    run's time), so they increase across runs."""
+    from heraldry.host.events import Block
+    from heraldry.host.serve import Server
+    tagger = _ScriptedTagger()
+    server = Server(tagger, {}, lambda config: (None, []), pub_port=0, control_port=0,
+                    metrics_port=0, rates_hz=2)
+    sub = None
+    try:
+        first = tagger.runs[-1]
+        assert server.running and first.started
+        first.counters = dict(first.counters, singles=[1000, 500], merger_dropped=[3, 4],
+                              heralds=[50])
+        first.counters_seconds, first.device_seconds = 0.5, 0.6
+        server._tick()
+        assert server.rates["channel_rates_hz"] == [2000.0, 1000.0]
+        assert server.rates["herald_rate_hz"] == 100.0
+        assert server.rates["device_time_s"] == pytest.approx(10.0 + 0.6)  # 1e9 cycles, 100 MHz
+        assert server.dropped["merger_full"] == 7
+        # No new snapshot at the next tick: the rates stay.
+        first.device_seconds = 0.7
+        server._tick()
+        assert server.rates["channel_rates_hz"] == [2000.0, 1000.0]
+        first.counters = dict(first.counters, singles=[1600, 800], merger_dropped=[5, 4],
+                              delay_dropped=[0, 2])
+        first.counters_seconds = 1.0
+        server._tick()
+        assert server.rates["channel_rates_hz"] == [1200.0, 600.0]
+        assert (server.dropped["merger_full"], server.dropped["delay_full"]) == (9, 2)
+        # A restart (start, or configure while running): a new run, its counters from zero.
+        context = zmq.Context.instance()
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(f"tcp://127.0.0.1:{server.pub_port}")
+        sub.subscribe(b"events")
+        time.sleep(0.3)
+        server.start()
+        second = tagger.runs[-1]
+        assert first.ended and second.started and server.rates["channel_rates_hz"] == [0.0, 0.0]
+        second.counters = dict(second.counters, merger_dropped=[1, 0], singles=[10, 0])
+        second.counters_seconds, second.device_seconds = 0.01, 0.02
+        events = np.zeros(2, EVENT_DTYPE)
+        events["time_ps"] = [0, 5_000]
+        second.blocks.append(Block(events, {}))
+        server._step()
+        server._tick()
+        assert (server.dropped["merger_full"], server.dropped["delay_full"]) == (10, 2)
+        assert server.rates["channel_rates_hz"] == [1000.0, 0.0]
+        assert server.rates["device_time_s"] == pytest.approx(20.0 + 0.02)
+        assert sub.poll(5000)
+        header, got = decode_events(sub.recv_multipart())
+        assert got["time_ps"].tolist() == [20 * 10 ** 12, 20 * 10 ** 12 + 5_000]
+        _, samples = _scrape({"metrics": f"http://127.0.0.1:{server.metrics_port}/metrics"})
+        assert samples['heraldry_events_dropped_total{cause="merger_full"}'] == 10
+        server.stop()
+        assert second.ended and not server.running
+        assert server.dropped["merger_full"] == 10
+    finally:
+        if sub is not None:
+            sub.close()
+        server.close()
