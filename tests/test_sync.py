@@ -5,6 +5,7 @@ Every figure is checked against the model's truth (its clocks, its pair indices)
 reference model run on the same detections on one shared clock, never against sync's own
 output."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -127,6 +128,25 @@ def test_tracked_link_recovers_the_shared_clock_coincidences():
     assert untracked.cross < 0.01 * baseline
 
 
+def test_tracked_link_at_realistic_rates():
+    """1e5 singles/s per side (70 % darks), 1e4 pairs/s, same clocks: >= 99 % of the
+    shared-clock coincidences once the accidentals (the shared-clock run with board 2 shifted
+    by 1 ms) are subtracted from both."""
+    src = two_node_source(2.0, pair_rate_hz=3.33e5, efficiency_a=0.3, efficiency_b=0.3,
+                          dark_rate_a_hz=7e4, dark_rate_b_hz=7e4, fiber_delay_s=50e-6,
+                          clock_a=Clock(ppm=20), clock_b=Clock(ppm=-15), seed=16)
+    shifted = dataclasses.replace(src, fiber_delay_s=src.fiber_delay_s + 1e-3)
+    accidental = shared_coincidences(shifted)
+    real = shared_coincidences(src) - accidental
+    assert real > 15000 and accidental > 1000
+    a, b = seconds(src)
+    tracked = link(a, b, window_s=20e-9, bin_s=1e-9)
+    assert not tracked.losses
+    assert (tracked.cross - accidental) / real >= 0.99
+    untracked = link(a, b, window_s=20e-9, bin_s=1e-9, track=False)
+    assert (untracked.cross - accidental) / real < 0.01
+
+
 def test_link_coincidences_are_the_true_pairs():
     """The merged stream's cross-node windows hold board-2 tags of the same pairs as the
     board-1 tags (checked with the model's pair indices)."""
@@ -138,6 +158,29 @@ def test_link_coincidences_are_the_true_pairs():
     # every pair seen on both boards, bar chance overlaps (3e4/s x 3e4/s x 10 ns: ~7 in all)
     assert len(both) > 5000
     assert result.cross == pytest.approx(len(both), abs=0.002 * len(both) + 10)
+
+
+def test_link_renumbers_board_2_channels_and_runs_herald_rules():
+    """Board 1: pairs on channel 0 and an unrelated stream on channel 1; board 2: pairs on its
+    channel 0, merged as channel 2. Sync on channel 0 only; a herald rule D0&D2 (early) fires
+    once per window holding both, and the D0&D2 windows match the shared-clock baseline."""
+    from heraldry.model import HeraldRule
+    src = two_node_source(1.2, clock_a=Clock(ppm=20), clock_b=Clock(ppm=-15), seed=14)
+    a, b = seconds(src)
+    rng = np.random.default_rng(3)
+    other = np.sort(rng.uniform(0, a[-1], 30000))
+    times_a = np.concatenate((a, other))
+    chans_a = np.concatenate((np.zeros(len(a), int), np.ones(len(other), int)))
+    order = np.argsort(times_a, kind="stable")
+    result = link(times_a[order], b, channels_a=chans_a[order], sync_a=[0], sync_b=[0],
+                  window_s=20e-9, bin_s=1e-9, acquire_s=0.3,
+                  rules=[HeraldRule(require=0b101)])
+    assert result.channels_a == 2 and result.channels_b == 1
+    assert set(np.unique(result.tags["channel"]).tolist()) == {0, 1, 2}
+    d0_d2 = int(np.count_nonzero((result.windows.pattern & 0b101) == 0b101))
+    assert d0_d2 >= 0.99 * shared_coincidences(src)
+    assert len(result.heralds) == d0_d2
+    assert np.count_nonzero(result.tags["channel"] == 1) == pytest.approx(30000, rel=0.01)
 
 
 def test_frequency_step_loses_lock_and_relocks():
