@@ -54,10 +54,23 @@ def register(subparsers):
 
 
 def _read(path):
+    """Tag times (seconds) and input channels of a PTU file. In our files the header's channel
+    map tells inputs from herald and coincidence records (left out); in others every photon
+    record is a tag of its channel."""
     from .ptu import read_ptu
+    from .replay import _channel_map, _json_tag
     data = read_ptu(path)
-    photons = data.photons
-    return data.time_ps[photons].astype(np.float64) * 1e-12, data.channel[photons]
+    keep = data.photons
+    channel = data.channel.astype(np.int64)
+    cmap = _json_tag(data.tags, "Heraldry_ChannelMap")
+    if cmap:
+        inputs, _, _ = _channel_map(cmap)
+        number = np.full(64, -1, np.int64)
+        for c, ptu_channel in inputs.items():
+            number[ptu_channel] = c
+        channel = number[channel]
+        keep = keep & (channel >= 0)
+    return data.time_ps[keep].astype(np.float64) * 1e-12, channel[keep]
 
 
 def cmd_link(args):

@@ -250,16 +250,25 @@ def test_link_rejects_bad_input():
 
 # --- heraldry link on two PTU files ---------------------------------------------------------------
 
-def _write_ptu(path, times_bins, bin_ps, channel=0):
+def _write_ptu(path, times_bins, bin_ps, channel=0, heralds=0):
+    """Our PTU file of TAGs on input ``channel``; with ``heralds``, as many HERALD records of
+    rule 0 (PTU channel 1) at random times, which ``heraldry link`` must leave out."""
     from heraldry.host.events import EVENT_DTYPE
     from heraldry.host.ptu import ChannelMap, PTUWriter
     from heraldry.protocol import Kind
-    events = np.zeros(len(times_bins), EVENT_DTYPE)
-    events["time_ps"] = np.asarray(times_bins, np.int64) * bin_ps
-    events["channel"] = channel
-    events["kind"] = Kind.TAG.value
+    times = np.asarray(times_bins, np.int64)
+    kinds = np.full(len(times), Kind.TAG.value)
+    if heralds:
+        extra = np.random.default_rng(7).integers(times[0], times[-1], heralds)
+        times = np.concatenate((times, extra))
+        kinds = np.concatenate((kinds, np.full(heralds, Kind.HERALD.value)))
+    order = np.argsort(times, kind="stable")
+    events = np.zeros(len(times), EVENT_DTYPE)
+    events["time_ps"] = times[order] * bin_ps
+    events["channel"] = np.where(kinds[order] == Kind.TAG.value, channel, 0)
+    events["kind"] = kinds[order]
     events["count"] = 1
-    with PTUWriter(str(path), bin_ps=bin_ps, channel_map=ChannelMap(1)) as writer:
+    with PTUWriter(str(path), bin_ps=bin_ps, channel_map=ChannelMap(1, rules=1)) as writer:
         writer.write_block(events)
 
 
@@ -268,7 +277,7 @@ def test_cli_link_two_ptu_files(tmp_path, capsys):
     src = two_node_source(1.5, fiber_delay_s=50e-6, clock_a=Clock(ppm=20),
                           clock_b=Clock(ppm=-15), seed=21)
     _write_ptu(tmp_path / "a.ptu", src.a, 1000)
-    _write_ptu(tmp_path / "b.ptu", src.b, 1000)
+    _write_ptu(tmp_path / "b.ptu", src.b, 1000, heralds=5000)
     status = main(["link", str(tmp_path / "a.ptu"), str(tmp_path / "b.ptu"),
                    "--window-ns", "20", "--bin-ps", "1000"])
     out = capsys.readouterr().out
@@ -279,6 +288,9 @@ def test_cli_link_two_ptu_files(tmp_path, capsys):
     offset_us = float(out.split("offset: ")[1].split(" us")[0])
     t_ref = float(out.split("at board-1 time ")[1].split(" s")[0])
     assert offset_us * 1e-6 == pytest.approx(src.offset_s(t_ref), abs=1e-9)
+    assert "merged ch 2" not in out          # board 2's herald records are not tags
+    rate_b = float(out.split("(merged ch 1): ")[1].split(" /s")[0].replace(",", ""))
+    assert rate_b == pytest.approx(len(src.b) / 1.5, rel=0.02)
     cross = int(out.split("cross-node coincidences: ")[1].split(" ")[0].replace(",", ""))
     assert cross >= 0.99 * shared_coincidences(src)
 
@@ -297,7 +309,7 @@ def test_cli_link_errors(tmp_path, capsys):
     assert status == 2 and "--window-ns" in err
     src = two_node_source(0.6, pair_rate_hz=0, dark_rate_a_hz=2e4, dark_rate_b_hz=2e4, seed=3)
     _write_ptu(tmp_path / "a.ptu", src.a, 1000)
-    _write_ptu(tmp_path / "b.ptu", src.b, 1000)
+    _write_ptu(tmp_path / "b.ptu", src.b, 1000, heralds=5000)
     status = main(["link", str(tmp_path / "a.ptu"), str(tmp_path / "b.ptu"),
                    "--acquire-s", "0.5"])
     out = capsys.readouterr().out
