@@ -487,10 +487,11 @@ def test_a_run_polls_at_its_pace_while_blocks_flow():
 def test_poll_steps_a_run_without_a_duration_and_returns_the_stops_blocks():
     """``run.poll()`` (an event loop's step, what ``heraldry serve`` runs on) on the virtual
     board: a run without a duration goes on until stopped; the counters' snapshots
-    (``counters_seconds``) are whole status intervals apart and the counts only grow; the run's times count from
-    ``start_cycles``, read between two ``control.now`` reads around the start; after the stop,
-    iterating yields nothing but ``poll()`` returns the blocks that came in while stopping, and
-    the tags of every block polled equal the board's singles counters."""
+    (``counters_seconds``) are whole status intervals apart and the counts only grow; the
+    run's times count from ``start_cycles``, read between two ``control.now`` reads around the
+    start; after the stop, iterating yields nothing but ``poll()`` returns the blocks that came
+    in while stopping, and the tags of every block polled equal the board's singles
+    counters."""
     interval = 0.002
     with heraldry.open("sim") as tagger:
         device = tagger.device
