@@ -113,10 +113,14 @@ def _float(text, what):
         raise ConfigError(f"{what} {text!r} is not a number") from None
 
 
-def add_test_signal_options(parser, choices, signal_help, pair_delay_help):
-    """The test-signal options, shared by every command that can run the built-in signal."""
-    parser.add_argument("--test-signal", choices=choices, default="pairs",
-                        help=f"{signal_help} (default pairs)")
+def add_test_signal_options(parser, choices, signal_help, pair_delay_help, *,
+                            default="pairs"):
+    """The test-signal options, shared by every command that can run the built-in signal.
+    ``default=None``: the board decides (:func:`test_signal_of`)."""
+    parser.add_argument("--test-signal", choices=choices, default=default,
+                        help=signal_help + (" (default: pairs on a virtual board, off on a "
+                                            "serial port: a real board reads its pins)"
+                                            if default is None else f" (default {default})"))
     parser.add_argument("--pair-rate", type=float, default=1e5, metavar="HZ",
                         help="photon pairs per second of the test signal (default 1e5)")
     parser.add_argument("--efficiency", type=float, default=0.5, metavar="P",
@@ -168,7 +172,7 @@ def build_parser():
     acq.add_argument("--record-coincidences", action="append", default=[], metavar="PATTERN",
                      help="also stream a record for every window of this pattern (repeatable)")
     add_test_signal_options(acq, TEST_SIGNALS, "built-in test signal instead of the pins",
-                            "delay of arm B after arm A")
+                            "delay of arm B after arm A", default=None)
     acq.add_argument("--period", type=float, default=1000.0, metavar="NS",
                      help="period of the periodic test signal (default 1000 ns)")
     acq.add_argument("--out", metavar="FILE.npz|FILE.ptu",
@@ -301,6 +305,15 @@ def board_from_identity(identity):
             "test_signal": bool(identity.capabilities & protocol.CAPABILITY_TEST_SIGNAL)}
 
 
+def test_signal_of(args):
+    """``--test-signal`` as given, else the board's default: the photon-pair test signal on a
+    virtual board (it has no pins), ``off`` on a serial port (a real board measures its pins
+    unless asked otherwise, so a forgotten option never passes synthetic photons off as data)."""
+    if args.test_signal is not None:
+        return args.test_signal
+    return "pairs" if args.board in VIRTUAL_BOARDS else "off"
+
+
 def _virtual_identity(board, channels):
     """The identity a named virtual board reports with ``channels`` inputs (known before it
     starts, so that bad options are refused before anything runs)."""
@@ -366,7 +379,7 @@ def settings_from_args(args, identity):
     return Settings(
         window_ns=args.window, delays_ns=delays, dead_times_ns=dead, edges=edges,
         disabled=tuple(disabled), heralds=heralds, herald_width=args.herald_width,
-        record_coincidences=patterns, test_signal=args.test_signal,
+        record_coincidences=patterns, test_signal=test_signal_of(args),
         pair_rate_hz=args.pair_rate, efficiency=args.efficiency, dark_rate_hz=args.dark_rate,
         pair_delay_ns=args.pair_delay, period_ns=args.period, seed=args.seed)
 
@@ -387,8 +400,9 @@ def acquisition_from_args(args, board=None):
     if board.get("fixed_channels") and n != board["channels"]:
         raise ConfigError(f"--channels {n}: the board has {board['channels']} channels")
     identity = board.get("identity") or _virtual_identity(board, n)
-    if args.test_signal != "off" and not board.get("test_signal", True):
-        raise ConfigError(f"--test-signal {args.test_signal}: this board's gateware has no "
+    test_signal = test_signal_of(args)
+    if test_signal != "off" and not board.get("test_signal", True):
+        raise ConfigError(f"--test-signal {test_signal}: this board's gateware has no "
                           f"built-in test signal; use --test-signal off to read the pins")
     if args.duration * board["clock_hz"] < 1:
         raise ConfigError(f"--duration {args.duration:g} s is shorter than one clock cycle "

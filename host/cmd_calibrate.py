@@ -45,14 +45,15 @@ def register(subparsers):
     from .cli import add_test_signal_options
     add_test_signal_options(p, ("pairs", "off"),
                             "pairs (arms on channels 0 and 1) or off (the pins)",
-                            "delay of arm B after arm A, to be found")
+                            "delay of arm B after arm A, to be found", default=None)
     p.add_argument("--out", required=True, metavar="FILE.json", help="config file to write")
     return [("calibrate", cmd_calibrate)]
 
 
 def _settings(args):
     from .tagger import Settings
-    return Settings(test_signal=args.test_signal, pair_delay_ns=args.pair_delay,
+    from .cli import test_signal_of
+    return Settings(test_signal=test_signal_of(args), pair_delay_ns=args.pair_delay,
                     pair_rate_hz=args.pair_rate, efficiency=args.efficiency,
                     dark_rate_hz=args.dark_rate, seed=args.seed)
 
@@ -166,7 +167,7 @@ def cmd_calibrate(args):
         cli._error(f"channels {too_large} need more delay than the delay line's "
                    f"{max_delay * bin_ps / 1000:g} ns")
         ok = False
-    if args.test_signal == "pairs" and acq.channels >= 2:
+    if acq.test_signal == "pairs" and acq.channels >= 2:
         expected = acq.pair_delay_bins * bin_ps
         if args.reference == 0:
             arm_b = measured[1]

@@ -375,9 +375,10 @@ DEVICE_CASES = [
     ("channels-of-board", dict(), ["--channels", "2"], "the board has 4 channels"),
     ("herald-of-board", dict(), ["--herald", "0b10000"], "names a channel above 3"),
     ("config-of-board", dict(), ["--config", "CONFIG"], "no channel 6"),
-    # The iCEBreaker's gateware has no test-signal generator (capabilities bit 0 clear): the
-    # default --test-signal pairs would acquire nothing.
-    ("test-signal-of-board", dict(ident={"capabilities": 0b110}), [], "no built-in test signal"),
+    # The iCEBreaker's gateware has no test-signal generator (capabilities bit 0 clear):
+    # --test-signal pairs would acquire nothing (a serial port's default is off).
+    ("test-signal-of-board", dict(ident={"capabilities": 0b110}), ["--test-signal", "pairs"],
+     "no built-in test signal"),
 ]
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from heraldry import model
 from heraldry.host import cli
@@ -157,10 +158,34 @@ def test_test_signal_times_are_clock_cycles_on_a_board_with_fine_bits():
     api, _ = settings_to_acquisition(Settings(test_signal="periodic", period_ns=1000,
                                               pair_delay_ns=40), identity)
     assert (api.period_cycles, api.pair_delay_bins) == (50, 32)
-    args = parser.parse_args(["acquire", "--board", "/dev/null", "--pair-delay", "30",
-                              "--period", "1010"])
+    args = parser.parse_args(["acquire", "--board", "/dev/null", "--test-signal", "pairs",
+                              "--pair-delay", "30", "--period", "1010"])
     acq, notes = cli.acquisition_from_args(args, board)
     assert acq.pair_delay_bins == 32 and acq.period_cycles == 50     # 1.5 -> 2, 50.5 -> 50
-    # Only the signal in use is noted (pairs, the default): not the periodic signal's period.
+    # Only the signal in use is noted (pairs): not the periodic signal's period.
     assert notes == ["--pair-delay 30 ns is not a whole number of 20 ns bins; using 2 bins = 40 ns"]
     acq.validate()
+
+
+@pytest.mark.parametrize("command", ["acquire", "serve", "calibrate"])
+def test_a_board_on_a_serial_port_reads_its_pins_unless_told_otherwise(command):
+    """Without ``--test-signal``, a real board (a serial port) measures its pins and a virtual
+    board runs its photon-pair test signal; ``--test-signal`` wins on either."""
+    from heraldry.host import cmd_calibrate
+    identity = _ulx3s_like()
+    parser = cli.build_parser()
+    extra = ["--out", "delays.json"] if command == "calibrate" else []
+
+    def test_signal(argv):
+        args = parser.parse_args([command] + argv + extra)
+        if command == "calibrate":
+            return cmd_calibrate._settings(args).test_signal
+        if command == "serve":
+            args.duration = 1.0         # as cmd_serve does: a server runs without one
+        return cli.acquisition_from_args(args, cli.board_from_identity(identity)
+                                         if args.board != "sim" else None)[0].test_signal
+
+    assert test_signal(["--board", "/dev/null"]) == "off"
+    assert test_signal(["--board", "/dev/null", "--test-signal", "pairs"]) == "pairs"
+    assert test_signal(["--board", "sim"]) == "pairs"
+    assert test_signal(["--board", "sim", "--test-signal", "off"]) == "off"
