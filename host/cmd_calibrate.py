@@ -1,8 +1,8 @@
 """``heraldry calibrate``: measure every channel's delay against a reference channel and write a
 config file that ``heraldry acquire --config FILE`` applies.
 
-One acquisition (by default with the pairs test signal, arm A on channel 0 and arm B on channel
-1, ``--pair-delay`` after A), a run of the Python API (:meth:`heraldry.host.tagger.Tagger.run`)
+One acquisition (on a virtual board by default with the pairs test signal, arm A on channel 0
+and arm B on channel 1, ``--pair-delay`` after A; on a serial port by default of the pins), a run of the Python API (:meth:`heraldry.host.tagger.Tagger.run`)
 on ``sim`` or a serial port, with :class:`heraldry.host.measure.DelayCalibration` attached to it
 (fed block by block, the records are not kept): the
 correlation peak of each channel against ``--reference`` gives its delay ``d_c``; the file holds
