@@ -67,7 +67,7 @@ from .events import EVENT_DTYPE
 
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
            "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
-           "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES"]
+           "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES", "CONTROL_COMMANDS"]
 
 DEFAULT_PUB_PORT = 5560
 DEFAULT_CONTROL_PORT = 5561
@@ -79,23 +79,34 @@ DEFAULT_METRICS_PORT = 9560
 #: the PUB socket refused.
 DROP_CAUSES = tuple(cause.name.lower() for cause in LossCause) + ("host_queue", "publish")
 
-#: Every metric name ``/metrics`` exposes (counters with their ``_total`` suffix).
+#: Every metric name ``/metrics`` exposes (counters with their ``_total`` suffix). Counts are
+#: Prometheus counters (never decreasing: the totals of every run since the server started, as
+#: each ``start`` clears the board's counters); rates come from ``rate()`` over them, and the
+#: derived figures (CAR, accidental-subtracted herald rate, SLOs) are recording rules
+#: (docs/slo-rules.yml). Gauges are states and settings only.
 METRIC_NAMES = (
-    "heraldry_detection_rate_hz",           # gauge, label channel
-    "heraldry_coincidence_rate_hz",         # gauge, label pattern (2 or more channels)
-    "heraldry_herald_rate_hz",              # gauge, label rule
-    "heraldry_herald_rate_total_hz",        # gauge, sum over rules
-    "heraldry_herald_rate_floor_hz",        # gauge, --herald-floor (0: no floor)
-    "heraldry_herald_latency_seconds",      # gauge, early rule, worst case (sim.latency)
+    "heraldry_detections_total",            # counter, label channel
+    "heraldry_coincidences_total",          # counter, label pattern (2 or more channels)
+    "heraldry_heralds_total",               # counter, label rule
     "heraldry_events_dropped_total",        # counter, label cause (DROP_CAUSES)
     "heraldry_decode_errors_total",         # counter
+    "heraldry_control_commands_total",      # counter, labels command, result (ok/failed)
+    "heraldry_link_up_seconds_total",       # counter, wall seconds with the link up
+    "heraldry_link_down_seconds_total",     # counter, wall seconds with the link down
     "heraldry_publish_refused_total",       # counter, label topic
     "heraldry_published_messages_total",    # counter, label topic
+    "heraldry_herald_rate_floor_hz",        # gauge (setting), --herald-floor (0: no floor)
+    "heraldry_coincidence_window_seconds",  # gauge (setting), the coincidence window
+    "heraldry_herald_latency_seconds",      # gauge, early rule, worst case (sim.latency)
     "heraldry_link_up",                     # gauge 1/0
     "heraldry_running",                     # gauge 1/0: run gate open
     "heraldry_uptime_seconds",              # gauge, wall seconds since the server started
     "heraldry_device_time_seconds",         # gauge, device time of the last rates tick
 )
+
+#: Control commands counted in ``heraldry_control_commands_total`` (anything else: "other").
+CONTROL_COMMANDS = ("status", "acquire_control", "release_control", "start", "stop",
+                    "configure")
 
 #: ``configure`` keys a client may set: the ``heraldry acquire`` configuration options.
 CONFIG_KEYS = ("channels", "window", "delay", "dead_time", "edge", "disable", "herald",
@@ -212,25 +223,37 @@ class _Collector:
             refused = dict(s.publish_refused)
             published = dict(s.published)
             link_up, running = s.link_up, s.running
-        g = GaugeMetricFamily("heraldry_detection_rate_hz",
-                              "detections per device second, per channel", labels=["channel"])
-        for ch, rate in enumerate(rates.get("channel_rates_hz", [])):
-            g.add_metric([str(ch)], rate)
-        yield g
-        g = GaugeMetricFamily("heraldry_coincidence_rate_hz",
-                              "closed windows per device second, per pattern of 2+ channels",
-                              labels=["pattern"])
-        for pattern, rate in rates.get("pattern_rates_hz", {}).items():
-            g.add_metric([pattern], rate)
-        yield g
-        g = GaugeMetricFamily("heraldry_herald_rate_hz", "herald firings per device second",
-                              labels=["rule"])
-        for rule, rate in enumerate(rates.get("herald_rates_hz", [])):
-            g.add_metric([str(rule)], rate)
-        yield g
-        yield GaugeMetricFamily("heraldry_herald_rate_total_hz",
-                                "herald firings per device second, all rules",
-                                value=rates.get("herald_rate_hz", 0.0))
+            totals = {group: list(counts) for group, counts in s.totals.items()}
+            commands = dict(s.commands)
+            link_seconds = list(s.link_seconds)
+        window_s = s.window_s()
+        c = CounterMetricFamily("heraldry_detections", "detections, per channel",
+                                labels=["channel"])
+        for ch, count in enumerate(totals["singles"]):
+            c.add_metric([str(ch)], count)
+        yield c
+        c = CounterMetricFamily("heraldry_coincidences",
+                                "closed windows, per pattern of 2+ channels", labels=["pattern"])
+        for pattern, count in enumerate(totals["patterns"], start=1):
+            if bin(pattern).count("1") > 1:
+                c.add_metric([str(pattern)], count)
+        yield c
+        c = CounterMetricFamily("heraldry_heralds", "herald firings, per rule", labels=["rule"])
+        for rule, count in enumerate(totals["heralds"]):
+            c.add_metric([str(rule)], count)
+        yield c
+        c = CounterMetricFamily("heraldry_control_commands", "control requests answered",
+                                labels=["command", "result"])
+        for (command, result), count in sorted(commands.items()):
+            c.add_metric([command, result], count)
+        yield c
+        yield CounterMetricFamily("heraldry_link_up_seconds",
+                                  "wall seconds the board answered", value=link_seconds[1])
+        yield CounterMetricFamily("heraldry_link_down_seconds",
+                                  "wall seconds the board did not answer", value=link_seconds[0])
+        yield GaugeMetricFamily("heraldry_coincidence_window_seconds",
+                                "the coincidence window (CAR's accidental estimate)",
+                                value=window_s)
         yield GaugeMetricFamily("heraldry_herald_rate_floor_hz",
                                 "herald rate below which to alert (0: none)",
                                 value=s.herald_floor_hz)
@@ -352,6 +375,17 @@ class Server:
         self._stopping = False
         self._last = None           # (counters_seconds, counters) of the run at the last tick
         self._done = {cause: 0 for cause in _HARDWARE_DROPS}   # drops of the runs that ended
+        # Counts of every run (the ended runs' plus the one going on) and of the ended runs.
+        ident = self.identity
+        sizes = {"singles": ident.channels, "patterns": 2 ** ident.channels - 1,
+                 "heralds": ident.rules}
+        self.totals = {group: [0] * size for group, size in sizes.items()}
+        self._done_counts = {group: [0] * size for group, size in sizes.items()}
+        # (command, "ok" or "failed") -> requests answered (every pair exported from zero)
+        self.commands = {(command, result): 0 for command in CONTROL_COMMANDS + ("other",)
+                         for result in ("ok", "failed")}
+        self.link_seconds = [0.0, 0.0]  # wall seconds with the link down, up
+        self._link_at = time.monotonic()
         self._run_for(self.acq)     # the status interval and poll checked before any socket
         self._host_dropped = device.stats()["host_dropped_events"]
         self._decode_errors = device.stats()["decode_errors"]
@@ -433,6 +467,7 @@ class Server:
         with self._lock:
             self.rates = self._zero_rates(self._device_time_s())
         self.running = 1
+        self._count_link_time()
         self.link_up = 1
 
     def stop(self):
@@ -457,12 +492,29 @@ class Server:
             self._update_drops(run.counters)
             for cause, group in _HARDWARE_DROPS.items():
                 self._done[cause] += sum(run.counters[group])
+            for group, done in self._done_counts.items():
+                for i, count in enumerate(run.counters[group]):
+                    done[i] += count
             self.rates = self._zero_rates(self._device_time_s())
 
     def _update_drops(self, counters):
-        """Drops so far: the ended runs' plus this run's ``counters`` (under the lock)."""
+        """Drops and counts so far: the ended runs' plus this run's ``counters`` (under the
+        lock)."""
         for cause, group in _HARDWARE_DROPS.items():
             self.dropped[cause] = self._done[cause] + sum(counters[group])
+        for group, done in self._done_counts.items():
+            self.totals[group] = [d + c for d, c in zip(done, counters[group])]
+
+    def window_s(self):
+        """The coincidence window of the acquisition in use, seconds."""
+        return getattr(self.acq, "window_bins", 0) * self.identity.bin_fs / 1e15
+
+    def _count_link_time(self):
+        """Add the wall time since the last call to the link's up or down seconds."""
+        now = time.monotonic()
+        with self._lock:
+            self.link_seconds[1 if self.link_up else 0] += now - self._link_at
+            self._link_at = now
 
     def _configure(self, overrides):
         if not isinstance(overrides, dict):
@@ -537,6 +589,7 @@ class Server:
             self._run_ended()
 
     def _link_down(self, error):
+        self._count_link_time()
         if self.link_up:
             self.log(f"link down: {error}")
         self.link_up = 0
@@ -545,6 +598,7 @@ class Server:
         """Update rates and cumulative drops from the run's latest snapshot. With no run going
         the board is asked its time (one read), so a lost link is seen while stopped too."""
         from .driver import DeviceError
+        self._count_link_time()             # the state of the interval that ended
         stats = self.device.stats()         # host-side figures: no link traffic
         with self._lock:
             self.decode_errors += stats["decode_errors"] - self._decode_errors
@@ -613,7 +667,17 @@ class Server:
                 "uptime_s": time.monotonic() - self.started}
 
     def handle(self, req):
-        """The reply (a dict) to one control request (a dict)."""
+        """The reply (a dict) to one control request (a dict), counted by command and result
+        in ``heraldry_control_commands_total``."""
+        reply = self._handle(req)
+        command = req.get("command") if isinstance(req, dict) else None
+        key = (command if command in CONTROL_COMMANDS else "other",
+               "ok" if reply.get("ok") else "failed")
+        with self._lock:
+            self.commands[key] = self.commands.get(key, 0) + 1
+        return reply
+
+    def _handle(self, req):
         from .driver import DeviceError
         if not isinstance(req, dict):
             return {"ok": False, "error": "a request is a JSON object {\"command\": ...}"}

@@ -192,16 +192,33 @@ def test_rates_topic_and_metrics_agree_with_the_stream(server):
     assert abs(pairs / (PAIR_RATE * EFFICIENCY ** 2) - 1) < 0.3
     # Heralds of rule 0b0011 are those windows (and the rare 3- and 4-channel ones).
     assert abs(np.mean([r["herald_rate_hz"] for r in rates]) / pairs - 1) < 0.2
-    text, samples = _scrape(endpoints)
+    text, before = _scrape(endpoints)
     for name in METRIC_NAMES:
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
+    deadline = time.monotonic() + 30
+    while True:     # counts over at least 20 ms of device time
+        time.sleep(0.2)
+        text, samples = _scrape(endpoints)
+        seconds = samples["heraldry_device_time_seconds"] - before["heraldry_device_time_seconds"]
+        if seconds >= 0.02:
+            break
+        assert time.monotonic() < deadline, "device time stands still"
+
+    def rate(key):
+        increase = samples[key] - before[key]
+        assert increase >= 0, key          # counters
+        return increase / seconds
     for ch in (0, 1):
-        assert abs(samples[f'heraldry_detection_rate_hz{{channel="{ch}"}}']
-                   / expected_arm - 1) < 0.5
-    assert samples['heraldry_coincidence_rate_hz{pattern="3"}'] > 0
-    assert samples['heraldry_herald_rate_hz{rule="0"}'] > 0
-    assert samples["heraldry_herald_rate_total_hz"] > HERALD_FLOOR
+        assert abs(rate(f'heraldry_detections_total{{channel="{ch}"}}') / expected_arm - 1) < 0.5
+    coincidences = rate('heraldry_coincidences_total{pattern="3"}')
+    assert abs(coincidences / (PAIR_RATE * EFFICIENCY ** 2) - 1) < 0.5
+    assert 'heraldry_coincidences_total{pattern="1"}' not in samples   # one channel
+    assert abs(rate('heraldry_heralds_total{rule="0"}') / coincidences - 1) < 0.3
     assert samples["heraldry_herald_rate_floor_hz"] == HERALD_FLOOR
+    # The default window: one clock cycle.
+    assert samples["heraldry_coincidence_window_seconds"] == pytest.approx(1 / CLOCK_HZ)
+    assert samples["heraldry_link_up_seconds_total"] > 0
+    assert samples["heraldry_link_down_seconds_total"] == 0
     # The virtual board's generic PHY: the pin edge up to 5 clock edges before the herald.
     assert samples["heraldry_herald_latency_seconds"] == pytest.approx(5 / CLOCK_HZ)
     for cause in DROP_CAUSES:
@@ -413,20 +430,50 @@ def test_dashboard_and_alerts_use_only_exported_metrics(server):
     assert len(exprs) >= 8
     used = set().union(*map(_metric_names, exprs))
     assert used and used <= exported, used - exported
-    for name in ("heraldry_detection_rate_hz", "heraldry_coincidence_rate_hz",
-                 "heraldry_herald_rate_total_hz", "heraldry_events_dropped_total",
+    for name in ("heraldry_detections_total", "heraldry_coincidences_total",
+                 "heraldry_heralds_total", "heraldry_events_dropped_total",
                  "heraldry_link_up"):
         assert name in used
+    # Counters go through rate() or increase(), never plotted raw.
+    for expr in exprs:
+        for name in re.findall(r"\bheraldry_[a-z_]+_total\b", expr):
+            assert re.search(rf"(rate|increase)\({name}\b", expr), expr
     alerts = _yaml_subset((DOCS / "prometheus-alerts.yml").read_text())
-    rules = [rule for group in alerts["groups"] for rule in group["rules"]]
-    assert {r["alert"] for r in rules} >= {"HeraldryLinkDown", "HeraldryEventsDropped",
-                                           "HeraldryHeraldRateLow"}
+    slo = _yaml_subset((DOCS / "slo-rules.yml").read_text())
+    rules = [rule for doc in (alerts, slo) for group in doc["groups"]
+             for rule in group["rules"]]
+    assert {r["alert"] for r in rules if "alert" in r} >= {
+        "HeraldryLinkDown", "HeraldryEventsDropped", "HeraldryHeraldRateLow",
+        "HeraldryHeraldBudgetBurnFast", "HeraldryHeraldBudgetBurnSlow",
+        "HeraldryLinkBudgetBurnFast", "HeraldryLinkBudgetBurnSlow"}
+    # Series the dashboard takes from the recording rules are recorded there.
+    recorded = {r["record"] for r in rules if "record" in r}
+    used_recorded = set().union(*(re.findall(r"\bheraldry:[a-z0-9_:]+", e) for e in exprs))
+    assert used_recorded and used_recorded <= recorded, used_recorded - recorded
+    slo_doc = (DOCS / "slo.md").read_text()
+
+    def recorded_in(rule):
+        """The recorded series ``rule`` uses, each recorded by some rule."""
+        used = set(re.findall(r"\bheraldry:[a-z0-9_:]+", rule["expr"]))
+        assert used <= recorded, used - recorded
+        return used
     for rule in rules:
-        assert rule["expr"] and rule["labels"]["severity"] and rule["annotations"]["summary"]
+        recorded_in(rule)
+    for rule in rules:
+        assert rule["expr"]
         names = _metric_names(rule["expr"])
         assert names <= exported, names - exported
+        if "record" in rule:
+            continue
+        assert rule["labels"]["severity"] in ("page", "ticket") \
+            and rule["annotations"]["summary"]
+        # A runbook section per alert.
+        anchor = rule["alert"].lower()
+        assert rule["annotations"]["runbook"] == f"docs/slo.md#{anchor}"
+        assert re.search(rf"^#+ {rule['alert']}$", slo_doc, re.M), rule["alert"]
         # Prometheus's own "up" (scrape health) is the only other series a rule may use.
-        assert names or re.fullmatch(r'up\{job="heraldry"\} == 0', rule["expr"]), rule
+        assert names or recorded_in(rule) or re.fullmatch(r'up\{job="heraldry"\} == 0',
+                                                          rule["expr"]), rule
 
 
 def _children(pid):
@@ -502,7 +549,9 @@ def test_herald_latency_is_the_boards(clock_hz, fine_bits, periods):
     server = SimpleNamespace(_lock=threading.Lock(), rates={},
                              dropped={cause: 0 for cause in DROP_CAUSES}, decode_errors=0,
                              publish_refused={}, published={}, link_up=True, running=True,
-                             identity=identity, herald_floor_hz=0.0, started=time.monotonic())
+                             identity=identity, herald_floor_hz=0.0, started=time.monotonic(),
+                             totals={"singles": [], "patterns": [], "heralds": []}, commands={},
+                             link_seconds=[0.0, 0.0], window_s=lambda: 0.0)
     (family,) = [f for f in _Collector(server).collect()
                  if f.name == "heraldry_herald_latency_seconds"]
     values = [sample.value for sample in family.samples]
@@ -573,7 +622,7 @@ def test_serial_board_is_left_stopped_after_a_stop_signal(signum):
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             endpoints = json.loads(proc.stdout.readline())
             deadline = time.monotonic() + 30
-            while _scrape(endpoints)[1].get('heraldry_detection_rate_hz{channel="0"}', 0) == 0:
+            while _scrape(endpoints)[1].get('heraldry_detections_total{channel="0"}', 0) == 0:
                 assert time.monotonic() < deadline, "no detections 30 s after the start"
                 time.sleep(0.2)
             proc.send_signal(signum)
@@ -698,4 +747,77 @@ def test_drops_rates_and_device_time_across_runs():
     finally:
         if sub is not None:
             sub.close()
+        server.close()
+
+
+def test_counters_commands_and_link_time_are_monotonic_over_restarts():
+    """/metrics counts (detections, coincidences of 2+ channels, heralds) are every run's
+    totals, so a restart (which clears the board's counters) never makes them go down; each
+    control request is counted by command and result; the wall time is split into link up and
+    link down seconds that add up to the time served."""
+    from heraldry.host.driver import DeviceError
+    from heraldry.host.serve import Server
+    tagger = _ScriptedTagger()
+    began = time.monotonic()
+    server = Server(tagger, {}, lambda config: (None, []), pub_port=0, control_port=0,
+                    metrics_port=0, rates_hz=2)
+    metrics = {"metrics": f"http://127.0.0.1:{server.metrics_port}/metrics"}
+    try:
+        first = tagger.runs[-1]
+        first.counters = dict(first.counters, singles=[1000, 500], patterns=[7, 9, 40],
+                              heralds=[50])
+        first.counters_seconds = 0.5
+        server._tick()
+        _, samples = _scrape(metrics)
+        assert samples['heraldry_detections_total{channel="1"}'] == 500
+        server.start()                  # the second run's counters start from zero
+        second = tagger.runs[-1]
+        second.counters = dict(second.counters, singles=[10, 0], patterns=[1, 0, 3],
+                               heralds=[2])
+        second.counters_seconds = 0.01
+        server._tick()
+        _, samples = _scrape(metrics)
+        assert samples['heraldry_detections_total{channel="0"}'] == 1010
+        assert samples['heraldry_detections_total{channel="1"}'] == 500
+        assert samples['heraldry_coincidences_total{pattern="3"}'] == 43
+        # Patterns 1 and 2 are single channels: not coincidences.
+        assert not [k for k in samples if k.startswith("heraldry_coincidences_total{pattern=\"1\"")
+                    or k.startswith("heraldry_coincidences_total{pattern=\"2\"")]
+        assert samples['heraldry_heralds_total{rule="0"}'] == 52
+        assert samples["heraldry_coincidence_window_seconds"] == 0.0    # no acquisition here
+        replies = [server.handle(req) for req in (
+            {"command": "status"}, {"command": "stop"}, {"command": "acquire_control"},
+            {"command": "launch"}, "not an object")]
+        assert [r["ok"] for r in replies] == [True, False, True, False, False]
+        lease = replies[2]["lease"]
+        assert server.handle({"command": "stop", "lease": lease})["ok"]
+        _, samples = _scrape(metrics)
+        ctl = {k: v for k, v in samples.items()
+               if k.startswith("heraldry_control_commands") and v}
+        assert len([k for k in samples if k.startswith("heraldry_control_commands")]) == 14
+        assert ctl == {
+            'heraldry_control_commands_total{command="status",result="ok"}': 1,
+            'heraldry_control_commands_total{command="stop",result="failed"}': 1,
+            'heraldry_control_commands_total{command="stop",result="ok"}': 1,
+            'heraldry_control_commands_total{command="acquire_control",result="ok"}': 1,
+            'heraldry_control_commands_total{command="other",result="failed"}': 2}
+        # Stopped: the totals stay; the link is probed at each tick.
+        assert samples['heraldry_heralds_total{rule="0"}'] == 52
+
+        def lost():
+            raise DeviceError("no reply")
+        server._tick()
+        tagger.device.now = lost
+        server._tick()                  # sees the link down
+        assert not server.link_up
+        time.sleep(0.3)
+        server._tick()
+        served = time.monotonic() - began
+        _, samples = _scrape(metrics)
+        down = samples["heraldry_link_down_seconds_total"]
+        up = samples["heraldry_link_up_seconds_total"]
+        assert 0.3 <= down < served and 0 < up < served - 0.3
+        assert up + down <= served
+        assert samples["heraldry_link_up"] == 0
+    finally:
         server.close()
