@@ -60,14 +60,15 @@ import time
 
 import numpy as np
 
-from ..protocol import LossCause
+from ..protocol import Kind, LossCause
 from ..sim.latency import herald_latency_seconds
 from .config import ConfigError
 from .events import EVENT_DTYPE
 
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
            "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
-           "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES", "CONTROL_COMMANDS"]
+           "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES", "CONTROL_COMMANDS",
+           "LATENCY_BUCKETS_S"]
 
 DEFAULT_PUB_PORT = 5560
 DEFAULT_CONTROL_PORT = 5561
@@ -95,6 +96,8 @@ METRIC_NAMES = (
     "heraldry_link_down_seconds_total",     # counter, wall seconds with the link down
     "heraldry_publish_refused_total",       # counter, label topic
     "heraldry_published_messages_total",    # counter, label topic
+    "heraldry_herald_publish_latency_seconds",  # histogram: a herald's device time to its
+                                                # publication (LATENCY_BUCKETS_S)
     "heraldry_herald_rate_floor_hz",        # gauge (setting), --herald-floor (0: no floor)
     "heraldry_coincidence_window_seconds",  # gauge (setting), the coincidence window
     "heraldry_herald_latency_seconds",      # gauge, early rule, worst case (sim.latency)
@@ -103,6 +106,9 @@ METRIC_NAMES = (
     "heraldry_uptime_seconds",              # gauge, wall seconds since the server started
     "heraldry_device_time_seconds",         # gauge, device time of the last rates tick
 )
+
+#: Upper bounds (seconds) of the buckets of ``heraldry_herald_publish_latency_seconds``.
+LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 #: Control commands counted in ``heraldry_control_commands_total`` (anything else: "other").
 CONTROL_COMMANDS = ("status", "acquire_control", "release_control", "start", "stop",
@@ -214,7 +220,9 @@ class _Collector:
         self.server = server
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+        from prometheus_client.utils import floatToGoString
         s = self.server
         with s._lock:
             rates = dict(s.rates)
@@ -226,6 +234,7 @@ class _Collector:
             totals = {group: list(counts) for group, counts in s.totals.items()}
             commands = dict(s.commands)
             link_seconds = list(s.link_seconds)
+            latency_counts, latency_sum = list(s.latency_counts), s.latency_sum
         window_s = s.window_s()
         c = CounterMetricFamily("heraldry_detections", "detections, per channel",
                                 labels=["channel"])
@@ -251,6 +260,13 @@ class _Collector:
                                   "wall seconds the board answered", value=link_seconds[1])
         yield CounterMetricFamily("heraldry_link_down_seconds",
                                   "wall seconds the board did not answer", value=link_seconds[0])
+        cumulative = np.cumsum(latency_counts).tolist()
+        yield HistogramMetricFamily(
+            "heraldry_herald_publish_latency_seconds",
+            "a herald record's device time to its publication, seconds",
+            buckets=[(floatToGoString(bound), count)
+                     for bound, count in zip(LATENCY_BUCKETS_S, cumulative)]
+            + [("+Inf", cumulative[-1])], sum_value=latency_sum)
         yield GaugeMetricFamily("heraldry_coincidence_window_seconds",
                                 "the coincidence window (CAR's accidental estimate)",
                                 value=window_s)
@@ -386,6 +402,9 @@ class Server:
                          for result in ("ok", "failed")}
         self.link_seconds = [0.0, 0.0]  # wall seconds with the link down, up
         self._link_at = time.monotonic()
+        # Herald publication latency: counts per bucket (the last: above every bound), sum.
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_sum = 0.0
         self._run_for(self.acq)     # the status interval and poll checked before any socket
         self._host_dropped = device.stats()["host_dropped_events"]
         self._decode_errors = device.stats()["decode_errors"]
@@ -566,15 +585,37 @@ class Server:
                     self.dropped["publish"] += len(part)
 
     def _publish_blocks(self):
-        """Publish every block the run has for us now, in the board's device time."""
+        """Publish every block the run has for us now, in the board's device time, and time
+        the publication of its herald records (:meth:`_herald_latency`)."""
         run = self.run
         ident = self.identity
         offset_ps = (run.start_cycles << ident.fine_bits) * ident.bin_fs // 1000
-        while (block := run.poll()) is not None:
+        while True:
+            polled_at = time.monotonic()
+            block = run.poll()
+            if block is None:
+                break
             if len(block.events):
+                heralds = block.events["time_ps"][block.events["kind"] == Kind.HERALD.value]
                 events = block.events.copy()
                 events["time_ps"] += offset_ps
                 self.publish_events(events, block.lost)
+                if len(heralds):
+                    self._herald_latency(heralds, run.device_seconds, polled_at)
+
+    def _herald_latency(self, times_ps, device_s, polled_at):
+        """Count the publication latency of herald records at run times ``times_ps``: the
+        device seconds from each to ``device_s`` (the run's device time at the poll that
+        brought them, begun at wall ``polled_at``) plus the wall seconds from that poll to
+        now, when they have been sent. An upper bound by at most the poll's own round trip;
+        on a board whose device time keeps pace with the wall's, the herald's wall latency."""
+        latency = np.maximum(device_s - times_ps / 1e12, 0.0) + (time.monotonic() - polled_at)
+        index = np.searchsorted(LATENCY_BUCKETS_S, latency, side="left")   # le: bound inclusive
+        counts = np.bincount(index, minlength=len(LATENCY_BUCKETS_S) + 1)
+        with self._lock:
+            for i, count in enumerate(counts):
+                self.latency_counts[i] += int(count)
+            self.latency_sum += float(latency.sum())
 
     def _step(self):
         """One step of the run going on (nothing if none): publish what came in. A lost link

@@ -194,7 +194,7 @@ def test_rates_topic_and_metrics_agree_with_the_stream(server):
     assert abs(np.mean([r["herald_rate_hz"] for r in rates]) / pairs - 1) < 0.2
     text, before = _scrape(endpoints)
     for name in METRIC_NAMES:
-        assert re.search(rf"^{name}[{{ ]", text, re.M), name
+        assert re.search(rf"^{name}(_bucket|_count|_sum)?[{{ ]", text, re.M), name
     deadline = time.monotonic() + 30
     while True:     # counts over at least 20 ms of device time
         time.sleep(0.2)
@@ -219,6 +219,11 @@ def test_rates_topic_and_metrics_agree_with_the_stream(server):
     assert samples["heraldry_coincidence_window_seconds"] == pytest.approx(1 / CLOCK_HZ)
     assert samples["heraldry_link_up_seconds_total"] > 0
     assert samples["heraldry_link_down_seconds_total"] == 0
+    # Herald records were published, each timed; none took 5 s on the way.
+    name = "heraldry_herald_publish_latency_seconds"
+    assert samples[f"{name}_count"] > 0
+    assert samples[f'{name}_bucket{{le="5.0"}}'] == samples[f"{name}_count"]
+    assert samples[f'{name}_bucket{{le="+Inf"}}'] == samples[f"{name}_count"]
     # The virtual board's generic PHY: the pin edge up to 5 clock edges before the herald.
     assert samples["heraldry_herald_latency_seconds"] == pytest.approx(5 / CLOCK_HZ)
     for cause in DROP_CAUSES:
@@ -423,7 +428,9 @@ def _metric_names(expression):
 def test_dashboard_and_alerts_use_only_exported_metrics(server):
     proc, endpoints, context = server
     text, _ = _scrape(endpoints)
-    exported = set(re.findall(r"^(heraldry_[a-z_]+)", text, re.M))
+    # Sample names (a histogram's with _bucket, _count, _sum) and family names.
+    exported = set(re.findall(r"^(heraldry_[a-z_]+)", text, re.M)) \
+        | set(re.findall(r"^# TYPE (heraldry_[a-z_]+) ", text, re.M))
     assert set(METRIC_NAMES) <= exported
     dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
@@ -551,7 +558,8 @@ def test_herald_latency_is_the_boards(clock_hz, fine_bits, periods):
                              publish_refused={}, published={}, link_up=True, running=True,
                              identity=identity, herald_floor_hz=0.0, started=time.monotonic(),
                              totals={"singles": [], "patterns": [], "heralds": []}, commands={},
-                             link_seconds=[0.0, 0.0], window_s=lambda: 0.0)
+                             link_seconds=[0.0, 0.0], window_s=lambda: 0.0,
+                             latency_counts=[0] * 13, latency_sum=0.0)
     (family,) = [f for f in _Collector(server).collect()
                  if f.name == "heraldry_herald_latency_seconds"]
     values = [sample.value for sample in family.samples]
@@ -819,5 +827,37 @@ def test_counters_commands_and_link_time_are_monotonic_over_restarts():
         assert 0.3 <= down < served and 0 < up < served - 0.3
         assert up + down <= served
         assert samples["heraldry_link_up"] == 0
+    finally:
+        server.close()
+
+
+def test_herald_publish_latency_histogram():
+    """Each published herald record (not a tag) is counted in the latency histogram: the device
+    seconds from its time to the run's device time at the poll that brought it, plus the wall
+    seconds to its publication."""
+    from heraldry.host.events import Block
+    from heraldry.host.serve import Server
+    tagger = _ScriptedTagger()
+    server = Server(tagger, {}, lambda config: (None, []), pub_port=0, control_port=0,
+                    metrics_port=0, rates_hz=2)
+    try:
+        run = tagger.runs[-1]
+        run.device_seconds = 0.3
+        events = np.zeros(3, EVENT_DTYPE)
+        events["time_ps"] = [100 * 10 ** 9, 150 * 10 ** 9, 290 * 10 ** 9]     # 0.1, 0.15, 0.29 s
+        events["kind"] = [Kind.HERALD.value, Kind.TAG.value, Kind.HERALD.value]
+        run.blocks.append(Block(events, {}))
+        began = time.monotonic()
+        server._step()
+        wall = time.monotonic() - began     # bounds each herald's wall part
+        assert wall < 0.005
+        _, samples = _scrape({"metrics": f"http://127.0.0.1:{server.metrics_port}/metrics"})
+        name = "heraldry_herald_publish_latency_seconds"
+        buckets = {le: samples[f'{name}_bucket{{le="{le}"}}']
+                   for le in ("0.01", "0.02", "0.2", "0.5", "+Inf")}
+        # 0.2 s and 0.01 s plus under 5 ms: buckets (0.2, 0.5] and (0.01, 0.02].
+        assert buckets == {"0.01": 0, "0.02": 1, "0.2": 1, "0.5": 2, "+Inf": 2}
+        assert samples[f"{name}_count"] == 2
+        assert 0.21 <= samples[f"{name}_sum"] <= 0.21 + 2 * wall
     finally:
         server.close()

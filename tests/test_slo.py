@@ -85,6 +85,16 @@ def _link_series(instance, down_share, n):
             _series("heraldry_link_up_seconds_total", labels, _counter([STEP_S - down] * n))]
 
 
+def _latency_series(instance, late_share, n):
+    """Herald publication latency histogram: 400 heralds/s, ``late_share`` of them after 0.5 s."""
+    labels = {"instance": instance, "job": "heraldry"}
+    per_step = 400 * STEP_S
+    name = "heraldry_herald_publish_latency_seconds"
+    return [_series(f"{name}_bucket", dict(labels, le="0.5"),
+                    _counter([per_step * (1 - late_share)] * n)),
+            _series(f"{name}_count", labels, _counter([per_step] * n))]
+
+
 @needs_promtool
 def test_burn_rate_alerts_page_ticket_and_stay_quiet(tmp_path):
     n = 8 * HOUR
@@ -101,12 +111,19 @@ def test_burn_rate_alerts_page_ticket_and_stay_quiet(tmp_path):
     # times), 0.03 % (inside the budget).
     series += (_link_series("page", 0.03, n) + _link_series("ticket", 0.01, n)
                + _link_series("healthy", 0.0003, n))
-    herald = "heraldry board {instance}: herald rate below its floor, burning the month's " \
-             "budget in "
-    link = "heraldry board {instance}: link down too often, burning the month's budget in "
+    # Herald latency: 30 % of heralds late (over 14.4 x 1 %), 10 % (between 6 and 14.4 times),
+    # 0.5 % (inside the budget).
+    series += (_latency_series("page", 0.3, n) + _latency_series("ticket", 0.1, n)
+               + _latency_series("healthy", 0.005, n))
+    summaries = {
+        "Herald": "heraldry board {instance}: herald rate below its floor, burning the month's "
+                  "budget in ",
+        "Link": "heraldry board {instance}: link down too often, burning the month's budget in ",
+        "Latency": "heraldry board {instance}: heralds published late, burning the month's "
+                   "budget in "}
 
     def alerts(name, instances, severity, days):
-        summary = (herald if "HeraldBudget" in name else link) + days
+        summary = summaries[name[len("Heraldry"):name.index("Budget")]] + days
         return {"eval_time": "7h", "alertname": name,
                 "exp_alerts": [_alert(i, severity, summary, f"docs/slo.md#{name.lower()}")
                                for i in instances]}
@@ -115,6 +132,8 @@ def test_burn_rate_alerts_page_ticket_and_stay_quiet(tmp_path):
         alerts("HeraldryHeraldBudgetBurnSlow", ["page", "ticket"], "ticket", "5 days"),
         alerts("HeraldryLinkBudgetBurnFast", ["page"], "page", "2 days"),
         alerts("HeraldryLinkBudgetBurnSlow", ["page", "ticket"], "ticket", "5 days"),
+        alerts("HeraldryLatencyBudgetBurnFast", ["page"], "page", "2 days"),
+        alerts("HeraldryLatencyBudgetBurnSlow", ["page", "ticket"], "ticket", "5 days"),
     ]}]
     _run_tests(tmp_path, tests)
 
