@@ -72,7 +72,8 @@ def register(subparsers):
     p.add_argument("--sndbuf", type=int, default=None, metavar="BYTES",
                    help="kernel send buffer per subscriber connection (default: the system's)")
     p.add_argument("--herald-floor", type=float, default=0.0, metavar="HZ",
-                   help="herald rate to alert below, exported for the alert rule (default 0)")
+                   help="herald rate to alert below, exported for the alert and SLO "
+                        "rules (default 0: none)")
     p.add_argument("--no-start", action="store_true", help="wait for a start command")
     return [("serve", cmd_serve)]
 
