@@ -626,7 +626,8 @@ def test_serial_board_is_left_stopped_after_a_stop_signal(signum):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "heraldry.host.cli", "serve", "--board", twin.port,
                  "--pub-port", str(ports[0]), "--control-port", str(ports[1]),
-                 "--metrics-port", str(ports[2]), "--quiet", "--status-interval", "0.02"],
+                 "--metrics-port", str(ports[2]), "--quiet", "--status-interval", "0.02",
+                 "--test-signal", "pairs"],     # on a serial port the pins are the default
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             endpoints = json.loads(proc.stdout.readline())
             deadline = time.monotonic() + 30
