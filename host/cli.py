@@ -985,7 +985,8 @@ def cmd_sim(args):
         sys.stdout.flush()
         sys.stderr.write(f"heraldry: virtual board ({args.channels} channels, "
                          f"{sim['clock_hz'] / 1e6:g} MHz, {args.baud} baud) on "
-                         f"{twin.port}; e.g. heraldry acquire --board {twin.port}. "
+                         f"{twin.port}; e.g. heraldry acquire --board {twin.port} "
+                         f"--test-signal pairs (a serial port reads its pins by default). "
                          f"Ctrl-C to stop.\n")
         while twin.returncode is None:
             time.sleep(0.2)

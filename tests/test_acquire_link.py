@@ -172,7 +172,8 @@ def test_sim_command_serves_a_board_until_interrupted(tmp_path):
             assert (ident.channels, ident.rules, ident.clock_hz) == (4, 2, CLOCK_HZ)
         summary_path = tmp_path / "summary.json"
         result = _cli("acquire", "--board", port, "--duration", "0.001", "--herald", "0b0011",
-                      "--pair-rate", "1e5", "--summary-json", str(summary_path), "--quiet")
+                      "--test-signal", "pairs", "--pair-rate", "1e5",
+                      "--summary-json", str(summary_path), "--quiet")
         assert result.returncode == 0, result.stderr
         summary = json.loads(summary_path.read_text())
         assert summary["board"] == port == summary["port"] and summary["channels"] == 4

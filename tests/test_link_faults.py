@@ -553,7 +553,8 @@ def test_relay_command_serves_a_board_through_faults(binary, tmp_path):
             port = relay.stdout.readline().strip()
             assert port.startswith("/dev/"), relay.stderr.read()
             acquire = _cli("acquire", "--board", port, "--duration", "0.005",
-                           "--summary-json", str(summary), timeout=300)
+                           "--test-signal", "pairs", "--summary-json", str(summary),
+                           timeout=300)
         finally:
             relay.send_signal(signal.SIGTERM)
             _, err = relay.communicate(timeout=20)
