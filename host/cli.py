@@ -314,19 +314,6 @@ def test_signal_of(args):
     return "pairs" if args.board in VIRTUAL_BOARDS else "off"
 
 
-def _virtual_identity(board, channels):
-    """The identity a named virtual board reports with ``channels`` inputs (known before it
-    starts, so that bad options are refused before anything runs)."""
-    from .driver import Identity
-    rules = board["rules"]
-    return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0,
-                    channels=channels, rules=rules, fine_bits=board["fine_bits"],
-                    bin_fs=int(round(1e15 / board["clock_hz"])) >> board["fine_bits"],
-                    clock_hz=int(board["clock_hz"]),
-                    capabilities=protocol.CAPABILITY_TEST_SIGNAL,
-                    counters=protocol.RegisterMap(channels, rules).counters.size)
-
-
 def settings_from_args(args, identity):
     """Map parsed ``acquire`` options onto the API's :class:`~heraldry.host.tagger.Settings`
     (nanoseconds, as typed). Only the command line's own syntax is checked here (``CH=VALUE``
@@ -392,14 +379,14 @@ def acquisition_from_args(args, board=None):
     ``board``: ``{"clock_hz", "fine_bits", "rules", "channels"}`` (plus ``"bin_ps"``,
     ``"fixed_channels"``, ``"test_signal"`` and ``"identity"`` for a real board, see
     :func:`board_from_identity`); default: the named board of ``--board``."""
-    from .tagger import option_message, settings_to_acquisition
+    from .tagger import option_message, settings_to_acquisition, sim_identity
     check_board_args(args)
     if board is None:
         board = VIRTUAL_BOARDS[args.board]
     n = board["channels"] if args.channels is None else args.channels
     if board.get("fixed_channels") and n != board["channels"]:
         raise ConfigError(f"--channels {n}: the board has {board['channels']} channels")
-    identity = board.get("identity") or _virtual_identity(board, n)
+    identity = board.get("identity") or sim_identity(n, board)
     test_signal = test_signal_of(args)
     if test_signal != "off" and not board.get("test_signal", True):
         raise ConfigError(f"--test-signal {test_signal}: this board's gateware has no "

@@ -87,10 +87,10 @@ _BITS_PER_BYTE = 10
 
 
 def _status_record_bytes():
-    """Bytes of one STATUS record on the link (a fixed-length control record), from the codec."""
-    from ..wire import encode_records
-    return len(encode_records([{"kind": "status", "ok": 1, "seq": 0,
-                                "address": protocol.COUNTER_BASE, "value": 0}], 1, 1))
+    """Bytes of one STATUS record on the link (a fixed-length control record, the same for
+    every channel and rule count)."""
+    from ..wire import WireFormat
+    return WireFormat(1, 1).fixed_bytes[protocol.WireKind.STATUS]
 
 
 class SettingsNote(UserWarning):
@@ -292,16 +292,18 @@ def option_message(message):
     return text
 
 
-def sim_identity(channels=None):
-    """The :class:`~heraldry.host.driver.Identity` the virtual board of ``open("sim",
-    channels=...)`` reports, known before it starts (to refuse bad settings first)."""
+def sim_identity(channels=None, board=None):
+    """The :class:`~heraldry.host.driver.Identity` a virtual board (``board``, one of
+    :data:`VIRTUAL_BOARDS`; default that of ``open("sim")``) reports with ``channels`` inputs,
+    known before it starts (to refuse bad settings first)."""
     from .driver import Identity
-    n = SIM_BOARD["channels"] if channels is None else channels
-    rules = SIM_BOARD["rules"]
+    board = SIM_BOARD if board is None else board
+    n = board["channels"] if channels is None else channels
+    rules = board["rules"]
     return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0,
-                    channels=n, rules=rules, fine_bits=0,
-                    bin_fs=10 ** 15 // SIM_BOARD["clock_hz"], clock_hz=SIM_BOARD["clock_hz"],
-                    capabilities=protocol.CAPABILITY_TEST_SIGNAL,
+                    channels=n, rules=rules, fine_bits=board["fine_bits"],
+                    bin_fs=10 ** 15 // board["clock_hz"] >> board["fine_bits"],
+                    clock_hz=board["clock_hz"], capabilities=protocol.CAPABILITY_TEST_SIGNAL,
                     counters=protocol.RegisterMap(n, rules).counters.size)
 
 
