@@ -59,12 +59,11 @@ Exit status: 0 every check passed; 1 a check failed, or the board failed or does
 
 import sys
 
-from ..protocol import MAX_CHANNELS, Source
+from ..protocol import MAX_CHANNELS
 from .cli import _error
-from .config import Acquisition, ConfigError, rule_text
+from .config import ConfigError, rule_text
 
-__all__ = ["register", "cmd_selftest", "selftest_checks", "loopback_checks", "Check",
-           "LoopbackAcquisition"]
+__all__ = ["register", "cmd_selftest", "selftest_checks", "loopback_checks", "Check"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -227,27 +226,16 @@ def _loopback_acquisition(tagger, args):
     alone (early) driving herald pin ``H``, both edges on input ``C``, and channel 0 fed by the
     periodic test signal (the other channels read their pins) or, on a board without it, by
     its pin."""
-    import dataclasses
     from ..model import HeraldRule
     from .tagger import Settings
     herald, channel = args.loopback
     _check_jumper(args.loopback, "--loopback", tagger.channels, tagger.rules)
     settings = Settings(
         window_ns=None, heralds=[HeraldRule(0b1, 0, "early", herald)], edges={channel: "both"},
-        test_signal="periodic" if tagger.has_test_signal else "off", dark_rate_hz=0.0,
+        test_signal="periodic" if tagger.has_test_signal else "off",
+        pin_channels=tuple(range(1, tagger.channels)), dark_rate_hz=0.0,
         period_ns=args.period, seed=args.seed)
-    acq, notes = tagger.acquisition(settings)
-    return LoopbackAcquisition(**{f.name: getattr(acq, f.name)
-                                  for f in dataclasses.fields(Acquisition)}), notes
-
-
-class LoopbackAcquisition(Acquisition):
-    """An acquisition whose periodic test signal feeds channel 0 alone: the other channels read
-    their pins (the jumper's input among them)."""
-
-    def sources(self):
-        sources = super().sources()
-        return sources[:1] + [Source.PIN] * (self.channels - 1)
+    return tagger.acquisition(settings)
 
 
 def _test_signal_settings(acq):

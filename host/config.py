@@ -281,6 +281,9 @@ class Acquisition:
     period_cycles: int = 100
     seed: int = 1
     herald_rules: list = field(default_factory=list)
+    #: Channels that read their pins whatever ``test_signal`` says (a loopback self-test feeds
+    #: channel 0 from the signal and reads the jumper on another input).
+    pin_channels: list = field(default_factory=list)
 
     def __post_init__(self):
         n = self.channels
@@ -294,6 +297,12 @@ class Acquisition:
         self.dead_time_bins = list(self.dead_time_bins) or [0] * n
         self.edges = list(self.edges) or ["rising"] * n
         self.enabled = list(self.enabled) or [True] * n
+        self.pin_channels = sorted(set(self.pin_channels))
+        bad = [c for c in self.pin_channels
+               if isinstance(c, bool) or not isinstance(c, Integral) or not 0 <= c < n]
+        if bad:
+            raise ConfigError(f"pin_channels {bad[0]!r}: no such channel "
+                              f"(channels are 0..{n - 1})")
         if not isinstance(self.herald_rules, (list, tuple)):
             raise ConfigError(f"herald_rules must be a list, not {self.herald_rules!r}")
         if not isinstance(self.herald_masks, (list, tuple)):
@@ -394,14 +403,18 @@ class Acquisition:
 
         ``pairs``: channel 0 is arm A, channel 1 arm B, further channels see dark counts only
         (periodic source with the period off); ``periodic``: every channel periodic, in phase;
-        ``off``: every channel reads its pin.
+        ``off``: every channel reads its pin. Channels in ``pin_channels`` read their pins in
+        every case.
         """
         if self.test_signal == "pairs":
-            return ([Source.PAIR_A, Source.PAIR_B][:self.channels]
-                    + [Source.PERIODIC] * (self.channels - 2))
-        if self.test_signal == "periodic":
-            return [Source.PERIODIC] * self.channels
-        return [Source.PIN] * self.channels
+            sources = ([Source.PAIR_A, Source.PAIR_B][:self.channels]
+                       + [Source.PERIODIC] * (self.channels - 2))
+        elif self.test_signal == "periodic":
+            sources = [Source.PERIODIC] * self.channels
+        else:
+            sources = [Source.PIN] * self.channels
+        return [Source.PIN if c in self.pin_channels else source
+                for c, source in enumerate(sources)]
 
     def pair_threshold(self):
         return _probability_threshold("pair probability per cycle",

@@ -136,6 +136,9 @@ class Settings:
     test_signal : str
         ``"off"`` (the pins, the default), ``"pairs"`` (channel 0 and 1 the arms of a pair
         source, dark counts elsewhere) or ``"periodic"`` (every channel every ``period_ns``).
+    pin_channels : sequence of int
+        Channels that read their pins whatever ``test_signal`` says (e.g. the input a loopback
+        jumper drives while the test signal feeds channel 0).
     pair_rate_hz, efficiency, dark_rate_hz, pair_delay_ns, period_ns, seed
         The test signal's parameters (as ``heraldry acquire --pair-rate ...``).
     """
@@ -148,6 +151,7 @@ class Settings:
     herald_width: int = 4
     record_coincidences: tuple = ()
     test_signal: str = "off"
+    pin_channels: tuple = ()
     pair_rate_hz: float = 1e5
     efficiency: float = 0.5
     dark_rate_hz: float = 1e3
@@ -256,7 +260,7 @@ def settings_to_acquisition(settings, identity):
         herald_width=s.herald_width, coincidence_record_mask=record_mask,
         test_signal=s.test_signal, pair_rate_hz=s.pair_rate_hz, efficiency=s.efficiency,
         dark_rate_hz=s.dark_rate_hz, pair_delay_bins=pair_delay, period_cycles=period,
-        seed=s.seed)
+        seed=s.seed, pin_channels=list(s.pin_channels))
     return acq, notes
 
 

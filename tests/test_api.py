@@ -555,3 +555,19 @@ def test_poll_never_waits_and_keeps_the_runs_pace():
         polls = sum(1 for f in frames[start:stop] if f["address"] == now)
     assert calls > 100 and nones > calls - polls - 1
     assert 2 <= polls <= wall / 0.05 + 2, (polls, wall)
+
+
+def test_pin_channels_read_their_pins_whatever_the_test_signal():
+    """``Settings.pin_channels``: those channels read their pins, the others keep the test
+    signal's sources; a channel the board lacks is refused in one line."""
+    from heraldry.host.config import ConfigError
+    from heraldry.host.tagger import Settings, settings_to_acquisition, sim_identity
+    from heraldry.protocol import Source
+    ident = sim_identity(4)
+    acq, _ = settings_to_acquisition(Settings(test_signal="periodic", pin_channels=(1, 3)),
+                                     ident)
+    assert acq.sources() == [Source.PERIODIC, Source.PIN, Source.PERIODIC, Source.PIN]
+    acq, _ = settings_to_acquisition(Settings(test_signal="pairs", pin_channels=(2,)), ident)
+    assert acq.sources() == [Source.PAIR_A, Source.PAIR_B, Source.PIN, Source.PERIODIC]
+    with pytest.raises(ConfigError, match="pin_channels 4: no such channel"):
+        settings_to_acquisition(Settings(test_signal="periodic", pin_channels=(4,)), ident)
