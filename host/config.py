@@ -257,8 +257,8 @@ class Acquisition:
     or both if they agree; afterwards ``herald_rules`` holds the rules with every ``pin``
     filled in and ``herald_masks`` their ``require`` masks. ``test_signal`` is ``"off"`` (the
     pins) unless asked for: on a board that has the built-in signal, a forgotten setting must
-    not measure synthetic photons (``heraldry acquire`` and ``selftest`` ask for ``"pairs"``
-    by default, as their options say).
+    not measure synthetic photons (``heraldry acquire`` asks for ``"pairs"`` by default on a
+    virtual board only, ``selftest`` always uses the signal, as their options say).
     """
     channels: int = 4
     rules: int = 2
