@@ -558,6 +558,14 @@ class Tagger:
                                   counter_read_cycles=counter_read_cycles)
         return self._run
 
+    def selftest(self, **options):
+        """Run the self-test (the test signal, or ``loopback=(herald, channel)`` through one
+        jumper wire) and return its :class:`heraldry.host.selftest.SelftestReport`: PASS/FAIL
+        per check with figures (``report.passed``, ``print(report)``). Options:
+        :func:`heraldry.host.selftest.selftest`."""
+        from .selftest import selftest
+        return selftest(self, **options)
+
     def close(self):
         """End a run still going (the board is left stopped), close the link, stop the virtual
         board. Idempotent."""

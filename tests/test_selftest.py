@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from heraldry.host import cli
-from heraldry.host.cmd_selftest import GATE_SLACK_CYCLES, _generated_bracket
+from heraldry.host.selftest import GATE_SLACK_CYCLES, _generated_bracket
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,7 +140,7 @@ def test_generated_bracket_holds_the_model_count():
                       dark_rate_hz=2e5, seed=9)
     bounds = {"clear": [-500, -400], "start": [0, 60], "stop": [40_000, 40_100]}
     brackets = _generated_bracket(acq, bounds)
-    from heraldry.host.cmd_selftest import _test_signal_settings
+    from heraldry.host.selftest import _test_signal_settings
     events = generate(_test_signal_settings(acq), 50_000)
     rng = np.random.default_rng(1)
     for _ in range(20):
@@ -252,31 +252,32 @@ def test_loopback_fails_with_the_jumper_missing_or_misplaced(jumper, failed, say
     assert proc.stdout.splitlines()[-1].startswith("selftest FAIL")
 
 
-def test_loopback_without_a_test_signal_uses_channel_0s_pin(monkeypatch, capsys):
+def test_loopback_without_a_test_signal_uses_channel_0s_pin(monkeypatch):
     """A board without the test signal (the iCEBreaker): channel 0 reads its pin, fed here by
     the pins file (pulses every 3001 cycles); with nothing on it, the source check says what to
-    do. The virtual board is told apart from the iCEBreaker only by the capability."""
-    import argparse
+    do. The virtual board is told apart from the iCEBreaker only by the capability. Through the
+    library (``Tagger.selftest``), as a notebook runs it."""
     from heraldry.host import tagger as tagger_mod
-    from heraldry.host.cmd_selftest import _run
     from heraldry.sim.twin import Twin
     monkeypatch.setattr(tagger_mod.Tagger, "has_test_signal", property(lambda self: False))
-    args = argparse.Namespace(loopback=(0, 1), duration=0.01, period=200_000.0, seed=1,
-                              quiet=True)
     edges = [e for k in range(1000, 40_000_000, 3001) for e in ((k, 0, 1), (k + 1, 0, 0))]
     for pins in (edges, None):
         with Twin(pins=pins, loopback=[(0, 1)]) as twin:
             with tagger_mod.open(twin.port, baud=twin.baud, timeout=3.0) as board:
-                status = _run(args, board, "sim")
-        out = capsys.readouterr().out
+                report = board.selftest(loopback=(0, 1), duration_s=0.01, real_board=False,
+                                        label="sim")
+        out = str(report)
         checks = _checks(out)
         assert "source on channel 0: its pin" in out.splitlines()[0]
+        assert report.result.acquisition.test_signal == "off"
         if pins is None:
-            assert status == 1 and checks["source (channel 0)"][0] == "FAIL"
+            assert not report.passed and "source (channel 0)" in report.failed
+            assert checks["source (channel 0)"][0] == "FAIL"
             assert "this board has no test signal; feed channel 0" in \
                 checks["source (channel 0)"][1]
             continue
-        assert status == 0, out
+        assert report.passed, out
+        assert out.splitlines()[-1].startswith("selftest PASS")
         sources = _numbers(checks["source (channel 0)"][1])[0]
         # Over about the header's device time: one pulse every 3001 cycles.
         assert abs(sources - _device_ms(out) * 1e5 / 3001) <= 0.02 * sources + 2
@@ -284,12 +285,43 @@ def test_loopback_without_a_test_signal_uses_channel_0s_pin(monkeypatch, capsys)
         assert _numbers(checks["latency"][1])[:3] == [sources, back, back]
 
 
+def test_selftest_in_the_python_api():
+    """``heraldry.open("sim").selftest()``: the same checks as the command line, as objects; a
+    lying counter makes it fail by name; bad options are refused before anything runs."""
+    import heraldry
+    from heraldry.host.config import ConfigError
+    with heraldry.open("sim") as board:
+        lines = []
+        report = board.selftest(duration_s=0.003, pair_rate_hz=2e5, progress=lines.append)
+        assert report.passed and report.failed == [] and len(lines) == 1
+        assert "test signal pairs" in lines[0]
+        names = [c.name for c in report.checks]
+        assert names[0] == "link" and "model" in names
+        assert {f"test signal {c}" for c in range(board.channels)} <= set(names)
+        tags = report.result.events
+        assert report.summary["tags"] == int(np.count_nonzero(tags["kind"] == 0)) > 0
+        # The same checks recomputed from a result whose singles counter is one too high.
+        from heraldry.host.acquire import summarise
+        from heraldry.host.selftest import selftest_checks
+        lying = summarise(report.result, board="sim")
+        lying["singles"] = list(lying["singles"])
+        lying["singles"][1] += 1
+        failed = [c.name for c in selftest_checks(lying, report.result) if not c.ok]
+        assert "channel 1" in failed
+        with pytest.raises(ConfigError, match="pairs or periodic"):
+            board.selftest(test_signal="bsm-nonsense")
+        with pytest.raises(ConfigError, match="positive and finite"):
+            board.selftest(duration_s=0)
+        with pytest.raises(ConfigError, match="herald output 7"):
+            board.selftest(loopback=(7, 1))
+
+
 def test_loopback_latency_bounds_of_the_real_boards():
     """The range the latency check accepts, per input block, worked out by hand from
     docs/boards.md's pin-to-pin figures (core periods, early rule): samples a period times the
     figure, the top one bin up (the returned edge waits for the next sample) plus 15 ns of
     buffers and wire in bins, 2 bins slack each side."""
-    from heraldry.host.cmd_selftest import _latency_bounds
+    from heraldry.host.selftest import _latency_bounds
     # iCEBreaker: 3.25..4.25 periods of 4 bins of 10417 ps; 15 ns = 2 bins (rounded up).
     assert _latency_bounds(2, 10417, True)[:3] == (13 - 2, 17 + 1 + 2 + 2, 4 + 2)
     # ULX3S: 5.625..7.5625 periods of 16 bins of 1250 ps; 15 ns = 12 bins.
