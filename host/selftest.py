@@ -86,19 +86,6 @@ class Check:
         return f"Check({self.name!r}, {self.ok}, {self.text!r})"
 
 
-class Check:
-    """One check: ``name``, ``ok`` and ``text`` (the figures)."""
-
-    def __init__(self, name, ok, text):
-        self.name, self.ok, self.text = name, bool(ok), text
-
-    def line(self):
-        return f"  {'PASS' if self.ok else 'FAIL'}  {self.name}: {self.text}"
-
-    def __repr__(self):
-        return f"Check({self.name!r}, {self.ok}, {self.text!r})"
-
-
 @dataclass
 class SelftestReport:
     """What :func:`selftest` found.
