@@ -150,6 +150,7 @@ class TaggerCore(wiring.Component):
             m.submodules.test_signal = test = TestSignal(n)
             m.d.comb += [
                 test.config.eq(cfg.test),
+                test.bsm.eq(cfg.test_bsm),
                 test.clear.eq(self.clear),
             ]
             for c in range(n):

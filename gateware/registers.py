@@ -18,7 +18,7 @@ from .. import __version__
 from ..protocol import (
     CAPABILITY_TEST_SIGNAL, COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT,
     COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS,
-    command_check_step,
+    TEST_SIGNAL_REGISTERS, command_check_step,
     WIRE_BITS_PER_BYTE, WIRE_SEQ_BITS, Command, RegisterMap, WireKind, config_layout,
 )
 from .encoder import SIDE_LAYOUT
@@ -163,7 +163,8 @@ class RegisterFile(wiring.Component):
     * every config register: ``width`` bits of ``config`` from ``config_offset``. A write stores
       the low ``width`` bits of the value, so it cannot reach outside its field; values are not
       range-checked (the host does that). Without the test-signal capability the ``test.*``
-      registers are not stored: they read their reset values, and a write replies with it.
+      and ``test_bsm.*`` registers are not stored: they read their reset values, and a write
+      replies with it.
     * every counter, through the core's counter read port.
 
     **Commands.** A READ of a register in the map replies ``ok = 1`` with its value. A WRITE of
@@ -358,7 +359,7 @@ class RegisterFile(wiring.Component):
         with m.If(write):
             with m.Switch(cmd.address):
                 for reg in rmap.config_registers():
-                    if reg.name.startswith("test.") and not self.test_signal:
+                    if reg.name.startswith(TEST_SIGNAL_REGISTERS) and not self.test_signal:
                         continue    # not stored: the config bits keep their reset values
                     with m.Case(reg.address):
                         m.d.sync += config_bits[reg.config_offset:reg.config_offset + reg.width] \

@@ -1,4 +1,5 @@
-"""Built-in test signal: a periodic source and a photon-pair emulator with dark counts.
+"""Built-in test signal: a periodic source (the sync), a photon-pair emulator and a
+Bell-state-measurement (BSM) source of four detectors, with dark counts.
 
 It stands in for the pins of channels whose ``config.channel[c].source`` is not ``PIN``, so the
 demo, CI and self-tests run on boards without detectors. The reference model
@@ -11,8 +12,11 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..protocol import MAX_CHANNELS, PAIR_DELAY_BITS, PERIOD_BITS, Source, test_signal_layout
-from ..model.testsignal import (STREAM_DARK, STREAM_ETA_A, STREAM_ETA_B, STREAM_PAIR,
+from ..protocol import (MAX_CHANNELS, PAIR_DELAY_BITS, PERIOD_BITS, Source, bsm_layout,
+                        test_signal_layout)
+from ..model.testsignal import (BSM_DETECTORS, BSM_PATTERNS, SPLIT_THRESHOLD, STREAM_BSM_ETA,
+                                STREAM_BSM_EVENT, STREAM_BSM_SPLIT, STREAM_BSM_STATE,
+                                STREAM_DARK, STREAM_ETA_A, STREAM_ETA_B, STREAM_PAIR,
                                 XORSHIFT_SHIFTS, stream_constant)
 
 __all__ = ["TestSignal"]
@@ -26,7 +30,8 @@ def _xorshift32(x):
 
 
 class TestSignal(wiring.Component):
-    """Per-channel test pulses: periodic, arm A / arm B of a photon-pair source, dark counts.
+    """Per-channel test pulses: periodic, arm A / arm B of a photon-pair source, detectors
+    D0 .. D3 of a BSM source, dark counts.
 
     Parameters
     ----------
@@ -39,10 +44,13 @@ class TestSignal(wiring.Component):
         Seed, period, pair/eta thresholds, pair delay, per-channel dark thresholds. Change it
         only before a ``clear``: the thresholds and ``period`` are read every cycle,
         ``pair_delay`` must stay constant from a clear on.
+    bsm : ``In(bsm_layout())``
+        The BSM source: attempt offset from the periodic pulse, event, psi- and per-detector
+        efficiency thresholds (the core connects ``config.test_bsm``). Same rule as ``config``.
     sources : ``In(ArrayLayout(Source, channels))``
         Per-channel source (the core connects ``config.channel[c].source``). ``PIN`` channels
-        get no pulses; ``PERIODIC``, ``PAIR_A``, ``PAIR_B`` channels get that signal OR-ed with
-        their own dark counts.
+        get no pulses; ``PERIODIC``, ``PAIR_A``, ``PAIR_B``, ``BSM_D0`` .. ``BSM_D3`` channels
+        get that signal OR-ed with their own dark counts.
     clear : ``In(1)``
         Re-seeds the random streams and restarts the period and the pair delay line at the
         clock edge that samples it high. ``rise`` is all-zero in every cycle in which ``clear``
@@ -56,10 +64,11 @@ class TestSignal(wiring.Component):
     Until the first ``clear`` after reset the output is one-cycle pulses whose pattern the model
     does not specify (the streams start from the seed-0 states, the decisions from zero).
 
-    Resources: ``3 + channels`` 32-bit xorshift registers, each with two threshold comparators
-    (its state's and, for a clear, the seed's), a 32-bit period counter, and a 1-bit x
-    ``2**PAIR_DELAY_BITS`` memory used as a circular delay line (a pair can be born every cycle,
-    so every cycle holds one in-flight arm B).
+    Resources: ``3 + channels`` 32-bit xorshift registers for the pair source and dark counts
+    and 7 for the BSM source, each with two threshold comparators (its state's and, for a
+    clear, the seed's), a 32-bit period counter with a comparator for the attempt cycle, and a
+    1-bit x ``2**PAIR_DELAY_BITS`` memory used as a circular delay line (a pair can be born
+    every cycle, so every cycle holds one in-flight arm B).
     """
     __test__ = False  # not a pytest test class despite its name
 
@@ -69,6 +78,7 @@ class TestSignal(wiring.Component):
         self.channels = channels
         super().__init__({
             "config": In(test_signal_layout(channels)),
+            "bsm": In(bsm_layout()),
             "sources": In(data.ArrayLayout(Source, channels)),
             "clear": In(1),
             "rise": Out(channels),
@@ -88,6 +98,11 @@ class TestSignal(wiring.Component):
                       STREAM_ETA_B: config.eta_b}
         for c in range(self.channels):
             thresholds[STREAM_DARK + c] = config.dark[c]
+        thresholds[STREAM_BSM_EVENT] = self.bsm.event
+        thresholds[STREAM_BSM_STATE] = self.bsm.psi_minus
+        thresholds[STREAM_BSM_SPLIT] = SPLIT_THRESHOLD
+        for d in range(BSM_DETECTORS):
+            thresholds[STREAM_BSM_ETA + d] = self.bsm.eta[d]
         fired = {}
         for stream, threshold in thresholds.items():
             constant = stream_constant(stream)
@@ -124,6 +139,29 @@ class TestSignal(wiring.Component):
             count.eq(next_count),
             tick.eq((next_count == 0) & (config.period != 0)),
         ]
+
+        # BSM attempt: k % period == offset, i.e. the down-counter at (period - offset) mod
+        # period; an offset of period or more never matches. The target is static during a run.
+        offset = self.bsm.offset
+        attempt_count = Signal(PERIOD_BITS)
+        attempt_valid = Signal()
+        attempt = Signal()
+        m.d.comb += [
+            attempt_count.eq(Mux(offset == 0, 0, config.period - offset)),
+            attempt_valid.eq((config.period != 0) & (offset < config.period)),
+        ]
+        m.d.sync += attempt.eq((next_count == attempt_count) & attempt_valid)
+        # The two detectors an event hits (model: BSM_PATTERNS), each clicking on its own
+        # efficiency draw; all draws are registered decisions of this cycle.
+        minus, split = fired[STREAM_BSM_STATE], fired[STREAM_BSM_SPLIT]
+        hit = Signal(BSM_DETECTORS)
+        for (is_minus, splits), mask in BSM_PATTERNS.items():
+            with m.If((minus == is_minus) & (split == splits)):
+                m.d.comb += hit.eq(mask)
+        click = Signal(BSM_DETECTORS)
+        for d in range(BSM_DETECTORS):
+            m.d.comb += click[d].eq(attempt & fired[STREAM_BSM_EVENT] & hit[d]
+                                    & fired[STREAM_BSM_ETA + d])
 
         # Pair source. Arm B's detection is decided at birth and written into a circular delay
         # line at ``write_addr = k mod depth``; for pair_delay >= 2 the read port fetches the
@@ -178,8 +216,17 @@ class TestSignal(wiring.Component):
             m.d.comb += arm_b.eq(delayed & old_enough)
         for c in range(self.channels):
             source = self.sources[c]
-            signal = Mux(source == Source.PERIODIC, tick,
-                         Mux(source == Source.PAIR_A, arm_a, arm_b))
+            signal = Signal(name=f"signal_{c}")
+            with m.Switch(source):
+                with m.Case(Source.PERIODIC):
+                    m.d.comb += signal.eq(tick)
+                with m.Case(Source.PAIR_A):
+                    m.d.comb += signal.eq(arm_a)
+                with m.Case(Source.PAIR_B):
+                    m.d.comb += signal.eq(arm_b)
+                for d in range(BSM_DETECTORS):
+                    with m.Case(Source[f"BSM_D{d}"]):
+                        m.d.comb += signal.eq(click[d])
             m.d.comb += self.rise[c].eq(
                 ~clear & (source != Source.PIN) & (signal | fired[STREAM_DARK + c]))
         return m

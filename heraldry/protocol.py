@@ -20,7 +20,8 @@ __all__ = [
     "PROBABILITY_BITS", "PERIOD_BITS", "COUNTER_BITS", "LOSS_COUNT_BITS",
     "Kind", "LossCause", "Edge", "Source",
     "time_bits", "record_layout", "record_fields", "decode_record",
-    "channel_config_layout", "test_signal_layout", "config_layout", "herald_pin_bits", "CounterMap",
+    "channel_config_layout", "test_signal_layout", "bsm_layout", "BSM_DETECTORS",
+    "TEST_SIGNAL_REGISTERS", "config_layout", "herald_pin_bits", "CounterMap",
 ]
 
 #: Width of the free-running coarse counter (cycles). Wraps are resolved downstream.
@@ -78,12 +79,16 @@ class Edge(enum.Enum, shape=2):
     BOTH    = 3
 
 
-class Source(enum.Enum, shape=2):
+class Source(enum.Enum, shape=3):
     """What feeds a channel: its pin, or one of the built-in test signals."""
     PIN      = 0
-    PERIODIC = 1  #: one event every ``test.period`` cycles
+    PERIODIC = 1  #: one event every ``test.period`` cycles (the BSM source's sync)
     PAIR_A   = 2  #: arm A of the photon-pair source (plus this channel's dark counts)
     PAIR_B   = 3  #: arm B, ``test.pair_delay`` cycles after arm A (plus dark counts)
+    BSM_D0   = 4  #: detector D0 (port a, H) of the BSM source (plus dark counts)
+    BSM_D1   = 5  #: detector D1 (port a, V)
+    BSM_D2   = 6  #: detector D2 (port b, H)
+    BSM_D3   = 7  #: detector D3 (port b, V)
 
 
 def time_bits(fine_bits):
@@ -184,6 +189,27 @@ def test_signal_layout(channels):
     })
 
 
+#: Detectors of the test signal's Bell-state-measurement (BSM) source.
+BSM_DETECTORS = 4
+
+
+def bsm_layout():
+    """Configuration of the test signal's BSM source (see ``heraldry.model.testsignal``): the
+    attempt cycle ``offset`` cycles after each periodic pulse (the sync), the thresholds of a
+    two-photon event per attempt, of its being psi- (else psi+), and of each detector's
+    efficiency."""
+    return data.StructLayout({
+        "offset":    unsigned(PERIOD_BITS),
+        "event":     unsigned(PROBABILITY_BITS),
+        "psi_minus": unsigned(PROBABILITY_BITS),
+        "eta":       data.ArrayLayout(unsigned(PROBABILITY_BITS), BSM_DETECTORS),
+    })
+
+
+#: Prefixes of the registers of the test-signal generator (not stored in a build without it).
+TEST_SIGNAL_REGISTERS = ("test.", "test_bsm.")
+
+
 def config_layout(channels, rules):
     """Everything the host configures in one core. Change it only while the core is stopped."""
     if not 1 <= channels <= MAX_CHANNELS:
@@ -206,6 +232,9 @@ def config_layout(channels, rules):
         "herald_exact": unsigned(rules),
         # the herald pin each rule drives (reset: its own); rules sharing a pin are OR'ed
         "herald_pin":   data.ArrayLayout(unsigned(herald_pin_bits(rules)), rules),
+        # The test signal's BSM source (a struct of its own so that the registers above keep
+        # their addresses).
+        "test_bsm":     bsm_layout(),
     })
 
 
@@ -476,8 +505,8 @@ _FIXED_REGISTERS = [
     ("ident.bin_fs",           0x006, "ro", 0, 1, 2**32 - 1, "one bin, in femtoseconds"),
     ("ident.clock_hz",         0x007, "ro", 0, 1, 2**32 - 1, "system clock, Hz"),
     ("ident.capabilities",     0x008, "ro", 0, 0, 2**32 - 1,
-     "bit 0 test signal (clear: the test.* registers keep their reset values and ignore "
-     "writes), bit 1 coincidence records, bit 2 herald outputs"),
+     "bit 0 test signal (clear: the test.* and test_bsm.* registers keep their reset values "
+     "and ignore writes), bit 1 coincidence records, bit 2 herald outputs"),
     ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
     ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
     ("control.clear",          0x011, "wo", 0, 0, 1,

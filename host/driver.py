@@ -478,10 +478,12 @@ class Device:
                               f"{ident.capabilities:#x}): select no test source "
                               f"(test_signal \"off\") to read the pins")
         bits = acq.gateware_config().as_value().value
-        # Without the generator the test.* registers are not stored (they keep their resets).
+        # Without the generator the test.* and test_bsm.* registers are not stored (they keep
+        # their resets).
         writes = [(reg.name, bits >> reg.config_offset & ((1 << reg.width) - 1))
                   for reg in self.map.config_registers()
-                  if has_test_signal or not reg.name.startswith("test.")]
+                  if has_test_signal
+                  or not reg.name.startswith(protocol.TEST_SIGNAL_REGISTERS)]
         for name, value in writes:            # every value checked before the first is sent
             self.check_value(name, value)
         if self.read("control.run"):

@@ -37,10 +37,21 @@ def naive(config, cycles):
         constant = ((i + 1) * 0x9E3779B9) % 2**32
         states.append(constant if config.seed == constant else config.seed ^ constant)
     limits = [config.pair_threshold, config.eta_a, config.eta_b, *config.dark]
+    # BSM streams 11 .. 17: event, psi-, split (threshold 2**31), efficiency of D0 .. D3.
+    bsm_states = []
+    for i in range(11, 18):
+        constant = ((i + 1) * 0x9E3779B9) % 2**32
+        bsm_states.append(constant if config.seed == constant else config.seed ^ constant)
+    bsm_limits = [config.bsm_event, config.bsm_psi_minus, 2**31, *config.bsm_eta]
+    # Which detectors a photon pair hits: port a = D0 (H), D1 (V), port b = D2 (H), D3 (V).
+    # psi-: one photon per port, orthogonal polarisations; psi+: one port, orthogonal.
+    hits = {(True, True): (0, 3), (True, False): (1, 2),
+            (False, True): (0, 1), (False, False): (2, 3)}
     events = [[] for _ in range(channels)]
     pending_b = set()
     for k in range(cycles):
         fire = [states[i] - 1 < limits[i] for i in range(len(states))]
+        bsm = [bsm_states[i] - 1 < bsm_limits[i] for i in range(7)]
         if fire[0] and fire[2]:
             pending_b.add(k + config.pair_delay)
         signal = {
@@ -48,10 +59,15 @@ def naive(config, cycles):
             "pair_a": fire[0] and fire[1],
             "pair_b": k in pending_b,
         }
+        attempt = config.period != 0 and k % config.period == config.bsm_offset
+        for d in range(4):
+            signal[f"bsm_d{d}"] = (attempt and bsm[0] and d in hits[(bsm[1], bsm[2])]
+                                   and bsm[3 + d])
         for c, source in enumerate(config.sources):
             if source != "pin" and (signal[source] or fire[3 + c]):
                 events[c].append(k)
         states = [step(x) for x in states]
+        bsm_states = [step(x) for x in bsm_states]
     return [np.array(e, dtype=np.int64) for e in events]
 
 
@@ -93,6 +109,36 @@ def _edge_config():
 NAIVE_CONFIGS.append(_edge_config())
 
 
+def _bsm_edge_config():
+    # The event threshold equals the event stream's state in the attempt of cycle 7 + 2 * 9 (it
+    # must fire there), psi- that of cycle 7 (fires); seed equal to the split stream's constant
+    # (its state starts at the constant itself).
+    seed = model.stream_constant(model.STREAM_BSM_SPLIT)
+    def state_at(stream, k):
+        x = model.stream_state(seed, stream)
+        for _ in range(k):
+            x = model.xorshift32(x)
+        return x
+    return settings(seed=seed, period=9, bsm_offset=7,
+                    bsm_event=state_at(model.STREAM_BSM_EVENT, 25),
+                    bsm_psi_minus=state_at(model.STREAM_BSM_STATE, 7),
+                    bsm_eta=(ALWAYS, p(0.9), ALWAYS - 1, 1), dark=(0, p(0.01), 0, 0, 0),
+                    sources=("bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3", "periodic"))
+
+
+NAIVE_CONFIGS += [
+    _bsm_edge_config(),
+    settings(seed=0xBEEF, period=4, pair_threshold=p(0.3), bsm_offset=3, bsm_event=p(0.8),
+             bsm_psi_minus=p(0.5), bsm_eta=(p(0.9), p(0.8), p(0.7), p(0.6)),
+             dark=(p(0.01), p(0.02), 0, p(0.05), 0, 0),
+             sources=("bsm_d3", "bsm_d2", "bsm_d1", "bsm_d0", "pair_a", "bsm_d0")),
+    settings(seed=3, period=1, bsm_offset=0, bsm_event=ALWAYS, bsm_psi_minus=p(0.25),
+             bsm_eta=(ALWAYS,) * 4, sources=("bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3")),
+    settings(seed=4, period=10, bsm_offset=10, bsm_event=ALWAYS, bsm_eta=(ALWAYS,) * 4,
+             sources=("bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3")),
+]
+
+
 @pytest.mark.parametrize("index", range(len(NAIVE_CONFIGS)))
 def test_matches_naive_spec(index):
     config = NAIVE_CONFIGS[index]
@@ -117,11 +163,12 @@ def test_chunking_does_not_change_the_result():
 
 
 def test_initial_states_distinct_and_nonzero():
-    seeds = [0, 1, 0xFFFFFFFF, 0x80000000] + [model.stream_constant(i) for i in range(11)]
+    seeds = [0, 1, 0xFFFFFFFF, 0x80000000] + [model.stream_constant(i) for i in range(18)]
     for seed in seeds:
         states = model.initial_states(seed, protocol.MAX_CHANNELS)
         assert len(states) == 3 + protocol.MAX_CHANNELS
-        assert len(set(states)) == len(states)
+        states += tuple(model.stream_state(seed, i) for i in model.BSM_STREAMS)
+        assert len(set(states)) == len(states) == 18
         assert all(0 < x < 2**32 for x in states)
 
 
@@ -135,6 +182,13 @@ def test_constants_mirror_protocol():
         width for width in (model.SEED_BITS, model.PERIOD_BITS, 3 * model.PROBABILITY_BITS,
                             model.PAIR_DELAY_BITS, 3 * model.PROBABILITY_BITS))
     assert model.SOURCES == tuple(member.name.lower() for member in protocol.Source)
+    assert model.BSM_DETECTORS == protocol.BSM_DETECTORS
+    fields = model.TestSignalSettings(
+        seed=1, period=5, pair_threshold=0, eta_a=0, eta_b=0, pair_delay=0, dark=(0,),
+        sources=("bsm_d2",), bsm_offset=3, bsm_event=7, bsm_psi_minus=8,
+        bsm_eta=(1, 2, 3, 4)).bsm_fields()
+    bsm = protocol.bsm_layout().const(fields)
+    assert (bsm.offset, bsm.event, bsm.psi_minus, bsm.eta[3]) == (3, 7, 8, 4)
     assert [member.value for member in protocol.Source] == list(range(len(model.SOURCES)))
 
 
@@ -176,6 +230,40 @@ def test_statistics():
     assert len(pin2) == len(pin3) == 0
     # Same seed, same streams: the arms are a subset of arms + darks.
     assert np.isin(a, a_dark).all() and np.isin(b, b_dark).all()
+
+
+def test_bsm_statistics():
+    # HOM statistics of the BSM source over 2e5 attempts: events, the psi- fraction, the two
+    # patterns of each state equally likely, per-detector efficiencies, and never a three- or
+    # four-fold from the source itself (dark counts off).
+    period, offset, event, minus = 5, 2, 0.6, 0.7
+    eta = (0.9, 0.8, 0.7, 0.5)
+    attempts = N // period
+    config = settings(seed=99, period=period, bsm_offset=offset, bsm_event=p(event),
+                      bsm_psi_minus=p(minus), bsm_eta=tuple(p(x) for x in eta),
+                      dark=(0,) * 5, sources=("bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3", "periodic"))
+    d0, d1, d2, d3, sync = generate(config, N)
+    np.testing.assert_array_equal(sync, np.arange(0, N, period))
+    clicks = np.zeros(N, np.uint8)
+    for d, times in enumerate((d0, d1, d2, d3)):
+        assert np.all(times % period == offset)
+        clicks[times] |= 1 << d
+    counts = np.bincount(clicks[offset::period], minlength=16)
+    assert counts[[0b0111, 0b1011, 0b1101, 0b1110, 0b1111, 0b0101, 0b1010]].sum() == 0
+    for mask, share in ((0b1001, minus / 2), (0b0110, minus / 2),
+                        (0b0011, (1 - minus) / 2), (0b1100, (1 - minus) / 2)):
+        a, b = (d for d in range(4) if mask >> d & 1)
+        within(counts[mask], attempts, event * share * eta[a] * eta[b])
+    # One-folds: the event's other photon lost.
+    within(counts[0b0001], attempts,
+           event * (minus / 2 * eta[0] * (1 - eta[3]) + (1 - minus) / 2 * eta[0] * (1 - eta[1])))
+    # bsm_attempts agrees, and carries the hit pattern before the efficiencies.
+    cycle, pattern, detected = model.bsm_attempts(config, N)
+    np.testing.assert_array_equal(cycle, np.arange(offset, N, period))
+    np.testing.assert_array_equal(detected, clicks[offset::period])
+    assert np.all(detected & ~pattern == 0)
+    within(np.count_nonzero(pattern), attempts, event)
+    within(np.count_nonzero((pattern == 0b1001) | (pattern == 0b0110)), attempts, event * minus)
 
 
 def test_pair_rate_and_exact_lag():
@@ -239,6 +327,12 @@ def test_settings_validation():
         settings(dark=(0,) * 9, sources=("pin",) * 9)
     with pytest.raises(TypeError):
         settings(period=1.5)
+    with pytest.raises(ValueError):
+        settings(bsm_eta=(0, 0, 0))
+    with pytest.raises(ValueError):
+        settings(bsm_offset=2**32)
+    with pytest.raises(ValueError):
+        settings(bsm_psi_minus=-1)
     with pytest.raises(ValueError):
         generate(settings(), -1)
     config = settings(dark=[1, 2, 3, 4], sources=["pin", "periodic", "pair_a", "pair_b"])

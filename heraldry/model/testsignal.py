@@ -14,7 +14,11 @@ Random draws
 ------------
 There are ``3 + channels`` independent xorshift32 generators (shifts 13, 17, 5), one per draw:
 stream ``STREAM_PAIR`` (0: pair birth), ``STREAM_ETA_A`` (1: arm A detected),
-``STREAM_ETA_B`` (2: arm B detected) and ``STREAM_DARK + c`` (3 + c: dark count on channel c).
+``STREAM_ETA_B`` (2: arm B detected) and ``STREAM_DARK + c`` (3 + c: dark count on channel c),
+and seven more for the BSM source, numbered after the largest core's dark streams so that they
+do not depend on the channel count: ``STREAM_BSM_EVENT`` (11: a two-photon event),
+``STREAM_BSM_STATE`` (12: psi- rather than psi+), ``STREAM_BSM_SPLIT`` (13: which of the
+state's two patterns) and ``STREAM_BSM_ETA + d`` (14 + d: detector ``d`` detects its photon).
 Every stream steps once per cycle, whatever the sources are. Stream ``i`` holds the state
 
     ``x_i(0) = seed ^ C_i``, or ``C_i`` if that is zero (``seed == C_i``),
@@ -40,13 +44,33 @@ Events of cycle ``k``
 * arm B of the pair born at ``k``: born and ``eta_b`` draw (of cycle ``k``) fires; it appears at
   ``k + pair_delay``. Pairs born before cycle 0 do not exist.
 * dark count on channel ``c``: ``dark[c]`` draw fires.
-* channel ``c`` pulses when its source is ``"periodic"`` / ``"pair_a"`` / ``"pair_b"`` and that
-  signal or its own dark count fires; ``"pin"`` channels never pulse.
+* Bell-state measurement (BSM) attempt: ``period != 0`` and ``k % period == bsm_offset`` (the
+  ``bsm_offset``-th cycle after each periodic pulse, which is the attempt clock or *sync*; an
+  offset of ``period`` or more never happens). In an attempt cycle a two-photon event happens
+  iff the ``bsm_event`` draw fires; it is psi- iff the ``bsm_psi_minus`` draw fires (else
+  psi+), and the ``SPLIT_THRESHOLD`` draw (probability 1/2 up to 2**-32) picks one of the two
+  patterns of that state (see :data:`BSM_PATTERNS`): psi- gives D0 & D3 (draw fires) or
+  D1 & D2, psi+ gives D0 & D1 (fires) or D2 & D3. Each of the two detectors hit clicks iff
+  its own efficiency draw ``bsm_eta[d]`` fires. All draws are those of cycle ``k``.
+* channel ``c`` pulses when its source is ``"periodic"`` / ``"pair_a"`` / ``"pair_b"`` /
+  ``"bsm_d0"`` .. ``"bsm_d3"`` and that signal or its own dark count fires; ``"pin"`` channels
+  never pulse.
+
+The BSM source models the middle station of a heralded entanglement link: photons A and B (one
+from each node) meet at a 50:50 beam splitter whose two output ports, ``a`` and ``b``, each end
+in a polarising beam splitter with two detectors: D0 = ``a``/H, D1 = ``a``/V, D2 = ``b``/H,
+D3 = ``b``/V. Two-photon interference (HOM) sends the antisymmetric Bell state psi- to
+different ports with orthogonal polarisations (D0 & D3 or D1 & D2, equally likely), the
+symmetric psi+ to one port with orthogonal polarisations (D0 & D1 or D2 & D3). Per detector,
+an efficiency and dark counts; the sync is a ``"periodic"`` channel (``period`` cycles, the
+attempt clock). Photons are never lost to both ports at once: a photon that is not detected
+is simply missing from the pattern (a one-fold).
 
 Performance: xorshift32 is linear over GF(2), so the state ``j * B`` steps ahead is ``M**(j*B)``
 applied to the seed state. :func:`generate` jumps every stream to ``sqrt(n)`` evenly spaced
 starting points (a byte-sliced table lookup of ``M**B``) and then steps all those lanes together
-with numpy, so both Python loops are ``O(sqrt(n))`` long. 10**6 cycles take 0.15 .. 0.35 s (4 to 8
+with numpy, so both Python loops are ``O(sqrt(n))`` long. The BSM streams are only read in
+attempt cycles: they are jumped to the first attempt and then ``period`` steps at a time. 10**6 cycles take 0.15 .. 0.35 s (4 to 8
 channels; measured on a shared 2-core machine), 10**7 about 2 .. 3.5 s.
 """
 
@@ -60,8 +84,10 @@ __all__ = [
     "PROBABILITY_BITS", "PAIR_DELAY_BITS", "PERIOD_BITS", "SEED_BITS", "MAX_CHANNELS",
     "XORSHIFT_SHIFTS", "MIX_MULTIPLIER", "SOURCES",
     "STREAM_PAIR", "STREAM_ETA_A", "STREAM_ETA_B", "STREAM_DARK",
-    "TestSignalSettings", "xorshift32", "stream_constant", "initial_states",
-    "generate", "threshold", "probability_threshold", "probability",
+    "BSM_DETECTORS", "BSM_PATTERNS", "SPLIT_THRESHOLD", "STREAM_BSM_EVENT", "STREAM_BSM_STATE",
+    "STREAM_BSM_SPLIT", "STREAM_BSM_ETA", "BSM_STREAMS",
+    "TestSignalSettings", "xorshift32", "stream_constant", "initial_states", "stream_state",
+    "generate", "bsm_attempts", "threshold", "probability_threshold", "probability",
 ]
 
 # These mirror heraldry.protocol, which cannot be imported here (it imports Amaranth);
@@ -78,13 +104,26 @@ XORSHIFT_SHIFTS = (13, 17, 5)
 MIX_MULTIPLIER = 0x9E3779B9
 
 #: Source names, in the order of ``protocol.Source`` (the test maps them by name).
-SOURCES = ("pin", "periodic", "pair_a", "pair_b")
+SOURCES = ("pin", "periodic", "pair_a", "pair_b", "bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3")
 
 STREAM_PAIR = 0
 STREAM_ETA_A = 1
 STREAM_ETA_B = 2
 #: Stream of channel ``c``'s dark counts is ``STREAM_DARK + c``.
 STREAM_DARK = 3
+#: Detectors of the BSM source (D0 = port a/H, D1 = a/V, D2 = b/H, D3 = b/V).
+BSM_DETECTORS = 4
+STREAM_BSM_EVENT = STREAM_DARK + MAX_CHANNELS
+STREAM_BSM_STATE = STREAM_BSM_EVENT + 1
+STREAM_BSM_SPLIT = STREAM_BSM_EVENT + 2
+#: Stream of detector ``d``'s efficiency draw is ``STREAM_BSM_ETA + d``.
+STREAM_BSM_ETA = STREAM_BSM_EVENT + 3
+BSM_STREAMS = tuple(range(STREAM_BSM_EVENT, STREAM_BSM_ETA + BSM_DETECTORS))
+#: Threshold of the split draw: fires with probability 2**31 / (2**32 - 1) = 1/2 + 1.2e-10.
+SPLIT_THRESHOLD = 1 << 31
+#: Detector bitmask (bit d: D``d`` hit) of a two-photon event, by (psi-, split draw fired).
+BSM_PATTERNS = {(True, True): 0b1001, (True, False): 0b0110,
+                (False, True): 0b0011, (False, False): 0b1100}
 
 _MASK = (1 << 32) - 1
 _THRESHOLD_MAX = (1 << PROBABILITY_BITS) - 1
@@ -110,6 +149,13 @@ class TestSignalSettings:
     pair_delay : int, 0 .. 2**PAIR_DELAY_BITS - 1 cycles from arm A to arm B.
     dark : tuple of int, one threshold per channel.
     sources : tuple of str, one of :data:`SOURCES` per channel (1 .. MAX_CHANNELS channels).
+    bsm_offset : int, cycles from each periodic pulse (the sync) to the BSM attempt cycle.
+    bsm_event : int, threshold of a two-photon event per attempt.
+    bsm_psi_minus : int, threshold of an event being psi- (else psi+).
+    bsm_eta : tuple of 4 int, detection threshold of D0 .. D3.
+
+    The ``bsm_*`` fields are ``protocol.bsm_layout()`` (the ``test_bsm`` registers); they
+    default to a BSM source that never fires.
 
     Raises ``ValueError``/``TypeError`` on out-of-range values or mismatched lengths.
     """
@@ -123,6 +169,10 @@ class TestSignalSettings:
     pair_delay: int
     dark: tuple
     sources: tuple
+    bsm_offset: int = 0
+    bsm_event: int = 0
+    bsm_psi_minus: int = 0
+    bsm_eta: tuple = (0,) * BSM_DETECTORS
 
     def __post_init__(self):
         _check_uint("seed", self.seed, SEED_BITS)
@@ -140,8 +190,16 @@ class TestSignalSettings:
             raise ValueError(f"need 1 .. {MAX_CHANNELS} sources, not {len(sources)}")
         if len(dark) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(dark)} dark thresholds")
+        _check_uint("bsm_offset", self.bsm_offset, PERIOD_BITS)
+        for name in ("bsm_event", "bsm_psi_minus"):
+            _check_uint(name, getattr(self, name), PROBABILITY_BITS)
+        bsm_eta = tuple(_check_uint(f"bsm_eta[{d}]", t, PROBABILITY_BITS)
+                        for d, t in enumerate(self.bsm_eta))
+        if len(bsm_eta) != BSM_DETECTORS:
+            raise ValueError(f"bsm_eta needs {BSM_DETECTORS} thresholds, not {len(bsm_eta)}")
         object.__setattr__(self, "dark", dark)
         object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "bsm_eta", bsm_eta)
 
     @property
     def channels(self):
@@ -154,6 +212,11 @@ class TestSignalSettings:
             "eta_a": self.eta_a, "eta_b": self.eta_b, "pair_delay": self.pair_delay,
             "dark": list(self.dark),
         }
+
+    def bsm_fields(self):
+        """Values for ``protocol.bsm_layout().const(...)``."""
+        return {"offset": self.bsm_offset, "event": self.bsm_event,
+                "psi_minus": self.bsm_psi_minus, "eta": list(self.bsm_eta)}
 
 
 def xorshift32(x):
@@ -170,13 +233,16 @@ def stream_constant(stream):
     return ((stream + 1) * MIX_MULTIPLIER) & _MASK
 
 
+def stream_state(seed, stream):
+    """State ``x_i(0)`` of stream ``i`` after a clear with ``seed``."""
+    constant = stream_constant(stream)
+    return (seed ^ constant) or constant
+
+
 def initial_states(seed, channels):
-    """States ``x_i(0)`` of the ``3 + channels`` streams after a clear with ``seed``."""
-    states = []
-    for stream in range(STREAM_DARK + channels):
-        constant = stream_constant(stream)
-        states.append((seed ^ constant) or constant)
-    return tuple(states)
+    """States ``x_i(0)`` of the ``3 + channels`` pair and dark streams after a clear with
+    ``seed`` (the BSM streams: :func:`stream_state`)."""
+    return tuple(stream_state(seed, stream) for stream in range(STREAM_DARK + channels))
 
 
 def probability_threshold(p):
@@ -278,6 +344,53 @@ def _states(start, count):
     return out.reshape(start.size, lanes * lane_length)[:, :count]
 
 
+def _strided_states(start, first, stride, count):
+    """``(streams, count)`` uint32 array: the states of cycles ``first + j * stride``,
+    ``j = 0 .. count - 1``, of streams whose cycle-0 states are ``start``."""
+    lane_length = max(1, math.isqrt(count))
+    lanes = -(-count // lane_length)
+    step = _jump_tables(stride)
+    lane_jump = _jump_tables(stride * lane_length)
+    out = np.empty((start.size, lanes, lane_length), dtype=np.uint32)
+    current = np.empty((start.size, lanes), dtype=np.uint32)
+    current[:, 0] = _jump(_jump_tables(first), start)
+    for lane in range(1, lanes):
+        current[:, lane] = _jump(lane_jump, current[:, lane - 1])
+    for j in range(lane_length):
+        out[:, :, j] = current
+        current = _jump(step, current)
+    return out.reshape(start.size, lanes * lane_length)[:, :count]
+
+
+def bsm_attempts(settings, cycles):
+    """The BSM source's attempts in cycles ``0 .. cycles - 1``: ``(cycle, pattern, clicks)``.
+
+    ``cycle`` (int64) holds every attempt cycle; ``pattern`` (uint8) the detectors the
+    event's two photons hit (0 without an event, else one of :data:`BSM_PATTERNS`);
+    ``clicks`` (uint8) those of them that detected their photon (dark counts not included).
+    """
+    cycles = int(cycles)
+    period, offset = settings.period, settings.bsm_offset
+    if not period or offset >= period or cycles <= offset:
+        empty = np.zeros(0, np.uint8)
+        return np.zeros(0, np.int64), empty, empty.copy()
+    count = (cycles - 1 - offset) // period + 1
+    start = np.array([stream_state(settings.seed, s) for s in BSM_STREAMS], dtype=np.uint32)
+    limits = np.array([settings.bsm_event, settings.bsm_psi_minus, SPLIT_THRESHOLD,
+                       *settings.bsm_eta], dtype=np.uint32)[:, None]
+    fired = _strided_states(start, offset, period, count) <= limits
+    event, minus, split = (fired[s - STREAM_BSM_EVENT] for s in
+                           (STREAM_BSM_EVENT, STREAM_BSM_STATE, STREAM_BSM_SPLIT))
+    pattern = np.zeros(count, np.uint8)
+    for (is_minus, splits), mask in BSM_PATTERNS.items():
+        pattern[event & (minus == is_minus) & (split == splits)] = mask
+    detected = np.zeros(count, np.uint8)
+    for d in range(BSM_DETECTORS):
+        detected |= fired[STREAM_BSM_ETA - STREAM_BSM_EVENT + d].astype(np.uint8) << d
+    cycle = offset + period * np.arange(count, dtype=np.int64)
+    return cycle, pattern, pattern & detected
+
+
 def generate(settings, cycles, *, chunk_cycles=1 << 18):
     """Events of the test signal in cycles ``0 .. cycles - 1`` after a clear.
 
@@ -320,6 +433,10 @@ def generate(settings, cycles, *, chunk_cycles=1 << 18):
     else:
         periodic = np.zeros(0, np.int64)
     signal = {"periodic": periodic, "pair_a": arm_a, "pair_b": arm_b}
+    if any(source.startswith("bsm_") for source in settings.sources):
+        attempt, _, clicks = bsm_attempts(settings, cycles)
+        for d in range(BSM_DETECTORS):
+            signal[f"bsm_d{d}"] = attempt[(clicks >> d) & 1 == 1]
 
     result = []
     for c, source in enumerate(settings.sources):

@@ -39,6 +39,7 @@ def simulate(phases):
     async def bench(ctx):
         for config, clear_cycles, cycles in phases:
             ctx.set(dut.config, config.config_fields())
+            ctx.set(dut.bsm, config.bsm_fields())
             ctx.set(dut.sources, [Source[name.upper()] for name in config.sources])
             during_clear = []
             for _ in range(clear_cycles):
@@ -175,6 +176,57 @@ def test_clear_restarts():
     for c in range(CHANNELS):
         tail = continued[c][continued[c] >= 1500] - 1500
         np.testing.assert_array_equal(results[3][0][c], tail, err_msg=f"channel {c}")
+
+
+def bsm_settings(rng):
+    """A random BSM configuration: detectors on random channels, the sync on another, every
+    probability, the offset (0 and period - 1 included) and the seed drawn from ``rng``."""
+    period = int(rng.choice([1, 2, 3, int(rng.integers(4, 40))]))
+    offset = int(rng.choice([0, period - 1, int(rng.integers(0, period))]))
+    sources = list(rng.permutation(["bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3"]))
+    sources[int(rng.integers(0, CHANNELS))] = str(rng.choice(["periodic", "pair_a", "pin"]))
+    return settings(
+        seed=int(rng.integers(0, 2**32)), period=period, pair_threshold=p(0.2),
+        dark=tuple(int(t) for t in rng.choice([0, p(0.01), p(0.05)], CHANNELS)),
+        sources=tuple(str(x) for x in sources), bsm_offset=offset,
+        bsm_event=p(float(rng.uniform(0.3, 1.0))), bsm_psi_minus=p(float(rng.uniform(0, 1))),
+        bsm_eta=tuple(p(float(x)) for x in rng.uniform(0.3, 1.0, 4)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bsm_matches_model_on_random_settings(seed):
+    config = bsm_settings(np.random.default_rng(seed))
+    cycles = 3000
+    [(events, during_clear)] = simulate([(config, 1, cycles)])
+    assert during_clear == [0]
+    assert_matches_model(events, config, cycles)
+    bsm = [c for c in range(CHANNELS) if config.sources[c].startswith("bsm_")]
+    assert sum(len(events[c]) for c in bsm) > cycles // config.period // 4
+
+
+def test_bsm_by_hand():
+    # Independent of the model: every attempt has an event and every detector detects, so each
+    # attempt (cycles 3, 8, 13, ...) gives exactly one of the four two-folds: with psi- always
+    # D0&D3 or D1&D2, with psi- never D0&D1 or D2&D3, and both splits appear. An offset equal to
+    # the period never fires; period 0 never fires.
+    cycles = 2000
+    attempts = np.arange(3, cycles, 5)
+    common = dict(seed=11, period=5, bsm_offset=3, bsm_event=ALWAYS, bsm_eta=(ALWAYS,) * 4,
+                  sources=("bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3"))
+    minus = settings(bsm_psi_minus=ALWAYS, **common)
+    plus = settings(bsm_psi_minus=0, **common)
+    never = settings(**{**common, "bsm_offset": 5})
+    off = settings(**{**common, "period": 0})
+    results = simulate([(minus, 1, cycles), (plus, 1, cycles), (never, 1, 200), (off, 1, 200)])
+    for (events, _), pairs in zip(results, (((0, 3), (1, 2)), ((0, 1), (2, 3)))):
+        fired = [set(e.tolist()) for e in events]
+        assert sorted(set().union(*fired)) == attempts.tolist()
+        for a, b in pairs:
+            assert fired[a] == fired[b]
+        assert fired[pairs[0][0]].isdisjoint(fired[pairs[1][0]])
+        assert 0.4 < len(fired[pairs[0][0]]) / len(attempts) < 0.6
+    for events, _ in results[2:]:
+        assert all(len(e) == 0 for e in events)
 
 
 def test_rejects_bad_channel_count():
