@@ -797,7 +797,9 @@ def render(spec):
         herald_rules=spec.get("rules", ()),
         herald_width=spec.get("width", 1),
         channel=tuple(ChannelSettings(dead_time=spec.get("dead_time", [0] * channels)[c],
-                                      delay=spec.get("delay", [0] * channels)[c])
+                                      delay=spec.get("delay", [0] * channels)[c],
+                                      role=spec.get("roles", ["detector"] * channels)[c],
+                                      gate=spec.get("gates", [None] * channels)[c])
                       for c in range(channels)))
     result = model.simulate(spec["rise"], spec["fall"], settings)
     rows = [_row("bin", [f"{b:<{COLUMN}}" for b in range(bins)]),
@@ -814,6 +816,21 @@ def render(spec):
         for c in range(channels):
             rows.append(_event_row(f"ch{c} delayed",
                                    result.tags["time"][result.tags["channel"] == c], bins))
+    if "gates" in spec:
+        sync = settings.channel_settings(settings.sync_channel)
+        syncs = (model.input_events(spec["rise"][settings.sync_channel],
+                                    spec["fall"][settings.sync_channel], sync)
+                 + sync.delay).tolist()
+        for c, gate in enumerate(spec["gates"]):
+            if gate is not None:
+                rows.append(_span_row(f"ch{c} gate", [s + gate[0] for s in syncs], gate[1],
+                                      bins))
+                rows.append(_event_row(f"ch{c} kept",
+                                       result.tags["time"][result.tags["channel"] == c], bins))
+        attempt = [" " * COLUMN] * bins
+        for n, s in enumerate(syncs, 1):
+            attempt[s] = f"{n}".ljust(COLUMN)
+        rows.append(_row("attempt", attempt))
     if spec.get("windows", True):
         window = settings.window
         pattern, closed = [" " * COLUMN] * bins, [""] * bins
@@ -831,6 +848,13 @@ def render(spec):
     for rule in range(len(settings.herald_rules)):
         fires = result.heralds["time"][result.heralds["rule"] == rule]
         rows.append(_event_row(f"fire {rule}", fires, bins))
+        if "gates" in spec:
+            where = result.herald_sync[result.heralds["rule"] == rule]
+            offset = [" " * COLUMN] * bins
+            for t, a, o in zip(fires.tolist(), where["attempt"].tolist(),
+                               where["offset"].tolist()):
+                offset[t] = f"{a}/{o}".ljust(COLUMN)
+            rows.append(_row(f"attempt/off {rule}", offset))
     pins = model.herald_pin(result.heralds, settings.herald_width, spec.get("latency", 4),
                             herald_rules=settings.herald_rules,
                             rules=max((r.pin + 1 for r in settings.herald_rules), default=0))
@@ -858,6 +882,10 @@ DIAGRAMS = {
     "psi-minus": dict(channels=4, bins=27, window=5, width=2, rules=PSI_MINUS,
                       rise=[[1, 8], [12, 15], [17], [3, 10]],
                       fall=[[2, 9], [13, 16], [18], [4, 11]]),
+    "sync-gate": dict(channels=3, bins=20, window=2, masks=(0b011,), width=2,
+                      roles=["detector", "detector", "sync"], gates=[(2, 3), (2, 3), None],
+                      rise=[[3, 5, 15], [1, 6, 17], [2, 12]],
+                      fall=[[4, 6, 16], [2, 7, 18], [3, 13]]),
 }
 
 

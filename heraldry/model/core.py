@@ -19,14 +19,16 @@ import numpy as np
 
 __all__ = [
     "MAX_CHANNELS", "MAX_RULES", "MAX_DELAY", "MAX_WINDOW", "MAX_DEAD_TIME", "MAX_HERALD_WIDTH",
-    "EDGES", "HERALD_MODES",
+    "EDGES", "HERALD_MODES", "ROLES", "MAX_GATE_END", "OFFSET_NONE", "MAX_MARKER_EVERY",
     "ChannelSettings", "HeraldRule", "CoreSettings",
     "input_events", "delay_events",
     "Windows", "coincidence_windows", "pattern_counts",
     "HERALD_DTYPE", "herald_records",
-    "TAG_DTYPE", "tag_stream",
+    "TAG_DTYPE", "tag_stream", "STREAM_MODES", "STREAM_HOLD", "stream_filter",
     "COINCIDENCE_DTYPE",
+    "SYNC_DTYPE", "sync_position", "gate_events",
     "Result", "simulate", "counts_from_tags", "herald_pin",
+    "gate_duty", "expected_heralds_per_attempt",
 ]
 
 # Limits restated from `heraldry.protocol`, which imports Amaranth and so cannot be imported
@@ -42,9 +44,30 @@ EDGES = ("none", "rising", "falling", "both")
 #: Herald rule modes (docs/semantics.md, "Heralds"): ``early`` decides at the completing event,
 #: ``exact`` when the window closes.
 HERALD_MODES = ("early", "exact")
+#: Stream modes of a channel (docs/semantics.md, "Stream filters"): which of its events are sent
+#: as tags. Counters count every event whatever the mode.
+STREAM_MODES = ("all", "coincident", "none")
+#: Slots of the core's stream filter: events it can hold while their window is single-channel.
+STREAM_HOLD = 2
+#: Channel roles (docs/semantics.md, "Sync, gates and reference markers"): a ``detector`` takes
+#: part in windows; the ``sync`` channel (at most one) is the attempt clock; a ``reference``
+#: channel's edges are streamed as markers (PPS or a divided 10 MHz).
+ROLES = ("detector", "sync", "reference")
+#: A gate's end ``offset + width`` is at most this (2**protocol.GATE_BITS - 1), so that the
+#: hardware's saturated offset (``OFFSET_NONE``) is never inside a gate.
+MAX_GATE_END = 2**16 - 1
+#: A herald record's ``offset`` when no sync edge came before it, or when it came
+#: ``OFFSET_NONE`` bins or more before it (the offset saturates).
+OFFSET_NONE = 2**16 - 1
+#: Largest ``sync_marker_every`` (2**protocol.MARKER_EVERY_BITS - 1).
+MAX_MARKER_EVERY = 2**16 - 1
 
 HERALD_DTYPE = np.dtype([("time", np.int64), ("rule", np.uint8), ("pattern", np.uint16)])
 TAG_DTYPE = np.dtype([("time", np.int64), ("channel", np.uint8)])
+#: A herald record's place in the attempt clock, as in PicoQuant's T3 mode: ``attempt`` = the
+#: number of sync edges at or before the record's time, ``offset`` = bins from the latest of
+#: them (``OFFSET_NONE`` if none, saturating there).
+SYNC_DTYPE = np.dtype([("attempt", np.int64), ("offset", np.int64)])
 #: A recorded coincidence window; ``time`` is its ``t0``.
 COINCIDENCE_DTYPE = np.dtype([("time", np.int64), ("pattern", np.uint16)])
 
@@ -140,6 +163,11 @@ class ChannelSettings:
         edge: ``"rising"``, ``"falling"``, ``"both"`` or ``"none"`` (see :data:`EDGES`).
         dead_time: bins; non-extending; 0 = none. 0..``MAX_DEAD_TIME``.
         delay: bins added to every event's time. 0..``MAX_DELAY``.
+        role: ``"detector"`` (default), ``"sync"`` or ``"reference"`` (see :data:`ROLES`).
+        gate: ``None`` (no gate) or ``(offset, width)`` in bins: a detector event is kept only
+            if ``offset <= t - s < offset + width``, ``s`` the latest sync edge at or before
+            its (delayed) time ``t``. ``width >= 1``, ``offset + width <= MAX_GATE_END``.
+            Detector channels only.
 
     Raises ``ValueError`` for anything out of range.
     """
@@ -147,6 +175,8 @@ class ChannelSettings:
     edge: str = "rising"
     dead_time: int = 0
     delay: int = 0
+    role: str = "detector"
+    gate: tuple = None
 
     def __post_init__(self):
         if self.enable not in (True, False):
@@ -157,6 +187,23 @@ class ChannelSettings:
         object.__setattr__(self, "dead_time",
                            _int(self.dead_time, "dead_time", 0, MAX_DEAD_TIME))
         object.__setattr__(self, "delay", _int(self.delay, "delay", 0, MAX_DELAY))
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if self.gate is not None:
+            try:
+                offset, width = self.gate
+            except (TypeError, ValueError):
+                raise ValueError(f"gate must be None or an (offset, width) pair, "
+                                 f"not {self.gate!r}") from None
+            offset = _int(offset, "gate offset", 0, MAX_GATE_END - 1)
+            width = _int(width, "gate width", 1, MAX_GATE_END)
+            if offset + width > MAX_GATE_END:
+                raise ValueError(f"gate offset + width ({offset} + {width}) must be at most "
+                                 f"{MAX_GATE_END} bins")
+            if self.role != "detector":
+                raise ValueError(f"a gate belongs to a detector channel, not a {self.role} "
+                                 f"channel")
+            object.__setattr__(self, "gate", (offset, width))
 
 
 @dataclass(frozen=True)
@@ -229,8 +276,15 @@ class CoreSettings:
         herald_width: herald pin pulse in cycles, 1..``MAX_HERALD_WIDTH``.
         coincidence_record_mask: bit ``p`` set: closed windows of pattern ``p`` are recorded.
         delay_depth: events one delay line holds (>= 1).
+        sync_marker_every: N: stream the sync edges with attempt numbers N, 2N, ... as tags
+            of the sync channel (markers); 0 (default) streams none. 0..``MAX_MARKER_EVERY``.
+        stream: one stream mode per channel (:data:`STREAM_MODES`), or ``()`` (default): every
+            channel ``all``. Stored as one mode per channel. Applies to detector events; a
+            sync or reference channel's markers are always streamed.
+        stream_hold: the stream filter's slots (>= 1, :func:`stream_filter`).
 
-    Raises ``ValueError`` for anything out of range.
+    At most one channel has the role ``sync``; a channel with a gate needs one. Herald rules
+    name detector channels only. Raises ``ValueError`` for anything out of range.
     """
     channels: int = 4
     fine_bits: int = 0
@@ -241,6 +295,9 @@ class CoreSettings:
     coincidence_record_mask: int = 0
     delay_depth: int = 16
     herald_rules: tuple = ()
+    sync_marker_every: int = 0
+    stream: tuple = ()
+    stream_hold: int = STREAM_HOLD
 
     def __post_init__(self):
         channels = _int(self.channels, "channels", 1, MAX_CHANNELS)
@@ -269,6 +326,24 @@ class CoreSettings:
         record_mask = _int(self.coincidence_record_mask, "coincidence_record_mask",
                            0, 2**(2**channels) - 1)
         delay_depth = _int(self.delay_depth, "delay_depth", 1)
+        marker_every = _int(self.sync_marker_every, "sync_marker_every", 0, MAX_MARKER_EVERY)
+        roles = [ch.role for ch in channel] if channel else ["detector"] * channels
+        syncs = [c for c, role in enumerate(roles) if role == "sync"]
+        if len(syncs) > 1:
+            raise ValueError(f"at most one sync channel, not {len(syncs)} "
+                             f"(channels {', '.join(map(str, syncs))})")
+        gated = [c for c, ch in enumerate(channel) if ch.gate is not None]
+        if gated and not syncs:
+            raise ValueError(f"channel {gated[0]} has a gate but no channel is the sync")
+        others = sum(1 << c for c, role in enumerate(roles) if role != "detector")
+        for r, rule in enumerate(herald_rules):
+            if (rule.require | rule.veto) & others:
+                c = ((rule.require | rule.veto) & others).bit_length() - 1
+                raise ValueError(f"herald rule {r} ({rule}) names channel {c}, a "
+                                 f"{roles[c]} channel")
+        object.__setattr__(self, "sync_marker_every", marker_every)
+        object.__setattr__(self, "stream", _stream_modes(self.stream, channels))
+        object.__setattr__(self, "stream_hold", _int(self.stream_hold, "stream_hold", 1))
         for name, value in (("channels", channels), ("fine_bits", fine_bits),
                             ("window", window), ("channel", channel),
                             ("herald_masks", herald_masks), ("herald_width", herald_width),
@@ -280,6 +355,16 @@ class CoreSettings:
         """The :class:`ChannelSettings` of channel ``c`` (defaults when ``channel == ()``)."""
         _int(c, "channel index", 0, self.channels - 1)
         return self.channel[c] if self.channel else ChannelSettings()
+
+    @property
+    def sync_channel(self):
+        """The sync channel's number, or ``None``."""
+        return next((c for c, ch in enumerate(self.channel) if ch.role == "sync"), None)
+
+    def role_mask(self, role):
+        """Bitmask of the channels with ``role``."""
+        return sum(1 << c for c in range(self.channels)
+                   if self.channel_settings(c).role == role)
 
 
 # --- input stage and delay line ----------------------------------------------------------------
@@ -526,6 +611,234 @@ def tag_stream(times_per_channel):
     return tags
 
 
+def stream_filter(times_per_channel, window, modes, hold=STREAM_HOLD, fine_bits=0):
+    """Which events the stream filter sends as tags (docs/semantics.md, "Stream filters").
+
+    Each channel has a stream mode (:data:`STREAM_MODES`): ``all`` streams every event,
+    ``none`` none, and ``coincident`` the events of windows whose closed pattern holds two or
+    more channels (whatever those channels' stream modes). A ``coincident`` event is known to
+    belong to such a window only once a second channel joins it, so until then the filter holds
+    it: an event of channel ``c`` in cycle ``k`` (``t >> fine_bits``) of window ``w`` *needs a
+    slot* if the window's pattern, counting its events in cycles ``<= k``, is ``{c}`` alone and
+    ``k`` is not the window's last cycle ``(t0 + W - 1) >> fine_bits`` (the decision is then
+    known at once). The filter has ``hold`` slots: the first ``hold`` events of a window that
+    need one are held; later ones are dropped. When the window turns out coincident the held
+    events are streamed and the dropped ones are lost (``filter_dropped``, reported in-band as
+    ``FILTER_FULL`` loss); otherwise both are filtered.
+
+    Parameters:
+        times_per_channel: one sorted integer array of delayed times per channel (the events
+            entering the coincidence unit).
+        window: W in bins.
+        modes: one stream mode per channel (or ``()``: every channel ``all``).
+        hold: the filter's slots, >= 1.
+        fine_bits: F.
+
+    Returns ``(tags, filtered, filter_dropped)``: the streamed events as a :data:`TAG_DTYPE`
+    array sorted by (time, channel), and per channel (int64) the events withheld by the stream
+    mode and those lost to a full hold buffer. Per channel, streamed + filtered +
+    filter_dropped = events.
+    """
+    tpc = _channel_times(times_per_channel)
+    window = _int(window, "window", 1, MAX_WINDOW)
+    hold = _int(hold, "hold", 1)
+    fine_bits = _int(fine_bits, "fine_bits", 0)
+    n = len(tpc)
+    modes = _stream_modes(modes, n)
+    times, chans = _merge(tpc)
+    filtered = np.zeros(n, np.int64)
+    dropped = np.zeros(n, np.int64)
+    if times.size == 0 or all(mode == "all" for mode in modes):
+        return tag_stream(tpc), filtered, dropped
+    starts = _window_starts(times, window)
+    closed = np.bitwise_or.reduceat(np.left_shift(1, chans), starts)
+    window_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(times)]))
+    # first[w, c]: the cycle of channel c's first event in window w.
+    first = np.full((len(starts), n), _NEVER, np.int64)
+    keys, index = np.unique(window_of * n + chans, return_index=True)
+    first.flat[keys] = times[index] >> fine_bits
+    cycle = times >> fine_bits
+    # The window's pattern after every event of it in cycles up to the event's own.
+    channels_so_far = (first[window_of] <= cycle[:, None]).sum(axis=1)
+    last_cycle = (times[starts] + window - 1) >> fine_bits
+    mode_of = np.array([STREAM_MODES.index(m) for m in modes])[chans]
+    coincident = mode_of == STREAM_MODES.index("coincident")
+    needs_slot = coincident & (channels_so_far == 1) & (cycle < last_cycle[window_of])
+    # Rank of each slot-needing event among those of its window (0 for the first).
+    before = np.cumsum(needs_slot) - needs_slot
+    rank = before - before[starts][window_of]
+    multi = np.array([bin(p).count("1") >= 2 for p in closed.tolist()], bool)[window_of]
+    lost = needs_slot & (rank >= hold) & multi
+    streamed = (mode_of == STREAM_MODES.index("all")) | (coincident & multi & ~lost)
+    withheld = ~streamed & ~lost
+    filtered += np.bincount(chans[withheld], minlength=n)
+    dropped += np.bincount(chans[lost], minlength=n)
+    tags = np.zeros(int(streamed.sum()), TAG_DTYPE)
+    tags["time"], tags["channel"] = times[streamed], chans[streamed]
+    return tags, filtered, dropped
+
+
+def _stream_modes(modes, channels):
+    modes = tuple(modes)
+    if not modes:
+        return ("all",) * channels
+    if len(modes) != channels:
+        raise ValueError(f"stream modes must be one per channel ({channels}), not {len(modes)}")
+    for c, mode in enumerate(modes):
+        if mode not in STREAM_MODES:
+            raise ValueError(f"stream mode of channel {c} must be one of "
+                             f"{', '.join(STREAM_MODES)}, not {mode!r}")
+    return modes
+
+
+# --- sync, gates and markers -------------------------------------------------------------------
+
+def sync_position(times, sync_times):
+    """Where ``times`` fall in the attempt clock: a :data:`SYNC_DTYPE` array.
+
+    ``attempt`` = number of ``sync_times`` at or before each time (a sync edge at the same bin
+    counts: it starts the attempt the time belongs to); ``offset`` = bins since the latest of
+    them, saturating at ``OFFSET_NONE``, and ``OFFSET_NONE`` when there is none.
+    """
+    times = np.asarray(times, np.int64).reshape(-1)
+    sync_times = _times(sync_times, "sync_times")
+    attempt = np.searchsorted(sync_times, times, "right")
+    out = np.zeros(len(times), SYNC_DTYPE)
+    out["attempt"] = attempt
+    latest = sync_times[np.maximum(attempt - 1, 0)] if sync_times.size else times
+    out["offset"] = np.where(attempt > 0, np.minimum(times - latest, OFFSET_NONE), OFFSET_NONE)
+    return out
+
+
+def gate_events(times, gate, sync_times):
+    """One detector channel's delayed events through its gate.
+
+    ``gate``: ``None`` (keep everything) or ``(offset, width)``; an event at ``t`` is kept iff
+    some sync edge ``s <= t`` exists and ``offset <= t - s < offset + width`` for the latest
+    one (:func:`sync_position`). Returns ``(kept times, number gated out)``.
+    """
+    times = _times(times, "times")
+    if gate is None:
+        return times, 0
+    offset, width = gate
+    where = sync_position(times, sync_times)
+    keep = ((where["attempt"] > 0) & (where["offset"] >= offset)
+            & (where["offset"] < offset + width))
+    return times[keep], int((~keep).sum())
+
+
+def _sync_markers(sync_times, every):
+    """The sync edges streamed as markers: attempt numbers every, 2 * every, ..."""
+    if every == 0:
+        return np.zeros(0, np.int64)
+    return sync_times[every - 1::every]
+
+
+def gate_duty(gate, period):
+    """Fraction of a sync period of ``period`` bins inside ``gate`` (``None``: 1.0): the factor
+    by which a gate scales a channel's uncorrelated (dark) count rate."""
+    period = _int(period, "period", 1)
+    if gate is None:
+        return 1.0
+    offset, width = gate
+    return max(0, min(offset + width, period) - offset) / period
+
+
+def expected_heralds_per_attempt(probability, settings, period):
+    """Expected herald firings per rule in one attempt, for independent dark counts.
+
+    Every detector channel ``c`` clicks in each bin independently with ``probability[c]``
+    (Bernoulli; a Poisson rate ``r`` per bin gives ``1 - exp(-r)``) and the sync is periodic
+    with ``period`` bins. Exact for the core's window and rule semantics (F = 0, no dead time
+    beyond one bin), computed by stepping the window's state (bins left, pattern) through one
+    attempt as a Markov chain: the false-herald rate from dark counts is the result divided by
+    the period (times the bin).
+
+    Every channel with ``probability > 0`` must have a gate, and every window must close before
+    the next attempt's first gated bin (``max gate end + window <= period + min gate offset``),
+    so attempts are independent. Returns a float64 array, one entry per rule.
+    """
+    if not isinstance(settings, CoreSettings):
+        raise ValueError(f"settings must be a CoreSettings, not {settings!r}")
+    if settings.fine_bits:
+        raise ValueError("expected_heralds_per_attempt needs fine_bits = 0")
+    period = _int(period, "period", 1)
+    n, window = settings.channels, settings.window
+    probability = [float(x) for x in probability]
+    if len(probability) != n:
+        raise ValueError(f"probability must hold one value per channel ({n})")
+    gates = {}
+    for c, p in enumerate(probability):
+        if not 0 <= p <= 1:
+            raise ValueError(f"probability of channel {c} must be 0..1, not {p}")
+        ch = settings.channel_settings(c)
+        if p == 0 or ch.role != "detector":
+            continue
+        if ch.gate is None:
+            raise ValueError(f"channel {c} clicks but has no gate: attempts are not independent")
+        if ch.dead_time > 1:
+            raise ValueError(f"channel {c} has a dead time: the clicks are not independent")
+        gates[c] = ch.gate
+    if not gates:
+        return np.zeros(len(settings.herald_rules))
+    first = min(g[0] for g in gates.values())
+    last = max(g[0] + g[1] for g in gates.values())
+    if last + window > period + first:
+        raise ValueError(f"windows may run into the next attempt: gate end {last} + window "
+                         f"{window} > period {period} + first gate offset {first}")
+    size = 2**n
+    states = (window + 1) * size            # index: left * 2**N + pattern
+    rules = settings.herald_rules
+
+    def step(active):
+        """Transition matrix and expected firings per rule from each state, for one bin."""
+        matrix = np.zeros((states, states))
+        fires = np.zeros((states, len(rules)))
+        subsets = [e for e in range(size) if e & ~active == 0]
+        for left in range(window + 1):
+            for pattern in range(size):
+                if left == 0 and pattern:
+                    continue
+                i = left * size + pattern
+                for e in subsets:
+                    pe = 1.0
+                    for c in range(n):
+                        if active >> c & 1:
+                            pe *= probability[c] if e >> c & 1 else 1 - probability[c]
+                    if left:
+                        prev, new, remain = pattern, pattern | e, left - 1
+                    elif e:
+                        prev, new, remain = 0, e, window - 1
+                    else:
+                        matrix[0, i] += pe
+                        continue
+                    for r, rule in enumerate(rules):
+                        req, veto = rule.require, rule.veto
+                        if rule.mode == "early":
+                            hit = prev & req != req and new & req == req and not new & veto
+                        else:
+                            hit = remain == 0 and new & req == req and not new & veto
+                        fires[i, r] += pe * hit
+                    j = remain * size + new if remain else 0
+                    matrix[j, i] += pe
+        return matrix, fires
+
+    cache = {}
+    state = np.zeros(states)
+    state[0] = 1.0
+    expected = np.zeros(len(rules))
+    for b in range(period + window):
+        active = 0
+        if b < period:
+            active = sum(1 << c for c, (o, w) in gates.items() if o <= b < o + w)
+        if active not in cache:
+            cache[active] = step(active)
+        matrix, fires = cache[active]
+        expected += state @ fires
+        state = matrix @ state
+    return expected
+
+
 # --- whole core --------------------------------------------------------------------------------
 
 @dataclass
@@ -533,8 +846,12 @@ class Result:
     """Everything one run of the core produces.
 
     Members:
-        tags: :data:`TAG_DTYPE`, delayed times, sorted by (time, channel).
-        singles: int64 per channel, events entering the coincidence unit.
+        tags: :data:`TAG_DTYPE`, delayed times, sorted by (time, channel): the detector events
+            that entered the coincidence unit, every reference edge and the sync edges chosen
+            by ``sync_marker_every`` (markers: tags of a sync or reference channel).
+        singles: int64 per channel: detector events entering the coincidence unit (after the
+            gate); for the sync channel its edges (the attempts), for a reference channel its
+            edges (the markers).
         patterns: :func:`pattern_counts` of the windows.
         windows: :class:`Windows`.
         heralds: :data:`HERALD_DTYPE`, sorted by (time, rule).
@@ -542,6 +859,15 @@ class Result:
         coincidence_records: :data:`COINCIDENCE_DTYPE`, windows whose pattern bit is set in
             ``coincidence_record_mask``, in time order.
         delay_dropped: int64 per channel, events lost to a full delay line.
+        gated_out: int64 per channel, detector events outside their channel's gate.
+        attempts: sync edges (0 without a sync channel).
+        herald_sync: :data:`SYNC_DTYPE`, one per herald record: its attempt and offset
+            (:func:`sync_position` of its time); ``None`` when the sync edges are unknown
+            (:func:`counts_from_tags` with a sync channel).
+        filtered, filter_dropped: int64 per channel: detector events the stream filter
+            withheld (by the channel's stream mode) and lost (hold buffer full), see
+            :func:`stream_filter`; ``tags`` holds the others. All zero when every channel
+            streams ``all``.
     """
     tags: np.ndarray
     singles: np.ndarray
@@ -551,9 +877,18 @@ class Result:
     herald_counts: np.ndarray
     coincidence_records: np.ndarray
     delay_dropped: np.ndarray
+    gated_out: np.ndarray = None
+    attempts: int = 0
+    herald_sync: np.ndarray = None
+    filtered: np.ndarray = None
+    filter_dropped: np.ndarray = None
 
 
-def _result(tpc, settings, delay_dropped):
+def _result(tpc, settings, delay_dropped, *, sync_times=None, gated_out=None, singles=None,
+            markers=None):
+    """Windows, heralds, records and counters of the detector events ``tpc`` (one array per
+    channel; empty for sync and reference channels); ``markers``: the streamed times of the
+    sync and reference channels ({channel: times})."""
     windows = coincidence_windows(tpc, settings.window)
     heralds = herald_records(tpc, settings.window, settings.herald_rules, settings.fine_bits)
     # The mask has 2**channels bits (256 for 8 channels): look it up per pattern, not by shift.
@@ -562,9 +897,24 @@ def _result(tpc, settings, delay_dropped):
     recorded = selected[windows.pattern]
     records = np.zeros(int(recorded.sum()), COINCIDENCE_DTYPE)
     records["time"], records["pattern"] = windows.t0[recorded], windows.pattern[recorded]
+    streamed = list(tpc)
+    for c, times in (markers or {}).items():
+        streamed[c] = times
+    if singles is None:
+        singles = [len(t) for t in streamed]
+    kept, filtered, filter_dropped = stream_filter(tpc, settings.window, settings.stream,
+                                                   settings.stream_hold, settings.fine_bits)
+    for c in range(settings.channels):
+        if c not in (markers or {}):
+            streamed[c] = kept["time"][kept["channel"] == c]
+    # sync_times None: unknown (the sync channel's edges were not all streamed).
+    known = sync_times is not None or settings.sync_channel is None or not len(heralds)
+    if sync_times is None:
+        sync_times = np.zeros(0, np.int64)
+    herald_sync = sync_position(heralds["time"], sync_times) if known else None
     return Result(
-        tags=tag_stream(tpc),
-        singles=np.array([len(t) for t in tpc], np.int64),
+        tags=tag_stream(streamed),
+        singles=np.array(singles, np.int64),
         patterns=pattern_counts(windows, settings.channels),
         windows=windows,
         heralds=heralds,
@@ -572,6 +922,12 @@ def _result(tpc, settings, delay_dropped):
                                   minlength=len(settings.herald_rules)).astype(np.int64),
         coincidence_records=records,
         delay_dropped=np.asarray(delay_dropped, np.int64),
+        gated_out=(np.zeros(settings.channels, np.int64) if gated_out is None
+                   else np.asarray(gated_out, np.int64)),
+        attempts=int(len(sync_times)),
+        herald_sync=herald_sync,
+        filtered=filtered,
+        filter_dropped=filter_dropped,
     )
 
 
@@ -584,14 +940,18 @@ def _per_channel(values, name, channels):
 
 
 def simulate(rise, fall, settings, gate=None):
-    """Run the whole core: input stage, delay line, coincidences, heralds, tags, counters.
+    """Run the whole core: input stage, delay line, sync and gates, coincidences, heralds, tags,
+    counters.
 
     Parameters:
         rise, fall: one sorted integer array of edge times (bins) per channel.
         settings: :class:`CoreSettings`.
         gate: the run gate, as for :func:`input_events` (shared by all channels).
 
-    Returns a :class:`Result`. Raises ``ValueError`` on bad input.
+    Every channel's edges pass its input stage and delay line. The sync channel's delayed
+    events are the sync edges; each detector event then passes its channel's gate
+    (:func:`gate_events`) or is counted in ``gated_out``. Returns a :class:`Result`. Raises
+    ``ValueError`` on bad input.
     """
     if not isinstance(settings, CoreSettings):
         raise ValueError(f"settings must be a CoreSettings, not {settings!r}")
@@ -605,7 +965,24 @@ def simulate(rise, fall, settings, gate=None):
         times, lost = delay_events(events, ch.delay, settings.delay_depth, settings.fine_bits)
         delayed.append(times)
         dropped.append(lost)
-    return _result(delayed, settings, dropped)
+    sync = settings.sync_channel
+    sync_times = delayed[sync] if sync is not None else np.zeros(0, np.int64)
+    tpc, gated_out, singles, markers = [], [], [], {}
+    for c in range(settings.channels):
+        ch = settings.channel_settings(c)
+        if ch.role == "detector":
+            kept, out = gate_events(delayed[c], ch.gate, sync_times)
+            tpc.append(kept)
+            gated_out.append(out)
+            singles.append(len(kept))
+            continue
+        tpc.append(np.zeros(0, np.int64))
+        gated_out.append(0)
+        singles.append(len(delayed[c]))
+        markers[c] = (delayed[c] if ch.role == "reference"
+                      else _sync_markers(delayed[c], settings.sync_marker_every))
+    return _result(tpc, settings, dropped, sync_times=sync_times, gated_out=gated_out,
+                   singles=singles, markers=markers)
 
 
 def counts_from_tags(tags, settings):
@@ -613,10 +990,18 @@ def counts_from_tags(tags, settings):
 
     This is what a host uses to check the hardware counters of a lossless run. ``tags`` needs
     ``time`` and ``channel`` fields (:data:`TAG_DTYPE`); any order is accepted. The result's
-    ``delay_dropped`` is all zero: tags carry no loss information (loss records do).
+    ``delay_dropped`` and ``gated_out`` are all zero: tags carry no loss information (loss
+    records do) and gated-out events are not streamed. Tags of sync and reference channels are
+    markers: they form no windows. With a sync channel only its markers are streamed, so its
+    ``singles`` count the markers, ``attempts`` is 0 and ``herald_sync`` is ``None`` (unless
+    there are no heralds).
     """
     if not isinstance(settings, CoreSettings):
         raise ValueError(f"settings must be a CoreSettings, not {settings!r}")
+    if any(mode != "all" for mode in settings.stream):
+        # Filtered tags cannot give back the windows they were filtered by.
+        raise ValueError("counts_from_tags needs every channel streaming all (stream modes "
+                         f"{', '.join(settings.stream)})")
     tags = np.asarray(tags)
     if tags.dtype.names is None or not {"time", "channel"} <= set(tags.dtype.names):
         raise ValueError("tags must be a structured array with 'time' and 'channel' fields")
@@ -628,8 +1013,15 @@ def counts_from_tags(tags, settings):
                       or channels.max() >= settings.channels):
         raise ValueError(f"tags must have integer times and channels 0..{settings.channels - 1}")
     times = times.astype(np.int64)
-    tpc = [np.sort(times[channels == c]) for c in range(settings.channels)]
-    return _result(tpc, settings, np.zeros(settings.channels, np.int64))
+    tpc, markers = [], {}
+    for c in range(settings.channels):
+        these = np.sort(times[channels == c])
+        if settings.channel_settings(c).role == "detector":
+            tpc.append(these)
+        else:
+            tpc.append(np.zeros(0, np.int64))
+            markers[c] = these
+    return _result(tpc, settings, np.zeros(settings.channels, np.int64), markers=markers)
 
 
 def herald_pin(heralds, width, latency, *, rules=None, fine_bits=0, herald_rules=None):
