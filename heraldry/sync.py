@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["SEARCHING", "LOCKED", "LOST", "SyncError", "Fit", "find_offset", "Segment",
-           "Tracker", "LinkResult", "link", "window_misses"]
+           "Tracker", "LinkResult", "link", "LiveLink", "window_misses"]
 
 SEARCHING, LOCKED, LOST = "searching", "locked", "lost"
 
@@ -294,6 +294,11 @@ class Tracker:
             self.segments.append(segment)
         return done
 
+    def truncate(self, end_s):
+        """Forget the buffered board-1 tags at or after ``end_s`` (board-2's stream ended
+        earlier: a final block beyond it would look like a lost lock)."""
+        self._a = self._a[:np.searchsorted(self._a, end_s)]
+
     def _covered(self, end, final):
         """Whether both buffers reach past board-1 time ``end`` (with the offset's slack)."""
         if final:
@@ -528,3 +533,218 @@ def link(a, b, *, channels_a=None, channels_b=None, sync_a=None, sync_b=None, wi
         segments=tr.segments, losses=tr.losses, locks=tr.locks, synced_s=synced,
         tags=tag_stream(tpc), windows=windows, cross=int(both.sum()), heralds=heralds,
         misses=misses, bin_s=bin_s, origin_s=origin, channels_a=n_a, channels_b=n_b)
+
+
+class LiveLink:
+    """Coincidences across two boards as their tags come: the :class:`Tracker` fed block by
+    block and every segment it finishes merged into board 1's time and put through the reference
+    model's windows at once (the live form of :func:`link`, with the same result).
+
+    Parameters: as :func:`link` (``channels_a``/``channels_b``: how many channels each board
+    has; ``sync_a``/``sync_b``: channels that carry the pairs, default all; ``window_s``,
+    ``bin_s``, ``rules``, ``block_s``, tracker keywords), plus ``origin_s`` (board-1 time of
+    merged bin 0, default the first tag fed), ``keep`` (keep the merged tags and windows for
+    :meth:`result`; counts only otherwise, so a long run holds no more than a few blocks) and
+    ``misses_span_s`` (the window-miss estimate runs on the corrected pairs of the latest
+    ``misses_span_s`` of board-1 time, default 1 s).
+
+    :meth:`feed` takes the next tags of either board or both (times in each board's local
+    seconds, sorted, later than those fed before; channels). Windows are exact: one that may
+    still gain a tag (it closes after the end of the last finished segment) waits for the next
+    segment, so counting in pieces gives the windows of the whole stream.
+
+    Members (live): ``tracker``, ``windows`` (closed windows counted), ``cross`` (those with
+    channels of both boards), ``patterns`` (windows per pattern, an array of ``2**(na+nb)``),
+    ``heralds`` (firings per rule), ``singles`` (merged tags per merged channel), ``synced_s``,
+    ``misses``; :meth:`metrics` gives them with the lock state, offset, ppm and jitter.
+    """
+
+    def __init__(self, channels_a=1, channels_b=1, *, sync_a=None, sync_b=None, window_s=20e-9,
+                 bin_s=1e-9, rules=(), block_s=0.01, origin_s=None, keep=False,
+                 misses_span_s=1.0, **tracker):
+        from .model import MAX_WINDOW
+        if channels_a < 1 or channels_b < 1 or channels_a + channels_b > 8:
+            raise SyncError(f"{channels_a} + {channels_b} channels: each board needs one, the "
+                            f"merged stream holds at most 8")
+        self.window = int(round(window_s / bin_s))
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise SyncError(f"a {window_s * 1e9:g} ns window is {self.window} bins of "
+                            f"{bin_s * 1e12:g} ps: 1..{MAX_WINDOW} needed")
+        self.na, self.nb = int(channels_a), int(channels_b)
+        self.sync_a, self.sync_b = sync_a, sync_b
+        self.window_s, self.bin_s, self.rules = window_s, bin_s, tuple(rules)
+        self.origin_s, self.keep, self.misses_span_s = origin_s, keep, misses_span_s
+        self.tracker = Tracker(block_s=block_s, **tracker)
+        n = self.na + self.nb
+        self.windows, self.cross, self.synced_s = 0, 0, 0.0
+        self.patterns = np.zeros(1 << n, np.int64)
+        self.heralds = np.zeros(len(self.rules), np.int64)
+        self.singles = np.zeros(n, np.int64)
+        self._a, self._ca = np.zeros(0), np.zeros(0, np.int64)
+        self._b, self._cb = np.zeros(0), np.zeros(0, np.int64)
+        self._b_done = -np.inf          # board-2 time merged (or passed) up to
+        self._pending = [np.zeros(0, np.int64) for _ in range(n)]
+        self._cut = None                # merged bin up to which every tag is in
+        self._pairs = []                # (end_s, corrected sync a, corrected sync b)
+        self._kept_tags, self._kept_windows, self._kept_heralds = [], [], []
+
+    def _channels(self, times, channels, n, name):
+        times = _sorted_seconds(times, f"board {name}'s times")
+        channels = _channels(channels, len(times), f"channels_{name}")
+        if len(channels) and channels.max() >= n:
+            raise SyncError(f"board {name} has channels 0..{n - 1}, not {channels.max()}")
+        return times, channels
+
+    def feed(self, a=(), channels_a=None, b=(), channels_b=None, *, final=False):
+        """Add tags of board 1 (``a``, ``channels_a``) and board 2 (``b``, ``channels_b``);
+        ``final``: no more come. Returns the :class:`Segment` s finished by this call."""
+        a, ca = self._channels(a, channels_a, self.na, "a")
+        b, cb = self._channels(b, channels_b, self.nb, "b")
+        if self.origin_s is None and len(a):
+            self.origin_s = float(a[0])
+        self._a, self._ca = np.concatenate((self._a, a)), np.concatenate((self._ca, ca))
+        self._b, self._cb = np.concatenate((self._b, b)), np.concatenate((self._cb, cb))
+        ma = np.isin(ca, self.sync_a) if self.sync_a is not None else np.ones(len(a), bool)
+        mb = np.isin(cb, self.sync_b) if self.sync_b is not None else np.ones(len(b), bool)
+        if final and self.tracker.fit is not None and len(self.tracker._b):
+            # Process board 1 only as far as board 2 was running.
+            end = float(self.tracker.fit.to_a(self.tracker._b[-1]))
+            if len(a[ma]) and a[ma][-1] >= end:
+                ma = ma & (a < end)
+            self.tracker.truncate(end)
+        segments = self.tracker.feed(a[ma], b[mb], final=final)
+        for seg in segments:
+            self._merge(seg)
+        if final:
+            self._windows(None)
+        return segments
+
+    def _merge(self, seg):
+        i = np.searchsorted(self._a, seg.end_s)
+        a, ca = self._a[:i], self._ca[:i]
+        keep_a = a >= seg.start_s
+        a, ca = a[keep_a], ca[keep_a]
+        self._a, self._ca = self._a[i:], self._ca[i:]
+        if seg.fit is None:
+            # Board-2 tags this early cannot belong to a later segment.
+            j = np.searchsorted(self._b, seg.end_s - self.tracker.max_offset_s - 1e-3)
+            self._b, self._cb = self._b[j:], self._cb[j:]
+            self._windows(seg.end_s)
+            return
+        self.synced_s += seg.end_s - seg.start_s
+        ends = np.array([seg.start_s, seg.end_s])
+        lo, hi = seg.fit.offset_at(ends) + ends
+        lo = max(lo, self._b_done)
+        j0, j1 = np.searchsorted(self._b, [lo, max(lo, hi)])
+        b, cb = seg.fit.to_a(self._b[j0:j1]), self._cb[j0:j1]
+        self._b, self._cb = self._b[j1:], self._cb[j1:]
+        self._b_done = max(lo, hi)
+        for c in range(self.na):
+            self._pending[c] = np.concatenate((self._pending[c], self._bins(a[ca == c])))
+        for c in range(self.nb):
+            self._pending[self.na + c] = np.sort(np.concatenate(
+                (self._pending[self.na + c], self._bins(b[cb == c]))))
+        sa = a[np.isin(ca, self.sync_a)] if self.sync_a is not None else a
+        sb = b[np.isin(cb, self.sync_b)] if self.sync_b is not None else b
+        self._pairs.append((seg.end_s, sa, np.sort(sb)))
+        while self._pairs and self._pairs[0][0] < seg.end_s - self.misses_span_s:
+            self._pairs.pop(0)
+        # The last merged bins wait: the next relation may place a board-2 tag a few
+        # picoseconds before this segment's end.
+        self._windows(seg.end_s - max(self.bin_s, 1e-9))
+
+    @property
+    def misses(self):
+        """:func:`window_misses` of the corrected sync tags of the latest ``misses_span_s``
+        (``nan`` without a peak or before the first lock)."""
+        if not self._pairs:
+            return float("nan")
+        pa = np.concatenate([p[1] for p in self._pairs])
+        pb = np.sort(np.concatenate([p[2] for p in self._pairs]))
+        return window_misses(pa, pb, self.window_s) if len(pa) and len(pb) else float("nan")
+
+    def _bins(self, times):
+        return np.floor((times - self.origin_s) / self.bin_s).astype(np.int64)
+
+    def _windows(self, end_s):
+        """Close the windows that can gain no more tags: all whose end is at or before merged
+        bin ``end_s`` (every tag before it is in); ``None``: all."""
+        from .model import coincidence_windows, herald_records
+        pending = self._pending
+        if not sum(len(p) for p in pending):
+            return
+        windows = coincidence_windows(pending, self.window)
+        if end_s is None:
+            closed = len(windows)
+        else:
+            cut = int(np.floor((end_s - self.origin_s) / self.bin_s))
+            closed = int(np.searchsorted(windows.t0 + self.window, cut, "right"))
+        if closed == 0:
+            return
+        # Every tag before the first open window belongs to a closed one.
+        first_open = windows.t0[closed] if closed < len(windows) else None
+        taken = [p if first_open is None else p[:np.searchsorted(p, first_open)]
+                 for p in pending]
+        self._pending = [p[len(t):] for p, t in zip(pending, taken)]
+        pattern = windows.pattern[:closed]
+        self.windows += closed
+        both = ((pattern & ((1 << self.na) - 1)) != 0) & ((pattern >> self.na) != 0)
+        self.cross += int(both.sum())
+        self.patterns += np.bincount(pattern, minlength=len(self.patterns))
+        self.singles += [len(t) for t in taken]
+        heralds = herald_records(taken, self.window, self.rules) if self.rules else None
+        if heralds is not None:
+            self.heralds += np.bincount(heralds["rule"], minlength=len(self.rules))[
+                :len(self.rules)]
+        if self.keep:
+            from .model import tag_stream
+            self._kept_tags.append(tag_stream(taken))
+            self._kept_windows.append((windows.t0[:closed], pattern))
+            if heralds is not None:
+                self._kept_heralds.append(heralds)
+
+    @property
+    def cross_rate_hz(self):
+        """Cross-node coincidence windows per second of synchronised time."""
+        return self.cross / self.synced_s if self.synced_s > 0 else 0.0
+
+    def metrics(self):
+        """The live figures as a dict: ``state``, ``offset_s``, ``ppm``, ``jitter_s`` (None
+        before the first lock), ``losses``, ``locks`` (counts), ``synced_s``, ``windows``,
+        ``cross``, ``cross_rate_hz``, ``misses``, ``singles_hz`` (per merged channel, over the
+        synchronised time), ``heralds``, ``at_s`` (board-1 time processed up to)."""
+        tr = self.tracker
+        fit = tr.fit
+        span = self.synced_s if self.synced_s > 0 else float("nan")
+        def number(value):
+            return None if value is None else float(value)
+        return {
+            "state": tr.state, "at_s": number(tr._at),
+            "offset_s": number(fit and fit.offset_s), "ppm": number(fit and fit.ppm),
+            "jitter_s": number(fit and fit.jitter_s),
+            "losses": len(tr.losses), "locks": len(tr.locks), "synced_s": float(self.synced_s),
+            "windows": self.windows, "cross": self.cross,
+            "cross_rate_hz": float(self.cross_rate_hz), "misses": self.misses,
+            "singles_hz": (self.singles / span).tolist(),
+            "heralds": self.heralds.tolist(),
+        }
+
+    def result(self):
+        """A :class:`LinkResult` of what was fed (call after ``feed(..., final=True)``; the
+        merged tags, windows and heralds need ``keep=True``, else they are empty)."""
+        from .model import TAG_DTYPE
+        from .model.core import HERALD_DTYPE, Windows
+        tr = self.tracker
+        tags = np.concatenate(self._kept_tags) if self._kept_tags else np.zeros(0, TAG_DTYPE)
+        t0 = np.concatenate([w[0] for w in self._kept_windows]) if self._kept_windows \
+            else np.zeros(0, np.int64)
+        pattern = np.concatenate([w[1] for w in self._kept_windows]) if self._kept_windows \
+            else np.zeros(0, np.int64)
+        heralds = np.concatenate(self._kept_heralds) if self._kept_heralds \
+            else np.zeros(0, HERALD_DTYPE)
+        return LinkResult(state=tr.state, fit=tr.fit or next(
+            (s.fit for s in reversed(tr.segments) if s.fit is not None), None),
+            segments=tr.segments, losses=tr.losses, locks=tr.locks, synced_s=self.synced_s,
+            tags=tags, windows=Windows(t0, pattern), cross=self.cross, heralds=heralds,
+            misses=self.misses, bin_s=self.bin_s, origin_s=self.origin_s or 0.0,
+            channels_a=self.na, channels_b=self.nb, extra={"metrics": self.metrics()})

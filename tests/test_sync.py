@@ -314,3 +314,77 @@ def test_cli_link_errors(tmp_path, capsys):
                    "--acquire-s", "0.5"])
     out = capsys.readouterr().out
     assert status == 1 and "no correlation peak found" in out
+
+
+# --- live merge ---------------------------------------------------------------------------------
+
+def test_live_link_in_random_pieces_gives_the_whole_streams_windows():
+    """LiveLink fed in random pieces (either board, sometimes nothing) across a +2 ppm step
+    (a loss and a relock) merges exactly what link() does on the whole streams: the same
+    merged tags, windows and heralds, with a window that spans two pieces counted once."""
+    from heraldry.sync import LiveLink
+    src = two_node_source(1.6, pair_rate_hz=1e5, dark_rate_a_hz=3e4, dark_rate_b_hz=3e4,
+                          clock_a=Clock(ppm=20), clock_b=Clock(ppm=-15, steps=((1.0, 2.0),)),
+                          seed=4)
+    a, b = seconds(src)
+    a = a[a < b[-1] - 1e-3]     # board 2 runs to the end (LiveLink stops where it stops)
+    rng = np.random.default_rng(1)
+    ca, cb = rng.integers(0, 2, len(a)), rng.integers(0, 2, len(b))
+    rules = [0b0101, 0b1111]
+    whole = link(a, b, channels_a=ca, channels_b=cb, rules=rules, acquire_s=0.25)
+    live = LiveLink(2, 2, rules=rules, acquire_s=0.25, keep=True)
+    ia = ib = 0
+    while ia < len(a) or ib < len(b):
+        na, nb = rng.integers(0, 5000, 2)
+        live.feed(a[ia:ia + na], ca[ia:ia + na], b[ib:ib + nb], cb[ib:ib + nb])
+        ia, ib = ia + na, ib + nb
+    live.feed(final=True)
+    got = live.result()
+    assert len(whole.losses) == 1 and len(whole.locks) == 2 and whole.state == LOCKED
+    assert got.losses == whole.losses and got.locks == whole.locks
+    assert np.array_equal(got.tags, whole.tags)
+    assert np.array_equal(got.windows.t0, whole.windows.t0)
+    assert np.array_equal(got.windows.pattern, whole.windows.pattern)
+    assert np.array_equal(got.heralds, whole.heralds) and len(whole.heralds) > 100
+    m = live.metrics()
+    assert m["cross"] == whole.cross and m["windows"] == len(whole.windows)
+    assert m["heralds"] == np.bincount(whole.heralds["rule"], minlength=2).tolist()
+    assert m["singles_hz"][2] * m["synced_s"] == np.count_nonzero(whole.tags["channel"] == 2)
+    assert m["state"] == LOCKED and m["losses"] == 1 and m["locks"] == 2
+
+
+def test_live_link_stops_board_1_where_board_2_stopped():
+    """Board 2's stream ends 0.2 s before board 1's: link() on the whole streams loses lock
+    there; LiveLink's final feed merges board 1 only as far as board 2 ran and stays locked,
+    with the coincidences of the common span."""
+    from heraldry.sync import LiveLink
+    src = two_node_source(1.0, clock_a=Clock(ppm=20), clock_b=Clock(ppm=-15), seed=8)
+    a, b = seconds(src)
+    b = b[b < 0.8]
+    whole = link(a, b, acquire_s=0.25)
+    common = link(a[a < 0.8 - 50e-6], b, acquire_s=0.25)
+    live = LiveLink(acquire_s=0.25)
+    live.feed(a, None, b, None)
+    live.feed(final=True)
+    assert whole.state != LOCKED and common.state == LOCKED
+    assert live.metrics()["state"] == LOCKED and live.metrics()["losses"] == 0
+    assert abs(live.cross - common.cross) <= 3 and common.cross > 5000
+
+
+def test_live_link_counts_only_without_keep_and_refuses_bad_input():
+    from heraldry.sync import LiveLink
+    src = two_node_source(0.8, clock_a=Clock(ppm=20), clock_b=Clock(ppm=-15), seed=6)
+    a, b = seconds(src)
+    live = LiveLink(acquire_s=0.25)
+    for k in range(0, len(a), 3000):
+        live.feed(a[k:k + 3000], None, b[k:k + 3000], None)
+    live.feed(final=True)
+    m = live.metrics()
+    assert m["state"] == LOCKED and m["cross"] >= 0.99 * shared_coincidences(src) * (
+        m["synced_s"] / 0.8) - 5 * math.sqrt(m["cross"])
+    assert len(live.result().tags) == 0 and live.result().cross == m["cross"]
+    assert 0 <= m["misses"] < 0.01
+    with pytest.raises(SyncError, match="channels 0..0"):
+        live.feed([1.0], [1])
+    with pytest.raises(SyncError, match="at most 8"):
+        LiveLink(5, 4)
