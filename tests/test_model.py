@@ -7,6 +7,7 @@ docs/semantics.md, whose timing diagrams are re-rendered from the model and comp
 
 from collections import defaultdict
 from pathlib import Path
+import dataclasses
 import re
 
 import numpy as np
@@ -800,8 +801,12 @@ def render(spec):
                                       delay=spec.get("delay", [0] * channels)[c],
                                       role=spec.get("roles", ["detector"] * channels)[c],
                                       gate=spec.get("gates", [None] * channels)[c])
-                      for c in range(channels)))
+                      for c in range(channels)),
+        stream=spec.get("stream", ()), stream_hold=spec.get("hold", model.STREAM_HOLD))
     result = model.simulate(spec["rise"], spec["fall"], settings)
+    # Every event, streamed or not (the windows' patterns are made of all of them).
+    events = model.simulate(spec["rise"], spec["fall"],
+                            dataclasses.replace(settings, stream=())).tags
     rows = [_row("bin", [f"{b:<{COLUMN}}" for b in range(bins)]),
             _row("clk", ["/-\\_"] * bins)]
     for c in range(channels):
@@ -836,7 +841,7 @@ def render(spec):
         pattern, closed = [" " * COLUMN] * bins, [""] * bins
         for t0, p in zip(result.windows.t0.tolist(), result.windows.pattern.tolist()):
             running = 0
-            for t, c in result.tags.tolist():
+            for t, c in events.tolist():
                 if t0 <= t < t0 + window:
                     running |= 1 << c
                     pattern[t] = f"{running:0{channels}b}".ljust(COLUMN)
@@ -845,6 +850,24 @@ def render(spec):
         rows.append(_span_row("window", result.windows.t0.tolist(), window, bins))
         rows.append(_row("pattern", pattern))
         rows.append(_row("closed", [c.ljust(COLUMN) for c in closed]))
+    if "stream" in spec:
+        # Per channel: each event streamed (x) or not (-), and the cycle the filter hands each
+        # streamed tag on: a coincident channel's tag once a second channel is in its window.
+        window = settings.window
+        for c, mode in enumerate(settings.stream):
+            streamed = result.tags["time"][result.tags["channel"] == c].tolist()
+            cells = [".   "] * bins
+            for t in events["time"][events["channel"] == c].tolist():
+                cells[t] = "x   " if t in streamed else "-   "
+            rows.append(_row(f"ch{c} {mode[:5]}", cells))
+            sent = []
+            for t in streamed:
+                t0 = result.windows.t0[result.windows.t0 <= t].max()
+                members = events[(events["time"] >= t0) & (events["time"] < t0 + window)]
+                second = min(int(u) for u, d in members.tolist() if d != c) \
+                    if mode == "coincident" else t
+                sent.append(max(t, second))
+            rows.append(_event_row(f"ch{c} sent", sent, bins))
     for rule in range(len(settings.herald_rules)):
         fires = result.heralds["time"][result.heralds["rule"] == rule]
         rows.append(_event_row(f"fire {rule}", fires, bins))
@@ -864,6 +887,9 @@ def render(spec):
 
 
 DIAGRAMS = {
+    "stream": dict(channels=3, bins=21, window=5, hold=1,
+                   stream=("coincident", "coincident", "all"),
+                   rise=[[1, 3, 8, 15], [4], [14]], fall=[[2, 4, 9, 16], [5], [15]]),
     "two-fold": dict(channels=2, bins=12, window=4, masks=(0b11,), width=2,
                      rise=[[2, 5], [4]], fall=[[3, 6], [7]]),
     "window-edge": dict(channels=3, bins=12, window=4, rise=[[2], [5], [6]],
