@@ -174,7 +174,18 @@ def build_parser():
     add_test_signal_options(acq, TEST_SIGNALS, "built-in test signal instead of the pins",
                             "delay of arm B after arm A", default=None)
     acq.add_argument("--period", type=float, default=1000.0, metavar="NS",
-                     help="period of the periodic test signal (default 1000 ns)")
+                     help="period of the periodic test signal, and of the bsm signal's sync "
+                          "(default 1000 ns)")
+    acq.add_argument("--bsm-offset", type=float, default=0.0, metavar="NS",
+                     help="bsm test signal: the two-photon event this long after each sync, "
+                          "within the period (default 0)")
+    acq.add_argument("--bsm-event", type=float, default=0.1, metavar="P",
+                     help="bsm test signal: probability of a two-photon event per attempt "
+                          "(default 0.1)")
+    acq.add_argument("--bsm-psi-minus", type=float, default=0.5, metavar="P",
+                     help="bsm test signal: probability that an event is psi- (D0&D3 or "
+                          "D1&D2), else psi+ (D0&D1 or D2&D3) (default 0.5); --efficiency is "
+                          "each detector's, --dark-rate each detector's dark counts")
     acq.add_argument("--out", metavar="FILE.npz|FILE.ptu",
                      help="write every streamed tag (.npz), or stream every record to a "
                           "PicoQuant PTU T2 file while the run goes on (.ptu: heralds and "
@@ -368,7 +379,10 @@ def settings_from_args(args, identity):
         disabled=tuple(disabled), heralds=heralds, herald_width=args.herald_width,
         record_coincidences=patterns, test_signal=test_signal_of(args),
         pair_rate_hz=args.pair_rate, efficiency=args.efficiency, dark_rate_hz=args.dark_rate,
-        pair_delay_ns=args.pair_delay, period_ns=args.period, seed=args.seed)
+        pair_delay_ns=args.pair_delay, period_ns=args.period, seed=args.seed,
+        bsm_offset_ns=getattr(args, "bsm_offset", 0.0),
+        bsm_event_probability=getattr(args, "bsm_event", 0.1),
+        bsm_psi_minus=getattr(args, "bsm_psi_minus", 0.5))
 
 
 def acquisition_from_args(args, board=None):

@@ -17,12 +17,15 @@ from .. import protocol
 from ..model.core import HERALD_MODES, HeraldRule
 from ..protocol import Edge, Source
 
-__all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "parse_mask", "parse_herald",
+__all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "BSM_SYNC_CHANNEL",
+           "parse_mask", "parse_herald",
            "herald_rule", "rule_text", "ns_to_bins", "read_config", "CONFIG_FILE_KEYS",
            "CONFIG_FILE_MAX_BYTES"]
 
 EDGES = {"rising": Edge.RISING, "falling": Edge.FALLING, "both": Edge.BOTH}
-TEST_SIGNALS = ("pairs", "periodic", "off")
+TEST_SIGNALS = ("pairs", "periodic", "bsm", "off")
+#: Channels of the ``bsm`` test signal: D0 .. D3 on channels 0 .. 3, the sync on channel 4.
+BSM_SYNC_CHANNEL = 4
 
 
 class ConfigError(ValueError):
@@ -259,6 +262,14 @@ class Acquisition:
     pins) unless asked for: on a board that has the built-in signal, a forgotten setting must
     not measure synthetic photons (``heraldry acquire`` asks for ``"pairs"`` by default on a
     virtual board only, ``selftest`` always uses the signal, as their options say).
+
+    ``"bsm"`` is the Bell-state-measurement source (``heraldry.model.testsignal``): detectors
+    D0 .. D3 on channels 0 .. 3 (dark counts ``dark_rate_hz`` each), the sync (attempt clock,
+    every ``period_cycles``) on channel :data:`BSM_SYNC_CHANNEL` if the board has it (no dark
+    counts), further channels silent. Each attempt, ``bsm_offset_cycles`` after its sync, holds
+    a two-photon event with probability ``bsm_event_probability``, psi- with probability
+    ``bsm_psi_minus`` (else psi+); detector ``d`` detects with ``bsm_efficiencies[d]``
+    (default: ``efficiency`` for all four).
     """
     channels: int = 4
     rules: int = 2
@@ -284,6 +295,10 @@ class Acquisition:
     #: Channels that read their pins whatever ``test_signal`` says (a loopback self-test feeds
     #: channel 0 from the signal and reads the jumper on another input).
     pin_channels: list = field(default_factory=list)
+    bsm_offset_cycles: int = 0
+    bsm_event_probability: float = 0.1
+    bsm_psi_minus: float = 0.5
+    bsm_efficiencies: list = field(default_factory=list)
 
     def __post_init__(self):
         n = self.channels
@@ -298,6 +313,10 @@ class Acquisition:
         self.edges = list(self.edges) or ["rising"] * n
         self.enabled = list(self.enabled) or [True] * n
         self.pin_channels = sorted(set(self.pin_channels))
+        if not isinstance(self.bsm_efficiencies, (list, tuple)):
+            raise ConfigError(f"bsm_efficiencies must be a list of 4 probabilities, not "
+                              f"{self.bsm_efficiencies!r}")
+        self.bsm_efficiencies = list(self.bsm_efficiencies) or [self.efficiency] * 4
         bad = [c for c in self.pin_channels
                if isinstance(c, bool) or not isinstance(c, Integral) or not 0 <= c < n]
         if bad:
@@ -330,7 +349,7 @@ class Acquisition:
         def integer(value):
             return isinstance(value, Integral) and not isinstance(value, bool)
         for name in ("fine_bits", "window_bins", "herald_width", "coincidence_record_mask",
-                     "pair_delay_bins", "period_cycles", "seed"):
+                     "pair_delay_bins", "period_cycles", "seed", "bsm_offset_cycles"):
             if not integer(getattr(self, name)):
                 raise ConfigError(f"{name} must be an integer, not {getattr(self, name)!r}")
         for name in ("delays_bins", "dead_time_bins", "herald_masks"):
@@ -395,6 +414,26 @@ class Acquisition:
                               f"cycles, not {self.period_cycles}")
         if not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"seed must be 0..{2 ** 32 - 1}, not {self.seed}")
+        for what, value in (("bsm event probability", self.bsm_event_probability),
+                            ("bsm psi- probability", self.bsm_psi_minus)):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise ConfigError(f"{what} {value!r} is not a number")
+            _probability_threshold(what, value)
+        if len(self.bsm_efficiencies) != 4:
+            raise ConfigError(f"bsm_efficiencies needs 4 probabilities (D0..D3), not "
+                              f"{len(self.bsm_efficiencies)}")
+        for d, value in enumerate(self.bsm_efficiencies):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise ConfigError(f"efficiency of D{d} {value!r} is not a number")
+            _probability_threshold(f"efficiency of D{d}", value)
+        if self.test_signal == "bsm":
+            if n < 4:
+                raise ConfigError(f"test signal bsm needs 4 channels for D0..D3 (and a fifth "
+                                  f"for the sync); the board has {n}")
+            if not 0 <= self.bsm_offset_cycles < self.period_cycles:
+                raise ConfigError(f"bsm offset {self.bsm_offset_cycles} cycles must be 0.."
+                                  f"{self.period_cycles - 1}: within the period "
+                                  f"({self.period_cycles} cycles)")
 
     # -- derived views -----------------------------------------------------------------------
 
@@ -403,12 +442,16 @@ class Acquisition:
 
         ``pairs``: channel 0 is arm A, channel 1 arm B, further channels see dark counts only
         (periodic source with the period off); ``periodic``: every channel periodic, in phase;
-        ``off``: every channel reads its pin. Channels in ``pin_channels`` read their pins in
-        every case.
+        ``bsm``: D0 .. D3 on channels 0 .. 3, the sync on channel 4, further channels their
+        pins; ``off``: every channel reads its pin. Channels in ``pin_channels`` read their
+        pins in every case.
         """
         if self.test_signal == "pairs":
             sources = ([Source.PAIR_A, Source.PAIR_B][:self.channels]
                        + [Source.PERIODIC] * (self.channels - 2))
+        elif self.test_signal == "bsm":
+            sources = ([Source.BSM_D0, Source.BSM_D1, Source.BSM_D2, Source.BSM_D3,
+                        Source.PERIODIC][:self.channels] + [Source.PIN] * (self.channels - 5))
         elif self.test_signal == "periodic":
             sources = [Source.PERIODIC] * self.channels
         else:
@@ -429,6 +472,39 @@ class Acquisition:
 
     def pair_delay_cycles(self):
         return self.pair_delay_bins >> self.fine_bits
+
+    def dark_thresholds(self):
+        """Per-channel dark threshold: the dark rate on every channel, but none on the ``bsm``
+        sync (an attempt clock without stray pulses)."""
+        dark = [self.dark_threshold()] * self.channels
+        if self.test_signal == "bsm" and self.channels > BSM_SYNC_CHANNEL:
+            dark[BSM_SYNC_CHANNEL] = 0
+        return dark
+
+    def bsm_config(self):
+        """The ``test_bsm`` fields (``protocol.bsm_layout()``) as thresholds."""
+        return {
+            "offset": self.bsm_offset_cycles,
+            "event": _probability_threshold("bsm event probability", self.bsm_event_probability),
+            "psi_minus": _probability_threshold("bsm psi- probability", self.bsm_psi_minus),
+            "eta": [_probability_threshold(f"efficiency of D{d}", e)
+                    for d, e in enumerate(self.bsm_efficiencies)],
+        }
+
+    def test_signal_settings(self):
+        """The test signal as :class:`heraldry.model.testsignal.TestSignalSettings` (what the
+        board's generator emits after a clear, source for source)."""
+        from ..model.testsignal import TestSignalSettings
+        test = self.gateware_config().test
+        bsm = self.bsm_config()
+        return TestSignalSettings(
+            seed=int(test.seed), period=int(test.period),
+            pair_threshold=int(test.pair_threshold), eta_a=int(test.eta_a),
+            eta_b=int(test.eta_b), pair_delay=int(test.pair_delay),
+            dark=tuple(int(test.dark[c]) for c in range(self.channels)),
+            sources=tuple(s.name.lower() for s in self.sources()),
+            bsm_offset=bsm["offset"], bsm_event=bsm["event"], bsm_psi_minus=bsm["psi_minus"],
+            bsm_eta=tuple(bsm["eta"]))
 
     def gateware_config(self):
         """The value for the core's ``config`` port: a ``protocol.config_layout`` constant."""
@@ -459,13 +535,15 @@ class Acquisition:
             "test": {
                 "seed": self.seed,
                 # 0 turns the periodic signal off: in "pairs" mode it leaves dark counts only
-                "period": self.period_cycles if self.test_signal == "periodic" else 0,
+                "period": (self.period_cycles if self.test_signal in ("periodic", "bsm")
+                           else 0),
                 "pair_threshold": self.pair_threshold(),
                 "eta_a": self.efficiency_threshold(),
                 "eta_b": self.efficiency_threshold(),
                 "pair_delay": self.pair_delay_cycles(),
-                "dark": [self.dark_threshold()] * self.channels,
+                "dark": self.dark_thresholds(),
             },
+            "test_bsm": self.bsm_config(),
         })
 
     def model_settings(self):

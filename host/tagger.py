@@ -135,12 +135,18 @@ class Settings:
         Patterns whose every window is also streamed as a COINCIDENCE record.
     test_signal : str
         ``"off"`` (the pins, the default), ``"pairs"`` (channel 0 and 1 the arms of a pair
-        source, dark counts elsewhere) or ``"periodic"`` (every channel every ``period_ns``).
+        source, dark counts elsewhere), ``"periodic"`` (every channel every ``period_ns``) or
+        ``"bsm"`` (a Bell-state measurement: detectors D0 .. D3 on channels 0 .. 3, the sync
+        every ``period_ns`` on channel 4; needs 4 channels, 5 to see the sync).
     pin_channels : sequence of int
         Channels that read their pins whatever ``test_signal`` says (e.g. the input a loopback
         jumper drives while the test signal feeds channel 0).
     pair_rate_hz, efficiency, dark_rate_hz, pair_delay_ns, period_ns, seed
         The test signal's parameters (as ``heraldry acquire --pair-rate ...``).
+    bsm_offset_ns, bsm_event_probability, bsm_psi_minus, bsm_efficiencies
+        The ``bsm`` signal's: the attempt's two-photon event ``bsm_offset_ns`` after each sync
+        (within the period), its probability per attempt, the probability that it is psi-
+        (else psi+), and D0 .. D3's efficiencies (4 probabilities; empty: ``efficiency``).
     """
     window_ns: float = None
     delays_ns: dict = field(default_factory=dict)
@@ -158,6 +164,10 @@ class Settings:
     pair_delay_ns: float = 0.0
     period_ns: float = 1000.0
     seed: int = 1
+    bsm_offset_ns: float = 0.0
+    bsm_event_probability: float = 0.1
+    bsm_psi_minus: float = 0.5
+    bsm_efficiencies: tuple = ()
 
 
 def _number(value, what):
@@ -252,7 +262,12 @@ def settings_to_acquisition(settings, identity):
     pair_delay = bins("pair_delay_ns", s.pair_delay_ns, 0, 2 ** protocol.PAIR_DELAY_BITS - 1,
                       cycle_ps, s.test_signal == "pairs") << identity.fine_bits
     period = bins("period_ns", s.period_ns, 1, 2 ** protocol.PERIOD_BITS - 1, cycle_ps,
-                  s.test_signal == "periodic")
+                  s.test_signal in ("periodic", "bsm"))
+    bsm_offset = bins("bsm_offset_ns", s.bsm_offset_ns, 0, 2 ** protocol.PERIOD_BITS - 1,
+                      cycle_ps, s.test_signal == "bsm")
+    if not isinstance(s.bsm_efficiencies, (list, tuple)):
+        raise ConfigError(f"bsm_efficiencies must be 4 probabilities (D0..D3), not "
+                          f"{s.bsm_efficiencies!r}")
     acq = Acquisition(
         channels=n, rules=identity.rules, bin_ps=bin_ps, clock_hz=float(identity.clock_hz),
         fine_bits=identity.fine_bits, window_bins=window, delays_bins=delays,
@@ -260,7 +275,9 @@ def settings_to_acquisition(settings, identity):
         herald_width=s.herald_width, coincidence_record_mask=record_mask,
         test_signal=s.test_signal, pair_rate_hz=s.pair_rate_hz, efficiency=s.efficiency,
         dark_rate_hz=s.dark_rate_hz, pair_delay_bins=pair_delay, period_cycles=period,
-        seed=s.seed, pin_channels=list(s.pin_channels))
+        seed=s.seed, pin_channels=list(s.pin_channels), bsm_offset_cycles=bsm_offset,
+        bsm_event_probability=s.bsm_event_probability, bsm_psi_minus=s.bsm_psi_minus,
+        bsm_efficiencies=list(s.bsm_efficiencies))
     return acq, notes
 
 
@@ -283,7 +300,9 @@ OPTIONS = {"window_ns": "--window", "delays_ns": "--delay", "dead_times_ns": "--
            "edges": "--edge", "disabled": "--disable", "herald mask": "--herald",
            "record_coincidences pattern": "--record-coincidences pattern",
            "test_signal": "--test-signal", "pair_delay_ns": "--pair-delay",
-           "period_ns": "--period", "duration": "--duration", "baud": "--baud"}
+           "period_ns": "--period", "duration": "--duration", "baud": "--baud",
+           "bsm_offset_ns": "--bsm-offset", "bsm event probability": "--bsm-event",
+           "bsm psi- probability": "--bsm-psi-minus", "bsm offset": "--bsm-offset"}
 
 
 def option_message(message):

@@ -215,7 +215,7 @@ def test_rounding_is_reported_with_the_command_lines_wording():
     (Settings(heralds=["D0,pin=2"]), "there is no herald pin 2"),
     (Settings(heralds=[1.5]), "is not a channel mask such as 0b011, a rule"),
     (Settings(edges={0: "up"}), "edges 'up' must be one of rising, falling, both"),
-    (Settings(test_signal="noise"), "test_signal 'noise' must be one of pairs, periodic, off"),
+    (Settings(test_signal="noise"), "test_signal 'noise' must be one of pairs, periodic, bsm, off"),
     (Settings(disabled=[7]), "disabled 7: no such channel"),
 ])
 def test_settings_refused_in_one_line(settings, message):

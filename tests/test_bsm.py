@@ -1,0 +1,153 @@
+"""The test signal's Bell-state-measurement (BSM) source end to end: the host's settings, the
+core in the Amaranth simulator with the psi- herald rules against the bit-exact source model
+(``heraldry.model.testsignal``), and the refusals of bad values.
+
+Detectors D0..D3 are channels 0..3 and the sync is channel 4 (``host.config.BSM_SYNC_CHANNEL``).
+"""
+
+import numpy as np
+import pytest
+
+from heraldry import model
+from heraldry.host import cli
+from heraldry.host.config import Acquisition, ConfigError, parse_herald
+from heraldry.host.core_records import CoreRecordDecoder
+from heraldry.host.tagger import Settings, settings_to_acquisition, sim_identity
+from heraldry.model import testsignal as tsmodel
+from heraldry.protocol import Kind, Source
+from heraldry.sim.harness import CoreSimulation
+
+PHY_LATENCY = 1           # GenericPHY.latency
+PSI_MINUS = ("D0&D3&!D1&!D2,exact,pin=0", "D1&D2&!D0&!D3,exact,pin=0")
+
+
+def bsm_acquisition(**fields):
+    values = dict(channels=5, window_bins=2, test_signal="bsm", period_cycles=20,
+                  bsm_offset_cycles=10, bsm_event_probability=0.7, bsm_psi_minus=0.5,
+                  efficiency=0.85, dark_rate_hz=0, seed=5,
+                  herald_rules=[parse_herald(rule, 5, 2) for rule in PSI_MINUS])
+    values.update(fields)
+    return Acquisition(**values)
+
+
+def run_core(acq, cycles):
+    """The core in the Amaranth simulator: (herald records, counters by name, the source's
+    attempts in the run gate as (cycle, pattern, clicks) with cycles as input bins)."""
+    sim = CoreSimulation(channels=acq.channels, rules=acq.rules)
+    run = sim.acquire(acq.gateware_config(), cycles)
+    events = CoreRecordDecoder().decode(run.records).events
+    heralds = events[events["kind"] == Kind.HERALD.value]
+    counters = {name: run.counters[list(sim.map.range(name))]
+                for name in ("singles", "patterns", "heralds")}
+    length = run.start_time - run.test_origin + cycles
+    cycle, pattern, clicks = tsmodel.bsm_attempts(acq.test_signal_settings(), length)
+    cycle = cycle + run.test_origin - PHY_LATENCY                 # input bins
+    start = run.start_time - PHY_LATENCY
+    inside = (cycle >= start) & (cycle < start + cycles)
+    return heralds, counters, (cycle[inside], pattern[inside], clicks[inside]), run
+
+
+def windows_of(counters, low_nibble):
+    """Closed windows whose detector part (channels 0..3) is ``low_nibble``, any sync bit."""
+    patterns = counters["patterns"]
+    return sum(int(patterns[p - 1]) for p in range(1, 32) if p & 0b1111 == low_nibble)
+
+
+def test_psi_minus_rules_fire_on_psi_minus_events_only():
+    """No dark counts: the exact psi- rules fire once for each attempt whose event is psi- with
+    both photons detected (from the source model's attempts, not from the core), at that
+    attempt's window, on pin 0, and on nothing else; psi+ two-folds and one-folds happen and do
+    not herald."""
+    acq = bsm_acquisition()
+    heralds, counters, (cycle, pattern, clicks), run = run_core(acq, 4000)
+    heralded = clicks[(clicks == 0b1001) | (clicks == 0b0110)]
+    assert len(heralded) > 40
+    when = cycle[(clicks == 0b1001) | (clicks == 0b0110)]
+    assert np.all(np.isin(pattern[np.isin(cycle, when)], (0b1001, 0b0110)))
+    assert int(counters["heralds"][0]) == np.count_nonzero(heralded == 0b1001)
+    assert int(counters["heralds"][1]) == np.count_nonzero(heralded == 0b0110)
+    # An exact rule's record time is the window's end, t0 + W (docs/semantics.md, Heralds).
+    assert (heralds["time_ps"] // 10_000 - acq.window_bins).tolist() == when.tolist()
+    assert set(heralds["pattern"].tolist()) <= {0b1001, 0b0110}
+    # psi+ and one-folds were there and did not herald.
+    assert np.count_nonzero((clicks == 0b0011) | (clicks == 0b1100)) > 20
+    assert np.count_nonzero(np.isin(clicks, (1, 2, 4, 8))) > 10
+    assert np.all(np.diff(run.herald_rises[0]) > 0) and len(run.herald_rises[1]) == 0
+    assert len(run.herald_rises[0]) == len(heralded)   # both rules on pin 0
+
+
+def test_psi_minus_rules_never_fire_on_three_or_four_folds():
+    """Dark counts at 6 % per cycle on every detector: windows with three and four detectors
+    occur, and the exact rules fire on exactly the windows whose detectors are D0&D3 or D1&D2
+    (hardware pattern counters, a path of their own), never on 1011, 0111, 1101, 1111, ..."""
+    acq = bsm_acquisition(dark_rate_hz=6e6, seed=11)
+    heralds, counters, _, _ = run_core(acq, 4000)
+    for fold in (0b1011, 0b0111, 0b1101, 0b1110, 0b1111):
+        assert windows_of(counters, fold) > 0, f"{fold:04b}"
+    assert sum(windows_of(counters, f) for f in (0b1011, 0b0111, 0b1101, 0b1110)) > 20
+    assert int(counters["heralds"][0]) == windows_of(counters, 0b1001) > 10
+    assert int(counters["heralds"][1]) == windows_of(counters, 0b0110) > 10
+    assert set((heralds["pattern"] & 0b1111).tolist()) <= {0b1001, 0b0110}
+
+
+def test_bsm_sources_and_registers():
+    acq = bsm_acquisition(bsm_efficiencies=[0.9, 0.8, 0.7, 0.6], dark_rate_hz=1e5)
+    assert acq.sources() == [Source.BSM_D0, Source.BSM_D1, Source.BSM_D2, Source.BSM_D3,
+                             Source.PERIODIC]
+    assert bsm_acquisition(channels=4).sources()[3] == Source.BSM_D3
+    six = bsm_acquisition(channels=6, herald_rules=[])
+    assert six.sources()[4:] == [Source.PERIODIC, Source.PIN]
+    config = acq.gateware_config()
+    assert int(config.test.period) == 20 and int(config.test_bsm.offset) == 10
+    threshold = tsmodel.probability_threshold
+    assert int(config.test_bsm.event) == threshold(0.7)
+    assert int(config.test_bsm.psi_minus) == threshold(0.5)
+    assert [int(config.test_bsm.eta[d]) for d in range(4)] == [threshold(x)
+                                                              for x in (0.9, 0.8, 0.7, 0.6)]
+    # Dark counts on the detectors, none on the sync.
+    assert [int(config.test.dark[c]) for c in range(5)] == [threshold(1e-3)] * 4 + [0]
+    # The default efficiencies are --efficiency's.
+    assert bsm_acquisition().bsm_efficiencies == [0.85] * 4
+
+
+def test_settings_in_nanoseconds():
+    identity = sim_identity(5)
+    acq, notes = settings_to_acquisition(Settings(
+        test_signal="bsm", period_ns=500, bsm_offset_ns=120, bsm_event_probability=0.3,
+        bsm_psi_minus=0.9, bsm_efficiencies=(0.5, 0.6, 0.7, 0.8)), identity)
+    assert (acq.period_cycles, acq.bsm_offset_cycles) == (50, 12) and notes == []
+    ts = acq.test_signal_settings()
+    assert ts.sources == ("bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3", "periodic")
+    assert (ts.period, ts.bsm_offset) == (50, 12)
+    assert ts.bsm_eta[3] == tsmodel.probability_threshold(0.8)
+    _, notes = settings_to_acquisition(Settings(test_signal="bsm", bsm_offset_ns=125), identity)
+    assert notes and notes[0].startswith("bsm_offset_ns 125 ns is not a whole number")
+
+
+@pytest.mark.parametrize("fields, words", [
+    (dict(channels=3, herald_rules=[]), "test signal bsm needs 4 channels"),
+    (dict(bsm_offset_cycles=20), "bsm offset 20 cycles must be 0..19"),
+    (dict(bsm_event_probability=1.5), "bsm event probability 1.5 is not a probability"),
+    (dict(bsm_psi_minus=-0.1), "bsm psi- probability -0.1 is not a probability"),
+    (dict(bsm_efficiencies=[0.5] * 3), "bsm_efficiencies needs 4 probabilities"),
+    (dict(bsm_efficiencies=[0.5, 0.5, 2, 0.5]), "efficiency of D2 2 is not a probability"),
+])
+def test_bad_values_are_refused(fields, words):
+    with pytest.raises(ConfigError) as error:
+        bsm_acquisition(**fields)
+    assert str(error.value).startswith(words) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--bsm-offset", "1000"], "heraldry: error: --bsm-offset 100 cycles must be 0..99"),
+    (["--bsm-event", "2"], "heraldry: error: --bsm-event 2 is not a probability"),
+    (["--bsm-psi-minus", "nan"], "heraldry: error: --bsm-psi-minus nan is not a probability"),
+    (["--channels", "3"], "heraldry: error: test signal bsm needs 4 channels"),
+])
+def test_command_line_refusals_are_one_line(capsys, options, words):
+    status = cli.main(["acquire", "--board", "sim", "--channels", "5", "--test-signal", "bsm",
+                       *options])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith(words), err
+    assert err.count("\n") == 1 and "Traceback" not in err
