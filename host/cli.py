@@ -54,7 +54,7 @@ import numpy as np
 from .. import __version__, protocol
 from ..extras import MissingExtra, require
 from .config import (Acquisition, ConfigError, TEST_SIGNALS, EDGES, ns_to_bins, parse_herald,
-                     parse_mask, read_config)
+                     parse_mask, read_config_file)
 from .tagger import REPLAY_PREFIX, VIRTUAL_BOARDS
 
 __all__ = ["main"]
@@ -155,7 +155,9 @@ def build_parser():
                      help="input delay of a channel (repeatable)")
     acq.add_argument("--config", metavar="FILE.json",
                      help="input delays from a file written by heraldry calibrate "
-                          "({\"delays_ns\": {CH: NS}}); --delay options override it")
+                          "({\"delays_ns\": {CH: NS}}), and test-signal settings "
+                          "({\"test_signal\": {\"mode\": \"bsm\", \"period_ns\": 1000, "
+                          "...}}, see docs/semantics.md); options given override it")
     acq.add_argument("--dead-time", action="append", default=[], metavar="CH=NS",
                      help="dead time of a channel (repeatable)")
     acq.add_argument("--edge", action="append", default=[], metavar="CH=EDGE",
@@ -350,10 +352,15 @@ def settings_from_args(args, identity):
             values[channel] = convert(value)
         return values
 
-    delays = {}
+    delays, from_file = {}, {}
     if getattr(args, "config", None):
         what = f"--config {args.config}: delay"
-        for channel, ns in sorted(read_config(args.config).items()):
+        file_delays, file_signal = read_config_file(args.config)
+        # The file's test-signal values, where the option is not given on the command line.
+        given = getattr(args, "given", set())
+        from_file = {field: value for field, value in file_signal.items()
+                     if _SETTING_OPTIONS.get(field) not in given}
+        for channel, ns in sorted(file_delays.items()):
             if not 0 <= channel < n:
                 raise ConfigError(f"{what} {f'{channel}={ns!r}'!r}: no channel {channel} "
                                   f"(channels are 0..{n - 1})")
@@ -374,15 +381,28 @@ def settings_from_args(args, identity):
     heralds = tuple(parse_herald(text, n, identity.rules) for text in args.herald)
     patterns = tuple(parse_mask(text, n, "--record-coincidences pattern")
                      for text in args.record_coincidences)
-    return Settings(
-        window_ns=args.window, delays_ns=delays, dead_times_ns=dead, edges=edges,
-        disabled=tuple(disabled), heralds=heralds, herald_width=args.herald_width,
-        record_coincidences=patterns, test_signal=test_signal_of(args),
+    signal = dict(
+        test_signal=test_signal_of(args) if "test_signal" not in from_file else None,
         pair_rate_hz=args.pair_rate, efficiency=args.efficiency, dark_rate_hz=args.dark_rate,
         pair_delay_ns=args.pair_delay, period_ns=args.period, seed=args.seed,
         bsm_offset_ns=getattr(args, "bsm_offset", 0.0),
         bsm_event_probability=getattr(args, "bsm_event", 0.1),
         bsm_psi_minus=getattr(args, "bsm_psi_minus", 0.5))
+    signal.update(from_file)
+    return Settings(
+        window_ns=args.window, delays_ns=delays, dead_times_ns=dead, edges=edges,
+        disabled=tuple(disabled), heralds=heralds, herald_width=args.herald_width,
+        record_coincidences=patterns, **signal)
+
+
+#: The ``acquire`` option (argparse ``dest``) of each test-signal setting a config file may set.
+_SETTING_OPTIONS = {
+    "test_signal": "test_signal", "seed": "seed", "period_ns": "period",
+    "pair_rate_hz": "pair_rate", "efficiency": "efficiency", "dark_rate_hz": "dark_rate",
+    "pair_delay_ns": "pair_delay", "bsm_offset_ns": "bsm_offset",
+    "bsm_event_probability": "bsm_event", "bsm_psi_minus": "bsm_psi_minus",
+    "bsm_efficiencies": None,
+}
 
 
 def acquisition_from_args(args, board=None):

@@ -19,7 +19,8 @@ from ..protocol import Edge, Source
 
 __all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "BSM_SYNC_CHANNEL",
            "parse_mask", "parse_herald",
-           "herald_rule", "rule_text", "ns_to_bins", "read_config", "CONFIG_FILE_KEYS",
+           "herald_rule", "rule_text", "ns_to_bins", "read_config", "read_config_file",
+           "CONFIG_FILE_KEYS", "CONFIG_TEST_SIGNAL_KEYS",
            "CONFIG_FILE_MAX_BYTES"]
 
 EDGES = {"rising": Edge.RISING, "falling": Edge.FALLING, "both": Edge.BOTH}
@@ -32,21 +33,40 @@ class ConfigError(ValueError):
     """A configuration value the board cannot take. The message is one line, for the user."""
 
 
-#: The keys of a config file (``heraldry calibrate`` writes them all; only ``delays_ns`` is
-#: applied, the others record how the delays were found). Any other key is refused: a misspelt
-#: ``delay_ns`` must not leave the delays at zero without a word.
-CONFIG_FILE_KEYS = ("delays_ns", "reference", "measured_ns", "bin_ns", "tags")
+#: The keys of a config file (``heraldry calibrate`` writes the first five; ``delays_ns`` and
+#: ``test_signal`` are applied, the others record how the delays were found). Any other key is
+#: refused: a misspelt ``delay_ns`` must not leave the delays at zero without a word.
+CONFIG_FILE_KEYS = ("delays_ns", "reference", "measured_ns", "bin_ns", "tags", "test_signal")
+#: The keys of a config file's ``test_signal`` object and the ``heraldry.Settings`` field each
+#: sets (``mode`` is ``Settings.test_signal``; ``acquire`` options given override them).
+CONFIG_TEST_SIGNAL_KEYS = {
+    "mode": "test_signal", "seed": "seed", "period_ns": "period_ns",
+    "pair_rate_hz": "pair_rate_hz", "efficiency": "efficiency", "dark_rate_hz": "dark_rate_hz",
+    "pair_delay_ns": "pair_delay_ns", "bsm_offset_ns": "bsm_offset_ns",
+    "bsm_event_probability": "bsm_event_probability", "bsm_psi_minus": "bsm_psi_minus",
+    "bsm_efficiencies": "bsm_efficiencies",
+}
 #: A config file larger than this is refused unread (one written by calibrate is < 1 KiB).
 CONFIG_FILE_MAX_BYTES = 1 << 20
 
 
 def read_config(path):
-    """``{channel: delay_ns}`` from a config file ``{"delays_ns": {"CH": NS, ...}, ...}``.
+    """``{channel: delay_ns}`` from a config file ``{"delays_ns": {"CH": NS, ...}, ...}``
+    (the delays of :func:`read_config_file`)."""
+    return read_config_file(path)[0]
+
+
+def read_config_file(path):
+    """``({channel: delay_ns}, {Settings field: value})`` from a config file
+    ``{"delays_ns": {"CH": NS, ...}, "test_signal": {"mode": "bsm", "period_ns": 1000, ...}}``
+    (either object may be left out; the keys of ``test_signal``:
+    :data:`CONFIG_TEST_SIGNAL_KEYS`).
 
     Raises :class:`ConfigError` (one line naming ``--config PATH``) for a file that cannot be
     read, is not a regular file (a folder, ``/dev/zero``, a pipe), is larger than
     :data:`CONFIG_FILE_MAX_BYTES`, is not UTF-8 JSON, has a key not in
-    :data:`CONFIG_FILE_KEYS`, or has a channel or delay that is not a number."""
+    :data:`CONFIG_FILE_KEYS` or :data:`CONFIG_TEST_SIGNAL_KEYS`, or has a channel, delay or
+    test-signal value of the wrong type (the values' ranges are checked with the options')."""
     what = f"--config {path}"
     try:
         # Checked before opening: opening a pipe would wait for a writer.
@@ -81,15 +101,16 @@ def read_config(path):
         raise ConfigError(f"{what}: not valid JSON") from None
     except RecursionError:
         raise ConfigError(f"{what}: nested too deeply to be a config file") from None
-    if not isinstance(config, dict) or not isinstance(config.get("delays_ns"), dict):
+    if (not isinstance(config, dict) or not ("delays_ns" in config or "test_signal" in config)
+            or not isinstance(config.get("delays_ns", {}), dict)):
         raise ConfigError(f"{what}: needs a \"delays_ns\" object such as "
-                          f"{{\"delays_ns\": {{\"0\": 70}}}}")
+                          f"{{\"delays_ns\": {{\"0\": 70}}}} (or a \"test_signal\" object)")
     unknown = sorted(set(config) - set(CONFIG_FILE_KEYS))
     if unknown:
         raise ConfigError(f"{what}: unknown key {unknown[0]!r} (a config file has "
                           f"{', '.join(CONFIG_FILE_KEYS)})")
     delays = {}
-    for channel, ns in config["delays_ns"].items():
+    for channel, ns in config.get("delays_ns", {}).items():
         try:
             number = int(channel)
         except ValueError:
@@ -100,7 +121,36 @@ def read_config(path):
         if number in delays:
             raise ConfigError(f"{what}: channel {number} is given twice in delays_ns")
         delays[number] = float(ns)
-    return delays
+    return delays, _config_test_signal(config.get("test_signal", {}), what)
+
+
+def _config_test_signal(section, what):
+    if not isinstance(section, dict):
+        raise ConfigError(f"{what}: \"test_signal\" must be an object such as "
+                          f"{{\"mode\": \"bsm\", \"period_ns\": 1000}}")
+    settings = {}
+    for key, value in section.items():
+        if key not in CONFIG_TEST_SIGNAL_KEYS:
+            raise ConfigError(f"{what}: unknown test_signal key {key!r} (keys: "
+                              f"{', '.join(CONFIG_TEST_SIGNAL_KEYS)})")
+        if key == "mode":
+            if value not in TEST_SIGNALS:
+                raise ConfigError(f"{what}: test_signal mode {value!r} must be one of "
+                                  f"{', '.join(TEST_SIGNALS)}")
+        elif key == "bsm_efficiencies":
+            if (not isinstance(value, list) or len(value) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                               for v in value)):
+                raise ConfigError(f"{what}: test_signal bsm_efficiencies must be 4 numbers "
+                                  f"(D0..D3), not {value!r}")
+            value = tuple(float(v) for v in value)
+        elif key == "seed":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{what}: test_signal seed {value!r} is not an integer")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{what}: test_signal {key} {value!r} is not a number")
+        settings[CONFIG_TEST_SIGNAL_KEYS[key]] = value
+    return settings
 
 
 def parse_mask(text, channels, what="herald mask"):

@@ -117,7 +117,8 @@ CONTROL_COMMANDS = ("status", "acquire_control", "release_control", "start", "st
 #: ``configure`` keys a client may set: the ``heraldry acquire`` configuration options.
 CONFIG_KEYS = ("channels", "window", "delay", "dead_time", "edge", "disable", "herald",
                "herald_width", "record_coincidences", "test_signal", "pair_rate", "efficiency",
-               "dark_rate", "pair_delay", "period", "seed")
+               "dark_rate", "pair_delay", "period", "seed", "bsm_offset", "bsm_event",
+               "bsm_psi_minus")
 _LIST_KEYS = ("delay", "dead_time", "edge", "disable", "herald", "record_coincidences")
 
 _MAX_EVENTS_PER_MESSAGE = 1 << 16

@@ -151,3 +151,36 @@ def test_command_line_refusals_are_one_line(capsys, options, words):
     assert status == 2
     assert err.startswith(words), err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_config_file_test_signal(tmp_path):
+    """A config file's ``test_signal`` object sets the test signal; options given on the
+    command line override it; bad keys and values are refused in one line naming the file."""
+    path = tmp_path / "bsm.json"
+    path.write_text('{"delays_ns": {"1": 20}, "test_signal": {"mode": "bsm", "period_ns": 400, '
+                    '"bsm_offset_ns": 150, "bsm_event_probability": 0.25, "bsm_psi_minus": 0.75, '
+                    '"bsm_efficiencies": [0.9, 0.8, 0.7, 0.6], "dark_rate_hz": 5e4, "seed": 9}}')
+    parser = cli.build_parser()
+    args = parser.parse_args(["acquire", "--channels", "5", "--config", str(path),
+                              "--bsm-event", "0.5"])
+    acq, _ = cli.acquisition_from_args(args)
+    assert acq.test_signal == "bsm" and acq.delays_bins[1] == 2
+    assert (acq.period_cycles, acq.bsm_offset_cycles, acq.seed) == (40, 15, 9)
+    assert (acq.bsm_event_probability, acq.bsm_psi_minus) == (0.5, 0.75)   # --bsm-event wins
+    assert acq.bsm_efficiencies == [0.9, 0.8, 0.7, 0.6] and acq.dark_rate_hz == 5e4
+    args = parser.parse_args(["acquire", "--channels", "5", "--config", str(path),
+                              "--test-signal", "pairs"])
+    assert cli.acquisition_from_args(args)[0].test_signal == "pairs"
+    for text, words in (
+            ('{"test_signal": {"mode": "laser"}}', "test_signal mode 'laser' must be one of"),
+            ('{"test_signal": {"period": 5}}', "unknown test_signal key 'period'"),
+            ('{"test_signal": {"bsm_efficiencies": [1, 1]}}', "bsm_efficiencies must be 4"),
+            ('{"test_signal": {"bsm_event_probability": "x"}}', "is not a number"),
+            ('{"test_signal": [1]}', '"test_signal" must be an object'),
+            ('{"test_signal": {"mode": "bsm", "bsm_offset_ns": 2000}}',
+             "--bsm-offset 200 cycles must be 0..99")):
+        path.write_text(text)
+        args = parser.parse_args(["acquire", "--channels", "5", "--config", str(path)])
+        with pytest.raises(ConfigError) as error:
+            cli.acquisition_from_args(args)
+        assert words in str(error.value) and "\n" not in str(error.value)
