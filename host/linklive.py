@@ -1,0 +1,134 @@
+"""Live coincidences across two boards: two :class:`~heraldry.host.tagger.Tagger` s run
+together and their tags merged as they come by :class:`heraldry.sync.LiveLink` (docs/sync.md).
+
+Time bases (``time_base``):
+
+* ``"device"``: each tag at its board's device count since reset, in seconds (the run's
+  ``start_cycles`` plus its time). Right for boards whose counts are related within the search
+  range: the virtual boards of :class:`heraldry.sim.twonode.TwoBoards`, whose pins files are
+  written in those counts.
+* ``"start"``: each tag at its time from its run's start, board 2's shifted by the wall time
+  between the two starts (the middle of each start call). The start calls' own durations make
+  this uncertain by milliseconds on a serial link: the offset search must cover it
+  (``max_offset_s``; :func:`link_taggers` refuses a range smaller than the measured
+  uncertainty plus 100 us). For two real boards, whose counts since power-up are unrelated.
+"""
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..protocol import Kind
+
+__all__ = ["BoardRun", "link_taggers", "TIME_BASES"]
+
+TIME_BASES = ("device", "start")
+
+
+@dataclass
+class BoardRun:
+    """One board's side of :func:`link_taggers`: ``name``, ``start_cycles`` (device count at
+    the run's start), ``start_bounds``/``stop_bounds`` (the driver's ``control.now`` reads
+    around the start and stop commands), ``shift_s`` (added to its times: the ``"start"``
+    base's wall-time shift, 0 for board 1), ``device_seconds``, ``tags`` (number streamed),
+    ``times``/``channels`` (every tag, in the time base's seconds, with ``keep_tags``)."""
+    name: str
+    start_cycles: int = 0
+    start_bounds: tuple = None
+    stop_bounds: tuple = None
+    shift_s: float = 0.0
+    device_seconds: float = 0.0
+    tags: int = 0
+    times: list = field(default_factory=list)
+    channels: list = field(default_factory=list)
+
+
+def _tags(block, run, side, time_base, keep):
+    events = block.events
+    tags = events[events["kind"] == Kind.TAG.value]
+    seconds = tags["time_ps"].astype(np.float64) * 1e-12
+    if time_base == "device":
+        seconds = seconds + run.start_cycles / run.tagger.clock_hz
+    else:
+        seconds = seconds + side.shift_s
+    order = np.argsort(seconds, kind="stable")
+    seconds, channels = seconds[order], tags["channel"][order].astype(np.int64)
+    side.tags += len(seconds)
+    if keep:
+        side.times.append(seconds)
+        side.channels.append(channels)
+    return seconds, channels
+
+
+def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=None, *,
+                 time_base="device", sync_a=(0,), sync_b=(0,), update_s=0.25, on_update=None,
+                 keep_tags=False, idle_s=0.005, **link):
+    """Run both taggers for ``duration`` device seconds each (their own) and merge them live.
+
+    ``settings_a``/``settings_b``: each board's :class:`~heraldry.host.tagger.Settings` (or
+    Acquisition); ``sync_a``/``sync_b``: the channels that see the pairs (default 0 on both;
+    ``None``: every channel). ``link``: :class:`heraldry.sync.LiveLink`'s keywords
+    (``window_s``, ``bin_s``, ``rules``, ``block_s``, ``acquire_s``, ``max_offset_s``,
+    ``max_ppm``, ``keep``, ...). ``on_update(metrics, boards)`` is called every ``update_s``
+    wall seconds with :meth:`LiveLink.metrics` and the two :class:`BoardRun` s, and once at
+    the end. Board 1 is started first; both are polled in turn (``Run.poll``) until both
+    have ended and delivered their last records.
+
+    Returns ``(live, boards)``: the :class:`heraldry.sync.LiveLink` after its final feed and
+    the two :class:`BoardRun` s. Raises ``ValueError`` (a :class:`heraldry.sync.SyncError` or
+    a :class:`~heraldry.host.config.ConfigError`) for settings that cannot work, and what
+    :meth:`Tagger.run` raises when a board fails.
+    """
+    from ..sync import LiveLink, SyncError
+    if time_base not in TIME_BASES:
+        raise SyncError(f"time_base must be one of {', '.join(TIME_BASES)}, not {time_base!r}")
+    live = LiveLink(tagger_a.channels, tagger_b.channels, sync_a=sync_a, sync_b=sync_b,
+                    **link)
+    boards = (BoardRun(tagger_a.name), BoardRun(tagger_b.name))
+    runs = (tagger_a.run(settings_a, duration), tagger_b.run(settings_b, duration))
+    with contextlib.ExitStack() as stack:
+        middles, spans = [], []
+        for run in runs:
+            before = time.monotonic()
+            stack.enter_context(run)
+            middles.append((before + time.monotonic()) / 2)
+            spans.append(time.monotonic() - before)
+        if time_base == "start":
+            boards[1].shift_s = middles[1] - middles[0]
+            uncertain = (spans[0] + spans[1]) / 2 + 1e-4
+            if live.tracker.max_offset_s < uncertain:
+                raise SyncError(f"the runs' starts are known to {uncertain * 1e3:.1f} ms in wall "
+                                f"time (with 0.1 ms of fiber): search offsets of at least that "
+                                f"(max_offset_s)")
+        for side, run in zip(boards, runs):
+            side.start_cycles = run.start_cycles
+            side.start_bounds = run.tagger.device.start_bounds
+        next_update = time.monotonic() + update_s
+        while True:
+            fed = False
+            for k, run in enumerate(runs):
+                block = run.poll()
+                if block is None:
+                    continue
+                fed = True
+                seconds, channels = _tags(block, run, boards[k], time_base, keep_tags)
+                if k == 0:
+                    live.feed(seconds, channels)
+                else:
+                    live.feed(b=seconds, channels_b=channels)
+            if not fed:
+                if all(run.ended for run in runs):
+                    break
+                time.sleep(idle_s)
+            if on_update is not None and time.monotonic() >= next_update:
+                next_update = time.monotonic() + update_s
+                on_update(live.metrics(), boards)
+    for side, run in zip(boards, runs):
+        side.device_seconds = run.device_seconds
+        side.stop_bounds = run.tagger.device.stop_bounds
+    live.feed(final=True)
+    if on_update is not None:
+        on_update(live.metrics(), boards)
+    return live, boards
