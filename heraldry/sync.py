@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["SEARCHING", "LOCKED", "LOST", "SyncError", "Fit", "find_offset", "Segment",
-           "Tracker", "LinkResult", "link", "LiveLink", "window_misses"]
+           "Tracker", "LinkResult", "link", "LiveLink", "window_misses", "ReferenceScale",
+           "rescale"]
 
 SEARCHING, LOCKED, LOST = "searching", "locked", "lost"
 
@@ -748,3 +749,107 @@ class LiveLink:
             tags=tags, windows=Windows(t0, pattern), cross=self.cross, heralds=heralds,
             misses=self.misses, bin_s=self.bin_s, origin_s=self.origin_s or 0.0,
             channels_a=self.na, channels_b=self.nb, extra={"metrics": self.metrics()})
+
+
+# --- reference inputs (software-defined reference clock) -----------------------------------------
+
+@dataclass(frozen=True)
+class ReferenceScale:
+    """A board's time base measured against its reference markers (made by
+    :func:`rescale`).
+
+    Members: ``period_s`` (the reference's nominal period in SI seconds), ``local_period_s``
+    (the same period on the board's clock, fitted), ``ppm`` (the board's clock against the
+    reference: ``+20``: it counts 20 ppm fast), ``drift_ppm_per_s`` (its change over the
+    markers: 0 unless fitted, see :func:`rescale`), ``residual_s`` (rms of the accepted markers
+    about the fit), ``markers_s`` (accepted markers, board seconds) with ``index`` (their
+    period numbers from the first, gaps where markers were missing), ``missing`` (periods with
+    no marker between the first and the last), ``extra`` (markers rejected: not on the
+    period's grid). SI time 0 is the first accepted marker."""
+    period_s: float
+    local_period_s: float
+    ppm: float
+    residual_s: float
+    markers_s: np.ndarray
+    index: np.ndarray
+    missing: int
+    extra: int
+    drift_ppm_per_s: float = 0.0
+
+    def to_si(self, local_s):
+        """SI seconds (from the first accepted marker) of board times ``local_s``: linear
+        between neighbouring markers (so a drifting crystal is followed marker by marker),
+        the fitted period beyond the first and the last."""
+        t = np.asarray(local_s, np.float64)
+        si = np.interp(t, self.markers_s, self.index * self.period_s)
+        rate = self.period_s / self.local_period_s
+        before, after = t < self.markers_s[0], t > self.markers_s[-1]
+        si = np.where(before, (t - self.markers_s[0]) * rate, si)
+        return np.where(after, self.index[-1] * self.period_s
+                        + (t - self.markers_s[-1]) * rate, si)
+
+
+def rescale(markers_s, period_s=1.0, *, tolerance_s=None, max_ppm=200.0):
+    """Measure a board's clock from the markers of its reference input (PPS: ``period_s`` 1;
+    a 10 MHz reference divided by N: ``N * 1e-7``).
+
+    ``markers_s``: the marker times in the board's seconds (sorted). Markers are placed on the
+    reference's grid one by one: a marker ``k`` periods after the last accepted one (``k >= 1``,
+    more than one when markers are missing) within ``tolerance_s`` (default a thousandth of the
+    period, at least 100 ns) of where the grid predicts it is accepted and numbered; any other
+    (a glitch, a bounce, a second edge) is counted as ``extra`` and left out. The grid starts
+    at the first marker followed by one at a whole number of periods (within ``max_ppm`` and
+    the tolerance). A least-squares line through the accepted markers gives the board's
+    period and ppm; a quadratic term its drift when there are more than ten markers.
+
+    Returns a :class:`ReferenceScale`. Raises :class:`SyncError` with fewer than two markers on
+    the grid."""
+    markers = _sorted_seconds(markers_s, "the markers")
+    if not (period_s > 0 and max_ppm >= 0):
+        raise SyncError("period_s must be > 0 and max_ppm >= 0")
+    tol = max(period_s * 1e-3, 100e-9) if tolerance_s is None else float(tolerance_s)
+    slack = max_ppm * 1e-6
+    start = None
+    for i in range(len(markers) - 1):
+        for j in range(i + 1, len(markers)):
+            d = markers[j] - markers[i]
+            k = round(d / period_s)
+            if d > 2.5 * period_s:      # one missing marker at most between the first two
+                break
+            if k >= 1 and abs(d - k * period_s) <= k * period_s * slack + tol:
+                start = i
+                break
+        if start is not None:
+            break
+    if start is None:
+        raise SyncError(f"fewer than two markers {period_s:g} s apart (within "
+                        f"{max_ppm:g} ppm): no reference period found")
+    accepted, index = [markers[start]], [0]
+    extra = start
+    local_period = period_s
+    for t in markers[start + 1:]:
+        d = t - accepted[-1]
+        k = int(round(d / local_period))
+        allowance = tol + (k * period_s * slack if len(accepted) < 2 else 0.0)
+        if k >= 1 and abs(d - k * local_period) <= allowance:
+            accepted.append(t)
+            index.append(index[-1] + k)
+            local_period = (accepted[-1] - accepted[0]) / (index[-1] - index[0])
+        else:
+            extra += 1
+    t, n = np.array(accepted), np.array(index, np.int64)
+    if len(t) < 2:
+        raise SyncError("fewer than two markers on the reference's grid")
+    x = n - n.mean()
+    degree = 2 if len(t) > 10 else 1
+    coef = np.polyfit(x, t, degree)
+    resid = t - np.polyval(coef, x)
+    slope = np.polyval(np.polyder(coef), 0.0)          # local seconds per period, mid-span
+    curve = coef[0] if degree == 2 else 0.0
+    ppm = (slope / period_s - 1) * 1e6
+    # d(ppm)/d(SI second) = 2 * curve / period_s / period_s * 1e6
+    drift = 2 * curve / period_s ** 2 * 1e6
+    return ReferenceScale(period_s=float(period_s), local_period_s=float(slope), ppm=float(ppm),
+                          residual_s=float(resid.std()), markers_s=t, index=n,
+                          missing=int(n[-1] - n[0] + 1 - len(n)), extra=int(extra),
+                          drift_ppm_per_s=float(drift))

@@ -388,3 +388,66 @@ def test_live_link_counts_only_without_keep_and_refuses_bad_input():
         live.feed([1.0], [1])
     with pytest.raises(SyncError, match="at most 8"):
         LiveLink(5, 4)
+
+
+# --- reference markers --------------------------------------------------------------------------
+
+def _markers(clock, period_s, count, *, jitter_s=1e-9, bin_s=10e-9, seed=0):
+    """Reference edges at true times k * period_s (k = 1..count), read on ``clock`` and
+    quantised to the board's bins, plus their true times."""
+    rng = np.random.default_rng(seed)
+    true = np.arange(1, count + 1) * period_s + rng.normal(0, jitter_s, count)
+    return np.floor(clock.local(true) / bin_s) * bin_s, true
+
+
+@pytest.mark.parametrize("ppm, drift", [(13.7, 0.0), (-42.25, 0.0), (20.0, 0.05)])
+def test_rescale_from_pps_measures_the_injected_ppm(ppm, drift):
+    from heraldry.sync import rescale
+    clock = Clock(ppm=ppm, drift_ppm_per_s=drift, start_s=0.3)
+    local, true = _markers(clock, 1.0, 60)
+    scale = rescale(local, 1.0)
+    mid = true[len(true) // 2 - 1: len(true) // 2 + 1].mean()     # the fit's middle
+    assert scale.ppm == pytest.approx(clock.ppm_at(mid), abs=0.01)
+    assert scale.drift_ppm_per_s == pytest.approx(drift, abs=0.01)
+    assert scale.missing == 0 and scale.extra == 0 and len(scale.markers_s) == 60
+    # SI seconds of events between the markers: their true times from the first marker
+    events = np.sort(np.random.default_rng(1).uniform(true[0], true[-1], 1000))
+    si = scale.to_si(clock.local(events))
+    assert np.max(np.abs(si - (events - true[0]))) < 20e-9
+    assert scale.residual_s < 10e-9
+
+
+def test_rescale_counts_missing_and_extra_markers():
+    from heraldry.sync import rescale
+    clock = Clock(ppm=-17.5, start_s=0.1)
+    local, true = _markers(clock, 1.0, 40, seed=3)
+    dropped = [0, 7, 8, 20]                     # the first marker and three more are missing
+    rng = np.random.default_rng(4)
+    glitches = rng.uniform(local[0], local[-1], 6)
+    bounce = local[[11, 30]] + 150e-9           # a second edge just after two markers
+    seen = np.sort(np.concatenate((np.delete(local, dropped), glitches, bounce)))
+    scale = rescale(seen, 1.0)
+    assert scale.missing == 3 and scale.extra == 8
+    assert scale.ppm == pytest.approx(-17.5, abs=0.01)
+    assert np.array_equal(scale.index, np.delete(np.arange(40), dropped) - 1)
+    # SI time 0 is the first accepted marker: marker 0 is missing, so true[1]
+    si = scale.to_si(clock.local(np.array([25.5])))
+    assert si[0] == pytest.approx(25.5 - true[1], abs=20e-9)
+
+
+def test_rescale_from_a_divided_10_mhz_reference():
+    from heraldry.sync import rescale
+    clock = Clock(ppm=8.25)
+    period = 1000 * 1e-7                        # 10 MHz divided by 1000: 10 kHz markers
+    local, true = _markers(clock, period, 20000, jitter_s=0.1e-9)
+    scale = rescale(local, period)
+    assert scale.ppm == pytest.approx(8.25, abs=0.01) and scale.missing == 0
+    assert scale.local_period_s == pytest.approx(period * (1 + 8.25e-6), rel=1e-8)
+
+
+def test_rescale_refuses_markers_off_any_grid():
+    from heraldry.sync import rescale
+    with pytest.raises(SyncError, match="no reference period"):
+        rescale([0.1, 0.45, 1.3], 1.0)
+    with pytest.raises(SyncError, match="no reference period"):
+        rescale([0.5], 1.0)
