@@ -4,6 +4,8 @@ linked live (item 3): heraldry.sim.twonode, heraldry.host.linklive, heraldry.syn
 Every figure is checked against the model's truths: the local bins each board's clock gives
 its detections, and the reference model on the same detections on one shared clock."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,34 @@ def test_untracked_link_of_the_same_tags_loses_them(linked):
     tracked = link(a, b, window_s=WINDOW_S, acquire_s=0.01, block_s=0.001)
     assert tracked.cross == pytest.approx(live.cross, rel=0.01)
     assert fixed.cross < 0.1 * tracked.cross
+
+
+def test_cli_link_two_virtual_boards_live(capsys):
+    from heraldry.host.cli import main
+    status = main(["link", "sim:+20ppm", "sim:-15ppm", "--duration", "0.04", "--seed", "7",
+                   "--update-s", "0.2"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "board 1: sim-a:" in out and "board 2: sim-b:" in out
+    live = re.findall(r"^ +[0-9.]+ s  (searching|locked|lost) ", out, re.M)
+    assert len(live) >= 2 and live[-1] == "locked"
+    assert "lock state: locked (losses 0, locks 1" in out
+    ppm = float(out.split("frequency: ")[1].split(" ppm")[0])
+    assert ppm == pytest.approx(((1 - 15e-6) / (1 + 20e-6) - 1) * 1e6, abs=0.5)
+    offset_us = float(out.split("offset: ")[1].split(" us")[0])
+    # 50 us fiber + 37 us start skew, less 35 ppm of the ~0.05 s since the boards' start
+    assert 84 < offset_us < 87
+    cross = float(out.split("cross-node coincidences: ")[1].split("(")[1].split(" /s")[0]
+                  .replace(",", ""))
+    # 2.5e5 pairs/s at 0.45 x 0.45 efficiency: 5.06e4 pairs/s seen by both, + ~700 accidental
+    assert cross == pytest.approx(2.5e5 * 0.45 ** 2, rel=0.08)
+
+
+def test_cli_link_refuses_mixed_inputs(tmp_path, capsys):
+    from heraldry.host.cli import main
+    status = main(["link", "sim:+20ppm", str(tmp_path / "b.ptu")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "not one of each" in err
+    status = main(["link", "sim:+20ppm", "sim:-15ppm", "--efficiency", "1.5"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "--efficiency" in err
