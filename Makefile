@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # that one notice, and no other warning, is silenced.
 EDITABLE_ENV := PYTHONWARNINGS="ignore:Editable installation.:UserWarning"
 
-.PHONY: demo test test-slow test-python bench lint clean
+.PHONY: demo demo-bsm test test-slow test-python bench lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 	    --test-signal pairs --pair-rate 2e5 --efficiency 0.5 --dark-rate 2e4 --pair-delay 30 \
 	    --delay 0=30 --herald 0b0011 --herald 0b0001 --record-coincidences 0b0011 --seed 1 \
 	    --out demo.npz --summary-json demo-summary.json
+
+# The second demo: psi- heralds of a Bell-state measurement (the test signal's BSM source, the
+# sync on channel 4) against the reference model (host/bsm_demo.py has the settings).
+demo-bsm: $(STAMP)
+	$(BIN)/python -m heraldry.host.bsm_demo --out demo-bsm.npz --summary-json demo-bsm-summary.json
 
 # The developer loop: every area, one representative case of each long sweep.
 test: $(STAMP)

@@ -184,3 +184,32 @@ def test_config_file_test_signal(tmp_path):
         with pytest.raises(ConfigError) as error:
             cli.acquisition_from_args(args)
         assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_demo_on_the_virtual_board(tmp_path):
+    """``make demo-bsm``'s module on the Verilated virtual board (4 channels: the sync is not
+    on a channel). Each rule's count equals the closed windows of exactly its pattern (the
+    board's pattern counters), the reference model's count for the same seed and run, and lies
+    within 5 sigma of the count the source's probabilities give."""
+    import json
+    import re
+    import subprocess
+    import sys
+    summary_path = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "heraldry.host.bsm_demo", "--channels", "4", "--duration", "0.01",
+         "--bsm-event", "0.9", "--seed", "2", "--summary-json", str(summary_path)],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["heralds"][0] == summary["patterns"][str(0b1001)] > 80
+    assert summary["heralds"][1] == summary["patterns"][str(0b0110)] > 80
+    assert all(summary["checks"].values())
+    attempts = 0.01 / 10e-6
+    p = 0.9 * 0.5 / 2 * 0.8 * 0.8
+    lines = [line for line in proc.stdout.splitlines() if re.match(r"  [01] D", line)]
+    assert len(lines) == 2, proc.stdout
+    for rule, line in enumerate(lines):
+        board, modelled = (int(x) for x in re.match(r"\s+\d \S+\s+(\d+)\s+(\d+)", line).groups())
+        assert board == modelled == summary["heralds"][rule]
+        assert abs(board - attempts * p) <= 5 * (attempts * p * (1 - p)) ** 0.5

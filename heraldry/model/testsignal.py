@@ -69,9 +69,10 @@ is simply missing from the pattern (a one-fold).
 Performance: xorshift32 is linear over GF(2), so the state ``j * B`` steps ahead is ``M**(j*B)``
 applied to the seed state. :func:`generate` jumps every stream to ``sqrt(n)`` evenly spaced
 starting points (a byte-sliced table lookup of ``M**B``) and then steps all those lanes together
-with numpy, so both Python loops are ``O(sqrt(n))`` long. The BSM streams are only read in
-attempt cycles: they are jumped to the first attempt and then ``period`` steps at a time. 10**6 cycles take 0.15 .. 0.35 s (4 to 8
-channels; measured on a shared 2-core machine), 10**7 about 2 .. 3.5 s.
+with numpy, so both Python loops are ``O(sqrt(n))`` long. 10**6 cycles take 0.15 .. 0.35 s (4 to 8
+channels; measured on a shared 2-core machine), 10**7 about 2 .. 3.5 s. The BSM streams are
+only read in attempt cycles: they are jumped to the first attempt, then ``period`` steps at a
+time (:func:`bsm_attempts`, the same lanes with a stride).
 """
 
 import math
