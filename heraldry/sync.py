@@ -323,6 +323,10 @@ class Tracker:
             return None
         a = self._a[:np.searchsorted(self._a, end)]
         start, self._at = self._at, end
+        if final and len(a) and a[-1] - start < self.acquire_s / 2:
+            # The streams' last stretch is too short for an acquisition to be trusted.
+            self._drop(end)
+            return Segment(start, end, self.state)
         try:
             fit = find_offset(a, self._b, start_s=start, span_s=end - start, **self.search)
         except SyncError:

@@ -12,6 +12,9 @@ Time bases (``time_base``):
   this uncertain by milliseconds on a serial link: the offset search must cover it
   (``max_offset_s``; :func:`link_taggers` refuses a range smaller than the measured
   uncertainty plus 100 us). For two real boards, whose counts since power-up are unrelated.
+
+:func:`link_streams` takes the same from two ``heraldry serve`` event streams (ZeroMQ
+subscribers): their times are the boards' device times, as with ``"device"``.
 """
 
 import contextlib
@@ -22,7 +25,7 @@ import numpy as np
 
 from ..protocol import Kind
 
-__all__ = ["BoardRun", "link_taggers", "TIME_BASES"]
+__all__ = ["BoardRun", "link_taggers", "link_streams", "TIME_BASES"]
 
 TIME_BASES = ("device", "start")
 
@@ -132,3 +135,90 @@ def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=
     if on_update is not None:
         on_update(live.metrics(), boards)
     return live, boards
+
+
+@dataclass
+class StreamSide:
+    """One ``heraldry serve`` stream of :func:`link_streams`: ``endpoint``, ``messages`` and
+    ``tags`` received, ``missed_messages`` and ``missed_events`` (the publisher's ``seq`` and
+    ``first`` skipped: records this subscriber never got; their pairs are missing from the
+    merge), ``times``/``channels`` (every tag, seconds of device time, with ``keep_tags``)."""
+    endpoint: str
+    messages: int = 0
+    tags: int = 0
+    missed_messages: int = 0
+    missed_events: int = 0
+    times: list = field(default_factory=list)
+    channels: list = field(default_factory=list)
+
+
+def link_streams(endpoint_a, endpoint_b, duration_s, *, channels_a=4, channels_b=4,
+                 sync_a=(0,), sync_b=(0,), update_s=0.25, on_update=None, keep_tags=False,
+                 stop=None, **link):
+    """Subscribe to two ``heraldry serve`` event streams (``tcp://HOST:PUB_PORT``) and merge
+    their tags live for ``duration_s`` wall seconds (or until ``stop()`` returns true).
+
+    The tags (``kind`` TAG) of each ``events`` message are taken at their device time
+    (seconds); a message lost on the way (a gap in ``seq``/``first``) is counted on its
+    :class:`StreamSide`. ``channels_a``/``channels_b``: the boards' input counts (the stream
+    does not carry them; default 4, the virtual board's). The rest as :func:`link_taggers`.
+    Returns ``(live, sides)``. Raises :class:`heraldry.extras.MissingExtra` without pyzmq,
+    :class:`heraldry.sync.SyncError` for settings that cannot work, ``ValueError`` for a
+    message that is not a valid events message."""
+    from ..extras import require
+    from ..sync import LiveLink
+    from .serve import SequenceTracker, decode_events
+    zmq = require("zmq", "linking two heraldry serve streams")
+    live = LiveLink(channels_a, channels_b, sync_a=sync_a, sync_b=sync_b, **link)
+    sides = (StreamSide(endpoint_a), StreamSide(endpoint_b))
+    seqs = (SequenceTracker(), SequenceTracker())
+    context = zmq.Context.instance()
+    sockets = []
+    try:
+        poller = zmq.Poller()
+        for endpoint in (endpoint_a, endpoint_b):
+            sub = context.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"events")
+            sub.connect(endpoint)
+            poller.register(sub, zmq.POLLIN)
+            sockets.append(sub)
+        end = time.monotonic() + duration_s
+        next_update = time.monotonic() + update_s
+        while time.monotonic() < end and not (stop is not None and stop()):
+            ready = dict(poller.poll(timeout=50))
+            for k, sub in enumerate(sockets):
+                while sub in ready:
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    header, events = decode_events(frames)
+                    seqs[k].feed(header["seq"], header["first"], header["count"])
+                    side = sides[k]
+                    side.messages += 1
+                    side.missed_messages = seqs[k].missed
+                    side.missed_events = seqs[k].missed_events
+                    tags = events[events["kind"] == Kind.TAG.value]
+                    seconds = tags["time_ps"].astype(np.float64) * 1e-12
+                    order = np.argsort(seconds, kind="stable")
+                    seconds = seconds[order]
+                    channels = tags["channel"][order].astype(np.int64)
+                    side.tags += len(seconds)
+                    if keep_tags:
+                        side.times.append(seconds)
+                        side.channels.append(channels)
+                    if k == 0:
+                        live.feed(seconds, channels)
+                    else:
+                        live.feed(b=seconds, channels_b=channels)
+            if on_update is not None and time.monotonic() >= next_update:
+                next_update = time.monotonic() + update_s
+                on_update(live.metrics(), sides)
+    finally:
+        for sub in sockets:
+            sub.close()
+    live.feed(final=True)
+    if on_update is not None:
+        on_update(live.metrics(), sides)
+    return live, sides
