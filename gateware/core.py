@@ -17,6 +17,7 @@ from .channel import InputStage
 from .coincidence import CoincidenceUnit, HeraldGenerator
 from .counters import Counters
 from .delay import DelayLine
+from .gates import GateUnit
 from .merger import Merger
 from .phy import GenericPHY, PHYSignature
 from .pipe import StreamRegister
@@ -53,6 +54,12 @@ class TaggerCore(wiring.Component):
     test_signal : bool
         Include the test-signal generator (default). Without it (small FPGAs: it is ~1000
         iCE40 LUTs at 2 channels) a channel whose source is not ``PIN`` sees no events.
+    gates : bool
+        Include channel roles, the sync (attempt clock), per-channel gates and sync/reference
+        markers (``GateUnit``; docs/semantics.md, "Sync, gates and reference markers"). The
+        records are then ``record_layout(F, gates=True)`` (herald records with ``attempt`` and
+        ``offset``). Without it (default) ``config.gates`` is ignored: every channel is a
+        detector without gate, and the ``gated_out`` counters stay 0.
 
     Members
     -------
@@ -94,7 +101,7 @@ class TaggerCore(wiring.Component):
     PIPELINE = 2
 
     def __init__(self, channels=4, rules=2, *, phy=GenericPHY, phys=None, fifo_depth=256,
-                 delay_depth=16, counter_init=0, test_signal=True):
+                 delay_depth=16, counter_init=0, test_signal=True, gates=False):
         if phys is not None:
             phys = list(phys)
             if len(phys) != channels:
@@ -111,6 +118,7 @@ class TaggerCore(wiring.Component):
         self.delay_depth = delay_depth
         self.counter_init = counter_init
         self.test_signal = bool(test_signal)
+        self.gates = bool(gates)
         self.latency = phy.latency + self.PIPELINE
         self.map = CounterMap(channels, rules)
         super().__init__({
@@ -119,7 +127,7 @@ class TaggerCore(wiring.Component):
                                init={"herald_pin": list(range(rules))}),
             "run":          In(1),
             "clear":        In(1),
-            "records":      Out(stream.Signature(record_layout(self.fine_bits))),
+            "records":      Out(stream.Signature(record_layout(self.fine_bits, self.gates))),
             "counter_addr": In(range(self.map.size)),
             "counter_data": Out(COUNTER_BITS),
             "busy":         Out(1),
@@ -205,10 +213,36 @@ class TaggerCore(wiring.Component):
         events = Signal(n)
         overflow = Signal(n)
         fines = [Signal(f, name=f"fine{c}") for c in range(n)]
-        m.d.sync += [
-            events.eq(Mux(self.clear, 0, Cat(line.o.event for line in delayed))),
-            overflow.eq(Mux(self.clear, 0, Cat(line.overflow for line in delayed))),
-        ]
+        line_events = Cat(line.o.event for line in delayed)
+        # With gates: `events` are the detector events kept by their gates (windows, heralds);
+        # `streamed` adds the markers (merger), `counted` the sync and reference events
+        # (singles counters), `gated` the events gated out. The gate unit works at the delay
+        # lines' outputs so that its decision is registered here with the events.
+        streamed = Signal(n)
+        counted = Signal(n)
+        gated = Signal(n)
+        if self.gates:
+            m.submodules.gates = gate_unit = GateUnit(n, f)
+            m.d.comb += [
+                gate_unit.events.eq(line_events),
+                gate_unit.config.eq(cfg.gates),
+                gate_unit.clear.eq(self.clear),
+            ]
+            for c, line in enumerate(delayed):
+                m.d.comb += gate_unit.fine[c].eq(line.o.time[:f])
+            clock = {name: Signal.like(getattr(gate_unit, name), name=f"clock_{name}")
+                     for name in ("attempt", "base", "synced", "sync_now", "sync_fine")}
+            m.d.sync += [
+                events.eq(Mux(self.clear, 0, gate_unit.detect)),
+                streamed.eq(Mux(self.clear, 0, gate_unit.stream)),
+                counted.eq(Mux(self.clear, 0, gate_unit.count)),
+                gated.eq(Mux(self.clear, 0, gate_unit.gated_out)),
+                *(sig.eq(getattr(gate_unit, name)) for name, sig in clock.items()),
+            ]
+        else:
+            m.d.sync += events.eq(Mux(self.clear, 0, line_events))
+            m.d.comb += [streamed.eq(events), counted.eq(events)]
+        m.d.sync += overflow.eq(Mux(self.clear, 0, Cat(line.overflow for line in delayed)))
         times = []
         for c, line in enumerate(delayed):
             m.d.sync += fines[c].eq(line.o.time[:f])
@@ -241,14 +275,17 @@ class TaggerCore(wiring.Component):
             self.herald.eq(heralds.herald),
         ]
 
-        m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth)
+        m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth, gates=self.gates)
         # A registered stage between the merger's record multiplexer and whoever takes the
         # records (the wire encoder's time arithmetic), with no loss of throughput.
-        m.submodules.record_register = out = StreamRegister(record_layout(f), skid=False)
+        m.submodules.record_register = out = StreamRegister(record_layout(f, self.gates),
+                                                            skid=False)
         for c in range(n):
             m.d.comb += merger.times[c].eq(times[c])
+        if self.gates:
+            m.d.comb += [getattr(merger, name).eq(sig) for name, sig in clock.items()]
         m.d.comb += [
-            merger.events.eq(events),
+            merger.events.eq(streamed),
             merger.ref.eq(ref),
             merger.closed.eq(coinc.closed),
             merger.closed_pattern.eq(coinc.closed_pattern),
@@ -269,7 +306,8 @@ class TaggerCore(wiring.Component):
 
         m.submodules.counters = counters = Counters(n, r)
         m.d.comb += [
-            counters.singles.eq(events),
+            counters.singles.eq(counted),
+            counters.gated_out.eq(gated),
             counters.closed.eq(coinc.closed),
             counters.closed_pattern.eq(coinc.closed_pattern),
             counters.herald_fire.eq(heralds.fire),

@@ -42,6 +42,8 @@ class Counters(wiring.Component):
         Events lost to a full delay buffer / tags lost to a full merger FIFO.
     herald_dropped : In(R), coincidence_dropped : In(1)
         Herald / coincidence records lost to a full merger FIFO.
+    gated_out : In(N)
+        Detector events outside their gate (a core with gates; else tie to 0).
     clear : In(1)
         Zeroes every counter. Register counters are 0 from the next cycle. The pattern memory is
         swept: ``busy`` is high for the ``2**N`` cycles after the ``clear`` cycle, one row zeroed
@@ -80,6 +82,7 @@ class Counters(wiring.Component):
             "merger_dropped":      In(channels),
             "herald_dropped":      In(rules),
             "coincidence_dropped": In(1),
+            "gated_out":           In(channels),
             "clear":               In(1),
             "busy":                Out(1),
             "addr":                In(range(self.map.size)),
@@ -87,7 +90,7 @@ class Counters(wiring.Component):
         })
         self.registers = {}
         for name in ("singles", "heralds", "delay_dropped", "merger_dropped", "herald_dropped",
-                     "coincidence_dropped"):
+                     "coincidence_dropped", "gated_out"):
             for index, address in enumerate(self.map.range(name)):
                 self.registers[address] = Signal(COUNTER_BITS, name=f"{name}{index}")
         self.pattern_data = MemoryData(shape=COUNTER_BITS, depth=2 ** channels, init=[])
@@ -102,6 +105,7 @@ class Counters(wiring.Component):
             "singles": self.singles, "heralds": self.herald_fire,
             "delay_dropped": self.delay_dropped, "merger_dropped": self.merger_dropped,
             "herald_dropped": self.herald_dropped, "coincidence_dropped": self.coincidence_dropped,
+            "gated_out": self.gated_out,
         }
         for name, inc in increments.items():
             for index, address in enumerate(cmap.range(name)):

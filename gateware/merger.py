@@ -9,9 +9,10 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from heraldry.protocol import (
-    CHANNEL_BITS, COARSE_BITS, COUNTER_BITS, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
-    WINDOW_BITS, Kind, LossCause, record_layout, time_bits,
+    ATTEMPT_BITS, CHANNEL_BITS, COARSE_BITS, COUNTER_BITS, GATE_BITS, LOSS_COUNT_BITS,
+    MAX_CHANNELS, MAX_RULES, WINDOW_BITS, Kind, LossCause, record_layout, time_bits,
 )
+from .gates import attempt_offset
 
 __all__ = ["Merger"]
 
@@ -75,6 +76,11 @@ class Merger(wiring.Component):
         FIFO depth in bundles, >= 2. A stalled merger holds ``depth + 1`` bundles (the serialiser
         holds one). A full FIFO refuses a write in the cycle it is popped, so depth 2 accepts at
         most one bundle every other cycle; depth >= 3 accepts one every cycle.
+    gates : bool
+        The core has the attempt clock (``GateUnit``): each bundle also stores the cycle's
+        ``attempt``, ``base``, ``synced``, ``sync_now`` and ``sync_fine`` (``50 + F`` bits), and
+        each herald record carries the ``attempt`` and ``offset`` of its own time
+        (``gates.attempt_offset``; ``record_layout(F, gates=True)``).
 
     Members
     -------
@@ -123,7 +129,7 @@ class Merger(wiring.Component):
         ``2**WINDOW_BITS`` bins of slack for a registered or pipelined close.
     """
 
-    def __init__(self, channels, rules, fine_bits=0, depth=256):
+    def __init__(self, channels, rules, fine_bits=0, depth=256, gates=False):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
         if not 1 <= rules <= MAX_RULES:
@@ -136,12 +142,17 @@ class Merger(wiring.Component):
         self.rules = rules
         self.fine_bits = fine_bits
         self.depth = depth
+        self.gates = bool(gates)
         self.t0_offset_bits = WINDOW_BITS + 1
 
         n, r, f = channels, rules, fine_bits
         tb = time_bits(f)
         # One FIFO entry. Only one coarse time is stored: every item of a cycle shares it.
-        self.bundle_layout = data.StructLayout({
+        clock = {}
+        if self.gates:
+            clock = {"attempt": unsigned(ATTEMPT_BITS), "base": unsigned(GATE_BITS),
+                     "synced": unsigned(1), "sync_now": unsigned(1), "sync_fine": unsigned(f)}
+        self.bundle_layout = data.StructLayout(clock | {
             "coarse":              unsigned(COARSE_BITS),
             "events":              unsigned(n),
             "fine":                data.ArrayLayout(unsigned(f), n),
@@ -157,7 +168,11 @@ class Merger(wiring.Component):
             "loss_count":          unsigned(LOSS_COUNT_BITS),
         })
 
-        super().__init__({
+        ports = {}
+        if self.gates:
+            ports = {"attempt": In(ATTEMPT_BITS), "base": In(GATE_BITS), "synced": In(1),
+                     "sync_now": In(1), "sync_fine": In(f)}
+        super().__init__(ports | {
             "events":                  In(n),
             "times":                   In(data.ArrayLayout(unsigned(tb), n)),
             "ref":                     In(COARSE_BITS),
@@ -171,7 +186,7 @@ class Merger(wiring.Component):
             "herald_exact":            In(r),
             "delay_overflow":          In(n),
             "clear":                   In(1),
-            "o":                       Out(stream.Signature(record_layout(f))),
+            "o":                       Out(stream.Signature(record_layout(f, self.gates))),
             "merger_dropped":          Out(n),
             "herald_dropped":          Out(r),
             "coincidence_dropped":     Out(1),
@@ -199,6 +214,12 @@ class Merger(wiring.Component):
             bundle.coincidence_pattern.eq(self.closed_pattern),
             bundle.t0_offset.eq(Cat(Const(0, f), self.ref) - self.closed_t0),
         ]
+        if self.gates:
+            m.d.sync += [
+                bundle.attempt.eq(self.attempt), bundle.base.eq(self.base),
+                bundle.synced.eq(self.synced), bundle.sync_now.eq(self.sync_now),
+                bundle.sync_fine.eq(self.sync_fine),
+            ]
         if f:
             for i in range(r):
                 m.d.sync += bundle.herald_fine[i].eq(self.herald_time[i][:f])
@@ -393,6 +414,13 @@ class Merger(wiring.Component):
                 rec.time.eq(Cat(herald_fine[:f], cur.coarse)),
                 after_herald.eq(rem_herald & ~herald_onehot),
             ]
+            if self.gates:
+                attempt, offset = attempt_offset(cur.attempt, cur.base, cur.synced,
+                                                 cur.sync_now, cur.sync_fine, herald_fine[:f], f)
+                m.d.comb += [
+                    rec.payload.herald.attempt.eq(attempt),
+                    rec.payload.herald.offset.eq(offset),
+                ]
         with m.Elif(rem_coinc):
             m.d.comb += [
                 rec.kind.eq(Kind.COINCIDENCE),

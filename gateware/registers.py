@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from .. import __version__
 from ..protocol import (
+    CAPABILITY_GATES, GATES_REGISTERS,
     CAPABILITY_TEST_SIGNAL, COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT,
     COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS,
     TEST_SIGNAL_REGISTERS, command_check_step,
@@ -238,6 +239,7 @@ class RegisterFile(wiring.Component):
         self.channels = channels
         self.rules = rules
         self.test_signal = bool(capabilities & CAPABILITY_TEST_SIGNAL)
+        self.gates = bool(capabilities & CAPABILITY_GATES)
         self.map = RegisterMap(channels, rules)
         if SIDE_LAYOUT["value"].width != VALUE_BITS:
             raise ValueError("SIDE_LAYOUT's value is not as wide as a command's value")
@@ -359,6 +361,8 @@ class RegisterFile(wiring.Component):
         with m.If(write):
             with m.Switch(cmd.address):
                 for reg in rmap.config_registers():
+                    if reg.name.startswith(GATES_REGISTERS) and not self.gates:
+                        continue    # not stored: every channel a detector without gate
                     if reg.name.startswith(TEST_SIGNAL_REGISTERS) and not self.test_signal:
                         continue    # not stored: the config bits keep their reset values
                     with m.Case(reg.address):

@@ -19,6 +19,8 @@ __all__ = [
     "DELAY_BITS", "WINDOW_BITS", "DEAD_TIME_BITS", "HERALD_WIDTH_BITS", "PAIR_DELAY_BITS",
     "PROBABILITY_BITS", "PERIOD_BITS", "COUNTER_BITS", "LOSS_COUNT_BITS",
     "Kind", "LossCause", "Edge", "Source",
+    "GATE_BITS", "ATTEMPT_BITS", "MARKER_EVERY_BITS", "CAPABILITY_GATES", "GATES_REGISTERS", "Role",
+    "gates_layout",
     "time_bits", "record_layout", "record_fields", "decode_record",
     "channel_config_layout", "test_signal_layout", "bsm_layout", "BSM_DETECTORS",
     "TEST_SIGNAL_REGISTERS", "config_layout", "herald_pin_bits", "CounterMap",
@@ -51,6 +53,14 @@ PROBABILITY_BITS = 32
 PERIOD_BITS = 32
 #: Width of every hardware counter (singles, patterns, heralds, losses).
 COUNTER_BITS = 32
+#: Gates (docs/semantics.md, "Sync, gates and reference markers"): a gate's offset and width in
+#: bins, and a herald record's offset from its sync edge (saturating at 2**GATE_BITS - 1, which
+#: no gate may reach: offset + width <= 2**GATE_BITS - 1).
+GATE_BITS = 16
+#: A herald record's attempt number (sync edges since clear, modulo 2**ATTEMPT_BITS).
+ATTEMPT_BITS = 32
+#: Every how many sync edges one is streamed as a marker (0: none).
+MARKER_EVERY_BITS = 16
 #: Largest count one loss record carries; larger losses are reported in several records.
 LOSS_COUNT_BITS = 16
 
@@ -69,6 +79,13 @@ class LossCause(enum.Enum, shape=2):
     DELAY_FULL         = 1  #: tags of channel ``index`` dropped: its delay buffer was full
     HERALD_RECORD      = 2  #: herald records of rule ``index`` dropped: merger FIFO full
     COINCIDENCE_RECORD = 3  #: coincidence records dropped: merger FIFO full (``index`` = 0)
+
+
+class Role(enum.Enum, shape=2):
+    """What a channel's events are (gates builds; docs/semantics.md)."""
+    DETECTOR  = 0  #: detections: windows, heralds, tags
+    SYNC      = 1  #: the attempt clock: counted, not in windows, every Nth streamed as a marker
+    REFERENCE = 2  #: PPS / 10 MHz marker: every event streamed as a tag, not in windows
 
 
 class Edge(enum.Enum, shape=2):
@@ -96,13 +113,18 @@ def time_bits(fine_bits):
     return COARSE_BITS + fine_bits
 
 
-def record_layout(fine_bits=0):
-    """Layout of one record of the merged event stream (gateware output, host input)."""
+def record_layout(fine_bits=0, gates=False):
+    """Layout of one record of the merged event stream (gateware output, host input).
+
+    With ``gates`` (a core built with sync and gates) a herald record also carries its
+    ``attempt`` and its ``offset`` (bins) from that attempt's sync edge."""
+    herald = {"rule": unsigned(RULE_BITS), "pattern": unsigned(PATTERN_BITS)}
+    if gates:
+        herald |= {"attempt": unsigned(ATTEMPT_BITS), "offset": unsigned(GATE_BITS)}
     payload = data.UnionLayout({
         "tag":         data.StructLayout({"channel": unsigned(CHANNEL_BITS)}),
         "coincidence": data.StructLayout({"pattern": unsigned(PATTERN_BITS)}),
-        "herald":      data.StructLayout({"rule": unsigned(RULE_BITS),
-                                          "pattern": unsigned(PATTERN_BITS)}),
+        "herald":      data.StructLayout(herald),
         "loss":        data.StructLayout({"cause": LossCause,
                                           "index": unsigned(CHANNEL_BITS),
                                           "count": unsigned(LOSS_COUNT_BITS)}),
@@ -114,7 +136,7 @@ def record_layout(fine_bits=0):
     })
 
 
-def record_fields(fine_bits=0):
+def record_fields(fine_bits=0, gates=False):
     """``{dotted_name: (offset, width)}`` of every leaf field of :func:`record_layout`.
 
     Host decoders use this to extract fields from raw record integers (or numpy arrays of them)
@@ -131,13 +153,13 @@ def record_fields(fine_bits=0):
             else:
                 fields[f"{prefix}{name}"] = (offset, field.width)
 
-    walk(record_layout(fine_bits), "", 0)
+    walk(record_layout(fine_bits, gates), "", 0)
     return fields
 
 
-def decode_record(raw, fine_bits=0):
+def decode_record(raw, fine_bits=0, gates=False):
     """Decode one raw record integer into a plain dict (slow path, for tests and small runs)."""
-    fields = record_fields(fine_bits)
+    fields = record_fields(fine_bits, gates)
 
     def get(name):
         offset, width = fields[name]
@@ -152,6 +174,9 @@ def decode_record(raw, fine_bits=0):
     elif kind == Kind.HERALD:
         out["rule"] = get("payload.herald.rule")
         out["pattern"] = get("payload.herald.pattern")
+        if gates:
+            out["attempt"] = get("payload.herald.attempt")
+            out["offset"] = get("payload.herald.offset")
     else:
         out["cause"] = LossCause(get("payload.loss.cause"))
         out["index"] = get("payload.loss.index")
@@ -174,6 +199,24 @@ def channel_config_layout():
 #: registers keep their reset values (writes are answered with them) and the host refuses test
 #: sources.
 CAPABILITY_TEST_SIGNAL = 0b001
+#: ``ident.capabilities`` bit: the core has channel roles, sync, gates and attempt counting
+#: (``TaggerCore(gates=True)``): herald records carry ``attempt`` and ``offset`` on the wire
+#: (docs/protocol.md). Without it the ``gates.*`` registers keep their reset values (every
+#: channel a detector without gate) and the ``gated_out`` counters stay 0.
+CAPABILITY_GATES = 0b1000
+#: Prefix of the registers of roles and gates (not stored in a build without them).
+GATES_REGISTERS = ("gates.",)
+
+
+def gates_layout(channels):
+    """Roles, gates and sync markers (gates builds only; docs/semantics.md). ``gate_width`` 0:
+    the channel has no gate. The host keeps ``gate_offset + gate_width <= 2**GATE_BITS - 1``."""
+    return data.StructLayout({
+        "role":         data.ArrayLayout(Role, channels),
+        "gate_offset":  data.ArrayLayout(unsigned(GATE_BITS), channels),
+        "gate_width":   data.ArrayLayout(unsigned(GATE_BITS), channels),
+        "marker_every": unsigned(MARKER_EVERY_BITS),
+    })
 
 
 def test_signal_layout(channels):
@@ -235,6 +278,9 @@ def config_layout(channels, rules):
         # The test signal's BSM source (a struct of its own so that the registers above keep
         # their addresses).
         "test_bsm":     bsm_layout(),
+        # Roles, gates and sync markers; without the gates capability not stored (every
+        # channel a detector without gate).
+        "gates":        gates_layout(channels),
     })
 
 
@@ -262,6 +308,7 @@ class CounterMap:
             ("merger_dropped", channels),      # tags lost to a full merger FIFO
             ("herald_dropped", rules),         # herald records lost to a full merger FIFO
             ("coincidence_dropped", 1),        # coincidence records lost to a full merger FIFO
+            ("gated_out", channels),           # detector events outside their gate
         ):
             self._base[name] = (address, count)
             address += count
@@ -293,6 +340,9 @@ class CounterMap:
 
     def coincidence_dropped(self):
         return self._address("coincidence_dropped", 0)
+
+    def gated_out(self, channel):
+        return self._address("gated_out", channel)
 
     def range(self, name):
         """``range`` of addresses of one counter group (``"singles"``, ``"patterns"``, ...)."""
@@ -506,7 +556,9 @@ _FIXED_REGISTERS = [
     ("ident.clock_hz",         0x007, "ro", 0, 1, 2**32 - 1, "system clock, Hz"),
     ("ident.capabilities",     0x008, "ro", 0, 0, 2**32 - 1,
      "bit 0 test signal (clear: the test.* and test_bsm.* registers keep their reset values "
-     "and ignore writes), bit 1 coincidence records, bit 2 herald outputs"),
+     "and ignore writes), bit 1 coincidence records, bit 2 herald outputs, bit 3 roles and "
+     "gates (clear: the gates.* registers keep their reset values; set: herald records carry "
+     "attempt and offset)"),
     ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
     ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
     ("control.clear",          0x011, "wo", 0, 0, 1,
@@ -531,6 +583,7 @@ _CONFIG_FIELD_RULES = {
     "window":       (1, 1, 2 ** WINDOW_BITS - 1),
     "herald_width": (1, 1, 2 ** HERALD_WIDTH_BITS - 1),
     "seed":         (1, 0, 2 ** 32 - 1),
+    "role":         (0, 0, max(r.value for r in Role)),
 }
 
 
@@ -575,7 +628,7 @@ class RegisterMap:
             raise ValueError("config registers overflow into the counter range")
         counters = CounterMap(channels, rules)
         for group in ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-                      "herald_dropped", "coincidence_dropped"):
+                      "herald_dropped", "coincidence_dropped", "gated_out"):
             for i, counter in enumerate(counters.range(group)):
                 index = i + 1 if group == "patterns" else i
                 regs.append(Register(f"counter.{group}[{index}]", COUNTER_BASE + counter, "ro", 0,

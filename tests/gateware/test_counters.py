@@ -81,7 +81,7 @@ class Stimulus:
 
 IDLE = {name: 0 for name in ("singles", "closed", "closed_pattern", "herald_fire",
                              "delay_dropped", "merger_dropped", "herald_dropped",
-                             "coincidence_dropped")}
+                             "coincidence_dropped", "gated_out")}
 
 
 def run(dut, bench):
@@ -227,6 +227,7 @@ def test_wrap():
             ctx.set(dut.merger_dropped, 0b11)
             ctx.set(dut.herald_dropped, 0b11)
             ctx.set(dut.coincidence_dropped, 1)
+            ctx.set(dut.gated_out, 0b11)
             ctx.set(dut.closed, 1)
             ctx.set(dut.closed_pattern, 3)
             await ctx.tick()

@@ -11,14 +11,16 @@ from amaranth.sim import Simulator
 
 import heraldry
 from heraldry.wire import encode_command
-from heraldry.gateware.registers import CommandParser, RegisterFile
+from heraldry.gateware.registers import CAPABILITIES, CommandParser, RegisterFile
 from heraldry.protocol import (
-    COMMAND_BYTES, COUNTER_BASE, MAGIC, PROTOCOL_VERSION, REGISTER_ADDRESS_BITS, WIRE_SEQ_BITS,
+    CAPABILITY_GATES, COMMAND_BYTES, COUNTER_BASE, MAGIC, PROTOCOL_VERSION, REGISTER_ADDRESS_BITS, WIRE_SEQ_BITS,
     Command, RegisterMap, WireKind,
 )
 
 READ, WRITE = Command.READ.value, Command.WRITE.value
 CLOCK_HZ = 100_000_000
+#: The benches' capabilities: every register is stored.
+BENCH_CAPABILITIES = CAPABILITIES | CAPABILITY_GATES
 BIN_FS = 10_000_000
 FINE_BITS = 0
 
@@ -51,12 +53,13 @@ def expected_version():
 
 def expected_ident(channels, rules):
     """ident.* values for the benches' parameters, from the register docs."""
-    cmap_size = sum((channels, 2 ** channels - 1, rules, channels, channels, rules, 1))
+    cmap_size = sum((channels, 2 ** channels - 1, rules, channels, channels, rules, 1,
+                     channels))                  # ..., gated_out
     return {
         "ident.magic": MAGIC, "ident.protocol": PROTOCOL_VERSION,
         "ident.gateware": expected_version(), "ident.channels": channels, "ident.rules": rules,
         "ident.fine_bits": FINE_BITS, "ident.bin_fs": BIN_FS, "ident.clock_hz": CLOCK_HZ,
-        "ident.capabilities": 0b111, "ident.counters": cmap_size,
+        "ident.capabilities": BENCH_CAPABILITIES, "ident.counters": cmap_size,
     }
 
 
@@ -265,9 +268,10 @@ class Bench:
     a side-stream consumer with a random ``ready``. Replies and STATUS records are logged as
     (cycle of the handshake, ok, seq, address, value); cycles are values of ``now``."""
 
-    def __init__(self, channels=4, rules=2, *, ready_p=1.0, seed=0):
+    def __init__(self, channels=4, rules=2, *, ready_p=1.0, seed=0,
+                 capabilities=BENCH_CAPABILITIES):
         self.dut = RegisterFile(channels, rules, clock_hz=CLOCK_HZ, bin_fs=BIN_FS,
-                                fine_bits=FINE_BITS)
+                                fine_bits=FINE_BITS, capabilities=capabilities)
         self.top = _Clocked(self.dut, base=12345)
         self.map = RegisterMap(channels, rules)
         self.channels, self.rules = channels, rules
@@ -397,6 +401,27 @@ def config_field_values(rmap):
             return obj.as_value() if hasattr(obj, "as_value") else obj
         return get
     return {reg.name: getter(reg.name) for reg in rmap.config_registers()}
+
+
+def test_gates_registers_not_stored_without_the_capability():
+    """Without CAPABILITY_GATES a write to a gates.* register replies its reset value (0: a
+    detector without gate) and the config keeps it; with it the value is stored."""
+    for capabilities, stored in ((CAPABILITIES, False), (BENCH_CAPABILITIES, True)):
+        bench = Bench(2, 1, capabilities=capabilities)
+        got = {}
+
+        async def body(b, ctx):
+            for name, value in (("gates.role[0]", 1), ("gates.gate_width[1]", 77),
+                                ("gates.marker_every", 5), ("window", 9)):
+                got[name] = await b.write(ctx, b.map[name].address, value)
+            got["config"] = ctx.get(b.dut.config.gates.gate_width[1])
+
+        bench.run(body)
+        assert got["window"] == (1, 9)
+        assert got["gates.role[0]"] == (1, 1 if stored else 0)
+        assert got["gates.gate_width[1]"] == (1, 77 if stored else 0)
+        assert got["gates.marker_every"] == (1, 5 if stored else 0)
+        assert got["config"] == (77 if stored else 0)
 
 
 @pytest.mark.parametrize("channels,rules,seed", [(4, 2, 1), (3, 3, 2)])

@@ -1,0 +1,150 @@
+"""The whole TaggerCore built with gates (roles, sync, gates, markers, attempt numbers) in the
+Amaranth simulator, against the reference model: every streamed tag and marker, every herald
+record with its attempt and offset, and the singles, herald and gated_out counters, at F = 0, 2
+and 4, with delays on the sync and the detectors."""
+
+from amaranth.sim import Simulator
+import numpy as np
+import pytest
+
+from heraldry import model, protocol
+from heraldry.gateware.core import TaggerCore
+from heraldry.host.config import Acquisition
+from heraldry.protocol import Kind, Role
+
+from test_core_sim import _DrivenPHY
+
+ROLES = {"detector": Role.DETECTOR, "sync": Role.SYNC, "reference": Role.REFERENCE}
+
+
+def run_core(settings, events, start_cycle, rules):
+    """``events[c]``: absolute bins of channel c (at most one per cycle). Returns tags, heralds
+    (time, rule, pattern, attempt, offset) in stream order and the counters."""
+    n, f = settings.channels, settings.fine_bits
+    acq = Acquisition(channels=n, rules=rules, fine_bits=f, window_bins=settings.window,
+                      test_signal="off", herald_rules=list(settings.herald_rules),
+                      delays_bins=[settings.channel_settings(c).delay for c in range(n)])
+    phys = [_DrivenPHY(f) for _ in range(n)]
+    core = TaggerCore(n, rules, phys=phys, counter_init=start_cycle - 200, test_signal=False,
+                      gates=True)
+    cmap = core.map
+    last = max((int(t[-1]) >> f for t in events if len(t)), default=start_cycle)
+    per_cycle = {}
+    for c, times in enumerate(events):
+        for t in times.tolist():
+            per_cycle.setdefault(t >> f, []).append((c, t & (2 ** f - 1)))
+    tags, heralds, counters = [], [], {}
+
+    async def bench(ctx):
+        ctx.set(core.config, acq.gateware_config())
+        for c in range(n):
+            ch = settings.channel_settings(c)
+            ctx.set(core.config.gates.role[c], ROLES[ch.role])
+            if ch.gate is not None:
+                ctx.set(core.config.gates.gate_offset[c], ch.gate[0])
+                ctx.set(core.config.gates.gate_width[c], ch.gate[1])
+        ctx.set(core.config.gates.marker_every, settings.sync_marker_every)
+        ctx.set(core.records.ready, 1)
+        ctx.set(core.clear, 1)
+        await ctx.tick()
+        ctx.set(core.clear, 0)
+        await ctx.tick().until(~core.busy)
+        ctx.set(core.run, 1)
+        now = ctx.get(core.now)
+        assert now < start_cycle, "the stimulus starts before the core can take it"
+        idle = 0
+        while now <= last + 64 or idle < 40:
+            for c in range(n):
+                ctx.set(phys[c].edge, 0)
+            for c, fine in per_cycle.get(now, ()):
+                ctx.set(phys[c].edge, 1)
+                ctx.set(phys[c].fine, fine)
+            await ctx.tick()
+            now = ctx.get(core.now)
+            if ctx.get(core.records.valid):
+                rec = ctx.get(core.records.payload)
+                if rec.kind == Kind.TAG:
+                    tags.append((int(rec.time), int(rec.payload.tag.channel)))
+                elif rec.kind == Kind.HERALD:
+                    h = rec.payload.herald
+                    heralds.append((int(rec.time), int(h.rule), int(h.pattern), int(h.attempt),
+                                    int(h.offset)))
+                else:
+                    raise AssertionError(f"unexpected record {rec.kind}")
+                idle = 0
+            else:
+                idle += 1
+        for name in ("singles", "heralds", "gated_out"):
+            values = []
+            for address in cmap.range(name):
+                ctx.set(core.counter_addr, address)
+                await ctx.tick()
+                values.append(ctx.get(core.counter_data))
+            counters[name] = values
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return tags, heralds, counters
+
+
+def stimulus(rng, settings, start, cycles, rate, period):
+    f = settings.fine_bits
+    events = []
+    for c in range(settings.channels):
+        role = settings.channel_settings(c).role
+        if role == "sync":
+            bins = np.arange(start << f, (start + cycles) << f, period)
+            bins = bins + rng.integers(0, 2, len(bins))          # a bin of jitter
+            bins = bins[rng.random(len(bins)) > 0.05]           # now and then a missed edge
+        elif role == "reference":
+            bins = np.arange((start + 7) << f, (start + cycles) << f, 97 << f)
+        else:
+            busy = np.flatnonzero(rng.random(cycles) < rate) + start
+            bins = (busy << f) + rng.integers(0, 2 ** f, len(busy))
+        events.append(_one_per_cycle(bins, f))
+    return events
+
+
+def _one_per_cycle(bins, f):
+    bins = np.sort(bins)
+    cycle = bins >> f
+    return bins[np.r_[True, cycle[1:] != cycle[:-1]]]
+
+
+@pytest.mark.parametrize("fine_bits,window,seed", [(0, 3, 1), (2, 7, 2), (4, 16, 3),
+                                                   (4, 29, 4)])
+def test_gates_through_the_whole_core(fine_bits, window, seed):
+    rng = np.random.default_rng(seed)
+    f = fine_bits
+    cycle = 2 ** f
+    period = 23 * cycle + 3 if f else 23          # bins, not a whole number of cycles
+    gate = (4 * cycle + 1, 9 * cycle)
+    rules = (model.HeraldRule(0b10001, 0b00110, "exact", 0),     # D0&D4 (channel 3 is sync)
+             model.HeraldRule(0b00110, 0b10001, "exact", 0),
+             model.HeraldRule(0b00011, 0, "early", 1))
+    channels = (model.ChannelSettings(gate=gate),
+                model.ChannelSettings(gate=(gate[0] - cycle, gate[1]), delay=cycle),
+                model.ChannelSettings(gate=gate),
+                model.ChannelSettings(role="sync", delay=2 * cycle),
+                model.ChannelSettings(),                          # no gate
+                model.ChannelSettings(role="reference"))
+    settings = model.CoreSettings(channels=6, fine_bits=f, window=window, channel=channels,
+                                  herald_rules=rules, sync_marker_every=4)
+    start = 200 + int(rng.integers(0, 50))
+    events = stimulus(rng, settings, start, 700, 0.3, period)
+    tags, heralds, counters = run_core(settings, events, start, 3)
+    empty = [np.zeros(0, np.int64)] * settings.channels
+    expected = model.simulate(events, empty, settings)
+    assert tags == [tuple(x) for x in expected.tags.tolist()]
+    want = [tuple(h) + tuple(s) for h, s in zip(expected.heralds.tolist(),
+                                                 expected.herald_sync.tolist())]
+    assert heralds == want
+    assert counters["singles"] == expected.singles.tolist()
+    assert counters["gated_out"] == expected.gated_out.tolist()
+    assert counters["heralds"] == expected.herald_counts.tolist()
+    # the stimulus holds what the test is about
+    assert expected.gated_out[:3].min() > 30 and expected.singles[:3].min() > 30
+    assert np.bincount(expected.heralds["rule"], minlength=3).min() >= 2
+    assert (expected.tags["channel"] == 3).sum() > 3 and (expected.tags["channel"] == 5).sum() > 3
