@@ -27,7 +27,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOST = 0, 1, 2, 4
 SIM_TARGET = re.compile(r"^sim(?::([+-]?\d+(?:\.\d*)?)ppm)?$")
 #: Tracking defaults per kind of input: (acquire_s, block_ms). The virtual boards run tens of
 #: milliseconds of device time per test, so they acquire on 10 ms and track in 1 ms blocks.
-DEFAULTS = {"files": (0.5, 10.0), "sim": (0.01, 1.0), "ports": (0.5, 10.0)}
+DEFAULTS = {"files": (0.5, 10.0), "sim": (0.01, 1.0), "ports": (0.5, 10.0),
+            "streams": (0.5, 10.0)}
+#: A ``heraldry serve`` event stream (its PUB endpoint).
+STREAM_TARGET = re.compile(r"^(tcp|ipc)://\S+$")
 
 
 def _channel_list(text):
@@ -43,7 +46,8 @@ def register(subparsers):
         "link", help="coincidences across two boards (PTU files, or two boards live: "
         "sim:+20ppm sim:-15ppm, two ports), offset and drift tracked")
     p.add_argument("file_a", metavar="A",
-                   help="board 1 (its time base is kept): a PTU file, sim[:PPMppm] or a port")
+                   help="board 1 (its time base is kept): a PTU file, sim[:PPMppm], a port or "
+                   "a heraldry serve event stream tcp://HOST:PORT")
     p.add_argument("file_b", metavar="B", help="board 2 (rescaled onto board 1's): the same kind")
     p.add_argument("--window-ns", type=float, default=20.0,
                    help="coincidence window (default 20 ns)")
@@ -66,7 +70,12 @@ def register(subparsers):
                    help="keep the first offset, no frequency tracking (a fixed calibration)")
     live = p.add_argument_group("two boards live")
     live.add_argument("--duration", type=float, default=None,
-                      help="device seconds each board runs (default 0.06 virtual, 10 ports)")
+                      help="device seconds each board runs (default 0.06 virtual, 10 ports); "
+                      "wall seconds of two serve streams (default 10)")
+    live.add_argument("--channels-a", type=int, default=4,
+                      help="inputs of board 1 behind a serve stream (default 4)")
+    live.add_argument("--channels-b", type=int, default=4,
+                      help="inputs of board 2 behind a serve stream (default 4)")
     live.add_argument("--update-s", type=float, default=0.5,
                       help="wall seconds between the live lines (default 0.5)")
     sim = p.add_argument_group("virtual boards (sim:PPMppm): the photon-pair source")
@@ -107,10 +116,13 @@ def _read(path):
 
 
 def _kind(target):
-    """``"sim"`` (``sim[:PPMppm]``), ``"ports"`` (a serial device path) or ``"files"``."""
+    """``"sim"`` (``sim[:PPMppm]``), ``"streams"`` (``tcp://HOST:PORT``: a ``heraldry serve``
+    event stream), ``"ports"`` (a serial device path) or ``"files"``."""
     from .cli import _is_port
     if SIM_TARGET.match(target):
         return "sim"
+    if STREAM_TARGET.match(target):
+        return "streams"
     if _is_port(target) and not target.lower().endswith(".ptu") and not os.path.isfile(target):
         return "ports"
     return "files"
@@ -138,6 +150,12 @@ def _check(args, kind):
                         ("--dark-rate", args.dark_rate), ("--jitter-ps", args.jitter_ps)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, not {value:g}")
+    for name, value in (("--channels-a", args.channels_a), ("--channels-b", args.channels_b)):
+        if not 1 <= value <= 7:
+            raise ValueError(f"{name} must be 1..7, not {value}")
+    if args.channels_a + args.channels_b > 8:
+        raise ValueError(f"--channels-a + --channels-b: {args.channels_a + args.channels_b} "
+                         f"channels, the merged stream holds at most 8")
     if not 0 < args.efficiency <= 1:
         raise ValueError(f"--efficiency must be in (0, 1], not {args.efficiency:g}")
     return sync_a, sync_b
@@ -156,7 +174,8 @@ def cmd_link(args):
     try:
         if kinds[0] != kinds[1]:
             raise ValueError(f"{args.file_a} and {args.file_b}: link two files, two virtual "
-                             f"boards (sim:PPMppm) or two ports, not one of each")
+                             f"boards (sim:PPMppm), two ports or two serve streams "
+                             f"(tcp://HOST:PORT), not one of each")
         sync_a, sync_b = _check(args, kinds[0])
     except ValueError as error:
         _error(error)
@@ -164,6 +183,8 @@ def cmd_link(args):
     try:
         if kinds[0] == "files":
             return _files(args, sync_a, sync_b)
+        if kinds[0] == "streams":
+            return _streams(args, sync_a, sync_b)
         return _live(args, kinds[0], sync_a, sync_b)
     except SyncError as error:
         _error(error)
@@ -267,6 +288,31 @@ def _live(args, kind, sync_a, sync_b):
         elif "taggers" in locals():
             for tagger in taggers:
                 tagger.close()
+    m = live.metrics()
+    return _summary(sys.stdout, m["state"], live.result().fit, m["losses"], m["locks"],
+                    m["synced_s"], m["misses"], live.singles.tolist(), live.na, m["cross"])
+
+
+def _streams(args, sync_a, sync_b):
+    from ..extras import MissingExtra
+    from ..sync import SyncError
+    from .linklive import link_streams
+    try:
+        live, sides = link_streams(
+            args.file_a, args.file_b, args.duration, channels_a=args.channels_a,
+            channels_b=args.channels_b, sync_a=sync_a if sync_a is not None else (0,),
+            sync_b=sync_b if sync_b is not None else (0,), update_s=args.update_s,
+            on_update=lambda m, b: _live_line(sys.stdout, m, b), **_tracking(args))
+    except (MissingExtra, SyncError) as error:
+        _error(error)
+        return EXIT_USAGE
+    except ValueError as error:         # a message that is not a serve events message
+        _error(f"bad events message: {error}")
+        return EXIT_FAILED
+    for k, side in enumerate(sides):
+        sys.stdout.write(f"stream {k + 1} {side.endpoint}: {side.messages:,} messages, "
+                         f"{side.tags:,} tags, missed {side.missed_messages:,} messages "
+                         f"({side.missed_events:,} records)\n")
     m = live.metrics()
     return _summary(sys.stdout, m["state"], live.result().fit, m["losses"], m["locks"],
                     m["synced_s"], m["misses"], live.singles.tolist(), live.na, m["cross"])

@@ -166,7 +166,7 @@ def link_streams(endpoint_a, endpoint_b, duration_s, *, channels_a=4, channels_b
     :class:`heraldry.sync.SyncError` for settings that cannot work, ``ValueError`` for a
     message that is not a valid events message."""
     from ..extras import require
-    from ..sync import LiveLink
+    from ..sync import LiveLink, SyncError
     from .serve import SequenceTracker, decode_events
     zmq = require("zmq", "linking two heraldry serve streams")
     live = LiveLink(channels_a, channels_b, sync_a=sync_a, sync_b=sync_b, **link)
@@ -180,7 +180,11 @@ def link_streams(endpoint_a, endpoint_b, duration_s, *, channels_a=4, channels_b
             sub = context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, b"events")
-            sub.connect(endpoint)
+            try:
+                sub.connect(endpoint)
+            except zmq.ZMQError as error:
+                sub.close()
+                raise SyncError(f"cannot subscribe to {endpoint}: {error}") from None
             poller.register(sub, zmq.POLLIN)
             sockets.append(sub)
         end = time.monotonic() + duration_s

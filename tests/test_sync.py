@@ -543,3 +543,24 @@ def test_tracker_does_not_acquire_on_a_short_last_stretch(seed):
     tracker.feed([], [], final=True)
     assert tracker.losses and tracker.losses[-1] == pytest.approx(0.51, abs=0.02)
     assert tracker.state == "lost" and tracker.fit is None
+
+
+def test_cli_link_two_serve_streams(capsys):
+    pytest.importorskip("zmq")
+    from heraldry.host.cli import main
+    src = two_node_source(0.6, pair_rate_hz=1e5, clock_a=Clock(ppm=20),
+                          clock_b=Clock(ppm=-15), seed=9)
+    end_a, thread_a, withheld_a = _publisher(src.a * 1000, 1)
+    end_b, thread_b, withheld_b = _publisher(src.b * 1000, 2)
+    status = main(["link", end_a, end_b, "--duration", "3", "--acquire-s", "0.2",
+                   "--channels-a", "1", "--channels-b", "1", "--update-s", "0.5"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert f"stream 1 {end_a}: " in out and f"missed {len(withheld_a)} messages " \
+        f"({sum(withheld_a):,} records)" in out
+    assert f"({sum(withheld_b):,} records)" in out
+    ppm = float(out.split("frequency: ")[1].split(" ppm")[0])
+    assert ppm == pytest.approx(true_relative_ppm(src, 0.5), abs=0.05)
+    status = main(["link", "tcp://nowhere:notaport", "tcp://127.0.0.1:1", "--duration", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "cannot subscribe" in err
