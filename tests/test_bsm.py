@@ -213,3 +213,43 @@ def test_demo_on_the_virtual_board(tmp_path):
         board, modelled = (int(x) for x in re.match(r"\s+\d \S+\s+(\d+)\s+(\d+)", line).groups())
         assert board == modelled == summary["heralds"][rule]
         assert abs(board - attempts * p) <= 5 * (attempts * p * (1 - p)) ** 0.5
+
+
+def _gated_false_heralds(gate, cycles, seed):
+    """The BSM source with no photons (dark counts only, 2 % per cycle on each detector) into
+    the model core with channel 4 as the sync and ``gate`` on D0..D3: (herald counts of the
+    two psi- rules, attempts, the model's prediction per attempt, settings)."""
+    period, dark = 200, 0.02
+    ts = tsmodel.TestSignalSettings(
+        seed=seed, period=period, pair_threshold=0, eta_a=0, eta_b=0, pair_delay=0,
+        dark=(tsmodel.probability_threshold(dark),) * 4 + (0,),
+        sources=("bsm_d0", "bsm_d1", "bsm_d2", "bsm_d3", "periodic"), bsm_offset=30,
+        bsm_event=0)
+    rules = tuple(parse_herald(rule, 4, 2) for rule in PSI_MINUS)
+    settings = model.CoreSettings(
+        channels=5, window=2, herald_rules=rules,
+        channel=tuple(model.ChannelSettings(gate=gate) for _ in range(4))
+        + (model.ChannelSettings(role="sync"),))
+    ks = tsmodel.generate(ts, cycles)
+    result = model.simulate(ks, [np.zeros(0, np.int64)] * 5, settings)
+    p = tsmodel.probability(ts.dark[0])
+    per_attempt = model.expected_heralds_per_attempt([p] * 4 + [0.0], settings, period)
+    return result.herald_counts, result.attempts, per_attempt, settings
+
+
+def test_gated_false_heralds_match_the_duty_factor_prediction():
+    """Issue 13's false-herald figure on the model (the virtual-board run needs the gates in
+    the gateware and on the command line): with the BSM source's dark counts only and a 20-bin
+    gate in a 200-bin attempt (duty 0.1), the psi- rules' false heralds match the model's
+    prediction (expected_heralds_per_attempt x attempts) within 3 sigma (Poisson), and a
+    gate 4 times wider gives about 4 times as many."""
+    counts, attempts, per_attempt, settings = _gated_false_heralds((20, 20), 2_000_000, 7)
+    assert model.gate_duty((20, 20), 200) == 0.1
+    assert attempts == 10_000
+    expected = per_attempt * attempts
+    assert np.all(expected > 50)
+    assert np.all(np.abs(counts - expected) <= 3 * np.sqrt(expected)), (counts, expected)
+    wide, wide_attempts, wide_per_attempt, _ = _gated_false_heralds((20, 80), 2_000_000, 7)
+    wide_expected = wide_per_attempt * wide_attempts
+    assert np.all(np.abs(wide - wide_expected) <= 3 * np.sqrt(wide_expected))
+    assert 3 < wide.sum() / counts.sum() < 5
