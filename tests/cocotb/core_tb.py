@@ -640,3 +640,41 @@ async def test_signal_counters_match_streamed_tags(dut):
                                gate=[(started - PHY_LATENCY, stopped - PHY_LATENCY)])
     np.testing.assert_array_equal(tags, bit_exact.tags)
     assert counters["patterns"][0b0011 - 1] > 20 and counters["heralds"][0] > 20
+
+
+@cocotb.test()
+async def bsm_signal_psi_minus_heralds(dut):
+    """The test signal's BSM source (D0..D3 on channels 0..3, dark counts) with the two exact
+    psi- rules on pin 0: every streamed tag, herald and coincidence record, counter and herald
+    pin equals the model fed the bit-exact source model (``heraldry.model.testsignal``); the
+    rules fire, and three-folds happen that they do not fire on."""
+    from heraldry.host.config import parse_herald
+    bench = CoreBench(dut)
+    await bench.start()
+    n = bench.channels
+    assert n >= 4 and bench.rules >= 2
+    cycles = 4000
+    rules = [parse_herald(text, n, bench.rules)
+             for text in ("D0&D3&!D1&!D2,exact,pin=0", "D1&D2&!D0&!D3,exact,pin=0")]
+    acq = Acquisition(channels=n, rules=bench.rules, test_signal="bsm", period_cycles=20,
+                      bsm_offset_cycles=7, bsm_event_probability=0.8, bsm_psi_minus=0.5,
+                      efficiency=0.8, dark_rate_hz=3e6, window_bins=2, herald_rules=rules,
+                      herald_width=2, coincidence_record_mask=1 << 0b1011, seed=13)
+    settings = acq.model_settings()
+    await bench.configure(acq.gateware_config())
+    origin = await bench.clear()
+    started = await bench.set_run(1)
+    stopped = await bench.set_run(0, at_now=started + cycles)
+    await bench.drain(quiet_cycles=2 * n + bench.rules + 16, at_least=5 + 2 + 16)
+    counters = await bench.read_counters()
+    records = bench.decoded()
+
+    ks = tsmodel.generate(acq.test_signal_settings(), stopped - origin + 8)
+    rise = [k + origin - PHY_LATENCY for k in ks]
+    fall = [np.zeros(0, np.int64)] * n
+    bit_exact = model.simulate(rise, fall, settings,
+                               gate=[(started - PHY_LATENCY, stopped - PHY_LATENCY)])
+    _check_against(bench, records, counters, bit_exact, settings)
+    assert counters["heralds"][0] > 20 and counters["heralds"][1] > 20
+    three_folds = sum(int(counters["patterns"][p - 1]) for p in (0b1011, 0b0111, 0b1101, 0b1110))
+    assert three_folds > 5

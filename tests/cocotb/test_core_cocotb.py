@@ -47,3 +47,7 @@ def test_herald_latency_is_constant(verilated):
 
 def test_test_signal_counters_match_streamed_tags(verilated):
     run_cocotb(verilated, "test_signal_counters_match_streamed_tags")
+
+
+def test_bsm_signal_psi_minus_heralds(verilated):
+    run_cocotb(verilated, "bsm_signal_psi_minus_heralds")
