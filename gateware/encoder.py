@@ -10,6 +10,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from heraldry.protocol import (
+    ATTEMPT_BITS, GATE_BITS,
     CHANNEL_BITS, COARSE_BITS, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES, REGISTER_ADDRESS_BITS,
     RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_GROUP_RECORDS,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS,
@@ -112,6 +113,9 @@ class Encoder(wiring.Component):
         the pattern fields).
     fine_bits : int
         F of the PHY (records' times are ``time_bits(F)`` bins).
+    gates : bool
+        The core has gates (``record_layout(F, gates=True)``): HERALD records carry the
+        record's ``attempt`` and ``offset`` (``WireFormat(..., gates=True)``).
 
     Members
     -------
@@ -140,7 +144,7 @@ class Encoder(wiring.Component):
         The bytes.
     """
 
-    def __init__(self, channels, rules, fine_bits=0):
+    def __init__(self, channels, rules, fine_bits=0, gates=False):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
         if not 1 <= rules <= MAX_RULES:
@@ -151,8 +155,9 @@ class Encoder(wiring.Component):
         self.channels = channels
         self.rules = rules
         self.fine_bits = fine_bits
+        self.gates = bool(gates)
         super().__init__({
-            "i":               In(stream.Signature(record_layout(fine_bits))),
+            "i":               In(stream.Signature(record_layout(fine_bits, self.gates))),
             "idle":            In(1),
             "ref":             In(COARSE_BITS),
             "side":            In(stream.Signature(SIDE_LAYOUT)),
@@ -176,7 +181,9 @@ class Encoder(wiring.Component):
         widths = {
             Kind.TAG: (cb + tb, WIRE_TAG_FIRST_BITS),
             WireKind.COINCIDENCE: (n + tb, WIRE_OTHER_FIRST_BITS),
-            WireKind.HERALD: (RULE_BITS + n + tb, WIRE_OTHER_FIRST_BITS),
+            WireKind.HERALD: (RULE_BITS + n + tb
+                              + (ATTEMPT_BITS + GATE_BITS if self.gates else 0),
+                              WIRE_OTHER_FIRST_BITS),
             WireKind.LOSS: (loss_bits, WIRE_OTHER_FIRST_BITS),
             WireKind.ANCHOR: (WIRE_ANCHOR_TIME_BITS, WIRE_OTHER_FIRST_BITS),
             WireKind.TIME: (CHECK_FIELD_BITS, WIRE_OTHER_FIRST_BITS),
@@ -290,8 +297,10 @@ class Encoder(wiring.Component):
             Kind.TAG: (Kind.TAG, Cat(rec.payload.tag.channel[:cb], diff)),
             Kind.COINCIDENCE: (WireKind.COINCIDENCE,
                                Cat(rec.payload.coincidence.pattern[:n], zigzag)),
-            Kind.HERALD: (WireKind.HERALD, Cat(rec.payload.herald.rule,
-                                               rec.payload.herald.pattern[:n], zigzag)),
+            Kind.HERALD: (WireKind.HERALD, Cat(
+                rec.payload.herald.rule, rec.payload.herald.pattern[:n],
+                *((rec.payload.herald.attempt, rec.payload.herald.offset) if self.gates else ()),
+                zigzag)),
             Kind.LOSS: (WireKind.LOSS, Cat(rec.payload.loss.cause, rec.payload.loss.index,
                                            rec.payload.loss.count)),
         }

@@ -522,8 +522,9 @@ def command_check_step(crc, bit):
 
 MAGIC = 0x484C5244              #: "HRLD" read from register IDENT_MAGIC
 #: 2: command frames carry a CRC-5 check; 3: replies a CRC-8; 4: segments are cut into groups of
-#: WIRE_GROUP_RECORDS data records, each verified on its own (TIME records)
-PROTOCOL_VERSION = 4
+#: WIRE_GROUP_RECORDS data records, each verified on its own (TIME records); 5: with
+#: CAPABILITY_GATES a HERALD record carries attempt and sync_offset
+PROTOCOL_VERSION = 5
 
 
 @dataclass(frozen=True)

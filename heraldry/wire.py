@@ -10,7 +10,8 @@ from them the payload fields and record lengths of one core (channels, rules, fi
 Record dicts (input of :func:`encode_records`, output of :func:`decode_bytes`):
 
 * ``{"kind": Kind.TAG, "channel", "time"}``, ``{"kind": Kind.COINCIDENCE, "pattern", "time"}``
-  (``time`` = t0), ``{"kind": Kind.HERALD, "rule", "pattern", "time"}``,
+  (``time`` = t0), ``{"kind": Kind.HERALD, "rule", "pattern", "time"}`` (with ``gates``
+  also ``"attempt"`` and ``"offset"``, its place in the attempt clock),
   ``{"kind": Kind.LOSS, "cause", "index", "count"}``: times are absolute, unwrapped, in bins.
   A LOSS record carries no time on the wire; the decoder adds ``"time"`` = the running time T
   at which it was read (the encoder ignores a ``time`` key on LOSS records).
@@ -30,6 +31,7 @@ from .protocol import (  # noqa: F401 (re-exported: wire constants live in proto
     CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
     COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS,
     command_check_step,
+    ATTEMPT_BITS, GATE_BITS,
     REGISTER_ADDRESS_BITS, RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_KIND_SHIFT,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
     Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
@@ -79,7 +81,9 @@ def _bytes_for(bits, first_bits):
 class WireFormat:
     """Payload fields and record lengths of the wire format for one core.
 
-    Parameters: ``channels`` N (1 .. MAX_CHANNELS), ``rules`` R (1 .. MAX_RULES), ``fine_bits``.
+    Parameters: ``channels`` N (1 .. MAX_CHANNELS), ``rules`` R (1 .. MAX_RULES), ``fine_bits``,
+    ``gates`` (a core with ``CAPABILITY_GATES``: HERALD records carry ``attempt`` and
+    ``sync_offset`` before their time field).
 
     Members: ``fields[kind]`` = ``[(name, width), ...]`` from the least significant bit, for
     ``kind`` = ``Kind.TAG`` or a :class:`WireKind` (``None`` for the reserved TIME kind; the last
@@ -88,7 +92,7 @@ class WireFormat:
     (the exact length of a control record, ``None`` for the variable-length kinds).
     """
 
-    def __init__(self, channels, rules, fine_bits=0):
+    def __init__(self, channels, rules, fine_bits=0, gates=False):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
         if not 1 <= rules <= MAX_RULES:
@@ -96,6 +100,7 @@ class WireFormat:
         self.channels = channels
         self.rules = rules
         self.fine_bits = fine_bits
+        self.gates = bool(gates)
         self.channel_bits = wire_channel_bits(channels)
         self.time_bits = time_bits(fine_bits)
         register = [("ok", 1), ("seq", WIRE_SEQ_BITS), ("address", REGISTER_ADDRESS_BITS),
@@ -103,8 +108,9 @@ class WireFormat:
         self.fields = {
             Kind.TAG: [("channel", self.channel_bits), ("delta", self.time_bits)],
             WireKind.COINCIDENCE: [("pattern", channels), ("offset", self.time_bits)],
-            WireKind.HERALD: [("rule", RULE_BITS), ("pattern", channels),
-                              ("offset", self.time_bits)],
+            WireKind.HERALD: [("rule", RULE_BITS), ("pattern", channels)]
+            + ([("attempt", ATTEMPT_BITS), ("sync_offset", GATE_BITS)] if gates else [])
+            + [("offset", self.time_bits)],
             WireKind.LOSS: [("cause", _CAUSE_BITS), ("index", CHANNEL_BITS),
                             ("count", LOSS_COUNT_BITS)],
             WireKind.TIME: [("crc", CHECK_FIELD_BITS)],
@@ -241,7 +247,7 @@ _FIXED = {kind: WireFormat(1, 1).fixed_bytes[kind] for kind in FIXED_LENGTH_KIND
 
 # -- Encoding ---------------------------------------------------------------------------------
 
-def encode_records(records, channels, rules, fine_bits=0):
+def encode_records(records, channels, rules, fine_bits=0, gates=False):
     """Encode exactly the given records (see the module docstring) into bytes.
 
     The running time T starts at 0 and follows the rules of docs/protocol.md (TAG: T += delta,
@@ -251,7 +257,7 @@ def encode_records(records, channels, rules, fine_bits=0):
     closed by a CHECK yet). Raises ``ValueError`` for what the format cannot carry (a TAG earlier
     than T, a field too wide).
     """
-    fmt = WireFormat(channels, rules, fine_bits)
+    fmt = WireFormat(channels, rules, fine_bits, gates)
     out = bytearray()
     t_run = t_anchor = 0
     group_start = None       # offset of the open group's first record (ANCHOR or TIME) in ``out``
@@ -300,6 +306,8 @@ def encode_records(records, channels, rules, fine_bits=0):
                 wire_kind = WireKind.HERALD
                 values = {"rule": rec["rule"], "pattern": rec["pattern"],
                           "offset": zigzag(rec["time"] - t_run)}
+                if gates:
+                    values |= {"attempt": rec["attempt"], "sync_offset": rec["offset"]}
                 t_run = rec["time"]
             else:
                 wire_kind = WireKind.LOSS
@@ -310,7 +318,7 @@ def encode_records(records, channels, rules, fine_bits=0):
 
 
 def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT_ANCHOR_INTERVAL,
-                  final_check=True, group_records=WIRE_GROUP_RECORDS):
+                  final_check=True, group_records=WIRE_GROUP_RECORDS, gates=False):
     """The encoder policy of docs/protocol.md: place ANCHORs, TIMEs and CHECKs around ``records``.
 
     ``records`` are data records (TAG/COINCIDENCE/HERALD/LOSS with absolute ``time`` in bins;
@@ -375,7 +383,7 @@ def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT
         out.append({key: value for key, value in rec.items() if key != "cycle"})
     if final_check and segment_cycle is not None:
         out.append({"kind": "check"})
-    return encode_records(out, channels, rules, fine_bits)
+    return encode_records(out, channels, rules, fine_bits, gates)
 
 
 # -- Decoding ---------------------------------------------------------------------------------
@@ -383,7 +391,7 @@ def encode_stream(records, channels, rules, fine_bits=0, anchor_interval=DEFAULT
 _TIME_LIMIT = 1 << WIRE_ANCHOR_TIME_BITS
 
 
-def decode_bytes(data, channels, rules, fine_bits=0):
+def decode_bytes(data, channels, rules, fine_bits=0, gates=False):
     """Decode a whole byte stream with the segment and group rules of docs/protocol.md.
 
     Returns ``(records, errors)``: ``records`` in stream order (record dicts as in the module
@@ -413,7 +421,7 @@ def decode_bytes(data, channels, rules, fine_bits=0):
       cut short by the end of the stream counts as one of them (or as skipped bytes outside a
       segment): it is incomplete, not malformed.
     """
-    fmt = WireFormat(channels, rules, fine_bits)
+    fmt = WireFormat(channels, rules, fine_bits, gates)
     errors = {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
     out = []                       # (stream position, record)
     last = {Kind.TAG: -1, Kind.HERALD: -1, Kind.COINCIDENCE: -1}   # emitted times, per kind
@@ -495,6 +503,8 @@ def decode_bytes(data, channels, rules, fine_bits=0):
         elif kind is WireKind.HERALD:
             rec = {"kind": Kind.HERALD, "rule": values["rule"], "pattern": values["pattern"],
                    "time": group["t"] + unzigzag(values["offset"])}
+            if gates:
+                rec |= {"attempt": values["attempt"], "offset": values["sync_offset"]}
         elif kind is WireKind.LOSS:
             rec = {"kind": Kind.LOSS, "cause": LossCause(values["cause"]),
                    "index": values["index"], "count": values["count"], "time": group["t"]}

@@ -43,6 +43,7 @@ class Plan:
     offers: list                    # Offer, per stream in order of ``at``
     clears: set = field(default_factory=set)
     ready: np.ndarray = None        # o.ready per cycle
+    gates: bool = False             # HERALD records with attempt and offset
 
 
 def side_payload(rec):
@@ -51,7 +52,7 @@ def side_payload(rec):
             "value": rec["value"]}
 
 
-def record_payload(rec, fine_bits):
+def record_payload(rec, fine_bits, gates=False):
     tmod = 2 ** time_bits(fine_bits)
     kind = rec["kind"]
     out = {"kind": kind, "time": rec["time"] % tmod}
@@ -61,6 +62,8 @@ def record_payload(rec, fine_bits):
         out["payload"] = {"coincidence": {"pattern": rec["pattern"]}}
     elif kind == Kind.HERALD:
         out["payload"] = {"herald": {"rule": rec["rule"], "pattern": rec["pattern"]}}
+        if gates:
+            out["payload"]["herald"] |= {"attempt": rec["attempt"], "offset": rec["offset"]}
     else:
         out["payload"] = {"loss": {"cause": rec["cause"], "index": rec["index"],
                                    "count": rec["count"]}}
@@ -79,7 +82,7 @@ class Result:
 def run(plan):
     """Simulate ``plan``; return what the encoder sent and took."""
     n, r, f = plan.channels, plan.rules, plan.fine_bits
-    dut = Encoder(n, r, fine_bits=f)
+    dut = Encoder(n, r, fine_bits=f, gates=plan.gates)
     streams = {"i": [o for o in plan.offers if o.kind == "i"],
                "side": [o for o in plan.offers if o.kind != "i"]}
     ports = {"i": dut.i, "side": dut.side}
@@ -100,7 +103,8 @@ def run(plan):
                 if offer is not shown[name]:
                     ctx.set(port.valid, offer is not None)
                     if offer is not None:
-                        ctx.set(port.payload, record_payload(offer.record, f) if name == "i"
+                        ctx.set(port.payload, record_payload(offer.record, f, plan.gates)
+                                if name == "i"
                                 else side_payload(offer.record))
                     shown[name] = offer
             ready = int(plan.ready[t])
@@ -135,7 +139,7 @@ def run(plan):
 
 def random_plan(seed, channels, rules, fine_bits=0, *, bundles=150, interval=200,
                 base=TOP - 2000, p_ready=0.8, p_side=0.05, clears=2, max_latency=60,
-                long_gaps=True):
+                long_gaps=True, gates=False):
     """Bundles of records (a loss, tags in (fine, channel) order, heralds, a coincidence) at
     random coarse times, each offered ``latency`` cycles after its time, in order; random side
     records and clears in between; the run ends after every segment has been closed."""
@@ -177,6 +181,10 @@ def random_plan(seed, channels, rules, fine_bits=0, *, bundles=150, interval=200
             rules_fired = [i for i in range(r) if rng.random() < 0.6] or [r - 1]
             records += [{"kind": Kind.HERALD, "rule": i, "pattern": pattern,
                          "time": plan_time + fine} for i in rules_fired]
+            if gates:
+                for rec in records[-len(rules_fired):]:
+                    rec["attempt"] = int(rng.choice([0, 1, 2**32 - 1, rng.integers(0, 2**32)]))
+                    rec["offset"] = int(rng.choice([0, 2**16 - 1, rng.integers(0, 2**16)]))
         if rng.random() < 0.15:
             t0 = max(last_t0 + 1, plan_time - int(rng.integers(0, 2 ** 11)))
             if t0 <= plan_time:
@@ -201,7 +209,7 @@ def random_plan(seed, channels, rules, fine_bits=0, *, bundles=150, interval=200
     ready = rng.random(cycles) < p_ready
     ready[-(2 * interval + 100):] = True
     return Plan(channels=n, rules=r, fine_bits=f, base=base, interval=interval, cycles=cycles,
-                offers=offers, clears=clear_at, ready=ready)
+                offers=offers, clears=clear_at, ready=ready, gates=gates)
 
 
 def data_records(records):
@@ -223,7 +231,7 @@ def check_against_reference(plan, result, final_check=True):
     """``final_check``: the run lasted long enough for the encoder to close its last segment."""
     n, r, f = plan.channels, plan.rules, plan.fine_bits
     expected = wire.encode_stream(result.log, n, r, f, anchor_interval=plan.interval,
-                                  final_check=final_check)
+                                  final_check=final_check, gates=plan.gates)
     if result.data != expected:
         at = next((k for k, (a, b) in enumerate(zip(result.data, expected)) if a != b),
                   min(len(result.data), len(expected)))
@@ -231,7 +239,7 @@ def check_against_reference(plan, result, final_check=True):
             f"bytes differ at {at} of {len(expected)} (got {len(result.data)}): "
             f"got {result.data[max(0, at - 8):at + 8].hex(' ')}, "
             f"expected {expected[max(0, at - 8):at + 8].hex(' ')}")
-    records, errors = wire.decode_bytes(result.data, n, r, f)
+    records, errors = wire.decode_bytes(result.data, n, r, f, gates=plan.gates)
     if final_check:
         assert errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
         assert data_records(records) == data_records(result.log)
@@ -275,6 +283,22 @@ def test_random_streams_match_reference(channels, rules, fine_bits, seed):
         position += len(rec)
     checks = kinds.count("check")
     assert 3 <= lone < checks, (lone, checks)
+
+
+@pytest.mark.parametrize("channels,rules,fine_bits,seed", [(2, 1, 0, 7), (4, 3, 4, 8)])
+def test_random_streams_with_gates_match_reference(channels, rules, fine_bits, seed):
+    """A core with gates: HERALD records carry attempt and offset (extreme values included)."""
+    plan = random_plan(seed, channels, rules, fine_bits, bundles=120, p_side=0.2, gates=True)
+    result = run(plan)
+    records, _ = check_against_reference(plan, result)
+    heralds = [rec for rec in records if rec["kind"] == Kind.HERALD]
+    assert len(heralds) >= 10
+    assert {2**32 - 1, 0} <= {rec["attempt"] for rec in heralds}
+    # the same stream without gates is shorter by the two fields of every herald record
+    plain = wire.encode_stream([{k: v for k, v in rec.items() if k not in ("attempt", "offset")
+                                 or rec["kind"] != Kind.HERALD} for rec in result.log],
+                               channels, rules, fine_bits, anchor_interval=plan.interval)
+    assert len(plain) < len(result.data)
 
 
 def test_anchor_interval_from_register_value():
