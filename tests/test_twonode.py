@@ -158,3 +158,28 @@ def test_cli_link_refuses_mixed_inputs(tmp_path, capsys):
     status = main(["link", "sim:+20ppm", "sim:-15ppm", "--efficiency", "1.5"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "--efficiency" in err
+
+
+@pytest.mark.slow
+def test_frequency_steps_on_a_virtual_board():
+    """Board 2's crystal jumps 0.02 s into the run (true time 0.04 s): +2 ppm (2 ns per 1 ms
+    block) is followed without a loss; +20 ppm is lost within 3 ms and locked again within 15 ms
+    (the 10 ms acquisition and the two blocks that saw the loss), at the new frequency."""
+    from heraldry.host.linklive import link_taggers
+    truth = {2.0: ((1 - 13e-6) / (1 + 20e-6) - 1) * 1e6, 20.0: ((1 + 5e-6) / (1 + 20e-6) - 1) * 1e6}
+    for step, ppm in truth.items():
+        boards = TwoBoards(0.12, lead_s=0.02, clock_a=Clock(ppm=20),
+                           clock_b=Clock(ppm=-15, start_s=37e-6, steps=((0.04, step),)),
+                           pair_rate_hz=2.5e5, efficiency_a=0.45, efficiency_b=0.45,
+                           dark_rate_a_hz=2e4, dark_rate_b_hz=2e4, fiber_delay_s=50e-6, seed=3)
+        with boards:
+            live, _ = link_taggers(*boards.taggers, duration=0.1, acquire_s=0.01,
+                                   block_s=0.001)
+        at = float(boards.clock_a.local(0.04))            # the step in board-1 time
+        tracker = live.tracker
+        assert tracker.state == "locked" and tracker.fit.ppm == pytest.approx(ppm, abs=0.5)
+        if step == 2.0:
+            assert tracker.losses == [] and len(tracker.locks) == 1
+        else:
+            assert len(tracker.losses) == 1 and 0 <= tracker.losses[0] - at < 0.003
+            assert len(tracker.locks) == 2 and tracker.locks[1] - at < 0.015
