@@ -89,6 +89,14 @@ class CoincidenceUnit(wiring.Component):
         ``t0 + W``. At most one close per cycle.
     closed_pattern : Out(N), closed_t0 : Out(time_bits(F))
         Registered, valid with ``closed``: the closed window's pattern and ``t0``.
+    was_open : Out(1)
+        A window is open at the start of this cycle (the one of ``prev_pattern``).
+    last_cycle : Out(1)
+        Valid with ``was_open``: that window has no bin after this cycle (this cycle holds its
+        last bin ``t0 + W - 1``), unless events beyond it close it even earlier (``F > 0``).
+    opened_last_cycle : Out(1)
+        Combinational, valid when events open a new window in this cycle: its last bin is in
+        this cycle (``W`` bins from its ``t0`` end within the cycle).
 
     Latency: ``prev_pattern``, ``join``, ``pattern`` are combinational from the inputs (0 cycles);
     ``closed*`` are registered (see above).
@@ -111,6 +119,9 @@ class CoincidenceUnit(wiring.Component):
             "closed":         Out(1),
             "closed_pattern": Out(channels),
             "closed_t0":      Out(tb),
+            "was_open":       Out(1),
+            "last_cycle":     Out(1),
+            "opened_last_cycle": Out(1),
         })
 
     def elaborate(self, platform):
@@ -184,6 +195,11 @@ class CoincidenceUnit(wiring.Component):
 
         new_events = events & ~self.join
         opening = new_events.any()
+        m.d.comb += [
+            self.was_open.eq(is_open),
+            self.last_cycle.eq(ending),
+            self.opened_last_cycle.eq(opened_ending.bit_select(least_fine, 1)),
+        ]
 
         cur_open = is_open | opening
         cur_t0 = Signal(tb)

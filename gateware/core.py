@@ -21,6 +21,7 @@ from .gates import GateUnit
 from .merger import Merger
 from .phy import GenericPHY, PHYSignature
 from .pipe import StreamRegister
+from .streamfilter import StreamFilter
 from .testsignal import TestSignal
 
 __all__ = ["TaggerCore"]
@@ -54,6 +55,12 @@ class TaggerCore(wiring.Component):
     test_signal : bool
         Include the test-signal generator (default). Without it (small FPGAs: it is ~1000
         iCE40 LUTs at 2 channels) a channel whose source is not ``PIN`` sees no events.
+    stream_filter : bool
+        Include the stream filter (default; docs/semantics.md, "Stream filters"): per channel
+        ``config.stream`` selects which events become tags. Without it every event is streamed,
+        ``config.stream`` is ignored and the ``filtered``/``filter_dropped`` counters read 0.
+    stream_hold : int
+        The stream filter's slots (``heraldry.model.STREAM_HOLD``), >= 1.
     gates : bool
         Include channel roles, the sync (attempt clock), per-channel gates and sync/reference
         markers (``GateUnit``; docs/semantics.md, "Sync, gates and reference markers"). The
@@ -101,7 +108,8 @@ class TaggerCore(wiring.Component):
     PIPELINE = 2
 
     def __init__(self, channels=4, rules=2, *, phy=GenericPHY, phys=None, fifo_depth=256,
-                 delay_depth=16, counter_init=0, test_signal=True, gates=False):
+                 delay_depth=16, counter_init=0, test_signal=True, gates=False,
+                 stream_filter=True, stream_hold=2):
         if phys is not None:
             phys = list(phys)
             if len(phys) != channels:
@@ -119,6 +127,10 @@ class TaggerCore(wiring.Component):
         self.counter_init = counter_init
         self.test_signal = bool(test_signal)
         self.gates = bool(gates)
+        self.stream_filter = bool(stream_filter)
+        if stream_hold < 1:
+            raise ValueError(f"stream_hold must be >= 1, not {stream_hold}")
+        self.stream_hold = stream_hold if self.stream_filter else 0
         self.latency = phy.latency + self.PIPELINE
         self.map = CounterMap(channels, rules)
         super().__init__({
@@ -275,7 +287,33 @@ class TaggerCore(wiring.Component):
             self.herald.eq(heralds.herald),
         ]
 
-        m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth, gates=self.gates)
+        # The stream filter between the coincidence unit and the merger: it passes every
+        # detector event or holds it until its window is known to be coincident; markers (not
+        # in windows) pass.
+        to_merger = Signal(n)
+        filter_idle = Signal(init=1)
+        if self.stream_filter:
+            m.submodules.stream_filter = stream_filter = StreamFilter(n, f, self.stream_hold)
+            for c in range(n):
+                m.d.comb += stream_filter.times[c].eq(times[c])
+            m.d.comb += [
+                stream_filter.events.eq(events),
+                stream_filter.ref.eq(ref),
+                stream_filter.join.eq(coinc.join),
+                stream_filter.prev_pattern.eq(coinc.prev_pattern),
+                stream_filter.was_open.eq(coinc.was_open),
+                stream_filter.last_cycle.eq(coinc.last_cycle),
+                stream_filter.opened_last_cycle.eq(coinc.opened_last_cycle),
+                stream_filter.mode.eq(cfg.stream),
+                stream_filter.clear.eq(self.clear),
+                to_merger.eq(stream_filter.stream | (streamed & ~events)),
+                filter_idle.eq(stream_filter.idle),
+            ]
+        else:
+            m.d.comb += to_merger.eq(streamed)
+
+        m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth, gates=self.gates,
+                                              hold=self.stream_hold)
         # A registered stage between the merger's record multiplexer and whoever takes the
         # records (the wire encoder's time arithmetic), with no loss of throughput.
         m.submodules.record_register = out = StreamRegister(record_layout(f, self.gates),
@@ -285,7 +323,7 @@ class TaggerCore(wiring.Component):
         if self.gates:
             m.d.comb += [getattr(merger, name).eq(sig) for name, sig in clock.items()]
         m.d.comb += [
-            merger.events.eq(streamed),
+            merger.events.eq(to_merger),
             merger.ref.eq(ref),
             merger.closed.eq(coinc.closed),
             merger.closed_pattern.eq(coinc.closed_pattern),
@@ -298,13 +336,23 @@ class TaggerCore(wiring.Component):
             merger.herald_pattern.eq(heralds.herald_pattern),
             merger.herald_exact.eq(cfg.herald_exact),
             merger.delay_overflow.eq(overflow),
+            *([merger.held.eq(stream_filter.held),
+               merger.held_channel.eq(stream_filter.held_channel),
+               merger.held_offset.eq(stream_filter.held_offset),
+               merger.filter_dropped.eq(stream_filter.dropped)] if self.stream_filter else []),
             merger.clear.eq(self.clear),
-            self.idle.eq(merger.idle & ~out.busy),
+            self.idle.eq(merger.idle & ~out.busy & filter_idle),
         ]
         wiring.connect(m, merger.o, out.i)
         wiring.connect(m, out.o, wiring.flipped(self.records))
 
-        m.submodules.counters = counters = Counters(n, r)
+        m.submodules.counters = counters = Counters(n, r, hold=self.stream_hold)
+        if self.stream_filter:
+            m.d.comb += [
+                counters.filtered.eq(stream_filter.filtered),
+                counters.filter_dropped.eq(stream_filter.dropped),
+                counters.held_dropped.eq(merger.held_dropped),
+            ]
         m.d.comb += [
             counters.singles.eq(counted),
             counters.gated_out.eq(gated),

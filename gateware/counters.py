@@ -5,11 +5,12 @@ The host reads counters often enough (at most one increment per cycle each, so m
 ``2**32`` cycles between wraps) and extends them to 64 bits from successive differences.
 """
 
-from amaranth.hdl import MemoryData, Module, Mux, Signal
-from amaranth.lib import memory, wiring
+from amaranth.hdl import MemoryData, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..protocol import COUNTER_BITS, MAX_CHANNELS, MAX_RULES, CounterMap
+from .streamfilter import OVER_BITS
 
 __all__ = ["Counters"]
 
@@ -44,6 +45,12 @@ class Counters(wiring.Component):
         Herald / coincidence records lost to a full merger FIFO.
     gated_out : In(N)
         Detector events outside their gate (a core with gates; else tie to 0).
+    filtered : In(ArrayLayout(streamfilter.OVER_BITS + 1, N)), filter_dropped :
+    In(ArrayLayout(streamfilter.OVER_BITS, N)), held_dropped : In(ArrayLayout(range(hold + 1), N))
+        With ``hold`` (a core with the stream filter): per channel, events the filter withheld
+        and lost (``StreamFilter``), and released tags the merger dropped (added to
+        ``merger_dropped``); several per cycle. Without, the ``filtered`` and
+        ``filter_dropped`` counters are not built (they read 0).
     clear : In(1)
         Zeroes every counter. Register counters are 0 from the next cycle. The pattern memory is
         swept: ``busy`` is high for the ``2**N`` cycles after the ``clear`` cycle, one row zeroed
@@ -65,7 +72,7 @@ class Counters(wiring.Component):
         The pattern counters' storage; row ``p`` is the counter of pattern ``p``.
     """
 
-    def __init__(self, channels, rules):
+    def __init__(self, channels, rules, hold=0):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
         if not 1 <= rules <= MAX_RULES:
@@ -73,7 +80,13 @@ class Counters(wiring.Component):
         self.channels = channels
         self.rules = rules
         self.map = CounterMap(channels, rules)
-        super().__init__({
+        self.hold = hold
+        filter_members = {
+            "filtered":       In(data.ArrayLayout(unsigned(OVER_BITS + 1), channels)),
+            "filter_dropped": In(data.ArrayLayout(unsigned(OVER_BITS), channels)),
+            "held_dropped":   In(data.ArrayLayout(range(hold + 1), channels)),
+        } if hold else {}
+        super().__init__(filter_members | {
             "singles":             In(channels),
             "closed":              In(1),
             "closed_pattern":      In(channels),
@@ -90,7 +103,8 @@ class Counters(wiring.Component):
         })
         self.registers = {}
         for name in ("singles", "heralds", "delay_dropped", "merger_dropped", "herald_dropped",
-                     "coincidence_dropped", "gated_out"):
+                     "coincidence_dropped", "gated_out") + (
+                        ("filtered", "filter_dropped") if hold else ()):
             for index, address in enumerate(self.map.range(name)):
                 self.registers[address] = Signal(COUNTER_BITS, name=f"{name}{index}")
         self.pattern_data = MemoryData(shape=COUNTER_BITS, depth=2 ** channels, init=[])
@@ -107,13 +121,20 @@ class Counters(wiring.Component):
             "herald_dropped": self.herald_dropped, "coincidence_dropped": self.coincidence_dropped,
             "gated_out": self.gated_out,
         }
+        if self.hold:
+            increments["filtered"] = self.filtered
+            increments["filter_dropped"] = self.filter_dropped
         for name, inc in increments.items():
             for index, address in enumerate(cmap.range(name)):
                 counter = self.registers[address]
+                step = inc[index]
+                if self.hold and name == "merger_dropped":
+                    # Released held tags dropped with their bundle, several in one cycle.
+                    step = step + self.held_dropped[index]
                 with m.If(self.clear):
                     m.d.sync += counter.eq(0)
-                with m.Elif(inc[index]):
-                    m.d.sync += counter.eq(counter + 1)
+                with m.Elif(step if len(step) == 1 else 1):
+                    m.d.sync += counter.eq(counter + step)
 
         # Pattern counters.
         m.submodules.patterns = mem = memory.Memory(data=self.pattern_data)

@@ -3,7 +3,7 @@
 See ``docs/architecture.md`` (Merger) for the contract this block implements.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -13,6 +13,7 @@ from heraldry.protocol import (
     MAX_CHANNELS, MAX_RULES, WINDOW_BITS, Kind, LossCause, record_layout, time_bits,
 )
 from .gates import attempt_offset
+from .streamfilter import OVER_BITS
 
 __all__ = ["Merger"]
 
@@ -24,8 +25,9 @@ class Merger(wiring.Component):
     ``depth`` bundles and serialised, one record per ``o`` handshake, in this order:
 
     1. at most one loss record (``time = Cat(0, coarse)`` of the bundle it travels with);
-    2. tag records, in time order: by (fine time, channel), which for ``fine_bits == 0`` is
-       channel order;
+    2. the stream filter's released tags (``held``, ``hold > 0``), in slot order, then the
+       bundle's own tag records, in time order: by (fine time, channel), which for
+       ``fine_bits == 0`` is channel order;
     3. herald records, in time order, equal times in rule order (each with its own time and
        pattern: with ``F > 0`` rules firing in one cycle may have different times; the wire
        protocol refuses a herald record earlier than the one before);
@@ -54,13 +56,14 @@ class Merger(wiring.Component):
     path; the drops that pile up while the FIFO is full are reported together.) The counter
     taken is chosen round-robin, starting after the one taken last, in the order
     ``MERGER_FULL[0..N-1]``, ``DELAY_FULL[0..N-1]``, ``HERALD_RECORD[0..R-1]``,
-    ``COINCIDENCE_RECORD``; so every pending counter is taken within ``2N + R + 1`` offers.
+    ``COINCIDENCE_RECORD`` (and ``FILTER_FULL[0..N-1]`` with ``hold > 0``); so every pending
+    counter is taken within ``2N + R + 1`` (``3N + R + 1``) offers.
     (``docs/architecture.md`` asked for
     the loss bundle to replace the cycle's event bundle; riding along costs 22 FIFO bits and
     avoids a self-sustaining cascade of drops while events arrive every cycle.)
 
     Invariant, once drained and flushed: per channel, streamed tags + ``MERGER_FULL`` counts =
-    events presented; per rule, herald records + ``HERALD_RECORD`` counts = firings presented;
+    events presented (released held tags included); ``FILTER_FULL`` counts = ``filter_dropped``; per rule, herald records + ``HERALD_RECORD`` counts = firings presented;
     coincidence records + ``COINCIDENCE_RECORD`` counts = recorded closes presented;
     ``DELAY_FULL`` counts = ``delay_overflow`` pulses.
 
@@ -72,6 +75,9 @@ class Merger(wiring.Component):
         R, 1 .. ``MAX_RULES``.
     fine_bits : int
         F, the PHY's fine bits.
+    hold : int
+        Slots of the stream filter in front (0: none, and no ``held*``/``filter_dropped``
+        members).
     depth : int
         FIFO depth in bundles, >= 2. A stalled merger holds ``depth + 1`` bundles (the serialiser
         holds one). A full FIFO refuses a write in the cycle it is popped, so depth 2 accepts at
@@ -107,6 +113,12 @@ class Merger(wiring.Component):
         ``herald_pattern[r]``. Configuration: change it only while ``idle``.
     delay_overflow : ``In(N)``
         One-cycle pulse per event dropped by a delay line.
+    held, held_channel, held_offset : ``In(hold)``, ``In(CHANNEL_BITS)``,
+    ``In(ArrayLayout(t0_offset_bits, hold))``
+        Tags the stream filter releases with this cycle's (``StreamFilter``): slots in a
+        thermometer code, their channel, and per slot ``Cat(0, ref)`` minus the tag's time.
+    filter_dropped : ``In(ArrayLayout(streamfilter.OVER_BITS, N))``
+        Per channel, tags lost to the stream filter's full buffer (``FILTER_FULL``).
     clear : ``In(1)``
         Zeroes the pending loss counters (with the hardware counters; only while stopped). The
         FIFO is not flushed: a record already offered on ``o`` must not be withdrawn.
@@ -114,6 +126,8 @@ class Merger(wiring.Component):
         The record stream.
     merger_dropped, herald_dropped, coincidence_dropped : ``Out(N)``, ``Out(R)``, ``Out(1)``
         One-cycle pulses per dropped item, for the hardware counters.
+    held_dropped : ``Out(ArrayLayout(range(hold + 1), N))``
+        Per channel, released tags dropped with their bundle (also ``MERGER_FULL``).
     idle : ``Out(1)``
         The merger holds nothing: no item in the input register, FIFO empty, serialiser idle
         (``o.valid`` low), no pending loss. Combinational. Items presented on the inputs in the
@@ -129,7 +143,7 @@ class Merger(wiring.Component):
         ``2**WINDOW_BITS`` bins of slack for a registered or pipelined close.
     """
 
-    def __init__(self, channels, rules, fine_bits=0, depth=256, gates=False):
+    def __init__(self, channels, rules, fine_bits=0, depth=256, gates=False, hold=0):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
         if not 1 <= rules <= MAX_RULES:
@@ -138,6 +152,9 @@ class Merger(wiring.Component):
             raise ValueError(f"fine_bits must be >= 0, not {fine_bits}")
         if depth < 2:
             raise ValueError(f"depth must be >= 2, not {depth}")
+        if hold < 0:
+            raise ValueError(f"hold must be >= 0, not {hold}")
+        self.hold = hold
         self.channels = channels
         self.rules = rules
         self.fine_bits = fine_bits
@@ -147,12 +164,17 @@ class Merger(wiring.Component):
 
         n, r, f = channels, rules, fine_bits
         tb = time_bits(f)
+        held_fields = {
+            "held":                unsigned(hold),
+            "held_channel":        unsigned(CHANNEL_BITS),
+            "held_offset":         data.ArrayLayout(unsigned(self.t0_offset_bits), hold),
+        } if hold else {}
         # One FIFO entry. Only one coarse time is stored: every item of a cycle shares it.
         clock = {}
         if self.gates:
             clock = {"attempt": unsigned(ATTEMPT_BITS), "base": unsigned(GATE_BITS),
                      "synced": unsigned(1), "sync_now": unsigned(1), "sync_fine": unsigned(f)}
-        self.bundle_layout = data.StructLayout(clock | {
+        self.bundle_layout = data.StructLayout(held_fields | clock | {
             "coarse":              unsigned(COARSE_BITS),
             "events":              unsigned(n),
             "fine":                data.ArrayLayout(unsigned(f), n),
@@ -191,7 +213,13 @@ class Merger(wiring.Component):
             "herald_dropped":          Out(r),
             "coincidence_dropped":     Out(1),
             "idle":                    Out(1),
-        })
+        } | ({
+            "held":                    In(hold),
+            "held_channel":            In(CHANNEL_BITS),
+            "held_offset":             In(data.ArrayLayout(unsigned(self.t0_offset_bits), hold)),
+            "filter_dropped":          In(data.ArrayLayout(unsigned(OVER_BITS), n)),
+            "held_dropped":            Out(data.ArrayLayout(range(hold + 1), n)),
+        } if hold else {}))
 
     def elaborate(self, platform):
         m = Module()
@@ -214,6 +242,12 @@ class Merger(wiring.Component):
             bundle.coincidence_pattern.eq(self.closed_pattern),
             bundle.t0_offset.eq(Cat(Const(0, f), self.ref) - self.closed_t0),
         ]
+        if self.hold:
+            m.d.sync += [
+                bundle.held.eq(self.held),
+                bundle.held_channel.eq(self.held_channel),
+                bundle.held_offset.eq(self.held_offset),
+            ]
         if self.gates:
             m.d.sync += [
                 bundle.attempt.eq(self.attempt), bundle.base.eq(self.base),
@@ -228,6 +262,8 @@ class Merger(wiring.Component):
 
         # --- Stage 2: write the bundle (with one loss item if any is pending), or drop it.
         has_items = bundle.events.any() | bundle.herald.any() | bundle.coincidence
+        if self.hold:
+            has_items = has_items | bundle.held.any()
         room = fifo.w_rdy
         drop = has_items & ~room
         m.d.comb += [
@@ -235,13 +271,22 @@ class Merger(wiring.Component):
             self.herald_dropped.eq(Mux(drop, bundle.herald, 0)),
             self.coincidence_dropped.eq(drop & bundle.coincidence),
         ]
+        tags_dropped = [self.merger_dropped[c] for c in range(n)]
+        if self.hold:
+            held_count = sum(bundle.held[i] for i in range(self.hold))
+            for c in range(n):
+                m.d.comb += self.held_dropped[c].eq(
+                    Mux(drop & (bundle.held_channel == c), held_count, 0))
+                tags_dropped[c] = self.merger_dropped[c] + self.held_dropped[c]
 
         # Pending counters in reporting order; (cause, index, per-cycle increment) each.
         sources = (
-            [(LossCause.MERGER_FULL, c, self.merger_dropped[c]) for c in range(n)] +
+            [(LossCause.MERGER_FULL, c, tags_dropped[c]) for c in range(n)] +
             [(LossCause.DELAY_FULL, c, self.delay_overflow[c]) for c in range(n)] +
             [(LossCause.HERALD_RECORD, i, self.herald_dropped[i]) for i in range(r)] +
-            [(LossCause.COINCIDENCE_RECORD, 0, self.coincidence_dropped)]
+            [(LossCause.COINCIDENCE_RECORD, 0, self.coincidence_dropped)] +
+            ([(LossCause.FILTER_FULL, c, self.filter_dropped[c]) for c in range(n)]
+             if self.hold else [])
         )
         k_total = len(sources)
         pending = [Signal(COUNTER_BITS, name=f"pending_{cause.name.lower()}_{index}")
@@ -265,6 +310,7 @@ class Merger(wiring.Component):
         # bundles of the following cycles with room. A counter is taken only in a cycle with
         # room, so drops that pile up while the FIFO is full are reported together.
         max_count = 2 ** LOSS_COUNT_BITS - 1
+        cause_bits = Shape.cast(LossCause).width
         offer_lo = Signal(LOSS_COUNT_BITS)
         offer_hi = Signal(COUNTER_BITS - LOSS_COUNT_BITS)
         offer_valid = Signal()
@@ -298,7 +344,8 @@ class Merger(wiring.Component):
             m.d.sync += [
                 Cat(offer_lo, offer_hi).eq(pick(pending, COUNTER_BITS)),
                 offer_big.eq(pick([p[LOSS_COUNT_BITS:] != 0 for p in pending], 1)),
-                offer_cause.eq(pick([Const(cause.value, 2) for cause, _, _ in sources], 2)),
+                offer_cause.eq(pick([Const(cause.value, cause_bits) for cause, _, _ in sources],
+                                    cause_bits)),
                 offer_index.eq(pick([Const(index, CHANNEL_BITS) for _, index, _ in sources],
                                     CHANNEL_BITS)),
                 offer_valid.eq(1),
@@ -317,20 +364,23 @@ class Merger(wiring.Component):
                 m.d.sync += [offer_lo.eq(offer_lo + 1), offer_hi.eq(offer_hi - 1),
                              offer_big.eq(offer_hi != 1)]
         for k, (_, _, inc) in enumerate(sources):
+            some = inc != 0 if len(inc) > 1 else inc
             with m.If(take & onehot[k]):
-                m.d.sync += [pending[k].eq(inc), nonzero[k].eq(inc)]
+                m.d.sync += [pending[k].eq(inc), nonzero[k].eq(some)]
             with m.Else():
-                m.d.sync += [pending[k].eq(pending[k] + inc), nonzero[k].eq(nonzero[k] | inc)]
+                m.d.sync += [pending[k].eq(pending[k] + inc), nonzero[k].eq(nonzero[k] | some)]
         with m.If(self.clear):
             m.d.sync += [p.eq(0) for p in pending]
             m.d.sync += [nonzero.eq(0), offer_valid.eq(0), after.eq(0)]
         # --- Serialiser: `cur` is the bundle being emitted, `rem_*` its items not yet taken.
         cur = Signal(layout)
         rem_loss = Signal()
+        rem_held = Signal(max(self.hold, 1))
         rem_tags = Signal(n)
         rem_herald = Signal(r)
         rem_coinc = Signal()
-        m.d.comb += self.o.valid.eq(rem_loss | rem_tags.any() | rem_herald.any() | rem_coinc)
+        m.d.comb += self.o.valid.eq(rem_loss | rem_held.any() | rem_tags.any() | rem_herald.any()
+                                    | rem_coinc)
 
         # Next tag: smallest (fine, channel) among the remaining ones.
         tag_onehot = Signal(n)
@@ -367,11 +417,13 @@ class Merger(wiring.Component):
             m.d.comb += herald_onehot[i].eq(rem_herald[i] & ~blocked)
 
         after_loss = Signal()
+        after_held = Signal(len(rem_held))
         after_tags = Signal(n)
         after_herald = Signal(r)
         after_coinc = Signal()
         m.d.comb += [
             after_loss.eq(rem_loss),
+            after_held.eq(rem_held),
             after_tags.eq(rem_tags),
             after_herald.eq(rem_herald),
             after_coinc.eq(rem_coinc),
@@ -387,6 +439,19 @@ class Merger(wiring.Component):
                 rec.payload.loss.count.eq(cur.loss_count),
                 rec.time.eq(coarse_time),
                 after_loss.eq(0),
+            ]
+        with m.Elif(rem_held.any()):
+            # The lowest remaining slot (a thermometer code: slots are taken in order).
+            lowest = Cat(rem_held[i] & ~rem_held[:i].any() if i else rem_held[0]
+                         for i in range(len(rem_held)))
+            offset = 0
+            for i in range(self.hold):
+                offset = offset | Mux(lowest[i], cur.held_offset[i], 0)
+            m.d.comb += [
+                rec.kind.eq(Kind.TAG),
+                rec.payload.tag.channel.eq(cur.held_channel if self.hold else 0),
+                rec.time.eq(coarse_time - offset),
+                after_held.eq(rem_held & ~lowest),
             ]
         with m.Elif(rem_tags.any()):
             m.d.comb += [
@@ -432,13 +497,14 @@ class Merger(wiring.Component):
         m.d.comb += self.idle.eq(
             ~has_items & (fifo.level == 0) & ~self.o.valid & ~nonzero.any() & ~offer_valid)
 
-        more = after_loss | after_tags.any() | after_herald.any() | after_coinc
+        more = after_loss | after_held.any() | after_tags.any() | after_herald.any() | after_coinc
         # Pop the next bundle when idle or in the cycle the current one's last record is taken.
         load = ~self.o.valid | (self.o.ready & ~more)
         m.d.comb += fifo.r_en.eq(load)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += [
                 rem_loss.eq(after_loss),
+                rem_held.eq(after_held),
                 rem_tags.eq(after_tags),
                 rem_herald.eq(after_herald),
                 rem_coinc.eq(after_coinc),
@@ -448,6 +514,7 @@ class Merger(wiring.Component):
             m.d.sync += [
                 cur.eq(new),
                 rem_loss.eq(new.loss),
+                rem_held.eq(new.held if self.hold else 0),
                 rem_tags.eq(new.events),
                 rem_herald.eq(new.herald),
                 rem_coinc.eq(new.coincidence),

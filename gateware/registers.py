@@ -17,9 +17,9 @@ from amaranth.lib.wiring import In, Out
 from .. import __version__
 from ..protocol import (
     CAPABILITY_GATES, GATES_REGISTERS,
-    CAPABILITY_TEST_SIGNAL, COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT,
+    CAPABILITY_STREAM_FILTER, CAPABILITY_TEST_SIGNAL, COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT,
     COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS,
-    TEST_SIGNAL_REGISTERS, command_check_step,
+    STREAM_REGISTERS, TEST_SIGNAL_REGISTERS, command_check_step,
     WIRE_BITS_PER_BYTE, WIRE_SEQ_BITS, Command, RegisterMap, WireKind, config_layout,
 )
 from .encoder import SIDE_LAYOUT
@@ -165,7 +165,8 @@ class RegisterFile(wiring.Component):
       the low ``width`` bits of the value, so it cannot reach outside its field; values are not
       range-checked (the host does that). Without the test-signal capability the ``test.*``
       and ``test_bsm.*`` registers are not stored: they read their reset values, and a write
-      replies with it.
+      replies with it; likewise the ``stream[c]`` registers without the stream-filter
+      capability.
     * every counter, through the core's counter read port.
 
     **Commands.** A READ of a register in the map replies ``ok = 1`` with its value. A WRITE of
@@ -240,6 +241,7 @@ class RegisterFile(wiring.Component):
         self.rules = rules
         self.test_signal = bool(capabilities & CAPABILITY_TEST_SIGNAL)
         self.gates = bool(capabilities & CAPABILITY_GATES)
+        self.stream_filter = bool(capabilities & CAPABILITY_STREAM_FILTER)
         self.map = RegisterMap(channels, rules)
         if SIDE_LAYOUT["value"].width != VALUE_BITS:
             raise ValueError("SIDE_LAYOUT's value is not as wide as a command's value")
@@ -363,6 +365,8 @@ class RegisterFile(wiring.Component):
                 for reg in rmap.config_registers():
                     if reg.name.startswith(GATES_REGISTERS) and not self.gates:
                         continue    # not stored: every channel a detector without gate
+                    if reg.name.startswith(STREAM_REGISTERS) and not self.stream_filter:
+                        continue    # not stored either: every channel streams all
                     if reg.name.startswith(TEST_SIGNAL_REGISTERS) and not self.test_signal:
                         continue    # not stored: the config bits keep their reset values
                     with m.Case(reg.address):

@@ -17,7 +17,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .. import __version__
-from ..protocol import CAPABILITY_GATES, CAPABILITY_TEST_SIGNAL, Kind
+from ..protocol import CAPABILITY_GATES, CAPABILITY_STREAM_FILTER, CAPABILITY_TEST_SIGNAL, Kind
 from .core import TaggerCore
 from .encoder import Encoder
 from .phy import GenericPHY
@@ -57,6 +57,9 @@ class Tagger(wiring.Component):
     gates : bool
         Include roles, sync, gates and markers (``TaggerCore``); ``ident.capabilities`` bit 3
         (``CAPABILITY_GATES``) says so, and HERALD records carry ``attempt`` and ``offset``.
+    stream_filter : bool
+        Include the stream filter (``TaggerCore``); ``ident.capabilities`` bit 4
+        (``CAPABILITY_STREAM_FILTER``) says so.
     link : str
         ``"uart"``: 8N1 serial on ``uart_rx`` / ``uart_tx``. ``"stream"``: the command and
         record byte streams as ``rx`` / ``tx`` stream ports, no UART.
@@ -90,7 +93,7 @@ class Tagger(wiring.Component):
 
     def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, baud=12_000_000,
                  phy=GenericPHY, phys=None, fifo_depth=256, link="uart", test_signal=True,
-                 gates=False):
+                 stream_filter=True, gates=False):
         if link not in LINKS:
             raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
         self.channels = channels
@@ -99,7 +102,8 @@ class Tagger(wiring.Component):
         self.baud = baud
         self.link = link
         self.core = TaggerCore(channels, rules, phy=phy, phys=phys, fifo_depth=fifo_depth,
-                               test_signal=test_signal, gates=gates)
+                               test_signal=test_signal, stream_filter=stream_filter,
+                               gates=gates)
         self.fine_bits = self.core.fine_bits
         self.bin_fs = round(10 ** 15 / (self.clock_hz * 2 ** self.fine_bits))
         self.led_stretch = max(1, self.clock_hz // 20)
@@ -111,6 +115,7 @@ class Tagger(wiring.Component):
                                       version=__version__,
                                       capabilities=(CAPABILITIES if test_signal
                                                     else CAPABILITIES & ~CAPABILITY_TEST_SIGNAL)
+                                      | (CAPABILITY_STREAM_FILTER if stream_filter else 0)
                                       | (CAPABILITY_GATES if gates else 0))
         if link == "uart":
             # Built here so that a bad clock/baud pair fails at construction.

@@ -18,7 +18,8 @@ __all__ = [
     "COARSE_BITS", "MAX_CHANNELS", "CHANNEL_BITS", "RULE_BITS", "MAX_RULES", "PATTERN_BITS",
     "DELAY_BITS", "WINDOW_BITS", "DEAD_TIME_BITS", "HERALD_WIDTH_BITS", "PAIR_DELAY_BITS",
     "PROBABILITY_BITS", "PERIOD_BITS", "COUNTER_BITS", "LOSS_COUNT_BITS",
-    "Kind", "LossCause", "Edge", "Source",
+    "Kind", "LossCause", "StreamMode", "CAPABILITY_STREAM_FILTER", "STREAM_REGISTERS", "Edge",
+    "Source",
     "GATE_BITS", "ATTEMPT_BITS", "MARKER_EVERY_BITS", "CAPABILITY_GATES", "GATES_REGISTERS", "Role",
     "gates_layout",
     "time_bits", "record_layout", "record_fields", "decode_record",
@@ -73,12 +74,23 @@ class Kind(enum.Enum, shape=3):
     LOSS        = 3  #: ``payload.loss.count`` items were dropped since the last such record
 
 
-class LossCause(enum.Enum, shape=2):
-    """Why a loss record's items were dropped."""
+class LossCause(enum.Enum, shape=3):
+    """Why a loss record's items were dropped. Values 5..7 are reserved (a record with one is
+    malformed)."""
     MERGER_FULL        = 0  #: tags of channel ``index`` dropped: merger FIFO full
     DELAY_FULL         = 1  #: tags of channel ``index`` dropped: its delay buffer was full
     HERALD_RECORD      = 2  #: herald records of rule ``index`` dropped: merger FIFO full
     COINCIDENCE_RECORD = 3  #: coincidence records dropped: merger FIFO full (``index`` = 0)
+    #: tags of channel ``index`` (stream mode ``coincident``) of a coincident window dropped:
+    #: the stream filter's hold buffer was full (docs/semantics.md, "Stream filters")
+    FILTER_FULL        = 4
+
+
+class StreamMode(enum.Enum, shape=2):
+    """Which of a channel's events the stream filter sends as tags (docs/semantics.md)."""
+    ALL        = 0  #: every event
+    COINCIDENT = 1  #: events of windows with two or more channels
+    NONE       = 2  #: none (counted only)
 
 
 class Role(enum.Enum, shape=2):
@@ -219,6 +231,14 @@ def gates_layout(channels):
     })
 
 
+#: ``ident.capabilities`` bit: the stream filter is present (``stream[c]`` registers honoured,
+#: ``filtered``/``filter_dropped`` counters counting). Without it the ``stream[c]`` registers
+#: keep their reset value (all) and the host refuses other stream modes.
+CAPABILITY_STREAM_FILTER = 0b10000
+#: Prefix of the stream-mode registers (not stored in a build without the stream filter).
+STREAM_REGISTERS = ("stream[",)
+
+
 def test_signal_layout(channels):
     """Configuration of the built-in test signal (see ``gateware/testsignal.py``)."""
     return data.StructLayout({
@@ -278,6 +298,9 @@ def config_layout(channels, rules):
         # The test signal's BSM source (a struct of its own so that the registers above keep
         # their addresses).
         "test_bsm":     bsm_layout(),
+        # Per channel, which events are streamed (StreamMode); without the stream-filter
+        # capability every channel streams all.
+        "stream":       data.ArrayLayout(StreamMode, channels),
         # Roles, gates and sync markers; without the gates capability not stored (every
         # channel a detector without gate).
         "gates":        gates_layout(channels),
@@ -309,6 +332,8 @@ class CounterMap:
             ("herald_dropped", rules),         # herald records lost to a full merger FIFO
             ("coincidence_dropped", 1),        # coincidence records lost to a full merger FIFO
             ("gated_out", channels),           # detector events outside their gate
+            ("filtered", channels),            # events the stream filter withheld (stream mode)
+            ("filter_dropped", channels),      # tags lost to the stream filter's full buffer
         ):
             self._base[name] = (address, count)
             address += count
@@ -340,6 +365,12 @@ class CounterMap:
 
     def coincidence_dropped(self):
         return self._address("coincidence_dropped", 0)
+
+    def filtered(self, channel):
+        return self._address("filtered", channel)
+
+    def filter_dropped(self, channel):
+        return self._address("filter_dropped", channel)
 
     def gated_out(self, channel):
         return self._address("gated_out", channel)
@@ -522,8 +553,9 @@ def command_check_step(crc, bit):
 
 MAGIC = 0x484C5244              #: "HRLD" read from register IDENT_MAGIC
 #: 2: command frames carry a CRC-5 check; 3: replies a CRC-8; 4: segments are cut into groups of
-#: WIRE_GROUP_RECORDS data records, each verified on its own (TIME records); 5: with
-#: CAPABILITY_GATES a HERALD record carries attempt and sync_offset
+#: WIRE_GROUP_RECORDS data records, each verified on its own (TIME records); 5: a LOSS record's
+#: cause is 3 bits (FILTER_FULL), and with CAPABILITY_GATES a HERALD record carries attempt and
+#: sync_offset
 PROTOCOL_VERSION = 5
 
 
@@ -559,7 +591,8 @@ _FIXED_REGISTERS = [
      "bit 0 test signal (clear: the test.* and test_bsm.* registers keep their reset values "
      "and ignore writes), bit 1 coincidence records, bit 2 herald outputs, bit 3 roles and "
      "gates (clear: the gates.* registers keep their reset values; set: herald records carry "
-     "attempt and offset)"),
+     "attempt and offset), bit 4 stream "
+     "filter (clear: the stream[c] registers keep their reset value, all)"),
     ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
     ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
     ("control.clear",          0x011, "wo", 0, 0, 1,
@@ -585,6 +618,7 @@ _CONFIG_FIELD_RULES = {
     "herald_width": (1, 1, 2 ** HERALD_WIDTH_BITS - 1),
     "seed":         (1, 0, 2 ** 32 - 1),
     "role":         (0, 0, max(r.value for r in Role)),
+    "stream":       (StreamMode.ALL.value, 0, StreamMode.NONE.value),
 }
 
 
@@ -629,7 +663,8 @@ class RegisterMap:
             raise ValueError("config registers overflow into the counter range")
         counters = CounterMap(channels, rules)
         for group in ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-                      "herald_dropped", "coincidence_dropped", "gated_out"):
+                      "herald_dropped", "coincidence_dropped", "gated_out", "filtered",
+                      "filter_dropped"):
             for i, counter in enumerate(counters.range(group)):
                 index = i + 1 if group == "patterns" else i
                 regs.append(Register(f"counter.{group}[{index}]", COUNTER_BASE + counter, "ro", 0,

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _CAUSE_BITS = Shape.cast(LossCause).width
+_CAUSES = frozenset(cause.value for cause in LossCause)
 _CONTINUATION = (1 << WIRE_BITS_PER_BYTE) - 1
 
 
@@ -206,10 +207,13 @@ class WireFormat:
         if kind is WireKind.HERALD and values["rule"] >= self.rules:
             return None
         if kind is WireKind.LOSS:
+            if values["cause"] not in _CAUSES:
+                return None             # a reserved cause
             cause = LossCause(values["cause"])
             limit = {LossCause.MERGER_FULL: self.channels, LossCause.DELAY_FULL: self.channels,
                      LossCause.HERALD_RECORD: self.rules,
-                     LossCause.COINCIDENCE_RECORD: 1}[cause]
+                     LossCause.COINCIDENCE_RECORD: 1,
+                     LossCause.FILTER_FULL: self.channels}[cause]
             if values["index"] >= limit:
                 return None
         if kind in (WireKind.STATUS, WireKind.REPLY):

@@ -28,7 +28,7 @@ __all__ = ["AcquisitionResult", "acquire_device", "acquire_sim", "summarise", "p
            "anchor_interval_for"]
 
 _COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-                   "herald_dropped", "coincidence_dropped")
+                   "herald_dropped", "coincidence_dropped", "filtered", "filter_dropped")
 
 
 @dataclass
@@ -190,9 +190,14 @@ def summarise(result, *, board="sim"):
     tag_bins = np.zeros(len(tags), TAG_DTYPE)
     tag_bins["time"] = tags["time_ps"] // acq.bin_ps
     tag_bins["channel"] = tags["channel"]
-    recomputed = counts_from_tags(tag_bins, acq.model_settings())
+    # With a stream filter the tags no longer determine the counters (counts_from_tags refuses).
+    recomputed = None if acq.filtering else counts_from_tags(tag_bins, acq.model_settings())
     merger_lost = [result.lost.get((LossCause.MERGER_FULL, ch), 0) for ch in range(n)]
     delay_lost = [result.lost.get((LossCause.DELAY_FULL, ch), 0) for ch in range(n)]
+    filter_lost = [result.lost.get((LossCause.FILTER_FULL, ch), 0) for ch in range(n)]
+    # The stream filter's counters (0 without one, or from a replay: nothing was filtered).
+    filtered = list(c.get("filtered") or [0] * n)
+    filter_dropped = list(c.get("filter_dropped") or [0] * n)
     host_dropped = list(result.host_dropped_tags or [0] * n)
     tags_per_channel = np.bincount(tags["channel"], minlength=n)[:n].tolist()
     # Every byte of the stream decoded and verified by its segment's CHECK (None in-process).
@@ -208,8 +213,9 @@ def summarise(result, *, board="sim"):
         # and coincidence records, and their LOSS records, never reached the host. The hardware
         # counters did see them, so what the link lost is what the counters have and the
         # stream does not.
-        link_lost = [s - t - m - h for s, t, m, h in zip(c["singles"], tags_per_channel,
-                                                         c["merger_dropped"], host_dropped)]
+        link_lost = [s - t - m - h - f - d for s, t, m, h, f, d in zip(
+            c["singles"], tags_per_channel, c["merger_dropped"], host_dropped, filtered,
+            filter_dropped)]
         recorded = sum(c["patterns"][p - 1] for p in range(1, 2 ** n)
                        if acq.coincidence_record_mask >> p & 1)
         link_lost_records = {
@@ -220,8 +226,8 @@ def summarise(result, *, board="sim"):
     else:
         link_lost = [0] * n
         link_lost_records = {"heralds": [0] * rules, "coincidences": 0}
-    dropped_per_channel = [m + d + h + k for m, d, h, k in zip(
-        c["merger_dropped"], c["delay_dropped"], host_dropped, link_lost)]
+    dropped_per_channel = [m + d + h + k + f for m, d, h, k, f in zip(
+        c["merger_dropped"], c["delay_dropped"], host_dropped, link_lost, filter_dropped)]
     dropped = (sum(dropped_per_channel) + sum(c["herald_dropped"]) + sum(c["coincidence_dropped"])
                + link.get("host_dropped_events", 0) - sum(host_dropped)
                + sum(link_lost_records["heralds"]) + link_lost_records["coincidences"])
@@ -232,20 +238,23 @@ def summarise(result, *, board="sim"):
             "link_loss_not_negative": min(link_lost + link_lost_records["heralds"]
                                           + [link_lost_records["coincidences"]]) >= 0,
             "loss_records_within_drop_counters":
-                all(x <= y for x, y in zip(merger_lost + delay_lost,
-                                           c["merger_dropped"] + c["delay_dropped"])),
+                all(x <= y for x, y in zip(merger_lost + delay_lost + filter_lost,
+                                           c["merger_dropped"] + c["delay_dropped"]
+                                           + filter_dropped)),
         }
     else:
         checks = {
-            # streamed tags + tags reported lost in-band (+ tags the host dropped) == hardware
-            # singles, per channel
+            # streamed tags + tags reported lost in-band (+ tags the host dropped, + events the
+            # stream filter withheld by its mode) == hardware singles, per channel
             "tags_plus_lost_equal_singles":
-                [t + m + h for t, m, h in zip(tags_per_channel, merger_lost, host_dropped)]
+                [t + m + h + f + d for t, m, h, f, d in zip(
+                    tags_per_channel, merger_lost, host_dropped, filtered, filter_lost)]
                 == c["singles"],
             "loss_records_equal_drop_counters":
-                merger_lost == c["merger_dropped"] and delay_lost == c["delay_dropped"],
+                merger_lost == c["merger_dropped"] and delay_lost == c["delay_dropped"]
+                and filter_lost == filter_dropped,
         }
-    if dropped == 0:
+    if dropped == 0 and recomputed is not None:
         checks["singles_recomputed_from_tags"] = recomputed.singles.tolist() == c["singles"]
         checks["patterns_recomputed_from_tags"] = (
             recomputed.patterns[1:].tolist() == c["patterns"])
@@ -271,6 +280,14 @@ def summarise(result, *, board="sim"):
         "merger_dropped": c["merger_dropped"],
         "herald_dropped": c["herald_dropped"],
         "coincidence_dropped": c["coincidence_dropped"],
+        # Stream filter (docs/semantics.md, "Stream filters"), from the hardware counters: per
+        # channel its mode, the events handed on to be streamed (singles - filtered -
+        # filter_dropped), withheld by the mode, and lost to the filter's full buffer.
+        "stream": list(acq.stream),
+        "streamed_per_channel": [s - f - d for s, f, d in zip(c["singles"], filtered,
+                                                              filter_dropped)],
+        "filtered": filtered,
+        "filter_dropped": filter_dropped,
         # Loss records as streamed, by cause and index (independent of the drop counters).
         "loss_records": _loss_table(result.lost, n, acq.rules),
         "host_dropped": host_dropped,
@@ -363,7 +380,8 @@ def _partial_summary(result, board):
 
 def _loss_table(lost, channels, rules):
     sizes = {LossCause.MERGER_FULL: channels, LossCause.DELAY_FULL: channels,
-             LossCause.HERALD_RECORD: rules, LossCause.COINCIDENCE_RECORD: 1}
+             LossCause.HERALD_RECORD: rules, LossCause.COINCIDENCE_RECORD: 1,
+             LossCause.FILTER_FULL: channels}
     return {cause.name: [lost.get((cause, i), 0) for i in range(sizes[cause])]
             for cause in LossCause}
 
@@ -396,6 +414,12 @@ def print_summary(summary, file=None):
             f"{p:0{n}b}: {v}" for p, v in multi[:8]) + ("" if len(multi) <= 8 else ", ...") + "\n")
     for rule, (text, count) in enumerate(zip(summary["herald_rules"], summary["heralds"])):
         w(f"  herald rule {rule} ({text}): {count}\n")
+    if any(mode != "all" for mode in summary.get("stream", ())):
+        # From the hardware counters, not from the tags received.
+        w("  stream (counted -> streamed / filtered / lost in the filter): " + ", ".join(
+            f"ch{ch} {mode} {summary['singles'][ch]} -> {summary['streamed_per_channel'][ch]}"
+            f" / {summary['filtered'][ch]} / {summary['filter_dropped'][ch]}"
+            for ch, mode in enumerate(summary["stream"])) + "\n")
     failed = [name for name, ok in summary["checks"].items() if not ok]
     if summary.get("stream_verified") is False:
         w(f"  LINK DAMAGED: {sum(summary['link_lost_per_channel'])} tags lost on the link "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 from .. import protocol
-from ..model.core import HERALD_MODES, HeraldRule
+from ..model.core import HERALD_MODES, STREAM_MODES, HeraldRule
 from ..protocol import Edge, Source
 
 __all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "BSM_SYNC_CHANNEL",
@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 #: The keys of a config file (``heraldry calibrate`` writes the first five; ``delays_ns`` and
 #: ``test_signal`` are applied, the others record how the delays were found). Any other key is
 #: refused: a misspelt ``delay_ns`` must not leave the delays at zero without a word.
-CONFIG_FILE_KEYS = ("delays_ns", "reference", "measured_ns", "bin_ns", "tags", "test_signal")
+CONFIG_FILE_KEYS = ("delays_ns", "reference", "measured_ns", "bin_ns", "tags", "test_signal",
+                    "stream")
 #: The keys of a config file's ``test_signal`` object and the ``heraldry.Settings`` field each
 #: sets (``mode`` is ``Settings.test_signal``; ``acquire`` options given override them).
 CONFIG_TEST_SIGNAL_KEYS = {
@@ -58,9 +59,10 @@ def read_config(path):
 
 def read_config_file(path):
     """``({channel: delay_ns}, {Settings field: value})`` from a config file
-    ``{"delays_ns": {"CH": NS, ...}, "test_signal": {"mode": "bsm", "period_ns": 1000, ...}}``
-    (either object may be left out; the keys of ``test_signal``:
-    :data:`CONFIG_TEST_SIGNAL_KEYS`).
+    ``{"delays_ns": {"CH": NS, ...}, "test_signal": {"mode": "bsm", "period_ns": 1000, ...},
+    "stream": {"CH": "coincident", ...}}`` (any object may be left out; the keys of
+    ``test_signal``: :data:`CONFIG_TEST_SIGNAL_KEYS`; ``stream`` gives the ``stream`` field,
+    ``{channel: mode}``).
 
     Raises :class:`ConfigError` (one line naming ``--config PATH``) for a file that cannot be
     read, is not a regular file (a folder, ``/dev/zero``, a pipe), is larger than
@@ -101,7 +103,8 @@ def read_config_file(path):
         raise ConfigError(f"{what}: not valid JSON") from None
     except RecursionError:
         raise ConfigError(f"{what}: nested too deeply to be a config file") from None
-    if (not isinstance(config, dict) or not ("delays_ns" in config or "test_signal" in config)
+    if (not isinstance(config, dict)
+            or not ("delays_ns" in config or "test_signal" in config or "stream" in config)
             or not isinstance(config.get("delays_ns", {}), dict)):
         raise ConfigError(f"{what}: needs a \"delays_ns\" object such as "
                           f"{{\"delays_ns\": {{\"0\": 70}}}} (or a \"test_signal\" object)")
@@ -121,7 +124,30 @@ def read_config_file(path):
         if number in delays:
             raise ConfigError(f"{what}: channel {number} is given twice in delays_ns")
         delays[number] = float(ns)
-    return delays, _config_test_signal(config.get("test_signal", {}), what)
+    settings = _config_test_signal(config.get("test_signal", {}), what)
+    if "stream" in config:
+        settings["stream"] = _config_stream(config["stream"], what)
+    return delays, settings
+
+
+def _config_stream(section, what):
+    """``{channel: mode}`` of a config file's ``"stream": {"CH": "all"|"coincident"|"none"}``."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{what}: \"stream\" must be an object such as "
+                          f"{{\"0\": \"coincident\"}}")
+    modes = {}
+    for channel, mode in section.items():
+        try:
+            number = int(channel)
+        except ValueError:
+            raise ConfigError(f"{what}: stream channel {channel!r} is not a number") from None
+        if mode not in STREAM_MODES:
+            raise ConfigError(f"{what}: stream {mode!r} of channel {channel} must be one of "
+                              f"{', '.join(STREAM_MODES)}")
+        if number in modes:
+            raise ConfigError(f"{what}: channel {number} is given twice in stream")
+        modes[number] = mode
+    return modes
 
 
 def _config_test_signal(section, what):
@@ -349,6 +375,9 @@ class Acquisition:
     bsm_event_probability: float = 0.1
     bsm_psi_minus: float = 0.5
     bsm_efficiencies: list = field(default_factory=list)
+    #: Per channel, which events are streamed (``heraldry.model.STREAM_MODES``; default all):
+    #: docs/semantics.md, "Stream filters".
+    stream: list = field(default_factory=list)
 
     def __post_init__(self):
         n = self.channels
@@ -362,6 +391,7 @@ class Acquisition:
         self.dead_time_bins = list(self.dead_time_bins) or [0] * n
         self.edges = list(self.edges) or ["rising"] * n
         self.enabled = list(self.enabled) or [True] * n
+        self.stream = list(self.stream) or ["all"] * n
         self.pin_channels = sorted(set(self.pin_channels))
         if not isinstance(self.bsm_efficiencies, (list, tuple)):
             raise ConfigError(f"bsm_efficiencies must be a list of 4 probabilities, not "
@@ -424,6 +454,12 @@ class Acquisition:
             if not 0 <= d <= 2 ** protocol.DEAD_TIME_BITS - 1:
                 raise ConfigError(f"dead time of channel {c} must be "
                                   f"0..{2 ** protocol.DEAD_TIME_BITS - 1} bins, not {d}")
+        if len(self.stream) != n:
+            raise ConfigError(f"stream has {len(self.stream)} entries for {n} channels")
+        for c, mode in enumerate(self.stream):
+            if mode not in STREAM_MODES:
+                raise ConfigError(f"stream mode of channel {c} must be one of "
+                                  f"{', '.join(STREAM_MODES)}, not {mode!r}")
         for c, e in enumerate(self.edges):
             if e not in EDGES:
                 raise ConfigError(f"edge of channel {c} must be one of {', '.join(EDGES)}, "
@@ -594,7 +630,14 @@ class Acquisition:
                 "dark": self.dark_thresholds(),
             },
             "test_bsm": self.bsm_config(),
+            "stream": [protocol.StreamMode[mode.upper()] for mode in self.stream],
         })
+
+    @property
+    def filtering(self):
+        """Some channel streams less than all its events (the streamed tags then no longer
+        determine the counters: :func:`heraldry.model.counts_from_tags` refuses)."""
+        return any(mode != "all" for mode in self.stream)
 
     def model_settings(self):
         """The same configuration as :class:`heraldry.model.CoreSettings`."""
@@ -610,4 +653,5 @@ class Acquisition:
             herald_rules=tuple(self.herald_rules),
             herald_width=self.herald_width,
             coincidence_record_mask=self.coincidence_record_mask,
+            stream=tuple(self.stream),
         )

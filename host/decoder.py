@@ -50,7 +50,8 @@ _CODES = _ORPHAN + 1
  _P_K_COINCIDENCE, _P_K_HERALD, _P_K_LOSS, _P_K_ANCHOR, _P_K_CHECK, _P_K_STATUS, _P_K_REPLY,
  _P_OUT_TAG, _P_OUT_COINCIDENCE, _P_OUT_HERALD, _P_OUT_LOSS,
  _P_MERGER_FULL, _P_DELAY_FULL, _P_HERALD_RECORD, _P_TAG_CODE, _P_ORPHAN_CODE,
- _P_REPLY_FIELD_BITS, _P_REPLY_CONSTANT, _P_K_TIME, _P_REPLY_COLUMNS) = range(37)
+ _P_REPLY_FIELD_BITS, _P_REPLY_CONSTANT, _P_K_TIME, _P_COINCIDENCE_RECORD, _P_FILTER_FULL,
+ _P_REPLY_COLUMNS) = range(39)
 # the STATUS/REPLY check's columns (protocol.reply_check_matrix) follow from _P_REPLY_COLUMNS
 _P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
 
@@ -193,6 +194,8 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     c_merger = prm[_P_MERGER_FULL]
     c_delay = prm[_P_DELAY_FULL]
     c_herald = prm[_P_HERALD_RECORD]
+    c_coincidence = prm[_P_COINCIDENCE_RECORD]
+    c_filter = prm[_P_FILTER_FULL]
     tag_code = prm[_P_TAG_CODE]
     orphan_code = prm[_P_ORPHAN_CODE]
     reply_bits = prm[_P_REPLY_FIELD_BITS]
@@ -301,12 +304,14 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                     elif k == k_loss:
                         cause = p & ((1 << cause_bits) - 1)
                         index = (p >> cause_bits) & ((1 << index_bits) - 1)
-                        if cause == c_merger or cause == c_delay:
+                        if cause == c_merger or cause == c_delay or cause == c_filter:
                             ok = index < n_ch
                         elif cause == c_herald:
                             ok = index < n_rules
-                        else:
+                        elif cause == c_coincidence:
                             ok = index == 0
+                        else:
+                            ok = False          # a reserved cause
                     elif k == k_status or k == k_reply:
                         check = prm[_P_REPLY_CONSTANT]
                         for j in range(reply_bits):
@@ -630,6 +635,8 @@ class StreamDecoder:
         prm[_P_MERGER_FULL] = LossCause.MERGER_FULL.value
         prm[_P_DELAY_FULL] = LossCause.DELAY_FULL.value
         prm[_P_HERALD_RECORD] = LossCause.HERALD_RECORD.value
+        prm[_P_COINCIDENCE_RECORD] = LossCause.COINCIDENCE_RECORD.value
+        prm[_P_FILTER_FULL] = LossCause.FILTER_FULL.value
         prm[_P_TAG_CODE], prm[_P_ORPHAN_CODE] = _TAG, _ORPHAN
         prm[_P_REPLY_FIELD_BITS] = REPLY_FIELD_BITS
         prm[_P_REPLY_CONSTANT], columns = reply_check_matrix()

@@ -128,6 +128,11 @@ def lost_groups(groups, data, position, op):
     its record (outside every group before an ANCHOR); a byte duplicated or added after a
     CHECK's last byte is outside every group, after an ANCHOR's or TIME's last byte it is an
     orphan in its group."""
+    if op == "duplicate" and data[position] < WIRE_START:
+        # Duplicating a byte equal to the next one gives the same bytes as duplicating that one
+        # (e.g. the middle byte of a TIME ending in two equal bytes): take the last of the run.
+        while position + 1 < len(data) and data[position + 1] == data[position]:
+            position += 1
     g = next((g for g, (start, end, _, _) in enumerate(groups) if start <= position < end),
              None)
     if g is None:
@@ -196,9 +201,10 @@ def test_bytes_of_other_kinds_by_hand():
     # HERALD rule 1 pattern 0b0011 at T: payload 1 | 3 << 3 = 25.
     herald = {"kind": Kind.HERALD, "rule": 1, "pattern": 0b0011, "time": t}
     assert encode_records(base + [herald], 4, 2)[len(anchor):] == bytes([0xC9, 0x03])
-    # LOSS DELAY_FULL index 2 count 300: payload 1 | 2 << 2 | 300 << 5 = 9609.
+    # LOSS DELAY_FULL index 2 count 300: payload 1 | 2 << 3 | 300 << 6 = 19217 (protocol 5: a
+    # 3-bit cause): 19217 & 7 = 1, (19217 >> 3) & 127 = 98, 19217 >> 10 = 18.
     loss = {"kind": Kind.LOSS, "cause": LossCause.DELAY_FULL, "index": 2, "count": 300}
-    assert encode_records([loss], 4, 2) == bytes([0xD1, 0x31, 0x09])
+    assert encode_records([loss], 4, 2) == bytes([0xD1, 0x62, 0x12])
     # REPLY ok 1, seq 3, address 0x800, value 0xDEADBEEF: 50 field bits and their CRC-8 check,
     # 58 payload bits, always 9 bytes.
     reply = {"kind": "reply", "ok": 1, "seq": 3, "address": 0x800, "value": 0xDEADBEEF}
@@ -686,3 +692,16 @@ def test_random_damage_emits_only_original_records(op):
                 assert not any(present)
         if touched:
             assert errors["decode_errors"] + errors["skipped_bytes"] > 0
+
+
+def test_loss_cause_filter_full_and_reserved_causes():
+    """FILTER_FULL names a channel (index < N); causes 5..7 are reserved: malformed."""
+    fmt = WireFormat(4, 2)
+    for cause, index, good in ((LossCause.FILTER_FULL, 3, True), (LossCause.FILTER_FULL, 4, False),
+                               (5, 0, False), (7, 0, False)):
+        value = cause.value if isinstance(cause, LossCause) else cause
+        payload = value | index << 3 | 9 << 6
+        record = bytes([0xD0 | payload & 7, payload >> 3 & 127, payload >> 10])
+        assert (fmt.well_formed(record) is not None) == good, (cause, index)
+    loss = {"kind": Kind.LOSS, "cause": LossCause.FILTER_FULL, "index": 3, "count": 9}
+    assert encode_records([loss], 4, 2) == bytes([0xD4, 0x4B])     # 4 | 3 << 3 | 9 << 6 = 604

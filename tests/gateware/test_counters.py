@@ -211,7 +211,7 @@ def test_back_to_back_same_pattern_and_latency():
 def test_wrap():
     """Counters wrap modulo 2**COUNTER_BITS (the host extends them), never saturate."""
     channels, rules = 2, 2
-    dut = Counters(channels, rules)
+    dut = Counters(channels, rules, hold=2)     # with the stream filter's counters
     cmap = dut.map
 
     async def bench(ctx):
@@ -228,11 +228,17 @@ def test_wrap():
             ctx.set(dut.herald_dropped, 0b11)
             ctx.set(dut.coincidence_dropped, 1)
             ctx.set(dut.gated_out, 0b11)
+            for c in range(channels):
+                ctx.set(dut.filtered[c], 1)
+                ctx.set(dut.filter_dropped[c], 1)
             ctx.set(dut.closed, 1)
             ctx.set(dut.closed_pattern, 3)
             await ctx.tick()
         for name in IDLE:
             ctx.set(getattr(dut, name), 0)
+        for c in range(channels):
+            ctx.set(dut.filtered[c], 0)
+            ctx.set(dut.filter_dropped[c], 0)
         await ctx.tick()
         values = []
         for address in range(cmap.size):

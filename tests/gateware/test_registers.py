@@ -12,6 +12,7 @@ from amaranth.sim import Simulator
 import heraldry
 from heraldry.wire import encode_command
 from heraldry.gateware.registers import CAPABILITIES, CommandParser, RegisterFile
+from heraldry.protocol import CAPABILITY_STREAM_FILTER
 from heraldry.protocol import (
     CAPABILITY_GATES, COMMAND_BYTES, COUNTER_BASE, MAGIC, PROTOCOL_VERSION, REGISTER_ADDRESS_BITS, WIRE_SEQ_BITS,
     Command, RegisterMap, WireKind,
@@ -20,7 +21,7 @@ from heraldry.protocol import (
 READ, WRITE = Command.READ.value, Command.WRITE.value
 CLOCK_HZ = 100_000_000
 #: The benches' capabilities: every register is stored.
-BENCH_CAPABILITIES = CAPABILITIES | CAPABILITY_GATES
+BENCH_CAPABILITIES = CAPABILITIES | CAPABILITY_GATES | CAPABILITY_STREAM_FILTER
 BIN_FS = 10_000_000
 FINE_BITS = 0
 
@@ -54,7 +55,7 @@ def expected_version():
 def expected_ident(channels, rules):
     """ident.* values for the benches' parameters, from the register docs."""
     cmap_size = sum((channels, 2 ** channels - 1, rules, channels, channels, rules, 1,
-                     channels))                  # ..., gated_out
+                     channels, channels, channels))  # ..., filtered, filter_dropped, gated_out
     return {
         "ident.magic": MAGIC, "ident.protocol": PROTOCOL_VERSION,
         "ident.gateware": expected_version(), "ident.channels": channels, "ident.rules": rules,
