@@ -716,8 +716,9 @@ class LiveLink:
     def metrics(self):
         """The live figures as a dict: ``state``, ``offset_s``, ``ppm``, ``jitter_s`` (None
         before the first lock), ``losses``, ``locks`` (counts), ``synced_s``, ``windows``,
-        ``cross``, ``cross_rate_hz``, ``misses``, ``singles_hz`` (per merged channel, over the
-        synchronised time), ``heralds``, ``at_s`` (board-1 time processed up to)."""
+        ``cross``, ``cross_rate_hz``, ``misses``, ``singles`` and ``singles_hz`` (merged tags
+        per merged channel, and over the synchronised time), ``heralds``, ``at_s`` (board-1 time
+        processed up to)."""
         tr = self.tracker
         fit = tr.fit
         span = self.synced_s if self.synced_s > 0 else float("nan")
@@ -730,7 +731,7 @@ class LiveLink:
             "losses": len(tr.losses), "locks": len(tr.locks), "synced_s": float(self.synced_s),
             "windows": self.windows, "cross": self.cross,
             "cross_rate_hz": float(self.cross_rate_hz), "misses": self.misses,
-            "singles_hz": (self.singles / span).tolist(),
+            "singles": self.singles.tolist(), "singles_hz": (self.singles / span).tolist(),
             "heralds": self.heralds.tolist(),
         }
 

@@ -72,6 +72,9 @@ def register(subparsers):
     live.add_argument("--duration", type=float, default=None,
                       help="device seconds each board runs (default 0.06 virtual, 10 ports); "
                       "wall seconds of two serve streams (default 10)")
+    live.add_argument("--metrics-port", type=int, default=None,
+                      help="also serve the link's figures on http://127.0.0.1:PORT/metrics "
+                      "(Prometheus; 0: a free port, printed)")
     live.add_argument("--channels-a", type=int, default=4,
                       help="inputs of board 1 behind a serve stream (default 4)")
     live.add_argument("--channels-b", type=int, default=4,
@@ -156,6 +159,8 @@ def _check(args, kind):
     if args.channels_a + args.channels_b > 8:
         raise ValueError(f"--channels-a + --channels-b: {args.channels_a + args.channels_b} "
                          f"channels, the merged stream holds at most 8")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be 0..65535, not {args.metrics_port}")
     if not 0 < args.efficiency <= 1:
         raise ValueError(f"--efficiency must be in (0, 1], not {args.efficiency:g}")
     return sync_a, sync_b
@@ -229,6 +234,29 @@ def _summary(out, state, fit, losses, locks, synced_s, misses, counts, na, cross
     return EXIT_OK if state == "locked" else EXIT_FAILED
 
 
+def _updates(args, channels_a):
+    """``(on_update, close)``: the live line, and the /metrics exporter with
+    ``--metrics-port`` (``ValueError`` naming the port when it cannot be served).
+    ``channels_a``: board 1's channel count (a callable is asked at the first update)."""
+    if args.metrics_port is None:
+        return (lambda m, b: _live_line(sys.stdout, m, b)), (lambda: None)
+    from .linklive import LinkMetrics
+    try:
+        exporter = LinkMetrics(args.metrics_port,
+                               channels_a=1 if callable(channels_a) else channels_a)
+    except OSError as error:
+        raise ValueError(f"cannot serve /metrics on 127.0.0.1:{args.metrics_port}: "
+                         f"{error.strerror}") from None
+    sys.stdout.write(f"metrics: http://127.0.0.1:{exporter.port}/metrics\n")
+
+    def update(m, b):
+        if callable(channels_a):
+            exporter.channels_a = channels_a()
+        exporter.update(m, b)
+        _live_line(sys.stdout, m, b)
+    return update, exporter.close
+
+
 def _live_line(out, metrics, boards):
     m = metrics
     if m["ppm"] is None:
@@ -251,7 +279,9 @@ def _live(args, kind, sync_a, sync_b):
     from .driver import BoardSilent, DeviceError, DeviceLost
     from .linklive import link_taggers
     boards = None
+    close = None
     try:
+        on_update, close = _updates(args, lambda: taggers[0].channels)
         if kind == "sim":
             from ..model.twonode import Clock
             from ..sim.twonode import TwoBoards
@@ -272,8 +302,8 @@ def _live(args, kind, sync_a, sync_b):
             *taggers, duration=args.duration, time_base=time_base,
             sync_a=sync_a if sync_a is not None else (0,),
             sync_b=sync_b if sync_b is not None else (0,), update_s=args.update_s,
-            on_update=lambda m, b: _live_line(sys.stdout, m, b), **_tracking(args))
-    except (ConfigError, TwinError) as error:
+            on_update=on_update, **_tracking(args))
+    except (ConfigError, TwinError, ValueError) as error:
         _error(error)
         return EXIT_USAGE
     except (DeviceLost, BoardSilent) as error:
@@ -283,6 +313,8 @@ def _live(args, kind, sync_a, sync_b):
         _error(error)
         return EXIT_LOST
     finally:
+        if close is not None:
+            close()
         if boards is not None:
             boards.close()
         elif "taggers" in locals():
@@ -297,18 +329,23 @@ def _streams(args, sync_a, sync_b):
     from ..extras import MissingExtra
     from ..sync import SyncError
     from .linklive import link_streams
+    close = None
     try:
+        on_update, close = _updates(args, args.channels_a)
         live, sides = link_streams(
             args.file_a, args.file_b, args.duration, channels_a=args.channels_a,
             channels_b=args.channels_b, sync_a=sync_a if sync_a is not None else (0,),
             sync_b=sync_b if sync_b is not None else (0,), update_s=args.update_s,
-            on_update=lambda m, b: _live_line(sys.stdout, m, b), **_tracking(args))
+            on_update=on_update, **_tracking(args))
     except (MissingExtra, SyncError) as error:
         _error(error)
         return EXIT_USAGE
-    except ValueError as error:         # a message that is not a serve events message
-        _error(f"bad events message: {error}")
-        return EXIT_FAILED
+    except ValueError as error:         # the port, or a message that is not an events message
+        _error(error if close is None else f"bad events message: {error}")
+        return EXIT_USAGE if close is None else EXIT_FAILED
+    finally:
+        if close is not None:
+            close()
     for k, side in enumerate(sides):
         sys.stdout.write(f"stream {k + 1} {side.endpoint}: {side.messages:,} messages, "
                          f"{side.tags:,} tags, missed {side.missed_messages:,} messages "

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..protocol import Kind
 
-__all__ = ["BoardRun", "link_taggers", "link_streams", "TIME_BASES"]
+__all__ = ["BoardRun", "StreamSide", "link_taggers", "link_streams", "LinkMetrics",
+           "LINK_METRIC_NAMES", "TIME_BASES"]
 
 TIME_BASES = ("device", "start")
 
@@ -226,3 +227,98 @@ def link_streams(endpoint_a, endpoint_b, duration_s, *, channels_a=4, channels_b
     if on_update is not None:
         on_update(live.metrics(), sides)
     return live, sides
+
+
+#: The live link's Prometheus metrics (:class:`LinkMetrics`).
+LINK_METRIC_NAMES = (
+    "heraldry_link_locked",                     # gauge: 1 locked, 0 searching or lost
+    "heraldry_link_state",                      # gauge 1, label state (searching/locked/lost)
+    "heraldry_link_offset_seconds",             # gauge: board 2's time minus board 1's (NaN)
+    "heraldry_link_frequency_ppm",              # gauge: board 2's clock against board 1's
+    "heraldry_link_jitter_seconds",             # gauge: residual jitter of the matched pairs
+    "heraldry_link_window_misses_ratio",        # gauge: pairs estimated outside the window
+    "heraldry_link_losses_total",               # counter: locks lost
+    "heraldry_link_locks_total",                # counter: locks gained
+    "heraldry_link_synchronised_seconds_total",  # counter: board-1 time merged
+    "heraldry_link_windows_total",              # counter: merged coincidence windows closed
+    "heraldry_link_cross_coincidences_total",   # counter: windows with both boards' channels
+    "heraldry_link_singles_total",              # counter, labels board, channel: merged tags
+    "heraldry_link_tags_total",                 # counter, label board: tags received
+)
+
+
+class LinkMetrics:
+    """The live link's figures on ``http://BIND:PORT/metrics`` (Prometheus text format,
+    :data:`LINK_METRIC_NAMES`), for :func:`link_taggers` or :func:`link_streams` run as a
+    service: pass :meth:`update` as (or call it from) their ``on_update``. ``port`` 0 picks a
+    free port (``port`` says which). Raises :class:`heraldry.extras.MissingExtra` without
+    prometheus_client and ``OSError`` when the port cannot be served. :meth:`close` stops it.
+
+    The offset, ppm and jitter are NaN before the first lock and while lost; counters only
+    grow during one link."""
+
+    def __init__(self, port=0, bind="127.0.0.1", channels_a=1):
+        from ..extras import require
+        client = require("prometheus_client", "the live link's /metrics")
+        self.registry = client.CollectorRegistry()
+        self.registry.register(self)
+        self.channels_a = channels_a
+        self._metrics, self._boards = None, None
+        self._http, _ = client.start_http_server(port, addr=bind, registry=self.registry)
+        self.port = self._http.server_address[1]
+
+    def update(self, metrics, boards):
+        """Take :meth:`heraldry.sync.LiveLink.metrics` and the two sides' records."""
+        self._metrics, self._boards = dict(metrics), [side.tags for side in boards]
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        m = self._metrics
+        if m is None:
+            return
+        nan = float("nan")
+
+        def gauge(name, doc, value):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], nan if value is None else float(value))
+            return g
+
+        def counter(name, doc, value):
+            c = CounterMetricFamily(name[:-len("_total")], doc)
+            c.add_metric([], float(value))
+            return c
+        locked = m["state"] == "locked"
+        yield gauge("heraldry_link_locked", "1 while the tracker is locked", int(locked))
+        state = GaugeMetricFamily("heraldry_link_state", "the tracker's state", labels=["state"])
+        for name in ("searching", "locked", "lost"):
+            state.add_metric([name], float(m["state"] == name))
+        yield state
+        yield gauge("heraldry_link_offset_seconds", "board 2's time minus board 1's for a pair",
+                    m["offset_s"] if locked else None)
+        yield gauge("heraldry_link_frequency_ppm", "board 2's clock against board 1's",
+                    m["ppm"] if locked else None)
+        yield gauge("heraldry_link_jitter_seconds", "rms residual of the matched pairs",
+                    m["jitter_s"] if locked else None)
+        yield gauge("heraldry_link_window_misses_ratio",
+                    "pairs estimated outside the coincidence window", m["misses"])
+        yield counter("heraldry_link_losses_total", "locks lost", m["losses"])
+        yield counter("heraldry_link_locks_total", "locks gained", m["locks"])
+        yield counter("heraldry_link_synchronised_seconds_total", "board-1 time merged",
+                      m["synced_s"])
+        yield counter("heraldry_link_windows_total", "merged coincidence windows", m["windows"])
+        yield counter("heraldry_link_cross_coincidences_total",
+                      "windows holding channels of both boards", m["cross"])
+        singles = CounterMetricFamily("heraldry_link_singles", "merged tags",
+                                      labels=["board", "channel"])
+        for c, count in enumerate(m["singles"]):
+            board, ch = (1, c) if c < self.channels_a else (2, c - self.channels_a)
+            singles.add_metric([str(board), str(ch)], float(count))
+        yield singles
+        tags = CounterMetricFamily("heraldry_link_tags", "tags received", labels=["board"])
+        for k, count in enumerate(self._boards):
+            tags.add_metric([str(k + 1)], float(count))
+        yield tags
+
+    def close(self):
+        self._http.shutdown()
+        self._http.server_close()

@@ -7,6 +7,7 @@ output."""
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -553,9 +554,11 @@ def test_cli_link_two_serve_streams(capsys):
     end_a, thread_a, withheld_a = _publisher(src.a * 1000, 1)
     end_b, thread_b, withheld_b = _publisher(src.b * 1000, 2)
     status = main(["link", end_a, end_b, "--duration", "3", "--acquire-s", "0.2",
-                   "--channels-a", "1", "--channels-b", "1", "--update-s", "0.5"])
+                   "--channels-a", "1", "--channels-b", "1", "--update-s", "0.5",
+                   "--metrics-port", "0"])
     out = capsys.readouterr().out
     assert status == 0, out
+    assert re.search(r"^metrics: http://127\.0\.0\.1:[1-9][0-9]*/metrics$", out, re.M)
     assert f"stream 1 {end_a}: " in out and f"missed {len(withheld_a)} messages " \
         f"({sum(withheld_a):,} records)" in out
     assert f"({sum(withheld_b):,} records)" in out
@@ -564,3 +567,60 @@ def test_cli_link_two_serve_streams(capsys):
     status = main(["link", "tcp://nowhere:notaport", "tcp://127.0.0.1:1", "--duration", "1"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "cannot subscribe" in err
+    status = main(["link", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "--metrics-port", "-1"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "--metrics-port" in err
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = main(["link", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "--metrics-port",
+                       str(port)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and f"cannot serve /metrics on 127.0.0.1:" \
+        f"{port}" in err
+
+
+def test_live_link_metrics_endpoint():
+    """The live link's /metrics (Prometheus text) carry the figures of LiveLink.metrics() and
+    the tags each stream delivered, scraped over HTTP after a link of two publishers."""
+    pytest.importorskip("zmq")
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    from heraldry.host.linklive import LINK_METRIC_NAMES, LinkMetrics, link_streams
+    src = two_node_source(0.6, pair_rate_hz=1e5, clock_a=Clock(ppm=20),
+                          clock_b=Clock(ppm=-15), seed=9)
+    end_a, thread_a, withheld_a = _publisher(src.a * 1000, 1)
+    end_b, thread_b, withheld_b = _publisher(src.b * 1000, 2)
+    exporter = LinkMetrics(0, channels_a=1)
+    try:
+        live, sides = link_streams(end_a, end_b, 30.0, channels_a=1, channels_b=1,
+                                   acquire_s=0.2, on_update=exporter.update,
+                                   stop=lambda: not thread_a.is_alive()
+                                   and not thread_b.is_alive())
+        url = f"http://127.0.0.1:{exporter.port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        exporter.close()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    names = {name for name, _ in samples}
+    assert set(LINK_METRIC_NAMES) <= names
+    assert samples[("heraldry_link_locked", ())] == 1
+    assert samples[("heraldry_link_state", (("state", "locked"),))] == 1
+    assert samples[("heraldry_link_state", (("state", "lost"),))] == 0
+    assert samples[("heraldry_link_frequency_ppm", ())] == pytest.approx(
+        true_relative_ppm(src, 0.5), abs=0.05)
+    assert samples[("heraldry_link_offset_seconds", ())] == pytest.approx(
+        src.offset_s(live.tracker.fit.t_ref_s), abs=2e-9)
+    assert samples[("heraldry_link_cross_coincidences_total", ())] == live.cross > 1000
+    assert samples[("heraldry_link_losses_total", ())] == 0
+    for k, side in enumerate(sides):
+        assert samples[("heraldry_link_tags_total", (("board", str(k + 1)),))] == \
+            len((src.a, src.b)[k]) - sum((withheld_a, withheld_b)[k])
+    assert samples[("heraldry_link_singles_total", (("board", "2"), ("channel", "0")))] == \
+        live.singles[1]
