@@ -3,21 +3,22 @@
 ``heraldry serve --board sim|PORT [acquire's configuration options] [--bind 127.0.0.1]
 [--pub-port 5560] [--control-port 5561] [--metrics-port 9560] [--token SECRET]
 [--rates-hz 2] [--status-interval S] [--hwm 1000] [--sndbuf BYTES] [--herald-floor HZ]
-[--no-start] [--baud B]``
+[--car-floor CAR] [--scenario FILE.toml] [--no-start] [--baud B]``
 
 The board is opened with :func:`heraldry.host.tagger.open` (``--baud``, else the known boards'
-rates tried in turn); the server gets the :class:`~heraldry.host.tagger.Tagger` and the
-configuration as a dict of acquire options, checked by
-:func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer; it runs the
+rates tried in turn; with ``--scenario``, the virtual board whose pins play the scenario,
+:func:`heraldry.sim.scenario.open_board`); the server gets the
+:class:`~heraldry.host.tagger.Tagger` and the configuration as a dict of acquire options, checked
+by :func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer; it runs the
 board with :meth:`~heraldry.host.tagger.Tagger.run`.
 
 Starts acquiring at once (unless ``--no-start``) and runs until Ctrl-C, SIGTERM or SIGHUP,
 leaving the board stopped. When ready it prints one JSON line on stdout: ``{"pub":
 "tcp://...", "control": "tcp://...", "metrics": "http://.../metrics"}``. Port 0 picks a free port.
 Exit status: 0 after Ctrl-C/SIGTERM/SIGHUP; 2 bad options (one line on stderr: e.g. a
-non-loopback ``--bind`` without ``--token``, a port in use, a ``--board`` path that is no
-serial device, a ``--status-interval`` the link cannot carry); 1 the board cannot be started
-or does not answer.
+non-loopback ``--bind`` without ``--token``, a port in use, a scenario file that does not
+check out, a ``--board`` path that is no serial device, a ``--status-interval`` the link cannot
+carry); 1 the board cannot be started or does not answer.
 """
 
 import json
@@ -74,6 +75,12 @@ def register(subparsers):
     p.add_argument("--herald-floor", type=float, default=0.0, metavar="HZ",
                    help="herald rate to alert below, exported for the alert and SLO "
                         "rules (default 0: none)")
+    p.add_argument("--car-floor", type=float, default=0.0, metavar="CAR",
+                   help="coincidence-to-accidental ratio of channels 0 and 1 to alert below, "
+                        "exported for the alert rules (default 0: none)")
+    p.add_argument("--scenario", default=None, metavar="FILE.toml",
+                   help="--board sim only: its pins play this fault scenario (a photon-pair "
+                        "source with scheduled faults; docs/serve.md); the test signal is off")
     p.add_argument("--no-start", action="store_true", help="wait for a start command")
     return [("serve", cmd_serve)]
 
@@ -83,7 +90,8 @@ def _acquire_options(args, config=None):
     ``config`` (a configure request's options) on top. The Namespace stays in this layer; the
     server sees a dict. ``--baud`` is serve's own (None: found by ``heraldry.open``)."""
     from argparse import Namespace
-    options = {key: value for key, value in vars(args).items() if key != "baud"}
+    options = {key: value for key, value in vars(args).items()
+               if key not in ("baud", "scenario", "car_floor")}
     return Namespace(**{**options, **(config or {})})
 
 
@@ -91,6 +99,7 @@ def cmd_serve(args):
     from ..extras import require
     require("zmq", "heraldry serve")        # before any board is touched (MissingExtra: exit 2)
     require("prometheus_client", "heraldry serve")
+    from ..sim.scenario import ScenarioError
     from ..sim.twin import TwinError
     from .cli import _is_port, acquisition_from_args, board_from_identity
     from .tagger import STATUS_INTERVAL_S, VIRTUAL_BOARDS
@@ -108,13 +117,25 @@ def cmd_serve(args):
             raise ServeError(f"--board {args.board}: serve needs sim or a serial device path")
         if args.baud is not None and args.baud <= 0:
             raise ServeError(f"--baud must be positive, not {args.baud}")
+        if args.car_floor < 0:
+            raise ServeError(f"--car-floor must be 0 or more, not {args.car_floor:g}")
+        if args.scenario is not None:
+            if args.board != "sim":
+                raise ServeError("--scenario plays on the virtual board: use --board sim")
+            if args.test_signal not in (None, "off"):
+                raise ServeError(f"--scenario drives the pins: --test-signal {args.test_signal} "
+                                 f"would hide them (leave it out)")
+            args.test_signal = "off"
         board = VIRTUAL_BOARDS["sim"] if args.board == "sim" else None
-        acq = None
+        acq = scenario = None
         if board is not None:
             acq, notes = acquisition_from_args(_acquire_options(args), board)
             for note in notes:
                 sys.stderr.write(f"heraldry: note: {note}\n")
-    except (ConfigError, ServeError) as error:
+        if args.scenario is not None:
+            from ..sim.scenario import load
+            scenario = load(args.scenario, channels=acq.channels)
+    except (ConfigError, ServeError, ScenarioError) as error:
         _error(error)
         return EXIT_USAGE
 
@@ -127,8 +148,13 @@ def cmd_serve(args):
     try:
         # One way to open a board (heraldry.open): the virtual board with the channels asked
         # for, a serial port at --baud or at the rate that identifies.
-        tagger = open_board(args.board, baud=args.baud,
-                            channels=acq.channels if board is not None else None)
+        if scenario is not None:
+            from ..sim.scenario import open_board as open_scenario
+            tagger = open_scenario(scenario, **({} if args.baud is None else
+                                                {"baud": args.baud}))
+        else:
+            tagger = open_board(args.board, baud=args.baud,
+                                channels=acq.channels if board is not None else None)
         identity = tagger.identity
         transport = tagger.device.transport
         status_interval = args.status_interval
@@ -150,7 +176,8 @@ def cmd_serve(args):
                 pub_port=args.pub_port, control_port=args.control_port,
                 metrics_port=args.metrics_port, token=args.token, rates_hz=args.rates_hz,
                 hwm=args.hwm, sndbuf=args.sndbuf, start=not args.no_start,
-                herald_floor_hz=args.herald_floor, status_interval=status_interval,
+                herald_floor_hz=args.herald_floor, car_floor=args.car_floor,
+                status_interval=status_interval,
                 log=lambda message: sys.stderr.write(f"heraldry: {message}\n"))
         except (ConfigError, ServeError) as error:
             # The run's check names the API's keyword: name the option.

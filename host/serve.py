@@ -68,7 +68,7 @@ from .events import EVENT_DTYPE
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
            "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
            "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES", "CONTROL_COMMANDS",
-           "LATENCY_BUCKETS_S"]
+           "LATENCY_BUCKETS_S", "PAIR_DELAY_BUCKETS_S", "pair_delays"]
 
 DEFAULT_PUB_PORT = 5560
 DEFAULT_CONTROL_PORT = 5561
@@ -98,17 +98,29 @@ METRIC_NAMES = (
     "heraldry_published_messages_total",    # counter, label topic
     "heraldry_herald_publish_latency_seconds",  # histogram: a herald's device time to its
                                                 # publication (LATENCY_BUCKETS_S)
+    "heraldry_pair_delay_seconds",          # histogram: channel 1's tag time minus channel
+                                            # 0's, every pair within +-100 ns (the g2 peak)
     "heraldry_herald_rate_floor_hz",        # gauge (setting), --herald-floor (0: no floor)
+    "heraldry_car_floor",                   # gauge (setting), --car-floor (0: no floor)
     "heraldry_coincidence_window_seconds",  # gauge (setting), the coincidence window
     "heraldry_herald_latency_seconds",      # gauge, early rule, worst case (sim.latency)
     "heraldry_link_up",                     # gauge 1/0
     "heraldry_running",                     # gauge 1/0: run gate open
     "heraldry_uptime_seconds",              # gauge, wall seconds since the server started
     "heraldry_device_time_seconds",         # gauge, device time of the last rates tick
+    "heraldry_counters_device_time_seconds",  # gauge, device time of the board's counter
+                                              # snapshot that the counts are from
 )
 
 #: Upper bounds (seconds) of the buckets of ``heraldry_herald_publish_latency_seconds``.
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+#: Upper bounds (seconds) of the buckets of ``heraldry_pair_delay_seconds``: 10 ns wide,
+#: centred on the multiples of 10 ns from -90 to +90 ns (the virtual board's bins), so that
+#: ``histogram_quantile(0.5, ...)`` finds the coincidence peak within a bucket's interpolation.
+PAIR_DELAY_BUCKETS_S = tuple(round((k + 0.5) * 10e-9, 12) for k in range(-10, 10))
+#: Tags further apart than this are not counted in ``heraldry_pair_delay_seconds``.
+PAIR_DELAY_RANGE_S = 100e-9
 
 #: Control commands counted in ``heraldry_control_commands_total`` (anything else: "other").
 CONTROL_COMMANDS = ("status", "acquire_control", "release_control", "start", "stop",
@@ -232,10 +244,12 @@ class _Collector:
             refused = dict(s.publish_refused)
             published = dict(s.published)
             link_up, running = s.link_up, s.running
+            counters_time_s = s.counters_time_s
             totals = {group: list(counts) for group, counts in s.totals.items()}
             commands = dict(s.commands)
             link_seconds = list(s.link_seconds)
             latency_counts, latency_sum = list(s.latency_counts), s.latency_sum
+            delay_counts, delay_sum = list(s.pair_delay_counts), s.pair_delay_sum
         window_s = s.window_s()
         c = CounterMetricFamily("heraldry_detections", "detections, per channel",
                                 labels=["channel"])
@@ -268,6 +282,16 @@ class _Collector:
             buckets=[(floatToGoString(bound), count)
                      for bound, count in zip(LATENCY_BUCKETS_S, cumulative)]
             + [("+Inf", cumulative[-1])], sum_value=latency_sum)
+        cumulative = np.cumsum(delay_counts).tolist()
+        yield HistogramMetricFamily(
+            "heraldry_pair_delay_seconds",
+            "channel 1's tag time minus channel 0's, every pair of tags within 100 ns",
+            buckets=[(floatToGoString(bound), count)
+                     for bound, count in zip(PAIR_DELAY_BUCKETS_S, cumulative)]
+            + [("+Inf", cumulative[-1])], sum_value=delay_sum)
+        yield GaugeMetricFamily("heraldry_car_floor",
+                                "coincidence-to-accidental ratio to alert below (0: none)",
+                                value=s.car_floor)
         yield GaugeMetricFamily("heraldry_coincidence_window_seconds",
                                 "the coincidence window (CAR's accidental estimate)",
                                 value=window_s)
@@ -304,6 +328,9 @@ class _Collector:
                                 value=running)
         yield GaugeMetricFamily("heraldry_uptime_seconds", "wall seconds since serve started",
                                 value=time.monotonic() - s.started)
+        yield GaugeMetricFamily("heraldry_counters_device_time_seconds",
+                                "device time of the counter snapshot the counts are from",
+                                value=counters_time_s)
         yield GaugeMetricFamily("heraldry_device_time_seconds",
                                 "device time of the last rates tick",
                                 value=rates.get("device_time_s", 0.0))
@@ -337,6 +364,8 @@ class Server:
         Open the run gate at once.
     herald_floor_hz : float
         Exported as ``heraldry_herald_rate_floor_hz`` for the alert rule (0: no floor).
+    car_floor : float
+        Exported as ``heraldry_car_floor`` for the CAR alert rule (0: no floor).
     status_interval : float or None
         Device seconds between the board's counter snapshots (None: the rates period, one
         snapshot per rates message on a board whose device time keeps pace with the wall's).
@@ -352,7 +381,7 @@ class Server:
                  pub_port=DEFAULT_PUB_PORT, control_port=DEFAULT_CONTROL_PORT,
                  metrics_port=DEFAULT_METRICS_PORT, token=None, rates_hz=2.0, hwm=1000,
                  sndbuf=None, start=True, herald_floor_hz=0.0, status_interval=None,
-                 poll_s=RUN_POLL_S, log=None):
+                 poll_s=RUN_POLL_S, log=None, car_floor=0.0):
         from ..extras import require
         zmq = require("zmq", "heraldry serve")
         CollectorRegistry = require("prometheus_client", "heraldry serve").CollectorRegistry
@@ -374,11 +403,15 @@ class Server:
         self.acq, _ = acquisition_for(dict(self.config))
         self.token = token
         self.herald_floor_hz = float(herald_floor_hz)
+        if not car_floor >= 0:
+            raise ServeError(f"--car-floor must be 0 or more, not {car_floor:g}")
+        self.car_floor = float(car_floor)
         self.rates_period = 1.0 / rates_hz
         self.log = log or (lambda message: None)
         self._lock = threading.Lock()
         self.started = time.monotonic()
         self.rates = self._zero_rates(0.0)
+        self.counters_time_s = 0.0   # device time of the snapshot self.totals are from
         self.dropped = {cause: 0 for cause in DROP_CAUSES}
         self.decode_errors = 0
         self.publish_refused = {"events": 0, "rates": 0}
@@ -406,6 +439,9 @@ class Server:
         # Herald publication latency: counts per bucket (the last: above every bound), sum.
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
+        # Channel 1 minus channel 0 tag times: counts per bucket (the last: above every bound).
+        self.pair_delay_counts = [0] * (len(PAIR_DELAY_BUCKETS_S) + 1)
+        self.pair_delay_sum = 0.0
         self._run_for(self.acq)     # the status interval and poll checked before any socket
         self._host_dropped = device.stats()["host_dropped_events"]
         self._decode_errors = device.stats()["decode_errors"]
@@ -510,6 +546,8 @@ class Server:
         self._publish_blocks()
         with self._lock:
             self._update_drops(run.counters)
+            self.counters_time_s = run.start_cycles / self.identity.clock_hz \
+                + run.counters_seconds
             for cause, group in _HARDWARE_DROPS.items():
                 self._done[cause] += sum(run.counters[group])
             for group, done in self._done_counts.items():
@@ -601,6 +639,7 @@ class Server:
                 events = block.events.copy()
                 events["time_ps"] += offset_ps
                 self.publish_events(events, block.lost)
+                self._count_pair_delays(block.events)
                 if len(heralds):
                     self._herald_latency(heralds, run.device_seconds, polled_at)
 
@@ -617,6 +656,21 @@ class Server:
             for i, count in enumerate(counts):
                 self.latency_counts[i] += int(count)
             self.latency_sum += float(latency.sum())
+
+    def _count_pair_delays(self, events):
+        """Add the block's channel 0 / channel 1 tag pairs to ``heraldry_pair_delay_seconds``
+        (pairs split over two blocks are not counted: a few per block)."""
+        if self.identity.channels < 2:
+            return
+        delays = pair_delays(events, PAIR_DELAY_RANGE_S)
+        if not len(delays):
+            return
+        index = np.searchsorted(PAIR_DELAY_BUCKETS_S, delays, side="left")
+        counts = np.bincount(index, minlength=len(PAIR_DELAY_BUCKETS_S) + 1)
+        with self._lock:
+            for i, count in enumerate(counts):
+                self.pair_delay_counts[i] += int(count)
+            self.pair_delay_sum += float(delays.sum())
 
     def _step(self):
         """One step of the run going on (nothing if none): publish what came in. A lost link
@@ -662,6 +716,7 @@ class Server:
         n = self.identity.channels
         with self._lock:
             self._update_drops(counts)
+            self.counters_time_s = run.start_cycles / self.identity.clock_hz + at
             self.rates["device_time_s"] = self._device_time_s()
             last_at, last = self._last
             seconds = at - last_at
@@ -805,6 +860,24 @@ class Server:
         except Exception as error:      # the link may be what failed
             self.log(f"could not stop the board: {error}")
         self._close_sockets()
+
+
+def pair_delays(events, range_s, channels=(0, 1)):
+    """Seconds from each tag of ``channels[0]`` to every tag of ``channels[1]`` within
+    ``range_s`` of it (either side), from records of ``EVENT_DTYPE``: the cross-correlation whose
+    peak is the pairs' delay (a flat floor of accidentals under it)."""
+    tags = events[events["kind"] == Kind.TAG.value]
+    a = np.sort(tags["time_ps"][tags["channel"] == channels[0]])
+    b = np.sort(tags["time_ps"][tags["channel"] == channels[1]])
+    reach = int(round(range_s * 1e12))
+    lo = np.searchsorted(b, a - reach, side="left")
+    hi = np.searchsorted(b, a + reach, side="right")
+    n = hi - lo
+    if not n.sum():
+        return np.zeros(0)
+    starts = np.repeat(lo, n)
+    offsets = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    return (b[starts + offsets] - np.repeat(a, n)) / 1e12
 
 
 def free_port(host="127.0.0.1"):

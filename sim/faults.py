@@ -23,6 +23,10 @@ Flow control: the relay stops reading the device while more than ``high_water`` 
 slow host, so a device that waits for its host (the virtual board does) still waits; the relay
 itself never drops a byte that it did not count as a fault.
 
+Cut cable: while :attr:`FaultRelay.cut` is true the relay reads both sides and passes nothing
+on (a pulled cable: the device does not wait for it, the host hears nothing); the bytes lost
+that way are counted in :attr:`FaultRelay.cut_bytes` by direction, not as faults.
+
 Shutdown: when the device side closes (the virtual board exits) the relay closes its pty, so the
 host's next read fails like on a pulled cable; when the host closes the pty after having opened it
 the relay closes the device's port (the virtual board then exits). With ``hold=True`` the relay
@@ -259,6 +263,10 @@ class FaultRelay:
         self._device = self._master = self._hold_fd = None
         self._wake_r = self._wake_w = None
         self._stopping = False
+        #: True: pass nothing either way (a pulled cable); any thread may set it.
+        self.cut = False
+        #: Bytes read while :attr:`cut`, by direction.
+        self.cut_bytes = {"to_host": 0, "to_device": 0}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -419,6 +427,9 @@ class FaultRelay:
             raise
         if not data:
             return False
+        if self.cut:
+            self.cut_bytes["to_host" if direction is self._up else "to_device"] += len(data)
+            return True
         with self._lock:
             direction.take(data, time.monotonic())
         return True

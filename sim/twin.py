@@ -13,7 +13,9 @@ board that waited for it; the process exits cleanly when the host closes the por
 opened it), on SIGTERM, or after ``max_cycles``, and reports the cycles it simulated.
 
 Pins file (``Twin(pins=...)``): text, one edge per line ``CYCLE CHANNEL LEVEL``, cycles
-non-decreasing, counted from the first clock edge after reset (cycle 0). The level is set up
+non-decreasing, read as the simulation reaches them (a FIFO works: the board waits for its
+writer, so a source can stream an endless run, :mod:`heraldry.sim.scenario`), counted from the
+first clock edge after reset (cycle 0). The level is set up
 before that cycle's rising clock edge, so by the architecture's definition of an edge's bin the
 gateware stamps a rise of cycle ``k`` with bin ``now`` of cycle ``k + 1``, which is
 ``k + 1 + TaggerCore.latency`` (``now`` starts ``latency`` ahead so that the core's time reference
@@ -375,6 +377,12 @@ class Twin:
         code = self._proc.wait(timeout)
         self._finish(code)
         return code
+
+    def signal(self, signum):
+        """Send ``signum`` to the harness if it still runs (``SIGSTOP``/``SIGCONT``: a board
+        that hangs and comes back; ``SIGKILL``: one that dies)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signum)
 
     def stop(self, timeout=10.0):
         """End the harness (SIGTERM; SIGKILL after ``timeout`` s) and return its exit status."""

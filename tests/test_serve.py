@@ -559,7 +559,9 @@ def test_herald_latency_is_the_boards(clock_hz, fine_bits, periods):
                              identity=identity, herald_floor_hz=0.0, started=time.monotonic(),
                              totals={"singles": [], "patterns": [], "heralds": []}, commands={},
                              link_seconds=[0.0, 0.0], window_s=lambda: 0.0,
-                             latency_counts=[0] * 13, latency_sum=0.0)
+                             latency_counts=[0] * 13, latency_sum=0.0, car_floor=0.0,
+                             pair_delay_counts=[0] * 21, pair_delay_sum=0.0,
+                             counters_time_s=0.0)
     (family,) = [f for f in _Collector(server).collect()
                  if f.name == "heraldry_herald_latency_seconds"]
     values = [sample.value for sample in family.samples]

@@ -10,6 +10,8 @@
 //   --clock-hz N     system clock of the gateware (Hz)          default TWIN_CLOCK_HZ
 //   --baud N         UART baud rate of the gateware             default TWIN_BAUD
 //   --pins FILE      edges to drive on `pins` (format below)    default: pins stay low
+//                    read as the simulation reaches them: a FIFO works (the board waits for
+//                    its writer), so a run is not bounded by a file read up front
 //   --max-cycles N   stop after N cycles after reset            default: run until told
 //   --loopback H:C[:D]  a jumper from herald output H to input C: the level `herald[H]` had
 //                    after the rising edge of cycle k drives input C from cycle k + 1 + D on
@@ -20,7 +22,8 @@
 // Output: one line `PORT <slave path>` on stdout once the pty is ready; at exit one line on
 // stderr: `twin: cycles=... seconds=... cycles_per_s=... bytes_to_host=... bytes_from_host=...
 // framing_errors=... herald_rises=a,b,... exit=<hangup|signal|max-cycles>`.
-// Exit status 0 after any of those, 2 for a bad command line or pins file, 1 for a pty error.
+// Exit status 0 after any of those, 2 for a bad command line or pins file (a regular file is
+// checked before the port opens; a FIFO's bad line ends the run when reached), 1 for a pty error.
 //
 // Pins file: text, one edge per line `CYCLE CHANNEL LEVEL` (decimal; LEVEL 1 = pin goes high,
 // 0 = low), in non-decreasing CYCLE order; blank lines and lines starting with '#' are skipped.
@@ -50,6 +53,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -131,38 +135,69 @@ struct Edge {
     unsigned level;
 };
 
-std::vector<Edge> read_pins(const char* path) {
-    FILE* f = std::fopen(path, "r");
-    if (!f) {
-        std::string msg = std::string("cannot open pins file ") + path + ": "
-            + std::strerror(errno);
-        usage_error(msg.c_str());
-    }
-    std::vector<Edge> edges;
-    char line[256];
+// The pins file, read as the simulation reaches it (a long or endless stream, e.g. a FIFO that
+// a source program writes while the board runs, is never held in memory): `next` gives the edges
+// in file order and blocks while a FIFO's writer has not written the next line yet (the board
+// waits for its source). A line that breaks the format ends the process (exit 2) when reached;
+// a regular file is checked whole before the port opens (`check`), so its errors come first.
+struct PinsReader {
+    FILE* f = nullptr;
+    const char* path = nullptr;
     unsigned lineno = 0;
-    while (std::fgets(line, sizeof line, f)) {
-        lineno++;
-        const char* p = line;
-        while (*p == ' ' || *p == '\t') p++;
-        if (*p == '#' || *p == '\n' || *p == '\r' || *p == 0) continue;
-        unsigned long long cycle;
-        unsigned channel, level;
-        char extra;
-        if (std::sscanf(p, "%llu %u %u %c", &cycle, &channel, &level, &extra) != 3
-            || channel >= TWIN_CHANNELS || level > 1
-            || (!edges.empty() && cycle < edges.back().cycle)) {
-            std::string msg = std::string("pins file ") + path + " line " + std::to_string(lineno)
-                + ": want `CYCLE CHANNEL LEVEL` with CHANNEL < " + std::to_string(TWIN_CHANNELS)
-                + ", LEVEL 0 or 1, cycles non-decreasing";
-            std::fclose(f);
+    bool have_last = false;
+    uint64_t last_cycle = 0;
+
+    void open(const char* p) {
+        path = p;
+        f = std::fopen(path, "r");
+        if (!f) {
+            std::string msg = std::string("cannot open pins file ") + path + ": "
+                + std::strerror(errno);
             usage_error(msg.c_str());
         }
-        edges.push_back({cycle, channel, level});
+        // A FIFO: a small read buffer, so that a writer that waits until the pipe is empty
+        // knows the board is at most a few dozen edges short of what it wrote.
+        struct stat st;
+        if (!fstat(fileno(f), &st) && !S_ISREG(st.st_mode)) std::setvbuf(f, nullptr, _IOFBF, 512);
     }
-    std::fclose(f);
-    return edges;
-}
+
+    // The next edge (true), or false at the end of the file (the writer closed a FIFO).
+    bool next(Edge& edge) {
+        char line[256];
+        while (std::fgets(line, sizeof line, f)) {
+            lineno++;
+            const char* p = line;
+            while (*p == ' ' || *p == '\t') p++;
+            if (*p == '#' || *p == '\n' || *p == '\r' || *p == 0) continue;
+            unsigned long long cycle;
+            unsigned channel, level;
+            char extra;
+            if (std::sscanf(p, "%llu %u %u %c", &cycle, &channel, &level, &extra) != 3
+                || channel >= TWIN_CHANNELS || level > 1 || (have_last && cycle < last_cycle)) {
+                std::string msg = std::string("pins file ") + path + " line "
+                    + std::to_string(lineno) + ": want `CYCLE CHANNEL LEVEL` with CHANNEL < "
+                    + std::to_string(TWIN_CHANNELS) + ", LEVEL 0 or 1, cycles non-decreasing";
+                usage_error(msg.c_str());
+            }
+            have_last = true;
+            last_cycle = cycle;
+            edge = {cycle, channel, level};
+            return true;
+        }
+        return false;
+    }
+
+    // A regular file: read it through once (format errors exit here), then start over.
+    void check() {
+        struct stat st;
+        if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) return;
+        Edge edge;
+        while (next(edge)) {}
+        std::rewind(f);
+        lineno = 0;
+        have_last = false;
+    }
+};
 
 // 8N1 receiver for the gateware's uart_tx. The transmitter's fractional baud generator moves each
 // bit edge by up to one cycle, so every bit is sampled at its nominal middle counted from the
@@ -409,8 +444,14 @@ int main(int argc, char** argv) {
         else usage_error(("unknown argument " + arg).c_str());
     }
     if (!baud || clock_hz < 4 * baud) usage_error("need --clock-hz >= 4 * --baud > 0");
-    std::vector<Edge> edges;
-    if (pins_path) edges = read_pins(pins_path);
+    PinsReader pins_file;
+    Edge edge = {0, 0, 0};
+    bool have_edge = false;
+    if (pins_path) {
+        pins_file.open(pins_path);
+        pins_file.check();
+        have_edge = pins_file.next(edge);
+    }
 
     struct sigaction sa = {};
     sa.sa_handler = on_signal;
@@ -446,7 +487,6 @@ int main(int argc, char** argv) {
 
     const auto t0 = std::chrono::steady_clock::now();
     auto last_flush = t0;
-    size_t next_edge = 0;
     unsigned pins = 0;
     unsigned herald_prev = 0;
     uint64_t herald_rises[TWIN_RULES] = {};
@@ -459,9 +499,10 @@ int main(int argc, char** argv) {
     while (cycle < max_cycles) {
         uint64_t stop = std::min(max_cycles, cycle + IO_INTERVAL);
         for (; cycle < stop; cycle++) {
-            while (next_edge < edges.size() && edges[next_edge].cycle == cycle) {
-                const Edge& e = edges[next_edge++];
-                pins = e.level ? (pins | (1u << e.channel)) : (pins & ~(1u << e.channel));
+            while (have_edge && edge.cycle <= cycle) {
+                unsigned bit = 1u << edge.channel;
+                pins = edge.level ? (pins | bit) : (pins & ~bit);
+                have_edge = pins_file.next(edge);
             }
             unsigned looped = 0;
             for (const Loop& l : loops) {
