@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 from .. import protocol
-from ..model.core import HERALD_MODES, STREAM_MODES, HeraldRule
+from ..model.core import HERALD_MODES, ROLES, STREAM_MODES, HeraldRule
 from ..protocol import Edge, Source
 
 __all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "BSM_SYNC_CHANNEL",
@@ -378,6 +378,14 @@ class Acquisition:
     #: Per channel, which events are streamed (``heraldry.model.STREAM_MODES``; default all):
     #: docs/semantics.md, "Stream filters".
     stream: list = field(default_factory=list)
+    #: Per channel ``"detector"`` (default), ``"sync"`` (the attempt clock, at most one) or
+    #: ``"reference"`` (PPS markers): docs/semantics.md, "Sync, gates and reference markers".
+    #: A board needs the gates capability for any but detectors.
+    roles: list = field(default_factory=list)
+    #: Per channel ``None`` (no gate) or ``(offset, width)`` in bins after the latest sync edge.
+    gates_bins: list = field(default_factory=list)
+    #: Stream every Nth sync edge as a marker (a tag of the sync channel); 0: none.
+    sync_marker_every: int = 0
 
     def __post_init__(self):
         n = self.channels
@@ -392,6 +400,8 @@ class Acquisition:
         self.edges = list(self.edges) or ["rising"] * n
         self.enabled = list(self.enabled) or [True] * n
         self.stream = list(self.stream) or ["all"] * n
+        self.roles = list(self.roles) or ["detector"] * n
+        self.gates_bins = [None if g is None else tuple(g) for g in self.gates_bins] or [None] * n
         self.pin_channels = sorted(set(self.pin_channels))
         if not isinstance(self.bsm_efficiencies, (list, tuple)):
             raise ConfigError(f"bsm_efficiencies must be a list of 4 probabilities, not "
@@ -464,6 +474,7 @@ class Acquisition:
             if e not in EDGES:
                 raise ConfigError(f"edge of channel {c} must be one of {', '.join(EDGES)}, "
                                   f"not {e!r}")
+        self._validate_gates()
         if len(self.herald_rules) > self.rules:
             raise ConfigError(f"{len(self.herald_rules)} herald rules given; the gateware has "
                               f"{self.rules}")
@@ -520,6 +531,80 @@ class Acquisition:
                 raise ConfigError(f"bsm offset {self.bsm_offset_cycles} cycles must be 0.."
                                   f"{self.period_cycles - 1}: within the period "
                                   f"({self.period_cycles} cycles)")
+
+    def _validate_gates(self):
+        """Roles, gates and sync markers: the refusals of ``--sync``, ``--gate``,
+        ``--reference`` and ``--sync-marker-every``, one line each."""
+        n = self.channels
+        for name in ("roles", "gates_bins"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"{name} has {len(getattr(self, name))} entries for {n} "
+                                  f"channels")
+        for c, role in enumerate(self.roles):
+            if role not in ROLES:
+                raise ConfigError(f"role of channel {c} must be one of {', '.join(ROLES)}, "
+                                  f"not {role!r}")
+        syncs = [c for c, role in enumerate(self.roles) if role == "sync"]
+        if len(syncs) > 1:
+            raise ConfigError(f"only one channel can be the sync, not channels "
+                              f"{', '.join(map(str, syncs))}")
+        top = 2 ** protocol.GATE_BITS - 1
+        for c, gate in enumerate(self.gates_bins):
+            if gate is None:
+                continue
+            if (len(gate) != 2 or any(isinstance(v, bool) or not isinstance(v, Integral)
+                                      for v in gate)):
+                raise ConfigError(f"gate of channel {c} must be (offset, width) in bins, not "
+                                  f"{gate!r}")
+            offset, width = gate
+            if self.roles[c] != "detector":
+                raise ConfigError(f"channel {c} is the {self.roles[c]} channel: it cannot "
+                                  f"have a gate (gates select detector events)")
+            if not syncs:
+                raise ConfigError(f"channel {c} has a gate but no channel is the sync "
+                                  f"(--sync CH)")
+            if width < 1:
+                raise ConfigError(f"gate of channel {c}: width must be at least one bin, "
+                                  f"not {width}")
+            if offset < 0 or offset + width > top:
+                raise ConfigError(f"gate of channel {c}: offset + width must be 0..{top} bins "
+                                  f"(the offset counter), not {offset} + {width}")
+        if (isinstance(self.sync_marker_every, bool)
+                or not isinstance(self.sync_marker_every, Integral)
+                or not 0 <= self.sync_marker_every <= 2 ** protocol.MARKER_EVERY_BITS - 1):
+            raise ConfigError(f"sync marker interval must be 0.."
+                              f"{2 ** protocol.MARKER_EVERY_BITS - 1} sync edges, not "
+                              f"{self.sync_marker_every!r}")
+        if self.sync_marker_every and not syncs:
+            raise ConfigError("sync markers need a sync channel (--sync CH)")
+        others = [c for c, role in enumerate(self.roles) if role != "detector"]
+        for rule in self.herald_rules:
+            if not isinstance(rule, HeraldRule):
+                continue
+            for c in others:
+                if (rule.require | rule.veto) >> c & 1:
+                    raise ConfigError(f"herald rule {rule} names channel {c}, the "
+                                      f"{self.roles[c]} channel: rules take detectors only")
+
+    @property
+    def gated(self):
+        """Some channel has a role other than detector, a gate or sync markers: the board
+        needs the gates capability (``protocol.CAPABILITY_GATES``)."""
+        return (any(role != "detector" for role in self.roles)
+                or any(g is not None for g in self.gates_bins) or bool(self.sync_marker_every))
+
+    @property
+    def sync_channel(self):
+        return next((c for c, role in enumerate(self.roles) if role == "sync"), None)
+
+    def gates_config(self):
+        """The ``gates`` fields (``protocol.gates_layout``)."""
+        return {
+            "role": [protocol.Role[role.upper()] for role in self.roles],
+            "gate_offset": [0 if g is None else g[0] for g in self.gates_bins],
+            "gate_width": [0 if g is None else g[1] for g in self.gates_bins],
+            "marker_every": self.sync_marker_every,
+        }
 
     # -- derived views -----------------------------------------------------------------------
 
@@ -631,6 +716,7 @@ class Acquisition:
             },
             "test_bsm": self.bsm_config(),
             "stream": [protocol.StreamMode[mode.upper()] for mode in self.stream],
+            "gates": self.gates_config(),
         })
 
     @property
@@ -648,8 +734,10 @@ class Acquisition:
             window=self.window_bins,
             channel=tuple(ChannelSettings(enable=bool(self.enabled[c]), edge=self.edges[c],
                                           dead_time=self.dead_time_bins[c],
-                                          delay=self.delays_bins[c])
+                                          delay=self.delays_bins[c], role=self.roles[c],
+                                          gate=self.gates_bins[c])
                           for c in range(self.channels)),
+            sync_marker_every=self.sync_marker_every,
             herald_rules=tuple(self.herald_rules),
             herald_width=self.herald_width,
             coincidence_record_mask=self.coincidence_record_mask,

@@ -43,7 +43,8 @@ __all__ = ["DeviceError", "DeviceLost", "BoardSilent", "NoReply", "Identificatio
 
 #: Counter groups of ``protocol.CounterMap``, in address order.
 COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-                  "herald_dropped", "coincidence_dropped")
+                  "herald_dropped", "coincidence_dropped",
+                  "filtered", "filter_dropped")
 
 _SEQ_COUNT = 2 ** protocol.WIRE_SEQ_BITS
 _WRAP = 2 ** COARSE_BITS
@@ -445,6 +446,12 @@ class Device:
                 raise IdentificationError(f"{name} reports ident.{field} = {values[field]}, "
                                           f"outside {reg.minimum}..{reg.maximum}")
         identity = Identity(magic=magic, protocol=version, **values)
+        if identity.capabilities & protocol.CAPABILITY_GATES:
+            # Its HERALD records carry attempt and sync_offset (docs/protocol.md): more than
+            # the fast decoder's 64-bit payload word holds. Refused rather than misread.
+            raise IdentificationError(f"{name} is built with sync and gates (ident.capabilities "
+                                      f"{identity.capabilities:#x} bit 3): this host cannot "
+                                      f"decode its herald records yet")
         rmap = RegisterMap(identity.channels, identity.rules)
         if identity.counters != rmap.counters.size:
             raise IdentificationError(f"{name} reports {identity.counters} counters; "
@@ -472,6 +479,10 @@ class Device:
         if mismatch:
             raise ConfigError("the acquisition does not fit the board: " + ", ".join(
                 f"{what} {mine} (board: {theirs})" for what, mine, theirs in mismatch))
+        if acq.gated and not ident.capabilities & protocol.CAPABILITY_GATES:
+            raise ConfigError(f"this board has no sync and gates (ident.capabilities "
+                              f"{ident.capabilities:#x}): every channel must be a detector "
+                              f"without gate (no --sync, --gate, --reference, sync markers)")
         has_test_signal = bool(ident.capabilities & protocol.CAPABILITY_TEST_SIGNAL)
         if not has_test_signal and any(s != protocol.Source.PIN for s in acq.sources()):
             raise ConfigError(f"this board has no built-in test signal (ident.capabilities "

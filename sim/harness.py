@@ -74,9 +74,9 @@ class CoreSimulation:
     (:meth:`acquire`); make a new one for the next.
     """
 
-    def __init__(self, channels=4, rules=2, *, fifo_depth=256, counter_init=0):
+    def __init__(self, channels=4, rules=2, *, fifo_depth=256, counter_init=0, gates=False):
         self.core = TaggerCore(channels=channels, rules=rules, fifo_depth=fifo_depth,
-                               counter_init=counter_init)
+                               counter_init=counter_init, gates=gates)
         self.channels = channels
         self.rules = rules
         self.map = protocol.CounterMap(channels, rules)

@@ -148,3 +148,61 @@ def test_gates_through_the_whole_core(fine_bits, window, seed):
     assert expected.gated_out[:3].min() > 30 and expected.singles[:3].min() > 30
     assert np.bincount(expected.heralds["rule"], minlength=3).min() >= 2
     assert (expected.tags["channel"] == 3).sum() > 3 and (expected.tags["channel"] == 5).sum() > 3
+
+
+def test_dark_count_heralds_with_gates_match_the_prediction():
+    """The done-when of issue 13 item 2 on the in-process virtual board (``CoreSimulation``,
+    the core in the Amaranth simulator, seeded test signal): the BSM source with no photon
+    events, so four detectors see dark counts only (p = 0.03 per cycle each), the sync every 40
+    cycles on channel 4, every detector gated to offsets 4..27, the two exact psi- rules. The
+    false heralds per rule match ``expected_heralds_per_attempt`` times the attempts within
+    3 sigma, and the run is bit-exact against the model (tags, heralds with attempt and
+    offset, counters)."""
+    from heraldry.model import testsignal as tsmodel
+    from heraldry.sim.harness import CoreSimulation
+
+    period, p = 40, 0.03
+    psi_minus = [model.HeraldRule(0b1001, 0b0110, "exact", 0),
+                 model.HeraldRule(0b0110, 0b1001, "exact", 0)]
+    acq = Acquisition(channels=5, rules=2, window_bins=4, test_signal="bsm",
+                      period_cycles=period, bsm_event_probability=0.0, dark_rate_hz=p * 100e6,
+                      seed=2026, herald_rules=psi_minus,
+                      roles=["detector"] * 4 + ["sync"], gates_bins=[(4, 24)] * 4 + [None])
+    cycles = 40000
+    sim = CoreSimulation(channels=5, rules=2, gates=True)
+    run = sim.acquire(acq.gateware_config(), cycles)
+    cmap = sim.map
+    counters = {name: run.counters[list(cmap.range(name))].tolist()
+                for name in ("singles", "heralds", "gated_out")}
+    records = [protocol.decode_record(raw, 0, gates=True) for raw in run.records]
+    heralds = [(r["time"], r["rule"], r["pattern"], r["attempt"], r["offset"])
+               for r in records if r["kind"] == Kind.HERALD]
+
+    # Against the model, event for event.
+    settings = acq.model_settings()
+    ts = acq.test_signal_settings()
+    ks = tsmodel.generate(ts, run.start_time - run.test_origin + cycles + 10)
+    rise = [k + run.test_origin - 1 for k in ks]       # GenericPHY latency 1
+    gate = [(run.start_time - 1, run.start_time - 1 + cycles)]
+    expected = model.simulate(rise, [np.zeros(0, np.int64)] * 5, settings, gate=gate)
+    tags = [(r["time"], r["channel"]) for r in records if r["kind"] == Kind.TAG]
+    assert tags == [tuple(x) for x in expected.tags.tolist()]
+    assert heralds == [tuple(h) + tuple(s) for h, s in zip(expected.heralds.tolist(),
+                                                            expected.herald_sync.tolist())]
+    assert counters["singles"] == expected.singles.tolist()
+    assert counters["gated_out"] == expected.gated_out.tolist()
+
+    # Against the prediction from the dark-count probability and the duty factor.
+    attempts = counters["singles"][4]
+    assert abs(attempts - cycles / period) <= 1
+    q = acq.dark_threshold() / 2**32                    # the generator's exact probability
+    per_attempt = model.expected_heralds_per_attempt([q] * 4 + [0], settings, period)
+    predicted = per_attempt * attempts
+    got = np.array(counters["heralds"])
+    assert np.all(np.abs(got - predicted) < 3 * np.sqrt(predicted)), (got, predicted)
+    assert predicted.min() > 50
+    # The gates kept 60 % of the darks (duty factor 24/40) and dropped the rest.
+    duty = model.gate_duty((4, 24), period)
+    kept = np.array(counters["singles"][:4])
+    total = kept + np.array(counters["gated_out"][:4])
+    assert np.all(np.abs(kept - duty * total) < 3 * np.sqrt(duty * (1 - duty) * total))

@@ -95,6 +95,8 @@ def test_fake_board_identifies():
     ({"protocol": protocol.PROTOCOL_VERSION + 1}, "protocol version"),
     ({"channels": 0}, "ident.channels"),
     ({"counters": 5}, "counters"),
+    # a board with sync and gates: its herald records are not decoded yet, so it is refused
+    ({"capabilities": 7 | protocol.CAPABILITY_GATES}, "cannot decode its herald records"),
 ])
 def test_wrong_identification_is_a_clear_error(changes, fragment):
     with Device(FakeBoard(_ident_values(**changes)), timeout=0.2) as device:
@@ -322,6 +324,10 @@ def test_board_without_test_signal_refuses_test_sources_and_skips_its_registers(
         seed = device.map["test.seed"]
         with pytest.raises(ConfigError, match="no built-in test signal"):
             device.configure(Acquisition(channels=2, rules=1, test_signal="pairs"))
+        # nor sync and gates: roles and gates are refused before anything is written
+        with pytest.raises(ConfigError, match="no sync and gates"):
+            device.configure(Acquisition(channels=2, rules=1, roles=["detector", "sync"],
+                                         gates_bins=[(2, 5), None]))
         sent = []
         real_write = device.write
         device.write = lambda name, value: (sent.append(name), real_write(name, value))[1]
