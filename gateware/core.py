@@ -92,7 +92,7 @@ class TaggerCore(wiring.Component):
         ``now - latency``: the delayed coarse time of this cycle (the merger's ``ref``), against
         which the wire encoder unwraps record times.
     idle : Out(1)
-        The merger holds nothing (``Merger.idle``).
+        The merger holds nothing (``Merger.idle``), nor does the stream filter (held tags).
 
     Attributes
     ----------

@@ -164,6 +164,23 @@ def build_parser():
                      help=f"edge of a channel: {', '.join(EDGES)} (repeatable)")
     acq.add_argument("--disable", action="append", default=[], type=int, metavar="CH",
                      help="ignore a channel (repeatable)")
+    acq.add_argument("--stream", action="append", default=[], metavar="CH=MODE",
+                     help="which events of a channel are streamed as tags (repeatable): all "
+                          "(default), coincident (only those of windows with two or more "
+                          "channels) or none; the counters count every event "
+                          "(docs/semantics.md, \"Stream filters\")")
+    acq.add_argument("--sync", type=int, metavar="CH",
+                     help="this channel is the attempt clock: counted, never in a window, "
+                          "not streamed (docs/semantics.md, \"Sync, gates and reference "
+                          "markers\"; needs a board built with gates)")
+    acq.add_argument("--gate", action="append", default=[], metavar="CH:OFFSET_NS:WIDTH_NS",
+                     help="count this channel's events only from OFFSET_NS to OFFSET_NS + "
+                          "WIDTH_NS after the latest sync edge (repeatable; needs --sync)")
+    acq.add_argument("--reference", action="append", default=[], type=int, metavar="CH",
+                     help="a reference input (PPS, divided 10 MHz): every edge streamed as a "
+                          "marker, never in a window (repeatable)")
+    acq.add_argument("--sync-marker-every", type=int, default=0, metavar="N",
+                     help="stream every Nth sync edge as a marker (default 0: none)")
     acq.add_argument("--herald", action="append", default=[], metavar="RULE",
                      help="herald rule (repeatable): channel terms such as 'D0&D3&!D1&!D2' "
                           "(Dc required, !Dc vetoed) or a mask such as 0b011 (required), then "
@@ -370,6 +387,13 @@ def settings_from_args(args, identity):
     delays = per_channel(args.delay, "--delay", lambda v: _float(v, "--delay"), delays)
     dead = per_channel(args.dead_time, "--dead-time", lambda v: _float(v, "--dead-time"))
     edges = per_channel(args.edge, "--edge", str)
+    # The config file's stream modes, each overridden by a --stream for its channel.
+    file_stream = from_file.pop("stream", {})
+    for channel in file_stream:
+        if not 0 <= channel < n:
+            raise ConfigError(f"--config {args.config}: stream channel {channel}: no such "
+                              f"channel (channels are 0..{n - 1})")
+    stream = per_channel(getattr(args, "stream", []), "--stream", str, file_stream)
     disabled = []
     for ch in args.disable:
         if not 0 <= ch < n:
@@ -377,6 +401,22 @@ def settings_from_args(args, identity):
         if ch in disabled:
             raise ConfigError(f"--disable {ch}: channel {ch} is given twice")
         disabled.append(ch)
+    gates = {}
+    for text in getattr(args, "gate", []):
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"--gate {text!r} is not CH:OFFSET_NS:WIDTH_NS, e.g. 2:40:25")
+        try:
+            channel = int(parts[0])
+        except ValueError:
+            raise ConfigError(f"--gate {text!r}: channel {parts[0]!r} is not a number")                 from None
+        if not 0 <= channel < n:
+            raise ConfigError(f"--gate {text!r}: no channel {channel} (channels are "
+                              f"0..{n - 1})")
+        if channel in gates:
+            raise ConfigError(f"--gate {text!r}: channel {channel} is given twice")
+        gates[channel] = (_float(parts[1], f"--gate {text!r}: offset"),
+                          _float(parts[2], f"--gate {text!r}: width"))
     # Parsed here, so that a bad rule or pattern is refused in the option's own words.
     heralds = tuple(parse_herald(text, n, identity.rules) for text in args.herald)
     patterns = tuple(parse_mask(text, n, "--record-coincidences pattern")
@@ -392,7 +432,9 @@ def settings_from_args(args, identity):
     return Settings(
         window_ns=args.window, delays_ns=delays, dead_times_ns=dead, edges=edges,
         disabled=tuple(disabled), heralds=heralds, herald_width=args.herald_width,
-        record_coincidences=patterns, **signal)
+        record_coincidences=patterns, stream=stream, sync=getattr(args, "sync", None),
+        references=tuple(getattr(args, "reference", ())), gates_ns=gates,
+        sync_marker_every=getattr(args, "sync_marker_every", 0), **signal)
 
 
 #: The ``acquire`` option (argparse ``dest``) of each test-signal setting a config file may set.

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import protocol
-from ..model.core import HeraldRule
+from ..model.core import STREAM_MODES, HeraldRule
 from ..protocol import Kind
 from .config import (Acquisition, ConfigError, EDGES, TEST_SIGNALS, herald_rule, ns_to_bins,
                      parse_herald, parse_mask)
@@ -147,6 +147,25 @@ class Settings:
         The ``bsm`` signal's: the attempt's two-photon event ``bsm_offset_ns`` after each sync
         (within the period), its probability per attempt, the probability that it is psi-
         (else psi+), and D0 .. D3's efficiencies (4 probabilities; empty: ``efficiency``).
+    stream : dict
+        ``{channel: "all" | "coincident" | "none"}``: which of a channel's events are streamed
+        as tags (docs/semantics.md, "Stream filters"); default all. The counters count every
+        event whatever the mode. Needs a board with the stream filter
+        (``ident.capabilities``).
+    sync : int or None
+        The channel that is the attempt clock (docs/semantics.md, "Sync, gates and reference
+        markers"): its edges are counted (attempts), not in windows, not streamed but every
+        ``sync_marker_every``-th as a marker. Needs a board with gates (``ident.capabilities``
+        bit 3), as do the three below.
+    references : sequence of int
+        Reference channels (PPS, divided 10 MHz): every edge streamed as a marker, never in a
+        window.
+    gates_ns : dict
+        ``{channel: (offset_ns, width_ns)}``: the channel's events count only from
+        ``offset_ns`` to ``offset_ns + width_ns`` after the latest sync edge; the others are
+        counted as gated out. Needs ``sync``.
+    sync_marker_every : int
+        Stream every Nth sync edge as a marker (a tag of the sync channel); 0: none.
     """
     window_ns: float = None
     delays_ns: dict = field(default_factory=dict)
@@ -168,6 +187,11 @@ class Settings:
     bsm_event_probability: float = 0.1
     bsm_psi_minus: float = 0.5
     bsm_efficiencies: tuple = ()
+    stream: dict = field(default_factory=dict)
+    sync: int = None
+    references: tuple = ()
+    gates_ns: dict = field(default_factory=dict)
+    sync_marker_every: int = 0
 
 
 def _number(value, what):
@@ -268,7 +292,24 @@ def settings_to_acquisition(settings, identity):
     if not isinstance(s.bsm_efficiencies, (list, tuple)):
         raise ConfigError(f"bsm_efficiencies must be 4 probabilities (D0..D3), not "
                           f"{s.bsm_efficiencies!r}")
+
+    def stream_mode(v):
+        if v not in STREAM_MODES:
+            raise ConfigError(f"stream {v!r} must be one of {', '.join(STREAM_MODES)}")
+        return v
+    stream = _per_channel(s.stream, "stream", n, stream_mode, "all")
+    if (any(mode != "all" for mode in stream)
+            and not identity.capabilities & protocol.CAPABILITY_STREAM_FILTER):
+        raise ConfigError(f"stream {next(m for m in stream if m != 'all')!r}: this board's "
+                          f"gateware has no stream filter; every channel streams all")
+    roles, gates = _roles_and_gates(s, n, bins)
+    if ((any(role != "detector" for role in roles) or any(g is not None for g in gates)
+         or s.sync_marker_every)
+            and not identity.capabilities & protocol.CAPABILITY_GATES):
+        raise ConfigError("sync: this board's gateware has no sync and gates; every channel "
+                          "is a detector without gate")
     acq = Acquisition(
+        roles=roles, gates_bins=gates, sync_marker_every=s.sync_marker_every,
         channels=n, rules=identity.rules, bin_ps=bin_ps, clock_hz=float(identity.clock_hz),
         fine_bits=identity.fine_bits, window_bins=window, delays_bins=delays,
         dead_time_bins=dead, edges=edges, enabled=enabled, herald_rules=herald_rules,
@@ -277,8 +318,43 @@ def settings_to_acquisition(settings, identity):
         dark_rate_hz=s.dark_rate_hz, pair_delay_bins=pair_delay, period_cycles=period,
         seed=s.seed, pin_channels=list(s.pin_channels), bsm_offset_cycles=bsm_offset,
         bsm_event_probability=s.bsm_event_probability, bsm_psi_minus=s.bsm_psi_minus,
-        bsm_efficiencies=list(s.bsm_efficiencies))
+        bsm_efficiencies=list(s.bsm_efficiencies), stream=stream)
     return acq, notes
+
+
+def _roles_and_gates(s, n, bins):
+    """``Settings.sync``, ``references`` and ``gates_ns`` as per-channel roles and gates in
+    bins (the rest is checked by :class:`Acquisition`)."""
+    def channel(value, what):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not 0 <= value < n:
+            raise ConfigError(f"{what} {value!r}: no such channel (channels are 0..{n - 1})")
+        return int(value)
+    roles = ["detector"] * n
+    if s.sync is not None:
+        roles[channel(s.sync, "sync")] = "sync"
+    for value in s.references:
+        c = channel(value, "references")
+        if roles[c] != "detector":
+            raise ConfigError(f"references {c}: channel {c} is already the {roles[c]}")
+        roles[c] = "reference"
+    if not isinstance(s.gates_ns, dict):
+        raise ConfigError(f"gates_ns must be {{channel: (offset_ns, width_ns)}}, not "
+                          f"{s.gates_ns!r}")
+    top = 2 ** protocol.GATE_BITS - 1
+    gates = [None] * n
+    for key, value in s.gates_ns.items():
+        c = channel(key, "gates_ns")
+        try:
+            offset_ns, width_ns = value
+        except (TypeError, ValueError):
+            raise ConfigError(f"gates_ns {c}: {value!r} is not (offset_ns, width_ns)") from None
+        offset = bins("gates_ns", offset_ns, 0, top)
+        width = bins("gates_ns", width_ns, 0, top)
+        if width == 0:
+            raise ConfigError(f"gates_ns {c}: the width {width_ns!r} ns is less than one bin")
+        gates[c] = (offset, width)
+    return roles, gates
 
 
 def _duration_cycles(duration, clock_hz):
@@ -302,7 +378,9 @@ OPTIONS = {"window_ns": "--window", "delays_ns": "--delay", "dead_times_ns": "--
            "test_signal": "--test-signal", "pair_delay_ns": "--pair-delay",
            "period_ns": "--period", "duration": "--duration", "baud": "--baud",
            "bsm_offset_ns": "--bsm-offset", "bsm event probability": "--bsm-event",
-           "bsm psi- probability": "--bsm-psi-minus", "bsm offset": "--bsm-offset"}
+           "bsm psi- probability": "--bsm-psi-minus", "bsm offset": "--bsm-offset",
+           "stream": "--stream", "sync": "--sync", "references": "--reference",
+           "gates_ns": "--gate"}
 
 
 def option_message(message):
@@ -326,7 +404,9 @@ def sim_identity(channels=None, board=None):
     return Identity(magic=protocol.MAGIC, protocol=protocol.PROTOCOL_VERSION, gateware=0,
                     channels=n, rules=rules, fine_bits=board["fine_bits"],
                     bin_fs=10 ** 15 // board["clock_hz"] >> board["fine_bits"],
-                    clock_hz=board["clock_hz"], capabilities=protocol.CAPABILITY_TEST_SIGNAL,
+                    clock_hz=board["clock_hz"],
+                    capabilities=(protocol.CAPABILITY_TEST_SIGNAL
+                                  | protocol.CAPABILITY_STREAM_FILTER),
                     counters=protocol.RegisterMap(n, rules).counters.size)
 
 
@@ -621,7 +701,8 @@ def _replay_identity(acq):
 # -- runs ---------------------------------------------------------------------------------------
 
 _GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-           "herald_dropped", "coincidence_dropped")
+           "herald_dropped", "coincidence_dropped",
+           "filtered", "filter_dropped")
 
 
 class Run:
