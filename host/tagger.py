@@ -306,8 +306,8 @@ def settings_to_acquisition(settings, identity):
     if ((any(role != "detector" for role in roles) or any(g is not None for g in gates)
          or s.sync_marker_every)
             and not identity.capabilities & protocol.CAPABILITY_GATES):
-        raise ConfigError("sync: this board's gateware has no sync and gates; every channel "
-                          "is a detector without gate")
+        raise ConfigError("sync and gates: this board's gateware has none; every channel is "
+                          "a detector without gate (no --sync, --gate, --reference)")
     acq = Acquisition(
         roles=roles, gates_bins=gates, sync_marker_every=s.sync_marker_every,
         channels=n, rules=identity.rules, bin_ps=bin_ps, clock_hz=float(identity.clock_hz),
