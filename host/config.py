@@ -470,6 +470,13 @@ class Acquisition:
             if mode not in STREAM_MODES:
                 raise ConfigError(f"stream mode of channel {c} must be one of "
                                   f"{', '.join(STREAM_MODES)}, not {mode!r}")
+        markers = ("reference" in getattr(self, "roles", ())
+                   or bool(getattr(self, "sync_marker_every", 0)))
+        if "coincident" in self.stream and markers:
+            # A marker is streamed in its own cycle; one that came while the filter holds a
+            # window's tags would go out before them (docs/semantics.md, "Stream filters").
+            raise ConfigError("stream mode coincident cannot be combined with markers (a "
+                              "reference channel or sync markers) yet")
         for c, e in enumerate(self.edges):
             if e not in EDGES:
                 raise ConfigError(f"edge of channel {c} must be one of {', '.join(EDGES)}, "

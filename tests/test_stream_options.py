@@ -122,3 +122,19 @@ def test_summary_of_a_filtered_run_from_the_counters(tmp_path, capsys):
     assert "singles_recomputed_from_tags" not in summary["checks"]
     assert (f"stream (counted -> streamed / filtered / lost in the filter): ch0 coincident "
             f"{summary['singles'][0]} -> {streamed[0]} / {summary['filtered'][0]} / 0") in printed
+
+
+def test_coincident_with_markers_is_refused():
+    """A marker goes out in its own cycle, before tags the filter still holds: refused."""
+    from heraldry.host.config import Acquisition
+    with pytest.raises(ConfigError, match="cannot be combined with markers"):
+        Acquisition(channels=3, roles=["detector", "detector", "reference"],
+                    stream=["coincident", "all", "all"])
+    with pytest.raises(ConfigError, match="cannot be combined with markers"):
+        Acquisition(channels=3, roles=["detector", "detector", "sync"], sync_marker_every=10,
+                    stream=["coincident", "all", "all"])
+    # A sync without markers, or markers with only all/none modes, are fine.
+    Acquisition(channels=3, roles=["detector", "detector", "sync"],
+                stream=["coincident", "all", "all"])
+    Acquisition(channels=3, roles=["detector", "detector", "reference"],
+                stream=["none", "all", "all"])
