@@ -260,3 +260,37 @@ def test_without_the_filter_every_event_is_streamed():
     # Built and elaborated without the filter's members.
     from amaranth.back import rtlil
     assert "stream_filter" not in rtlil.convert(core)
+
+
+def test_counters_take_several_filtered_and_dropped_in_one_cycle():
+    """A discard adds a window's held events at once; dropped released tags add to
+    merger_dropped with the cycle's own."""
+    from heraldry.gateware.counters import Counters
+    dut = Counters(2, 1, hold=2)
+    cmap = dut.map
+    got = {}
+
+    async def bench(ctx):
+        ctx.set(dut.filtered[0], 5)
+        ctx.set(dut.filter_dropped[1], 3)
+        ctx.set(dut.merger_dropped, 0b10)
+        ctx.set(dut.held_dropped[1], 2)
+        await ctx.tick()
+        ctx.set(dut.filtered[0], 1)
+        ctx.set(dut.filter_dropped[1], 0)
+        ctx.set(dut.merger_dropped, 0)
+        ctx.set(dut.held_dropped[1], 0)
+        await ctx.tick()
+        ctx.set(dut.filtered[0], 0)
+        for name in ("filtered", "filter_dropped", "merger_dropped"):
+            got[name] = []
+            for address in cmap.range(name):
+                ctx.set(dut.addr, address)
+                await ctx.tick()
+                got[name].append(ctx.get(dut.data))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == {"filtered": [6, 0], "filter_dropped": [0, 3], "merger_dropped": [0, 3]}
