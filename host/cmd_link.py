@@ -68,6 +68,15 @@ def register(subparsers):
                    help="tracking loop block (default 10 ms; 1 ms on virtual boards)")
     p.add_argument("--untracked", action="store_true",
                    help="keep the first offset, no frequency tracking (a fixed calibration)")
+    ref = p.add_argument_group("reference inputs (PTU files)")
+    ref.add_argument("--reference-a", type=int, default=None, metavar="CH",
+                     help="board 1's reference channel (PPS or a divided 10 MHz): its markers "
+                     "rescale board 1's times to SI seconds and are left out of the merge")
+    ref.add_argument("--reference-b", type=int, default=None, metavar="CH",
+                     help="board 2's reference channel (the same)")
+    ref.add_argument("--reference-period-s", type=float, default=1.0,
+                     help="the reference markers' period (default 1 s: PPS; a 10 MHz "
+                     "reference divided by N: N * 1e-7)")
     live = p.add_argument_group("two boards live")
     live.add_argument("--duration", type=float, default=None,
                       help="device seconds each board runs (default 0.06 virtual, 10 ports); "
@@ -159,6 +168,11 @@ def _check(args, kind):
     if args.channels_a + args.channels_b > 8:
         raise ValueError(f"--channels-a + --channels-b: {args.channels_a + args.channels_b} "
                          f"channels, the merged stream holds at most 8")
+    if kind != "files" and (args.reference_a is not None or args.reference_b is not None):
+        raise ValueError("--reference-a/-b rescale PTU files; a live board's markers are not "
+                         "used yet")
+    if not args.reference_period_s > 0:
+        raise ValueError(f"--reference-period-s must be > 0, not {args.reference_period_s:g}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise ValueError(f"--metrics-port must be 0..65535, not {args.metrics_port}")
     if not 0 < args.efficiency <= 1:
@@ -206,6 +220,9 @@ def _files(args, sync_a, sync_b):
             _error(f"cannot read {path}: {getattr(error, 'strerror', None) or error}")
             return EXIT_USAGE
     (a, ca), (b, cb) = streams
+    (a, ca), (b, cb) = (_referenced(t, c, ch, args.reference_period_s, board)
+                        for t, c, ch, board in ((a, ca, args.reference_a, 1),
+                                                (b, cb, args.reference_b, 2)))
     result = link(a, b, channels_a=ca, channels_b=cb, sync_a=sync_a, sync_b=sync_b,
                   **_tracking(args))
     na = result.channels_a
@@ -213,6 +230,24 @@ def _files(args, sync_a, sync_b):
               for c in range(na + result.channels_b)]
     return _summary(sys.stdout, result.state, result.fit, len(result.losses),
                     len(result.locks), result.synced_s, result.misses, counts, na, result.cross)
+
+
+def _referenced(times, channels, reference, period_s, board):
+    """The board's tags without its reference channel's, on its reference's time scale: local
+    time of the first accepted marker plus SI seconds since it (``heraldry.sync.rescale``);
+    unchanged without ``reference``. Prints what the markers say."""
+    from ..sync import rescale
+    if reference is None:
+        return times, channels
+    marker = channels == reference
+    scale = rescale(times[marker], period_s)
+    sys.stdout.write(
+        f"reference board {board} (ch {reference}, period {period_s:g} s): clock "
+        f"{scale.ppm:+.4f} ppm, drift {scale.drift_ppm_per_s:+.4f} ppm/s, "
+        f"{len(scale.markers_s):,} markers, {scale.missing:,} missing, {scale.extra:,} extra, "
+        f"residual {scale.residual_s * 1e9:.2f} ns rms\n")
+    keep = ~marker
+    return scale.markers_s[0] + scale.to_si(times[keep]), channels[keep]
 
 
 def _summary(out, state, fit, losses, locks, synced_s, misses, counts, na, cross):

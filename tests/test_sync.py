@@ -624,3 +624,45 @@ def test_live_link_metrics_endpoint():
             len((src.a, src.b)[k]) - sum((withheld_a, withheld_b)[k])
     assert samples[("heraldry_link_singles_total", (("board", "2"), ("channel", "0")))] == \
         live.singles[1]
+
+
+def test_cli_link_rescales_ptu_files_by_their_reference_markers(tmp_path, capsys):
+    """Each board's file carries markers of one shared 10 MHz reference divided by 10^4
+    (1 ms, channel 1) read on its own clock: each board's ppm against the reference is the
+    injected one, and on the SI time scales the link finds no frequency difference and every
+    shared-clock coincidence; the markers are not merged."""
+    from heraldry.host.cli import main
+    from heraldry.host.events import EVENT_DTYPE
+    from heraldry.host.ptu import ChannelMap, PTUWriter
+    from heraldry.protocol import Kind
+    clocks = Clock(ppm=20, start_s=1e-3), Clock(ppm=-15, start_s=1.04e-3)
+    src = two_node_source(1.5, fiber_delay_s=50e-6, clock_a=clocks[0], clock_b=clocks[1],
+                          seed=21)
+    marks = np.arange(1, 1500) * 1e-3 + 0.37e-3                # true times of the edges
+    for name, bins, clock in (("a", src.a, clocks[0]), ("b", src.b, clocks[1])):
+        mbins = np.floor(clock.local(marks) / 1e-9).astype(np.int64)
+        times = np.concatenate((bins, mbins))
+        chans = np.concatenate((np.zeros(len(bins), int), np.ones(len(mbins), int)))
+        order = np.argsort(times, kind="stable")
+        events = np.zeros(len(times), EVENT_DTYPE)
+        events["time_ps"], events["channel"] = times[order] * 1000, chans[order]
+        events["kind"], events["count"] = Kind.TAG.value, 1
+        with PTUWriter(str(tmp_path / f"{name}.ptu"), bin_ps=1000,
+                       channel_map=ChannelMap(2)) as writer:
+            writer.write_block(events)
+    status = main(["link", str(tmp_path / "a.ptu"), str(tmp_path / "b.ptu"), "--sync-a", "0",
+                   "--sync-b", "0", "--reference-a", "1", "--reference-b", "1",
+                   "--reference-period-s", "1e-3"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    ppm_a = float(out.split("reference board 1 (ch 1, period 0.001 s): clock ")[1].split()[0])
+    ppm_b = float(out.split("reference board 2 (ch 1, period 0.001 s): clock ")[1].split()[0])
+    assert ppm_a == pytest.approx(20, abs=0.01) and ppm_b == pytest.approx(-15, abs=0.01)
+    assert "1,499 markers, 0 missing, 0 extra" in out
+    assert abs(float(out.split("frequency: ")[1].split(" ppm")[0])) < 0.01
+    assert "singles board 1 ch 1" not in out and "singles board 2 ch 1" not in out
+    cross = int(out.split("cross-node coincidences: ")[1].split(" ")[0].replace(",", ""))
+    assert cross >= 0.99 * shared_coincidences(src)
+    status = main(["link", "sim:+1ppm", "sim:-1ppm", "--reference-a", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "--reference-a" in err
