@@ -346,7 +346,7 @@ class TaggerCore(wiring.Component):
         wiring.connect(m, merger.o, out.i)
         wiring.connect(m, out.o, wiring.flipped(self.records))
 
-        m.submodules.counters = counters = Counters(n, r, hold=self.stream_hold)
+        m.submodules.counters = counters = Counters(n, r, hold=self.stream_hold, gates=self.gates)
         if self.stream_filter:
             m.d.comb += [
                 counters.filtered.eq(stream_filter.filtered),

@@ -44,7 +44,8 @@ class Counters(wiring.Component):
     herald_dropped : In(R), coincidence_dropped : In(1)
         Herald / coincidence records lost to a full merger FIFO.
     gated_out : In(N)
-        Detector events outside their gate (a core with gates; else tie to 0).
+        Detector events outside their gate. Counted with ``gates`` (a core with gates); without,
+        the ``gated_out`` counters are not built (they read 0).
     filtered : In(ArrayLayout(streamfilter.OVER_BITS + 1, N)), filter_dropped :
     In(ArrayLayout(streamfilter.OVER_BITS, N)), held_dropped : In(ArrayLayout(range(hold + 1), N))
         With ``hold`` (a core with the stream filter): per channel, events the filter withheld
@@ -72,7 +73,7 @@ class Counters(wiring.Component):
         The pattern counters' storage; row ``p`` is the counter of pattern ``p``.
     """
 
-    def __init__(self, channels, rules, hold=0):
+    def __init__(self, channels, rules, hold=0, gates=False):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
         if not 1 <= rules <= MAX_RULES:
@@ -81,6 +82,7 @@ class Counters(wiring.Component):
         self.rules = rules
         self.map = CounterMap(channels, rules)
         self.hold = hold
+        self.gates = bool(gates)
         filter_members = {
             "filtered":       In(data.ArrayLayout(unsigned(OVER_BITS + 1), channels)),
             "filter_dropped": In(data.ArrayLayout(unsigned(OVER_BITS), channels)),
@@ -103,7 +105,7 @@ class Counters(wiring.Component):
         })
         self.registers = {}
         for name in ("singles", "heralds", "delay_dropped", "merger_dropped", "herald_dropped",
-                     "coincidence_dropped", "gated_out") + (
+                     "coincidence_dropped") + (("gated_out",) if self.gates else ()) + (
                         ("filtered", "filter_dropped") if hold else ()):
             for index, address in enumerate(self.map.range(name)):
                 self.registers[address] = Signal(COUNTER_BITS, name=f"{name}{index}")
@@ -119,8 +121,9 @@ class Counters(wiring.Component):
             "singles": self.singles, "heralds": self.herald_fire,
             "delay_dropped": self.delay_dropped, "merger_dropped": self.merger_dropped,
             "herald_dropped": self.herald_dropped, "coincidence_dropped": self.coincidence_dropped,
-            "gated_out": self.gated_out,
         }
+        if self.gates:
+            increments["gated_out"] = self.gated_out
         if self.hold:
             increments["filtered"] = self.filtered
             increments["filter_dropped"] = self.filter_dropped

@@ -211,7 +211,8 @@ def test_back_to_back_same_pattern_and_latency():
 def test_wrap():
     """Counters wrap modulo 2**COUNTER_BITS (the host extends them), never saturate."""
     channels, rules = 2, 2
-    dut = Counters(channels, rules, hold=2)     # with the stream filter's counters
+    # with the stream filter's counters and the gates' gated_out
+    dut = Counters(channels, rules, hold=2, gates=True)
     cmap = dut.map
 
     async def bench(ctx):
@@ -260,3 +261,23 @@ def test_reject_bad_parameters():
         Counters(9, 1)
     with pytest.raises(ValueError):
         Counters(4, 9)
+
+
+def test_gated_out_counted_only_with_gates():
+    """gated_out pulses count with ``gates``; without, those counters are not built (read 0)."""
+    for gates in (False, True):
+        dut = Counters(2, 1, gates=gates)
+        got = []
+
+        async def bench(ctx):
+            for _ in range(3):
+                ctx.set(dut.gated_out, 0b10)
+                await ctx.tick()
+            ctx.set(dut.gated_out, 0)
+            for address in dut.map.range("gated_out"):
+                ctx.set(dut.addr, address)
+                await ctx.tick()
+                got.append(ctx.get(dut.data))
+
+        run(dut, bench)
+        assert got == ([0, 3] if gates else [0, 0])
