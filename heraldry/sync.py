@@ -592,6 +592,8 @@ class LiveLink:
         self._cut = None                # merged bin up to which every tag is in
         self._pairs = []                # (end_s, corrected sync a, corrected sync b)
         self._kept_tags, self._kept_windows, self._kept_heralds = [], [], []
+        #: Set by a source that ended the link on a stop signal (the ``KeyboardInterrupt``).
+        self.interrupted = None
 
     def _channels(self, times, channels, n, name):
         times = _sorted_seconds(times, f"board {name}'s times")

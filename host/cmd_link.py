@@ -8,7 +8,8 @@ both see (:mod:`heraldry.sync`), and the lock state, offset, ppm, residual jitte
 window misses and the cross-node coincidence rates (the reference model's windows on the merged
 stream) are printed, live as one line per update when the boards run. Exit status 0 when
 locked at the end, 1 when lock was never gained or is lost at the end, 2 for bad options or a
-file that cannot be read, 4 when a board goes away or stops answering.
+file that cannot be read, 4 when a board goes away or stops answering, 128 + the signal's
+number when a live link is stopped by SIGINT, SIGTERM or SIGHUP (after its summary).
 """
 
 import os
@@ -202,9 +203,15 @@ def cmd_link(args):
     try:
         if kinds[0] == "files":
             return _files(args, sync_a, sync_b)
-        if kinds[0] == "streams":
-            return _streams(args, sync_a, sync_b)
-        return _live(args, kinds[0], sync_a, sync_b)
+        from .interrupt import stop_on_signals
+        with stop_on_signals():
+            try:
+                if kinds[0] == "streams":
+                    return _streams(args, sync_a, sync_b)
+                return _live(args, kinds[0], sync_a, sync_b)
+            except KeyboardInterrupt as error:      # before the boards ran, or after
+                _error(f"interrupted by {getattr(error, 'name', 'SIGINT')}")
+                return 128 + getattr(error, "signum", 2)
     except SyncError as error:
         _error(error)
         return EXIT_USAGE
@@ -248,6 +255,16 @@ def _referenced(times, channels, reference, period_s, board):
         f"residual {scale.residual_s * 1e9:.2f} ns rms\n")
     keep = ~marker
     return scale.markers_s[0] + scale.to_si(times[keep]), channels[keep]
+
+
+def _ended(live, status):
+    """``status``, or after a stop signal its shell status (128 + the signal) with one line."""
+    error = live.interrupted
+    if error is None:
+        return status
+    _error(f"interrupted by {getattr(error, 'name', 'SIGINT')}: the link's figures up to then "
+           f"are above")
+    return 128 + getattr(error, "signum", 2)
 
 
 def _summary(out, state, fit, losses, locks, synced_s, misses, counts, na, cross):
@@ -356,8 +373,9 @@ def _live(args, kind, sync_a, sync_b):
             for tagger in taggers:
                 tagger.close()
     m = live.metrics()
-    return _summary(sys.stdout, m["state"], live.result().fit, m["losses"], m["locks"],
-                    m["synced_s"], m["misses"], live.singles.tolist(), live.na, m["cross"])
+    return _ended(live, _summary(sys.stdout, m["state"], live.result().fit, m["losses"],
+                                 m["locks"], m["synced_s"], m["misses"], live.singles.tolist(),
+                                 live.na, m["cross"]))
 
 
 def _streams(args, sync_a, sync_b):
@@ -386,5 +404,6 @@ def _streams(args, sync_a, sync_b):
                          f"{side.tags:,} tags, missed {side.missed_messages:,} messages "
                          f"({side.missed_events:,} records)\n")
     m = live.metrics()
-    return _summary(sys.stdout, m["state"], live.result().fit, m["losses"], m["locks"],
-                    m["synced_s"], m["misses"], live.singles.tolist(), live.na, m["cross"])
+    return _ended(live, _summary(sys.stdout, m["state"], live.result().fit, m["losses"],
+                                 m["locks"], m["synced_s"], m["misses"], live.singles.tolist(),
+                                 live.na, m["cross"]))

@@ -81,7 +81,9 @@ def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=
     have ended and delivered their last records.
 
     Returns ``(live, boards)``: the :class:`heraldry.sync.LiveLink` after its final feed and
-    the two :class:`BoardRun` s. Raises ``ValueError`` (a :class:`heraldry.sync.SyncError` or
+    the two :class:`BoardRun` s. A stop signal (``KeyboardInterrupt``, e.g. Ctrl-C) while the
+    boards run ends both runs and the link, which is returned with ``live.interrupted`` set to
+    that exception. Raises ``ValueError`` (a :class:`heraldry.sync.SyncError` or
     a :class:`~heraldry.host.config.ConfigError`) for settings that cannot work, and what
     :meth:`Tagger.run` raises when a board fails.
     """
@@ -110,25 +112,28 @@ def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=
             side.start_cycles = run.start_cycles
             side.start_bounds = run.tagger.device.start_bounds
         next_update = time.monotonic() + update_s
-        while True:
-            fed = False
-            for k, run in enumerate(runs):
-                block = run.poll()
-                if block is None:
-                    continue
-                fed = True
-                seconds, channels = _tags(block, run, boards[k], time_base, keep_tags)
-                if k == 0:
-                    live.feed(seconds, channels)
-                else:
-                    live.feed(b=seconds, channels_b=channels)
-            if not fed:
-                if all(run.ended for run in runs):
-                    break
-                time.sleep(idle_s)
-            if on_update is not None and time.monotonic() >= next_update:
-                next_update = time.monotonic() + update_s
-                on_update(live.metrics(), boards)
+        try:
+            while True:
+                fed = False
+                for k, run in enumerate(runs):
+                    block = run.poll()
+                    if block is None:
+                        continue
+                    fed = True
+                    seconds, channels = _tags(block, run, boards[k], time_base, keep_tags)
+                    if k == 0:
+                        live.feed(seconds, channels)
+                    else:
+                        live.feed(b=seconds, channels_b=channels)
+                if not fed:
+                    if all(run.ended for run in runs):
+                        break
+                    time.sleep(idle_s)
+                if on_update is not None and time.monotonic() >= next_update:
+                    next_update = time.monotonic() + update_s
+                    on_update(live.metrics(), boards)
+        except KeyboardInterrupt as error:      # a stop signal: both runs end, the link too
+            live.interrupted = error
     for side, run in zip(boards, runs):
         side.device_seconds = run.device_seconds
         side.stop_bounds = run.tagger.device.stop_bounds
@@ -163,12 +168,13 @@ def link_streams(endpoint_a, endpoint_b, duration_s, *, channels_a=4, channels_b
     (seconds); a message lost on the way (a gap in ``seq``/``first``) is counted on its
     :class:`StreamSide`. ``channels_a``/``channels_b``: the boards' input counts (the stream
     does not carry them; default 4, the virtual board's). The rest as :func:`link_taggers`.
-    Returns ``(live, sides)``. Raises :class:`heraldry.extras.MissingExtra` without pyzmq,
+    Returns ``(live, sides)``; a stop signal ends the link as in :func:`link_taggers`
+    (``live.interrupted``). Raises :class:`heraldry.extras.MissingExtra` without pyzmq,
     :class:`heraldry.sync.SyncError` for settings that cannot work, ``ValueError`` for a
     message that is not a valid events message."""
     from ..extras import require
     from ..sync import LiveLink, SyncError
-    from .serve import SequenceTracker, decode_events
+    from .serve import SequenceTracker
     zmq = require("zmq", "linking two heraldry serve streams")
     live = LiveLink(channels_a, channels_b, sync_a=sync_a, sync_b=sync_b, **link)
     sides = (StreamSide(endpoint_a), StreamSide(endpoint_b))
@@ -190,36 +196,11 @@ def link_streams(endpoint_a, endpoint_b, duration_s, *, channels_a=4, channels_b
             sockets.append(sub)
         end = time.monotonic() + duration_s
         next_update = time.monotonic() + update_s
-        while time.monotonic() < end and not (stop is not None and stop()):
-            ready = dict(poller.poll(timeout=50))
-            for k, sub in enumerate(sockets):
-                while sub in ready:
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    header, events = decode_events(frames)
-                    seqs[k].feed(header["seq"], header["first"], header["count"])
-                    side = sides[k]
-                    side.messages += 1
-                    side.missed_messages = seqs[k].missed
-                    side.missed_events = seqs[k].missed_events
-                    tags = events[events["kind"] == Kind.TAG.value]
-                    seconds = tags["time_ps"].astype(np.float64) * 1e-12
-                    order = np.argsort(seconds, kind="stable")
-                    seconds = seconds[order]
-                    channels = tags["channel"][order].astype(np.int64)
-                    side.tags += len(seconds)
-                    if keep_tags:
-                        side.times.append(seconds)
-                        side.channels.append(channels)
-                    if k == 0:
-                        live.feed(seconds, channels)
-                    else:
-                        live.feed(b=seconds, channels_b=channels)
-            if on_update is not None and time.monotonic() >= next_update:
-                next_update = time.monotonic() + update_s
-                on_update(live.metrics(), sides)
+        try:
+            _subscribe_loop(live, sockets, poller, sides, seqs, end, stop, keep_tags,
+                            update_s, on_update, next_update, zmq)
+        except KeyboardInterrupt as error:      # a stop signal ends the link
+            live.interrupted = error
     finally:
         for sub in sockets:
             sub.close()
@@ -227,6 +208,42 @@ def link_streams(endpoint_a, endpoint_b, duration_s, *, channels_a=4, channels_b
     if on_update is not None:
         on_update(live.metrics(), sides)
     return live, sides
+
+
+def _subscribe_loop(live, sockets, poller, sides, seqs, end, stop, keep_tags, update_s,
+                    on_update, next_update, zmq):
+    """link_streams' receive loop: until ``end`` (monotonic) or ``stop()``."""
+    from .serve import decode_events
+    while time.monotonic() < end and not (stop is not None and stop()):
+        ready = dict(poller.poll(timeout=50))
+        for k, sub in enumerate(sockets):
+            while sub in ready:
+                try:
+                    frames = sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                header, events = decode_events(frames)
+                seqs[k].feed(header["seq"], header["first"], header["count"])
+                side = sides[k]
+                side.messages += 1
+                side.missed_messages = seqs[k].missed
+                side.missed_events = seqs[k].missed_events
+                tags = events[events["kind"] == Kind.TAG.value]
+                seconds = tags["time_ps"].astype(np.float64) * 1e-12
+                order = np.argsort(seconds, kind="stable")
+                seconds = seconds[order]
+                channels = tags["channel"][order].astype(np.int64)
+                side.tags += len(seconds)
+                if keep_tags:
+                    side.times.append(seconds)
+                    side.channels.append(channels)
+                if k == 0:
+                    live.feed(seconds, channels)
+                else:
+                    live.feed(b=seconds, channels_b=channels)
+        if on_update is not None and time.monotonic() >= next_update:
+            next_update = time.monotonic() + update_s
+            on_update(live.metrics(), sides)
 
 
 #: The live link's Prometheus metrics (:class:`LinkMetrics`).

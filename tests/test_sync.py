@@ -666,3 +666,31 @@ def test_cli_link_rescales_ptu_files_by_their_reference_markers(tmp_path, capsys
     status = main(["link", "sim:+1ppm", "sim:-1ppm", "--reference-a", "1"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "--reference-a" in err
+
+
+def test_cli_live_link_stopped_by_a_signal(capsys):
+    """SIGINT while two streams are linked (30 s asked): the link ends at once with its summary
+    of what came, one line on stderr, exit status 130."""
+    pytest.importorskip("zmq")
+    import os
+    import signal
+    import threading
+    import time
+    from heraldry.host.cli import main
+    src = two_node_source(0.6, pair_rate_hz=1e5, clock_a=Clock(ppm=20),
+                          clock_b=Clock(ppm=-15), seed=9)
+    end_a, thread_a, _ = _publisher(src.a * 1000, 1)
+    end_b, thread_b, _ = _publisher(src.b * 1000, 2)
+
+    def interrupt():
+        thread_a.join()
+        thread_b.join()
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt, daemon=True).start()
+    start = time.monotonic()
+    status = main(["link", end_a, end_b, "--duration", "30", "--acquire-s", "0.2",
+                   "--channels-a", "1", "--channels-b", "1"])
+    captured = capsys.readouterr()
+    assert status == 130 and time.monotonic() - start < 15
+    assert captured.err.count("\n") == 1 and "interrupted by SIGINT" in captured.err
+    assert "lock state: locked" in captured.out and "cross-node coincidences" in captured.out
