@@ -222,6 +222,10 @@ def parse(data, channels=4, name="scenario"):
     for i, raw in enumerate(raw_faults, start=1):
         faults.append(_fault(f"{name} fault {i}", raw, channels))
     faults.sort(key=lambda f: f.at)
+    for i, f in enumerate(raw_faults, start=1):
+        if f.get("kind") == "efficiency" and f.get("channel") not in source.arms:
+            raise ScenarioError(f"{name} fault {i} (efficiency): channel {f['channel']} is no "
+                                f"arm of the pair source (arms {list(source.arms)})")
     kills = [f for f in faults if f.kind == "kill"]
     if kills and any(f.at > kills[0].at for f in faults if f.kind in PROCESS_FAULTS):
         raise ScenarioError(f"{name}: a fault after the kill at {kills[0].at:g} s can never "

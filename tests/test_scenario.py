@@ -55,6 +55,8 @@ def _rises(rows, channel):
      "channel must be 0..3"),
     ("[[fault]]\nkind = \"efficiency\"\nat = 1\nchannel = 1\nfactor = 2\n", "factor must be 0..1"),
     ("[[fault]]\nkind = \"dead\"\nat = 1\nchannel = 1\nuntil = 0.5\n", "must be after at"),
+    ("[[fault]]\nkind = \"efficiency\"\nat = 1\nchannel = 2\nfactor = 0.5\n",
+     "fault 1 \\(efficiency\\): channel 2 is no arm"),
     ("[[fault]]\nkind = \"dead\"\nat = 1\nchannel = \"1\"\n", "channel must be an integer"),
     ("[[fault]]\nkind = \"delay\"\nat = 1\nchannel = 1\n", "give step_ns"),
     ("[[fault]]\nkind = \"delay\"\nat = 1\nchannel = 1\nramp_ns_per_s = 5\n", "needs until"),
