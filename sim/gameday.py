@@ -26,6 +26,7 @@ given series times (the game days in ``tests/test_gameday.py``).
 
 import json
 import math
+import re
 import subprocess
 import time
 import urllib.request
@@ -193,7 +194,6 @@ def firing(recording, rule_files, times_s, promtool, workdir, *, labels=None):
     ``promtool test rules`` with an empty expectation and reading what it got (the rules are
     Prometheus's to evaluate; this only reads its answer). For reports: tests assert with
     :func:`promtool_alert_test`."""
-    import re
     path = workdir / "gameday-probe.yml"
     path.write_text(json.dumps(promtool_alert_test(recording, rule_files,
                                                    [(t, []) for t in times_s], labels=labels)))
@@ -212,6 +212,6 @@ def firing(recording, rule_files, times_s, promtool, workdir, *, labels=None):
 
 def _duration_s(text):
     total = 0.0
-    for value, unit in __import__("re").findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text):
+    for value, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text):
         total += float(value) * {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
     return int(total)

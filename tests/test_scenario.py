@@ -175,7 +175,6 @@ def test_board_reads_the_source_fifo_as_it_goes(binary):
     """Through the FIFO (endless: a harness that read its pins file whole before starting would
     never start), every tag of a run is one of the source's rises, on the same channel, at one
     common offset, and no rise inside the run is missed."""
-    from heraldry.host.events import EVENT_DTYPE  # noqa: F401  (the records' layout)
     from heraldry.host.tagger import Settings
     from heraldry.protocol import Kind
     s = parse({"source": {"pair_rate_hz": 1e5, "dark_rate_hz": 2e3, "seed": 9}})

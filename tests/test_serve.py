@@ -864,3 +864,37 @@ def test_herald_publish_latency_histogram():
         assert 0.21 <= samples[f"{name}_sum"] <= 0.21 + 2 * wall
     finally:
         server.close()
+
+
+def test_pair_delays_histogram_finds_the_coincidence_peak():
+    """heraldry_pair_delay_seconds: every channel 0 / channel 1 tag pair within 100 ns, channel
+    1's time minus channel 0's, binned in the 10 ns buckets around multiples of 10 ns; herald
+    records and other channels are not tags of the pair."""
+    import threading
+    from types import SimpleNamespace
+
+    from heraldry.host.serve import PAIR_DELAY_BUCKETS_S, Server, pair_delays
+    events = np.zeros(9, EVENT_DTYPE)
+    # ps: ch0 at 0 and 1000000; ch1 at 30000 (+30 ns from the first), 1050000 (+50 ns from the
+    # second) and 1250000 (+250 ns: out of reach); ch2 at 10000; a herald record at 30000.
+    rows = [(0, 0), (30_000, 1), (10_000, 2), (1_000_000, 0), (1_050_000, 1), (1_250_000, 1),
+            (-80_000, 1), (2_000_000, 0), (1_999_990, 1)]
+    for i, (t, ch) in enumerate(rows):
+        events[i]["time_ps"], events[i]["channel"] = t, ch
+        events[i]["kind"] = Kind.TAG.value
+    herald = np.zeros(1, EVENT_DTYPE)
+    herald["time_ps"], herald["kind"] = 30_000, Kind.HERALD.value
+    events = np.concatenate([events, herald])
+    got = sorted(np.round(pair_delays(events, 100e-9) * 1e12).astype(int).tolist())
+    # pairs: (0, 30000) +30 ns, (0, -80000) -80 ns, (1000000, 1050000) +50 ns,
+    # (2000000, 1999990) -0.01 ns
+    assert got == [-80_000, -10, 30_000, 50_000]
+    server = SimpleNamespace(identity=SimpleNamespace(channels=4), _lock=threading.Lock(),
+                             pair_delay_counts=[0] * (len(PAIR_DELAY_BUCKETS_S) + 1),
+                             pair_delay_sum=0.0)
+    Server._count_pair_delays(server, events)
+    expected = [0] * (len(PAIR_DELAY_BUCKETS_S) + 1)
+    for delay_ns in (-80, 0, 30, 50):           # bucket k holds (10 k - 105, 10 k - 95] ns
+        expected[(delay_ns + 100) // 10] += 1
+    assert server.pair_delay_counts == expected
+    assert server.pair_delay_sum == pytest.approx((-80_000 - 10 + 30_000 + 50_000) * 1e-12)
