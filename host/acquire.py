@@ -28,7 +28,8 @@ __all__ = ["AcquisitionResult", "acquire_device", "acquire_sim", "summarise", "p
            "anchor_interval_for"]
 
 _COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-                   "herald_dropped", "coincidence_dropped", "filtered", "filter_dropped")
+                   "herald_dropped", "coincidence_dropped", "filtered", "filter_dropped",
+                   "gated_out")
 
 
 @dataclass
@@ -288,6 +289,12 @@ def summarise(result, *, board="sim"):
                                                               filter_dropped)],
         "filtered": filtered,
         "filter_dropped": filter_dropped,
+        # Sync and gates (docs/semantics.md, "Sync, gates and reference markers"): per channel
+        # its role, the detector events outside their gate, and the attempts (the sync
+        # channel's singles; None without a sync).
+        "roles": list(acq.roles),
+        "gated_out": list(c.get("gated_out") or [0] * n),
+        "attempts": (None if acq.sync_channel is None else c["singles"][acq.sync_channel]),
         # Loss records as streamed, by cause and index (independent of the drop counters).
         "loss_records": _loss_table(result.lost, n, acq.rules),
         "host_dropped": host_dropped,

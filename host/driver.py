@@ -44,7 +44,7 @@ __all__ = ["DeviceError", "DeviceLost", "BoardSilent", "NoReply", "Identificatio
 #: Counter groups of ``protocol.CounterMap``, in address order.
 COUNTER_GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
                   "herald_dropped", "coincidence_dropped",
-                  "filtered", "filter_dropped")
+                  "filtered", "filter_dropped", "gated_out")
 
 _SEQ_COUNT = 2 ** protocol.WIRE_SEQ_BITS
 _WRAP = 2 ** COARSE_BITS

@@ -702,7 +702,7 @@ def _replay_identity(acq):
 
 _GROUPS = ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
            "herald_dropped", "coincidence_dropped",
-           "filtered", "filter_dropped")
+           "filtered", "filter_dropped", "gated_out")
 
 
 class Run:

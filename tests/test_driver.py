@@ -161,7 +161,10 @@ def test_every_config_register_round_trips(device):
     """Boundary values and a random one per register, each read back with a separate READ."""
     device.identify()
     rng = np.random.default_rng(5)
-    regs = protocol.RegisterMap(N, R).config_registers()
+    # (the gates.* registers are not stored on a board without gates: tests/gateware/
+    # test_registers.py reads them back as their reset)
+    regs = [reg for reg in protocol.RegisterMap(N, R).config_registers()
+            if not reg.name.startswith(protocol.GATES_REGISTERS)]
     assert regs
     for values in ("minimum", "maximum", "random"):
         expected = {}

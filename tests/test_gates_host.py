@@ -75,3 +75,14 @@ def test_command_line_refusals(options, fragment, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_summary_has_roles_gated_out_and_attempts(capsys):
+    """Without gates every channel is a detector, nothing is gated out, there is no sync."""
+    import json
+    status = cli.main(["acquire", "--board", "sim-inprocess", "--channels", "2",
+                       "--duration", "2e-6", "--quiet"])
+    summary = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert summary["roles"] == ["detector", "detector"]
+    assert summary["gated_out"] == [0, 0] and summary["attempts"] is None
