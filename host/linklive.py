@@ -37,7 +37,9 @@ class BoardRun:
     the run's start), ``start_bounds``/``stop_bounds`` (the driver's ``control.now`` reads
     around the start and stop commands), ``shift_s`` (added to its times: the ``"start"``
     base's wall-time shift, 0 for board 1), ``device_seconds``, ``tags`` (number streamed),
-    ``times``/``channels`` (every tag, in the time base's seconds, with ``keep_tags``)."""
+    ``times``/``channels`` (every tag, in the time base's seconds, with ``keep_tags``),
+    ``markers`` (``{channel: [arrays of seconds]}``: the tags of the board's ``reference`` and
+    ``sync`` channels, which are markers and stay out of the merge; :meth:`marker_times`)."""
     name: str
     start_cycles: int = 0
     start_bounds: tuple = None
@@ -47,6 +49,19 @@ class BoardRun:
     tags: int = 0
     times: list = field(default_factory=list)
     channels: list = field(default_factory=list)
+    markers: dict = field(default_factory=dict)
+
+    def marker_times(self, channel):
+        """Every marker of ``channel`` so far (seconds of the time base), e.g. for
+        :func:`heraldry.sync.rescale`."""
+        parts = self.markers.get(channel, [])
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _marker_channels(run):
+    """Channels whose tags are markers (role ``reference`` or ``sync``) in ``run``."""
+    roles = getattr(run.acquisition, "roles", None) or []
+    return [c for c, role in enumerate(roles) if role in ("reference", "sync")]
 
 
 def _tags(block, run, side, time_base, keep):
@@ -63,7 +78,12 @@ def _tags(block, run, side, time_base, keep):
     if keep:
         side.times.append(seconds)
         side.channels.append(channels)
-    return seconds, channels
+    marker = np.zeros(len(seconds), bool)
+    for c in _marker_channels(run):
+        these = channels == c
+        side.markers.setdefault(c, []).append(seconds[these])
+        marker |= these
+    return seconds[~marker], channels[~marker]
 
 
 def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=None, *,
@@ -78,7 +98,9 @@ def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=
     ``max_ppm``, ``keep``, ...). ``on_update(metrics, boards)`` is called every ``update_s``
     wall seconds with :meth:`LiveLink.metrics` and the two :class:`BoardRun` s, and once at
     the end. Board 1 is started first; both are polled in turn (``Run.poll``) until both
-    have ended and delivered their last records.
+    have ended and delivered their last records. The tags of a board's ``reference`` and
+    ``sync`` channels (its settings' roles) are markers: kept on its :class:`BoardRun`, not
+    merged.
 
     Returns ``(live, boards)``: the :class:`heraldry.sync.LiveLink` after its final feed and
     the two :class:`BoardRun` s. A stop signal (``KeyboardInterrupt``, e.g. Ctrl-C) while the

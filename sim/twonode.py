@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["board_pins", "TwoBoards"]
+__all__ = ["board_pins", "build_gates_twin", "TwoBoards"]
 
 
 def _latency():
@@ -72,6 +72,41 @@ def board_pins(bins, channel=0, *, dead_cycles=2, latency=None):
     return edges, keep
 
 
+def build_gates_twin(cache_dir=None):
+    """A virtual board (the 4-channel, 2-rule board of ``heraldry.open("sim")``) built with the
+    gates option (``Tagger(gates=True)``: channel roles, so a ``reference`` channel streams its
+    edges as markers; capability bit 3). Returns the executable, built on first use (about a
+    minute) and cached by the hash of its Verilog like :func:`heraldry.sim.twin.build_twin`'s."""
+    import hashlib
+    import json
+    import amaranth
+    from ..host.tagger import SIM_BOARD
+    from .twin import BOARD_TOPLEVEL, build_twin, cache_root
+    from .verilog import builtin_yosys, gateware_sources, write_atomic
+    n, rules, clock_hz, baud = (SIM_BOARD["channels"], SIM_BOARD["rules"], SIM_BOARD["clock_hz"],
+                                SIM_BOARD["baud"])
+    cache = Path(cache_dir) if cache_dir is not None else cache_root()
+    digest = hashlib.sha256(json.dumps(
+        {"channels": n, "rules": rules, "clock_hz": clock_hz, "baud": baud, "gates": True,
+         "amaranth": amaranth.__version__}, sort_keys=True).encode())
+    for path in gateware_sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    verilog = cache / "verilog" / f"{BOARD_TOPLEVEL}_gates_{digest.hexdigest()[:16]}.v"
+    if not verilog.is_file():
+        from amaranth.back import verilog as back
+        from ..gateware.top import Tagger
+        top = Tagger(n, rules, clock_hz=clock_hz, baud=baud, link="uart", gates=True)
+        with builtin_yosys():
+            write_atomic(verilog, back.convert(top, name=BOARD_TOPLEVEL))
+    return build_twin(n, rules, clock_hz, baud, cache_dir=cache_dir, verilog=verilog)
+
+
+def _merge_edges(*edges):
+    """Edge arrays of different channels in one cycle order (stable: each channel's order)."""
+    merged = np.concatenate(edges)
+    return merged[np.argsort(merged[:, 0], kind="stable")]
+
+
 def _write_edges(path, edges):
     with open(path, "w") as f:
         f.write("# cycle channel level (heraldry two-node virtual board)\n")
@@ -92,20 +127,26 @@ class TwoBoards:
         binary: a virtual board executable (:func:`heraldry.sim.twin.build_twin`; default the
             4-channel board of ``heraldry.open("sim")``, built on first use).
         folder: where the pins files go (default a temporary folder, removed by :meth:`close`).
+        reference_hz: with it, both boards also see one reference (a PPS, a divided 10 MHz) on
+            ``reference_channel``: an edge at every true time ``k / reference_hz``, read on
+            each board's clock (the board needs :func:`build_gates_twin` and
+            ``Settings(references=[reference_channel])`` to stream them as markers).
         source: further keywords of :func:`~heraldry.model.twonode.two_node_source`
             (``pair_rate_hz``, ``efficiency_a``, ``dark_rate_a_hz``, ``fiber_delay_s``,
             ``jitter_s``, ``seed``, ...); the bins are the board's clock period.
 
     Members: ``source`` (the :class:`~heraldry.model.twonode.TwoNode`, its ``a``/``b`` the
     boards' device bins), ``keep_a``, ``keep_b`` (masks of those driven, :func:`board_pins`),
-    ``bins_a``, ``bins_b`` (the device bins driven), ``pins_a``,
+    ``bins_a``, ``bins_b`` (the device bins driven), ``markers_true``, ``marker_bins_a``,
+    ``marker_bins_b`` (the reference's edges: true times, each board's device bins), ``pins_a``,
     ``pins_b`` (the pins files), ``clock_hz``, ``twins`` and, after :meth:`open` (which
     ``with`` calls), ``taggers``: a :class:`heraldry.Tagger` per board (names ``"sim-a"``,
     ``"sim-b"``), stopped with their boards by :meth:`close`.
     """
 
     def __init__(self, duration_s, *, clock_a=None, clock_b=None, lead_s=0.03, channel_a=0,
-                 channel_b=0, dead_cycles=2, binary=None, folder=None, **source):
+                 channel_b=0, dead_cycles=2, binary=None, folder=None, reference_hz=None,
+                 reference_channel=1, **source):
         from ..host.tagger import SIM_BOARD
         from ..model.twonode import Clock, two_node_source
         if not lead_s >= 0:
@@ -122,6 +163,23 @@ class TwoBoards:
         edges_a, self.keep_a = board_pins(self.source.a, channel_a, dead_cycles=dead_cycles)
         edges_b, self.keep_b = board_pins(self.source.b, channel_b, dead_cycles=dead_cycles)
         self.bins_a, self.bins_b = self.source.a[self.keep_a], self.source.b[self.keep_b]
+        self.reference_hz, self.reference_channel = reference_hz, reference_channel
+        self.markers_true = np.zeros(0)
+        self.marker_bins_a = self.marker_bins_b = np.zeros(0, np.int64)
+        if reference_hz is not None:
+            if not reference_hz > 0 or reference_channel in (channel_a, channel_b):
+                raise ValueError("reference_hz must be > 0, on a channel of its own")
+            # One reference for both boards (a shared 10 MHz divided, a PPS): edges at true
+            # times k / reference_hz, each board reading them on its own clock.
+            self.markers_true = np.arange(1, int(duration_s * reference_hz) + 1) / reference_hz
+            marks = []
+            for clock in (self.clock_a, self.clock_b):
+                bins = np.floor(clock.local(self.markers_true) * self.clock_hz).astype(np.int64)
+                edges, keep = board_pins(bins, reference_channel, dead_cycles=dead_cycles)
+                marks.append((edges, bins[keep]))
+            (ref_a, self.marker_bins_a), (ref_b, self.marker_bins_b) = marks
+            edges_a = _merge_edges(edges_a, ref_a)
+            edges_b = _merge_edges(edges_b, ref_b)
         self._tmp = None
         if folder is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="heraldry-two-node-")
