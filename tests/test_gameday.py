@@ -100,19 +100,26 @@ GAME_DAYS = [
 ]
 
 
-def _fault_scrape(rec, at_s):
-    """Index of the first scrape at or after the fault (for a kill: the first stalled one)."""
+def _fault_scrape(rec, fault):
+    """Index of the first scrape at or after the fault: for a kill, the first one taken while
+    the board's time stood still after reaching it (a stalled scrape before it, a board that a
+    loaded machine starved for a moment, is not taken for the fault)."""
+    reached = None
     for i, t in enumerate(rec.device_times):
-        if t is None or t >= at_s:
+        if t is not None:
+            reached = t
+            if fault.kind != "kill" and t >= fault.at:
+                return i
+        elif fault.kind == "kill" and reached is not None and reached >= fault.at - 0.01:
             return i
-    raise AssertionError(f"no scrape reached the fault at {at_s} s")
+    raise AssertionError(f"no scrape reached the fault at {fault.at} s")
 
 
 def run_game_day(name, options, scrapes):
     """Serve the scenario, record it; returns (Recording, the fault's scrape index)."""
     from heraldry.sim.scenario import load
     path = DOCS / "gamedays" / f"{name}.toml"
-    fault_s = load(path).faults[0].at
+    fault = load(path).faults[0]
     cmd = [sys.executable, "-m", "heraldry.host.cli", "serve", "--board", "sim", "--scenario",
            str(path), "--herald", "0b0011", "--status-interval", "0.002", "--rates-hz", "10",
            "--pub-port", "0", "--control-port", "0", "--metrics-port", "0", "--quiet", *options]
@@ -125,7 +132,7 @@ def run_game_day(name, options, scrapes):
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
-    return rec, _fault_scrape(rec, fault_s)
+    return rec, _fault_scrape(rec, fault)
 
 
 @pytest.mark.slow
