@@ -89,6 +89,18 @@ def test_missing_file_and_defaults(tmp_path):
     assert s.source.dark_rate_hz == (1, 2, 3, 4)
 
 
+def test_the_documented_example_checks_out():
+    """docs/serve.md's example scenario (every fault kind) is a valid scenario."""
+    import re
+    import tomllib
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "serve.md").read_text()
+    (example,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    s = parse(tomllib.loads(example))
+    assert sorted({f.kind for f in s.faults}) == sorted(sc.FAULT_KINDS)
+    assert s.source == sc.Source()      # the documented defaults are the defaults
+
+
 def test_game_day_files_check_out():
     from pathlib import Path
     folder = Path(__file__).resolve().parent.parent / "docs" / "gamedays"
