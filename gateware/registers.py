@@ -331,6 +331,8 @@ class RegisterFile(wiring.Component):
                 continue
             if reg.name in self.ident:
                 readable.append((reg.address, self.ident[reg.name]))
+            elif reg.name.startswith(GATES_REGISTERS) and not self.gates:
+                continue    # not stored, and their reset is 0: they read 0 (no multiplexer)
             elif reg.config_offset is not None:
                 readable.append((reg.address,
                                  config_bits[reg.config_offset:reg.config_offset + reg.width]))

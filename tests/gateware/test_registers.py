@@ -423,6 +423,8 @@ def test_gates_registers_not_stored_without_the_capability():
         assert got["gates.gate_width[1]"] == (1, 77 if stored else 0)
         assert got["gates.marker_every"] == (1, 5 if stored else 0)
         assert got["config"] == (77 if stored else 0)
+    # (without the capability they are read as 0, which is every one's reset)
+    assert all(reg.reset == 0 for reg in RegisterMap(2, 1) if reg.name.startswith("gates."))
 
 
 @pytest.mark.parametrize("channels,rules,seed", [(4, 2, 1), (3, 3, 2)])
