@@ -1,9 +1,12 @@
 """``heraldry build`` and ``heraldry flash``: bitstreams for real boards.
 
-* ``heraldry build --board B [--channels N] [--out DIR] [--seed S]``: synthesis, place and route
-  and packing with the YoWASP tools; writes the bitstream and ``DIR/report.json`` (see
-  :mod:`heraldry.boards.build`) and prints a summary. Exit 0 if timing is met, 1 if not or if a
-  step failed, 2 for bad options.
+* ``heraldry build --board B [--channels N] [--out DIR] [--seed S] [--verify]``: synthesis,
+  place and route and packing with the YoWASP tools; writes the bitstream and
+  ``DIR/report.json`` (see :mod:`heraldry.boards.build`) and prints a summary. ``--verify``
+  then simulates the synthesised netlist against the RTL and the reference model
+  (:func:`heraldry.sim.netlist.verify`, in ``DIR/verify``; ``report.json`` gains ``netlist``).
+  Exit 0 if timing is met (and the netlist check passed), 1 if not or if a step failed, 2 for
+  bad options.
 * ``heraldry flash --board B [--bitstream F] [--sram] [--dry-run]``: programs the board with
   ``iceprog`` (iCEBreaker) or ``openFPGALoader`` (ULX3S), building first if ``DIR`` holds no
   bitstream with timing met for those options. ``--dry-run`` prints the programmer command and
@@ -52,6 +55,9 @@ def register(subparsers):
                        help="build folder (default build/BOARD)")
     build.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     build.add_argument("--quiet", action="store_true", help="no progress lines")
+    build.add_argument("--verify", action="store_true",
+                       help="then simulate the synthesised netlist against the RTL and the "
+                            "reference model (minutes; docs/boards.md)")
 
     flash = subparsers.add_parser("flash", help="program a board (iceprog / openFPGALoader)")
     flash.add_argument("--board", required=True, help=f"one of: {names}")
@@ -124,6 +130,39 @@ def _run_build(board, channels, out, seed=1, quiet=False):
         return EXIT_INTERRUPTED
 
 
+def _run_verify(board, channels, out, report, quiet=False):
+    """The netlist check on the build in ``out``; adds ``netlist`` to ``report.json``, prints a
+    line; returns an exit status."""
+    from ..sim.netlist import NetlistError, verify
+
+    def progress(text):
+        sys.stderr.write(f"heraldry: {text}\n")
+        sys.stderr.flush()
+    try:
+        result = verify(board, channels, out / "verify", json_path=out / "heraldry.json",
+                        progress=None if quiet else progress)
+    except NetlistError as error:
+        _error(error)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("\nheraldry: interrupted\n")
+        return EXIT_INTERRUPTED
+    report["netlist"] = result
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    runs = result["runs"]
+    if result["ok"]:
+        summary = runs[0]["netlist"] if runs else {}
+        print(f"  netlist check: passed at {len(runs)} clock phase(s): UART bytes and herald "
+              f"pins as the RTL's, {summary.get('tags', 0)} tags and "
+              f"{summary.get('heralds', 0)} herald records as the model's")
+    if not result["ok"]:
+        more = len(result["failures"]) - 1
+        _error(f"netlist check failed: {result['failures'][0]}"
+               + (f" (and {more} more)" if more else "") + f"; see {out / 'report.json'}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_build(args):
     from ..boards import BoardError
     try:
@@ -136,6 +175,10 @@ def cmd_build(args):
         return report
     _print_report(report)
     print(f"  report: {out / 'report.json'}")
+    if args.verify:
+        status = _run_verify(board, channels, out, report, quiet=args.quiet)
+        if status != EXIT_OK:
+            return status
     if not report["timing_met"]:
         _error(f"timing not met on {board.name} (see {out / 'report.json'}); try another "
                f"--seed or fewer --channels")

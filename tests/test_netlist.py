@@ -270,3 +270,153 @@ def test_ice40_pll_gives_the_icebreaker_clocks():
     assert (pll["a_hz"], pll["b_hz"], pll["failures"]) == (48e6, 24e6, [])
     bad = nl.pll_clocks(text.replace("GENCLK_HALF", "GENCLK"), board)
     assert bad["failures"] == ["PLL port B (sync) is 48 MHz, the design needs 24 MHz"]
+
+
+# --- heraldry build --verify -----------------------------------------------------------------
+
+def fake_build(board, channels, out, **kwargs):
+    report = {"board": board.name, "channels": channels, "bin_ps": board.bin_ps,
+              "clocks": {"sync": {"target_mhz": 24.0, "achieved_mhz": 25.0}}, "timing_met": True,
+              "resources": {}, "bitstream": str(Path(out) / "heraldry.bin")}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "report.json").write_text("{}")
+    return report
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_build_verify_runs_the_check_and_records_it(ok, tmp_path, capsys, monkeypatch):
+    import json
+    from heraldry.boards import build as build_module
+    from heraldry.host import cli
+    seen = {}
+
+    def fake_verify(board, channels, out, *, json_path, progress=None):
+        seen.update(board=board.name, channels=channels, out=out, json_path=json_path)
+        summary = {"tags": 20, "heralds": 5}
+        return {"ok": ok, "failures": [] if ok else ["phase 2: the netlist's UART bytes differ",
+                                                     "second"],
+                "runs": [{"phase": 2, "netlist": summary, "rtl": summary}]}
+    monkeypatch.setattr(build_module, "build", fake_build)
+    monkeypatch.setattr(nl, "verify", fake_verify)
+    out = tmp_path / "ice"
+    status = cli.main(["build", "--board", "icebreaker", "--out", str(out), "--quiet",
+                       "--verify"])
+    captured = capsys.readouterr()
+    # The check runs on the build's own synthesised netlist, in DIR/verify.
+    assert seen == {"board": "icebreaker", "channels": 2, "out": out / "verify",
+                    "json_path": out / "heraldry.json"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["netlist"]["ok"] is ok
+    if ok:
+        assert status == 0
+        assert "netlist check: passed at 1 clock phase(s)" in captured.out
+        assert "20 tags and 5 herald records as the model's" in captured.out
+    else:
+        assert status == 1
+        errors = [t for t in captured.err.splitlines() if t.startswith("heraldry: error")]
+        assert errors == [f"heraldry: error: netlist check failed: phase 2: the netlist's UART "
+                          f"bytes differ (and 1 more); see {out / 'report.json'}"]
+
+
+# --- whole boards (slow tier) -----------------------------------------------------------------
+
+def assert_check_passed(report, board, phases):
+    assert report["failures"] == [], report["failures"]
+    assert report["ok"] is True
+    assert report["phases"] == list(phases)
+    # The PLL as docs/boards.md gives it: the harness drove these clocks.
+    assert report["pll"]["b_hz"] == board.clock_hz
+    for run in report["runs"]:
+        for name in ("netlist", "rtl"):
+            summary = run[name]
+            # Something happened: every channel's pulses, some heralds and coincidences.
+            assert summary["tags"] == 8 * report["channels"]
+            assert summary["heralds"] >= 2 and summary["coincidences"] >= 2
+            assert min(summary["herald_pin_rises"]) >= 1
+
+
+@pytest.fixture(scope="module")
+def icebreaker_check(tmp_path_factory):
+    out = tmp_path_factory.mktemp("icebreaker")
+    return out, nl.verify(get_board("icebreaker"), out=out)
+
+
+@pytest.mark.slow
+def test_icebreaker_netlist_matches_rtl_and_model(icebreaker_check):
+    _, report = icebreaker_check
+    assert_check_passed(report, get_board("icebreaker"), nl.DEFAULT_PHASES["ice40"])
+    # Aligned clocks: one offset, the same in the netlist and the RTL.
+    (run,) = report["runs"]
+    assert run["netlist"]["offset_bins"] == run["rtl"]["offset_bins"]
+
+
+@pytest.mark.slow
+def test_icebreaker_netlist_with_swapped_ddr_outputs_fails(icebreaker_check):
+    """A planted fault: detector 0's DDR input register with D_IN_0 and D_IN_1 swapped (the
+    rising- and falling-edge samples exchanged) in the synthesised netlist."""
+    out, _ = icebreaker_check
+    text = (out / "netlist.v").read_text()
+    match = re.search(r"SB_IO #\((?:(?!\);).)*?\) \\?\S*sb_io0\S* \((.*?)\n  \);", text, re.S)
+    assert match, "no SB_IO of detector 0 in the netlist"
+    ports = match.group(1)
+    d0 = re.search(r"\.D_IN_0\(([^()]*)\)", ports).group(1)
+    d1 = re.search(r"\.D_IN_1\(([^()]*)\)", ports).group(1)
+    swapped = ports.replace(f".D_IN_0({d0})", "@0@").replace(f".D_IN_1({d1})", f".D_IN_0({d1})")
+    swapped = swapped.replace("@0@", f".D_IN_1({d0})")
+    faulty = out / "faulty.v"
+    faulty.write_text(text[:match.start(1)] + swapped + text[match.end(1):])
+    report = nl.verify(get_board("icebreaker"), out=out, netlist=faulty)
+    assert report["ok"] is False
+    failures = "\n".join(report["failures"])
+    # The RTL still passes; the netlist differs from it and from the model.
+    assert "the netlist's UART bytes differ from the RTL's" in failures
+    assert re.search(r"netlist: \d+ of 16 tags differ from the model's", failures)
+    assert ", rtl:" not in failures
+
+
+@pytest.mark.slow
+def test_ulx3s_netlist_matches_rtl_and_model_at_every_phase(tmp_path):
+    board = get_board("ulx3s-85f")
+    report = nl.verify(board, out=tmp_path)
+    assert_check_passed(report, board, nl.DEFAULT_PHASES["ecp5"])
+    # The elastic crossing: per phase one offset for every channel, the netlist's the RTL's.
+    for run in report["runs"]:
+        assert run["netlist"]["offset_bins"] == run["rtl"]["offset_bins"]
+
+
+def test_stimulus_pins_and_command_frames():
+    from heraldry import protocol, wire
+    board = get_board("ulx3s-85f")
+    clocks = {"ref_hz": Fraction(25_000_000), "a_hz": Fraction(400_000_000),
+              "b_hz": Fraction(50_000_000)}
+    stim = nl.stimulus(board, 4, 2, clocks, seed=3)
+    # Ticks: a quarter of the 2.5 ns edge clock; a core cycle is 20 ns = 32 ticks; a bit at 3
+    # Mbaud is 333.3 ns = 1600/3 ticks.
+    assert stim.ticks_per_cycle == 32 and stim.bit_ticks == Fraction(1600, 3)
+    for c in range(4):
+        rise, fall = stim.rise[c], stim.fall[c]
+        assert len(rise) == 8
+        # One event per channel per cycle whatever the offset: rises 4 cycles (64 bins) apart,
+        # each pulse at least a cycle long and over before the next rise.
+        assert (rise[1:] - rise[:-1]).min() >= 3 * 16 + 1
+        assert ((fall - rise) >= 16).all() and (fall[:-1] < rise[1:]).all()
+    # A pin edge at bin b is set at tick 2 b (an edge-clock edge: the sample it is first seen at).
+    assert sorted(t for t, c, v in stim.pins if c == 1 and v) == sorted(2 * stim.rise[1])
+    # The frames decode to the commands listed, and the writes configure the acquisition.
+    rmap = protocol.RegisterMap(4, 2)
+    frames = b"".join(data for _, data in stim.batches)
+    decoded = [wire.decode_command(frames[i:i + 8]) for i in range(0, len(frames), 8)]
+    assert [(d["seq"], d["op"], rmap.by_address[d["address"]].name) for d in decoded] == \
+        [(seq, op, name) for seq, op, name in stim.commands]
+    bits = rmap.config_reset()
+    for d in decoded:
+        reg = rmap.by_address[d["address"]]
+        if d["op"] == protocol.Command.WRITE and reg.config_offset is not None:
+            bits &= ~(((1 << reg.width) - 1) << reg.config_offset)
+            bits |= d["value"] << reg.config_offset
+    want = stim.acquisition.gateware_config().as_value().value
+    test_bits = sum(((1 << r.width) - 1) << r.config_offset for r in rmap.config_registers()
+                    if r.name.startswith(protocol.TEST_SIGNAL_REGISTERS))
+    assert bits & ~test_bits == want & ~test_bits
+    names = [name for _, _, name in stim.commands]
+    assert names[-1] == "control.clear" and "control.run" in names

@@ -275,8 +275,10 @@ module DP16KD (
     wire arst_b = RESETMODE == "ASYNC" && RSTB;
     wire srst_a = RESETMODE == "SYNC" && RSTA;
     wire srst_b = RESETMODE == "SYNC" && RSTB;
-    always @(posedge CLKA) if (write_a) mem[word_a] <= (mem[word_a] & ~wmask_a) | (wdata_a & wmask_a);
-    always @(posedge CLKB) if (write_b) mem[word_b] <= (mem[word_b] & ~wmask_b) | (wdata_b & wmask_b);
+    always @(posedge CLKA)
+        if (write_a) mem[word_a] <= (mem[word_a] & ~wmask_a) | (wdata_a & wmask_a);
+    always @(posedge CLKB)
+        if (write_b) mem[word_b] <= (mem[word_b] & ~wmask_b) | (wdata_b & wmask_b);
     always @(posedge CLKA or posedge arst_a)
         if (arst_a || srst_a) out_a <= 36'd0;
         else if (W != 36 && CEA && csa) begin
