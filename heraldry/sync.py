@@ -308,17 +308,24 @@ class Tracker:
         return (len(self._a) and self._a[-1] >= end and len(self._b)
                 and self._b[-1] >= end + slack)
 
+    def _last(self, end, final):
+        """The end of the next block: at the streams' end, just after board 1's last tag (a
+        block beyond it would count time without tags)."""
+        if final and len(self._a):
+            return min(end, float(np.nextafter(self._a[-1], np.inf)))
+        return end
+
     def _drop(self, before):
         self._a = self._a[np.searchsorted(self._a, before):]
         self._b = self._b[np.searchsorted(self._b, before - 2 * self.max_offset_s - 1e-3):]
 
     def _step(self, final):
         if self.state == LOCKED:
-            end = self._at + self.block_s
+            end = self._last(self._at + self.block_s, final)
             if not self._covered(end, final):
                 return None
             return self._track(end)
-        end = self._at + self.acquire_s
+        end = self._last(self._at + self.acquire_s, final)
         if not self._covered(end, final):
             return None
         a = self._a[:np.searchsorted(self._a, end)]

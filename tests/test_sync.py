@@ -694,3 +694,16 @@ def test_cli_live_link_stopped_by_a_signal(capsys):
     assert status == 130 and time.monotonic() - start < 15
     assert captured.err.count("\n") == 1 and "interrupted by SIGINT" in captured.err
     assert "lock state: locked" in captured.out and "cross-node coincidences" in captured.out
+
+
+def test_synchronised_time_ends_with_the_last_tag():
+    """The last block is cut at board 1's last tag: the synchronised time (the rates'
+    denominator) is the span the tags cover, not a whole block beyond it."""
+    src = two_node_source(0.8055, clock_a=Clock(ppm=20), clock_b=Clock(ppm=-15), seed=6)
+    a, b = seconds(src)
+    a = a[a < b[-1] - 1e-3]
+    result = link(a, b, acquire_s=0.25)
+    assert result.state == LOCKED
+    first_lock = result.segments[0]
+    assert result.synced_s == pytest.approx(a[-1] - first_lock.start_s, abs=1e-6)
+    assert result.segments[-1].end_s <= a[-1] + 1e-9
