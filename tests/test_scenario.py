@@ -206,7 +206,10 @@ def test_board_reads_the_source_fifo_as_it_goes(binary):
         rises = _rises(rows, ch)
         assert len(mine) > 20, ch
         # the offset that puts the first tag on a rise and every other tag on one too
-        fits = [int(r - mine[0]) for r in rises if np.all(np.isin(mine + (r - mine[0]), rises))]
+        candidates = rises - mine[0]
+        for tag in mine[1:6]:
+            candidates = candidates[np.isin(tag + candidates, rises)]
+        fits = [int(o) for o in candidates if np.all(np.isin(mine + o, rises))]
         assert len(fits) == 1, ch
         offset = fits[0]
         offsets.add(offset)
