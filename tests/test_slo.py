@@ -176,3 +176,58 @@ def _run_tests(tmp_path, tests):
     result = _promtool("test", "rules", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+@needs_promtool
+def test_coincidence_peak_and_car_alerts(tmp_path):
+    """heraldry:pair01_delay_seconds:median1m is the median of the pair-delay histogram (here
+    every pair in the bucket (25, 35] ns but a tenth below it, in (15, 25]: rank 0.5 lies 4/9
+    into the upper bucket: 25 + 10 * 4/9 ns); the peak alert compares it with a quarter of the
+    window, the CAR alert the CAR with --car-floor."""
+    from heraldry.host.serve import PAIR_DELAY_BUCKETS_S
+    n = HOUR
+    labels = {"instance": "b", "job": "heraldry"}
+    series = []
+    for bound in PAIR_DELAY_BUCKETS_S:
+        below = 1000 if bound > 20e-9 else 0      # pairs per second at or below the bound
+        below += 9000 if bound > 30e-9 else 0
+        series.append(_series("heraldry_pair_delay_seconds_bucket",
+                              dict(labels, le=f"{bound:g}"), _counter([below * STEP_S] * n)))
+    series.append(_series("heraldry_pair_delay_seconds_bucket", dict(labels, le="+Inf"),
+                          _counter([10_000 * STEP_S] * n)))
+    # CAR: arms at 10 and 20 kHz, window 40 ns: accidentals 16 Hz; 800 Hz of pattern 3: CAR 50.
+    series += [
+        _series("heraldry_detections_total", dict(labels, channel="0"),
+                _counter([10_000 * STEP_S] * n)),
+        _series("heraldry_detections_total", dict(labels, channel="1"),
+                _counter([20_000 * STEP_S] * n)),
+        _series("heraldry_coincidences_total", dict(labels, pattern="3"),
+                _counter([800 * STEP_S] * n)),
+        _series("heraldry_coincidence_window_seconds", labels, _const(40e-9, n)),
+        _series("heraldry_car_floor", labels, _const(60, n)),
+        _series("heraldry_running", labels, _const(1, n)),
+    ]
+    expected_ns = 25 + 10 * 4 / 9
+    summary = "heraldry board b: {}"
+    tests = [{"interval": f"{STEP_S}s", "input_series": series,
+              "promql_expr_test": [{
+                  "expr": "round(heraldry:pair01_delay_seconds:median1m * 1e12)",
+                  "eval_time": "30m",
+                  "exp_samples": [{"labels": '{instance="b", job="heraldry"}',
+                                   "value": round(expected_ns * 1000)}]}],
+              "alert_rule_test": [
+                  {"eval_time": "30m", "alertname": name, "exp_alerts": [{
+                      "exp_labels": {"severity": "ticket", "instance": "b", "job": "heraldry"},
+                      "exp_annotations": {"summary": summary.format(text),
+                                          "runbook": f"docs/slo.md#{name.lower()}",
+                                          "description": description}}]}
+                  for name, text, description in (
+                      ("HeraldryCoincidencePeakShift",
+                       "coincidence peak a quarter of the window off centre",
+                       "The arms' relative delay (clock skew, a fiber or cable changed) has "
+                       "moved; coincidences are lost once it leaves the window. Needs "
+                       "slo-rules.yml (the peak recording rule)."),
+                      ("HeraldryCarLow", "coincidence-to-accidental ratio below its floor",
+                       "Dark counts or stray light on an arm: the heralds are more and more "
+                       "accidental. Needs slo-rules.yml (the CAR recording rule)."))]}]
+    _run_tests(tmp_path, tests)
