@@ -17,7 +17,8 @@ writes them as ``promtool test rules`` input series, one scrape per grid step:
   availability, latency shares) do not change. Gauges are taken as they are.
 * While the board's device time does not move (a killed, hung or cut-off board), scrapes go on at
   the wall pace the run has had so far (the median wall seconds per grid step; a board is taken
-  as standing still once its time has not moved for ``stall_factor`` of those), so the time a board is gone shows in the series as it would on a real one.
+  as standing still once its time has not moved for ``stall_factor`` of those), so the time a
+  board is gone shows in the series as it would on a real one.
 
 :func:`record` returns a :class:`Recording`; :meth:`Recording.input_series` gives the series for
 a promtool test file, :func:`firing` runs ``promtool test rules`` and says which alerts fire at
