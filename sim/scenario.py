@@ -11,8 +11,8 @@ The virtual board's pins come from :class:`PairSource`: photon pairs born at ``p
 (Poisson), photon A detected on channel ``arms[0]`` with probability ``efficiency[0]``, photon B
 on ``arms[1]`` with ``efficiency[1]``, each detection delayed by its channel's ``delay_ns`` plus a
 Gaussian jitter, uncorrelated counts (darks) on every channel at ``dark_rate_hz``. A detector is
-a pulse of ``pulse_ns`` on its pin and is blind for ``dead_time_ns`` after each photon that
-reaches it, detected or not (a paralysable dead time, so pulses never overlap). The schedule
+a pulse of ``pulse_ns`` on its pin and is blind for ``dead_time_ns`` after each detection, even
+one lost to that dead time itself (a paralysable dead time, so pulses never overlap). The schedule
 changes these figures mid-run, without restarting anything (the board's counters go on):
 
 ``efficiency``  ``channel``, ``factor`` 0..1: the channel's pair efficiency times ``factor``
@@ -393,8 +393,8 @@ class PairSource:
             ready = cycles < limit
             self._held_det[ch] = cycles[~ready]
             cycles = cycles[ready]
-            # Paralysable dead time: a photon within dead cycles of the one before it (seen or
-            # not) is lost, so kept pulses are always a pulse and a low cycle apart.
+            # Paralysable dead time: a detection within dead cycles of the one before it (kept
+            # or itself lost) is lost, so kept pulses are always a pulse and a low cycle apart.
             previous = np.concatenate([[self._last_raw[ch]], cycles[:-1]])
             keep = cycles - previous >= self._dead
             if len(cycles):
