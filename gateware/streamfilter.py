@@ -132,6 +132,10 @@ class StreamFilter(wiring.Component):
         # close it now); a window opened now likewise.
         last_a = self.was_open & (opening | self.last_cycle)
         last_b = opening & self.opened_last_cycle
+        # With F > 0 events may open a window in the last cycle of the one before (it closes
+        # now): the new window's undecided events are streamed at once, since held they would
+        # follow the old window's exact herald records (timed at the next cycle's first bin).
+        at_once_b = opening & self.was_open
 
         need = Signal(n)        # events that must be held (at most one per cycle, see below)
         decided_out = Signal(n)
@@ -141,10 +145,11 @@ class StreamFilter(wiring.Component):
             none = mode == StreamMode.NONE
             multi = Mux(self.join[c], multi_a, multi_b)
             last = Mux(self.join[c], last_a, last_b)
+            at_once = ~self.join[c] & at_once_b & ~last
             m.d.comb += [
-                self.stream[c].eq(events[c] & ~none & (~coincident | multi)),
+                self.stream[c].eq(events[c] & ~none & (~coincident | multi | at_once)),
                 decided_out[c].eq(events[c] & (none | coincident & ~multi & last)),
-                need[c].eq(events[c] & coincident & ~multi & ~last),
+                need[c].eq(events[c] & coincident & ~multi & ~last & ~at_once),
             ]
         # An event needs a slot only if its window holds its channel alone after this cycle and
         # carries on: so at most one channel needs one per cycle (one event per channel per

@@ -72,6 +72,7 @@ def reference(tpc, window, modes, hold, fine_bits):
         if not windows or t >= windows[-1][0] + window:
             windows.append([t, []])
         windows[-1][1].append((t, c))
+    previous_last = -1
     for t0, members in windows:
         last = (t0 + window - 1) >> fine_bits
         pattern = 0
@@ -92,6 +93,8 @@ def reference(tpc, window, modes, hold, fine_bits):
                     filtered[c] += 1
                 elif cycle == last:
                     filtered[c] += 1
+                elif cycle == previous_last:
+                    out.append((t, c))      # opens a window in the last cycle of the one before
                 elif len(held) < hold:
                     held.append((t, c))
                 else:
@@ -104,6 +107,7 @@ def reference(tpc, window, modes, hold, fine_bits):
         for _, c in held[:1]:
             filtered[c] += len(held) + over
         streamed.extend(out)
+        previous_last = last
     return sorted(streamed), filtered, dropped
 
 

@@ -621,8 +621,11 @@ def stream_filter(times_per_channel, window, modes, hold=STREAM_HOLD, fine_bits=
     it: an event of channel ``c`` in cycle ``k`` (``t >> fine_bits``) of window ``w`` *needs a
     slot* if the window's pattern, counting its events in cycles ``<= k``, is ``{c}`` alone and
     ``k`` is not the window's last cycle ``(t0 + W - 1) >> fine_bits`` (the decision is then
-    known at once). The filter has ``hold`` slots: the first ``hold`` events of a window that
-    need one are held; later ones are dropped. When the window turns out coincident the held
+    known at once). With ``fine_bits > 0`` a window can open in the last cycle of the window
+    before: its events of that cycle that would need a slot are streamed at once instead (held,
+    they would come after that window's exact herald records, timed at the next cycle's first
+    bin). The filter has ``hold`` slots: the first ``hold`` events of a window that need one
+    are held; later ones are dropped. When the window turns out coincident the held
     events are streamed and the dropped ones are lost (``filter_dropped``, reported in-band as
     ``FILTER_FULL`` loss); otherwise both are filtered.
 
@@ -663,13 +666,19 @@ def stream_filter(times_per_channel, window, modes, hold=STREAM_HOLD, fine_bits=
     last_cycle = (times[starts] + window - 1) >> fine_bits
     mode_of = np.array([STREAM_MODES.index(m) for m in modes])[chans]
     coincident = mode_of == STREAM_MODES.index("coincident")
-    needs_slot = coincident & (channels_so_far == 1) & (cycle < last_cycle[window_of])
+    undecided = coincident & (channels_so_far == 1) & (cycle < last_cycle[window_of])
+    # With F > 0 a window can open in the last cycle of the one before: its events of that cycle
+    # are streamed at once (held, they would follow the old window's exact herald records).
+    previous_last = np.r_[-1, last_cycle[:-1]][window_of]
+    at_once = undecided & (cycle == previous_last)
+    needs_slot = undecided & ~at_once
     # Rank of each slot-needing event among those of its window (0 for the first).
     before = np.cumsum(needs_slot) - needs_slot
     rank = before - before[starts][window_of]
     multi = np.array([bin(p).count("1") >= 2 for p in closed.tolist()], bool)[window_of]
     lost = needs_slot & (rank >= hold) & multi
-    streamed = (mode_of == STREAM_MODES.index("all")) | (coincident & multi & ~lost)
+    streamed = ((mode_of == STREAM_MODES.index("all")) | (coincident & multi & ~lost)
+                | at_once)
     withheld = ~streamed & ~lost
     filtered += np.bincount(chans[withheld], minlength=n)
     dropped += np.bincount(chans[lost], minlength=n)
