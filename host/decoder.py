@@ -51,7 +51,7 @@ _CODES = _ORPHAN + 1
  _P_OUT_TAG, _P_OUT_COINCIDENCE, _P_OUT_HERALD, _P_OUT_LOSS,
  _P_MERGER_FULL, _P_DELAY_FULL, _P_HERALD_RECORD, _P_TAG_CODE, _P_ORPHAN_CODE,
  _P_REPLY_FIELD_BITS, _P_REPLY_CONSTANT, _P_K_TIME, _P_COINCIDENCE_RECORD, _P_FILTER_FULL,
- _P_REPLY_COLUMNS) = range(39)
+ _P_HERALD_SYNC_BITS, _P_REPLY_COLUMNS) = range(40)
 # the STATUS/REPLY check's columns (protocol.reply_check_matrix) follow from _P_REPLY_COLUMNS
 _P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
 
@@ -60,7 +60,10 @@ _P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
  _S_IN_SEGMENT, _S_T, _S_SEG_BYTES, _S_SEG_CRC, _S_SEG_RECORDS, _S_SEG_BAD,
  _S_LAST_TAG, _S_LAST_HERALD, _S_LAST_COINC, _S_DONE_TAG, _S_DONE_HERALD, _S_DONE_COINC,
  _S_DECODE_ERRORS, _S_SKIPPED, _S_UNVERIFIED, _S_PTR, _S_SEG_START, _S_SIDE, _S_LOSSES,
- _S_T_ANCHOR, _S_ANCHORED, _S_GROUP_FIRST, _S_SEED, _S_SIZE) = range(31)
+ _S_T_ANCHOR, _S_ANCHORED, _S_GROUP_FIRST, _S_SEED, _S_CUR_HI, _S_SIZE) = range(32)
+# A payload's bits from this one on go to a second word (``cur_hi``): a HERALD record of a core
+# with gates has up to 94 (docs/protocol.md); every other kind fits below it.
+_LO_BITS = 62
 
 # Kernel tables, one row per kind code.
 (_T_FIRST_BITS, _T_PAYLOAD_BITS, _T_MAX_BYTES, _T_FIXED_BYTES, _T_SIZE) = range(5)
@@ -199,6 +202,9 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     tag_code = prm[_P_TAG_CODE]
     orphan_code = prm[_P_ORPHAN_CODE]
     reply_bits = prm[_P_REPLY_FIELD_BITS]
+    herald_sync_bits = prm[_P_HERALD_SYNC_BITS]
+    lo_bits = _LO_BITS
+    lo_mask = (1 << lo_bits) - 1
     check_mask = (1 << check_bits) - 1
     ch_mask = (1 << cb) - 1
     pat_mask = (1 << n_ch) - 1
@@ -208,6 +214,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     cur_len = st[_S_CUR_LEN]
     cur_kind = st[_S_CUR_KIND]
     cur_payload = st[_S_CUR_PAYLOAD]
+    cur_hi = st[_S_CUR_HI]
     cur_crc = st[_S_CUR_CRC]
     cur_bad = st[_S_CUR_BAD]
     cur_shift = st[_S_CUR_SHIFT]
@@ -251,7 +258,13 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                     break
                 cur_len += 1
                 if cur_len <= max_bytes:
-                    cur_payload |= b << cur_shift
+                    if cur_shift + bpb <= lo_bits:
+                        cur_payload |= b << cur_shift
+                    elif cur_shift >= lo_bits:
+                        cur_hi |= b << (cur_shift - lo_bits)
+                    else:               # the byte straddles the two words
+                        cur_payload |= (b << cur_shift) & lo_mask
+                        cur_hi |= b >> (lo_bits - cur_shift)
                     cur_shift += bpb
                 else:
                     cur_bad = 1
@@ -294,8 +307,12 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
             else:
                 fixed = tab[k, _T_FIXED_BYTES]
                 bits = tab[k, _T_PAYLOAD_BITS]
+                if bits > lo_bits:
+                    narrow = (cur_hi >> (bits - lo_bits)) == 0
+                else:
+                    narrow = (p >> bits) == 0 and cur_hi == 0
                 ok = (cur_bad == 0 and bits >= 0 and cur_len <= tab[k, _T_MAX_BYTES]
-                      and (fixed == 0 or cur_len == fixed) and (p >> bits) == 0)
+                      and (fixed == 0 or cur_len == fixed) and narrow)
                 if ok:
                     if k == tag_code:
                         ok = (p & ch_mask) < n_ch
@@ -444,7 +461,10 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                         elif k == k_herald:
                             channel = p & ((1 << rule_bits) - 1)
                             pattern = (p >> rule_bits) & pat_mask
-                            z = p >> (rule_bits + n_ch)
+                            # (a core with gates: attempt and sync_offset come before the time;
+                            # not kept yet)
+                            zpos = rule_bits + n_ch + herald_sync_bits
+                            z = (p >> zpos) | (cur_hi << (lo_bits - zpos))
                             t = t_run + ((z >> 1) if (z & 1) == 0 else -(z >> 1) - 1)
                             out_kind = out_herald
                             if t < 0 or t >= time_limit or t < last_herald:
@@ -487,6 +507,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                 cur_kind = tag_code
                 cur_len = length
                 cur_payload = p
+                cur_hi = 0
                 cur_shift = shift
                 cur_bad = np.int64(length > tag_max)
                 cur_complete = 0
@@ -502,6 +523,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
             fb = tab[k, _T_FIRST_BITS]
             cur_kind = k
             cur_payload = b & ((1 << fb) - 1)
+            cur_hi = 0
             cur_shift = fb
             cur_bad = 0
             if k == k_anchor:       # it may open a segment: its CRC starts here
@@ -509,6 +531,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
         else:
             cur_kind = orphan_code
             cur_payload = 0
+            cur_hi = 0
             cur_bad = 1
         i += 1
 
@@ -526,6 +549,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     st[_S_CUR_LEN] = cur_len
     st[_S_CUR_KIND] = cur_kind
     st[_S_CUR_PAYLOAD] = cur_payload
+    st[_S_CUR_HI] = cur_hi
     st[_S_CUR_CRC] = cur_crc
     st[_S_CUR_BAD] = cur_bad
     st[_S_CUR_SHIFT] = cur_shift
@@ -608,8 +632,8 @@ class StreamDecoder:
     records).
     """
 
-    def __init__(self, channels, rules, fine_bits=0, bin_fs=10_000_000):
-        fmt = WireFormat(channels, rules, fine_bits)
+    def __init__(self, channels, rules, fine_bits=0, bin_fs=10_000_000, gates=False):
+        fmt = WireFormat(channels, rules, fine_bits, gates)
         if not 0 < bin_fs < 2 ** 32:
             raise ValueError(f"bin_fs must be 1 .. 2**32 - 1, not {bin_fs}")
         self.format = fmt
@@ -637,6 +661,9 @@ class StreamDecoder:
         prm[_P_HERALD_RECORD] = LossCause.HERALD_RECORD.value
         prm[_P_COINCIDENCE_RECORD] = LossCause.COINCIDENCE_RECORD.value
         prm[_P_FILTER_FULL] = LossCause.FILTER_FULL.value
+        # a core with gates: a HERALD's attempt and sync_offset fields, before its time
+        prm[_P_HERALD_SYNC_BITS] = sum(width for name, width in fmt.fields[WireKind.HERALD]
+                                       if name in ("attempt", "sync_offset"))
         prm[_P_TAG_CODE], prm[_P_ORPHAN_CODE] = _TAG, _ORPHAN
         prm[_P_REPLY_FIELD_BITS] = REPLY_FIELD_BITS
         prm[_P_REPLY_CONSTANT], columns = reply_check_matrix()

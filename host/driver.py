@@ -296,8 +296,10 @@ class Device:
         ident = self.identity
         if ident is None:
             return self._decoder_cls(1, 1)
+        # A board with gates sends HERALD records with attempt and sync_offset.
         return self._decoder_cls(ident.channels, ident.rules, fine_bits=ident.fine_bits,
-                                 bin_fs=ident.bin_fs)
+                                 bin_fs=ident.bin_fs,
+                                 gates=bool(ident.capabilities & protocol.CAPABILITY_GATES))
 
     # -- commands --------------------------------------------------------------------------
 
@@ -446,12 +448,6 @@ class Device:
                 raise IdentificationError(f"{name} reports ident.{field} = {values[field]}, "
                                           f"outside {reg.minimum}..{reg.maximum}")
         identity = Identity(magic=magic, protocol=version, **values)
-        if identity.capabilities & protocol.CAPABILITY_GATES:
-            # Its HERALD records carry attempt and sync_offset (docs/protocol.md): more than
-            # the fast decoder's 64-bit payload word holds. Refused rather than misread.
-            raise IdentificationError(f"{name} is built with sync and gates (ident.capabilities "
-                                      f"{identity.capabilities:#x} bit 3): this host cannot "
-                                      f"decode its herald records yet")
         rmap = RegisterMap(identity.channels, identity.rules)
         if identity.counters != rmap.counters.size:
             raise IdentificationError(f"{name} reports {identity.counters} counters; "

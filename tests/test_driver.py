@@ -95,13 +95,18 @@ def test_fake_board_identifies():
     ({"protocol": protocol.PROTOCOL_VERSION + 1}, "protocol version"),
     ({"channels": 0}, "ident.channels"),
     ({"counters": 5}, "counters"),
-    # a board with sync and gates: its herald records are not decoded yet, so it is refused
-    ({"capabilities": 7 | protocol.CAPABILITY_GATES}, "cannot decode its herald records"),
 ])
 def test_wrong_identification_is_a_clear_error(changes, fragment):
     with Device(FakeBoard(_ident_values(**changes)), timeout=0.2) as device:
         with pytest.raises(DeviceError, match=fragment):
             device.identify()
+
+
+def test_a_board_with_gates_gets_a_decoder_for_its_herald_records():
+    for capabilities, gates in ((7, False), (7 | protocol.CAPABILITY_GATES, True)):
+        with Device(FakeBoard(_ident_values(capabilities=capabilities)), timeout=0.2) as device:
+            device.identify()
+            assert device._decoder.format.gates is gates
 
 
 def test_lost_command_is_resent_with_a_new_seq():

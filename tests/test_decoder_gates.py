@@ -1,0 +1,91 @@
+"""The fast decoder on the byte stream of a core with gates (HERALD records with attempt and
+sync_offset: up to 94 payload bits, beyond the kernel's first 62-bit word) against the reference
+decoder, clean and damaged, in any chunking. The attempt and sync_offset are checked by the
+reference codec (test_encoder); the fast decoder places the herald's time past them."""
+
+import numpy as np
+import pytest
+
+from heraldry.host.decoder import StreamDecoder
+from heraldry.protocol import Kind
+from heraldry.wire import decode_bytes, encode_stream
+
+from test_decoder import COUNTERS, damage, expected, random_cuts
+from test_wire import random_records
+
+
+def with_attempts(rng, records):
+    out = []
+    for rec in records:
+        if rec["kind"] == Kind.HERALD:
+            rec = dict(rec, attempt=int(rng.choice([0, 2**32 - 1, rng.integers(0, 2**32)])),
+                       offset=int(rng.choice([0, 2**16 - 1, rng.integers(0, 2**16)])))
+        out.append(rec)
+    return out
+
+
+def expected_gates(data, channels, rules, fine_bits):
+    """The reference decoder's events (attempt/offset dropped: not in EVENT_DTYPE)."""
+    import heraldry.wire as wire
+    real = wire.decode_bytes
+    try:
+        wire.decode_bytes = lambda d, n, r, f=0: real(d, n, r, f, gates=True)
+        import test_decoder
+        test_decoder.decode_bytes = wire.decode_bytes
+        return expected(data, channels, rules, fine_bits)
+    finally:
+        wire.decode_bytes = real
+        test_decoder.decode_bytes = real
+
+
+def run_fast(data, channels, rules, fine_bits, cuts=()):
+    dec = StreamDecoder(channels, rules, fine_bits, gates=True)
+    bounds = [0] + sorted(cuts) + [len(data)]
+    chunks = [dec.feed(data[a:b]) for a, b in zip(bounds, bounds[1:])] + [dec.close()]
+    events = np.concatenate([c.events for c in chunks])
+    replies = [r for c in chunks for r in c.replies]
+    status = [s for c in chunks for s in c.status]
+    lost = {}
+    for c in chunks:
+        for key, count in c.lost.items():
+            lost[key] = lost.get(key, 0) + count
+    errors = {name: sum(getattr(c, name) for c in chunks) for name in COUNTERS}
+    return events, replies, status, lost, errors
+
+
+def assert_same(data, channels, rules, fine_bits, cuts=()):
+    want = expected_gates(data, channels, rules, fine_bits)
+    got = run_fast(data, channels, rules, fine_bits, cuts)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1:] == want[1:]
+    return got
+
+
+@pytest.mark.parametrize("channels,rules,fine_bits,start", [
+    (2, 1, 0, 0), (4, 2, 4, 2 ** 33 - 100), (8, 8, 8, 2 ** 47),
+])
+def test_gates_stream_matches_reference(channels, rules, fine_bits, start):
+    rng = np.random.default_rng(channels + fine_bits)
+    records = with_attempts(rng, random_records(rng, channels, rules, fine_bits, n=1500,
+                                                start=start))
+    data = encode_stream(records, channels, rules, fine_bits, anchor_interval=2 ** 12,
+                         gates=True)
+    events = assert_same(data, channels, rules, fine_bits)[0]
+    heralds = sum(r["kind"] == Kind.HERALD for r in records)
+    assert heralds > 50
+    assert (events["kind"] == Kind.HERALD.value).sum() == heralds
+    for mean in (1, 7, 300):
+        assert_same(data, channels, rules, fine_bits, cuts=random_cuts(rng, len(data), mean))
+    # (A decoder told the wrong layout misreads such a stream: the capability bit tells the
+    # host which one to use.)
+
+
+@pytest.mark.parametrize("op", ["flip", "drop", "duplicate"])
+def test_gates_stream_under_damage(op):
+    rng = np.random.default_rng(3)
+    records = with_attempts(rng, random_records(rng, 4, 2, 4, n=2000, mean_gap=200))
+    data = encode_stream(records, 4, 2, 4, anchor_interval=2 ** 13, gates=True)
+    for rate in (0.001, 0.01):
+        damaged = damage(rng, data, op, rate)
+        got = assert_same(damaged, 4, 2, 4, cuts=random_cuts(rng, len(damaged), 200))
+        assert got[4]["decode_errors"] + got[4]["skipped_bytes"] > 0
