@@ -157,7 +157,7 @@ def build_parser():
                      help="input delays from a file written by heraldry calibrate "
                           "({\"delays_ns\": {CH: NS}}), and test-signal settings "
                           "({\"test_signal\": {\"mode\": \"bsm\", \"period_ns\": 1000, "
-                          "...}}, see docs/semantics.md); options given override it")
+                          "...}}, see docs/architecture.md); options given override it")
     acq.add_argument("--dead-time", action="append", default=[], metavar="CH=NS",
                      help="dead time of a channel (repeatable)")
     acq.add_argument("--edge", action="append", default=[], metavar="CH=EDGE",
