@@ -15,10 +15,12 @@ writes them as ``promtool test rules`` input series, one scrape per grid step:
   series reads per second of *device* time, as it does on a real board (where the two clocks are
   one): thresholds in Hz (``--herald-floor``) and CAR mean what they say. Ratios (link
   availability, latency shares) do not change. Gauges are taken as they are.
-* While the board's device time does not move (a killed, hung or cut-off board), scrapes go on at
-  the wall pace the run has had so far (the median wall seconds per grid step; a board is taken
-  as standing still once its time has not moved for ``stall_factor`` of those), so the time a
-  board is gone shows in the series as it would on a real one.
+* While the board is gone (the server reports ``heraldry_link_up`` 0: killed, hung or cut off
+  past the driver's resends) its device time is unknown, and scrapes go on at the wall pace the
+  run has had so far (the median wall seconds per grid step), so the time a board is gone shows
+  in the series as it would on a real one. So do they if its counters' time has not moved for
+  ``stall_s`` wall seconds with the link up (a board the server has not given up on yet). A
+  board that is merely slow (a loaded machine) is waited for: its device time is the clock.
 
 :func:`record` returns a :class:`Recording`; :meth:`Recording.input_series` gives the series for
 a promtool test file, :func:`firing` runs ``promtool test rules`` and says which alerts fire at
@@ -95,7 +97,7 @@ def _number(value):
     return repr(float(value)) if value != int(value) or abs(value) >= 1e15 else str(int(value))
 
 
-def record(url, *, device_step_s, scrapes, interval_s=15.0, poll_s=0.02, stall_factor=5.0,
+def record(url, *, device_step_s, scrapes, interval_s=15.0, poll_s=0.02, stall_s=30.0,
            timeout_s=900.0, on_scrape=None):
     """Record ``scrapes`` grid scrapes of ``url`` (a served board's ``/metrics``), the grid
     starting at the first counter snapshot seen. ``on_scrape(index, device_time)`` is called
@@ -137,7 +139,8 @@ def record(url, *, device_step_s, scrapes, interval_s=15.0, poll_s=0.02, stall_f
             grid += device_step_s
             took = True
         pace = sorted(paces)[len(paces) // 2] if paces else 1.0
-        if not took and now - last_move > stall_factor * pace \
+        gone = metrics.get(("heraldry_link_up", ()), (1.0, False))[0] == 0
+        if not took and (gone or now - last_move > stall_s) \
                 and now - last_grid_wall >= pace:
             # The board's time stands still: a scrape at the wall pace, as it is.
             _take(rec, metrics, metrics, t, t, t, stalled=True)

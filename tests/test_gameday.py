@@ -35,7 +35,8 @@ INTERVAL_S = 15             # series seconds per scrape
 
 class _FakeMetrics:
     """A /metrics page whose device time moves 1 ms per request up to ``stop_s`` and then
-    stands still; a counter grows at 2500 per device second, a gauge says 7."""
+    stands still, the link then down (``heraldry_link_up`` 0, else 1); a counter grows at 2500
+    per device second."""
 
     def __init__(self, stop_s):
         self.t = 0.0
@@ -49,7 +50,8 @@ class _FakeMetrics:
                         f"heraldry_counters_device_time_seconds {owner.t!r}\n"
                         "# TYPE heraldry_heralds_total counter\n"
                         f'heraldry_heralds_total{{rule="0"}} {2500 * owner.t!r}\n'
-                        "# TYPE heraldry_link_up gauge\nheraldry_link_up 7\n").encode()
+                        "# TYPE heraldry_link_up gauge\n"
+                        f"heraldry_link_up {int(owner.t < owner.stop_s)}\n").encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.end_headers()
@@ -64,11 +66,12 @@ class _FakeMetrics:
 
 def test_recorder_maps_device_time_to_scrapes():
     """Scrape n is the state at the first device time seen plus n * 4 ms; rate() over the
-    series (15 s per scrape) reads per device second; once device time stands still, scrapes
-    go on with the last state, marked as such."""
+    series (15 s per scrape) reads per device second; once the board is gone (link down),
+    scrapes go on with the last state, marked as such."""
     fake = _FakeMetrics(stop_s=0.0405)
     try:
-        rec = gameday.record(fake.url, device_step_s=STEP_S, scrapes=14, poll_s=0.002)
+        rec = gameday.record(fake.url, device_step_s=STEP_S, scrapes=14, poll_s=0.002,
+                             timeout_s=60)
     finally:
         fake.server.shutdown()
     assert rec.scale == INTERVAL_S / STEP_S
@@ -83,7 +86,7 @@ def test_recorder_maps_device_time_to_scrapes():
     assert per_s[:9] == pytest.approx([2500.0] * 9)
     assert per_s[9] == pytest.approx(2500 * (0.0405 - 0.037) / STEP_S)
     assert per_s[10:] == [0.0] * 3
-    assert series['heraldry_link_up{instance="sim",job="heraldry"}'] == ["7"] * 14
+    assert series['heraldry_link_up{instance="sim",job="heraldry"}'] == ["1"] * 10 + ["0"] * 4
     assert series['up{instance="sim",job="heraldry"}'] == ["1"] * 14
 
 
