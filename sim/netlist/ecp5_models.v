@@ -309,8 +309,8 @@ endmodule
 
 // I/O buffers. Verilator refuses a top-level input on an inout port (TRELLIS_IO's pad B), so
 // heraldry.sim.netlist renames each TRELLIS_IO of a netlist by its DIR parameter (INPUT:
-// TRELLIS_IO_IN, OUTPUT: TRELLIS_IO_OUT) and these models have a one-way pad; the RTL's IB and
-// OB are the same buffers. Tristating (T high) and BIDIR are not modelled.
+// TRELLIS_IO_IN, OUTPUT: TRELLIS_IO_OUT) and these models have a one-way pad; the RTL's IB, OB
+// and OBZ are the same buffers. Tristating (T high) and BIDIR are not modelled.
 module TRELLIS_IO_IN (input B, input I, input T, output O);
     parameter DIR = "INPUT";
     assign O = B;
@@ -329,4 +329,9 @@ endmodule
 
 module OB (input I, output O);
     assign O = I;
+endmodule
+
+module OBZ (input I, input T, output O);
+    assign O = I;
+    always @(posedge T) $fatal(1, "OBZ model: a tristated output is not modelled");
 endmodule

@@ -55,3 +55,46 @@ module SB_PLL40_2F_PAD (
     assign PLLOUTCOREB = PLLOUTGLOBALB;
     assign SDO = 1'b0;
 endmodule
+
+// SB_IO, in two one-way variants: Verilator refuses an input port on an inout pad and a
+// tristated output port, so heraldry.sim.netlist renames each SB_IO by its PIN_TYPE: no output
+// (PIN_TYPE[5:4] == 0): SB_IO_IN; otherwise SB_IO_OUT. Modelled: inputs PIN_TYPE[1:0] 00
+// (D_IN_0 registered at the rising edge of INPUT_CLK, D_IN_1 at the falling edge: the DDR input)
+// and 01 (D_IN_0 the pad); outputs PIN_TYPE[3:2] 10 (the pad follows D_OUT_0) with
+// PIN_TYPE[5:4] 01 (always driven) or 10 (driven while OUTPUT_ENABLE; a disabled output is not
+// modelled). CLOCK_ENABLE, NEG_TRIGGER and the rest stop the simulation where they matter.
+module SB_IO_IN (
+    input PACKAGE_PIN, input LATCH_INPUT_VALUE, input CLOCK_ENABLE, input INPUT_CLK,
+    input OUTPUT_CLK, input OUTPUT_ENABLE, input D_OUT_0, input D_OUT_1,
+    output D_IN_0, output D_IN_1
+);
+    parameter [5:0] PIN_TYPE = 6'b000000;
+    parameter [0:0] PULLUP = 1'b0;
+    parameter [0:0] NEG_TRIGGER = 1'b0;
+    parameter IO_STANDARD = "SB_LVCMOS";
+    initial if (PIN_TYPE[1:0] > 2'b01 || NEG_TRIGGER)
+        $fatal(1, "SB_IO model: PIN_TYPE %b / NEG_TRIGGER is not modelled", PIN_TYPE);
+    reg q0 = 1'b0, q1 = 1'b0;
+    always @(posedge INPUT_CLK) q0 <= PACKAGE_PIN;
+    always @(negedge INPUT_CLK) q1 <= PACKAGE_PIN;
+    assign D_IN_0 = PIN_TYPE[0] ? PACKAGE_PIN : q0;
+    assign D_IN_1 = q1;
+endmodule
+
+module SB_IO_OUT (
+    output PACKAGE_PIN, input LATCH_INPUT_VALUE, input CLOCK_ENABLE, input INPUT_CLK,
+    input OUTPUT_CLK, input OUTPUT_ENABLE, input D_OUT_0, input D_OUT_1,
+    output D_IN_0, output D_IN_1
+);
+    parameter [5:0] PIN_TYPE = 6'b011000;
+    parameter [0:0] PULLUP = 1'b0;
+    parameter [0:0] NEG_TRIGGER = 1'b0;
+    parameter IO_STANDARD = "SB_LVCMOS";
+    initial if (PIN_TYPE[3:2] != 2'b10 || PIN_TYPE[5:4] == 2'b11)
+        $fatal(1, "SB_IO model: PIN_TYPE %b is not modelled", PIN_TYPE);
+    assign PACKAGE_PIN = D_OUT_0;
+    assign D_IN_0 = D_OUT_0;
+    assign D_IN_1 = 1'b0;
+    always @(negedge OUTPUT_ENABLE)
+        if (PIN_TYPE[5:4] == 2'b10) $fatal(1, "SB_IO model: a disabled output is not modelled");
+endmodule
