@@ -191,9 +191,6 @@ def _identification_error():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=_identification_error(), strict=True,
-                   reason="the host refuses a board built with gates (it cannot decode their "
-                   "herald records yet): remove this mark when it can")
 def test_reference_markers_of_two_virtual_boards_give_their_clocks():
     """Both boards (built with the gates option) see one 10 kHz reference on channel 1 as a
     reference role: its markers stream as tags of channel 1 in each board's own bins, stay out
