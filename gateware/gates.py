@@ -47,8 +47,10 @@ class GateUnit(wiring.Component):
     The gate test costs the event path a ``2**F``-way bit select: per channel, the registered
     flags ``ok[i]`` say whether an event at fine ``i`` after an earlier sync edge is in the gate;
     they follow from count-downs of the bins until the gate opens and closes (``open_in``,
-    ``close_in``), reloaded from the configuration at each sync edge. An event after this
-    cycle's sync edge (offset ``< 2**F``) uses flags of the configuration alone.
+    ``close_in``), reloaded from the configuration in the cycle after each sync edge (from
+    registers: no carry chain behind the delay lines' memory read). An event after this cycle's
+    sync edge (offset ``< 2**F``), or in the cycle after one (offset ``< 2**(F + 1)``), uses
+    flags of the configuration alone.
 
     Parameters
     ----------
@@ -139,21 +141,36 @@ class GateUnit(wiring.Component):
         with m.Elif(sync_now):
             m.d.sync += since_marker.eq(Mux(marker, 0, since_marker + 1))
 
+        # The latest sync edge, one cycle on: `pend` is high in the cycle after a sync edge,
+        # with `pend_base` = 2**F - its fine time, the bins from it to this cycle's first bin.
+        # The gate count-downs are reloaded from these registers (a carry chain behind a
+        # register, not behind the delay lines' memory read), and in that one cycle an event at
+        # fine i is at offset pend_base + i < 2**(F + 1), looked up in flags of the
+        # configuration.
+        pend = Signal()
+        pend_base = Signal(f + 1)
+        with m.If(self.clear):
+            m.d.sync += pend.eq(0)
+        with m.Else():
+            m.d.sync += [pend.eq(sync_now), pend_base.eq(step - sync_fine)]
+
         detect = []
         for c in range(n):
             offset, width = cfg.gate_offset[c], cfg.gate_width[c]
             fine = self.fine[c]
-            # Configuration-derived flags, registered (config changes only while stopped).
+            # Configuration-derived flags, registered (config changes only while stopped):
+            # near[d]: offset d (< 2**(F + 1)) is in the gate.
             gated = Signal(name=f"gated{c}")
             end = Signal(GATE_BITS + 1, name=f"end{c}")
-            near = Signal(step, name=f"near{c}")   # offset d (< 2**F) is in the gate
+            near = Signal(2 * step, name=f"near{c}")
             m.d.sync += [
                 gated.eq(width != 0),
                 end.eq(offset + width),
-                near.eq(Cat((offset <= d) & (end > d) for d in range(step))),
+                near.eq(at_most_each(offset, f + 1) & ~at_most_each(end, f + 1)),
             ]
             # Bins from this cycle's first bin until the gate opens / closes (0: already),
-            # counted from the latest earlier sync edge, and the flags of each fine position.
+            # counted from the latest sync edge before the previous cycle, and the flags of each
+            # fine position of this cycle.
             open_in = Signal(GATE_BITS + 1, name=f"open_in{c}")
             close_in = Signal(GATE_BITS + 1, name=f"close_in{c}")
             ok = Signal(step, name=f"ok{c}")
@@ -162,19 +179,20 @@ class GateUnit(wiring.Component):
                 # i >= o (o <= i) and i < e (not e <= i)
                 return at_most_each(o, f) & ~at_most_each(e, f)
 
-            # At a sync edge at fine s the next cycle starts 2**F - s bins after it.
+            # The cycle after this one starts pend_base + 2**F bins after the pending sync edge.
+            ahead = Signal(f + 2, name=f"ahead{c}")
+            m.d.comb += ahead.eq(pend_base + step)
             reload_open = Signal(GATE_BITS + 1, name=f"reload_open{c}")
             reload_close = Signal(GATE_BITS + 1, name=f"reload_close{c}")
             m.d.comb += [
-                reload_open.eq(saturating_sub((offset + sync_fine)[:GATE_BITS + 1], step)),
-                reload_close.eq(saturating_sub((end + sync_fine)[:GATE_BITS + 1], step)),
-                # (end <= 2**GATE_BITS - 1: the host refuses longer gates, so no bit is lost)
+                reload_open.eq(Mux(offset > ahead, offset - ahead, 0)),
+                reload_close.eq(Mux(end > ahead, end - ahead, 0)),
             ]
             next_open = Signal(GATE_BITS + 1, name=f"next_open{c}")
             next_close = Signal(GATE_BITS + 1, name=f"next_close{c}")
             m.d.comb += [
-                next_open.eq(Mux(sync_now, reload_open, saturating_sub(open_in, step))),
-                next_close.eq(Mux(sync_now, reload_close, saturating_sub(close_in, step))),
+                next_open.eq(Mux(pend, reload_open, saturating_sub(open_in, step))),
+                next_close.eq(Mux(pend, reload_close, saturating_sub(close_in, step))),
             ]
             with m.If(self.clear):
                 m.d.sync += [open_in.eq(0), close_in.eq(0), ok.eq(0)]
@@ -184,10 +202,12 @@ class GateUnit(wiring.Component):
 
             if f:
                 after = sync_now & (sync_fine <= fine)
+                earlier = Mux(pend, near.bit_select((pend_base + fine)[:f + 1], 1),
+                              ok.bit_select(fine, 1))
                 in_gate = Mux(after, near.bit_select((fine - sync_fine)[:f], 1),
-                              synced & ok.bit_select(fine, 1))
+                              synced & earlier)
             else:
-                in_gate = Mux(sync_now, near[0], synced & ok[0])
+                in_gate = Mux(sync_now, near[0], synced & Mux(pend, near[1], ok[0]))
             detect.append(~gated | in_gate)
 
         keep = Cat(detect)
