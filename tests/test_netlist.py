@@ -356,7 +356,7 @@ def test_icebreaker_netlist_with_swapped_ddr_outputs_fails(icebreaker_check):
     rising- and falling-edge samples exchanged) in the synthesised netlist."""
     out, _ = icebreaker_check
     text = (out / "netlist.v").read_text()
-    match = re.search(r"SB_IO #\((?:(?!\);).)*?\) \\?\S*sb_io0\S* \((.*?)\n  \);", text, re.S)
+    match = re.search(r"SB_IO #\((?:(?!\);).)*?\) \\?\S*sb_io0\s+\((.*?)\n  \);", text, re.S)
     assert match, "no SB_IO of detector 0 in the netlist"
     ports = match.group(1)
     d0 = re.search(r"\.D_IN_0\(([^()]*)\)", ports).group(1)
