@@ -645,10 +645,13 @@ def test_help_lists_every_registered_board():
 def test_tagger_without_test_signal_says_so():
     from amaranth.hdl import Fragment
     from heraldry.gateware.top import Tagger
-    # ident.capabilities: bit 0 test signal, bit 1 coincidence records, bit 2 herald outputs
-    # (protocol.py's register documentation).
-    for test_signal, capabilities in ((False, 0b110), (True, 0b111)):
-        tagger = Tagger(2, 1, clock_hz=12_000_000, baud=3_000_000, test_signal=test_signal)
+    # ident.capabilities: bit 0 test signal, bit 1 coincidence records, bit 2 herald outputs,
+    # bit 4 stream filter (protocol.py's register documentation).
+    for test_signal, stream_filter, capabilities in ((False, True, 0b10110),
+                                                     (True, True, 0b10111),
+                                                     (False, False, 0b00110)):
+        tagger = Tagger(2, 1, clock_hz=12_000_000, baud=3_000_000, test_signal=test_signal,
+                        stream_filter=stream_filter)
         assert tagger.registers.ident["ident.capabilities"] == capabilities
         Fragment.get(tagger, None)        # elaborates: it must, and it is then "used"
 
