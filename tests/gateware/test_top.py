@@ -182,12 +182,13 @@ def test_identification_and_config_round_trip():
     tagger = Tagger(CHANNELS, RULES, clock_hz=CLOCK_HZ, link="stream")
     host = StreamHost(tagger, seed=1)
     rng = random.Random(2)
-    cmap_size = CHANNELS + 2 ** CHANNELS - 1 + RULES + CHANNELS + CHANNELS + RULES + 1
+    cmap_size = (CHANNELS + 2 ** CHANNELS - 1 + RULES + CHANNELS + CHANNELS + RULES + 1
+                 + 3 * CHANNELS)        # gated_out, filtered, filter_dropped
     expected_ident = {
         "ident.magic": MAGIC, "ident.protocol": PROTOCOL_VERSION,
         "ident.gateware": version_word(), "ident.channels": CHANNELS, "ident.rules": RULES,
         "ident.fine_bits": 0, "ident.bin_fs": 10 ** 15 // CLOCK_HZ, "ident.clock_hz": CLOCK_HZ,
-        "ident.capabilities": 0b111, "ident.counters": cmap_size,
+        "ident.capabilities": 0b10111, "ident.counters": cmap_size,   # bit 4: stream filter
     }
     got = {}
 
