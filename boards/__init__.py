@@ -47,7 +47,12 @@ class Board:
         The most channels that fit the device (and meet timing) at ``clock_hz``.
     programmer : str
         ``"iceprog"`` or ``"openFPGALoader"``.
+    seed : int
+        nextpnr placement seed a build uses unless given one (class attribute; 1, or the seed a
+        board's sweep found to meet timing with margin, documented in docs/boards.md).
     """
+
+    seed = 1
 
     name: str
     platform: type

@@ -122,13 +122,14 @@ def check_tools(board, env=None):
         raise BuildError(f"{command} (from {var}) not found on PATH")
 
 
-def plan(board, channels=None, out=None, *, seed=1):
+def plan(board, channels=None, out=None, *, seed=None):
     """Elaborate ``board.top(channels)`` and prepare its build (no toolchain runs).
 
     Returns the Amaranth ``BuildPlan``; with ``out`` its files (Verilog/RTLIL, constraints,
     ``build_heraldry.sh``) are also written there. nextpnr is asked for a JSON report
     (``heraldry.report.json``) and not to stop at a timing failure (:func:`build` decides)."""
     channels = board.check_channels(channels)
+    seed = board.seed if seed is None else seed
     platform = board.platform()
     nextpnr_opts = f"--seed {int(seed)} --report {NAME}.report.json --timing-allow-fail"
     if _family(platform) == "ice40":
@@ -463,7 +464,7 @@ def _say(progress, text):
         progress(text)
 
 
-def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
+def build(board, channels=None, out=None, *, seed=None, progress=None, env=None):
     """Build ``board``'s bitstream for ``channels`` inputs in folder ``out`` and write
     ``out/report.json``; returns the report (a dict).
 
@@ -472,6 +473,7 @@ def build(board, channels=None, out=None, *, seed=1, progress=None, env=None):
     the caller decides. Raises :class:`BuildError` if a step fails and :class:`BoardError` for
     bad options."""
     channels = board.check_channels(channels)
+    seed = board.seed if seed is None else seed      # ``None``: the board's (Board.seed)
     check_tools(board, env)
     out = Path(out if out is not None else Path("build") / board.name)
     out.mkdir(parents=True, exist_ok=True)

@@ -356,6 +356,12 @@ class TaggerCore(wiring.Component):
         wiring.connect(m, out.o, wiring.flipped(self.records))
 
         m.submodules.counters = counters = Counters(n, r, hold=self.stream_hold, gates=self.gates)
+        # The herald counters count a rule's firing a cycle later: the path from the window's
+        # state through an exact rule's decision at the window's close into a 32-bit adder was
+        # the iCEBreaker's critical one (icetime 23.87 MHz of 24). Zero in a clear cycle, so a
+        # firing registered before a clear is not counted after it.
+        herald_fire = Signal.like(heralds.fire)
+        m.d.sync += herald_fire.eq(Mux(self.clear, 0, heralds.fire))
         if self.stream_filter:
             m.d.comb += [
                 counters.filtered.eq(filtered),
@@ -367,7 +373,7 @@ class TaggerCore(wiring.Component):
             counters.gated_out.eq(gated),
             counters.closed.eq(coinc.closed),
             counters.closed_pattern.eq(coinc.closed_pattern),
-            counters.herald_fire.eq(heralds.fire),
+            counters.herald_fire.eq(herald_fire),
             counters.delay_dropped.eq(overflow),
             counters.merger_dropped.eq(merger.merger_dropped),
             counters.herald_dropped.eq(merger.herald_dropped),

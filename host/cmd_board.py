@@ -53,7 +53,9 @@ def register(subparsers):
                        help="inputs (default: the board's)")
     build.add_argument("--out", default=None, metavar="DIR",
                        help="build folder (default build/BOARD)")
-    build.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    build.add_argument("--seed", type=int, default=None,
+                       help="nextpnr placement seed (default: the board's, 4 on the iCEBreaker, "
+                            "1 elsewhere)")
     build.add_argument("--quiet", action="store_true", help="no progress lines")
     build.add_argument("--verify", action="store_true",
                        help="then simulate the synthesised netlist against the RTL and the "
@@ -113,7 +115,7 @@ def _print_report(report):
     print(f"  bitstream: {report['bitstream']}")
 
 
-def _run_build(board, channels, out, seed=1, quiet=False):
+def _run_build(board, channels, out, seed=None, quiet=False):
     """Build; returns the report or an exit status (int) after printing the error."""
     from ..boards.build import BuildError, build
 

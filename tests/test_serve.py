@@ -341,14 +341,19 @@ def test_non_loopback_bind_needs_a_token():
 
 
 def test_a_status_interval_the_link_cannot_carry_is_refused_in_one_line():
-    """32 counter snapshot records of 9 bytes take 0.24 ms at 12 Mbaud: an interval under two
-    of them is a bad option (exit 2, one line naming it), nothing served."""
+    """The virtual board's 44 counter snapshot records (4 channels, 2 rules) of 9 bytes take
+    0.33 ms at 12 Mbaud: an interval under two of them is a bad option (exit 2, one line naming
+    it), nothing served."""
+    from heraldry.host.tagger import sim_identity
+    counters = sim_identity().counters
+    assert counters == 44
     proc = _start("--status-interval", "0.0004", "--pub-port", "0", "--control-port", "0",
                   "--metrics-port", "0")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and out == "", err
     assert err.count("\n") == 1
-    assert err.startswith("heraldry: error: --status-interval 0.0004 s: a snapshot of 32 ")
+    assert err.startswith(f"heraldry: error: --status-interval 0.0004 s: a snapshot of "
+                          f"{counters} counters takes 0.33 ms at 12000000 baud")
 
 
 def test_a_port_that_is_no_serial_device_is_refused_in_one_line():

@@ -62,7 +62,9 @@ def test_each_board_stamps_its_clocks_local_bins(linked):
         # in the bin the model's clock gives it (local time in whole cycles).
         opened, closed = side.start_bounds[1] + LATENCY + 1, side.stop_bounds[0]
         inner = bins[(bins > opened) & (bins < closed)]
-        assert len(inner) > 5000
+        # About 6600 detections a board in the 50 ms run; how many fall in the gate depends on
+        # when the host got the run started (a loaded machine starts it later in the pins).
+        assert len(inner) > 1000
         first = np.searchsorted(bins, got[0])
         assert np.array_equal(got, bins[first:first + len(got)])
         assert got[0] <= inner[0] and got[-1] >= inner[-1]

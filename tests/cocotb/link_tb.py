@@ -85,7 +85,8 @@ def make_stimulus(rng, start, bundles, mean_gap):
         if rng.random() < 0.08:
             cause = rng.choice(list(LossCause))
             limit = {LossCause.MERGER_FULL: CHANNELS, LossCause.DELAY_FULL: CHANNELS,
-                     LossCause.HERALD_RECORD: RULES, LossCause.COINCIDENCE_RECORD: 1}[cause]
+                     LossCause.HERALD_RECORD: RULES, LossCause.COINCIDENCE_RECORD: 1,
+                     LossCause.FILTER_FULL: CHANNELS}[cause]
             records.append({"kind": Kind.LOSS, "cause": cause, "index": rng.randrange(limit),
                             "count": rng.randrange(1, 2 ** LOSS_COUNT_BITS), "time": t})
         mask = rng.randrange(1, 2 ** CHANNELS)

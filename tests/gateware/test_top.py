@@ -16,6 +16,7 @@ import heraldry
 from heraldry import model, wire
 from heraldry.gateware.top import Tagger
 from heraldry.host.config import Acquisition
+from heraldry.protocol import GATES_REGISTERS
 from heraldry.model import testsignal as tsmodel
 from heraldry.protocol import (
     COARSE_BITS, COUNTER_BASE, MAGIC, PROTOCOL_VERSION, WIRE_SEQ_BITS, Command, Kind, LossCause,
@@ -201,8 +202,11 @@ def test_identification_and_config_round_trip():
         written = {}
         for reg in host.map.config_registers():
             value = rng.randint(reg.minimum, reg.maximum)
-            assert await host.write(ctx, reg.name, value) == value, reg.name
-            written[reg.name] = value
+            # This core is built without gates (capability bit 3 clear): its gates.* registers
+            # are not stored and read their reset value, 0, whatever is written.
+            stored = not reg.name.startswith(GATES_REGISTERS)
+            assert await host.write(ctx, reg.name, value) == (value if stored else 0), reg.name
+            written[reg.name] = value if stored else 0
         for reg in host.map.config_registers():
             assert await host.read(ctx, reg.name) == written[reg.name], reg.name
         # A torn frame (3 bytes of a write to window), then a good frame: one reply, one loss.
