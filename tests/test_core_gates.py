@@ -150,6 +150,7 @@ def test_gates_through_the_whole_core(fine_bits, window, seed):
     assert (expected.tags["channel"] == 3).sum() > 3 and (expected.tags["channel"] == 5).sum() > 3
 
 
+@pytest.mark.slow      # 23 s in the Amaranth simulator; the fast tier keeps the F = 0/2/4 cores
 def test_dark_count_heralds_with_gates_match_the_prediction():
     """The done-when of issue 13 item 2 on the in-process virtual board (``CoreSimulation``,
     the core in the Amaranth simulator, seeded test signal): the BSM source with no photon
