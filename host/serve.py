@@ -89,6 +89,9 @@ METRIC_NAMES = (
     "heraldry_detections_total",            # counter, label channel
     "heraldry_coincidences_total",          # counter, label pattern (2 or more channels)
     "heraldry_heralds_total",               # counter, label rule
+    "heraldry_attempts_total",              # counter: sync edges (attempts) of the sync channel
+    "heraldry_gated_out_total",             # counter, label channel: outside the gate
+    "heraldry_stream_filtered_total",       # counter, label channel: counted, not streamed
     "heraldry_events_dropped_total",        # counter, label cause (DROP_CAUSES)
     "heraldry_decode_errors_total",         # counter
     "heraldry_control_commands_total",      # counter, labels command, result (ok/failed)
@@ -130,8 +133,9 @@ CONTROL_COMMANDS = ("status", "acquire_control", "release_control", "start", "st
 CONFIG_KEYS = ("channels", "window", "delay", "dead_time", "edge", "disable", "herald",
                "herald_width", "record_coincidences", "test_signal", "pair_rate", "efficiency",
                "dark_rate", "pair_delay", "period", "seed", "bsm_offset", "bsm_event",
-               "bsm_psi_minus")
-_LIST_KEYS = ("delay", "dead_time", "edge", "disable", "herald", "record_coincidences")
+               "bsm_psi_minus", "stream", "sync", "gate", "reference", "sync_marker_every")
+_LIST_KEYS = ("delay", "dead_time", "edge", "disable", "herald", "record_coincidences",
+              "stream", "gate", "reference")
 
 _MAX_EVENTS_PER_MESSAGE = 1 << 16
 
@@ -226,6 +230,19 @@ def request(socket_, command, **fields):
     return socket_.recv_json()
 
 
+def _group(counters, group, size):
+    """A counter group of a run's counters; zeros for a group the run has none of (a board or
+    a recording without gates or stream filter counters)."""
+    counts = counters.get(group)
+    return [0] * size if counts is None else counts
+
+
+def _attempts(acq, counters):
+    """Attempts of a run: its sync channel's edges (singles counter), 0 without a sync."""
+    sync = getattr(acq, "sync_channel", None)
+    return 0 if sync is None else int(counters["singles"][sync])
+
+
 class _Collector:
     """Prometheus collector over the server's latest figures (read under its lock)."""
 
@@ -246,6 +263,7 @@ class _Collector:
             link_up, running = s.link_up, s.running
             counters_time_s = s.counters_time_s
             totals = {group: list(counts) for group, counts in s.totals.items()}
+            attempts = s.attempts
             commands = dict(s.commands)
             link_seconds = list(s.link_seconds)
             latency_counts, latency_sum = list(s.latency_counts), s.latency_sum
@@ -266,6 +284,17 @@ class _Collector:
         for rule, count in enumerate(totals["heralds"]):
             c.add_metric([str(rule)], count)
         yield c
+        yield CounterMetricFamily("heraldry_attempts", "attempts: edges of the sync channel "
+                                  "(0 while no channel has the sync role)", value=attempts)
+        for name, group, text in (
+                ("heraldry_gated_out", "gated_out", "detections outside their channel's gate "
+                                                    "after the sync (counted, never in windows)"),
+                ("heraldry_stream_filtered", "filtered", "detections counted but not streamed "
+                                                         "(stream mode coincident or none)")):
+            c = CounterMetricFamily(name, text, labels=["channel"])
+            for ch, count in enumerate(totals[group]):
+                c.add_metric([str(ch)], count)
+            yield c
         c = CounterMetricFamily("heraldry_control_commands", "control requests answered",
                                 labels=["command", "result"])
         for (command, result), count in sorted(commands.items()):
@@ -428,9 +457,12 @@ class Server:
         # Counts of every run (the ended runs' plus the one going on) and of the ended runs.
         ident = self.identity
         sizes = {"singles": ident.channels, "patterns": 2 ** ident.channels - 1,
-                 "heralds": ident.rules}
+                 "heralds": ident.rules, "gated_out": ident.channels,
+                 "filtered": ident.channels}
         self.totals = {group: [0] * size for group, size in sizes.items()}
         self._done_counts = {group: [0] * size for group, size in sizes.items()}
+        # Attempts: the sync channel's edges of each run that had one (its singles counter).
+        self.attempts = self._done_attempts = 0
         # (command, "ok" or "failed") -> requests answered (every pair exported from zero)
         self.commands = {(command, result): 0 for command in CONTROL_COMMANDS + ("other",)
                          for result in ("ok", "failed")}
@@ -551,8 +583,9 @@ class Server:
             for cause, group in _HARDWARE_DROPS.items():
                 self._done[cause] += sum(run.counters[group])
             for group, done in self._done_counts.items():
-                for i, count in enumerate(run.counters[group]):
+                for i, count in enumerate(_group(run.counters, group, len(done))):
                     done[i] += count
+            self._done_attempts += _attempts(run.acquisition, run.counters)
             self.rates = self._zero_rates(self._device_time_s())
 
     def _update_drops(self, counters):
@@ -561,7 +594,10 @@ class Server:
         for cause, group in _HARDWARE_DROPS.items():
             self.dropped[cause] = self._done[cause] + sum(counters[group])
         for group, done in self._done_counts.items():
-            self.totals[group] = [d + c for d, c in zip(done, counters[group])]
+            self.totals[group] = [d + c for d, c in zip(done, _group(counters, group, len(done)))]
+        run = self.run
+        self.attempts = self._done_attempts + (
+            _attempts(run.acquisition, counters) if run is not None else 0)
 
     def window_s(self):
         """The coincidence window of the acquisition in use, seconds."""

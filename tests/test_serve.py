@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -562,7 +563,8 @@ def test_herald_latency_is_the_boards(clock_hz, fine_bits, periods):
                              dropped={cause: 0 for cause in DROP_CAUSES}, decode_errors=0,
                              publish_refused={}, published={}, link_up=True, running=True,
                              identity=identity, herald_floor_hz=0.0, started=time.monotonic(),
-                             totals={"singles": [], "patterns": [], "heralds": []}, commands={},
+                             totals={"singles": [], "patterns": [], "heralds": [],
+                                     "gated_out": [], "filtered": []}, attempts=0, commands={},
                              link_seconds=[0.0, 0.0], window_s=lambda: 0.0,
                              latency_counts=[0] * 13, latency_sum=0.0, car_floor=0.0,
                              pair_delay_counts=[0] * 21, pair_delay_sum=0.0,
@@ -665,6 +667,7 @@ class _ScriptedRun:
         self.counters_seconds = self.device_seconds = 0.0
         self.started = self.ended = False
         self.blocks = []
+        self.acquisition = SimpleNamespace(sync_channel=None)     # no attempt clock
 
     def start(self):
         self.started = True
@@ -903,3 +906,50 @@ def test_pair_delays_histogram_finds_the_coincidence_peak():
         expected[(delay_ns + 100) // 10] += 1
     assert server.pair_delay_counts == expected
     assert server.pair_delay_sum == pytest.approx((-80_000 - 10 + 30_000 + 50_000) * 1e-12)
+
+
+def test_stream_filter_and_attempt_counters_are_exported():
+    """``--stream 2=none --stream 3=none``: channels 2 and 3 are counted, never streamed, and
+    ``heraldry_stream_filtered_total`` says so (equal to their detections once the run is
+    stopped and its counters read at the end; a snapshot's counters are read one after
+    another while the board runs); channels 0 and 1 stream everything; no sync channel: no
+    attempts, nothing gated out. A configure request takes the same keys."""
+    ports = [free_port() for _ in range(3)]
+    proc = _start("--pub-port", str(ports[0]), "--control-port", str(ports[1]),
+                  "--metrics-port", str(ports[2]), "--quiet", "--status-interval", "0.002",
+                  "--dark-rate", "1e5", "--stream", "2=none", "--stream", "3=none")
+    context = zmq.Context()
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        endpoints = json.loads(line)
+        deadline = time.monotonic() + 60
+        while True:
+            time.sleep(0.3)
+            _, samples = _scrape(endpoints)
+            if samples['heraldry_detections_total{channel="3"}'] >= 20 \
+                    or time.monotonic() > deadline:
+                break
+        control = _req(context, endpoints["control"])
+        lease = request(control, "acquire_control")["lease"]
+        assert request(control, "stop", lease=lease) == {"ok": True, "running": False}
+        _, samples = _scrape(endpoints)
+        for ch in (2, 3):
+            detections = samples[f'heraldry_detections_total{{channel="{ch}"}}']
+            assert detections >= (20 if ch == 3 else 1)
+            assert samples[f'heraldry_stream_filtered_total{{channel="{ch}"}}'] == detections
+        for ch in (0, 1):
+            assert samples[f'heraldry_detections_total{{channel="{ch}"}}'] > 0
+            assert samples[f'heraldry_stream_filtered_total{{channel="{ch}"}}'] == 0
+        assert samples["heraldry_attempts_total"] == 0
+        assert all(samples[f'heraldry_gated_out_total{{channel="{ch}"}}'] == 0
+                   for ch in range(4))
+        bad = request(control, "configure", lease=lease, config={"stream": ["1=some"]})
+        assert not bad["ok"] and "--stream" in bad["error"]
+        got = request(control, "configure", lease=lease, config={"stream": ["1=none"]})
+        assert got["ok"], got
+        assert request(control, "status")["config"]["stream"] == ["1=none"]
+    finally:
+        context.destroy(linger=0)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

@@ -142,7 +142,8 @@ def test_burn_rate_alerts_page_ticket_and_stay_quiet(tmp_path):
 def test_recording_rules_car_and_net_herald_rate(tmp_path):
     # Arms at 10 and 20 kHz with a 2.5 ns window: accidentals 1e4 * 2e4 * 2 * 2.5e-9 = 1 Hz
     # (a window opens at either arm's event); 400 Hz of pattern 0b0011: CAR 400; heralds at
-    # 401 Hz: 400 Hz once the accidentals are subtracted.
+    # 401 Hz: 400 Hz once the accidentals are subtracted. Klyshko efficiencies 399 / 2e4 and
+    # 399 / 1e4.
     n = HOUR
     labels = {"instance": "b", "job": "heraldry"}
     series = [
@@ -164,6 +165,9 @@ def test_recording_rules_car_and_net_herald_rate(tmp_path):
         expect("heraldry:pair01_car:rate1m", 400),
         expect("heraldry:herald_net_rate_hz:rate1m", 400),
         expect("heraldry:herald_rate_hz:rate1m", 401),
+        # Klyshko: (400 - 1) Hz of true pairs over the other arm's 20 and 10 kHz.
+        expect("heraldry:arm0_klyshko_efficiency:rate1m", 0.02),
+        expect("heraldry:arm1_klyshko_efficiency:rate1m", 0.04),
     ]}]
     _run_tests(tmp_path, tests)
 
