@@ -211,13 +211,12 @@ def selftest(tagger, *, duration_s=None, test_signal="pairs", loopback=None, pai
                 tagger.channels, tagger.rules, test_signal, pair_rate_hz=pair_rate_hz,
                 efficiency=efficiency, dark_rate_hz=dark_rate_hz, pair_delay_ns=pair_delay_ns,
                 period_ns=period_ns, seed=seed)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SettingsNote)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SettingsNote)   # the same notes are in run.notes
             run = tagger.run(settings, duration_s, keep=True)
     except ConfigError as error:
         raise ConfigError(option_message(error)) from None
-    notes = [option_message(w.message) for w in caught if issubclass(w.category, SettingsNote)]
-    notes += [option_message(note) for note in run.notes if option_message(note) not in notes]
+    notes = [option_message(note) for note in run.notes]
     acq = run.acquisition
     if loopback is not None:
         what = (f"loopback herald {loopback[0]} -> input {loopback[1]}, source on channel 0: "
