@@ -187,6 +187,7 @@ class Device:
         self.decode_errors = 0
         self.skipped_bytes = 0
         self.unverified = 0
+        self.stream_ends = []     # link_bytes at each flush(): where each decoded stream ended
         self.stray_replies = 0
         self.resends = 0
         self.events_decoded = 0
@@ -291,6 +292,7 @@ class Device:
         with self._decoder_lock:
             self._take(self._decoder.close())
             self._decoder = self._new_decoder()
+            self.stream_ends.append(self.link_bytes)
 
     def _new_decoder(self):
         ident = self.identity
