@@ -180,7 +180,7 @@ class ULX3STop(Elaboratable):
         m.submodules.inputs = inputs = board.phy(ports)
         self.tagger = tagger = Tagger(self.channels, rules=len(HERALD_PINS),
                                       clock_hz=board.clock_hz, baud=board.baud,
-                                      phys=inputs.phys)
+                                      phys=inputs.phys, gates=board.gates)
         m.submodules.tagger = tagger
         for r in range(tagger.rules):
             m.submodules[f"herald{r}"] = herald = io.Buffer(
@@ -201,6 +201,9 @@ class ULX3STop(Elaboratable):
 
 class ULX3SBoard(Board):
     """:class:`Board` for the ULX3S; :meth:`top` gives a :class:`ULX3STop`."""
+
+    #: Sync roles, gates and markers in the core (``TaggerCore(gates=True)``, capability bit 3).
+    gates = False
 
     @property
     def crossing_limits_ns(self):

@@ -166,10 +166,21 @@ class CoincidenceUnit(wiring.Component):
             # The new window starts at the earliest event that does not fit the open one; all of
             # them share this cycle's coarse time.
             newcomer = events & ~self.join
-            least = Mux(newcomer[0], _fine(self.times[0], f), (1 << f) - 1)
-            for i in range(1, n):
-                fine = _fine(self.times[i], f)
-                least = Mux(newcomer[i] & (fine < least), fine, least)
+            # The earliest newcomer, equal times to the lowest channel, as a one-hot selection:
+            # every pairwise order comes from the fine times alone (not from `join`), so only
+            # one AND-OR level follows `newcomer` (a chain of N compare-and-select stages was
+            # on the ULX3S's critical path). No newcomer: the last fine position, as before.
+            fine = [_fine(self.times[i], f) for i in range(n)]
+            newcomer_first = Signal(n)
+            m.d.comb += newcomer_first.eq(Cat(
+                newcomer[i] & ~Cat(newcomer[j] & (fine[j] <= fine[i] if j < i
+                                                  else fine[j] < fine[i])
+                                   for j in range(n) if j != i).any()
+                if n > 1 else newcomer[i]
+                for i in range(n)))
+            least = Mux(newcomer.any(), 0, (1 << f) - 1)
+            for i in range(n):
+                least = least | Mux(newcomer_first[i], fine[i], 0)
             least_fine = Signal(f)
             m.d.comb += least_fine.eq(least)
             new_t0 = Cat(least_fine, self.ref)
