@@ -51,7 +51,8 @@ _CODES = _ORPHAN + 1
  _P_OUT_TAG, _P_OUT_COINCIDENCE, _P_OUT_HERALD, _P_OUT_LOSS,
  _P_MERGER_FULL, _P_DELAY_FULL, _P_HERALD_RECORD, _P_TAG_CODE, _P_ORPHAN_CODE,
  _P_REPLY_FIELD_BITS, _P_REPLY_CONSTANT, _P_K_TIME, _P_COINCIDENCE_RECORD, _P_FILTER_FULL,
- _P_HERALD_SYNC_BITS, _P_REPLY_COLUMNS) = range(40)
+ _P_HERALD_SYNC_BITS, _P_HERALD_ATTEMPT_POS, _P_HERALD_OFFSET_POS,
+ _P_HERALD_ATTEMPT_MASK, _P_HERALD_OFFSET_MASK, _P_REPLY_COLUMNS) = range(44)
 # the STATUS/REPLY check's columns (protocol.reply_check_matrix) follow from _P_REPLY_COLUMNS
 _P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
 
@@ -88,7 +89,8 @@ def _crc_fold(crc, data, begin, end, tables):
 
 @numba.njit(cache=True, nogil=True)
 def _tag_run(data, i, t_run, ptr, n_ch, cb, tag_bits, tag_max, time_bits, out_tag, start,
-             other, first_bits, bpb, ev_time, ev_channel, ev_kind, ev_pattern, ev_count):
+             other, first_bits, bpb, ev_time, ev_channel, ev_kind, ev_pattern, ev_count,
+             ev_attempt, ev_sync_offset):
     """Decode the run of TAG records starting at ``data[i]`` (a TAG's first byte) in an open
     group, up to the next other start byte or the end of ``data``: the hot loop, kept small.
     ``start`` is the least start byte, ``other`` the least non-TAG one; ``first_bits`` and ``bpb``
@@ -130,6 +132,8 @@ def _tag_run(data, i, t_run, ptr, n_ch, cb, tag_bits, tag_max, time_bits, out_ta
             ev_kind[ptr] = out_tag
             ev_pattern[ptr] = 0
             ev_count[ptr] = 1
+            ev_attempt[ptr] = 0
+            ev_sync_offset[ptr] = 0
             ptr += 1
             t_run = t
             if b >= other:
@@ -157,7 +161,7 @@ def _to_ps(ev_time, begin, end, bin_q, bin_r):
 
 @numba.njit(cache=True, nogil=True)
 def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, ev_kind,
-                   ev_pattern, ev_count, side):
+                   ev_pattern, ev_count, ev_attempt, ev_sync_offset, side):
     """Walk ``data`` record by record; see StreamDecoder. Writes events from ``st[_S_PTR]`` on,
     times in bins, converted to ps when their group is verified (``st[_S_SEG_START]`` then
     moves past them; a damaged group rolls ``st[_S_PTR]`` back to it), and side records from
@@ -203,6 +207,10 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
     orphan_code = prm[_P_ORPHAN_CODE]
     reply_bits = prm[_P_REPLY_FIELD_BITS]
     herald_sync_bits = prm[_P_HERALD_SYNC_BITS]
+    attempt_pos = prm[_P_HERALD_ATTEMPT_POS]
+    offset_pos = prm[_P_HERALD_OFFSET_POS]
+    attempt_mask = prm[_P_HERALD_ATTEMPT_MASK]
+    offset_mask = prm[_P_HERALD_OFFSET_MASK]
     lo_bits = _LO_BITS
     lo_mask = (1 << lo_bits) - 1
     check_mask = (1 << check_bits) - 1
@@ -296,6 +304,8 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                     ev_kind[ptr] = out_tag
                     ev_pattern[ptr] = 0
                     ev_count[ptr] = 1
+                    ev_attempt[ptr] = 0
+                    ev_sync_offset[ptr] = 0
                     ptr += 1
             elif (tab[k, _T_FIXED_BYTES] > 0 and cur_len < tab[k, _T_FIXED_BYTES]
                     and cur_complete == 0 and i == n):
@@ -439,6 +449,8 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                         channel = 0
                         pattern = 0
                         count = 1
+                        attempt = 0
+                        sync_offset = 0
                         out_kind = out_loss
                         if k == tag_code:
                             channel = p & ch_mask
@@ -461,8 +473,11 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                         elif k == k_herald:
                             channel = p & ((1 << rule_bits) - 1)
                             pattern = (p >> rule_bits) & pat_mask
-                            # (a core with gates: attempt and sync_offset come before the time;
-                            # not kept yet)
+                            if attempt_pos >= 0:
+                                # a core with gates: attempt and sync_offset, before the time
+                                # (both in the first word: __init__ checks)
+                                attempt = (p >> attempt_pos) & attempt_mask
+                                sync_offset = (p >> offset_pos) & offset_mask
                             zpos = rule_bits + n_ch + herald_sync_bits
                             z = (p >> zpos) | (cur_hi << (lo_bits - zpos))
                             t = t_run + ((z >> 1) if (z & 1) == 0 else -(z >> 1) - 1)
@@ -483,6 +498,8 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                             ev_kind[ptr] = out_kind
                             ev_pattern[ptr] = pattern
                             ev_count[ptr] = count
+                            ev_attempt[ptr] = attempt
+                            ev_sync_offset[ptr] = sync_offset
                             ptr += 1
             cur_len = 0
             cur_complete = 0
@@ -496,7 +513,7 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
             i, p, length, shift, t_run, ptr, bad, records, nbytes = _tag_run(
                 data, i, t_run, ptr, n_ch, cb, tag_bits, tag_max, time_bits, out_tag, start,
                 start | tag_flag, tab[tag_code, _T_FIRST_BITS], bpb,
-                ev_time, ev_channel, ev_kind, ev_pattern, ev_count)
+                ev_time, ev_channel, ev_kind, ev_pattern, ev_count, ev_attempt, ev_sync_offset)
             if ptr > before:
                 last_tag = t_run
             if bad:
@@ -664,6 +681,18 @@ class StreamDecoder:
         # a core with gates: a HERALD's attempt and sync_offset fields, before its time
         prm[_P_HERALD_SYNC_BITS] = sum(width for name, width in fmt.fields[WireKind.HERALD]
                                        if name in ("attempt", "sync_offset"))
+        prm[_P_HERALD_ATTEMPT_POS] = prm[_P_HERALD_OFFSET_POS] = -1
+        position = 0
+        for name, width in fmt.fields[WireKind.HERALD]:
+            if name in ("attempt", "sync_offset"):
+                # the kernel reads them from the payload's first word (at most 3 + 8 + 48 bits
+                # precede the time), into EVENT_DTYPE fields as wide as they are
+                assert position + width <= _LO_BITS
+                assert width == 8 * EVENT_DTYPE[name].itemsize
+                index = _P_HERALD_ATTEMPT_POS if name == "attempt" else _P_HERALD_OFFSET_POS
+                prm[index] = position
+                prm[index + 2] = (1 << width) - 1
+            position += width
         prm[_P_TAG_CODE], prm[_P_ORPHAN_CODE] = _TAG, _ORPHAN
         prm[_P_REPLY_FIELD_BITS] = REPLY_FIELD_BITS
         prm[_P_REPLY_CONSTANT], columns = reply_check_matrix()
@@ -720,7 +749,8 @@ class StreamDecoder:
         st[_S_PTR], st[_S_SEG_START], st[_S_SIDE] = held, 0, 0
         st[_S_LOSSES] = np.count_nonzero(self._pending["kind"] == Kind.LOSS.value)
         _decode_kernel(array, final, self._prm, self._tab, _CRC_TABLES, st, out["time_ps"],
-                       out["channel"], out["kind"], out["pattern"], out["count"], side)
+                       out["channel"], out["kind"], out["pattern"], out["count"],
+                       out["attempt"], out["sync_offset"], side)
         done, ptr = int(st[_S_SEG_START]), int(st[_S_PTR])
         self._pending = out[done:ptr].copy()
         events = out[:done]

@@ -18,9 +18,10 @@ from test_wire import random_records
 COUNTERS = ("decode_errors", "skipped_bytes", "unverified")
 
 
-def expected(data, channels, rules, fine_bits=0, bin_fs=10_000_000):
-    """What the fast decoder must give, computed from the reference decoder's records."""
-    records, errors = decode_bytes(data, channels, rules, fine_bits)
+def expected(data, channels, rules, fine_bits=0, bin_fs=10_000_000, gates=False):
+    """What the fast decoder must give, computed from the reference decoder's records (with
+    ``gates``, a herald's attempt and sync offset from the wire; 0 and 0 elsewhere)."""
+    records, errors = decode_bytes(data, channels, rules, fine_bits, gates=gates)
     rows, replies, status, lost = [], [], [], {}
     for rec in records:
         kind = rec["kind"]
@@ -34,13 +35,15 @@ def expected(data, channels, rules, fine_bits=0, bin_fs=10_000_000):
             ps = rec["time"] * bin_fs // 1000
             ps = (ps + 2 ** 63) % 2 ** 64 - 2 ** 63          # int64 wraps beyond 106 days
             if kind == Kind.TAG:
-                rows.append((ps, rec["channel"], kind.value, 0, 1))
+                rows.append((ps, rec["channel"], kind.value, 0, 1, 0, 0))
             elif kind == Kind.COINCIDENCE:
-                rows.append((ps, 0, kind.value, rec["pattern"], 1))
+                rows.append((ps, 0, kind.value, rec["pattern"], 1, 0, 0))
             elif kind == Kind.HERALD:
-                rows.append((ps, rec["rule"], kind.value, rec["pattern"], 1))
+                rows.append((ps, rec["rule"], kind.value, rec["pattern"], 1,
+                             rec["attempt"] if gates else 0, rec["offset"] if gates else 0))
             else:
-                rows.append((ps, rec["index"], kind.value, rec["cause"].value, rec["count"]))
+                rows.append((ps, rec["index"], kind.value, rec["cause"].value, rec["count"],
+                             0, 0))
                 key = (rec["cause"], rec["index"])
                 lost[key] = lost.get(key, 0) + rec["count"]
     return np.array(rows, EVENT_DTYPE), replies, status, lost, errors

@@ -1,14 +1,14 @@
 """The fast decoder on the byte stream of a core with gates (HERALD records with attempt and
 sync_offset: up to 94 payload bits, beyond the kernel's first 62-bit word) against the reference
-decoder, clean and damaged, in any chunking. The attempt and sync_offset are checked by the
-reference codec (test_encoder); the fast decoder places the herald's time past them."""
+decoder, clean and damaged, in any chunking: every herald's time, rule, pattern, attempt and
+sync_offset (EVENT_DTYPE) equal to the reference decoder's."""
 
 import numpy as np
 import pytest
 
 from heraldry.host.decoder import StreamDecoder
 from heraldry.protocol import Kind
-from heraldry.wire import decode_bytes, encode_stream
+from heraldry.wire import encode_stream
 
 from test_decoder import COUNTERS, damage, expected, random_cuts
 from test_wire import random_records
@@ -25,17 +25,8 @@ def with_attempts(rng, records):
 
 
 def expected_gates(data, channels, rules, fine_bits):
-    """The reference decoder's events (attempt/offset dropped: not in EVENT_DTYPE)."""
-    import heraldry.wire as wire
-    real = wire.decode_bytes
-    try:
-        wire.decode_bytes = lambda d, n, r, f=0: real(d, n, r, f, gates=True)
-        import test_decoder
-        test_decoder.decode_bytes = wire.decode_bytes
-        return expected(data, channels, rules, fine_bits)
-    finally:
-        wire.decode_bytes = real
-        test_decoder.decode_bytes = real
+    """The reference decoder's events, attempt and offset included."""
+    return expected(data, channels, rules, fine_bits, gates=True)
 
 
 def run_fast(data, channels, rules, fine_bits, cuts=()):
@@ -74,6 +65,14 @@ def test_gates_stream_matches_reference(channels, rules, fine_bits, start):
     heralds = sum(r["kind"] == Kind.HERALD for r in records)
     assert heralds > 50
     assert (events["kind"] == Kind.HERALD.value).sum() == heralds
+    # the attempt clock as encoded, herald by herald; 0 on every other record
+    got = events[events["kind"] == Kind.HERALD.value]
+    sent = [r for r in records if r["kind"] == Kind.HERALD]
+    assert got["attempt"].tolist() == [r["attempt"] for r in sent]
+    assert got["sync_offset"].tolist() == [r["offset"] for r in sent]
+    assert {0, 2**32 - 1} <= set(got["attempt"].tolist())
+    others = events[events["kind"] != Kind.HERALD.value]
+    assert not others["attempt"].any() and not others["sync_offset"].any()
     for mean in (1, 7, 300):
         assert_same(data, channels, rules, fine_bits, cuts=random_cuts(rng, len(data), mean))
     # (A decoder told the wrong layout misreads such a stream: the capability bit tells the
