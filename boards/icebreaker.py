@@ -107,7 +107,7 @@ class ICEBreakerTop(Elaboratable):
         self.tagger = tagger = Tagger(
             self.channels, rules=board.rules, clock_hz=board.clock_hz, baud=board.baud,
             phys=inputs.phys, test_signal=board.test_signal,
-            stream_filter=board.stream_filter)
+            stream_filter=board.stream_filter, herald_stage=board.herald_stage)
         m.submodules.tagger = tagger
 
         for r in range(tagger.rules):
@@ -195,6 +195,9 @@ class ICEBreakerBoard(Board):
     #: No stream filter either (docs/boards.md): its counters and the merger's wider bundles do
     #: not fit beside a full core at 97.8 % of the logic cells.
     stream_filter = False
+    #: No herald record stage (``TaggerCore(herald_stage=False)``): its flip-flops would cost
+    #: logic cells the UP5K does not have, and its 2-channel selection is short.
+    herald_stage = False
     #: Herald rules (and herald pins).
     rules = 1
     #: nextpnr seed: icetime's figure of the core clock is within 3 % of the 24 MHz target and

@@ -61,6 +61,12 @@ class TaggerCore(wiring.Component):
         ``config.stream`` is ignored and the ``filtered``/``filter_dropped`` counters read 0.
     stream_hold : int
         The stream filter's slots (``heraldry.model.STREAM_HOLD``), >= 1.
+    herald_stage : bool
+        Select each herald record's time and pattern in a cycle of their own, one cycle after
+        the firing (``HeraldGenerator(record_stage=True)``, ``Merger(herald_late=True)``; the
+        ULX3S's 8-channel critical path ran through that selection). The records, pins and
+        latency are the same either way; off, it saves ``N * (N + F) + R * N`` flip-flops
+        (the iCEBreaker, whose logic cells are nearly all used).
     gates : bool
         Include channel roles, the sync (attempt clock), per-channel gates and sync/reference
         markers (``GateUnit``; docs/semantics.md, "Sync, gates and reference markers"). The
@@ -109,7 +115,8 @@ class TaggerCore(wiring.Component):
 
     def __init__(self, channels=4, rules=2, *, phy=GenericPHY, phys=None, fifo_depth=256,
                  delay_depth=16, counter_init=0, test_signal=True, gates=False,
-                 stream_filter=True, stream_hold=2):
+                 stream_filter=True, stream_hold=2,
+                 herald_stage=True):
         if phys is not None:
             phys = list(phys)
             if len(phys) != channels:
@@ -128,6 +135,7 @@ class TaggerCore(wiring.Component):
         self.test_signal = bool(test_signal)
         self.gates = bool(gates)
         self.stream_filter = bool(stream_filter)
+        self.herald_stage = bool(herald_stage)
         if stream_hold < 1:
             raise ValueError(f"stream_hold must be >= 1, not {stream_hold}")
         self.stream_hold = stream_hold if self.stream_filter else 0
@@ -261,7 +269,8 @@ class TaggerCore(wiring.Component):
             times.append(Cat(fines[c], ref))
 
         m.submodules.coincidence = coinc = CoincidenceUnit(n, f)
-        m.submodules.heralds = heralds = HeraldGenerator(n, r, f)
+        m.submodules.heralds = heralds = HeraldGenerator(n, r, f,
+                                                         record_stage=self.herald_stage)
         for c in range(n):
             m.d.comb += [
                 coinc.times[c].eq(times[c]),
@@ -322,7 +331,8 @@ class TaggerCore(wiring.Component):
             m.d.comb += to_merger.eq(streamed)
 
         m.submodules.merger = merger = Merger(n, r, f, depth=self.fifo_depth, gates=self.gates,
-                                              hold=self.stream_hold)
+                                              hold=self.stream_hold,
+                                              herald_late=self.herald_stage)
         # A registered stage between the merger's record multiplexer and whoever takes the
         # records (the wire encoder's time arithmetic), with no loss of throughput.
         m.submodules.record_register = out = StreamRegister(record_layout(f, self.gates),

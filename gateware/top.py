@@ -60,6 +60,9 @@ class Tagger(wiring.Component):
     stream_filter : bool
         Include the stream filter (``TaggerCore``); ``ident.capabilities`` bit 4
         (``CAPABILITY_STREAM_FILTER``) says so.
+    herald_stage : bool
+        Herald records' time and pattern selected a cycle after the firing (``TaggerCore``;
+        the same records, a few more flip-flops).
     link : str
         ``"uart"``: 8N1 serial on ``uart_rx`` / ``uart_tx``. ``"stream"``: the command and
         record byte streams as ``rx`` / ``tx`` stream ports, no UART.
@@ -93,7 +96,8 @@ class Tagger(wiring.Component):
 
     def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, baud=12_000_000,
                  phy=GenericPHY, phys=None, fifo_depth=256, link="uart", test_signal=True,
-                 stream_filter=True, gates=False):
+                 stream_filter=True, gates=False,
+                 herald_stage=True):
         if link not in LINKS:
             raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
         self.channels = channels
@@ -103,7 +107,8 @@ class Tagger(wiring.Component):
         self.link = link
         self.core = TaggerCore(channels, rules, phy=phy, phys=phys, fifo_depth=fifo_depth,
                                test_signal=test_signal, stream_filter=stream_filter,
-                               gates=gates)
+                               gates=gates,
+                               herald_stage=herald_stage)
         self.fine_bits = self.core.fine_bits
         self.bin_fs = round(10 ** 15 / (self.clock_hz * 2 ** self.fine_bits))
         self.led_stretch = max(1, self.clock_hz // 20)

@@ -688,7 +688,7 @@ class StreamDecoder:
                 # the kernel reads them from the payload's first word (at most 3 + 8 + 48 bits
                 # precede the time), into EVENT_DTYPE fields as wide as they are
                 assert position + width <= _LO_BITS
-                assert width == 8 * EVENT_DTYPE[name].itemsize
+                assert width <= 8 * EVENT_DTYPE[name].itemsize
                 index = _P_HERALD_ATTEMPT_POS if name == "attempt" else _P_HERALD_OFFSET_POS
                 prm[index] = position
                 prm[index + 2] = (1 << width) - 1

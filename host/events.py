@@ -29,7 +29,7 @@ EVENT_DTYPE = np.dtype([
     ("pattern", np.uint16),
     ("count", np.uint32),
     ("attempt", np.uint32),
-    ("sync_offset", np.uint16),
+    ("sync_offset", np.uint32),     # 16 bits on the wire; 32 keeps the records 8-byte aligned
 ])
 
 #: ``sync_offset`` of a herald before the first sync edge, or this many bins or more after the
