@@ -296,6 +296,12 @@ class HeraldGenerator(wiring.Component):
         Number of herald rules ``R`` (1 .. ``MAX_RULES``).
     fine_bits : int
         ``F``, as for :class:`CoincidenceUnit`.
+    record_stage : bool
+        Register each rule's candidates and the per-event patterns and time them out of a
+        register: ``herald_time`` and ``herald_pattern`` are then valid one cycle *after*
+        ``fire`` (for ``Merger(herald_late=True)``). The earliest-candidate selection and the
+        pattern multiplexer get a cycle of their own (the ULX3S's critical path at 8 channels
+        ran through them into the merger); ``fire`` and the pins are unchanged.
 
     Members
     -------
@@ -322,11 +328,12 @@ class HeraldGenerator(wiring.Component):
         Combinational: one-cycle pulse per firing, in the cycle the completing events are
         presented (early) or the cycle ``closed`` pulses (exact).
     herald_time : Out(ArrayLayout(time_bits(F), R))
-        Combinational, valid with ``fire[r]``: time of rule r's completing event (``ref`` for
-        ``F = 0``).
+        Combinational, valid with ``fire[r]`` (one cycle after it with ``record_stage``): time
+        of rule r's completing event (``ref`` for ``F = 0``).
     herald_pattern : Out(ArrayLayout(N, R))
-        Combinational, valid with ``fire[r]``: the window's pattern right after the completing
-        event (including every event of the window at the same time).
+        Combinational, valid with ``fire[r]`` (one cycle after it with ``record_stage``): the
+        window's pattern right after the completing event (including every event of the window
+        at the same time).
     herald : Out(R)
         Registered pins. A firing in cycle ``c`` of a rule on pin p drives pin p high in cycles
         ``c + 1 .. c + herald_width``; a firing while high restarts the count.
@@ -335,11 +342,12 @@ class HeraldGenerator(wiring.Component):
     clock edge later.
     """
 
-    def __init__(self, channels, rules, fine_bits=0):
+    def __init__(self, channels, rules, fine_bits=0, record_stage=False):
         _check(channels, rules, fine_bits)
         self.channels = channels
         self.rules = rules
         self.fine_bits = fine_bits
+        self.record_stage = bool(record_stage)
         tb = time_bits(fine_bits)
         super().__init__({
             "events":         In(channels),
@@ -385,6 +393,17 @@ class HeraldGenerator(wiring.Component):
             after.append(a)
 
         closed = self.closed & ~self.clear
+        # What the record fields are selected from: this cycle's, or last cycle's registered.
+        ref = self.ref
+        if self.record_stage:
+            ref = Signal(COARSE_BITS, name="record_ref")
+            rec_fine = [Signal(f, name=f"record_fine{i}") for i in range(n)]
+            rec_after = [Signal(n, name=f"record_after{i}") for i in range(n)]
+            m.d.sync += [ref.eq(self.ref),
+                         *(a.eq(b) for a, b in zip(rec_fine, fine)),
+                         *(a.eq(b) for a, b in zip(rec_after, after))]
+        else:
+            rec_fine, rec_after = fine, after
         for r in range(self.rules):
             mask = self.herald_mask[r]
             veto = self.herald_veto[r]
@@ -392,6 +411,10 @@ class HeraldGenerator(wiring.Component):
             m.d.comb += cand.eq(Cat(
                 events[i] & ((before[i] & mask) != mask) & ((after[i] & mask) == mask)
                 for i in range(n)))
+            rec_cand = cand
+            if self.record_stage:
+                rec_cand = Signal(n, name=f"record_cand{r}")
+                m.d.sync += rec_cand.eq(cand)
             # Candidates whose pattern holds no veto channel; computed beside `cand`, not
             # after the earliest-candidate selection (see the class docstring).
             allowed = Cat(cand[i] & ((after[i] & veto) == 0) for i in range(n))
@@ -402,18 +425,19 @@ class HeraldGenerator(wiring.Component):
                 # The earliest candidates complete the mask; they share one time and window.
                 first = Signal(n, name=f"first{r}")
                 m.d.comb += first.eq(Cat(
-                    cand[i] & ~Cat(cand[j] & (fine[j] < fine[i]) for j in range(n)).any()
+                    rec_cand[i] & ~Cat(rec_cand[j] & (rec_fine[j] < rec_fine[i])
+                                       for j in range(n)).any()
                     for i in range(n)))
             else:
-                first = cand   # one time per cycle and, for F = 0, one window per cycle
+                first = rec_cand   # one time per cycle and, for F = 0, one window per cycle
             pattern, time_fine = 0, C(0, f)
             for i in range(n):
-                pattern = pattern | Mux(first[i], after[i], 0)
-                time_fine = time_fine | Mux(first[i], fine[i], 0)
+                pattern = pattern | Mux(first[i], rec_after[i], 0)
+                time_fine = time_fine | Mux(first[i], rec_fine[i], 0)
             m.d.comb += [
                 self.fire[r].eq(Mux(self.herald_exact[r], exact, early)),
                 self.herald_pattern[r].eq(pattern),
-                self.herald_time[r].eq(Cat(time_fine[:f], self.ref)),
+                self.herald_time[r].eq(Cat(time_fine[:f], ref)),
             ]
 
         for p in range(self.rules):

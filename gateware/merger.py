@@ -87,6 +87,12 @@ class Merger(wiring.Component):
         ``attempt``, ``base``, ``synced``, ``sync_now`` and ``sync_fine`` (``50 + F`` bits), and
         each herald record carries the ``attempt`` and ``offset`` of its own time
         (``gates.attempt_offset``; ``record_layout(F, gates=True)``).
+    herald_late : bool
+        ``herald_time`` and ``herald_pattern`` arrive one cycle after the ``herald_fire`` they
+        belong to (``HeraldGenerator(record_stage=True)``): they are not registered with the
+        bundle but written with it into the FIFO a cycle later, so the latency, the loss rules
+        and the record stream are those of ``herald_late=False`` with the fields presented
+        with ``herald_fire``.
 
     Members
     -------
@@ -143,7 +149,8 @@ class Merger(wiring.Component):
         ``2**WINDOW_BITS`` bins of slack for a registered or pipelined close.
     """
 
-    def __init__(self, channels, rules, fine_bits=0, depth=256, gates=False, hold=0):
+    def __init__(self, channels, rules, fine_bits=0, depth=256, gates=False, hold=0,
+                 herald_late=False):
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be 1..{MAX_CHANNELS}, not {channels}")
         if not 1 <= rules <= MAX_RULES:
@@ -155,6 +162,7 @@ class Merger(wiring.Component):
         if hold < 0:
             raise ValueError(f"hold must be >= 0, not {hold}")
         self.hold = hold
+        self.herald_late = bool(herald_late)
         self.channels = channels
         self.rules = rules
         self.fine_bits = fine_bits
@@ -236,7 +244,6 @@ class Merger(wiring.Component):
             bundle.coarse.eq(self.ref),
             bundle.events.eq(self.events),
             bundle.herald.eq(self.herald_fire),
-            bundle.herald_pattern.eq(self.herald_pattern),
             bundle.coincidence.eq(
                 self.closed & self.coincidence_record_mask.bit_select(self.closed_pattern, 1)),
             bundle.coincidence_pattern.eq(self.closed_pattern),
@@ -254,9 +261,12 @@ class Merger(wiring.Component):
                 bundle.synced.eq(self.synced), bundle.sync_now.eq(self.sync_now),
                 bundle.sync_fine.eq(self.sync_fine),
             ]
+        if not self.herald_late:
+            m.d.sync += bundle.herald_pattern.eq(self.herald_pattern)
         if f:
-            for i in range(r):
-                m.d.sync += bundle.herald_fine[i].eq(self.herald_time[i][:f])
+            if not self.herald_late:
+                for i in range(r):
+                    m.d.sync += bundle.herald_fine[i].eq(self.herald_time[i][:f])
             for c in range(n):
                 m.d.sync += bundle.fine[c].eq(self.times[c][:f])
 
@@ -333,6 +343,13 @@ class Merger(wiring.Component):
             fifo.w_data.eq(w_bundle),
             fifo.w_en.eq(has_items | offer_valid),
         ]
+
+        if self.herald_late:
+            # This cycle's herald fields belong to the bundle registered in the last cycle.
+            m.d.comb += w_bundle.herald_pattern.eq(self.herald_pattern)
+            if f:
+                for i in range(r):
+                    m.d.comb += w_bundle.herald_fine[i].eq(self.herald_time[i][:f])
 
         def pick(values, width):
             out = Const(0, width)

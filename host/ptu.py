@@ -12,13 +12,22 @@ inputs and ``R`` herald rules,
 * COINCIDENCE records are photons on one channel per selected pattern: the k-th pattern of
   ``coincidence_patterns`` (ascending) on channel ``N + R + k``, at the window's ``t0``;
 * LOSS records are not written as records: their counts go to ``Heraldry_EventsLost`` and set the
-  events-dropped bit (0x80) of ``TTResult_MDescWarningFlags``.
+  events-dropped bit (0x80) of ``TTResult_MDescWarningFlags``;
+* TAG records of the sync input (``sync_marker``: the sync markers, every Nth sync edge with
+  ``--sync-marker-every N``) are PTU marker records, marker 1 (special bit, channel field 1:
+  what PicoQuant's readers call a marker, tttrlib a marker event, phconvert channel 65), not
+  photons; the map's ``"sync_marker"`` entry names the input.
 
 Custom header tags: ``Heraldry_Config`` (JSON: the acquisition's settings), ``Heraldry_ChannelMap``
-(JSON, above), ``Heraldry_EventsLost``, ``Heraldry_FilePart`` (rotation index) and
+(JSON, above), ``Heraldry_EventsLost``, ``Heraldry_FilePart`` (rotation index),
 ``Heraldry_Summary`` (JSON given to :meth:`PTUWriter.close`, e.g. the run's summary with every
 hardware counter; a slot of ``summary_bytes`` reserved when the file is opened, empty until
-then).
+then) and, as plain numbers any PTU reader shows, the counters of the attempt clock from that
+summary: ``Heraldry_Attempts`` (the sync edges counted), ``Heraldry_GatedOut(i)`` per input
+(events outside their gate) and ``Heraldry_Heralds(r)`` per rule (the board's herald counter,
+records lost on the way included); -1 where the summary has no such figure (no sync, no
+summary, a run cut short). With attempts and an acquisition time ``TTResult_SyncRate`` is
+attempts per second.
 
 ``N + R + len(coincidence_patterns)`` must not exceed 64 (the record's 6-bit channel; channel 63
 is a photon channel like the others: overflow records are told apart by their special bit).
@@ -66,6 +75,11 @@ WRAP = 2 ** TIMETAG_BITS
 OVERFLOW_CHANNEL = 2 ** CHANNEL_FIELD_BITS - 1
 #: ``TTResult_MDescWarningFlags`` bit: events were dropped.
 WARNING_EVENTS_DROPPED = 0x80
+#: The PTU marker (channel field of a special record) that sync markers are written as.
+SYNC_MARKER = 1
+#: A special record's 6-bit channel field and special bit as one 7-bit "channel" (phconvert's
+#: convention: marker m is 64 + m), so the writer sorts and encodes markers like photons.
+_SPECIAL = 1 << CHANNEL_FIELD_BITS
 #: Most wraps one overflow record carries by default. The format allows WRAP-1, but ptufile
 #: (2026.2.6) multiplies the count by WRAP in 32 bits, so 128 or more wraps in one record are
 #: misread there; 127 wraps (42 s at 10 ns bins) per record costs nothing and every reader agrees.
@@ -112,6 +126,7 @@ class ChannelMap:
     channels: int
     rules: int = 0
     coincidence_patterns: tuple = ()
+    sync_marker: int = None        # the input whose tags are sync markers (PTU marker 1)
 
     def __post_init__(self):
         patterns = tuple(sorted(int(p) for p in self.coincidence_patterns))
@@ -120,6 +135,9 @@ class ChannelMap:
             raise ValueError("a channel map needs at least one input and no negative rules")
         if len(set(patterns)) != len(patterns) or any(p <= 0 for p in patterns):
             raise ValueError(f"coincidence patterns must be distinct and non-zero: {patterns}")
+        if self.sync_marker is not None and not 0 <= self.sync_marker < self.channels:
+            raise ValueError(f"the sync marker input {self.sync_marker} is not one of the "
+                             f"{self.channels} inputs")
         used = self.channels + self.rules + len(patterns)
         if used > 2 ** CHANNEL_FIELD_BITS:
             raise ValueError(f"{self.channels} inputs + {self.rules} herald rules + "
@@ -137,13 +155,15 @@ class ChannelMap:
         ``index`` is the channel, rule, or pattern."""
         table = np.full((2 ** 3, 2 ** protocol.PATTERN_BITS), -1, np.int16)
         table[Kind.TAG.value, :self.channels] = np.arange(self.channels)
+        if self.sync_marker is not None:
+            table[Kind.TAG.value, self.sync_marker] = _SPECIAL | SYNC_MARKER
         table[Kind.HERALD.value, :self.rules] = self.channels + np.arange(self.rules)
         for k, p in enumerate(self.coincidence_patterns):
             table[Kind.COINCIDENCE.value, p] = self.channels + self.rules + k
         return table
 
     def as_dict(self):
-        return {
+        out = {
             "inputs": {str(c): c for c in range(self.channels)},
             "herald_rules": {str(r): self.herald_channel(r) for r in range(self.rules)},
             "coincidence_patterns": {f"0b{p:0{self.channels}b}": self.coincidence_channel(p)
@@ -152,6 +172,11 @@ class ChannelMap:
                     "an exact rule's at its window's end) and recorded coincidence pattern (at "
                     "the window's t0); loss records are counted in Heraldry_EventsLost",
         }
+        if self.sync_marker is not None:
+            out["sync_marker"] = {"input": self.sync_marker, "marker": SYNC_MARKER}
+            out["note"] += ("; the sync input's tags (sync markers) are PTU marker records, "
+                            f"marker {SYNC_MARKER}")
+        return out
 
 
 def _tag(ident, type_name, value=0, index=-1):
@@ -270,7 +295,7 @@ class PTUWriter:
         (``acq.rules`` herald channels, the patterns of ``coincidence_record_mask``), and its
         settings as ``Heraldry_Config`` (``{"acquisition": {...}, **extra_config}``)."""
         patterns = [p for p in range(1, 2 ** acq.channels) if acq.coincidence_record_mask >> p & 1]
-        cmap = ChannelMap(acq.channels, acq.rules, tuple(patterns))
+        cmap = ChannelMap(acq.channels, acq.rules, tuple(patterns), acq.sync_channel)
         config = {"acquisition": dataclasses.asdict(acq), **(extra_config or {})}
         return cls(path, bin_ps=acq.bin_ps, channel_map=cmap, config=config, **kwargs)
 
@@ -296,7 +321,7 @@ class PTUWriter:
             ("HW_InpChannels", "Int8", n),
         ]
         tags += [("HWInpChan_Offset", "Int8", 0, None, i) for i in range(n)]
-        tags += [("TTResult_SyncRate", "Int8", 0)]
+        tags += [("TTResult_SyncRate", "Int8", 0, "sync_rate")]
         tags += [("TTResult_InputRate", "Int8", 0, ("rate", i), i) for i in range(n)]
         tags += [
             ("TTResult_StopReason", "Int8", int(StopReason.TIME_OVER), "stop_reason"),
@@ -308,6 +333,13 @@ class PTUWriter:
             ("Heraldry_ChannelMap", "AnsiString", json.dumps(self.map.as_dict())),
             ("Heraldry_EventsLost", "Int8", 0, "lost"),
             ("Heraldry_FilePart", "Int8", part),
+            # The attempt clock's counters, from close()'s summary (-1: not known).
+            ("Heraldry_Attempts", "Int8", -1, "attempts"),
+        ]
+        tags += [("Heraldry_GatedOut", "Int8", -1, ("gated_out", i), i) for i in range(n)]
+        tags += [("Heraldry_Heralds", "Int8", -1, ("heralds", r), r)
+                 for r in range(self.map.rules)]
+        tags += [
             # An empty string in a slot of summary_bytes, filled in by close().
             ("Heraldry_Summary", "AnsiString", "\0" * (self.summary_bytes - 1), "summary"),
             ("Header_End", "Empty8", 0),
@@ -490,7 +522,10 @@ class PTUWriter:
         ``Heraldry_EventsLost`` and the events-dropped warning flag (set when
         ``events_dropped`` (default: the loss records' items) is non-zero, when ``incomplete``
         (a run cut short: what the board still held never arrived), or when writing failed),
-        and ``Heraldry_Summary`` (``summary``, a JSON-able dict, if given).
+        and ``Heraldry_Summary`` (``summary``, a JSON-able dict, if given). From the summary's
+        ``attempts``, ``gated_out`` and ``heralds`` (where they are numbers):
+        ``Heraldry_Attempts``, ``Heraldry_GatedOut(i)``, ``Heraldry_Heralds(r)`` and
+        ``TTResult_SyncRate`` (attempts / acquisition time).
 
         Raises ``OSError`` if the held-back records cannot be written (after patching every
         header as above) or a header cannot be patched. After a failed :meth:`write_block` it
@@ -520,6 +555,7 @@ class PTUWriter:
                    "warnings": WARNING_EVENTS_DROPPED if flagged else 0}
         for i, rate in enumerate(input_rates_hz):
             patches[("rate", i)] = int(round(rate))
+        patches.update(self._counter_patches(summary or {}, acquisition_time_s))
         text = self._summary_text(summary) if summary is not None else None
         for path in self.paths:
             with open(path, "r+b") as f:
@@ -531,6 +567,26 @@ class PTUWriter:
                     f.write(text)
         if error is not None:
             raise error
+
+    def _counter_patches(self, summary, acquisition_time_s):
+        """The attempt clock's header tags from ``summary`` (a figure that is absent or not a
+        whole number stays -1)."""
+        def known(value):
+            return (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                    and value >= 0)
+        patches = {}
+        attempts = summary.get("attempts")
+        if known(attempts):
+            patches["attempts"] = attempts
+            if acquisition_time_s > 0:
+                patches["sync_rate"] = int(round(attempts / acquisition_time_s))
+        for group, size in (("gated_out", self.map.channels), ("heralds", self.map.rules)):
+            values = summary.get(group)
+            if isinstance(values, (list, tuple)):
+                for i, value in enumerate(values[:size]):
+                    if known(value):
+                        patches[(group, i)] = value
+        return patches
 
     def _summary_text(self, summary):
         for variant in (summary, {k: v for k, v in summary.items() if k != "patterns"},

@@ -33,7 +33,7 @@ from .. import protocol
 from ..protocol import Kind
 from .config import Acquisition
 from .events import EVENT_DTYPE, Block
-from .ptu import PTUError, part_path, read_ptu
+from .ptu import SYNC_MARKER, PTUError, part_path, read_ptu
 
 __all__ = ["ReplaySource", "acquire_replay", "replay_parts"]
 
@@ -95,6 +95,22 @@ def _channel_map(cmap):
     if len(set(used)) != len(used):
         raise PTUError("Heraldry_ChannelMap maps two things onto one PTU channel")
     return inputs, rules, patterns
+
+
+def _sync_marker_channel(tags):
+    """The PTU channel of the input whose tags our writer stored as marker records
+    (``Heraldry_ChannelMap``'s ``sync_marker``), or ``None``."""
+    cmap = _json_tag(tags, "Heraldry_ChannelMap")
+    entry = cmap.get("sync_marker") if isinstance(cmap, dict) else None
+    if entry is None:
+        return None
+    inputs = cmap.get("inputs")
+    number = entry.get("input") if isinstance(entry, dict) else None
+    if (not isinstance(inputs, dict) or isinstance(number, bool) or not isinstance(number, int)
+            or str(number) not in inputs or entry.get("marker") != SYNC_MARKER):
+        raise PTUError(f"Heraldry_ChannelMap sync_marker {entry!r:.60} is not an input's marker "
+                       f"{SYNC_MARKER}")
+    return inputs[str(number)]
 
 
 def _incompleteness(path, part):
@@ -187,6 +203,12 @@ class ReplaySource:
         special = np.concatenate([p.special for p in parts])
         time_ps = np.concatenate([p.time_ps for p in parts])
         channel = np.concatenate([p.channel for p in parts]).astype(np.int64)
+        # Our files hold the sync input's tags (sync markers) as marker records: tags again.
+        marker_input = _sync_marker_channel(self.tags)
+        if marker_input is not None:
+            back = special & (channel == SYNC_MARKER)
+            channel[back] = marker_input
+            special = special & ~back
         self.skipped_special = int(special.sum())
         time_ps, channel = time_ps[~special], channel[~special]
         if time_ps.dtype.kind == "f":

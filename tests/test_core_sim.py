@@ -216,7 +216,7 @@ class _DrivenPHY(wiring.Component):
         return m
 
 
-def _run_subclock_core(fine_bits, rules, acq, events, start_cycle):
+def _run_subclock_core(fine_bits, rules, acq, events, start_cycle, herald_stage=True):
     """Run a core of ``_DrivenPHY`` s from cycle ``start_cycle`` (its ``now`` after clear) with
     ``events[c]`` = absolute bins of channel c (at most one per cycle). Returns the streamed
     (tags, heralds) as model dtypes."""
@@ -224,7 +224,7 @@ def _run_subclock_core(fine_bits, rules, acq, events, start_cycle):
     phys = [_DrivenPHY(fine_bits) for _ in range(channels)]
     # `now` starts at counter_init + latency (2 here); clear and busy take a few cycles more.
     core = TaggerCore(channels, rules, phys=phys, counter_init=start_cycle - 200,
-                      test_signal=False)
+                      test_signal=False, herald_stage=herald_stage)
     last = max((int(t[-1]) >> fine_bits for t in events if len(t)), default=start_cycle)
     tags, heralds = [], []
     per_cycle = {}
@@ -284,12 +284,14 @@ def _random_subclock_events(rng, channels, fine_bits, start_cycle, cycles, rate)
     return out
 
 
-def _check_subclock(fine_bits, window, masks, events, start_cycle, delays=None):
+def _check_subclock(fine_bits, window, masks, events, start_cycle, delays=None,
+                    herald_stage=True):
     channels = len(events)
     acq = Acquisition(channels=channels, rules=len(masks), fine_bits=fine_bits,
                       window_bins=window, test_signal="off", herald_rules=list(masks),
                       delays_bins=delays or [0] * channels)
-    tags, heralds = _run_subclock_core(fine_bits, len(masks), acq, events, start_cycle)
+    tags, heralds = _run_subclock_core(fine_bits, len(masks), acq, events, start_cycle,
+                                       herald_stage)
     empty = [np.zeros(0, np.int64)] * channels
     expected = model.simulate(events, empty, acq.model_settings())
     np.testing.assert_array_equal(tags, expected.tags)
@@ -314,12 +316,15 @@ def test_herald_rules_through_the_whole_core(fine_bits, window, seed):
     assert counts.min() >= 3, counts
 
 
-@pytest.mark.parametrize("fine_bits,window,seed", [(2, 5, 1), (2, 9, 2), (4, 16, 3),
-                                                   (4, 37, 4)])
-def test_heralds_carry_their_own_event_at_subclock_resolution(fine_bits, window, seed):
+@pytest.mark.parametrize("fine_bits,window,seed,herald_stage",
+                         [(2, 5, 1, True), (2, 9, 2, True), (4, 16, 3, True), (4, 37, 4, True),
+                          (2, 5, 1, False), (4, 16, 3, False)])
+def test_heralds_carry_their_own_event_at_subclock_resolution(fine_bits, window, seed,
+                                                              herald_stage):
     """Whole core, F = 2 and F = 4, three rules, dense random events: every herald record has
     the time and pattern of its own rule's completing event (the model's), including rules
-    that fire in the same cycle at different bins."""
+    that fire in the same cycle at different bins; with the herald record stage (the default)
+    and without it (the iCEBreaker's core)."""
     rng = np.random.default_rng(seed)
     start = 200 + int(rng.integers(0, 50))
     events = _random_subclock_events(rng, 4, fine_bits, start, 500, 0.3)
@@ -328,7 +333,8 @@ def test_heralds_carry_their_own_event_at_subclock_resolution(fine_bits, window,
     # events of one channel into one cycle, which the delay line drops (gateware/delay.py) and
     # the model does not.
     delays = [0, 1 << fine_bits, 0, 3 << fine_bits]
-    expected = _check_subclock(fine_bits, window, masks, events, start, delays=delays)
+    expected = _check_subclock(fine_bits, window, masks, events, start, delays=delays,
+                               herald_stage=herald_stage)
     # The stimulus holds what the test is about: rules firing in one cycle at different bins.
     h = expected.heralds
     cycle = h["time"] >> fine_bits
@@ -337,8 +343,10 @@ def test_heralds_carry_their_own_event_at_subclock_resolution(fine_bits, window,
     assert len(same_cycle) >= 5
 
 
-def test_heralds_boundary_rule_1_before_rule_0_in_one_cycle():
+@pytest.mark.parametrize("herald_stage", [True, False])
+def test_heralds_boundary_rule_1_before_rule_0_in_one_cycle(herald_stage):
     """The ULX3S case (F = 4): rule 1 completes at bin 354861, rule 0 at 354862, one cycle."""
     events = [np.array([354850]), np.array([354855]), np.array([354861]), np.array([354862])]
-    expected = _check_subclock(4, 16, [0b1001, 0b0110], events, 354848 >> 4)
+    expected = _check_subclock(4, 16, [0b1001, 0b0110], events, 354848 >> 4,
+                               herald_stage=herald_stage)
     assert expected.heralds.tolist() == [(354861, 1, 0b0111), (354862, 0, 0b1111)]

@@ -404,3 +404,74 @@ def test_summary_slot_and_its_fallbacks(tmp_path):
         assert json.loads(tags["Heraldry_Summary"]) == expected
         assert json.loads(read_ptu(path).tags["Heraldry_Summary"]) == expected
         assert_readers_agree(path, [5, 7], [0, 1], 1)
+
+
+def test_sync_markers_are_ptu_marker_records_and_the_header_has_the_attempt_counters(tmp_path):
+    """Issue 13 item 5: the sync input's tags (every Nth sync edge) are PTU marker records
+    (marker 1), which ptufile, tttrlib and our reader see as markers, not photons; detector tags
+    and herald records stay photons; the summary's attempts, gated-out and herald counters are
+    plain header tags (and the sync rate); a replay gives the markers back as sync tags."""
+    from heraldry.host.replay import ReplaySource
+    rng = np.random.default_rng(13)
+    detector_bins = np.sort(rng.choice(np.arange(1, 3 * WRAP), 400, replace=False))
+    sync_bins = np.arange(500, 3 * WRAP, WRAP // 7)       # markers across the wraps
+    herald_bins = detector_bins[::40] + 1
+    tags = events(detector_bins * 10, rng.integers(0, 2, len(detector_bins)))
+    ev = np.concatenate([tags, events(sync_bins * 10, 2),
+                         events(herald_bins * 10, 0, Kind.HERALD, pattern=3)])
+    ev["attempt"][ev["kind"] == Kind.HERALD.value] = np.arange(len(herald_bins)) + 1
+    ev = ev[np.argsort(ev["time_ps"], kind="stable")]
+    path = tmp_path / "sync.ptu"
+    summary = {"attempts": 123_456, "gated_out": [5, 6, 0], "heralds": [9]}
+    w = PTUWriter(path, bin_ps=10, channel_map=ChannelMap(3, 1, sync_marker=2))
+    for block in np.array_split(ev, 5):
+        w.write_block(block)
+    w.close(acquisition_time_s=2.0, summary=summary)
+    photons = ev[(ev["kind"] != Kind.TAG.value) | (ev["channel"] != 2)]
+    photon_channels = np.where(photons["kind"] == Kind.HERALD.value, 3, photons["channel"])
+    assert_readers_agree(path, photons["time_ps"], photon_channels, 10)
+    with ptufile.PtuFile(path) as f:
+        records = f.decode_records()
+        header = dict(f.tags)
+    markers = records[(records["channel"] < 0) & (records["marker"] != 0)]
+    np.testing.assert_array_equal(markers["time"].astype(np.int64), sync_bins)
+    assert set(markers["marker"].tolist()) == {1}
+    t = tttrlib.TTTR(str(path), "PTU")
+    is_marker = np.asarray(t.event_types) == 1
+    np.testing.assert_array_equal(np.asarray(t.macro_times, np.int64)[is_marker], sync_bins)
+    assert set(np.asarray(t.routing_channels)[is_marker].tolist()) == {1}
+    ours = read_ptu(path)
+    np.testing.assert_array_equal(ours.time_ps[ours.special], sync_bins * 10)
+    assert set(ours.channel[ours.special].tolist()) == {1}
+    assert header["Heraldry_Attempts"] == 123_456
+    assert header["TTResult_SyncRate"] == 61_728          # 123456 attempts in 2 s
+    assert header["Heraldry_GatedOut"] == [5, 6, 0]        # ptufile: arrays as lists
+    assert header["Heraldry_Heralds"] == [9]
+    assert json.loads(header["Heraldry_ChannelMap"])["sync_marker"] == {"input": 2, "marker": 1}
+    replay = ReplaySource(path)
+    assert replay.skipped_special == 0
+    replayed = replay.events
+    np.testing.assert_array_equal(replayed["time_ps"], ev["time_ps"])
+    np.testing.assert_array_equal(replayed["channel"], ev["channel"])
+    np.testing.assert_array_equal(replayed["kind"], ev["kind"])
+
+
+def test_attempt_counters_unknown_without_a_summary(tmp_path):
+    """No summary (or one without a sync): the attempt-clock tags say -1, the sync rate 0, and
+    there is no marker."""
+    path = tmp_path / "plain.ptu"
+    with PTUWriter(path, bin_ps=10, channel_map=ChannelMap(2, 2)) as w:
+        w.write_block(events([10, 20], [0, 1]))
+    path2 = tmp_path / "nosync.ptu"
+    w = PTUWriter(path2, bin_ps=10, channel_map=ChannelMap(2, 2))
+    w.write_block(events([10, 20], [0, 1]))
+    w.close(summary={"attempts": None, "gated_out": [0, 0], "heralds": [4, 0]})
+    for p, gated, heralds in ((path, [-1, -1], [-1, -1]), (path2, [0, 0], [4, 0])):
+        with ptufile.PtuFile(p) as f:
+            header = dict(f.tags)
+            assert not np.any(f.decode_records()["marker"])
+        assert header["Heraldry_Attempts"] == -1 and header["TTResult_SyncRate"] == 0
+        assert header["Heraldry_GatedOut"] == gated and header["Heraldry_Heralds"] == heralds
+        assert "sync_marker" not in json.loads(header["Heraldry_ChannelMap"])
+    with pytest.raises(ValueError, match="sync marker input 2"):
+        ChannelMap(2, sync_marker=2)

@@ -24,10 +24,11 @@ LATENCY = 1   # herald pin rises one clock edge after the completing events
 
 
 class Dut:
-    def __init__(self, channels, rules, fine_bits):
+    def __init__(self, channels, rules, fine_bits, record_stage=False):
         self.channels, self.rules, self.fine_bits = channels, rules, fine_bits
         self.unit = unit = CoincidenceUnit(channels, fine_bits)
-        self.herald = herald = HeraldGenerator(channels, rules, fine_bits)
+        self.herald = herald = HeraldGenerator(channels, rules, fine_bits,
+                                               record_stage=record_stage)
         self.top = m = Module()
         m.submodules.unit = unit
         m.submodules.herald = herald
@@ -68,16 +69,17 @@ def as_rules(channels, masks):
 
 
 def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
-                 clears=(), check=None):
+                 clears=(), check=None, record_stage=False):
     """Simulate cycles ``start .. stop - 1`` (absolute coarse times) with the events of
     ``times`` (per channel, absolute bins) presented in their cycles. ``masks``: channel masks
     or ``HeraldRule`` s. ``clears``: cycles in which ``clear`` is high. ``check(ctx, dut,
     cycle)`` runs in each cycle after the inputs are set. An exact rule's herald record is
     traced as the merger makes it: the cycle's first bin and the pattern of the close it fires
-    with."""
+    with. ``record_stage``: an early rule's time and pattern are read one cycle after it
+    fires."""
     rule_list = as_rules(channels, masks)
     rules = len(masks)
-    dut = Dut(channels, rules, fine_bits)
+    dut = Dut(channels, rules, fine_bits, record_stage)
     unit, herald = dut.unit, dut.herald
     tmod = 2 ** time_bits(fine_bits)
     by_cycle = {}
@@ -100,7 +102,12 @@ def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
                                          if r.mode == "exact"))
         ctx.set(herald.herald_pin, [r.pin for r in rule_list])
         ctx.set(herald.herald_width, width)
+        late = []     # (cycle, rule) of early firings whose fields come a cycle later
         for cycle in range(start, stop):
+            for fired, r in late:
+                trace.heralds.append((fired, ctx.get(herald.herald_time[r]), r,
+                                      ctx.get(herald.herald_pattern[r])))
+            late = []
             mask, cycle_times = by_cycle.get(cycle, (0, None))
             ctx.set(unit.ref, cycle % 2 ** COARSE_BITS)
             ctx.set(unit.events, mask)
@@ -117,6 +124,8 @@ def run_gateware(channels, fine_bits, window, masks, width, times, start, stop,
                     assert ctx.get(unit.closed)
                     trace.heralds.append((cycle, (cycle << fine_bits) % tmod, r,
                                           ctx.get(unit.closed_pattern)))
+                elif fire >> r & 1 and record_stage:
+                    late.append((cycle, r))
                 elif fire >> r & 1:
                     trace.heralds.append((cycle, ctx.get(herald.herald_time[r]), r,
                                           ctx.get(herald.herald_pattern[r])))
@@ -215,10 +224,11 @@ def random_masks(rng, channels, rules):
     return [rng.randint(1, 2 ** channels - 1) for _ in range(rules)]
 
 
-def run_and_compare(channels, fine_bits, window, masks, width, times, start, cycles):
+def run_and_compare(channels, fine_bits, window, masks, width, times, start, cycles,
+                    record_stage=False):
     tail = (window >> fine_bits) + width + 3
     trace = run_gateware(channels, fine_bits, window, masks, width, times, start,
-                         start + cycles + tail)
+                         start + cycles + tail, record_stage=record_stage)
     windows, records = compare_with_model(channels, fine_bits, window, masks, width, times, trace)
     return trace, windows, records
 
@@ -385,19 +395,26 @@ def random_rules(rng, channels):
     return out
 
 
-@pytest.mark.parametrize("fine_bits, channels, window, rate, seed", [
-    (0, 4, 1, 0.4, 51), (0, 4, 6, 0.1, 52), (0, 3, 3, 0.3, 53), (0, 8, 4, 0.1, 54),
-    (2, 4, 4, 0.3, 55), (2, 4, 11, 0.2, 56), (4, 4, 16, 0.3, 57), (4, 4, 45, 0.15, 58),
+@pytest.mark.parametrize("fine_bits, channels, window, rate, seed, record_stage", [
+    (0, 4, 1, 0.4, 51, False), (0, 4, 6, 0.1, 52, False), (0, 3, 3, 0.3, 53, False),
+    (0, 8, 4, 0.1, 54, False), (2, 4, 4, 0.3, 55, False), (2, 4, 11, 0.2, 56, False),
+    (4, 4, 16, 0.3, 57, False), (4, 4, 45, 0.15, 58, False),
+    (0, 8, 4, 0.1, 54, True), (2, 4, 11, 0.2, 56, True), (4, 8, 16, 0.2, 59, True),
+    (4, 8, 45, 0.1, 60, True),
 ])
-def test_random_rules_veto_exact_shared_pins(fine_bits, channels, window, rate, seed):
+def test_random_rules_veto_exact_shared_pins(fine_bits, channels, window, rate, seed,
+                                             record_stage):
     """Require/veto masks, early and exact rules, several rules on one pin, against the model;
-    half the runs start near the counter's wrap."""
+    half the runs start near the counter's wrap. ``record_stage``: the time and pattern of an
+    early rule's record read a cycle after it fires (``HeraldGenerator(record_stage=True)``),
+    8 channels at F = 4 as on the ULX3S."""
     rng = random.Random(seed)
     rules = random_rules(rng, channels)
     start = NEAR_WRAP if seed % 2 else 7
     times = random_times(rng, channels, fine_bits, start, 700, rate, burst=0.02)
     trace, windows, records = run_and_compare(channels, fine_bits, window, rules,
-                                              rng.choice([1, 2, 5]), times, start, 700)
+                                              rng.choice([1, 2, 5]), times, start, 700,
+                                              record_stage)
     fired = {int(r) for r in records["rule"]}
     assert len(windows.t0) >= 20 and len(records) >= 10
     assert any(rules[r].mode == "exact" for r in fired), "an exact rule fired"
