@@ -406,16 +406,19 @@ def print_summary(summary, file=None):
     n = summary["channels"]
     w = file.write
     port = f" on {summary['port']}" if summary.get("port") else ""
-    if not summary.get("complete", True):
-        # A run cut short: no hardware counters, so no table of them and no checks.
+    if not summary.get("complete", True) and "error" in summary:
+        # A run cut short: no hardware counters, so no table of them and no checks. (A replayed
+        # file cut short has its counters, the model's from its records: the table below.)
         w(f"board {summary['board']}{port}: run INCOMPLETE after "
           f"{summary['device_seconds'] * 1e3:g} ms of device time ({summary['error']})\n")
         w("  tags received and verified per channel: "
           + ", ".join(str(t) for t in summary["tags_per_channel"])
           + f"; dropped (known) {summary['dropped']}, unverified {summary['unverified'] or 0}\n")
         return
+    # A replayed file cut short covers the time its records reach, not the time it declares.
+    seconds = summary["duration_s"] if summary.get("complete", True) else summary["device_seconds"]
     w(f"board {summary['board']}{port}: {n} channels, bin {summary['bin_ps'] / 1000:g} ns, "
-      f"{summary['duration_s'] * 1e3:g} ms device time, window {summary['window_bins']} bins\n")
+      f"{seconds * 1e3:g} ms device time, window {summary['window_bins']} bins\n")
     w("  channel   singles      tags   dropped\n")
     for ch in range(n):
         w(f"  {ch:7d} {summary['singles'][ch]:9d} {summary['tags_per_channel'][ch]:9d} "
@@ -455,3 +458,5 @@ def print_summary(summary, file=None):
           + f", decode errors {summary['decode_errors']}\n")
     if summary["dropped"]:
         w(f"  WARNING: {summary['dropped']} events/records were dropped (counted, see above)\n")
+    if summary.get("incomplete"):
+        w(f"  INCOMPLETE: {summary['incomplete']}\n")

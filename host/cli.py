@@ -680,7 +680,9 @@ def cmd_acquire(args):
     tty = not args.quiet and sys.stderr.isatty()
     # Live table on a terminal, a plain line a second when piped, nothing with --quiet.
     from .liveview import LiveView
-    live = None if args.quiet else LiveView(args.duration)
+    # A replay runs for the time its records reach (it takes no --duration).
+    duration = args.duration if replay is None else replay.seconds
+    live = None if args.quiet else LiveView(duration)
     progress = None if live is None else live.progress
     writers = []    # the PTUWriter of --out FILE.ptu, made once the acquisition is known
 
@@ -1002,7 +1004,7 @@ def _acquire(args, acq, progress, sink_for, replay=None):
         sink = sink_for(acq) if sink_for is not None else None
         if not args.quiet:
             sys.stderr.write(f"heraldry: replaying {', '.join(replay.paths)} "
-                             f"({len(replay.events)} records, {replay.duration_s:g} s)...\n")
+                             f"({replay.records} records, {replay.seconds:g} s)...\n")
         return acquire_replay(replay, progress=progress, sink=sink), None
     if args.board == "sim-inprocess":
         from .acquire import acquire_sim

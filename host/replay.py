@@ -177,6 +177,9 @@ class ReplaySource:
         finished it, e.g. it was killed). The records that are there are replayed.
     end_s : float
         The time the records read reach (the last record's, overflow records included).
+    seconds : float
+        The device time a replay covers: ``duration_s``, or ``end_s`` for a file that is not
+        whole.
     """
 
     def __init__(self, path, *, realtime=False, block_events=1 << 16, clock=time.monotonic,
@@ -239,6 +242,12 @@ class ReplaySource:
         self._edges = self._block_edges(time_ps)
         self._next = 0
         self._start = None
+
+    @property
+    def seconds(self):
+        # A file cut short covers the time its records reach, not the acquisition time it
+        # declares.
+        return self.end_s if self.incomplete else self.duration_s
 
     def _describe(self, channel):
         """The acquisition and the PTU channel -> (kind, channel, pattern) tables.
@@ -396,10 +405,8 @@ def acquire_replay(source, *, progress=None, sink=None):
             np.array_equal(coincidences["time_ps"],
                            model.coincidence_records["time"] * acq.bin_ps)
             and np.array_equal(coincidences["pattern"], model.coincidence_records["pattern"]))
-    # A file cut short covers the time its records reach, not the acquisition time it declares.
-    seconds = source.end_s if source.incomplete else source.duration_s
     result = AcquisitionResult(
         acquisition=acq, duration_s=source.duration_s, events=events, counters=counters,
         lost={}, start_bin=0, wall_seconds=time.monotonic() - wall,
-        device_seconds=seconds, port=", ".join(source.paths))
+        device_seconds=source.seconds, port=", ".join(source.paths))
     return result, checks

@@ -1,6 +1,7 @@
 """Replaying PTU files (:mod:`heraldry.host.replay`, ``heraldry acquire --board replay:FILE``):
 our files (kinds restored from the channel map, rotation parts joined) and PicoQuant's."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -241,6 +242,37 @@ def test_cli_replay_of_a_cut_file_says_so(tmp_path, capsys):
         assert f.tags["TTResult_StopReason"] == -10
         assert int(np.count_nonzero(f.decode_records()["channel"] >= 0)) == photons
         assert json.loads(f.tags["Heraldry_Summary"])["complete"] is False
+
+
+def test_cli_replay_of_a_cut_file_prints_its_table(tmp_path, capsys, monkeypatch):
+    # Without --quiet the summary is printed as a table; a cut file has every counter (the
+    # model's, from its tags), so the table is printed whole and says the file is incomplete.
+    from heraldry.host import liveview
+    # A progress line after every block, however fast the machine replays.
+    monkeypatch.setattr(liveview, "LiveView", functools.partial(liveview.LiveView, interval=0))
+    with ptufile.PtuFile(HYDRAHARP) as f:
+        kept = f.decode_records()[:248_902]
+    photons = int(np.count_nonzero(kept["channel"] >= 0))
+    reached_s = int(kept["time"][-1]) * 1e-12
+    cut = _cut_hydraharp(tmp_path)
+    copy = tmp_path / "copy.ptu"
+    assert cli.main(["acquire", "--board", f"replay:{cut}", "--out", str(copy)]) == 4
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.strip()]
+    assert not any("Traceback" in line or "error" in line for line in err), err
+    assert sum(line.startswith("heraldry: warning:") for line in err) == 1
+    # The progress lines name what is there: the records read and the time they reach (not
+    # the 5 s the header declares, nor --duration's default, which a replay does not take).
+    assert f"(248902 records, {reached_s:g} s)" in err[0], err[0]
+    progress = [line for line in err if " ms device time (" in line]
+    assert progress and all(f" of {reached_s * 1e3:g} ms device time" in line
+                            for line in progress), progress
+    with ptufile.PtuFile(copy) as f:
+        assert f.tags["File_Comment"].endswith(f", {reached_s:g} s")
+    out = captured.out
+    assert f"\n        0 {photons:9d} {photons:9d}         0\n" in out, out
+    assert f"{reached_s * 1e3:g} ms device time" in out, out
+    assert f"INCOMPLETE: {cut} holds 248902 of the 435319 records" in out, out
 
 
 def test_cut_on_a_record_boundary_and_unfinished_files(tmp_path):
