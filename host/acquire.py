@@ -430,6 +430,16 @@ def print_summary(summary, file=None):
             f"{p:0{n}b}: {v}" for p, v in multi[:8]) + ("" if len(multi) <= 8 else ", ...") + "\n")
     for rule, (text, count) in enumerate(zip(summary["herald_rules"], summary["heralds"])):
         w(f"  herald rule {rule} ({text}): {count}\n")
+    # The attempt clock (docs/semantics.md, "Sync, gates and reference markers").
+    attempts, gated = summary.get("attempts"), summary.get("gated_out") or []
+    if attempts is not None or any(gated):
+        parts = []
+        if attempts is not None:
+            sync = list(summary.get("roles") or ()).index("sync")
+            parts.append(f"attempts (sync edges on channel {sync}): {attempts}")
+        if any(gated):
+            parts.append("gated out per channel: " + ", ".join(str(g) for g in gated))
+        w("  " + "; ".join(parts) + "\n")
     if any(mode != "all" for mode in summary.get("stream", ())):
         # From the hardware counters, not from the tags received.
         w("  stream (counted -> streamed / filtered / lost in the filter): " + ", ".join(

@@ -206,7 +206,8 @@ def build_parser():
                           "D1&D2), else psi+ (D0&D1 or D2&D3) (default 0.5); --efficiency is "
                           "each detector's, --dark-rate each detector's dark counts")
     acq.add_argument("--out", metavar="FILE.npz|FILE.ptu",
-                     help="write every streamed tag (.npz), or stream every record to a "
+                     help="write every streamed tag and herald record (.npz), or stream "
+                          "every record to a "
                           "PicoQuant PTU T2 file while the run goes on (.ptu: heralds and "
                           "recorded coincidences on extra channels, see heraldry.host.ptu)")
     acq.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON")
@@ -767,7 +768,7 @@ def cmd_acquire(args):
     if ended is not None:
         return _save_partial(args, result, writers, ended)
     if live is not None:
-        live.finish()
+        live.finish(getattr(result, "counters", None))      # (a replay's is a tuple)
     if replay is not None:
         result, replay_checks = result
     summary = summarise(result, board=args.board)
@@ -800,7 +801,7 @@ def cmd_acquire(args):
                                  f"{', '.join(writers[0].paths)}\n")
     elif args.out:
         try:
-            _write_npz(args.out, result.tags)
+            _write_npz(args.out, result.events)
         except OSError as error:
             failed.append((f"{args.out} not written", error))
     if args.plot:
@@ -856,15 +857,27 @@ def _interrupted_status(error):
     return 128 + getattr(error, "signum", signal.SIGINT)
 
 
-def _write_npz(path, tags):
-    """``--out FILE.npz``: every tag's channel and time, written whole or not at all. (NumPy
-    adds ``.npz`` to a name without it; so does this.)"""
+def _write_npz(path, events):
+    """``--out FILE.npz``: of ``events`` (``EVENT_DTYPE``), every tag's ``channel`` and
+    ``time_ps``, and every herald record's ``herald_time_ps``, ``herald_rule``,
+    ``herald_pattern``, ``herald_attempt`` and ``herald_sync_offset`` (bins; the attempt clock
+    of a board with gates, else 0), written whole or not at all. (NumPy adds ``.npz`` to a
+    name without it; so does this.) Files written before the herald arrays existed hold
+    ``channel`` and ``time_ps`` only."""
+    from ..protocol import Kind
     from .outputs import write_atomically
     path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    write_atomically(path, lambda f: np.savez(f, channel=tags["channel"].astype(np.uint8),
-                                              time_ps=tags["time_ps"].astype(np.int64)))
+    tags = events[events["kind"] == Kind.TAG.value]
+    heralds = events[events["kind"] == Kind.HERALD.value]
+    write_atomically(path, lambda f: np.savez(
+        f, channel=tags["channel"].astype(np.uint8), time_ps=tags["time_ps"].astype(np.int64),
+        herald_time_ps=heralds["time_ps"].astype(np.int64),
+        herald_rule=heralds["channel"].astype(np.uint8),
+        herald_pattern=heralds["pattern"].astype(np.uint16),
+        herald_attempt=heralds["attempt"].astype(np.uint32),
+        herald_sync_offset=heralds["sync_offset"].astype(np.uint32)))
 
 
 def _write_json(path, summary):
@@ -939,7 +952,7 @@ def _save_partial(args, result, writers, ended):
                          + (f", {lost} records lost" if lost else "") + ")")
     elif args.out:
         try:
-            _write_npz(args.out, result.tags)
+            _write_npz(args.out, result.events)
             saved.append(f"{len(result.tags)} tags to {args.out}")
         except OSError as error:
             failed.append((f"{args.out} not written", error))

@@ -9,12 +9,18 @@ per ``interval`` of wall time.
 
 * On a terminal (``tty=True``) it redraws a table in place (ANSI cursor-up + clear-line) every
   ``interval`` (default 0.25 s): device time elapsed/remaining, per-channel rates, the top
-  coincidence patterns, herald records, dropped items (loss records) and, over a link, the link
-  figures. Rates are measured on the stream's own clock, because a link hands over records a
+  coincidence patterns, herald records per rule, dropped items (loss records), with a sync
+  channel or gates the attempts and gated-out events, and, over a link, the link figures. Rates are measured on the stream's own clock, because a link hands over records a
   verified segment at a time while the polled device time runs ahead: "rate now" = the tags
   that came since the last rendering that brought any / the stream time they advanced (from the
   latest record time then to the latest now); "average" = all tags / the latest record time
   (after :meth:`finish`: / the device time done, which is then complete).
+* Attempts and gated-out events are the board's counters (the sync channel's singles and
+  ``gated_out``) when a ``progress`` call's ``stats`` brings them (``stats["counters"]``, the
+  run's latest counter read) or :meth:`finish` is given the run's counters; until then the
+  attempts are the latest the stream proves, "at least": the highest ``attempt`` of a herald
+  record and the sync markers received times ``sync_marker_every`` (marker k is attempt kN),
+  and gated-out events are not known ("-").
 * Piped (``tty=False``) it writes one plain line at most once per ``interval`` (default 1 s), the
   first one ``interval`` after the start: every run longer than that shows progress, shorter
   runs stay silent apart from the summary.
@@ -60,7 +66,9 @@ class LiveView:
     :meth:`start` (``acq``: an :class:`heraldry.host.config.Acquisition`) must come before the
     first :meth:`feed`; it is the ``sink_for(acq)`` of the CLI and returns :meth:`feed`.
     Members after any feed: ``tags`` (per channel, whole run), ``heralds`` (records per rule),
-    ``dropped`` (sum of loss-record counts), ``coincidences`` (the
+    ``dropped`` (sum of loss-record counts), ``attempts_seen`` (the latest attempt the stream
+    proves: herald ``attempt`` fields, sync markers), ``counters`` (the latest board counters
+    given, or ``None``), ``coincidences`` (the
     :class:`~heraldry.host.measure.Coincidences` fed with every tag; ``None`` once a block
     came out of time order), ``frames`` (renderings written so far).
     """
@@ -95,6 +103,8 @@ class LiveView:
         self.tags = np.zeros(n, np.int64)
         self.heralds = np.zeros(max(acq.rules, 1), np.int64)
         self.dropped = 0
+        self.attempts_seen = 0
+        self.counters = None
         self.coincidences = Coincidences(range(n), acq.window_bins * acq.bin_ps)
         self._mark_tags = np.zeros(n, np.int64)
         self._recent_hz = np.full(n, np.nan)
@@ -119,6 +129,13 @@ class LiveView:
         heralds = events["channel"][kind == _HERALD]
         if len(heralds):
             self.heralds += np.bincount(heralds, minlength=len(self.heralds))[:len(self.heralds)]
+            # (attempt numbers wrap at 2**32: only the latest herald's counts)
+            self.attempts_seen = max(self.attempts_seen,
+                                     int(events["attempt"][kind == _HERALD][-1]))
+        sync = self.acq.sync_channel
+        if sync is not None and self.acq.sync_marker_every:
+            self.attempts_seen = max(self.attempts_seen,
+                                     int(self.tags[sync]) * self.acq.sync_marker_every)
         self.dropped += int(events["count"][kind == _LOSS].sum(dtype=np.int64))
         self._last_ps = max(self._last_ps, int(events["time_ps"].max()))
 
@@ -127,15 +144,20 @@ class LiveView:
         last rendering is at least ``interval`` old."""
         self._fraction = min(done / total, 1.0) if total else 1.0
         self._stats = stats
+        if stats is not None and stats.get("counters") is not None:
+            self.counters = stats["counters"]
         now = self.clock()
         if now - self._shown >= self.interval:
             self._render(now)
 
-    def finish(self):
+    def finish(self, counters=None):
         """Final rendering (on a terminal always; piped only if progress was shown). Call it
         once the acquisition has returned: every record is in, so averages use the device time
-        done rather than the latest record time."""
+        done rather than the latest record time; ``counters`` (the run's, by group name) give
+        the final attempts and gated-out events."""
         self._finished = True
+        if counters is not None:
+            self.counters = counters
         if self.tty or self.frames:
             self._render(self.clock())
 
@@ -196,9 +218,33 @@ class LiveView:
             f"rule {r} ({rule_text(rule, r, n)}) {int(self.heralds[r])}"
             for r, rule in enumerate(self.acq.herald_rules)) if rules else "no rules"))
         lines.append(f"  dropped (loss records): {self.dropped}")
+        clock = self._attempt_clock()
+        if clock:
+            lines.append(clock)
         if self._stats is not None and wall > 0:
             s = self._stats
             lines.append(f"  link: {_si(s['tags'] / wall, 'tags/s')}, "
                          f"{_si(s['link_bytes'] / wall, 'B/s')}, "
                          f"{s['decode_errors']} decode errors")
         return lines
+
+    def _attempt_clock(self):
+        """The attempts and gated-out line, or ``None`` without a sync channel or gates."""
+        acq = self.acq
+        gated = [c for c, gate in enumerate(acq.gates_bins or ()) if gate is not None]
+        if acq.sync_channel is None and not gated:
+            return None
+        c = self.counters
+        parts = []
+        if acq.sync_channel is not None:
+            if c is not None and c.get("singles") is not None:
+                parts.append(f"attempts {int(c['singles'][acq.sync_channel])} (counted)")
+            else:
+                parts.append(f"attempts >= {self.attempts_seen} (from the stream)")
+        if gated:
+            if c is not None and c.get("gated_out") is not None:
+                counts = ", ".join(f"ch{ch} {int(c['gated_out'][ch])}" for ch in gated)
+            else:
+                counts = ", ".join(f"ch{ch} -" for ch in gated)
+            parts.append(f"gated out: {counts}")
+        return "  " + "; ".join(parts)

@@ -639,8 +639,10 @@ class Tagger:
         summarises). ``status_interval``: device seconds between counter snapshots (default
         :data:`STATUS_INTERVAL_S`); ``counter_read_cycles``: no snapshots, every counter read
         each time the device has run that many cycles instead. ``progress(done_cycles,
-        total_cycles, stats)`` is called at every poll; ``sink(events)`` gets every block, with
-        times from the run start. What a run cut short raises: :class:`DeviceRun`.
+        total_cycles, stats)`` is called at every poll (``stats``: ``Device.stats()`` and, once
+        counters were read, ``"counters"``: the run's ``counters``); ``sink(events)`` gets
+        every block, with times from the run start. What a run cut short raises:
+        :class:`DeviceRun`.
         """
         if self._closed:
             raise ConfigError("this tagger is closed")
@@ -1068,8 +1070,11 @@ class DeviceRun(Run):
             self._counters_read = current
         if self._progress is not None:
             total = self._cycles or 0
+            stats = device.stats()
+            if self.counters is not None:
+                stats["counters"] = self.counters       # the latest read (live views)
             self._progress(current - self._start if not total
-                           else min(current - self._start, total), total, device.stats())
+                           else min(current - self._start, total), total, stats)
         if self._cycles is not None and current - self._start >= self._cycles:
             self._finish()
         return block
