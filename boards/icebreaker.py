@@ -107,7 +107,8 @@ class ICEBreakerTop(Elaboratable):
         self.tagger = tagger = Tagger(
             self.channels, rules=board.rules, clock_hz=board.clock_hz, baud=board.baud,
             phys=inputs.phys, test_signal=board.test_signal,
-            stream_filter=board.stream_filter, herald_stage=board.herald_stage)
+            stream_filter=board.stream_filter, herald_stage=board.herald_stage,
+            references=board.references)
         m.submodules.tagger = tagger
 
         for r in range(tagger.rules):
@@ -195,6 +196,10 @@ class ICEBreakerBoard(Board):
     #: No stream filter either (docs/boards.md): its counters and the merger's wider bundles do
     #: not fit beside a full core at 97.8 % of the logic cells.
     stream_filter = False
+    #: The reference role alone (``TaggerCore(references=True)``, capability bit 5): an input
+    #: can be a PPS / divided 10 MHz reference for a two-node link (docs/sync.md). Sync and
+    #: gates do not fit.
+    references = True
     #: No herald record stage (``TaggerCore(herald_stage=False)``): its flip-flops would cost
     #: logic cells the UP5K does not have, and its 2-channel selection is short.
     herald_stage = False

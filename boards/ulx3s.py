@@ -180,7 +180,8 @@ class ULX3STop(Elaboratable):
         m.submodules.inputs = inputs = board.phy(ports)
         self.tagger = tagger = Tagger(self.channels, rules=len(HERALD_PINS),
                                       clock_hz=board.clock_hz, baud=board.baud,
-                                      phys=inputs.phys, gates=board.gates)
+                                      phys=inputs.phys, gates=board.gates,
+                                      references=board.references)
         m.submodules.tagger = tagger
         for r in range(tagger.rules):
             m.submodules[f"herald{r}"] = herald = io.Buffer(
@@ -204,6 +205,9 @@ class ULX3SBoard(Board):
 
     #: Sync roles, gates and markers in the core (``TaggerCore(gates=True)``, capability bit 3).
     gates = False
+    #: Without gates, the reference role alone (``TaggerCore(references=True)``, capability
+    #: bit 5): an input can be a PPS / divided 10 MHz reference (docs/sync.md).
+    references = True
 
     @property
     def crossing_limits_ns(self):

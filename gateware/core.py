@@ -11,7 +11,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring, stream
 from amaranth.lib.wiring import In, Out
 
-from ..protocol import (COARSE_BITS, COUNTER_BITS, CounterMap, Source, config_layout,
+from ..protocol import (COARSE_BITS, COUNTER_BITS, CounterMap, Role, Source, config_layout,
                         record_layout)
 from .channel import InputStage
 from .coincidence import CoincidenceUnit, HeraldGenerator
@@ -73,6 +73,12 @@ class TaggerCore(wiring.Component):
         records are then ``record_layout(F, gates=True)`` (herald records with ``attempt`` and
         ``offset``). Without it (default) ``config.gates`` is ignored: every channel is a
         detector without gate, and the ``gated_out`` counters stay 0.
+    references : bool
+        Without ``gates``: include the reference role alone (no sync, no gates, no attempt
+        clock). A channel whose ``config.gates.role`` is ``REFERENCE`` has every event streamed
+        as a tag and counted in its singles, never in a window (a PPS or divided 10 MHz input
+        for a two-node link, docs/sync.md); any other role is a detector, and the rest of
+        ``config.gates`` is ignored. Records keep ``record_layout(F)``. Implied by ``gates``.
 
     Members
     -------
@@ -115,8 +121,7 @@ class TaggerCore(wiring.Component):
 
     def __init__(self, channels=4, rules=2, *, phy=GenericPHY, phys=None, fifo_depth=256,
                  delay_depth=16, counter_init=0, test_signal=True, gates=False,
-                 stream_filter=True, stream_hold=2,
-                 herald_stage=True):
+                 references=False, stream_filter=True, stream_hold=2, herald_stage=True):
         if phys is not None:
             phys = list(phys)
             if len(phys) != channels:
@@ -134,6 +139,7 @@ class TaggerCore(wiring.Component):
         self.counter_init = counter_init
         self.test_signal = bool(test_signal)
         self.gates = bool(gates)
+        self.references = bool(references) or self.gates
         self.stream_filter = bool(stream_filter)
         self.herald_stage = bool(herald_stage)
         if stream_hold < 1:
@@ -259,6 +265,15 @@ class TaggerCore(wiring.Component):
                 gated.eq(Mux(self.clear, 0, gate_unit.gated_out)),
                 *(sig.eq(getattr(gate_unit, name)) for name, sig in clock.items()),
             ]
+        elif self.references:
+            # The reference role alone: a reference channel's events are streamed and counted,
+            # never in windows (the gate unit's `stream` and `count` without sync or gates).
+            is_reference = Cat(cfg.gates.role[c] == Role.REFERENCE for c in range(n))
+            m.d.sync += [
+                events.eq(Mux(self.clear, 0, line_events & ~is_reference)),
+                streamed.eq(Mux(self.clear, 0, line_events)),
+            ]
+            m.d.comb += counted.eq(streamed)
         else:
             m.d.sync += events.eq(Mux(self.clear, 0, line_events))
             m.d.comb += [streamed.eq(events), counted.eq(events)]

@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from .. import __version__
 from ..protocol import (
-    CAPABILITY_GATES, GATES_REGISTERS,
+    CAPABILITY_GATES, CAPABILITY_REFERENCES, GATES_REGISTERS, ROLE_REGISTERS,
     CAPABILITY_STREAM_FILTER, CAPABILITY_TEST_SIGNAL, COARSE_BITS, COMMAND_BYTES, COMMAND_CHECK_BITS, COMMAND_CHECK_INIT,
     COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS, COUNTER_BASE, COUNTER_BITS, REGISTER_ADDRESS_BITS,
     STREAM_REGISTERS, TEST_SIGNAL_REGISTERS, command_check_step,
@@ -241,6 +241,8 @@ class RegisterFile(wiring.Component):
         self.rules = rules
         self.test_signal = bool(capabilities & CAPABILITY_TEST_SIGNAL)
         self.gates = bool(capabilities & CAPABILITY_GATES)
+        # The role registers alone (a references-only build) or every gates.* register.
+        self.roles = self.gates or bool(capabilities & CAPABILITY_REFERENCES)
         self.stream_filter = bool(capabilities & CAPABILITY_STREAM_FILTER)
         self.map = RegisterMap(channels, rules)
         if SIDE_LAYOUT["value"].width != VALUE_BITS:
@@ -277,6 +279,11 @@ class RegisterFile(wiring.Component):
             "counter_addr":    Out(range(self.map.counters.size)),
             "counter_data":    In(COUNTER_BITS),
         })
+
+    def _stored_role(self, name):
+        """A ``gates.*`` register is stored: every one in a gates build, the role registers in
+        a references-only build."""
+        return self.gates or (self.roles and name.startswith(ROLE_REGISTERS))
 
     def elaborate(self, platform):
         m = Module()
@@ -331,7 +338,7 @@ class RegisterFile(wiring.Component):
                 continue
             if reg.name in self.ident:
                 readable.append((reg.address, self.ident[reg.name]))
-            elif reg.name.startswith(GATES_REGISTERS) and not self.gates:
+            elif reg.name.startswith(GATES_REGISTERS) and not self._stored_role(reg.name):
                 continue    # not stored, and their reset is 0: they read 0 (no multiplexer)
             elif reg.config_offset is not None:
                 readable.append((reg.address,
@@ -365,7 +372,7 @@ class RegisterFile(wiring.Component):
         with m.If(write):
             with m.Switch(cmd.address):
                 for reg in rmap.config_registers():
-                    if reg.name.startswith(GATES_REGISTERS) and not self.gates:
+                    if reg.name.startswith(GATES_REGISTERS) and not self._stored_role(reg.name):
                         continue    # not stored: every channel a detector without gate
                     if reg.name.startswith(STREAM_REGISTERS) and not self.stream_filter:
                         continue    # not stored either: every channel streams all

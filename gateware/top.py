@@ -17,7 +17,8 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .. import __version__
-from ..protocol import CAPABILITY_GATES, CAPABILITY_STREAM_FILTER, CAPABILITY_TEST_SIGNAL, Kind
+from ..protocol import (CAPABILITY_GATES, CAPABILITY_REFERENCES, CAPABILITY_STREAM_FILTER,
+                        CAPABILITY_TEST_SIGNAL, Kind)
 from .core import TaggerCore
 from .encoder import Encoder
 from .phy import GenericPHY
@@ -57,6 +58,9 @@ class Tagger(wiring.Component):
     gates : bool
         Include roles, sync, gates and markers (``TaggerCore``); ``ident.capabilities`` bit 3
         (``CAPABILITY_GATES``) says so, and HERALD records carry ``attempt`` and ``offset``.
+    references : bool
+        Without ``gates``: the reference role alone (``TaggerCore``); ``ident.capabilities``
+        bit 5 (``CAPABILITY_REFERENCES``) says so.
     stream_filter : bool
         Include the stream filter (``TaggerCore``); ``ident.capabilities`` bit 4
         (``CAPABILITY_STREAM_FILTER``) says so.
@@ -96,7 +100,7 @@ class Tagger(wiring.Component):
 
     def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, baud=12_000_000,
                  phy=GenericPHY, phys=None, fifo_depth=256, link="uart", test_signal=True,
-                 stream_filter=True, gates=False,
+                 stream_filter=True, gates=False, references=False,
                  herald_stage=True):
         if link not in LINKS:
             raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
@@ -107,7 +111,7 @@ class Tagger(wiring.Component):
         self.link = link
         self.core = TaggerCore(channels, rules, phy=phy, phys=phys, fifo_depth=fifo_depth,
                                test_signal=test_signal, stream_filter=stream_filter,
-                               gates=gates,
+                               gates=gates, references=references,
                                herald_stage=herald_stage)
         self.fine_bits = self.core.fine_bits
         self.bin_fs = round(10 ** 15 / (self.clock_hz * 2 ** self.fine_bits))
@@ -121,7 +125,9 @@ class Tagger(wiring.Component):
                                       capabilities=(CAPABILITIES if test_signal
                                                     else CAPABILITIES & ~CAPABILITY_TEST_SIGNAL)
                                       | (CAPABILITY_STREAM_FILTER if stream_filter else 0)
-                                      | (CAPABILITY_GATES if gates else 0))
+                                      | (CAPABILITY_GATES if gates else 0)
+                                      | (CAPABILITY_REFERENCES if references and not gates
+                                         else 0))
         if link == "uart":
             # Built here so that a bad clock/baud pair fails at construction.
             self.uart_rx_unit = UARTRx(self.clock_hz, baud)

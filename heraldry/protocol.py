@@ -21,6 +21,7 @@ __all__ = [
     "Kind", "LossCause", "StreamMode", "CAPABILITY_STREAM_FILTER", "STREAM_REGISTERS", "Edge",
     "Source",
     "GATE_BITS", "ATTEMPT_BITS", "MARKER_EVERY_BITS", "CAPABILITY_GATES", "GATES_REGISTERS", "Role",
+    "CAPABILITY_REFERENCES", "ROLE_REGISTERS",
     "gates_layout",
     "time_bits", "record_layout", "record_fields", "decode_record",
     "channel_config_layout", "test_signal_layout", "bsm_layout", "BSM_DETECTORS",
@@ -218,6 +219,14 @@ CAPABILITY_TEST_SIGNAL = 0b001
 CAPABILITY_GATES = 0b1000
 #: Prefix of the registers of roles and gates (not stored in a build without them).
 GATES_REGISTERS = ("gates.",)
+#: ``ident.capabilities`` bit: the core has the reference role alone
+#: (``TaggerCore(references=True)`` without gates): the ``gates.role[c]`` registers are stored
+#: and ``REFERENCE`` is honoured (every event streamed as a tag, counted, never in a window);
+#: no sync, gates or attempts (the other ``gates.*`` registers keep their reset values). A
+#: gates build honours references too and sets only ``CAPABILITY_GATES``.
+CAPABILITY_REFERENCES = 0b100000
+#: The registers a references-only build stores.
+ROLE_REGISTERS = ("gates.role[",)
 
 
 def gates_layout(channels):
@@ -592,7 +601,8 @@ _FIXED_REGISTERS = [
      "and ignore writes), bit 1 coincidence records, bit 2 herald outputs, bit 3 roles and "
      "gates (clear: the gates.* registers keep their reset values; set: herald records carry "
      "attempt and offset), bit 4 stream "
-     "filter (clear: the stream[c] registers keep their reset value, all)"),
+     "filter (clear: the stream[c] registers keep their reset value, all), bit 5 the "
+     "reference role alone (gates.role[c] stored, REFERENCE honoured; no sync or gates)"),
     ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
     ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
     ("control.clear",          0x011, "wo", 0, 0, 1,

@@ -601,6 +601,27 @@ class Acquisition:
                 or any(g is not None for g in self.gates_bins) or bool(self.sync_marker_every))
 
     @property
+    def references_only(self):
+        """Reference channels are the only thing :attr:`gated` asks for: a board with the
+        reference role alone (``protocol.CAPABILITY_REFERENCES``) can run it."""
+        return (self.gated and all(role in ("detector", "reference") for role in self.roles)
+                and all(g is None for g in self.gates_bins) and not self.sync_marker_every)
+
+    def roles_refusal(self, capabilities):
+        """Why a board with ``capabilities`` (``ident.capabilities``) cannot run these roles
+        and gates, or None."""
+        if not self.gated or capabilities & protocol.CAPABILITY_GATES:
+            return None
+        if self.references_only and capabilities & protocol.CAPABILITY_REFERENCES:
+            return None
+        if capabilities & protocol.CAPABILITY_REFERENCES:
+            return (f"this board has reference inputs but no sync or gates (ident.capabilities "
+                    f"{capabilities:#x}): only --reference, no --sync, --gate or sync markers")
+        return (f"this board has no sync, gates or reference inputs (ident.capabilities "
+                f"{capabilities:#x}): every channel must be a detector without gate (no --sync, "
+                f"--gate, --reference, sync markers)")
+
+    @property
     def sync_channel(self):
         return next((c for c, role in enumerate(self.roles) if role == "sync"), None)
 

@@ -477,10 +477,9 @@ class Device:
         if mismatch:
             raise ConfigError("the acquisition does not fit the board: " + ", ".join(
                 f"{what} {mine} (board: {theirs})" for what, mine, theirs in mismatch))
-        if acq.gated and not ident.capabilities & protocol.CAPABILITY_GATES:
-            raise ConfigError(f"this board has no sync and gates (ident.capabilities "
-                              f"{ident.capabilities:#x}): every channel must be a detector "
-                              f"without gate (no --sync, --gate, --reference, sync markers)")
+        refusal = acq.roles_refusal(ident.capabilities)
+        if refusal:
+            raise ConfigError(refusal)
         has_test_signal = bool(ident.capabilities & protocol.CAPABILITY_TEST_SIGNAL)
         if not has_test_signal and any(s != protocol.Source.PIN for s in acq.sources()):
             raise ConfigError(f"this board has no built-in test signal (ident.capabilities "

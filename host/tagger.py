@@ -303,11 +303,6 @@ def settings_to_acquisition(settings, identity):
         raise ConfigError(f"stream {next(m for m in stream if m != 'all')!r}: this board's "
                           f"gateware has no stream filter; every channel streams all")
     roles, gates = _roles_and_gates(s, n, bins)
-    if ((any(role != "detector" for role in roles) or any(g is not None for g in gates)
-         or s.sync_marker_every)
-            and not identity.capabilities & protocol.CAPABILITY_GATES):
-        raise ConfigError("sync and gates: this board's gateware has none; every channel is "
-                          "a detector without gate (no --sync, --gate, --reference)")
     acq = Acquisition(
         roles=roles, gates_bins=gates, sync_marker_every=s.sync_marker_every,
         channels=n, rules=identity.rules, bin_ps=bin_ps, clock_hz=float(identity.clock_hz),
@@ -319,6 +314,9 @@ def settings_to_acquisition(settings, identity):
         seed=s.seed, pin_channels=list(s.pin_channels), bsm_offset_cycles=bsm_offset,
         bsm_event_probability=s.bsm_event_probability, bsm_psi_minus=s.bsm_psi_minus,
         bsm_efficiencies=list(s.bsm_efficiencies), stream=stream)
+    refusal = acq.roles_refusal(identity.capabilities)
+    if refusal:
+        raise ConfigError(refusal)
     return acq, notes
 
 

@@ -646,12 +646,14 @@ def test_tagger_without_test_signal_says_so():
     from amaranth.hdl import Fragment
     from heraldry.gateware.top import Tagger
     # ident.capabilities: bit 0 test signal, bit 1 coincidence records, bit 2 herald outputs,
-    # bit 4 stream filter (protocol.py's register documentation).
-    for test_signal, stream_filter, capabilities in ((False, True, 0b10110),
-                                                     (True, True, 0b10111),
-                                                     (False, False, 0b00110)):
+    # bit 3 gates, bit 4 stream filter, bit 5 references alone (protocol.py's register
+    # documentation).
+    for test_signal, stream_filter, gates, references, capabilities in (
+            (False, True, False, False, 0b10110), (True, True, False, False, 0b10111),
+            (False, False, False, False, 0b00110), (False, False, False, True, 0b100110),
+            (False, False, True, True, 0b001110)):
         tagger = Tagger(2, 1, clock_hz=12_000_000, baud=3_000_000, test_signal=test_signal,
-                        stream_filter=stream_filter)
+                        stream_filter=stream_filter, gates=gates, references=references)
         assert tagger.registers.ident["ident.capabilities"] == capabilities
         Fragment.get(tagger, None)        # elaborates: it must, and it is then "used"
 

@@ -17,16 +17,18 @@ from test_core_sim import _DrivenPHY
 ROLES = {"detector": Role.DETECTOR, "sync": Role.SYNC, "reference": Role.REFERENCE}
 
 
-def run_core(settings, events, start_cycle, rules):
+def run_core(settings, events, start_cycle, rules, *, gates=True, roles=None):
     """``events[c]``: absolute bins of channel c (at most one per cycle). Returns tags, heralds
-    (time, rule, pattern, attempt, offset) in stream order and the counters."""
+    (time, rule, pattern, attempt, offset) in stream order and the counters. ``gates=False``:
+    the core with the reference role alone (``references=True``), heralds (time, rule,
+    pattern); ``roles``: the ``Role`` written to each channel instead of the settings' own."""
     n, f = settings.channels, settings.fine_bits
     acq = Acquisition(channels=n, rules=rules, fine_bits=f, window_bins=settings.window,
                       test_signal="off", herald_rules=list(settings.herald_rules),
                       delays_bins=[settings.channel_settings(c).delay for c in range(n)])
     phys = [_DrivenPHY(f) for _ in range(n)]
     core = TaggerCore(n, rules, phys=phys, counter_init=start_cycle - 200, test_signal=False,
-                      gates=True)
+                      gates=gates, references=not gates)
     cmap = core.map
     last = max((int(t[-1]) >> f for t in events if len(t)), default=start_cycle)
     per_cycle = {}
@@ -39,7 +41,7 @@ def run_core(settings, events, start_cycle, rules):
         ctx.set(core.config, acq.gateware_config())
         for c in range(n):
             ch = settings.channel_settings(c)
-            ctx.set(core.config.gates.role[c], ROLES[ch.role])
+            ctx.set(core.config.gates.role[c], ROLES[ch.role] if roles is None else roles[c])
             if ch.gate is not None:
                 ctx.set(core.config.gates.gate_offset[c], ch.gate[0])
                 ctx.set(core.config.gates.gate_width[c], ch.gate[1])
@@ -67,10 +69,10 @@ def run_core(settings, events, start_cycle, rules):
                     tags.append((int(rec.time), int(rec.payload.tag.channel)))
                 elif rec.kind == Kind.HERALD:
                     h = rec.payload.herald
-                    heralds.append((int(rec.time), int(h.rule), int(h.pattern), int(h.attempt),
-                                    int(h.offset)))
+                    heralds.append((int(rec.time), int(h.rule), int(h.pattern))
+                                   + ((int(h.attempt), int(h.offset)) if gates else ()))
                 else:
-                    raise AssertionError(f"unexpected record {rec.kind}")
+                    raise AssertionError(f"unexpected record {rec.kind} {rec.payload.loss}")
                 idle = 0
             else:
                 idle += 1
@@ -148,6 +150,43 @@ def test_gates_through_the_whole_core(fine_bits, window, seed):
     assert expected.gated_out[:3].min() > 30 and expected.singles[:3].min() > 30
     assert np.bincount(expected.heralds["rule"], minlength=3).min() >= 2
     assert (expected.tags["channel"] == 3).sum() > 3 and (expected.tags["channel"] == 5).sum() > 3
+
+
+def test_references_alone_through_the_whole_core():
+    """``TaggerCore(references=True)`` (no gates; the iCEBreaker's build): a reference
+    channel's events are streamed and counted, never in windows, exactly as the model says; a
+    SYNC role written to such a core is a detector (only REFERENCE is honoured)."""
+    rng = np.random.default_rng(11)
+    f = 2
+    rules = (model.HeraldRule(0b0011, 0b0100, "exact", 0),
+             model.HeraldRule(0b0101, 0, "early", 1))
+    # a whole-cycle delay: a sub-cycle one can bring two events of a channel into one cycle,
+    # which the delay line drops and the model does not (tests/test_core_sim.py)
+    channels = (model.ChannelSettings(), model.ChannelSettings(delay=4),
+                model.ChannelSettings(), model.ChannelSettings(role="reference"))
+    settings = model.CoreSettings(channels=4, fine_bits=f, window=9, channel=channels,
+                                  herald_rules=rules)
+    start = 200 + int(rng.integers(0, 50))
+    events = stimulus(rng, settings, start, 600, 0.2, 0)
+    # the reference's edges land inside detector windows too (97 cycles apart, 20 % busy)
+    roles = [Role.DETECTOR, Role.DETECTOR, Role.SYNC, Role.REFERENCE]
+    tags, heralds, counters = run_core(settings, events, start, 2, gates=False, roles=roles)
+    expected = model.simulate(events, [np.zeros(0, np.int64)] * 4, settings)
+    assert tags == [tuple(x) for x in expected.tags.tolist()]
+    assert heralds == [tuple(h) for h in expected.heralds.tolist()]
+    assert counters["singles"] == expected.singles.tolist()
+    assert counters["heralds"] == expected.herald_counts.tolist()
+    assert counters["gated_out"] == [0] * 4
+    # the stimulus holds what the test is about: markers, and heralds of both rules
+    assert (expected.tags["channel"] == 3).sum() >= 5
+    assert np.bincount(expected.heralds["rule"], minlength=2).min() >= 2
+    # a core without the role would put the reference's events into windows: the model of
+    # that differs on this stimulus (so the comparison above can fail)
+    plain = model.CoreSettings(channels=4, fine_bits=f, window=9, herald_rules=rules,
+                               channel=channels[:3] + (model.ChannelSettings(),))
+    other = model.simulate(events, [np.zeros(0, np.int64)] * 4, plain)
+    assert [tuple(h) for h in other.heralds.tolist()] != heralds or \
+        other.singles.tolist() != counters["singles"]
 
 
 @pytest.mark.slow      # 23 s in the Amaranth simulator; the fast tier keeps the F = 0/2/4 cores

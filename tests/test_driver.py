@@ -333,7 +333,7 @@ def test_board_without_test_signal_refuses_test_sources_and_skips_its_registers(
         with pytest.raises(ConfigError, match="no built-in test signal"):
             device.configure(Acquisition(channels=2, rules=1, test_signal="pairs"))
         # nor sync and gates: roles and gates are refused before anything is written
-        with pytest.raises(ConfigError, match="no sync and gates"):
+        with pytest.raises(ConfigError, match="no sync, gates or reference inputs"):
             device.configure(Acquisition(channels=2, rules=1, roles=["detector", "sync"],
                                          gates_bins=[(2, 5), None]))
         sent = []

@@ -55,11 +55,31 @@ def test_bad_values_are_refused_in_one_line(settings, fragment):
 
 
 def test_a_board_without_gates_refuses_them():
-    with pytest.raises(ConfigError, match="sync and gates: this board's gateware has none"):
+    with pytest.raises(ConfigError, match="no sync, gates or reference inputs"):
         settings_to_acquisition(Settings(sync=4), sim_identity(5))
     # plain settings still pass
     acq, _ = settings_to_acquisition(Settings(), sim_identity(5))
     assert acq.roles == ["detector"] * 5 and not acq.gated
+
+
+def test_a_board_with_references_alone_takes_references_only():
+    """``CAPABILITY_REFERENCES`` (the iCEBreaker's build): a reference channel is accepted and
+    reaches the gateware's role registers; sync, gates and sync markers are refused in one
+    line that says what the board has."""
+    identity = sim_identity(2)
+    identity = dataclasses.replace(
+        identity, capabilities=identity.capabilities | protocol.CAPABILITY_REFERENCES)
+    acq, _ = settings_to_acquisition(Settings(references=(1,)), identity)
+    assert acq.roles == ["detector", "reference"] and acq.references_only
+    assert acq.roles_refusal(identity.capabilities) is None
+    assert acq.gateware_config().gates.role[1] == protocol.Role.REFERENCE
+    bin_ns = identity.bin_ps / 1000
+    for settings in (Settings(sync=1), Settings(sync=1, sync_marker_every=2),
+                     Settings(sync=1, gates_ns={0: (0, 4 * bin_ns)})):
+        with pytest.raises(ConfigError, match="has reference inputs but no sync or gates") \
+                as error:
+            settings_to_acquisition(settings, identity)
+        assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("options,fragment", [
@@ -68,7 +88,7 @@ def test_a_board_without_gates_refuses_them():
     (["--gate", "0:40:wide"], "width 'wide' is not a number"),
     (["--gate", "7:40:20"], "no channel 7"),
     (["--gate", "0:40:20", "--gate", "0:10:20"], "given twice"),
-    (["--sync", "1"], "sync and gates: this board's gateware has none"),
+    (["--sync", "1"], "no sync, gates or reference inputs"),
 ])
 def test_command_line_refusals(options, fragment, capsys):
     status = cli.main(["acquire", "--channels", "2", "--duration", "1e-6", "--quiet"] + options)

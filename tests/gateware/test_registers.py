@@ -14,7 +14,7 @@ from heraldry.wire import encode_command
 from heraldry.gateware.registers import CAPABILITIES, CommandParser, RegisterFile
 from heraldry.protocol import CAPABILITY_STREAM_FILTER
 from heraldry.protocol import (
-    CAPABILITY_GATES, COMMAND_BYTES, COUNTER_BASE, MAGIC, PROTOCOL_VERSION, REGISTER_ADDRESS_BITS, WIRE_SEQ_BITS,
+    CAPABILITY_GATES, CAPABILITY_REFERENCES, COMMAND_BYTES, COUNTER_BASE, MAGIC, PROTOCOL_VERSION, REGISTER_ADDRESS_BITS, WIRE_SEQ_BITS,
     Command, RegisterMap, WireKind,
 )
 
@@ -406,8 +406,11 @@ def config_field_values(rmap):
 
 def test_gates_registers_not_stored_without_the_capability():
     """Without CAPABILITY_GATES a write to a gates.* register replies its reset value (0: a
-    detector without gate) and the config keeps it; with it the value is stored."""
-    for capabilities, stored in ((CAPABILITIES, False), (BENCH_CAPABILITIES, True)):
+    detector without gate) and the config keeps it; with it the value is stored. With
+    CAPABILITY_REFERENCES alone only the role registers are stored."""
+    for capabilities, stored, roles in ((CAPABILITIES, False, False),
+                                        (BENCH_CAPABILITIES, True, True),
+                                        (CAPABILITIES | CAPABILITY_REFERENCES, False, True)):
         bench = Bench(2, 1, capabilities=capabilities)
         got = {}
 
@@ -419,7 +422,7 @@ def test_gates_registers_not_stored_without_the_capability():
 
         bench.run(body)
         assert got["window"] == (1, 9)
-        assert got["gates.role[0]"] == (1, 1 if stored else 0)
+        assert got["gates.role[0]"] == (1, 1 if roles else 0)
         assert got["gates.gate_width[1]"] == (1, 77 if stored else 0)
         assert got["gates.marker_every"] == (1, 5 if stored else 0)
         assert got["config"] == (77 if stored else 0)
