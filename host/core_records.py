@@ -21,25 +21,44 @@ __all__ = ["CoreRecordDecoder"]
 class CoreRecordDecoder:
     """Stateful decoder of raw record integers (as the core emits them) into :class:`Block` s.
 
-    Parameters: ``fine_bits`` of the core's PHY and ``bin_ps``, the length of one bin.
+    Parameters: ``fine_bits`` of the core's PHY, ``bin_ps``, the length of one bin, and
+    ``gates`` (a core built with gates: its herald records carry ``attempt`` and ``offset``,
+    handed on as ``EVENT_DTYPE``'s ``attempt`` and ``sync_offset``; the layout differs, so it
+    must match the core's).
     """
 
-    def __init__(self, *, fine_bits=0, bin_ps=10_000):
+    def __init__(self, *, fine_bits=0, bin_ps=10_000, gates=False):
         self.fine_bits = fine_bits
         self.bin_ps = bin_ps
-        self._fields = protocol.record_fields(fine_bits)
+        self.gates = bool(gates)
+        self._fields = protocol.record_fields(fine_bits, self.gates)
         self._time_bits = protocol.time_bits(fine_bits)
         self._reference = None  # last extended time, in bins
         self.records = 0
         self.lost = {}
 
     def _field(self, raw, name):
+        """Field ``name`` of records ``raw`` (rows of two 64-bit words, low word first: a
+        record of a core with gates is wider than 64 bits)."""
         offset, width = self._fields[name]
-        return (raw >> np.uint64(offset)) & np.uint64((1 << width) - 1)
+        mask = np.uint64((1 << width) - 1)
+        if offset + width <= 64:
+            return (raw[:, 0] >> np.uint64(offset)) & mask
+        if offset >= 64:
+            return (raw[:, 1] >> np.uint64(offset - 64)) & mask
+        return ((raw[:, 0] >> np.uint64(offset)) | (raw[:, 1] << np.uint64(64 - offset))) & mask
 
     def decode(self, raw):
         """Decode a sequence of raw records (ints) in stream order into a :class:`Block`."""
-        raw = np.asarray(raw, dtype=np.uint64)
+        words = np.zeros((len(raw), 2), np.uint64)
+        try:
+            words[:, 0] = np.asarray(raw, dtype=np.uint64)
+        except OverflowError:           # records wider than 64 bits (a core with gates)
+            if max(int(r) for r in raw) >> 128:
+                raise ValueError("a raw record is wider than 128 bits") from None
+            words[:, 0] = [int(r) & (2**64 - 1) for r in raw]
+            words[:, 1] = [int(r) >> 64 for r in raw]
+        raw = words
         out = np.zeros(len(raw), EVENT_DTYPE)
         if not len(raw):
             return Block(out, {})
@@ -57,6 +76,9 @@ class CoreRecordDecoder:
         out["pattern"][is_coinc] = self._field(raw[is_coinc], "payload.coincidence.pattern")
         out["channel"][is_herald] = self._field(raw[is_herald], "payload.herald.rule")
         out["pattern"][is_herald] = self._field(raw[is_herald], "payload.herald.pattern")
+        if self.gates:
+            out["attempt"][is_herald] = self._field(raw[is_herald], "payload.herald.attempt")
+            out["sync_offset"][is_herald] = self._field(raw[is_herald], "payload.herald.offset")
         out["channel"][is_loss] = self._field(raw[is_loss], "payload.loss.index")
         out["pattern"][is_loss] = self._field(raw[is_loss], "payload.loss.cause")
         out["count"][is_loss] = self._field(raw[is_loss], "payload.loss.count")

@@ -142,3 +142,37 @@ def test_live_view_without_sync_or_gates_has_no_attempt_line():
     live = LiveView(0.001, stream=_Stream(), clock=lambda: 0.0)
     live.start(acq)
     assert not any("attempts" in line or "gated out" in line for line in live.render(1.0))
+
+
+def test_in_process_core_records_of_a_gates_core_keep_the_attempt_clock():
+    """Raw records as a core with gates emits them (packed by Amaranth from the layout) decode
+    to their herald's rule, pattern, attempt and offset; tags keep 0 and 0."""
+    from heraldry import protocol
+    from heraldry.host.core_records import CoreRecordDecoder
+    rng = np.random.default_rng(5)
+    fine_bits = 2
+    layout = protocol.record_layout(fine_bits, gates=True)
+    rows, raw = [], []
+    t = 1000
+    for _ in range(300):
+        t += int(rng.integers(0, 5000))
+        if rng.random() < 0.3:
+            row = (Kind.HERALD, int(rng.integers(0, protocol.MAX_RULES)),
+                   int(rng.integers(0, 256)), int(rng.choice([0, 2**32 - 1, rng.integers(2**32)])),
+                   int(rng.choice([0, 2**16 - 1, rng.integers(2**16)])))
+            payload = {"herald": {"rule": row[1], "pattern": row[2], "attempt": row[3],
+                                  "offset": row[4]}}
+        else:
+            row = (Kind.TAG, int(rng.integers(0, 8)), 0, 0, 0)
+            payload = {"tag": {"channel": row[1]}}
+        rows.append((t,) + row)
+        raw.append(layout.const({"kind": row[0], "payload": payload, "time": t}).as_value()
+                   .value)
+    block = CoreRecordDecoder(fine_bits=fine_bits, bin_ps=5, gates=True).decode(raw)
+    ev = block.events
+    assert ev["time_ps"].tolist() == [5 * r[0] for r in rows]
+    assert ev["kind"].tolist() == [r[1].value for r in rows]
+    assert ev["channel"].tolist() == [r[2] for r in rows]
+    assert ev["pattern"].tolist() == [r[3] for r in rows]
+    assert ev["attempt"].tolist() == [r[4] for r in rows]
+    assert ev["sync_offset"].tolist() == [r[5] for r in rows]
