@@ -75,8 +75,9 @@ class CoreBench:
     ``ready`` is held high) and ``heralds`` (``(now, herald bits)``).
     """
 
-    def __init__(self, dut):
+    def __init__(self, dut, gates=False):
         self.dut = dut
+        self.gates = gates       # a TaggerCore(gates=True): herald records carry attempt/offset
         self.channels = len(dut.pins)
         self.rules = len(dut.herald)
         self.map = protocol.CounterMap(self.channels, self.rules)
@@ -210,12 +211,13 @@ class CoreBench:
             values[address] = dut.counter_data.value.to_unsigned()
         return {name: values[list(self.map.range(name))] for name in
                 ("singles", "patterns", "heralds", "delay_dropped", "merger_dropped",
-                 "herald_dropped", "coincidence_dropped")}
+                 "herald_dropped", "coincidence_dropped", "gated_out", "filtered",
+                 "filter_dropped")}
 
     # -- decoded output -----------------------------------------------------------------------
 
     def decoded(self):
-        return [protocol.decode_record(raw) for _, raw in self.records]
+        return [protocol.decode_record(raw, gates=self.gates) for _, raw in self.records]
 
     def herald_intervals(self):
         """Per rule, half-open intervals of ``now`` values in which the herald pin was high."""
@@ -260,6 +262,8 @@ def _check_against(bench, records, counters, expected, settings):
             lost[key] = lost.get(key, 0) + r["count"]
     delay_lost = [lost.pop((LossCause.DELAY_FULL, c), 0) for c in range(settings.channels)]
     assert delay_lost == expected.delay_dropped.tolist()
+    filter_lost = [lost.pop((LossCause.FILTER_FULL, c), 0) for c in range(settings.channels)]
+    assert filter_lost == expected.filter_dropped.tolist(), "FILTER_FULL loss records"
     assert not lost, f"unexpected loss records {lost}"
 
     assert counters["singles"].tolist() == expected.singles.tolist()
@@ -267,6 +271,9 @@ def _check_against(bench, records, counters, expected, settings):
     assert counters["heralds"][:rules].tolist() == expected.herald_counts.tolist()
     assert not counters["heralds"][rules:].any()
     assert counters["delay_dropped"].tolist() == expected.delay_dropped.tolist()
+    for name in ("gated_out", "filtered", "filter_dropped"):
+        assert counters[name].tolist() == getattr(expected, name).tolist(), \
+            f"{name} counters differ from the model"
     for name in ("merger_dropped", "herald_dropped", "coincidence_dropped"):
         assert not counters[name].any(), f"{name} = {counters[name].tolist()}"
 
