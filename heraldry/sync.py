@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["SEARCHING", "LOCKED", "LOST", "SyncError", "Fit", "find_offset", "Segment",
            "Tracker", "LinkResult", "link", "LiveLink", "window_misses", "ReferenceScale",
-           "rescale"]
+           "rescale", "LiveReference"]
 
 SEARCHING, LOCKED, LOST = "searching", "locked", "lost"
 
@@ -819,51 +819,190 @@ def rescale(markers_s, period_s=1.0, *, tolerance_s=None, max_ppm=200.0):
     Returns a :class:`ReferenceScale`. Raises :class:`SyncError` with fewer than two markers on
     the grid."""
     markers = _sorted_seconds(markers_s, "the markers")
-    if not (period_s > 0 and max_ppm >= 0):
-        raise SyncError("period_s must be > 0 and max_ppm >= 0")
-    tol = max(period_s * 1e-3, 100e-9) if tolerance_s is None else float(tolerance_s)
-    slack = max_ppm * 1e-6
-    start = None
-    for i in range(len(markers) - 1):
-        for j in range(i + 1, len(markers)):
-            d = markers[j] - markers[i]
-            k = round(d / period_s)
-            if d > 2.5 * period_s:      # one missing marker at most between the first two
-                break
-            if k >= 1 and abs(d - k * period_s) <= k * period_s * slack + tol:
-                start = i
-                break
-        if start is not None:
-            break
-    if start is None:
-        raise SyncError(f"fewer than two markers {period_s:g} s apart (within "
-                        f"{max_ppm:g} ppm): no reference period found")
-    accepted, index = [markers[start]], [0]
-    extra = start
-    local_period = period_s
-    for t in markers[start + 1:]:
-        d = t - accepted[-1]
-        k = int(round(d / local_period))
-        allowance = tol + (k * period_s * slack if len(accepted) < 2 else 0.0)
-        if k >= 1 and abs(d - k * local_period) <= allowance:
-            accepted.append(t)
-            index.append(index[-1] + k)
-            local_period = (accepted[-1] - accepted[0]) / (index[-1] - index[0])
+    grid = _Grid(period_s, tolerance_s, max_ppm)
+    for t in markers.tolist():
+        grid.add(t)
+    grid.finish()
+    return grid.scale()
+
+
+class _Grid:
+    """The reference's grid as markers come (:func:`rescale`'s rules, one marker at a time, so
+    that :func:`rescale` and :class:`LiveReference` place every marker alike)."""
+
+    def __init__(self, period_s, tolerance_s, max_ppm):
+        if not (period_s > 0 and max_ppm >= 0):
+            raise SyncError("period_s must be > 0 and max_ppm >= 0")
+        self.period_s = float(period_s)
+        self.tol = max(period_s * 1e-3, 100e-9) if tolerance_s is None else float(tolerance_s)
+        self.slack = max_ppm * 1e-6
+        self.max_ppm = max_ppm
+        self.unplaced = []          # markers before the grid's start, still in question
+        self.accepted, self.index = [], []
+        self.extra = 0
+        self.local_period = self.period_s
+
+    def add(self, t):
+        """The next marker (board seconds, not earlier than the previous one)."""
+        if self.accepted:
+            self._place(t)
         else:
-            extra += 1
-    t, n = np.array(accepted), np.array(index, np.int64)
-    if len(t) < 2:
-        raise SyncError("fewer than two markers on the reference's grid")
-    x = n - n.mean()
-    degree = 2 if len(t) > 10 else 1
-    coef = np.polyfit(x, t, degree)
-    resid = t - np.polyval(coef, x)
-    slope = np.polyval(np.polyder(coef), 0.0)          # local seconds per period, mid-span
-    curve = coef[0] if degree == 2 else 0.0
-    ppm = (slope / period_s - 1) * 1e6
-    # d(ppm)/d(SI second) = 2 * curve / period_s / period_s * 1e6
-    drift = 2 * curve / period_s ** 2 * 1e6
-    return ReferenceScale(period_s=float(period_s), local_period_s=float(slope), ppm=float(ppm),
-                          residual_s=float(resid.std()), markers_s=t, index=n,
-                          missing=int(n[-1] - n[0] + 1 - len(n)), extra=int(extra),
-                          drift_ppm_per_s=float(drift))
+            self.unplaced.append(t)
+            self._start(final=False)
+
+    def finish(self):
+        """No marker follows: settle the start with the markers there are."""
+        if not self.accepted:
+            self._start(final=True)
+
+    def _start(self, final):
+        # The grid starts at the first marker followed by one a whole number of periods later;
+        # a marker with none within 2.5 periods (or, at the end, none at all) is extra.
+        period = self.period_s
+        while self.unplaced:
+            first = self.unplaced[0]
+            decided = False
+            for t in self.unplaced[1:]:
+                d = t - first
+                if d > 2.5 * period:        # one missing marker at most between the first two
+                    decided = True
+                    break
+                k = round(d / period)
+                if k >= 1 and abs(d - k * period) <= k * period * self.slack + self.tol:
+                    rest = self.unplaced[1:]
+                    self.unplaced = []
+                    self.accepted, self.index = [first], [0]
+                    for later in rest:
+                        self._place(later)
+                    return
+            if not decided and not final:
+                return                      # a later marker may still start it here
+            self.unplaced.pop(0)
+            self.extra += 1
+
+    def _place(self, t):
+        d = t - self.accepted[-1]
+        k = int(round(d / self.local_period))
+        allowance = self.tol + (k * self.period_s * self.slack if len(self.accepted) < 2 else 0.0)
+        if k >= 1 and abs(d - k * self.local_period) <= allowance:
+            self.accepted.append(t)
+            self.index.append(self.index[-1] + k)
+            self.local_period = (self.accepted[-1] - self.accepted[0]) / (self.index[-1]
+                                                                         - self.index[0])
+        else:
+            self.extra += 1
+
+    def scale(self):
+        """The :class:`ReferenceScale` of the markers accepted so far."""
+        if len(self.accepted) < 2:
+            raise SyncError(f"fewer than two markers {self.period_s:g} s apart (within "
+                            f"{self.max_ppm:g} ppm): no reference period found")
+        period_s = self.period_s
+        t, n = np.array(self.accepted), np.array(self.index, np.int64)
+        x = n - n.mean()
+        degree = 2 if len(t) > 10 else 1
+        coef = np.polyfit(x, t, degree)
+        resid = t - np.polyval(coef, x)
+        slope = np.polyval(np.polyder(coef), 0.0)          # local seconds per period, mid-span
+        curve = coef[0] if degree == 2 else 0.0
+        ppm = (slope / period_s - 1) * 1e6
+        # d(ppm)/d(SI second) = 2 * curve / period_s / period_s * 1e6
+        drift = 2 * curve / period_s ** 2 * 1e6
+        return ReferenceScale(period_s=float(period_s), local_period_s=float(slope),
+                              ppm=float(ppm), residual_s=float(resid.std()), markers_s=t, index=n,
+                              missing=int(n[-1] - n[0] + 1 - len(n)),
+                              extra=int(self.extra + len(self.unplaced)),
+                              drift_ppm_per_s=float(drift))
+
+
+class LiveReference:
+    """:func:`rescale` and :meth:`ReferenceScale.to_si` as a board's tags and markers come
+    (the live form of ``heraldry link --reference-a/-b``).
+
+    :meth:`feed` takes the next tags (board seconds, sorted, later than those fed before; their
+    channels) and the reference markers that came with them; it returns the tags that are now on
+    the reference's time scale: the board's local time of its first accepted marker plus SI
+    seconds since it, as :func:`rescale` and ``to_si`` give them offline. A tag waits for the
+    next accepted marker (at most about one period: a PPS holds a second of tags) and is then
+    placed linearly between its two neighbouring markers, exactly as offline; tags before the
+    first accepted marker go out with the second, at the rate of the first period (offline:
+    the fitted rate of the whole run). :meth:`close` places the tags after the last marker at
+    the fitted rate (as offline) and returns them.
+
+    Members: ``markers`` (accepted), ``extra``, ``waiting`` (tags held), :meth:`scale` (the
+    :class:`ReferenceScale` of the markers so far: ``ppm``, ``missing``, ``residual_s``, ...).
+    """
+
+    def __init__(self, period_s=1.0, *, tolerance_s=None, max_ppm=200.0):
+        self._grid = _Grid(period_s, tolerance_s, max_ppm)
+        self._times, self._channels = [], []
+        self._last = -np.inf
+        self._first_rate = None         # SI seconds per board second, first period
+
+    @property
+    def markers(self):
+        return len(self._grid.accepted)
+
+    @property
+    def extra(self):
+        return self._grid.extra
+
+    @property
+    def waiting(self):
+        return int(sum(len(t) for t in self._times))
+
+    def scale(self):
+        """The :class:`ReferenceScale` of the markers so far (SyncError with fewer than two)."""
+        return self._grid.scale()
+
+    def feed(self, times, channels, markers=()):
+        """Returns ``(times, channels)`` placed on the reference's scale (maybe empty)."""
+        times = _sorted_seconds(times, "the tags")
+        channels = np.asarray(channels, np.int64)
+        if len(channels) != len(times):
+            raise SyncError(f"{len(times)} times but {len(channels)} channels")
+        if len(times):
+            if times[0] < self._last:
+                raise SyncError("tags must come in time order")
+            self._last = times[-1]
+            self._times.append(times)
+            self._channels.append(channels)
+        for t in _sorted_seconds(markers, "the markers").tolist():
+            self._grid.add(t)
+        grid = self._grid
+        if len(grid.accepted) < 2 or not self._times:
+            return np.zeros(0), np.zeros(0, np.int64)
+        t = np.concatenate(self._times)
+        c = np.concatenate(self._channels)
+        ready = int(np.searchsorted(t, grid.accepted[-1], "right"))
+        self._times, self._channels = ([t[ready:]], [c[ready:]]) if ready < len(t) else ([], [])
+        return self._place(t[:ready]), c[:ready]
+
+    def close(self):
+        """The tags still held, placed (the ones after the last marker at the fitted rate).
+        SyncError if fewer than two markers ever came on the grid (the tags cannot be placed)."""
+        self._grid.finish()
+        t = np.concatenate(self._times) if self._times else np.zeros(0)
+        c = np.concatenate(self._channels) if self._channels else np.zeros(0, np.int64)
+        self._times, self._channels = [], []
+        if not len(t):
+            return t, c
+        scale = self._grid.scale()
+        a = np.asarray(self._grid.accepted)
+        inside = t <= a[-1]
+        out = np.empty(len(t))
+        out[inside] = self._place(t[inside])
+        rate = scale.period_s / scale.local_period_s
+        out[~inside] = a[0] + scale.index[-1] * scale.period_s + (t[~inside] - a[-1]) * rate
+        return out, c
+
+    def _place(self, t):
+        grid = self._grid
+        a = np.asarray(grid.accepted)
+        si = np.interp(t, a, np.asarray(grid.index, np.float64) * grid.period_s)
+        before = t < a[0]
+        if before.any():
+            if self._first_rate is None:
+                self._first_rate = (grid.index[1] - grid.index[0]) * grid.period_s / (a[1] - a[0])
+            si = np.where(before, (t - a[0]) * self._first_rate, si)
+        return a[0] + si

@@ -69,7 +69,8 @@ def register(subparsers):
                    help="tracking loop block (default 10 ms; 1 ms on virtual boards)")
     p.add_argument("--untracked", action="store_true",
                    help="keep the first offset, no frequency tracking (a fixed calibration)")
-    ref = p.add_argument_group("reference inputs (PTU files)")
+    ref = p.add_argument_group("reference inputs (PTU files; live: both boards, built with "
+                               "reference inputs)")
     ref.add_argument("--reference-a", type=int, default=None, metavar="CH",
                      help="board 1's reference channel (PPS or a divided 10 MHz): its markers "
                      "rescale board 1's times to SI seconds and are left out of the merge")
@@ -169,9 +170,16 @@ def _check(args, kind):
     if args.channels_a + args.channels_b > 8:
         raise ValueError(f"--channels-a + --channels-b: {args.channels_a + args.channels_b} "
                          f"channels, the merged stream holds at most 8")
-    if kind != "files" and (args.reference_a is not None or args.reference_b is not None):
-        raise ValueError("--reference-a/-b rescale PTU files; a live board's markers are not "
-                         "used yet")
+    references = (args.reference_a, args.reference_b)
+    if kind == "streams" and references != (None, None):
+        raise ValueError("--reference-a/-b rescale PTU files and live boards; a serve stream "
+                         "does not say which of its channels is a reference")
+    if kind in ("sim", "ports") and (None in references) != (references == (None, None)):
+        raise ValueError("live, give both --reference-a and --reference-b (each board's "
+                         "reference channel)")
+    if kind == "sim" and references != (None, None) and args.reference_a != args.reference_b:
+        raise ValueError("two virtual boards share one reference on one channel: "
+                         "--reference-a and --reference-b must be the same")
     if not args.reference_period_s > 0:
         raise ValueError(f"--reference-period-s must be > 0, not {args.reference_period_s:g}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
@@ -248,13 +256,17 @@ def _referenced(times, channels, reference, period_s, board):
         return times, channels
     marker = channels == reference
     scale = rescale(times[marker], period_s)
+    _say_reference(scale, board, reference, period_s)
+    keep = ~marker
+    return scale.markers_s[0] + scale.to_si(times[keep]), channels[keep]
+
+
+def _say_reference(scale, board, reference, period_s):
     sys.stdout.write(
         f"reference board {board} (ch {reference}, period {period_s:g} s): clock "
         f"{scale.ppm:+.4f} ppm, drift {scale.drift_ppm_per_s:+.4f} ppm/s, "
         f"{len(scale.markers_s):,} markers, {scale.missing:,} missing, {scale.extra:,} extra, "
         f"residual {scale.residual_s * 1e9:.2f} ns rms\n")
-    keep = ~marker
-    return scale.markers_s[0] + scale.to_si(times[keep]), channels[keep]
 
 
 def _ended(live, status):
@@ -334,27 +346,41 @@ def _live(args, kind, sync_a, sync_b):
     close = None
     try:
         on_update, close = _updates(args, lambda: taggers[0].channels)
+        referenced = args.reference_a is not None
         if kind == "sim":
             from ..model.twonode import Clock
-            from ..sim.twonode import TwoBoards
+            from ..sim.twonode import TwoBoards, build_gates_twin
             ppm = [float(SIM_TARGET.match(t).group(1) or 0) for t in (args.file_a, args.file_b)]
+            reference = dict(reference_hz=1 / args.reference_period_s,
+                             reference_channel=args.reference_a,
+                             binary=build_gates_twin()) if referenced else {}
             boards = TwoBoards(args.duration + 0.03, lead_s=0.02, clock_a=Clock(ppm=ppm[0]),
                                clock_b=Clock(ppm=ppm[1], start_s=args.skew_us * 1e-6),
                                pair_rate_hz=args.pair_rate, efficiency_a=args.efficiency,
                                efficiency_b=args.efficiency, dark_rate_a_hz=args.dark_rate,
                                dark_rate_b_hz=args.dark_rate, fiber_delay_s=args.fiber_us * 1e-6,
-                               jitter_s=args.jitter_ps * 1e-12, seed=args.seed)
+                               jitter_s=args.jitter_ps * 1e-12, seed=args.seed, **reference)
             taggers = boards.open()
             time_base = "device"
         else:
             taggers = (open_board(args.file_a), open_board(args.file_b))
             time_base = "start"
         sys.stdout.write(f"board 1: {taggers[0].describe()}\nboard 2: {taggers[1].describe()}\n")
+        settings = (None, None)
+        if referenced:
+            from .tagger import Settings
+            settings = (Settings(references=[args.reference_a]),
+                        Settings(references=[args.reference_b]))
         live, sides = link_taggers(
-            *taggers, duration=args.duration, time_base=time_base,
+            *taggers, *settings, duration=args.duration, time_base=time_base,
             sync_a=sync_a if sync_a is not None else (0,),
             sync_b=sync_b if sync_b is not None else (0,), update_s=args.update_s,
-            on_update=on_update, **_tracking(args))
+            on_update=on_update,
+            reference_period_s=args.reference_period_s if referenced else None,
+            **_tracking(args))
+        for k, (side, channel) in enumerate(zip(sides, (args.reference_a, args.reference_b))):
+            if side.reference is not None:
+                _say_reference(side.reference.scale(), k + 1, channel, args.reference_period_s)
     except (ConfigError, TwinError, ValueError) as error:
         _error(error)
         return EXIT_USAGE

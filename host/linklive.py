@@ -39,7 +39,10 @@ class BoardRun:
     base's wall-time shift, 0 for board 1), ``device_seconds``, ``tags`` (number streamed),
     ``times``/``channels`` (every tag, in the time base's seconds, with ``keep_tags``),
     ``markers`` (``{channel: [arrays of seconds]}``: the tags of the board's ``reference`` and
-    ``sync`` channels, which are markers and stay out of the merge; :meth:`marker_times`)."""
+    ``sync`` channels, which are markers and stay out of the merge; :meth:`marker_times`),
+    ``reference`` (with ``reference_period_s``: the :class:`heraldry.sync.LiveReference` that
+    puts the board's tags on its reference's time scale; its ``scale()`` gives the board's
+    ppm against the reference, missing and extra markers)."""
     name: str
     start_cycles: int = 0
     start_bounds: tuple = None
@@ -50,6 +53,7 @@ class BoardRun:
     times: list = field(default_factory=list)
     channels: list = field(default_factory=list)
     markers: dict = field(default_factory=dict)
+    reference: object = None
 
     def marker_times(self, channel):
         """Every marker of ``channel`` so far (seconds of the time base), e.g. for
@@ -83,12 +87,20 @@ def _tags(block, run, side, time_base, keep):
         these = channels == c
         side.markers.setdefault(c, []).append(seconds[these])
         marker |= these
-    return seconds[~marker], channels[~marker]
+    seconds, channels = seconds[~marker], channels[~marker]
+    if side.reference is not None:
+        return side.reference.feed(seconds, channels, side.markers[_reference_channel(run)][-1])
+    return seconds, channels
+
+
+def _reference_channel(run):
+    roles = getattr(run.acquisition, "roles", None) or []
+    return next((c for c, role in enumerate(roles) if role == "reference"), None)
 
 
 def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=None, *,
                  time_base="device", sync_a=(0,), sync_b=(0,), update_s=0.25, on_update=None,
-                 keep_tags=False, idle_s=0.005, **link):
+                 keep_tags=False, idle_s=0.005, reference_period_s=None, **link):
     """Run both taggers for ``duration`` device seconds each (their own) and merge them live.
 
     ``settings_a``/``settings_b``: each board's :class:`~heraldry.host.tagger.Settings` (or
@@ -102,6 +114,13 @@ def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=
     ``sync`` channels (its settings' roles) are markers: kept on its :class:`BoardRun`, not
     merged.
 
+    ``reference_period_s`` (PPS: 1; a 10 MHz reference divided by N: ``N * 1e-7``): each
+    board's first ``reference`` channel (both settings need one) puts its tags on the
+    reference's time scale before the merge (:class:`heraldry.sync.LiveReference`: the
+    board's local time of its first accepted marker plus SI seconds since it), so the link sees
+    the references' frequency difference (0 for one shared reference) instead of the
+    crystals'. A tag then waits for the next marker: the link runs about one period behind.
+
     Returns ``(live, boards)``: the :class:`heraldry.sync.LiveLink` after its final feed and
     the two :class:`BoardRun` s. A stop signal (``KeyboardInterrupt``, e.g. Ctrl-C) while the
     boards run ends both runs and the link, which is returned with ``live.interrupted`` set to
@@ -109,13 +128,21 @@ def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=
     a :class:`~heraldry.host.config.ConfigError`) for settings that cannot work, and what
     :meth:`Tagger.run` raises when a board fails.
     """
-    from ..sync import LiveLink, SyncError
+    from ..sync import LiveLink, LiveReference, SyncError
     if time_base not in TIME_BASES:
         raise SyncError(f"time_base must be one of {', '.join(TIME_BASES)}, not {time_base!r}")
+    if reference_period_s is not None and not reference_period_s > 0:
+        raise SyncError(f"reference_period_s must be > 0, not {reference_period_s!r}")
     live = LiveLink(tagger_a.channels, tagger_b.channels, sync_a=sync_a, sync_b=sync_b,
                     **link)
     boards = (BoardRun(tagger_a.name), BoardRun(tagger_b.name))
     runs = (tagger_a.run(settings_a, duration), tagger_b.run(settings_b, duration))
+    if reference_period_s is not None:
+        for k, (side, run) in enumerate(zip(boards, runs)):
+            if _reference_channel(run) is None:
+                raise SyncError(f"board {k + 1} ({side.name}) has no reference channel: give "
+                                f"its settings references=[CH] to rescale by its markers")
+            side.reference = LiveReference(reference_period_s)
     with contextlib.ExitStack() as stack:
         middles, spans = [], []
         for run in runs:
@@ -159,6 +186,19 @@ def link_taggers(tagger_a, tagger_b, settings_a=None, settings_b=None, duration=
     for side, run in zip(boards, runs):
         side.device_seconds = run.device_seconds
         side.stop_bounds = run.tagger.device.stop_bounds
+    if reference_period_s is not None:
+        # the tags after each board's last marker, at its fitted rate (SyncError: a board
+        # whose markers never made a grid)
+        for k, side in enumerate(boards):
+            try:
+                seconds, channels = side.reference.close()
+            except SyncError as error:
+                raise SyncError(f"board {k + 1} ({side.name}): {error}: its tags cannot be "
+                                f"put on the reference's time scale") from None
+            if k == 0:
+                live.feed(seconds, channels)
+            else:
+                live.feed(b=seconds, channels_b=channels)
     live.feed(final=True)
     if on_update is not None:
         on_update(live.metrics(), boards)

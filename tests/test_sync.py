@@ -454,6 +454,67 @@ def test_rescale_refuses_markers_off_any_grid():
         rescale([0.5], 1.0)
 
 
+def test_live_reference_places_tags_as_rescale_does_offline():
+    """LiveReference fed in random pieces (tags and markers together, with missing, glitch and
+    bounce markers) gives rescale's grid and to_si's times: to float rounding between the first
+    and last markers and after the last; before the first at the first period's rate (offline: the
+    fitted rate), within a nanosecond here."""
+    from heraldry.sync import LiveReference, rescale
+    clock = Clock(ppm=-17.5, drift_ppm_per_s=0.02, start_s=0.1)
+    local, true = _markers(clock, 1.0, 40, seed=3)
+    rng = np.random.default_rng(5)
+    seen = np.sort(np.concatenate((np.delete(local, [0, 7, 8, 20]),
+                                   rng.uniform(local[0], local[-1], 6), local[[11, 30]] + 150e-9)))
+    tags = np.sort(rng.uniform(0, local[-1] + 0.7, 20000))
+    channels = rng.integers(0, 3, len(tags))
+    offline = rescale(seen, 1.0)
+    want = offline.markers_s[0] + offline.to_si(tags)
+
+    live = LiveReference(1.0)
+    got_t, got_c = [], []
+    cuts = np.sort(rng.uniform(0, tags[-1], 30))
+    lo = -np.inf
+    for hi in [*cuts, np.inf]:
+        piece = (tags > lo) & (tags <= hi)
+        marks = seen[(seen > lo) & (seen <= hi)]
+        t, c = live.feed(tags[piece], channels[piece], marks)
+        got_t.append(t), got_c.append(c)
+        # a tag waits for the next accepted marker, never longer
+        assert live.waiting <= np.count_nonzero((tags > (live.scale().markers_s[-1]
+                                                         if live.markers >= 2 else -np.inf))
+                                                & (tags <= hi))
+        lo = hi
+    t, c = live.close()
+    got_t.append(t), got_c.append(c)
+    got_t, got_c = np.concatenate(got_t), np.concatenate(got_c)
+    assert np.array_equal(got_c, channels) and len(got_t) == len(tags)
+    scale = live.scale()
+    assert np.array_equal(scale.index, offline.index) and scale.extra == offline.extra == 8
+    assert scale.ppm == offline.ppm and scale.missing == offline.missing == 3
+    inside = tags >= offline.markers_s[0]
+    assert np.max(np.abs(got_t[inside] - want[inside])) < 1e-13     # float rounding only
+    # before the first marker: the first period's rate against the fitted one (the clock
+    # drifts 0.02 ppm/s, so they differ by about 0.4 ppm)
+    a, n = offline.markers_s, offline.index
+    first_rate = (n[1] - n[0]) / (a[1] - a[0])
+    fitted_rate = 1.0 / offline.local_period_s
+    bound = abs(first_rate - fitted_rate) * (a[0] - tags[~inside]) + 1e-12
+    assert np.all(np.abs(got_t[~inside] - want[~inside]) <= bound)
+    assert np.all(np.diff(got_t) >= 0)
+
+
+def test_live_reference_refusals():
+    from heraldry.sync import LiveReference
+    live = LiveReference(1.0)
+    assert live.feed([0.5, 0.7], [0, 1], [0.2]) == (pytest.approx([]), pytest.approx([]))
+    with pytest.raises(SyncError, match="time order"):
+        live.feed([0.6], [0])
+    with pytest.raises(SyncError, match="no reference period"):
+        live.close()            # one marker: the tags cannot be placed
+    with pytest.raises(SyncError, match="period_s must be > 0"):
+        LiveReference(0.0)
+
+
 # --- two heraldry serve streams -----------------------------------------------------------------
 
 def _publisher(times_ps, seed):
@@ -663,9 +724,14 @@ def test_cli_link_rescales_ptu_files_by_their_reference_markers(tmp_path, capsys
     assert "singles board 1 ch 1" not in out and "singles board 2 ch 1" not in out
     cross = int(out.split("cross-node coincidences: ")[1].split(" ")[0].replace(",", ""))
     assert cross >= 0.99 * shared_coincidences(src)
-    status = main(["link", "sim:+1ppm", "sim:-1ppm", "--reference-a", "1"])
-    err = capsys.readouterr().err
-    assert status == 2 and err.count("\n") == 1 and "--reference-a" in err
+    for options, fragment in ((["sim:+1ppm", "sim:-1ppm", "--reference-a", "1"], "give both"),
+                              (["sim:+1ppm", "sim:-1ppm", "--reference-a", "1",
+                                "--reference-b", "2"], "must be the same"),
+                              (["tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "--reference-a", "1",
+                                "--reference-b", "1"], "serve stream")):
+        status = main(["link", *options])
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1 and fragment in err, err
 
 
 def test_cli_live_link_stopped_by_a_signal(capsys):
