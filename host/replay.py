@@ -166,7 +166,8 @@ class ReplaySource:
         ``Heraldry_EventsLost`` (ours), or 1 when ``TTResult_MDescWarningFlags`` has the
         events-dropped bit without a count, else 0.
     skipped_special : int
-        Sync and marker records (no EVENT_DTYPE kind for them).
+        Sync and marker records (no EVENT_DTYPE kind for them), but for our files' sync
+        markers (marker 1 with a ``sync_marker`` in the channel map): tags of the sync input.
     records, records_declared : int, int or None
         Records read (overflow records included, every part), and the sum of the parts'
         ``TTResult_NumberOfRecords`` (``None`` when a part declares none).
