@@ -10,8 +10,9 @@ per ``interval`` of wall time.
 * On a terminal (``tty=True``) it redraws a table in place (ANSI cursor-up + clear-line) every
   ``interval`` (default 0.25 s): device time elapsed/remaining, per-channel rates, the top
   coincidence patterns, herald records per rule, dropped items (loss records), with a sync
-  channel or gates the attempts and gated-out events, and, over a link, the link figures. Rates are measured on the stream's own clock, because a link hands over records a
-  verified segment at a time while the polled device time runs ahead: "rate now" = the tags
+  channel or gates the attempts and gated-out events, and, over a link, the link figures.
+  Rates are measured on the stream's own clock, because a link hands over records a verified
+  segment at a time while the polled device time runs ahead: "rate now" = the tags
   that came since the last rendering that brought any / the stream time they advanced (from the
   latest record time then to the latest now); "average" = all tags / the latest record time
   (after :meth:`finish`: / the device time done, which is then complete).
