@@ -3,14 +3,17 @@
 ``heraldry serve --board sim|PORT [acquire's configuration options] [--bind 127.0.0.1]
 [--pub-port 5560] [--control-port 5561] [--metrics-port 9560] [--token SECRET]
 [--rates-hz 2] [--status-interval S] [--hwm 1000] [--sndbuf BYTES] [--herald-floor HZ]
-[--car-floor CAR] [--scenario FILE.toml] [--no-start] [--baud B]``
+[--car-floor CAR] [--scenario FILE.toml] [--loopback H:C] [--no-start] [--baud B]``
 
 The board is opened with :func:`heraldry.host.tagger.open` (``--baud``, else the known boards'
 rates tried in turn; with ``--scenario``, the virtual board whose pins play the scenario,
 :func:`heraldry.sim.scenario.open_board`); the server gets the
 :class:`~heraldry.host.tagger.Tagger` and the configuration as a dict of acquire options, checked
 by :func:`heraldry.host.cli.acquisition_from_args` here, in the command-line layer; it runs the
-board with :meth:`~heraldry.host.tagger.Tagger.run`.
+board with :meth:`~heraldry.host.tagger.Tagger.run`. With ``--loopback H:C`` the virtual board
+is started here with a simulated jumper from herald output ``H`` to input ``C``
+(:class:`heraldry.sim.twin.Twin` ``loopback``), and the server times the pulses that come back
+(``heraldry_loopback_latency_seconds``).
 
 Starts acquiring at once (unless ``--no-start``) and runs until Ctrl-C, SIGTERM or SIGHUP,
 leaving the board stopped. When ready it prints one JSON line on stdout: ``{"pub":
@@ -18,7 +21,8 @@ leaving the board stopped. When ready it prints one JSON line on stdout: ``{"pub
 Exit status: 0 after Ctrl-C/SIGTERM/SIGHUP; 2 bad options (one line on stderr: e.g. a
 non-loopback ``--bind`` without ``--token``, a port in use, a scenario file that does not
 check out, a ``--board`` path that is no serial device, a ``--status-interval`` the link cannot
-carry); 1 the board cannot be started or does not answer.
+carry, a ``--loopback`` without a rule on its pin or into an input a rule uses); 1 the board
+cannot be started or does not answer.
 """
 
 import json
@@ -81,6 +85,10 @@ def register(subparsers):
     p.add_argument("--scenario", default=None, metavar="FILE.toml",
                    help="--board sim only: its pins play this fault scenario (a photon-pair "
                         "source with scheduled faults; docs/serve.md); the test signal is off")
+    p.add_argument("--loopback", default=None, metavar="H:C",
+                   help="--board sim only: a simulated jumper from herald output H to the spare "
+                        "input C; the pulses that come back are timed "
+                        "(heraldry_loopback_latency_seconds)")
     p.add_argument("--no-start", action="store_true", help="wait for a start command")
     return [("serve", cmd_serve)]
 
@@ -91,7 +99,7 @@ def _acquire_options(args, config=None):
     server sees a dict. ``--baud`` is serve's own (None: found by ``heraldry.open``)."""
     from argparse import Namespace
     options = {key: value for key, value in vars(args).items()
-               if key not in ("baud", "scenario", "car_floor")}
+               if key not in ("baud", "scenario", "car_floor", "loopback")}
     return Namespace(**{**options, **(config or {})})
 
 
@@ -104,7 +112,7 @@ def cmd_serve(args):
     from .cli import _is_port, acquisition_from_args, board_from_identity
     from .tagger import STATUS_INTERVAL_S, VIRTUAL_BOARDS
     from .driver import DeviceError
-    from .serve import CONFIG_KEYS, Server, ServeError, check_bind
+    from .serve import CONFIG_KEYS, Server, ServeError, check_bind, with_loopback
     from .tagger import open as open_board
     from .transport import TransportError
     args.duration = 1.0         # acquisition_from_args checks it; a server has none
@@ -126,6 +134,20 @@ def cmd_serve(args):
                 raise ServeError(f"--scenario drives the pins: --test-signal {args.test_signal} "
                                  f"would hide them (leave it out)")
             args.test_signal = "off"
+        loopback = None
+        if args.loopback is not None:
+            from .cmd_selftest import _jumper
+            if args.board != "sim":
+                raise ServeError("--loopback is the virtual board's simulated jumper: use "
+                                 "--board sim")
+            if args.scenario is not None:
+                raise ServeError("--loopback and --scenario exclude each other (the scenario "
+                                 "drives every input)")
+            loopback = _jumper(args.loopback, "--loopback")
+            from .tagger import SIM_BOARD
+            if args.baud is not None and args.baud > SIM_BOARD["clock_hz"] // 4:
+                raise ServeError(f"--baud must be 1..{SIM_BOARD['clock_hz'] // 4} on the "
+                                 f"virtual board, not {args.baud}")
         board = VIRTUAL_BOARDS["sim"] if args.board == "sim" else None
         acq = scenario = None
         if board is not None:
@@ -135,6 +157,9 @@ def cmd_serve(args):
         if args.scenario is not None:
             from ..sim.scenario import load
             scenario = load(args.scenario, channels=acq.channels)
+        if loopback is not None:
+            from .tagger import SIM_BOARD
+            with_loopback(acq, loopback, acq.channels, SIM_BOARD["rules"])
     except (ConfigError, ServeError, ScenarioError) as error:
         _error(error)
         return EXIT_USAGE
@@ -144,7 +169,7 @@ def cmd_serve(args):
     # SIGTERM (kill, a service manager) and SIGHUP (the terminal closed) stop it as Ctrl-C does:
     # left to their default action they would end the process with the board still running.
     previous = {s: signal.signal(s, terminate) for s in _STOP_SIGNALS}
-    tagger = server = None
+    tagger = server = twin = None
     try:
         # One way to open a board (heraldry.open): the virtual board with the channels asked
         # for, a serial port at --baud or at the rate that identifies.
@@ -152,6 +177,15 @@ def cmd_serve(args):
             from ..sim.scenario import open_board as open_scenario
             tagger = open_scenario(scenario, **({} if args.baud is None else
                                                 {"baud": args.baud}))
+        elif loopback is not None:
+            # The virtual board with its simulated jumper, started here (open("sim") has none).
+            from ..sim.twin import Twin
+            from .tagger import SIM_BOARD
+            twin = Twin(channels=acq.channels, rules=SIM_BOARD["rules"],
+                        clock_hz=SIM_BOARD["clock_hz"], baud=args.baud or SIM_BOARD["baud"],
+                        loopback=[loopback])
+            twin.start()
+            tagger = open_board(twin.port, baud=twin.baud, timeout=3.0)
         else:
             tagger = open_board(args.board, baud=args.baud,
                                 channels=acq.channels if board is not None else None)
@@ -177,7 +211,7 @@ def cmd_serve(args):
                 metrics_port=args.metrics_port, token=args.token, rates_hz=args.rates_hz,
                 hwm=args.hwm, sndbuf=args.sndbuf, start=not args.no_start,
                 herald_floor_hz=args.herald_floor, car_floor=args.car_floor,
-                status_interval=status_interval,
+                status_interval=status_interval, loopback=loopback,
                 log=lambda message: sys.stderr.write(f"heraldry: {message}\n"))
         except (ConfigError, ServeError) as error:
             # The run's check names the API's keyword: name the option.
@@ -212,6 +246,8 @@ def cmd_serve(args):
                 server.close()
             if tagger is not None:
                 tagger.close()
+            if twin is not None:
+                twin.stop()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

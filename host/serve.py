@@ -68,7 +68,9 @@ from .events import EVENT_DTYPE
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
            "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
            "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES", "CONTROL_COMMANDS",
-           "LATENCY_BUCKETS_S", "PAIR_DELAY_BUCKETS_S", "pair_delays"]
+           "LATENCY_BUCKETS_S", "PAIR_DELAY_BUCKETS_S", "PAIR_DELAY_RANGE_S", "pair_delays",
+           "LOOPBACK_BUCKET_PERIODS", "LOOPBACK_GUARD_CYCLES", "loopback_latencies",
+           "with_loopback"]
 
 DEFAULT_PUB_PORT = 5560
 DEFAULT_CONTROL_PORT = 5561
@@ -103,6 +105,13 @@ METRIC_NAMES = (
                                                 # publication (LATENCY_BUCKETS_S)
     "heraldry_pair_delay_seconds",          # histogram: channel 1's tag time minus channel
                                             # 0's, every pair within +-100 ns (the g2 peak)
+    "heraldry_pair_delay_seconds_squared_total",  # counter: the sum of the squares of those
+                                                  # delays (s^2): the peak's width (rules)
+    "heraldry_pair_delay_shifted_seconds_total",  # counter: the sum of (delay + range), each
+                                                  # >= 0 (the histogram can have no _sum)
+    "heraldry_pair_delay_range_seconds",    # gauge (setting): the pairs' range, 100 ns
+    "heraldry_loopback_latency_seconds",    # histogram, labels herald, channel: --loopback, a
+                                            # herald record to its pulse back on the input
     "heraldry_herald_rate_floor_hz",        # gauge (setting), --herald-floor (0: no floor)
     "heraldry_car_floor",                   # gauge (setting), --car-floor (0: no floor)
     "heraldry_coincidence_window_seconds",  # gauge (setting), the coincidence window
@@ -124,6 +133,14 @@ LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 
 PAIR_DELAY_BUCKETS_S = tuple(round((k + 0.5) * 10e-9, 12) for k in range(-10, 10))
 #: Tags further apart than this are not counted in ``heraldry_pair_delay_seconds``.
 PAIR_DELAY_RANGE_S = 100e-9
+
+#: Upper bounds of the buckets of ``heraldry_loopback_latency_seconds``, in core clock periods
+#: (each bucket one period wide).
+LOOPBACK_BUCKET_PERIODS = tuple(range(1, 33))
+#: A herald record is timed through the loopback only if no herald of the same pin came within
+#: this many core cycles before it (its pulse could hide the herald's own rising edge), and
+#: its pulse must come back within as many cycles.
+LOOPBACK_GUARD_CYCLES = 64
 
 #: Control commands counted in ``heraldry_control_commands_total`` (anything else: "other").
 CONTROL_COMMANDS = ("status", "acquire_control", "release_control", "start", "stop",
@@ -268,6 +285,8 @@ class _Collector:
             link_seconds = list(s.link_seconds)
             latency_counts, latency_sum = list(s.latency_counts), s.latency_sum
             delay_counts, delay_sum = list(s.pair_delay_counts), s.pair_delay_sum
+            delay_squares, delay_shifted = s.pair_delay_squares, s.pair_delay_shifted
+            loop_counts, loop_sum = list(s.loopback_counts), s.loopback_sum
         window_s = s.window_s()
         c = CounterMetricFamily("heraldry_detections", "detections, per channel",
                                 labels=["channel"])
@@ -318,6 +337,26 @@ class _Collector:
             buckets=[(floatToGoString(bound), count)
                      for bound, count in zip(PAIR_DELAY_BUCKETS_S, cumulative)]
             + [("+Inf", cumulative[-1])], sum_value=delay_sum)
+        yield CounterMetricFamily("heraldry_pair_delay_seconds_squared",
+                                  "sum of the squares of heraldry_pair_delay_seconds' delays, "
+                                  "s^2", value=delay_squares)
+        yield CounterMetricFamily("heraldry_pair_delay_shifted_seconds",
+                                  "sum of (delay + heraldry_pair_delay_range_seconds) over "
+                                  "heraldry_pair_delay_seconds' pairs, s", value=delay_shifted)
+        yield GaugeMetricFamily("heraldry_pair_delay_range_seconds",
+                                "heraldry_pair_delay_seconds counts the pairs within this "
+                                "either side", value=PAIR_DELAY_RANGE_S)
+        h = HistogramMetricFamily(
+            "heraldry_loopback_latency_seconds",
+            "--loopback: a herald record's time to its pulse's rising edge back on the input",
+            labels=["herald", "channel"])
+        if s.loopback is not None:
+            cumulative = np.cumsum(loop_counts).tolist()
+            h.add_metric([str(c) for c in s.loopback],
+                         [(floatToGoString(k / s.identity.clock_hz), count)
+                          for k, count in zip(LOOPBACK_BUCKET_PERIODS, cumulative)]
+                         + [("+Inf", cumulative[-1])], sum_value=loop_sum)
+        yield h
         yield GaugeMetricFamily("heraldry_car_floor",
                                 "coincidence-to-accidental ratio to alert below (0: none)",
                                 value=s.car_floor)
@@ -404,13 +443,19 @@ class Server:
         came in and the latest snapshot).
     log : callable
         ``log(message)`` for one-line notes (link down, a board that would not stop).
+    loopback : (int, int) or None
+        ``(herald, channel)``: herald output ``herald`` is wired to input ``channel`` (on the
+        virtual board, its simulated jumper). Every acquisition then reads that input's pin
+        (rising edges; whatever the test signal), and ``heraldry_loopback_latency_seconds``
+        times the pulses that come back (:func:`loopback_latencies`). ConfigError if no rule
+        drives that pin or the input is in a rule (a loop), at the start and on ``configure``.
     """
 
     def __init__(self, tagger, config, acquisition_for, *, bind="127.0.0.1",
                  pub_port=DEFAULT_PUB_PORT, control_port=DEFAULT_CONTROL_PORT,
                  metrics_port=DEFAULT_METRICS_PORT, token=None, rates_hz=2.0, hwm=1000,
                  sndbuf=None, start=True, herald_floor_hz=0.0, status_interval=None,
-                 poll_s=RUN_POLL_S, log=None, car_floor=0.0):
+                 poll_s=RUN_POLL_S, log=None, car_floor=0.0, loopback=None):
         from ..extras import require
         zmq = require("zmq", "heraldry serve")
         CollectorRegistry = require("prometheus_client", "heraldry serve").CollectorRegistry
@@ -428,8 +473,9 @@ class Server:
         self.poll_s = poll_s
         self.run = None             # the run going on, or the last one
         self.config = {key: config[key] for key in CONFIG_KEYS if key in config}
-        self.acquisition_for = acquisition_for
-        self.acq, _ = acquisition_for(dict(self.config))
+        self.loopback = None if loopback is None else tuple(int(x) for x in loopback)
+        self.acquisition_for = lambda config: self._with_loopback(*acquisition_for(config))
+        self.acq, _ = self.acquisition_for(dict(self.config))
         self.token = token
         self.herald_floor_hz = float(herald_floor_hz)
         if not car_floor >= 0:
@@ -474,6 +520,11 @@ class Server:
         # Channel 1 minus channel 0 tag times: counts per bucket (the last: above every bound).
         self.pair_delay_counts = [0] * (len(PAIR_DELAY_BUCKETS_S) + 1)
         self.pair_delay_sum = 0.0
+        self.pair_delay_squares = 0.0
+        self.pair_delay_shifted = 0.0   # the sum of (delay + range): never decreases
+        # --loopback: herald record to returned rise, per bucket (the last: above every bound).
+        self.loopback_counts = [0] * (len(LOOPBACK_BUCKET_PERIODS) + 1)
+        self.loopback_sum = 0.0
         self._run_for(self.acq)     # the status interval and poll checked before any socket
         self._host_dropped = device.stats()["host_dropped_events"]
         self._decode_errors = device.stats()["decode_errors"]
@@ -500,6 +551,13 @@ class Server:
         self._poller.register(self._control, zmq.POLLIN)
         if start:
             self.start()
+
+    def _with_loopback(self, acq, notes):
+        """``(acq, notes)`` with the loopback's input reading its pin (:func:`with_loopback`)."""
+        if self.loopback is None or acq is None:
+            return acq, notes
+        return with_loopback(acq, self.loopback, self.identity.channels,
+                             self.identity.rules), notes
 
     def _bind(self, sock, host, port):
         try:
@@ -552,6 +610,7 @@ class Server:
         run = self._run_for(self.acq)
         run.start()
         self.run, self._last = run, (0.0, run.counters)
+        self._loop_previous = None      # the last herald on the loopback's pin (run time, ps)
         with self._lock:
             self.rates = self._zero_rates(self._device_time_s())
         self.running = 1
@@ -676,6 +735,8 @@ class Server:
                 events["time_ps"] += offset_ps
                 self.publish_events(events, block.lost)
                 self._count_pair_delays(block.events)
+                if self.loopback is not None:
+                    self._count_loopback(block.events)
                 if len(heralds):
                     self._herald_latency(heralds, run.device_seconds, polled_at)
 
@@ -707,6 +768,30 @@ class Server:
             for i, count in enumerate(counts):
                 self.pair_delay_counts[i] += int(count)
             self.pair_delay_sum += float(delays.sum())
+            self.pair_delay_squares += float(np.square(delays).sum())
+            self.pair_delay_shifted += float(np.maximum(delays + PAIR_DELAY_RANGE_S, 0.0).sum())
+
+    def _count_loopback(self, events):
+        """Add the block's herald pulses that came back through the loopback to
+        ``heraldry_loopback_latency_seconds`` (:func:`loopback_latencies`)."""
+        herald, channel = self.loopback
+        ident = self.identity
+        rules = [r for r, rule in enumerate(self.run.acquisition.herald_rules)
+                 if rule.pin == herald]
+        period_fs = ident.bin_fs << ident.fine_bits
+        latencies, self._loop_previous = loopback_latencies(
+            events, rules, channel, LOOPBACK_GUARD_CYCLES * period_fs // 1000,
+            self._loop_previous)
+        if not len(latencies):
+            return
+        # Whole bins in ps against bounds in ps (exact for bins of whole picoseconds).
+        bounds = [k * period_fs / 1000 for k in LOOPBACK_BUCKET_PERIODS]
+        index = np.searchsorted(bounds, latencies, side="left")
+        counts = np.bincount(index, minlength=len(bounds) + 1)
+        with self._lock:
+            for i, count in enumerate(counts):
+                self.loopback_counts[i] += int(count)
+            self.loopback_sum += float(latencies.sum()) / 1e12
 
     def _step(self):
         """One step of the run going on (nothing if none): publish what came in. A lost link
@@ -914,6 +999,54 @@ def pair_delays(events, range_s, channels=(0, 1)):
     starts = np.repeat(lo, n)
     offsets = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     return (b[starts + offsets] - np.repeat(a, n)) / 1e12
+
+
+def with_loopback(acq, loopback, channels, rules):
+    """``acq`` (an :class:`~heraldry.host.config.Acquisition`) with input ``loopback[1]``
+    reading its pin, rising edges (whatever the test signal), for a loopback from herald output
+    ``loopback[0]`` on a board of ``channels`` inputs and ``rules`` herald outputs. ConfigError
+    (one line) if there is no such pin or input, no rule drives the pin, or the input is in a
+    rule (its returned pulses would herald again)."""
+    herald, channel = loopback
+    where = f"--loopback {herald}:{channel}"
+    if not 0 <= herald < rules or not 0 <= channel < channels:
+        raise ConfigError(f"{where}: this board has herald outputs 0..{rules - 1} and inputs "
+                          f"0..{channels - 1}")
+    if not any(rule.pin == herald for rule in acq.herald_rules):
+        raise ConfigError(f"{where}: no herald rule drives herald output {herald} (give one "
+                          f"with --herald)")
+    for r, rule in enumerate(acq.herald_rules):
+        if (rule.require | rule.veto) >> channel & 1:
+            raise ConfigError(f"{where}: input {channel} is in herald rule {r}; the loopback "
+                              f"needs a spare input")
+    acq.pin_channels = sorted(set(acq.pin_channels) | {channel})
+    acq.edges = list(acq.edges)
+    acq.edges[channel] = "rising"
+    return acq
+
+
+def loopback_latencies(events, rules, channel, guard_ps, previous=None):
+    """``(latencies in ps, last herald time)`` of a loopback from the herald pin that ``rules``
+    drive to input ``channel``, from records of ``EVENT_DTYPE`` in time order: for each herald
+    record of those rules, the first tag of ``channel`` at or after its time, if that comes
+    within ``guard_ps`` and no herald of those rules came within ``guard_ps`` before it (a
+    pulse still up, or rising, would hide this herald's own edge). ``previous``: the time of
+    the last such herald before these records (None: there was none). Returns, besides the
+    latencies, the time of the last herald seen (``previous`` if none), for the next call. A
+    herald whose pulse comes back in a later block is not timed."""
+    kinds, times = events["kind"], events["time_ps"]
+    heralds = times[(kinds == Kind.HERALD.value) & np.isin(events["channel"], list(rules))]
+    back = np.sort(times[(kinds == Kind.TAG.value) & (events["channel"] == channel)])
+    if not len(heralds) or not len(back):
+        return np.zeros(0, np.int64), (int(heralds[-1]) if len(heralds) else previous)
+    isolated = np.ones(len(heralds), bool)
+    isolated[1:] = np.diff(heralds) > guard_ps
+    isolated[0] = previous is None or heralds[0] - previous > guard_ps
+    first = np.searchsorted(back, heralds, side="left")
+    found = first < len(back)
+    latency = back[np.minimum(first, len(back) - 1)] - heralds
+    keep = isolated & found & (latency < guard_ps)
+    return latency[keep].astype(np.int64), int(heralds[-1])
 
 
 def free_port(host="127.0.0.1"):

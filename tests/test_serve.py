@@ -195,6 +195,8 @@ def test_rates_topic_and_metrics_agree_with_the_stream(server):
     assert abs(np.mean([r["herald_rate_hz"] for r in rates]) / pairs - 1) < 0.2
     text, before = _scrape(endpoints)
     for name in METRIC_NAMES:
+        if name == "heraldry_loopback_latency_seconds":
+            continue        # samples only with --loopback (its own test)
         assert re.search(rf"^{name}(_bucket|_count|_sum)?[{{ ]", text, re.M), name
     deadline = time.monotonic() + 30
     while True:     # counts over at least 20 ms of device time
@@ -437,6 +439,11 @@ def test_dashboard_and_alerts_use_only_exported_metrics(server):
     # Sample names (a histogram's with _bucket, _count, _sum) and family names.
     exported = set(re.findall(r"^(heraldry_[a-z_]+)", text, re.M)) \
         | set(re.findall(r"^# TYPE (heraldry_[a-z_]+) ", text, re.M))
+    # A histogram with no series here (heraldry_loopback_latency_seconds: --loopback only) has
+    # the samples of one.
+    for family in re.findall(r"^# TYPE (heraldry_[a-z_]+) histogram$", text, re.M):
+        if not re.search(rf"^{family}_bucket", text, re.M):
+            exported |= {family + suffix for suffix in ("_bucket", "_count", "_sum")}
     assert set(METRIC_NAMES) <= exported
     # Three dashboards, each with what its readers need (docs/serve.md, "Dashboards").
     roles = {
@@ -447,7 +454,9 @@ def test_dashboard_and_alerts_use_only_exported_metrics(server):
                     "heraldry:herald_below_floor:ratio1h"},
         "debug": {"heraldry_detections_total", "heraldry_coincidences_total",
                   "heraldry_pair_delay_seconds_bucket", "heraldry:pair01_delay_seconds:median1m",
-                  "heraldry:arm0_klyshko_efficiency:rate1m", "heraldry_gated_out_total"},
+                  "heraldry:arm0_klyshko_efficiency:rate1m", "heraldry_gated_out_total",
+                  "heraldry:pair01_delay_stddev_seconds:rate1m",
+                  "heraldry_loopback_latency_seconds_sum", "heraldry_herald_latency_seconds"},
     }
     exprs = []
     for name, wanted in roles.items():
@@ -583,7 +592,8 @@ def test_herald_latency_is_the_boards(clock_hz, fine_bits, periods):
                              link_seconds=[0.0, 0.0], window_s=lambda: 0.0,
                              latency_counts=[0] * 13, latency_sum=0.0, car_floor=0.0,
                              pair_delay_counts=[0] * 21, pair_delay_sum=0.0,
-                             counters_time_s=0.0)
+                             pair_delay_squares=0.0, pair_delay_shifted=0.0, loopback=None,
+                             loopback_counts=[0] * 33, loopback_sum=0.0, counters_time_s=0.0)
     (family,) = [f for f in _Collector(server).collect()
                  if f.name == "heraldry_herald_latency_seconds"]
     values = [sample.value for sample in family.samples]
@@ -914,13 +924,76 @@ def test_pair_delays_histogram_finds_the_coincidence_peak():
     assert got == [-80_000, -10, 30_000, 50_000]
     server = SimpleNamespace(identity=SimpleNamespace(channels=4), _lock=threading.Lock(),
                              pair_delay_counts=[0] * (len(PAIR_DELAY_BUCKETS_S) + 1),
-                             pair_delay_sum=0.0)
+                             pair_delay_sum=0.0, pair_delay_squares=0.0,
+                             pair_delay_shifted=0.0)
     Server._count_pair_delays(server, events)
     expected = [0] * (len(PAIR_DELAY_BUCKETS_S) + 1)
     for delay_ns in (-80, 0, 30, 50):           # bucket k holds (10 k - 105, 10 k - 95] ns
         expected[(delay_ns + 100) // 10] += 1
     assert server.pair_delay_counts == expected
     assert server.pair_delay_sum == pytest.approx((-80_000 - 10 + 30_000 + 50_000) * 1e-12)
+    # The width's counters: the squares, and the delays shifted by the 100 ns range (>= 0).
+    assert server.pair_delay_squares == pytest.approx(
+        (80_000 ** 2 + 10 ** 2 + 30_000 ** 2 + 50_000 ** 2) * 1e-24)
+    assert server.pair_delay_shifted == pytest.approx((20_000 + 99_990 + 130_000 + 150_000)
+                                                      * 1e-12)
+
+
+def _peak_width(before, after, seconds):
+    """The peak's standard deviation as docs/slo-rules.yml records it
+    (heraldry:pair01_delay_stddev_seconds), from two scrapes ``seconds`` apart."""
+    def rate(key):
+        return (after[key] - before[key]) / seconds
+    r = after["heraldry_pair_delay_range_seconds"]
+    accidentals = rate('heraldry_detections_total{channel="0"}') \
+        * rate('heraldry_detections_total{channel="1"}') * 2 * r
+    pairs = rate('heraldry_pair_delay_seconds_bucket{le="+Inf"}')
+    peak = pairs - accidentals
+    mean = (rate("heraldry_pair_delay_shifted_seconds_total") - pairs * r) / peak
+    variance = (rate("heraldry_pair_delay_seconds_squared_total") - accidentals * r * r / 3) \
+        / peak - mean ** 2
+    return max(variance, 0.0) ** 0.5
+
+
+@pytest.mark.parametrize("jitter_ns", [3.0, 10.0])
+def test_pair_delay_width_follows_the_jitter(jitter_ns):
+    """A seeded pair source with Gaussian jitter on each arm (and dark counts: a floor of
+    accidentals) published through a server: the width the recording rule computes from
+    /metrics is the jitter of the delay, sqrt(2) * jitter_ns, within its statistical error
+    (a few per cent here), whatever the floor."""
+    from heraldry.host.events import Block
+    from heraldry.host.serve import Server
+    rng = np.random.default_rng(11)
+    seconds, pairs_hz, dark_hz = 20.0, 2e3, 2e3
+    born = rng.uniform(0, seconds, int(pairs_hz * seconds))
+    rows = []
+    for ch in (0, 1):
+        t = np.concatenate([born + rng.normal(0, jitter_ns * 1e-9, len(born)),
+                            rng.uniform(0, seconds, int(dark_hz * seconds))])
+        rows.append(np.stack([np.round(t * 1e12), np.full(len(t), ch)], 1))
+    rows = np.concatenate(rows)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    tagger = _ScriptedTagger()
+    server = Server(tagger, {}, lambda config: (None, []), pub_port=0, control_port=0,
+                    metrics_port=0, rates_hz=2)
+    try:
+        url = {"metrics": f"http://127.0.0.1:{server.metrics_port}/metrics"}
+        _, before = _scrape(url)
+        run = tagger.runs[-1]
+        for part in np.array_split(rows, 100):       # blocks of 0.2 s
+            events = np.zeros(len(part), EVENT_DTYPE)
+            events["time_ps"], events["channel"] = part[:, 0], part[:, 1]
+            run.blocks.append(Block(events, {}))
+        # The detections as the board's counters give them.
+        run.counters["singles"] = [int(np.sum(rows[:, 1] == ch)) for ch in (0, 1)]
+        run.counters_seconds = run.device_seconds = seconds
+        server._step()
+        server._tick()
+        _, after = _scrape(url)
+    finally:
+        server.close()
+    width = _peak_width(before, after, seconds)
+    assert width == pytest.approx(2 ** 0.5 * jitter_ns * 1e-9, rel=0.06)
 
 
 def test_stream_filter_and_attempt_counters_are_exported():
@@ -968,3 +1041,112 @@ def test_stream_filter_and_attempt_counters_are_exported():
         context.destroy(linger=0)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
+
+
+def test_loopback_latencies_pairs_each_herald_with_its_returned_pulse():
+    """loopback_latencies: a herald of the pin's rules is timed to the first tag of the input at
+    or after it, within the guard; not a herald that another came within the guard before
+    (its edge could be the other's), not one whose pulse does not come back within the guard,
+    not another rule's; the last herald carries over to the next block."""
+    from heraldry.host.serve import loopback_latencies
+    rows = [  # (time ps, kind, channel): rule 0 and 2 drive the pin, input 3, guard 1000 ps
+        (0, Kind.HERALD, 0), (50, Kind.TAG, 3),              # 50
+        (5_000, Kind.HERALD, 2), (5_060, Kind.TAG, 3),       # 60 (rule 2: same pin)
+        (5_500, Kind.HERALD, 0), (5_550, Kind.TAG, 3),       # 500 after the last: not timed
+        (9_000, Kind.HERALD, 1), (9_040, Kind.TAG, 3),       # rule 1: another pin
+        (20_000, Kind.HERALD, 0), (21_500, Kind.TAG, 3),     # back after the guard: not timed
+        (30_000, Kind.TAG, 0), (30_000, Kind.HERALD, 0), (30_070, Kind.TAG, 3),   # 70
+        (40_000, Kind.HERALD, 0)]                            # comes back in the next block
+    events = np.zeros(len(rows), EVENT_DTYPE)
+    for i, (t, kind, ch) in enumerate(rows):
+        events[i]["time_ps"], events[i]["kind"], events[i]["channel"] = t, kind.value, ch
+    latencies, last = loopback_latencies(events, [0, 2], 3, 1000)
+    assert latencies.tolist() == [50, 60, 70] and last == 40_000
+    # The next block: its first herald 800 ps after the last one: not timed; then one is.
+    nxt = np.zeros(4, EVENT_DTYPE)
+    nxt["time_ps"] = [40_030, 40_800, 40_850, 60_000]
+    nxt["kind"] = [Kind.TAG.value, Kind.HERALD.value, Kind.TAG.value, Kind.HERALD.value]
+    nxt["channel"] = [3, 0, 3, 0]
+    assert loopback_latencies(nxt, [0, 2], 3, 1000, last)[0].tolist() == []
+    assert loopback_latencies(nxt, [0, 2], 3, 1000, 39_000)[0].tolist() == [50]
+    # No herald: nothing, and the last herald stays.
+    assert loopback_latencies(nxt[:1], [0], 3, 1000, 7)[1] == 7
+
+
+#: The virtual board's loopback latency by construction: rule 0 (early) raises its pin after the
+#: completing sample's 4th clock edge (heraldry.sim.latency.MEASURED, the generic PHY's early
+#: minimum, in whole periods), and the simulated jumper hands the pin's level to the input from
+#: the next cycle on: one period more (heraldry.sim.twin, "Loopback").
+def _sim_loopback_periods():
+    from heraldry.sim.latency import MEASURED
+    early = MEASURED["GenericPHY"]["early"][0]
+    assert early.denominator == 1
+    return int(early) + 1
+
+
+def test_serve_loopback_measures_the_virtual_boards_herald_latency():
+    """``serve --board sim --loopback 0:2``: channel 2 reads the simulated jumper from herald
+    output 0 (rule 0b0011's pin) instead of the test signal's dark counts, and every pulse that
+    comes back takes the virtual board's latency by construction (5 periods, 50 ns), the figure
+    heraldry_herald_latency_seconds gives for it."""
+    ports = [free_port() for _ in range(3)]
+    proc = _start("--pub-port", str(ports[0]), "--control-port", str(ports[1]),
+                  "--metrics-port", str(ports[2]), "--quiet", "--status-interval", "0.002",
+                  "--herald", "0b0011", "--loopback", "0:2")
+    context = zmq.Context()
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        endpoints = json.loads(line)
+        name = "heraldry_loopback_latency_seconds"
+        labels = 'channel="2",herald="0"'
+        deadline = time.monotonic() + 60
+        while True:
+            time.sleep(0.3)
+            text, samples = _scrape(endpoints)
+            if samples.get(f"{name}_count{{{labels}}}", 0) >= 50 \
+                    or time.monotonic() > deadline:
+                break
+        # Stopped: the counters are the run's final ones, every block published.
+        control = _req(context, endpoints["control"])
+        lease = request(control, "acquire_control")["lease"]
+        assert request(control, "stop", lease=lease) == {"ok": True, "running": False}
+        text, samples = _scrape(endpoints)
+    finally:
+        context.destroy(linger=0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    periods = _sim_loopback_periods()
+    count = samples[f"{name}_count{{{labels}}}"]
+    assert count >= 50
+    # Every pulse in the bucket of 5 periods, none in the one below.
+    assert samples[f'{name}_bucket{{{labels},le="{periods / CLOCK_HZ:g}"}}'] == count
+    assert samples[f'{name}_bucket{{{labels},le="{(periods - 1) / CLOCK_HZ:g}"}}'] == 0
+    assert samples[f"{name}_sum{{{labels}}}"] / count == pytest.approx(periods / CLOCK_HZ)
+    assert samples["heraldry_herald_latency_seconds"] == pytest.approx(periods / CLOCK_HZ)
+    # Channel 2 counted the returned pulses (one rise each), not dark counts: one a herald,
+    # but the last if it was on its way at the stop and those that came within a pulse of the
+    # one before (merged: 0.1 % at these rates).
+    heralds = samples['heraldry_heralds_total{rule="0"}']
+    assert count <= heralds
+    assert 0 <= heralds - samples['heraldry_detections_total{channel="2"}'] <= 0.01 * heralds + 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--board", "/dev/null", "--loopback", "0:2"], "--loopback is the virtual board's"),
+    (["--board", "sim", "--loopback", "0:2", "--herald", "0b0111"],
+     "--loopback 0:2: input 2 is in herald rule 0; the loopback needs a spare input"),
+    (["--board", "sim", "--loopback", "1:2", "--herald", "0b0011"],
+     "--loopback 1:2: no herald rule drives herald output 1"),
+    (["--board", "sim", "--loopback", "0:9", "--herald", "0b0011"],
+     "--loopback 0:9: this board has herald outputs 0..1 and inputs 0..3"),
+    (["--board", "sim", "--loopback", "0-2"], "--loopback 0-2: want HERALD:CHANNEL"),
+])
+def test_serve_refuses_a_loopback_that_cannot_work_in_one_line(args, message):
+    proc = subprocess.run([sys.executable, "-m", "heraldry.host.cli", "serve", *args,
+                           "--metrics-port", "0", "--pub-port", "0", "--control-port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("heraldry: error: ") and message in proc.stderr

@@ -172,6 +172,41 @@ def test_recording_rules_car_and_net_herald_rate(tmp_path):
     _run_tests(tmp_path, tests)
 
 
+@needs_promtool
+def test_recording_rules_coincidence_peak_width(tmp_path):
+    """The peak's width rules on figures worked out by hand: arms at 10 and 15 kHz, range
+    100 ns: accidental pairs 1e4 * 1.5e4 * 2e-7 = 30 Hz, evenly spread (sum of delays 0, sum of
+    squares 30 * (100 ns)^2 / 3 = 1e-13 s^2 a second); the peak 1000 pairs a second at a mean
+    of 20 ns with a standard deviation of 5 ns (sum 2e-5 s, sum of squares 1000 * (25 + 400)
+    ns^2 = 4.25e-13 s^2). The shifted sum adds 100 ns per pair: 2e-5 + 1030 * 1e-7 s."""
+    n = HOUR
+    labels = {"instance": "b", "job": "heraldry"}
+    series = [
+        _series("heraldry_detections_total", dict(labels, channel="0"),
+                _counter([10_000 * STEP_S] * n)),
+        _series("heraldry_detections_total", dict(labels, channel="1"),
+                _counter([15_000 * STEP_S] * n)),
+        _series("heraldry_pair_delay_range_seconds", labels, _const(100e-9, n)),
+        _series("heraldry_pair_delay_seconds_bucket", dict(labels, le="+Inf"),
+                _counter([1030 * STEP_S] * n)),
+        _series("heraldry_pair_delay_shifted_seconds_total", labels,
+                _counter([(2e-5 + 1030 * 1e-7) * STEP_S] * n)),
+        _series("heraldry_pair_delay_seconds_squared_total", labels,
+                _counter([(1e-13 + 4.25e-13) * STEP_S] * n)),
+    ]
+
+    def expect(expr, value):
+        return {"expr": f"round({expr})", "eval_time": "30m",
+                "exp_samples": [{"labels": '{instance="b", job="heraldry"}', "value": value}]}
+    tests = [{"interval": f"{STEP_S}s", "input_series": series, "promql_expr_test": [
+        expect("heraldry:pair01_delay_accidentals_hz:rate1m", 30),
+        expect("heraldry:pair01_delay_peak_hz:rate1m", 1000),
+        expect("heraldry:pair01_delay_mean_seconds:rate1m * 1e12", 20_000),      # ps
+        expect("heraldry:pair01_delay_stddev_seconds:rate1m * 1e12", 5_000),
+    ]}]
+    _run_tests(tmp_path, tests)
+
+
 def _run_tests(tmp_path, tests):
     # JSON is YAML: promtool reads the test file as written here.
     path = tmp_path / "slo-test.yml"
