@@ -331,7 +331,9 @@ def test_ctrl_c_saves_the_npz(tmp_path):
     assert line.startswith("heraldry: interrupted by SIGINT ")
     assert f"saved {summary['tags']} tags to {npz}" in line
     with zipfile.ZipFile(npz) as z:
-        assert sorted(z.namelist()) == ["channel.npy", "time_ps.npy"]
+        assert sorted(z.namelist()) == sorted(
+            ["channel.npy", "time_ps.npy"] + [f"herald_{name}.npy" for name in (
+                "time_ps", "rule", "pattern", "attempt", "sync_offset")])
     data = np.load(npz)
     assert len(data["channel"]) == summary["tags"]
     assert np.bincount(data["channel"], minlength=4)[:4].tolist() == summary["tags_per_channel"]
