@@ -27,8 +27,8 @@ class DelayLine(wiring.Component):
 
     Collisions (only for F > 0): two events less than ``2**F`` bins apart can land in the same
     delayed cycle, and the output carries one event per cycle. The earlier one is kept; the
-    later one is dropped at arrival with an ``overflow`` pulse. A dead time of at least
-    ``2**F`` bins rules this out. With F = 0 it cannot happen (``k == delay`` for every event).
+    later one is dropped at arrival with an ``overflow`` pulse (the model's collision). A dead
+    time of at least ``2**F`` bins rules this out. With F = 0 it cannot happen (``k == delay`` for every event).
 
     Events leave in arrival order, so the store is a FIFO in a :class:`Memory` (block RAM on
     iCE40/ECP5) holding per event only the low ``DELAY_BITS`` bits of its due cycle, the fine bits

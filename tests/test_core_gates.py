@@ -10,7 +10,7 @@ import pytest
 from heraldry import model, protocol
 from heraldry.gateware.core import TaggerCore
 from heraldry.host.config import Acquisition
-from heraldry.protocol import Kind, Role
+from heraldry.protocol import Kind, LossCause, Role
 
 from test_core_sim import _DrivenPHY
 
@@ -35,7 +35,7 @@ def run_core(settings, events, start_cycle, rules, *, gates=True, roles=None):
     for c, times in enumerate(events):
         for t in times.tolist():
             per_cycle.setdefault(t >> f, []).append((c, t & (2 ** f - 1)))
-    tags, heralds, counters = [], [], {}
+    tags, heralds, counters, losses = [], [], {}, {}
 
     async def bench(ctx):
         ctx.set(core.config, acq.gateware_config())
@@ -71,12 +71,16 @@ def run_core(settings, events, start_cycle, rules, *, gates=True, roles=None):
                     h = rec.payload.herald
                     heralds.append((int(rec.time), int(h.rule), int(h.pattern))
                                    + ((int(h.attempt), int(h.offset)) if gates else ()))
+                elif rec.kind == Kind.LOSS and rec.payload.loss.cause == LossCause.DELAY_FULL:
+                    c = int(rec.payload.loss.index)
+                    losses[c] = losses.get(c, 0) + int(rec.payload.loss.count)
                 else:
-                    raise AssertionError(f"unexpected record {rec.kind} {rec.payload.loss}")
+                    raise AssertionError(f"unexpected record {rec.kind}")
                 idle = 0
             else:
                 idle += 1
-        for name in ("singles", "heralds", "gated_out"):
+        counters["delay_lost"] = [losses.get(c, 0) for c in range(n)]
+        for name in ("singles", "heralds", "gated_out", "delay_dropped"):
             values = []
             for address in cmap.range(name):
                 ctx.set(core.counter_addr, address)
@@ -160,9 +164,9 @@ def test_references_alone_through_the_whole_core():
     f = 2
     rules = (model.HeraldRule(0b0011, 0b0100, "exact", 0),
              model.HeraldRule(0b0101, 0, "early", 1))
-    # a whole-cycle delay: a sub-cycle one can bring two events of a channel into one cycle,
-    # which the delay line drops and the model does not (tests/test_core_sim.py)
-    channels = (model.ChannelSettings(), model.ChannelSettings(delay=4),
+    # a delay of less than a cycle: it brings some events of channel 1 into one cycle, and the
+    # delay line drops the later one (a collision), as the model does
+    channels = (model.ChannelSettings(), model.ChannelSettings(delay=3),
                 model.ChannelSettings(), model.ChannelSettings(role="reference"))
     settings = model.CoreSettings(channels=4, fine_bits=f, window=9, channel=channels,
                                   herald_rules=rules)
@@ -177,6 +181,8 @@ def test_references_alone_through_the_whole_core():
     assert counters["singles"] == expected.singles.tolist()
     assert counters["heralds"] == expected.herald_counts.tolist()
     assert counters["gated_out"] == [0] * 4
+    assert counters["delay_dropped"] == counters["delay_lost"] == expected.delay_dropped.tolist()
+    assert expected.delay_dropped[1] >= 3            # collisions happened
     # the stimulus holds what the test is about: markers, and heralds of both rules
     assert (expected.tags["channel"] == 3).sum() >= 5
     assert np.bincount(expected.heralds["rule"], minlength=2).min() >= 2

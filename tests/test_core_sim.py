@@ -330,8 +330,9 @@ def test_heralds_carry_their_own_event_at_subclock_resolution(fine_bits, window,
     events = _random_subclock_events(rng, 4, fine_bits, start, 500, 0.3)
     masks = [0b1001, 0b0110, 0b0111]
     # Whole-cycle delays: with F > 0 a delay that is not a whole number of cycles can bring two
-    # events of one channel into one cycle, which the delay line drops (gateware/delay.py) and
-    # the model does not.
+    # events of one channel into one cycle, which the delay line and the model drop (a
+    # collision: DELAY_FULL records, which this bench does not read; compared with the model in
+    # tests/test_core_gates.py and tests/gateware/test_delay.py).
     delays = [0, 1 << fine_bits, 0, 3 << fine_bits]
     expected = _check_subclock(fine_bits, window, masks, events, start, delays=delays,
                                herald_stage=herald_stage)

@@ -50,21 +50,25 @@ def naive_input(rise, fall, ch, gate=None, fine_bits=0):
 
 
 def naive_delay(times, delay, depth, fine_bits=0):
-    """Delay line stepped cycle by cycle with an explicit buffer (one arrival per cycle)."""
+    """Delay line stepped cycle by cycle with an explicit buffer (one arrival per cycle) and an
+    output that sends one event per cycle (a later event due in a cycle already taken is
+    dropped at arrival)."""
     if not len(times):
         return [], 0
     arrivals = {t >> fine_bits: t for t in times}
     assert len(arrivals) == len(times), "the input stage gives at most one event per cycle"
     buffer = []         # leave cycles of the events held
+    taken = set()       # output cycles of the kept events
     out, dropped = [], 0
     for cycle in range(min(arrivals), max(arrivals) + 1):
         buffer = [leave for leave in buffer if leave > cycle]   # due ones have left
         if cycle not in arrivals:
             continue
         t = arrivals[cycle]
-        if delay and len(buffer) >= depth:
+        if (delay and len(buffer) >= depth) or (t + delay) >> fine_bits in taken:
             dropped += 1
             continue
+        taken.add((t + delay) >> fine_bits)
         out.append(t + delay)
         if (t + delay) >> fine_bits > cycle:
             buffer.append((t + delay) >> fine_bits)

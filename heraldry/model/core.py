@@ -445,7 +445,10 @@ def delay_events(times, delay, depth=16, fine_bits=0):
     An event at time ``t`` arrives in cycle ``t >> F`` and leaves in cycle ``(t + delay) >> F``.
     It is dropped if, in its arrival cycle, the line already holds ``>= depth`` kept events that
     arrived in an earlier cycle and leave in a later cycle than this arrival (an event leaving
-    in the arrival cycle has freed its slot). ``delay == 0`` never drops.
+    in the arrival cycle has freed its slot), or if it would leave in the same cycle as the
+    previous kept event (a *collision*: the line sends one event per cycle; only with F > 0 and
+    a delay that is not a whole number of cycles, for events less than ``2**F`` bins apart).
+    ``delay == 0`` never drops.
 
     Returns ``(kept times + delay, number dropped)``. Raises ``ValueError`` on bad input.
     """
@@ -460,13 +463,18 @@ def delay_events(times, delay, depth=16, fine_bits=0):
     earlier = np.searchsorted(arrive, arrive, "left")
     gone = np.searchsorted(leave, arrive, "right")
     in_flight = earlier - np.minimum(gone, earlier)
-    if delay == 0 or times.size == 0 or in_flight.max() < depth:
+    if delay == 0 or times.size == 0 or (in_flight.max() < depth
+                                         and not np.any(leave[1:] == leave[:-1])):
         return times + delay, 0
 
     kept = []
     line = deque()       # (arrival cycle, leave cycle) of kept events still in the line
     dropped = 0
+    last_leave = None    # leave cycle of the previous kept event
     for t, a, l in zip(times.tolist(), arrive.tolist(), leave.tolist()):
+        if l == last_leave:
+            dropped += 1
+            continue
         while line and line[0][1] <= a:
             line.popleft()
         same_cycle = 0
@@ -478,6 +486,7 @@ def delay_events(times, delay, depth=16, fine_bits=0):
             dropped += 1
             continue
         kept.append(t)
+        last_leave = l
         if l > a:
             line.append((a, l))
     return np.array(kept, np.int64) + delay, dropped
