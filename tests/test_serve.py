@@ -1206,3 +1206,23 @@ def test_pair_delay_width_on_the_virtual_board_follows_the_jitter(tmp_path):
               for _ in range(2)]
     expected = np.std(cycles[1] - cycles[0]) / CLOCK_HZ
     assert width == pytest.approx(expected, rel=0.08)
+
+
+def test_with_loopback_reads_the_spare_input_and_refuses_a_loop():
+    """The acquisition the server runs with --loopback 0:2: input 2 reads its pin (the jumper,
+    not the test signal), rising edges only; a configure that makes input 2 part of a rule (the
+    returned pulses would herald again) or leaves pin 0 without a rule is refused."""
+    from heraldry.host.config import Acquisition, ConfigError
+    from heraldry.host.serve import with_loopback
+    acq = Acquisition(herald_masks=[0b0011], edges=["rising", "rising", "both", "falling"],
+                      test_signal="pairs")
+    got = with_loopback(acq, (0, 2), 4, 2)
+    assert got.pin_channels == [2] and got.edges == ["rising", "rising", "rising", "falling"]
+    assert got.sources()[2] != Acquisition(test_signal="pairs").sources()[2]
+    with pytest.raises(ConfigError, match="input 2 is in herald rule 1"):
+        with_loopback(Acquisition(herald_masks=[0b0011, 0b0001],
+                                  herald_rules=[{"require": 0b0011},
+                                                {"require": 0b0001, "veto": 0b0100}]),
+                      (0, 2), 4, 2)
+    with pytest.raises(ConfigError, match="no herald rule drives herald output 1"):
+        with_loopback(Acquisition(herald_masks=[0b0011]), (1, 2), 4, 2)
