@@ -222,3 +222,66 @@ async def gate_boundaries_and_attempt_wrap(dut):
     assert expected.gated_out[:2].min() > 20 and expected.herald_counts.min() >= 5
     assert expected.singles[2] == int((expected.tags["channel"] == 2).sum()) > 30
     assert np.all(expected.herald_sync["attempt"] >= 1)
+
+
+@cocotb.test()
+async def offset_counter_saturates(dut):
+    """The far end of the offset counter (``GATE_BITS`` = 16 bits): one sync edge at S, then
+    65 545 bins without one. Channels 0..2 take both edges (events two bins apart). Channel 0
+    gated to the last five offsets (65530..65534: offset + width = 2**16 - 1, the most the host
+    allows): 65529 out, 65530, 65532, 65534 in, 65536 and 65538 (saturated) out; channel 2 gated
+    to 0..65534: 65534 in, 65536 out; channel 1 ungated, its herald records carry offsets up to
+    65533, then 65535 (the saturated value) from 65535 on, attempt 0 and offset 65535 before
+    the first sync edge, and small offsets of attempt 2 after the second. Every output against
+    the model."""
+    bench = CoreBench(dut, gates=True)
+    await bench.start()
+    n = bench.channels
+    top = 2**16 - 1
+    assert top == model.OFFSET_NONE
+    acq = Acquisition(channels=n, rules=2, test_signal="off", window_bins=1,
+                      delays_bins=[0, 0, 0, SYNC_DELAY], edges=["both"] * 3 + ["rising"],
+                      roles=["detector", "detector", "detector", "sync"],
+                      gates_bins=[(top - 5, 5), None, (0, top), None], sync_marker_every=1,
+                      herald_rules=[model.HeraldRule(0b0010, 0, "early", 0),
+                                    model.HeraldRule(0b0001, 0, "early", 1)],
+                      herald_width=1)
+    n0 = await bench.now_at_falling_edge()
+    gate_from = n0 + 40 - PHY_LATENCY
+    S = gate_from + 20                              # the first sync time (delayed)
+    S2 = S + top + 10
+    run_from, run_to = n0 + 40, S2 + 40
+
+    def at(t, c, offset):
+        """Time of an edge on channel c whose delayed time is t."""
+        return bench.time_of_cycle(t - (SYNC_DELAY if c == SYNC else 0) - 1) + offset
+
+    pulses = [[] for _ in range(n)]
+
+    def pulse(c, t_rise, t_fall):
+        rise, fall = at(t_rise, c, 3000), at(t_fall, c, 5000)
+        assert _pulse_ok(pulses[c], rise, fall), (c, t_rise, t_fall)
+        pulses[c].append((rise, fall))
+
+    pulse(SYNC, S, S + 1)
+    pulse(SYNC, S2, S2 + 1)
+    for t in (S + top - 6, S + top - 3, S + top + 1):
+        pulse(0, t, t + 1 if t == S + top - 6 else t + 2)
+    for t in (S - 8, S + 4, S + top - 2, S + top + 2, S2 + 3):
+        pulse(1, t, t + 2)
+    for t in (S + 10, S + top - 1):
+        pulse(2, t, t + 2)
+
+    expected, records, counters = await _run(bench, acq, pulses, run_from, run_to)
+    assert expected.attempts == 2 and [int(t) for t, c in expected.tags.tolist()
+                                       if c == SYNC] == [S, S2]
+    assert expected.gated_out.tolist() == [3, 0, 1, 0]
+    assert expected.singles.tolist() == [3, 10, 3, 2]
+    rule0 = [(int(h["time"]) - S, int(s["attempt"]), int(s["offset"]))
+             for h, s in zip(expected.heralds, expected.herald_sync) if h["rule"] == 0]
+    assert rule0 == [(-8, 0, top), (-6, 0, top), (4, 1, 4), (6, 1, 6), (top - 2, 1, top - 2),
+                     (top, 1, top), (top + 2, 1, top), (top + 4, 1, top),
+                     (S2 - S + 3, 2, 3), (S2 - S + 5, 2, 5)]
+    rule1 = [(int(h["time"]) - S, int(s["offset"]))
+             for h, s in zip(expected.heralds, expected.herald_sync) if h["rule"] == 1]
+    assert rule1 == [(top - 5, top - 5), (top - 3, top - 3), (top - 1, top - 1)]

@@ -27,6 +27,7 @@ def verilated():
 
 
 @pytest.mark.parametrize("testcase", ["random_gates_against_model",
-                                      "gate_boundaries_and_attempt_wrap"])
+                                      "gate_boundaries_and_attempt_wrap",
+                                      "offset_counter_saturates"])
 def test_gates_against_model(verilated, testcase):
     cocotb_runner.run(verilated, HERE, TB_MODULE, CORE_TOPLEVEL, testcase)
