@@ -638,7 +638,7 @@ class Tagger:
         :data:`STATUS_INTERVAL_S`); ``counter_read_cycles``: no snapshots, every counter read
         each time the device has run that many cycles instead. ``progress(done_cycles,
         total_cycles, stats)`` is called at every poll (``stats``: ``Device.stats()`` and, once
-        counters were read, ``"counters"``: the run's ``counters``); ``sink(events)`` gets
+        counters were read during the run, ``"counters"``: the run's ``counters``); ``sink(events)`` gets
         every block, with times from the run start. What a run cut short raises:
         :class:`DeviceRun`.
         """
@@ -1069,8 +1069,9 @@ class DeviceRun(Run):
         if self._progress is not None:
             total = self._cycles or 0
             stats = device.stats()
-            if self.counters is not None:
-                stats["counters"] = self.counters       # the latest read (live views)
+            if self.counters is not None and self.counters_seconds > 0:
+                # the latest read during the run (live views), not the zeros of the start
+                stats["counters"] = self.counters
             self._progress(current - self._start if not total
                            else min(current - self._start, total), total, stats)
         if self._cycles is not None and current - self._start >= self._cycles:

@@ -57,12 +57,18 @@ def test_herald_records_carry_the_attempt_the_markers_count():
     twin.start()
     tagger = None
     blocks = []
+    seen = []           # the counters the progress calls brought (a live view shows them)
+
+    def progress(done, total, stats):
+        if "counters" in stats:
+            seen.append((stats["counters"]["singles"][3], stats["counters"]["gated_out"][:3]))
     try:
         device = Device(SerialTransport(twin.port, twin.baud), timeout=3.0, retries=3)
         device.identify()
         tagger = Tagger(device, name="sim-gates", baud=twin.baud, twin=twin)
         bin_ps = tagger.identity.bin_ps
-        with tagger.run(settings, duration=DURATION_S) as run:
+        with tagger.run(settings, duration=DURATION_S, progress=progress,
+                        status_interval=DURATION_S / 8) as run:
             for block in run:
                 blocks.append(block.events)
         counts = run.counters
@@ -90,5 +96,9 @@ def test_herald_records_carry_the_attempt_the_markers_count():
     # Early rule D0&D1: its completing event is kept, so inside the gate (offsets 4 .. 403).
     early = heralds[heralds["channel"] == 0]
     assert len(early) and np.all((early["sync_offset"] >= 4) & (early["sync_offset"] < 404))
+    # Progress calls carry the run's counters once read (snapshots every 1/8 of the run), never
+    # the zeros of the start: attempts and gated-out events rise.
+    assert seen and seen[0][0] > 0 and sum(seen[-1][1]) > 0
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
     others = events[events["kind"] != Kind.HERALD.value]
     assert not others["attempt"].any() and not others["sync_offset"].any()
