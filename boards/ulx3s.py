@@ -203,8 +203,9 @@ class ULX3STop(Elaboratable):
 class ULX3SBoard(Board):
     """:class:`Board` for the ULX3S; :meth:`top` gives a :class:`ULX3STop`."""
 
-    #: Sync roles, gates and markers in the core (``TaggerCore(gates=True)``, capability bit 3).
-    gates = False
+    #: Sync roles, gates and markers in the core (``TaggerCore(gates=True)``, capability bit 3):
+    #: on since the core meets 50 MHz with them (docs/boards.md, "Build figures").
+    gates = True
     #: Without gates, the reference role alone (``TaggerCore(references=True)``, capability
     #: bit 5): an input can be a PPS / divided 10 MHz reference (docs/sync.md).
     references = True

@@ -615,7 +615,9 @@ def check_run(board, stim, run):
     from ..wire import decode_bytes
     acq = stim.acquisition
     failures = []
-    records, errors = decode_bytes(run.data, acq.channels, acq.rules, acq.fine_bits)
+    # A board built with gates (``Board.gates``) sends HERALD records with attempt and offset.
+    records, errors = decode_bytes(run.data, acq.channels, acq.rules, acq.fine_bits,
+                                   gates=getattr(board, "gates", False))
     if run.framing_errors:
         failures.append(f"{run.framing_errors} UART framing errors")
     if any(errors.values()):

@@ -152,3 +152,21 @@ def test_build_full_tagger_meets_timing(tmp_path):
                                                                "pins": True}
     assert "does not exist in design" not in (tmp_path / "heraldry.tim").read_text()
     assert report["icetime_mhz"] is None and report["crossing_hold"] == []
+
+
+@pytest.mark.parametrize("board", [ULX3S_85F, ULX3S_25F])
+def test_board_builds_gates_and_says_so(board):
+    """The ULX3S build has the sync, gates and markers (capability bit 3) and the herald record
+    stage; the iCEBreaker has neither (no room)."""
+    from amaranth.hdl import Fragment
+    from heraldry.boards import get_board
+    from heraldry.protocol import CAPABILITY_GATES
+    top = board.top(4)
+    Fragment.get(top, board.platform())
+    assert top.tagger.core.gates and top.tagger.core.herald_stage
+    assert top.tagger.registers.ident["ident.capabilities"] & CAPABILITY_GATES
+    icebreaker = get_board("icebreaker")
+    top = icebreaker.top(2)
+    Fragment.get(top, icebreaker.platform())
+    assert not top.tagger.core.gates and not top.tagger.core.herald_stage
+    assert not top.tagger.registers.ident["ident.capabilities"] & CAPABILITY_GATES
