@@ -374,10 +374,16 @@ def test_icebreaker_netlist_with_swapped_ddr_outputs_fails(icebreaker_check):
     assert ", rtl:" not in failures
 
 
+@pytest.fixture(scope="module")
+def ulx3s_check(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ulx3s")
+    return out, nl.verify(get_board("ulx3s-85f"), out=out)
+
+
 @pytest.mark.slow
-def test_ulx3s_netlist_matches_rtl_and_model_at_every_phase(tmp_path):
+def test_ulx3s_netlist_matches_rtl_and_model_at_every_phase(ulx3s_check):
+    _, report = ulx3s_check
     board = get_board("ulx3s-85f")
-    report = nl.verify(board, out=tmp_path)
     assert_check_passed(report, board, nl.DEFAULT_PHASES["ecp5"])
     # The elastic crossing: per phase one offset for every channel, the netlist's the RTL's.
     for run in report["runs"]:
@@ -420,3 +426,29 @@ def test_stimulus_pins_and_command_frames():
     assert bits & ~test_bits == want & ~test_bits
     names = [name for _, _, name in stim.commands]
     assert names[-1] == "control.clear" and "control.run" in names
+
+
+@pytest.mark.slow
+def test_ulx3s_netlist_with_swapped_iddr_outputs_fails(ulx3s_check):
+    """A planted fault: detector 0's IDDRX2F with Q0 and Q1 swapped (its first two samples of
+    each 4-sample word exchanged) in the synthesised netlist; one phase suffices."""
+    out, _ = ulx3s_check
+    text = (out / "netlist.v").read_text()
+    match = re.search(r"IDDRX2F \\?\S*iddr0\s+\((.*?)\n  \);", text, re.S)
+    assert match, "no IDDRX2F of detector 0 in the netlist"
+    ports = match.group(1)
+    q0 = re.search(r"\.Q0\(([^()]*)\)", ports).group(1)
+    q1 = re.search(r"\.Q1\(([^()]*)\)", ports).group(1)
+    swapped = ports.replace(f".Q0({q0})", "@0@").replace(f".Q1({q1})", f".Q0({q1})")
+    swapped = swapped.replace("@0@", f".Q1({q0})")
+    assert swapped != ports
+    faulty = out / "faulty.v"
+    faulty.write_text(text[:match.start(1)] + swapped + text[match.end(1):])
+    phase = nl.DEFAULT_PHASES["ecp5"][0]
+    report = nl.verify(get_board("ulx3s-85f"), out=out, netlist=faulty, phases=[phase])
+    assert report["ok"] is False
+    failures = "\n".join(report["failures"])
+    # The RTL still passes; the netlist differs from it and from the model.
+    assert "the netlist's UART bytes differ from the RTL's" in failures
+    assert re.search(r"netlist: \d+ of \d+ tags differ from the model's", failures), failures
+    assert ", rtl:" not in failures
