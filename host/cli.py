@@ -692,9 +692,9 @@ def cmd_acquire(args):
             from .ptu import PTUWriter
             options = {k: v for k, v in vars(args).items() if k not in ("command", "given")}
             writers.append(PTUWriter.for_acquisition(
-                args.out, acq, {"board": args.board, "duration_s": args.duration,
+                args.out, acq, {"board": args.board, "duration_s": duration,
                                 "options": options},
-                comment=f"heraldry acquire --board {args.board}, {args.duration:g} s"))
+                comment=f"heraldry acquire --board {args.board}, {duration:g} s"))
         return writers[0].write_block
     sink_for = ptu_sink if _is_ptu(args.out) else None
     if sink_for is not None and acq is not None:
