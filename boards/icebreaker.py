@@ -200,9 +200,11 @@ class ICEBreakerBoard(Board):
     #: can be a PPS / divided 10 MHz reference for a two-node link (docs/sync.md). Sync and
     #: gates do not fit.
     references = True
-    #: No herald record stage (``TaggerCore(herald_stage=False)``): its flip-flops would cost
-    #: logic cells the UP5K does not have, and its 2-channel selection is short.
-    herald_stage = False
+    #: The herald record stage (``TaggerCore(herald_stage=True)``, 30 logic cells): without it
+    #: icetime's longest path runs through the record selection, and seeds 1-4 gave icetime
+    #: 22.86, 24.29, 22.69, 23.10 MHz (one of four met); with it 24.51, 25.22, 25.95, 25.77 MHz
+    #: (docs/boards.md, "Build figures").
+    herald_stage = True
     #: Herald rules (and herald pins).
     rules = 1
     #: nextpnr seed: icetime's figure of the core clock is within 3 % of the 24 MHz target and

@@ -66,7 +66,8 @@ class TaggerCore(wiring.Component):
         the firing (``HeraldGenerator(record_stage=True)``, ``Merger(herald_late=True)``; the
         ULX3S's 8-channel critical path ran through that selection). The records, pins and
         latency are the same either way; off, it saves ``N * (N + F) + R * N`` flip-flops
-        (the iCEBreaker, whose logic cells are nearly all used).
+        (both boards build with it: on the iCEBreaker it costs 30 logic cells and gives
+        icetime its margin back).
     gates : bool
         Include channel roles, the sync (attempt clock), per-channel gates and sync/reference
         markers (``GateUnit``; docs/semantics.md, "Sync, gates and reference markers"). The
