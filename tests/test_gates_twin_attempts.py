@@ -6,14 +6,11 @@ through the link, the fast decoder and the driver. The sync comes from a pins FI
 (every 1000 cycles, for as long as the board runs), the heralds from the BSM source's dark
 counts on D0..D2 inside their gates."""
 
-import os
-import tempfile
-import threading
-
 import numpy as np
 import pytest
 
 from heraldry.protocol import Kind
+from test_gates_twin import gates_board_with_sync
 
 pytestmark = pytest.mark.slow
 
@@ -22,62 +19,27 @@ DURATION_S = 0.01      # at 1e6 dark counts/s per detector: ~0.5 MB/s of herald 
 
 
 def test_herald_records_carry_the_attempt_the_markers_count():
-    from heraldry.host.driver import Device
     from heraldry.host.events import SYNC_OFFSET_NONE
-    from heraldry.host.tagger import Settings, Tagger
-    from heraldry.host.transport import SerialTransport
-    from heraldry.sim.twin import Twin
-    from heraldry.sim.twonode import build_gates_twin
+    from heraldry.host.tagger import Settings
 
     settings = Settings(
         window_ns=40, test_signal="bsm", period_ns=PERIOD_CYCLES * 10.0,
         bsm_event_probability=0.0, dark_rate_hz=1e6, seed=13, sync=3, pin_channels=(3,),
         sync_marker_every=1, gates_ns={c: (40.0, 4000.0) for c in range(3)},
         heralds=("D0&D1", "D1&D2,exact"), stream={c: "none" for c in range(3)})
-    folder = tempfile.TemporaryDirectory()
-    fifo = os.path.join(folder.name, "pins")
-    os.mkfifo(fifo)
-    stop = threading.Event()
-
-    def sync_source():
-        try:
-            with open(fifo, "w") as f:
-                f.write("# cycle channel level\n")
-                cycle = 0
-                while not stop.is_set():
-                    f.write("".join(f"{c} 3 1\n{c + 1} 3 0\n" for c in range(
-                        cycle, cycle + 1000 * PERIOD_CYCLES, PERIOD_CYCLES)))
-                    cycle += 1000 * PERIOD_CYCLES
-        except (BrokenPipeError, OSError):
-            pass
-
-    writer = threading.Thread(target=sync_source, daemon=True)
-    writer.start()
-    twin = Twin(build_gates_twin(), pins=fifo)
-    twin.start()
-    tagger = None
     blocks = []
     seen = []           # the counters the progress calls brought (a live view shows them)
 
     def progress(done, total, stats):
         if "counters" in stats:
             seen.append((stats["counters"]["singles"][3], stats["counters"]["gated_out"][:3]))
-    try:
-        device = Device(SerialTransport(twin.port, twin.baud), timeout=3.0, retries=3)
-        device.identify()
-        tagger = Tagger(device, name="sim-gates", baud=twin.baud, twin=twin)
+    with gates_board_with_sync(PERIOD_CYCLES) as tagger:
         bin_ps = tagger.identity.bin_ps
         with tagger.run(settings, duration=DURATION_S, progress=progress,
                         status_interval=DURATION_S / 8) as run:
             for block in run:
                 blocks.append(block.events)
         counts = run.counters
-    finally:
-        stop.set()
-        if tagger is not None:
-            tagger.close()
-        twin.stop()
-        folder.cleanup()
     events = np.concatenate(blocks)
     markers = events["time_ps"][(events["kind"] == Kind.TAG.value) & (events["channel"] == 3)]
     heralds = events[events["kind"] == Kind.HERALD.value]
