@@ -350,21 +350,31 @@ def test_icebreaker_netlist_matches_rtl_and_model(icebreaker_check):
     assert run["netlist"]["offset_bins"] == run["rtl"]["offset_bins"]
 
 
+def plant_swap(out, instance, a, b):
+    """Write ``out/faulty.v``: ``out/netlist.v`` with the signals on ports ``a`` and ``b`` of the
+    cell instance matched by ``instance`` (a regular expression whose group 1 is its port list)
+    exchanged. Returns the path."""
+    text = (out / "netlist.v").read_text()
+    match = re.search(instance, text, re.S)
+    assert match, f"no {instance!r} in the netlist"
+    ports = match.group(1)
+    sa = re.search(rf"\.{a}\(([^()]*)\)", ports).group(1)
+    sb = re.search(rf"\.{b}\(([^()]*)\)", ports).group(1)
+    swapped = ports.replace(f".{a}({sa})", "@a@").replace(f".{b}({sb})", f".{a}({sb})")
+    swapped = swapped.replace("@a@", f".{b}({sa})")
+    assert swapped != ports
+    faulty = out / "faulty.v"
+    faulty.write_text(text[:match.start(1)] + swapped + text[match.end(1):])
+    return faulty
+
+
 @pytest.mark.slow
 def test_icebreaker_netlist_with_swapped_ddr_outputs_fails(icebreaker_check):
     """A planted fault: detector 0's DDR input register with D_IN_0 and D_IN_1 swapped (the
     rising- and falling-edge samples exchanged) in the synthesised netlist."""
     out, _ = icebreaker_check
-    text = (out / "netlist.v").read_text()
-    match = re.search(r"SB_IO #\((?:(?!\);).)*?\) \\?\S*sb_io0\s+\((.*?)\n  \);", text, re.S)
-    assert match, "no SB_IO of detector 0 in the netlist"
-    ports = match.group(1)
-    d0 = re.search(r"\.D_IN_0\(([^()]*)\)", ports).group(1)
-    d1 = re.search(r"\.D_IN_1\(([^()]*)\)", ports).group(1)
-    swapped = ports.replace(f".D_IN_0({d0})", "@0@").replace(f".D_IN_1({d1})", f".D_IN_0({d1})")
-    swapped = swapped.replace("@0@", f".D_IN_1({d0})")
-    faulty = out / "faulty.v"
-    faulty.write_text(text[:match.start(1)] + swapped + text[match.end(1):])
+    faulty = plant_swap(out, r"SB_IO #\((?:(?!\);).)*?\) \\?\S*sb_io0\s+\((.*?)\n  \);",
+                        "D_IN_0", "D_IN_1")
     report = nl.verify(get_board("icebreaker"), out=out, netlist=faulty)
     assert report["ok"] is False
     failures = "\n".join(report["failures"])
@@ -433,17 +443,7 @@ def test_ulx3s_netlist_with_swapped_iddr_outputs_fails(ulx3s_check):
     """A planted fault: detector 0's IDDRX2F with Q0 and Q1 swapped (its first two samples of
     each 4-sample word exchanged) in the synthesised netlist; one phase suffices."""
     out, _ = ulx3s_check
-    text = (out / "netlist.v").read_text()
-    match = re.search(r"IDDRX2F \\?\S*iddr0\s+\((.*?)\n  \);", text, re.S)
-    assert match, "no IDDRX2F of detector 0 in the netlist"
-    ports = match.group(1)
-    q0 = re.search(r"\.Q0\(([^()]*)\)", ports).group(1)
-    q1 = re.search(r"\.Q1\(([^()]*)\)", ports).group(1)
-    swapped = ports.replace(f".Q0({q0})", "@0@").replace(f".Q1({q1})", f".Q0({q1})")
-    swapped = swapped.replace("@0@", f".Q1({q0})")
-    assert swapped != ports
-    faulty = out / "faulty.v"
-    faulty.write_text(text[:match.start(1)] + swapped + text[match.end(1):])
+    faulty = plant_swap(out, r"IDDRX2F \\?\S*iddr0\s+\((.*?)\n  \);", "Q0", "Q1")
     phase = nl.DEFAULT_PHASES["ecp5"][0]
     report = nl.verify(get_board("ulx3s-85f"), out=out, netlist=faulty, phases=[phase])
     assert report["ok"] is False
