@@ -88,8 +88,9 @@ class WordGearbox(wiring.Component):
         w, r = self.width, self.ratio
         fast = m.d[self.fast]
 
-        # The R - 1 words before the current one, newest in the high bits.
-        history = Signal(w * (r - 1))
+        # The R - 1 words before the current one, newest in the high bits. Elastic: no reset
+        # (see the slots below); the first write after a reset comes R - 1 shifts after it.
+        history = Signal(w * (r - 1), reset_less=self.elastic)
         if r > 2:
             fast += history.eq(Cat(history[w:], self.i))
         else:
@@ -105,7 +106,10 @@ class WordGearbox(wiring.Component):
         # signal is a flip-flop (at 200 MHz on the ECP5 a decoded write enable fanning out to
         # a slot's flip-flops missed timing): `phase` is a one-hot ring of R, `where` a one-hot
         # ring of slots, and `enable` the registered one-hot write enable of the next cycle.
-        slots = [Signal(w * r, name=f"slot{s}") for s in range(self.depth)]
+        # The slots have no reset: the read side only reads a slot written since the last
+        # reset (tests/gateware/test_gearbox.py, a lost PLL lock mid-run), and the reset's
+        # fan-out to every slot bit (1024 at 8 channels) was `sclk`'s critical path.
+        slots = [Signal(w * r, name=f"slot{s}", reset_less=True) for s in range(self.depth)]
         phase = Signal(r, init=1)
         where = Signal(self.depth, init=1)
         enable = Signal(self.depth)

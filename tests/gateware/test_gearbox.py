@@ -11,8 +11,9 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import ClockDomain, Module, Signal
 from amaranth.lib import wiring
+from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.sim import Simulator
 
 from heraldry import model
@@ -123,6 +124,73 @@ def test_elastic_gearbox_keeps_every_word_at_any_phase(phase):
     starts = [s for s in range(ratio) if groups(padded, width, ratio, s)[:len(outputs)]
               == outputs]
     assert len(starts) == 1, "the output is not one run of consecutive groups"
+
+
+def run_gearbox_relock(width, ratio, words, *, phase, lost_at, lost_for):
+    """As the ULX3S runs the elastic gearbox: both domains held in reset while the PLL is not
+    locked, each released by its own :class:`ResetSynchronizer` (so at different times); the
+    lock is lost for ``lost_for`` fast cycles from fast cycle ``lost_at``. The source register
+    is not reset (as the ``IDDRX2F`` outputs are not). Returns the runs of ``o`` (one list per
+    stretch of ``running``)."""
+    dut = WordGearbox(width, ratio, fast="fast", elastic=True)
+    m = Module()
+    m.domains.fast = ClockDomain("fast")
+    m.domains.sync = ClockDomain("sync")
+    m.submodules.dut = dut
+    locked = Signal()
+    m.submodules.reset_fast = ResetSynchronizer(~locked, domain="fast")
+    m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+    source = Signal(width, reset_less=True)
+    feed = Signal(width)
+    m.d.fast += source.eq(feed)
+    m.d.comb += dut.i.eq(source)
+    runs = [[]]
+
+    async def driver(ctx):
+        for k, word in enumerate(words):
+            ctx.set(feed, word)
+            ctx.set(locked, not (k < 3 or lost_at <= k < lost_at + lost_for))
+            await ctx.tick("fast")
+
+    async def watcher(ctx):
+        for _ in range(len(words) // ratio):
+            await ctx.tick("sync")
+            if ctx.get(dut.running):
+                runs[-1].append(ctx.get(dut.o))
+            elif runs[-1]:
+                runs.append([])
+
+    sim = Simulator(m)
+    add_clocks(sim, ratio, "fast", phase)
+    sim.add_testbench(driver)
+    sim.add_testbench(watcher)
+    sim.run()
+    return [run for run in runs if run]
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.75, 1.5, 2.25, 3.0, 3.75])
+@pytest.mark.parametrize("lost_for", [1, 6, 40])
+def test_elastic_gearbox_never_reads_a_slot_before_writing_it(phase, lost_for):
+    """The ring's slots have no reset (a reset to the ULX3S's 128-bit slots at 8 channels was
+    ``sclk``'s critical path): that is only right if the read side never reads a slot the
+    write side has not written since the last reset. After the PLL loses its lock mid-run and
+    the two domains leave reset at different times, the slots still hold the words of before;
+    every run of the output must be consecutive groups of the words fed, none repeated from
+    before the reset."""
+    rng = random.Random(int(phase * 4) + 100 * lost_for)
+    width, ratio = 8, 4
+    words = [rng.randrange(1, 2 ** width) for _ in range(1200)]
+    runs = run_gearbox_relock(width, ratio, words, phase=phase, lost_at=600, lost_for=lost_for)
+    assert len(runs) == 2, "the lost lock must stop the output once and restart it"
+    starts = []
+    for run in runs:
+        assert len(run) > 100
+        found = [s for s in range(len(words))
+                 if groups(words, width, ratio, s)[:len(run)] == run]
+        assert len(found) == 1, "an output run is not consecutive groups of the words fed"
+        starts += found
+    assert starts[0] < 2 * ratio
+    assert starts[1] >= 600, "the output after the reset repeats words from before it"
 
 
 def test_word_edges_needs_fine_bits():
