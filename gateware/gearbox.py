@@ -65,6 +65,14 @@ class WordGearbox(wiring.Component):
         start), starting at a fast cycle of fixed but unknown phase.
     running : Out(1)
         ``sync`` domain. Always 1 when aligned; elastic: ``o`` carries words (before it is 0).
+
+    Attributes
+    ----------
+    phase : Signal(R) or None
+        Elastic only (None when aligned), ``fast`` domain: the one-hot position of the current
+        ``i`` word in its group (bit 0: the group's first word, the lowest in ``o``), fixed from
+        reset on. For logic in ``fast`` that must cut the words into the same groups
+        (:class:`~heraldry.gateware.fastherald.FastHerald`).
     """
 
     def __init__(self, width, ratio, *, fast="fast", elastic=False, depth=8):
@@ -77,6 +85,7 @@ class WordGearbox(wiring.Component):
         self.fast = fast
         self.elastic = elastic
         self.depth = depth
+        self.phase = Signal(ratio, init=1, name="phase") if elastic else None
         super().__init__({
             "i":       In(width),
             "o":       Out(width * ratio),
@@ -110,7 +119,7 @@ class WordGearbox(wiring.Component):
         # reset (tests/gateware/test_gearbox.py, a lost PLL lock mid-run), and the reset's
         # fan-out to every slot bit (1024 at 8 channels) was `sclk`'s critical path.
         slots = [Signal(w * r, name=f"slot{s}", reset_less=True) for s in range(self.depth)]
-        phase = Signal(r, init=1)
+        phase = self.phase
         where = Signal(self.depth, init=1)
         enable = Signal(self.depth)
         started = Signal()
@@ -170,6 +179,9 @@ class GearedInputs(wiring.Component):
     phys : list of WordEdges
         One PHY per channel.
     gearbox : WordGearbox
+    fast_word : Signal(N * 2**Fp)
+        The sampler's fast-domain register (what :meth:`sampler` returns), for logic in the
+        fast domain that reads the samples before the crossing (the ULX3S's fast herald path).
     """
 
     def __init__(self, channels, sample_bits, ratio, *, latency, members, fast="fast",
@@ -192,6 +204,7 @@ class GearedInputs(wiring.Component):
             phy = WordEdges(self.fine_bits)
             phy.latency = latency
             self.phys.append(phy)
+        self.fast_word = Signal(channels * 2 ** sample_bits, name="fast_word")
         super().__init__(members)
 
     @classmethod
@@ -214,7 +227,8 @@ class GearedInputs(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.gearbox = gearbox = self.gearbox
-        m.d.comb += gearbox.i.eq(self.sampler(m))
+        word = self.sampler(m)
+        m.d.comb += [gearbox.i.eq(word), self.fast_word.eq(word)]
         s, r = 2 ** self.sample_bits, gearbox.ratio
         fast_width = self.channels * s
         for c, phy in enumerate(self.phys):

@@ -21,7 +21,7 @@ __all__ = [
     "Kind", "LossCause", "StreamMode", "CAPABILITY_STREAM_FILTER", "STREAM_REGISTERS", "Edge",
     "Source",
     "GATE_BITS", "ATTEMPT_BITS", "MARKER_EVERY_BITS", "CAPABILITY_GATES", "GATES_REGISTERS", "Role",
-    "CAPABILITY_REFERENCES", "ROLE_REGISTERS",
+    "CAPABILITY_REFERENCES", "ROLE_REGISTERS", "CAPABILITY_FAST_HERALD",
     "gates_layout",
     "time_bits", "record_layout", "record_fields", "decode_record",
     "channel_config_layout", "test_signal_layout", "bsm_layout", "BSM_DETECTORS",
@@ -246,6 +246,11 @@ def gates_layout(channels):
 CAPABILITY_STREAM_FILTER = 0b10000
 #: Prefix of the stream-mode registers (not stored in a build without the stream filter).
 STREAM_REGISTERS = ("stream[",)
+#: ``ident.capabilities`` bit: the herald pins of ``early`` rules come from a fast path in the
+#: sampling clock domain (the ULX3S: ``heraldry.gateware.fastherald``) where that is exactly
+#: equivalent to the core's pins (``heraldry.host.config.fast_herald_pins``); the records and
+#: counters are the core's either way. Only the pins' latency differs (docs/boards.md).
+CAPABILITY_FAST_HERALD = 0b1000000
 
 
 def test_signal_layout(channels):

@@ -18,7 +18,7 @@ from ..model.core import HERALD_MODES, ROLES, STREAM_MODES, HeraldRule
 from ..protocol import Edge, Source
 
 __all__ = ["ConfigError", "Acquisition", "EDGES", "TEST_SIGNALS", "BSM_SYNC_CHANNEL",
-           "parse_mask", "parse_herald",
+           "fast_herald_pins", "parse_mask", "parse_herald",
            "herald_rule", "rule_text", "ns_to_bins", "read_config", "read_config_file",
            "CONFIG_FILE_KEYS", "CONFIG_TEST_SIGNAL_KEYS",
            "CONFIG_FILE_MAX_BYTES"]
@@ -771,3 +771,26 @@ class Acquisition:
             coincidence_record_mask=self.coincidence_record_mask,
             stream=tuple(self.stream),
         )
+
+
+def fast_herald_pins(acq):
+    """Bit mask of the herald pins a device with the fast herald path (``ident.capabilities``
+    bit 6, ``protocol.CAPABILITY_FAST_HERALD``) drives from it rather than from the core, for
+    the validated acquisition ``acq`` (docs/boards.md, "The ULX3S's fast herald path").
+
+    A pin is fast only when that is exactly equivalent to the core's pin: every rule on it is
+    ``early``, and every enabled channel reads its pin (no test signal), has delay 0, and is a
+    detector without gate. The gateware decides the same from its registers
+    (``heraldry.gateware.fastherald.fast_pin_mask``)."""
+    sources = acq.sources()
+    for c in range(acq.channels):
+        if not acq.enabled[c]:
+            continue
+        if (acq.delays_bins[c] != 0 or sources[c] != Source.PIN or acq.roles[c] != "detector"
+                or acq.gates_bins[c] is not None):
+            return 0
+    mask = (1 << acq.rules) - 1
+    for rule in acq.herald_rules:
+        if rule.mode != "early":
+            mask &= ~(1 << rule.pin)
+    return mask
