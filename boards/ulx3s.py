@@ -37,6 +37,7 @@ from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth_boards.ulx3s import ULX3S_25F_Platform, ULX3S_85F_Platform
 
+from ..gateware.fastherald import FastHerald
 from ..gateware.phy_ecp5 import ECP5GearboxInputs
 from ..gateware.top import Tagger
 from . import Board, register
@@ -165,12 +166,16 @@ class ULX3STop(Elaboratable):
     ----------
     tagger : Tagger
         Built in :meth:`elaborate` (the PHYs need the requested pins).
+    fast_herald : FastHerald or None
+        The fast herald path (``board.fast_herald``), built in :meth:`elaborate`: the herald
+        pins of early rules from ``sclk`` where exactly equivalent to the core's.
     """
 
     def __init__(self, board, channels):
         self.board = board
         self.channels = channels
         self.tagger = None
+        self.fast_herald = None
 
     def elaborate(self, platform):
         m = Module()
@@ -182,12 +187,29 @@ class ULX3STop(Elaboratable):
         self.tagger = tagger = Tagger(self.channels, rules=len(HERALD_PINS),
                                       clock_hz=board.clock_hz, baud=board.baud,
                                       phys=inputs.phys, gates=board.gates,
-                                      references=board.references)
+                                      references=board.references,
+                                      fast_herald=board.fast_herald)
         m.submodules.tagger = tagger
+        pins = tagger.herald
+        if board.fast_herald:
+            # Early rules' pins from the sampling domain where exactly equivalent to the core's.
+            self.fast_herald = fast = FastHerald(self.channels, tagger.rules, domain="sclk",
+                                                 roles=board.references, gates=board.gates)
+            m.submodules.fast_herald = fast
+            core = tagger.core
+            m.d.comb += [
+                fast.word.eq(inputs.fast_word),
+                fast.phase.eq(inputs.gearbox.phase),
+                fast.config.eq(core.config),
+                fast.run.eq(core.run),
+                fast.clear.eq(core.clear),
+                fast.core_herald.eq(tagger.herald),
+            ]
+            pins = fast.herald
         for r in range(tagger.rules):
             m.submodules[f"herald{r}"] = herald = io.Buffer(
                 "o", platform.request("herald", r, dir="-"))
-            m.d.comb += herald.o.eq(tagger.herald[r])
+            m.d.comb += herald.o.eq(pins[r])
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx = uart_rx = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = uart_tx = io.Buffer("o", uart.tx)
@@ -210,6 +232,10 @@ class ULX3SBoard(Board):
     #: Without gates, the reference role alone (``TaggerCore(references=True)``, capability
     #: bit 5): an input can be a PPS / divided 10 MHz reference (docs/sync.md).
     references = True
+    #: The herald pins of early rules from the fast path in ``sclk``
+    #: (:class:`~heraldry.gateware.fastherald.FastHerald`, capability bit 6) where exactly
+    #: equivalent to the core's (docs/boards.md, "The ULX3S's fast herald path").
+    fast_herald = True
 
     @property
     def crossing_limits_ns(self):

@@ -17,8 +17,8 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .. import __version__
-from ..protocol import (CAPABILITY_GATES, CAPABILITY_REFERENCES, CAPABILITY_STREAM_FILTER,
-                        CAPABILITY_TEST_SIGNAL, Kind)
+from ..protocol import (CAPABILITY_FAST_HERALD, CAPABILITY_GATES, CAPABILITY_REFERENCES,
+                        CAPABILITY_STREAM_FILTER, CAPABILITY_TEST_SIGNAL, Kind)
 from .core import TaggerCore
 from .encoder import Encoder
 from .phy import GenericPHY
@@ -67,6 +67,10 @@ class Tagger(wiring.Component):
     herald_stage : bool
         Herald records' time and pattern selected a cycle after the firing (``TaggerCore``;
         the same records, a few more flip-flops).
+    fast_herald : bool
+        The board's top level drives the herald pins through a fast herald path
+        (:class:`~.fastherald.FastHerald`, outside this component: it needs the sampler's
+        clock); only sets ``ident.capabilities`` bit 6 (``CAPABILITY_FAST_HERALD``).
     link : str
         ``"uart"``: 8N1 serial on ``uart_rx`` / ``uart_tx``. ``"stream"``: the command and
         record byte streams as ``rx`` / ``tx`` stream ports, no UART.
@@ -101,7 +105,7 @@ class Tagger(wiring.Component):
     def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, baud=12_000_000,
                  phy=GenericPHY, phys=None, fifo_depth=256, link="uart", test_signal=True,
                  stream_filter=True, gates=False, references=False,
-                 herald_stage=True):
+                 herald_stage=True, fast_herald=False):
         if link not in LINKS:
             raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
         self.channels = channels
@@ -127,7 +131,8 @@ class Tagger(wiring.Component):
                                       | (CAPABILITY_STREAM_FILTER if stream_filter else 0)
                                       | (CAPABILITY_GATES if gates else 0)
                                       | (CAPABILITY_REFERENCES if references and not gates
-                                         else 0))
+                                         else 0)
+                                      | (CAPABILITY_FAST_HERALD if fast_herald else 0))
         if link == "uart":
             # Built here so that a bad clock/baud pair fails at construction.
             self.uart_rx_unit = UARTRx(self.clock_hz, baud)

@@ -607,7 +607,9 @@ _FIXED_REGISTERS = [
      "gates (clear: the gates.* registers keep their reset values; set: herald records carry "
      "attempt and offset), bit 4 stream "
      "filter (clear: the stream[c] registers keep their reset value, all), bit 5 the "
-     "reference role alone (gates.role[c] stored, REFERENCE honoured; no sync or gates)"),
+     "reference role alone (gates.role[c] stored, REFERENCE honoured; no sync or gates), "
+     "bit 6 fast herald pins (early rules' pins from the sampling clock domain where exactly "
+     "equivalent to the core's; records unchanged)"),
     ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
     ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
     ("control.clear",          0x011, "wo", 0, 0, 1,

@@ -646,8 +646,8 @@ def test_tagger_without_test_signal_says_so():
     from amaranth.hdl import Fragment
     from heraldry.gateware.top import Tagger
     # ident.capabilities: bit 0 test signal, bit 1 coincidence records, bit 2 herald outputs,
-    # bit 3 gates, bit 4 stream filter, bit 5 references alone (protocol.py's register
-    # documentation).
+    # bit 3 gates, bit 4 stream filter, bit 5 references alone, bit 6 fast herald pins
+    # (protocol.py's register documentation).
     for test_signal, stream_filter, gates, references, capabilities in (
             (False, True, False, False, 0b10110), (True, True, False, False, 0b10111),
             (False, False, False, False, 0b00110), (False, False, False, True, 0b100110),
@@ -656,6 +656,9 @@ def test_tagger_without_test_signal_says_so():
                         stream_filter=stream_filter, gates=gates, references=references)
         assert tagger.registers.ident["ident.capabilities"] == capabilities
         Fragment.get(tagger, None)        # elaborates: it must, and it is then "used"
+    tagger = Tagger(2, 1, clock_hz=12_000_000, baud=3_000_000, fast_herald=True)
+    assert tagger.registers.ident["ident.capabilities"] == 0b1010111    # bit 6: fast herald
+    Fragment.get(tagger, None)
 
 
 def test_tool_env_keeps_user_choices(monkeypatch):

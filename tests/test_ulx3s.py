@@ -170,3 +170,21 @@ def test_board_builds_gates_and_says_so(board):
     Fragment.get(top, icebreaker.platform())
     assert not top.tagger.core.gates and top.tagger.core.herald_stage
     assert not top.tagger.registers.ident["ident.capabilities"] & CAPABILITY_GATES
+
+
+def test_ulx3s_top_has_the_fast_herald_path():
+    """The ULX3S's herald pins come through the fast herald path (capability bit 6), fed by the
+    input block's sclk word register and group phase; the iCEBreaker has no such path."""
+    from amaranth.hdl import Fragment
+    from heraldry.boards import get_board
+    from heraldry.gateware.fastherald import FastHerald
+    from heraldry.protocol import CAPABILITY_FAST_HERALD
+    top = ULX3S_85F.top(4)
+    Fragment.get(top, ULX3S_85F.platform())
+    assert isinstance(top.fast_herald, FastHerald) and top.fast_herald.channels == 4
+    assert top.fast_herald.gates and top.fast_herald.roles
+    assert top.tagger.registers.ident["ident.capabilities"] & CAPABILITY_FAST_HERALD
+    icebreaker = get_board("icebreaker")
+    top = icebreaker.top(2)
+    Fragment.get(top, icebreaker.platform())
+    assert not top.tagger.registers.ident["ident.capabilities"] & CAPABILITY_FAST_HERALD
