@@ -12,7 +12,10 @@
      "window_ns"}}
 
 ``herald_latency_ns`` is simulated for the board's input block at every build
-(:func:`heraldry.sim.latency.board_latency`, about 15 s for the ULX3S's sweep of clock phases).
+(:func:`heraldry.sim.latency.board_latency`, about 15 s for the ULX3S's sweep of clock phases);
+a board with a fast herald path (the ULX3S) gives ``early`` through it and adds
+``early_core`` (the core's early figure, for a pin the path does not drive) and
+``early_conditions`` (when a pin is the fast path's).
 
 Clocks are named after their Amaranth domains (``sync``, ``fast``, ``sclk``). nextpnr does not
 time paths between two clocks; it reports their longest delay, which goes into ``crossings``.

@@ -21,12 +21,19 @@ later to compensate, see :data:`SAMPLER_DELAY`). The ECP5 figures are therefore 
 
 :data:`MEASURED` holds the figures per input block, in core clock periods (they scale with the
 clock); ``tests/gateware/test_herald_latency.py`` checks them against :func:`measure`.
+
+The ULX3S's ``early`` rules have a second path: :class:`~heraldry.gateware.fastherald.FastHerald`
+in the sampling domain, which drives a pin only where it is exactly equivalent to the core's
+(:func:`heraldry.host.config.fast_herald_pins`: every rule on the pin early, every enabled channel
+on its pin with delay 0, no roles or gates). ``measure(..., fast=True)`` measures the early pin
+through it (the measurement's settings qualify); :data:`MEASURED_FAST` holds its figures.
 """
 
 from fractions import Fraction
 
 __all__ = ["measure", "board_latency", "latency_ns", "herald_latency_seconds", "MEASURED",
-           "SAMPLER_DELAY", "WINDOW_CYCLES", "BLOCK_BY_FINE_BITS"]
+           "MEASURED_FAST", "FAST_CONDITIONS", "SAMPLER_DELAY", "WINDOW_CYCLES",
+           "BLOCK_BY_FINE_BITS"]
 
 #: The exact rule's window in the measurement, in core cycles (the smallest window: one cycle).
 WINDOW_CYCLES = 1
@@ -49,6 +56,14 @@ MEASURED = {
                           "exact": (Fraction(121, 16), Fraction(19, 2))},
 }
 
+#: ``early`` pin latency through the fast herald path, per input block that has one, in core
+#: clock periods over every phase (the path runs in the sampling clock alone, so the phase of
+#: the core clock does not change it): :func:`measure` with ``fast=True``. Only for a pin the
+#: fast path drives (:func:`heraldry.host.config.fast_herald_pins`); other pins: :data:`MEASURED`.
+MEASURED_FAST = {
+    "ECP5GearboxInputs": {"early": (Fraction(25, 16), Fraction(29, 16))},
+}
+
 #: The input block a device has, told by its fine bits (``ident.fine_bits``): each known block
 #: gives a different number (the virtual boards and any single-clock build have the generic PHY).
 BLOCK_BY_FINE_BITS = {0: "GenericPHY", 2: "ICE40DDRInputs", 4: "ECP5GearboxInputs"}
@@ -67,7 +82,7 @@ def _block(name, channels):
             "ECP5GearboxInputs": ECP5GearboxInputs}[name](channels=channels, sim=True)
 
 
-def measure(block="ECP5GearboxInputs", *, phases=None, channels=2):
+def measure(block="ECP5GearboxInputs", *, phases=None, channels=2, fast=False):
     """Herald latency of ``block`` (a name in :data:`SAMPLER_DELAY`) in core clock periods.
 
     ``phases``: the core clock's phase against the sampling clock, in sampling-clock periods
@@ -79,15 +94,22 @@ def measure(block="ECP5GearboxInputs", *, phases=None, channels=2):
     ``"early_per_position"`` / ``"exact_per_position"``: for each sample position of a core
     cycle (0 first), the latency from that sample instant (the ``min`` side).
 
+    ``fast``: the ``early`` pin through the fast herald path (:data:`MEASURED_FAST`; only the
+    ECP5 block has one), watched at every sampling-clock edge; ``exact`` is the core's as
+    without it (its pin is not eligible).
+
     Raises RuntimeError if a herald did not rise once per pin edge (a broken core)."""
+    if fast and block not in MEASURED_FAST:
+        raise ValueError(f"{block} has no fast herald path")
     per_phase = {}
     first = Fraction(0) if phases is None else Fraction(phases[0])
-    per_phase[first], ratio, elastic = _measure_phase(block, first, channels)
+    per_phase[first], ratio, elastic = _measure_phase(block, first, channels, fast)
     if phases is None:
         phases = [Fraction(k, 4) for k in range(4 * ratio)] if elastic else [first]
     for phase in phases:
         if Fraction(phase) not in per_phase:
-            per_phase[Fraction(phase)] = _measure_phase(block, Fraction(phase), channels)[0]
+            per_phase[Fraction(phase)] = _measure_phase(block, Fraction(phase), channels,
+                                                        fast)[0]
     result = {"per_phase": per_phase}
     for mode in ("early", "exact"):
         result[mode] = (min(p[mode][0] for p in per_phase.values()),
@@ -95,12 +117,12 @@ def measure(block="ECP5GearboxInputs", *, phases=None, channels=2):
     return result
 
 
-def _measure_phase(block, phase, channels):
+def _measure_phase(block, phase, channels, fast_block=False):
     from amaranth.hdl import Module
     from amaranth.sim import Simulator
 
     from ..gateware.core import TaggerCore
-    from ..host.config import Acquisition
+    from ..host.config import Acquisition, fast_herald_pins
     from ..model import HeraldRule
 
     inputs = _block(block, channels)
@@ -115,6 +137,19 @@ def _measure_phase(block, phase, channels):
         ratio = 2 ** (fine_bits - inputs.sample_bits)
         elastic = inputs.gearbox.elastic
     m.submodules.core = core
+    pins = core.herald
+    if fast_block:
+        from ..gateware.fastherald import FastHerald
+        m.submodules.fast = fh = FastHerald(channels, 2, domain=fast)
+        m.d.comb += [
+            fh.word.eq(inputs.fast_word),
+            fh.phase.eq(inputs.gearbox.phase),
+            fh.config.eq(core.config),
+            fh.run.eq(core.run),
+            fh.clear.eq(core.clear),
+            fh.core_herald.eq(core.herald),
+        ]
+        pins = fh.herald
     acq = Acquisition(channels=channels, rules=2, fine_bits=fine_bits,
                       window_bins=WINDOW_CYCLES * 2 ** fine_bits, test_signal="off",
                       herald_rules=[HeraldRule(0b1, 0, "early", 0), HeraldRule(0b1, 0, "exact", 1)],
@@ -132,8 +167,10 @@ def _measure_phase(block, phase, channels):
         return any(f <= i < f + _GAP_CYCLES * per_cycle // 2 for f in first)
 
     rises = {0: [], 1: []}
+    fast_rises = []
 
     async def driver(ctx):
+        before = 0
         for j in range(n_cycles * ratio):
             if inputs is None:
                 ctx.set(core.pins, int(level(j)))
@@ -143,6 +180,11 @@ def _measure_phase(block, phase, channels):
                     bits |= int(level((j - delay) * per_fast + s)) << s
                 ctx.set(inputs.samples, bits)     # channel 0's samples; the others stay low
             await ctx.tick(fast)
+            if fast_block:
+                now = ctx.get(pins[0])
+                if now and not before:
+                    fast_rises.append(j)      # sampling edge j: T/2 + j*T
+                before = now
 
     async def watcher(ctx):
         ctx.set(core.config, acq.gateware_config())
@@ -151,7 +193,7 @@ def _measure_phase(block, phase, channels):
         for k in range(n_cycles):
             await ctx.tick("sync")
             for pin in (0, 1):
-                now = ctx.get(core.herald[pin])
+                now = ctx.get(pins[pin])
                 if now and not before[pin]:
                     rises[pin].append(k)
                 before[pin] = now
@@ -165,6 +207,11 @@ def _measure_phase(block, phase, channels):
     sim.add_testbench(driver)
     sim.add_testbench(watcher)
     sim.run()
+    if fast_block:
+        if fast_herald_pins(acq) != 0b01:
+            raise RuntimeError("the measurement's early pin must be fast, its exact pin not")
+        # The early pin seen at every sampling edge: a rise there is the fast path's.
+        rises[0] = [Fraction(j - phase, ratio) for j in fast_rises]
     out = {}
     for pin, mode in ((0, "early"), (1, "exact")):
         if len(rises[pin]) != len(first):
@@ -195,15 +242,34 @@ def latency_ns(periods, clock_hz, window_cycles=WINDOW_CYCLES):
 def board_latency(board, *, phases=None):
     """:func:`latency_ns` of :func:`measure` for a :class:`heraldry.boards.Board` (its ``phy``
     and ``clock_hz``), simulated now: the figure ``report.json`` carries as
-    ``herald_latency_ns``."""
-    return latency_ns(measure(board.phy.__name__, phases=phases), board.clock_hz)
+    ``herald_latency_ns``. A board with a fast herald path (``board.fast_herald``) gives
+    ``early`` through it, the core's early figure as ``early_core`` (a pin the fast path does
+    not drive) and the fast path's conditions as ``early_conditions``."""
+    block = board.phy.__name__
+    out = latency_ns(measure(block, phases=phases), board.clock_hz)
+    if getattr(board, "fast_herald", False):
+        fast = latency_ns(measure(block, phases=phases, fast=True), board.clock_hz)
+        out["early_core"] = out["early"]
+        out["early"] = fast["early"]
+        out["early_conditions"] = FAST_CONDITIONS
+    return out
 
 
-def herald_latency_seconds(clock_hz, fine_bits, mode="early"):
+#: When a pin's ``early`` latency is the fast path's (``report.json``'s
+#: ``herald_latency_ns.early_conditions``).
+FAST_CONDITIONS = ("fast herald path: every rule on the pin early; every enabled channel on its "
+                   "pin (no test signal), delay 0, a detector without gate")
+
+
+def herald_latency_seconds(clock_hz, fine_bits, mode="early", *, fast=False):
     """The worst-case pin-to-pin herald latency in seconds (:data:`MEASURED` ``max``) of a
     device with this ``clock_hz`` and ``fine_bits`` (its identity), for ``mode`` rules (exact:
-    with a one-cycle window); None for fine bits of no measured input block."""
+    with a one-cycle window); None for fine bits of no measured input block. ``fast``: the pin
+    is driven by the device's fast herald path (``ident.capabilities`` bit 6 and
+    :func:`heraldry.host.config.fast_herald_pins` for the run's settings): ``early`` then
+    comes from :data:`MEASURED_FAST` (where the block has one)."""
     block = BLOCK_BY_FINE_BITS.get(fine_bits)
     if block is None:
         return None
-    return float(MEASURED[block][mode][1] / clock_hz)
+    table = MEASURED_FAST.get(block, {}) if fast else {}
+    return float(table.get(mode, MEASURED[block][mode])[1] / clock_hz)
