@@ -60,13 +60,13 @@ import time
 
 import numpy as np
 
-from ..protocol import Kind, LossCause
+from ..protocol import CAPABILITY_FAST_HERALD, Kind, LossCause
 from ..sim.latency import herald_latency_seconds
-from .config import ConfigError
+from .config import ConfigError, fast_herald_pins
 from .events import EVENT_DTYPE
 
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
-           "decode_events", "request", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
+           "decode_events", "request", "early_latency_seconds", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
            "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES", "CONTROL_COMMANDS",
            "LATENCY_BUCKETS_S", "PAIR_DELAY_BUCKETS_S", "PAIR_DELAY_RANGE_S", "pair_delays",
            "LOOPBACK_BUCKET_PERIODS", "LOOPBACK_GUARD_CYCLES", "loopback_latencies",
@@ -254,6 +254,22 @@ def _group(counters, group, size):
     return [0] * size if counts is None else counts
 
 
+def early_latency_seconds(identity, acq):
+    """``heraldry_herald_latency_seconds``: the worst-case pin latency of an early rule on the
+    device ``identity`` (its clock, fine bits and capabilities), run with ``acq``: the fast
+    herald path's figure only if the device has one (``CAPABILITY_FAST_HERALD``) and it drives
+    the pin of every early rule of ``acq`` (:func:`~.config.fast_herald_pins`), else the
+    core's; None for an input block not measured."""
+    fast = False
+    if acq is not None and identity.capabilities & CAPABILITY_FAST_HERALD:
+        early = 0
+        for rule in acq.herald_rules:
+            if rule.mode == "early":
+                early |= 1 << rule.pin
+        fast = bool(early) and fast_herald_pins(acq) & early == early
+    return herald_latency_seconds(identity.clock_hz, identity.fine_bits, fast=fast)
+
+
 def _attempts(acq, counters):
     """Attempts of a run: its sync channel's edges (singles counter), 0 without a sync."""
     sync = getattr(acq, "sync_channel", None)
@@ -366,9 +382,10 @@ class _Collector:
         yield GaugeMetricFamily("heraldry_herald_rate_floor_hz",
                                 "herald rate below which to alert (0: none)",
                                 value=s.herald_floor_hz)
-        # The board's simulated figure (its input block, told by the fine bits); none for an
-        # input block not measured.
-        latency = herald_latency_seconds(s.identity.clock_hz, s.identity.fine_bits)
+        # The board's simulated figure (its input block, told by the fine bits; its fast
+        # herald path's where that drives the early rules' pins); none for an input block
+        # not measured.
+        latency = early_latency_seconds(s.identity, s.acq)
         g = GaugeMetricFamily("heraldry_herald_latency_seconds",
                               "detector edge to herald pin, early rule, worst case (simulated)")
         if latency is not None:

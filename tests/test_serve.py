@@ -616,8 +616,8 @@ def test_herald_latency_is_the_boards(clock_hz, fine_bits, periods):
     from types import SimpleNamespace
 
     from heraldry.host.serve import _Collector
-    identity = SimpleNamespace(clock_hz=clock_hz, fine_bits=fine_bits)
-    server = SimpleNamespace(_lock=threading.Lock(), rates={},
+    identity = SimpleNamespace(clock_hz=clock_hz, fine_bits=fine_bits, capabilities=0)
+    server = SimpleNamespace(_lock=threading.Lock(), rates={}, acq=None,
                              dropped={cause: 0 for cause in DROP_CAUSES}, decode_errors=0,
                              publish_refused={}, published={}, link_up=True, running=True,
                              identity=identity, herald_floor_hz=0.0, started=time.monotonic(),
@@ -1260,3 +1260,36 @@ def test_with_loopback_reads_the_spare_input_and_refuses_a_loop():
                       (0, 2), 4, 2)
     with pytest.raises(ConfigError, match="no herald rule drives herald output 1"):
         with_loopback(Acquisition(herald_masks=[0b0011]), (1, 2), 4, 2)
+
+
+def test_herald_latency_gauge_is_the_fast_figure_only_for_fast_early_pins():
+    """heraldry_herald_latency_seconds on a device with the fast herald path (the ULX3S,
+    ident.capabilities bit 6): the fast figure (36.25 ns) when every early rule's pin is driven
+    by it; the core's (151.25 ns) when a delayed channel, the test signal or an exact rule on
+    the same pin leaves a pin to the core, or the device has no fast path."""
+    from heraldry.host.serve import early_latency_seconds
+    from heraldry.model import HeraldRule
+    from heraldry.protocol import CAPABILITY_FAST_HERALD
+    ulx3s = SimpleNamespace(clock_hz=50_000_000, fine_bits=4, capabilities=0b11111)
+    fast_ulx3s = SimpleNamespace(clock_hz=50_000_000, fine_bits=4,
+                                 capabilities=0b11111 | CAPABILITY_FAST_HERALD)
+
+    def acq(**kw):
+        base = dict(channels=4, rules=2, fine_bits=4, bin_ps=1250, clock_hz=50e6,
+                    window_bins=16, test_signal="off",
+                    herald_rules=[HeraldRule(0b0011, 0, "early", 0),
+                                  HeraldRule(0b1100, 0, "exact", 1)])
+        a = Acquisition(**(base | kw))
+        a.validate()
+        return a
+
+    assert early_latency_seconds(fast_ulx3s, acq()) == pytest.approx(36.25e-9)
+    assert early_latency_seconds(ulx3s, acq()) == pytest.approx(151.25e-9)
+    assert early_latency_seconds(fast_ulx3s, acq(delays_bins=[0, 0, 0, 8])) == pytest.approx(
+        151.25e-9)
+    assert early_latency_seconds(fast_ulx3s, acq(test_signal="pairs")) == pytest.approx(
+        151.25e-9)
+    shared = [HeraldRule(0b0011, 0, "early", 0), HeraldRule(0b1100, 0, "exact", 0)]
+    assert early_latency_seconds(fast_ulx3s, acq(herald_rules=shared)) == pytest.approx(
+        151.25e-9)
+    assert early_latency_seconds(fast_ulx3s, None) == pytest.approx(151.25e-9)
