@@ -47,7 +47,8 @@ from pathlib import Path
 from ..sim.latency import board_latency
 
 
-__all__ = ["BuildError", "NAME", "FATAL_CHECKS", "tool_env", "plan", "build", "parse_nextpnr",
+__all__ = ["BuildError", "NAME", "FATAL_CHECKS", "YOSYS_AFTER_READ", "tool_env", "plan", "build",
+           "parse_nextpnr",
            "parse_crossings", "bitstream_path", "find_tool", "timed_clocks",
            "check_constraints", "expected_pins", "constraint_pins", "check_pins",
            "icetime_command", "parse_icetime", "run_icetime", "parse_sdf",
@@ -68,6 +69,15 @@ YOWASP_TOOLS = {
 #: Checks whose failure fails the build (``BuildError`` after ``report.json`` is written);
 #: the timing checks ("icetime", "crossing hold") only make ``timing_met`` false.
 FATAL_CHECKS = ("constraints", "pins")
+
+#: Yosys commands run right after the design is read, per FPGA family. ECP5: the wires whose
+#: names end in "]" (Amaranth names array elements and view fields so: ``config.channel[0]``)
+#: get private names. Yosys 0.70's abc9 stops on the 8-channel ULX3S build with gates
+#: (``Assert GetSize(conn.first) == GetSize(conn.second)`` in ``ABC_OPS_REINTEGRATE``), which
+#: names its mapped bits ``wire[bit]``, so that a wire ``x`` and a wire ``x[1]`` of several bits
+#: can meet under one name; with the bracketed names private it synthesises (as it does with
+#: Yosys 0.69). The names only change in the netlist; nextpnr's reports show them with a ``$``.
+YOSYS_AFTER_READ = {"ecp5": "rename -hide w:*]"}
 
 #: Seconds between "still running" progress lines of a step.
 HEARTBEAT_SECONDS = 30
@@ -137,7 +147,11 @@ def plan(board, channels=None, out=None, *, seed=None):
     nextpnr_opts = f"--seed {int(seed)} --report {NAME}.report.json --timing-allow-fail"
     if _family(platform) == "ice40":
         nextpnr_opts += f" --sdf {NAME}.sdf"
-    build_plan = platform.prepare(board.top(channels), name=NAME, nextpnr_opts=nextpnr_opts)
+    overrides = {}
+    if _family(platform) in YOSYS_AFTER_READ:
+        overrides["script_after_read"] = YOSYS_AFTER_READ[_family(platform)]
+    build_plan = platform.prepare(board.top(channels), name=NAME, nextpnr_opts=nextpnr_opts,
+                                  **overrides)
     if out is not None:
         build_plan.extract(str(out))
     return build_plan

@@ -117,6 +117,7 @@ def test_icebreaker_plan_pins_and_clock(tmp_path):
     # Only the oscillator pin: nextpnr derives 48 and 24 MHz through the PLL (constraints on
     # the PLL output nets were dropped: synthesis renames them).
     assert freqs == {"clk12_0__io": "12.0"}
+    assert "rename" not in (tmp_path / "heraldry.ys").read_text()   # only the ECP5's (build.py)
     rtlil = (tmp_path / "heraldry.il").read_text()
     # 48 MHz = 12 MHz * 64 / 2**4 (VCO 768 MHz) on port A, GENCLK_HALF (24 MHz) on port B.
     assert "SB_PLL40_2F_PAD" in rtlil

@@ -81,6 +81,12 @@ def test_plan(board, channels, tmp_path):
     assert len(set(re.findall(r"connect \\D \\(det_\d+)__io", il))) == channels
     assert "build_heraldry.sh" in plan.files
     assert len(DETECTOR_PINS) >= board.max_channels
+    # Yosys 0.70's abc9 needs the bracketed wire names private (build.YOSYS_AFTER_READ): right
+    # after the design is read, before synthesis.
+    ys = [line.strip() for line in (tmp_path / "heraldry.ys").read_text().splitlines()]
+    read = ys.index("read_rtlil heraldry.il")
+    assert ys[read + 1] == "rename -hide w:*]"
+    assert any(line.startswith("synth_ecp5") for line in ys[read + 2:])
 
 
 class PHYProbe(Elaboratable):
