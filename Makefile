@@ -25,7 +25,8 @@ demo: $(STAMP)
 	    --out demo.npz --summary-json demo-summary.json
 
 # The second demo: psi- heralds of a Bell-state measurement (the test signal's BSM source, the
-# sync on channel 4) against the reference model (host/bsm_demo.py has the settings).
+# sync on channel 4 gating the detectors) against the reference model (host/bsm_demo.py has
+# the settings).
 demo-bsm: $(STAMP)
 	$(BIN)/python -m heraldry.host.bsm_demo --out demo-bsm.npz --summary-json demo-bsm-summary.json
 

@@ -1,12 +1,14 @@
 """The BSM herald demo (``make demo-bsm``): psi- heralds on the virtual board against the model.
 
 Runs ``heraldry acquire`` on the virtual board with the test signal's Bell-state-measurement
-source (detectors D0..D3 on channels 0..3, the sync on channel 4) and the two exact psi- rules
-on herald pin 0, prints the usual summary, then one line per rule: the board's herald count,
-the reference model's for the same seed and run (the bit-exact test-signal model and the core
-model, the run placed by its streamed tags: :func:`model_heralds`), and the count expected from
-the source's probabilities alone (psi- events with both photons detected, no dark counts), with
-its standard deviation.
+source (detectors D0..D3 on channels 0..3, the sync on channel 4: the board's attempt clock,
+``--sync 4``, gating D0..D3 to :data:`DEMO_GATE_NS` after each sync edge) and the two exact
+psi- rules on herald pin 0, prints the usual summary, then one line per rule: the board's
+herald count, the reference model's for the same seed and run (the bit-exact test-signal model
+and the core model, the run placed by its streamed tags and the board's counters:
+:func:`model_heralds`), the count expected from the source's probabilities alone (psi- events
+with both photons detected, no dark counts) with its standard deviation, and the model's count
+for the same events without the gates (the false heralds the gates keep out).
 
 Usage: ``python -m heraldry.host.bsm_demo [acquire options...]``; any ``heraldry acquire``
 option given here replaces the demo's own (:data:`DEMO_OPTIONS`). Exit status: that of
@@ -14,6 +16,7 @@ option given here replaces the demo's own (:data:`DEMO_OPTIONS`). Exit status: t
 the model cannot place the run (events dropped).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -34,27 +37,45 @@ DEMO_OPTIONS = {
     "--bsm-psi-minus": "0.5", "--efficiency": "0.8", "--dark-rate": "2e4", "--seed": "1",
 }
 
+#: The test signal's sync channel (the periodic source), when the board has it.
+SYNC_CHANNEL = 4
+#: The gate on D0..D3 with the sync on :data:`SYNC_CHANNEL` (offset and width in ns after the
+#: sync edge): 100 ns around the photons' arrival (``--bsm-offset`` 5000 ns), 1 % of the period.
+DEMO_GATE_NS = (4950.0, 100.0)
+
 # Cycles of slack on each bound of the clear command beyond its round trip (as the link tests
 # use).
 _SLACK = 4
 
 
-def model_heralds(acq, channel, time_bins, device_cycles):
+def model_heralds(acq, channel, time_bins, device_cycles, counters=None, ungated=False):
     """Herald counts per rule that the reference model gives for the run whose streamed tags
-    are ``channel`` and ``time_bins`` (delayed bins from the run start), or ``None`` if no
-    test-signal start explains them.
+    are ``channel`` and ``time_bins`` (delayed bins from the run start), or ``None`` if the
+    model cannot place the run.
 
     The test signal restarts at the clear, which ``device_cycles`` (the acquire summary's
     command bounds) places to within one command round trip; the one start within those bounds
     at which the bit-exact source model (``heraldry.model.testsignal``) gives every streamed tag
-    is the run's. Every event in the run gate is streamed when nothing was dropped, so the gate
-    from the first to the last tag holds exactly the board's events, and the core model
-    (``heraldry.model.simulate``) over it gives the board's herald counters."""
+    is the run's. The run gate opened within the start command's bounds and closed within the
+    stop's: every generated event from the first streamed tag to the last is in it, and of the
+    few the source generated within the bounds (a sync edge, an event gated out: neither is
+    streamed) the board's counters say which were. So the core model
+    (``heraldry.model.simulate``) is run for each gate those events allow, and a gate counts
+    when its singles (the sync channel's: its attempts) and gated-out events equal the board's
+    ``counters`` (``{"singles", "gated_out"}`` lists; without them, and with no sync channel,
+    the gate is the first to the last tag as before). Every gate that counts must give the same
+    herald counts, or the answer is ``None``.
+
+    ``ungated``: return ``(counts, ungated_counts)``, the second for the same events and run
+    gate with every channel's gate removed (the sync still the attempt clock, never in a
+    window): what the heralds would be without the gates (``None`` if that is not unique)."""
     from .. import model
     from ..model import testsignal as tsmodel
     if not device_cycles or len(channel) == 0:
         return None
-    clear, stop = device_cycles["clear"], device_cycles["stop"]
+    clear, start, stop = (device_cycles.get(name) for name in ("clear", "start", "stop"))
+    if clear is None or stop is None:
+        return None
     delays = np.asarray(acq.delays_bins, np.int64)
     inputs = np.asarray(time_bins, np.int64) - delays[channel]     # input bins from run start
     lo, hi = clear[0] - _SLACK, clear[1] + _SLACK + 2             # PHY latency and the clear
@@ -72,10 +93,41 @@ def model_heralds(acq, channel, time_bins, device_cycles):
     if found is None:
         return None
     rise = [times + found for times in ks]
-    gate = [(int(inputs.min()), int(inputs.max()) + 1)]
-    result = model.simulate(rise, [np.zeros(0, np.int64)] * acq.channels, acq.model_settings(),
-                            gate=gate)
-    return [int(count) for count in result.herald_counts[:len(acq.herald_rules)]]
+    no_fall = [np.zeros(0, np.int64)] * acq.channels
+    first, last = int(inputs.min()), int(inputs.max())
+    if counters is None or start is None:
+        if any(role != "detector" for role in acq.roles) or any(
+                g is not None for g in acq.gates_bins):
+            return None              # events that are not streamed: the counters must place it
+        gates = [(first, last + 1)]
+    else:
+        every = np.concatenate(rise)
+        begin_lo = min(first, start[0] - _SLACK)
+        end_hi = max(last + 1, stop[1] + _SLACK + 2)
+        starts = [first] + np.unique(every[(every >= begin_lo) & (every < first)]).tolist()
+        ends = [last + 1] + (np.unique(every[(every > last) & (every < end_hi)]) + 1).tolist()
+        gates = [(b, e) for b in starts for e in ends]
+    settings = acq.model_settings()
+    rules = len(acq.herald_rules)
+    answers, placed = set(), []
+    for gate in gates:
+        result = model.simulate(rise, no_fall, settings, gate=[gate])
+        if counters is not None and start is not None and (
+                result.singles.tolist() != list(counters["singles"])
+                or result.gated_out.tolist() != list(counters["gated_out"])):
+            continue
+        answers.add(tuple(int(c) for c in result.herald_counts[:rules]))
+        placed.append(gate)
+    if len(answers) != 1:
+        return (None, None) if ungated else None
+    counts = list(answers.pop())
+    if not ungated:
+        return counts
+    free = dataclasses.replace(settings, channel=tuple(
+        dataclasses.replace(ch, gate=None) for ch in settings.channel))
+    others = {tuple(int(c) for c in model.simulate(rise, no_fall, free, gate=[gate])
+                    .herald_counts[:rules]) for gate in placed}
+    return counts, (list(others.pop()) if len(others) == 1 else None)
 
 
 def expected_heralds(acq, attempts):
@@ -99,6 +151,17 @@ def _demo_args(argv):
     if "--herald" not in given:
         for rule in PSI_MINUS_RULES:
             args += ["--herald", rule]
+    channels = int(DEMO_OPTIONS["--channels"])
+    for i, arg in enumerate(argv):
+        if arg.startswith("--channels"):
+            value = arg.split("=", 1)[1] if "=" in arg else (
+                argv[i + 1] if i + 1 < len(argv) else "")
+            channels = int(value) if value.isdigit() else 0
+    if not {"--sync", "--gate"} & given and channels > SYNC_CHANNEL:
+        # The attempt clock gates the detectors: dark counts herald only inside the gate.
+        args += ["--sync", str(SYNC_CHANNEL)]
+        for c in range(4):
+            args += ["--gate", f"{c}:{DEMO_GATE_NS[0]:g}:{DEMO_GATE_NS[1]:g}"]
     return args + list(argv)
 
 
@@ -136,8 +199,16 @@ def main(argv=None):
         sys.stderr.write(f"heraldry: error: {error}\n")
         return cli.EXIT_USAGE
     period_s = acq.period_cycles / acq.clock_hz
-    attempts = summary["duration_s"] / period_s
-    where = ("on channel 4" if acq.channels > 4 else "not on a channel: the board has 4")
+    sync = [c for c, role in enumerate(acq.roles) if role == "sync"]
+    gated = bool(sync) and any(g is not None for g in acq.gates_bins)
+    if sync and summary.get("attempts"):
+        attempts = summary["attempts"]          # the board's count of sync edges in the run
+    else:
+        attempts = summary["duration_s"] / period_s
+    if sync:
+        where = f"on channel {sync[0]}, the board's attempt clock"
+    else:
+        where = ("on channel 4" if acq.channels > 4 else "not on a channel: the board has 4")
     efficiency = ", ".join(f"{e:g}" for e in acq.bsm_efficiencies)
     if len(set(acq.bsm_efficiencies)) == 1:
         efficiency = f"{acq.bsm_efficiencies[0]:g}"
@@ -145,22 +216,37 @@ def main(argv=None):
           f"{where}), event {acq.bsm_event_probability:g} per attempt, psi- "
           f"{acq.bsm_psi_minus:g}, efficiency {efficiency}, dark counts "
           f"{acq.dark_rate_hz:g}/s per detector")
-    counts = None
+    if gated:
+        gates = sorted({g for g in acq.gates_bins if g is not None})
+        text = ", ".join(f"{g[0] * acq.bin_ps / 1e3:g}-{(g[0] + g[1]) * acq.bin_ps / 1e3:g} ns"
+                         for g in gates)
+        print(f"  gates after each sync edge: {text}; gated out (not in any window): "
+              f"{sum(summary.get('gated_out') or [])} events")
+    counts = ungated = None
     if tags is not None:
-        counts = model_heralds(acq, tags["channel"].astype(np.int64),
-                               tags["time_ps"] // acq.bin_ps, summary.get("device_cycles"))
+        counters = {"singles": summary["singles"],
+                    "gated_out": summary.get("gated_out") or [0] * acq.channels}
+        counts, ungated = model_heralds(acq, tags["channel"].astype(np.int64),
+                                        tags["time_ps"] // acq.bin_ps,
+                                        summary.get("device_cycles"), counters, ungated=True)
     if counts is None:
         print("  (the model could not place the run: no tags, or a start that is not unique)")
         return cli.EXIT_FAILED
     expected = expected_heralds(acq, attempts)
-    print(f"  {'rule':<30} {'board':>7} {'model':>7} {'psi- events, no darks':>23}")
+    extra = gated and ungated is not None
+    print(f"  {'rule':<30} {'board':>7} {'model':>7} {'psi- events, no darks':>23}"
+          + (f" {'model, no gates':>16}" if extra else ""))
     outside = False
     for rule, (text, count) in enumerate(zip(summary["herald_rules"], summary["heralds"])):
         outside |= count != counts[rule]
         psi = own_rules and rule < 2
         mean = f"{expected[rule][0]:.0f} +- {expected[rule][1]:.0f}" if psi else "-"
         print(f"  {rule} {text:<28} {count:>7} {counts[rule]:>7} {mean:>23}"
+              + (f" {ungated[rule]:>16}" if extra else "")
               + ("" if count == counts[rule] else "  DIFFERS from the model"))
+    if extra:
+        print(f"  without the gates the same events would give "
+              f"{sum(ungated) - sum(counts)} more heralds (dark counts outside the gates)")
     if outside:
         return cli.EXIT_FAILED
     return status

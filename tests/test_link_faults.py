@@ -39,6 +39,8 @@ from test_decoder import assert_same, expected, random_cuts
 from test_wire import groups_of, lost_groups, random_records
 
 CHANNELS, RULES = 4, 2
+#: The virtual board is built with the gates option: HERALD records carry attempt and offset.
+GATES = True
 BIN_PS = 10_000
 
 
@@ -228,17 +230,17 @@ def test_fault_rates_are_checked():
 
 # -- The decoders: one fault at every byte ------------------------------------------------------
 
-def _events_by_group(data, bin_fs):
+def _events_by_group(data, bin_fs, gates=False):
     """``expected()``'s events of a clean stream and the group index of each (ANCHOR and TIME
     records open groups, ``test_wire.groups_of``)."""
-    records, _ = decode_bytes(data, CHANNELS, RULES)
+    records, _ = decode_bytes(data, CHANNELS, RULES, gates=gates)
     group, index = -1, []
     for rec in records:
         if rec["kind"] in ("anchor", "time"):
             group += 1
         elif rec["kind"] not in ("check", "reply", "status"):
             index.append(group)
-    events = expected(data, CHANNELS, RULES, bin_fs=bin_fs)[0]
+    events = expected(data, CHANNELS, RULES, bin_fs=bin_fs, gates=gates)[0]
     assert len(events) == len(index)
     return events, np.array(index)
 
@@ -417,9 +419,9 @@ def check_accounting(result, stats, relay):
     """The invariant of the module docstring."""
     clean = relay.clean
     # the board's own stream is perfect, and it carries every tag the board counted
-    clean_records, clean_errors = decode_bytes(clean, CHANNELS, RULES)
+    clean_records, clean_errors = decode_bytes(clean, CHANNELS, RULES, gates=GATES)
     assert clean_errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
-    events, group_of = _events_by_group(clean, BIN_PS * 1000)
+    events, group_of = _events_by_group(clean, BIN_PS * 1000, GATES)
     tags = events["kind"] == Kind.TAG.value
     singles = np.bincount(events["channel"][tags], minlength=CHANNELS).tolist()
     assert result.counters["singles"] == singles        # read over the faulty link, confirmed
@@ -434,7 +436,7 @@ def check_accounting(result, stats, relay):
     errors = {"decode_errors": 0, "unverified": 0}
     cuts = [0, *stats["stream_ends"], len(relay.delivered)]
     for begin, end in zip(cuts, cuts[1:]):
-        _, part = decode_bytes(relay.delivered[begin:end], CHANNELS, RULES)
+        _, part = decode_bytes(relay.delivered[begin:end], CHANNELS, RULES, gates=GATES)
         for key in errors:
             errors[key] += part[key]
     assert stats["decode_errors"] == errors["decode_errors"]

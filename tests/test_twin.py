@@ -33,6 +33,8 @@ from heraldry.sim.twin import Twin, TwinError, build_twin, convert_top  # noqa: 
 # `now` during reset and cycle 0 (TaggerCore.latency = GenericPHY.latency + TaggerCore.PIPELINE).
 NOW_AT_RESET = GenericPHY.latency + TaggerCore.PIPELINE
 CHANNELS, RULES = 4, 2
+#: The virtual board is built with the gates option: HERALD records carry attempt and offset.
+GATES = True
 CLOCK_HZ, BAUD = 100_000_000, 12_000_000
 WRAP = 2 ** protocol.COARSE_BITS
 MAP = RegisterMap(CHANNELS, RULES)
@@ -56,7 +58,7 @@ class Link:
     def __init__(self, port):
         self.serial = serial.Serial(port, timeout=0.02)
         self.stream = bytearray()
-        self.fmt = wire.WireFormat(CHANNELS, RULES)
+        self.fmt = wire.WireFormat(CHANNELS, RULES, gates=GATES)
         self._reply_bytes = self.fmt.fixed_bytes[WireKind.REPLY]
         self._scan = 0
         self._replies = {}
@@ -159,14 +161,14 @@ def _verified_records(stream):
     began after the run; the records of a run are those up to the last CHECK, which
     :meth:`Link.drain` waits for.
     """
-    fmt = wire.WireFormat(CHANNELS, RULES)
+    fmt = wire.WireFormat(CHANNELS, RULES, gates=GATES)
     end, position = 0, 0
     for record in wire.split_records(bytes(stream)):
         position += len(record)
         if record[0] >= WIRE_START and fmt.record_kind(record[0]) is WireKind.CHECK:
             end = position
     assert end, "no CHECK in the stream"
-    records, errors = wire.decode_bytes(bytes(stream[:end]), CHANNELS, RULES)
+    records, errors = wire.decode_bytes(bytes(stream[:end]), CHANNELS, RULES, gates=GATES)
     assert errors == {"decode_errors": 0, "skipped_bytes": 0, "unverified": 0}
     return records
 
