@@ -144,7 +144,12 @@ class DelayLine(wiring.Component):
 
         m.d.comb += [
             self.overflow.eq(drop & ~self.clear),
-            self.o.event.eq((head_due | (self.i.event & passing & ~drop)) & ~self.clear),
+            # A passing event is dropped only if it collides, i.e. the newest held event is
+            # due now: then it is the head (one held event per due cycle, each leaves at its
+            # due cycle), `head_due` is set and an event leaves either way. So `drop` (behind
+            # two adders: the path from the input stage's time through them into the gate unit
+            # was the ULX3S's 8-channel critical one) is not needed here.
+            self.o.event.eq((head_due | (self.i.event & passing)) & ~self.clear),
             # A held event due now always has an earlier time than an arriving one, which was
             # dropped above if it would leave in the same cycle.
             self.o.time.eq(Mux(head_due,

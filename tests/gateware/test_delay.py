@@ -316,3 +316,14 @@ def test_clear():
     assert first_drop == [21, 22, 23, 24]
     assert out == want_out == [(i + 30, i - 2 + 30) for i in range(40, 45)]
     assert overflow == first_drop
+
+
+def test_passing_event_collides_with_the_head():
+    """F = 2, delay 1: an event of fine 3 waits a cycle (k = 1); one of fine 0 in the next cycle
+    passes straight through (k = 0) into the same delayed cycle and is dropped: the held one
+    leaves then (the line's `o.event` relies on that: a dropped passing event always meets a
+    held event due now), with its own time, and one overflow."""
+    events = [(10, 3), (11, 0), (20, 3), (21, 1), (30, 2)]
+    dropped = check(events, 1, fine_bits=2, extra=10)
+    # Delayed bins 4i + fine + 1: 44 and 45 share cycle 11, 84 and 86 cycle 21, 123 is alone.
+    assert dropped == 2
