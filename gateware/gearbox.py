@@ -121,7 +121,7 @@ class WordGearbox(wiring.Component):
         slots = [Signal(w * r, name=f"slot{s}", reset_less=True) for s in range(self.depth)]
         phase = self.phase
         where = Signal(self.depth, init=1)
-        enable = Signal(self.depth)
+        enable = Signal(self.depth, reset_less=True)    # 0 after a cycle of reset (phase)
         started = Signal()
         fast += [
             phase.eq(phase.rotate_left(1)),
