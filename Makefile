@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/heraldry acquire --board sim --channels 4 --duration 0.05 --window 20 \
-	    --test-signal pairs --pair-rate 5e4 --efficiency 0.5 --dark-rate 2e4 --pair-delay 30 \
+	    --test-signal pairs --pair-rate 2e5 --efficiency 0.5 --dark-rate 2e4 --pair-delay 30 \
 	    --delay 0=30 --herald 0b0011 --herald 0b0001 --record-coincidences 0b0011 --seed 1 \
 	    --out demo.npz --summary-json demo-summary.json
 

@@ -10,7 +10,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from heraldry.protocol import (
-    ATTEMPT_BITS, GATE_BITS,
+    ATTEMPT_BITS, GATE_BITS, HERALD_UNSYNCED_OFFSET,
     CHANNEL_BITS, COARSE_BITS, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES, REGISTER_ADDRESS_BITS,
     RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_GROUP_RECORDS,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS,
@@ -182,7 +182,7 @@ class Encoder(wiring.Component):
             Kind.TAG: (cb + tb, WIRE_TAG_FIRST_BITS),
             WireKind.COINCIDENCE: (n + tb, WIRE_OTHER_FIRST_BITS),
             WireKind.HERALD: (RULE_BITS + n + tb
-                              + (ATTEMPT_BITS + GATE_BITS if self.gates else 0),
+                              + (1 + ATTEMPT_BITS + GATE_BITS if self.gates else 0),
                               WIRE_OTHER_FIRST_BITS),
             WireKind.LOSS: (loss_bits, WIRE_OTHER_FIRST_BITS),
             WireKind.ANCHOR: (WIRE_ANCHOR_TIME_BITS, WIRE_OTHER_FIRST_BITS),
@@ -293,14 +293,23 @@ class Encoder(wiring.Component):
             zigzag.eq(Cat(Const(0, 1), diff[:-1]) ^ diff[-1].replicate(tb)),
         ]
 
+        # With gates: a HERALD with attempt 0 and the offset of no sync edge (no sync channel,
+        # or none since clear) leaves both fields out, its synced bit clear (docs/protocol.md).
+        # `synced` depends on the record alone, beside the delta subtraction; the multiplexer
+        # it drives folds into the zigzag's XOR.
+        synced = Signal()
+        if self.gates:
+            m.d.comb += synced.eq((rec.payload.herald.attempt != 0)
+                                  | (rec.payload.herald.offset != HERALD_UNSYNCED_OFFSET))
         payloads = {
             Kind.TAG: (Kind.TAG, Cat(rec.payload.tag.channel[:cb], diff)),
             Kind.COINCIDENCE: (WireKind.COINCIDENCE,
                                Cat(rec.payload.coincidence.pattern[:n], zigzag)),
             Kind.HERALD: (WireKind.HERALD, Cat(
                 rec.payload.herald.rule, rec.payload.herald.pattern[:n],
-                *((rec.payload.herald.attempt, rec.payload.herald.offset) if self.gates else ()),
-                zigzag)),
+                *((synced, Mux(synced, Cat(rec.payload.herald.attempt,
+                                           rec.payload.herald.offset, zigzag), zigzag))
+                  if self.gates else (zigzag,)))),
             Kind.LOSS: (WireKind.LOSS, Cat(rec.payload.loss.cause, rec.payload.loss.index,
                                            rec.payload.loss.count)),
         }

@@ -20,7 +20,7 @@ __all__ = [
     "PROBABILITY_BITS", "PERIOD_BITS", "COUNTER_BITS", "LOSS_COUNT_BITS",
     "Kind", "LossCause", "StreamMode", "CAPABILITY_STREAM_FILTER", "STREAM_REGISTERS", "Edge",
     "Source",
-    "GATE_BITS", "ATTEMPT_BITS", "MARKER_EVERY_BITS", "CAPABILITY_GATES", "GATES_REGISTERS", "Role",
+    "GATE_BITS", "ATTEMPT_BITS", "HERALD_UNSYNCED_OFFSET", "MARKER_EVERY_BITS", "CAPABILITY_GATES", "GATES_REGISTERS", "Role",
     "CAPABILITY_REFERENCES", "ROLE_REGISTERS", "CAPABILITY_FAST_HERALD",
     "gates_layout",
     "time_bits", "record_layout", "record_fields", "decode_record",
@@ -61,6 +61,10 @@ COUNTER_BITS = 32
 GATE_BITS = 16
 #: A herald record's attempt number (sync edges since clear, modulo 2**ATTEMPT_BITS).
 ATTEMPT_BITS = 32
+#: A herald record's sync offset when no sync edge is within reach (none yet, or that many bins
+#: or more ago). A HERALD with attempt 0 and this offset (no sync edge since clear, e.g. no sync
+#: channel) goes on the wire without both fields, its ``synced`` bit clear (docs/protocol.md).
+HERALD_UNSYNCED_OFFSET = 2 ** GATE_BITS - 1
 #: Every how many sync edges one is streamed as a marker (0: none).
 MARKER_EVERY_BITS = 16
 #: Largest count one loss record carries; larger losses are reported in several records.
@@ -569,8 +573,9 @@ MAGIC = 0x484C5244              #: "HRLD" read from register IDENT_MAGIC
 #: 2: command frames carry a CRC-5 check; 3: replies a CRC-8; 4: segments are cut into groups of
 #: WIRE_GROUP_RECORDS data records, each verified on its own (TIME records); 5: a LOSS record's
 #: cause is 3 bits (FILTER_FULL), and with CAPABILITY_GATES a HERALD record carries attempt and
-#: sync_offset
-PROTOCOL_VERSION = 5
+#: sync_offset; 6: that HERALD record has a ``synced`` bit, and without it (attempt 0, sync
+#: offset HERALD_UNSYNCED_OFFSET) leaves both fields out
+PROTOCOL_VERSION = 6
 
 
 @dataclass(frozen=True)

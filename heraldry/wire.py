@@ -31,7 +31,7 @@ from .protocol import (  # noqa: F401 (re-exported: wire constants live in proto
     CHANNEL_BITS, COMMAND_BYTES, LOSS_COUNT_BITS, MAX_CHANNELS, MAX_RULES,
     COMMAND_CHECK_BITS, COMMAND_CHECK_INIT, COMMAND_OP_BITS, COMMAND_PAYLOAD_BITS,
     command_check_step,
-    ATTEMPT_BITS, GATE_BITS,
+    ATTEMPT_BITS, GATE_BITS, HERALD_UNSYNCED_OFFSET,
     REGISTER_ADDRESS_BITS, RULE_BITS, WIRE_ANCHOR_TIME_BITS, WIRE_BITS_PER_BYTE, WIRE_KIND_SHIFT,
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
     Command, Kind, LossCause, WireKind, time_bits, wire_channel_bits,
@@ -110,7 +110,8 @@ class WireFormat:
             Kind.TAG: [("channel", self.channel_bits), ("delta", self.time_bits)],
             WireKind.COINCIDENCE: [("pattern", channels), ("offset", self.time_bits)],
             WireKind.HERALD: [("rule", RULE_BITS), ("pattern", channels)]
-            + ([("attempt", ATTEMPT_BITS), ("sync_offset", GATE_BITS)] if gates else [])
+            + ([("synced", 1), ("attempt", ATTEMPT_BITS), ("sync_offset", GATE_BITS)]
+               if gates else [])
             + [("offset", self.time_bits)],
             WireKind.LOSS: [("cause", _CAUSE_BITS), ("index", CHANNEL_BITS),
                             ("count", LOSS_COUNT_BITS)],
@@ -120,6 +121,10 @@ class WireFormat:
             WireKind.STATUS: register,
             WireKind.REPLY: register,
         }
+        #: With ``gates``: the HERALD layout when its ``synced`` bit is 0 (no attempt and no
+        #: sync offset on the wire: attempt 0 and sync offset ``HERALD_UNSYNCED_OFFSET``).
+        self.herald_unsynced = ([("rule", RULE_BITS), ("pattern", channels), ("synced", 1),
+                                 ("offset", self.time_bits)] if gates else None)
         self.payload_bits = {}
         self.max_bytes = {}
         self.fixed_bytes = {}
@@ -132,10 +137,20 @@ class WireFormat:
 
     # -- one record <-> bytes --------------------------------------------------------------
 
+    def layout(self, kind, synced=True):
+        """The ``[(name, width), ...]`` of ``kind``; with ``gates`` a HERALD's depends on its
+        ``synced`` bit."""
+        if kind is WireKind.HERALD and self.gates and not synced:
+            return self.herald_unsynced
+        return self.fields[kind]
+
     def pack(self, kind, values):
-        """Payload integer of ``kind`` from ``values`` (a dict of field values)."""
+        """Payload integer of ``kind`` from ``values`` (a dict of field values; with ``gates`` a
+        HERALD's ``synced`` says which layout)."""
+        if kind is WireKind.HERALD and self.gates:
+            values = {"synced": 1, **values}
         payload, shift = 0, 0
-        for name, width in self.fields[kind]:
+        for name, width in self.layout(kind, values.get("synced", 1)):
             value = int(values[name])
             if not 0 <= value < (1 << width):
                 raise ValueError(f"{kind}: field {name} = {value} does not fit {width} bits")
@@ -144,12 +159,27 @@ class WireFormat:
         return payload
 
     def unpack(self, kind, payload):
-        """Field values of ``kind`` from its payload integer (the inverse of :meth:`pack`)."""
+        """Field values of ``kind`` from its payload integer (the inverse of :meth:`pack`); a
+        HERALD without ``synced`` (``gates``) gets ``attempt`` 0 and ``sync_offset``
+        ``HERALD_UNSYNCED_OFFSET``, the values that layout stands for."""
+        synced = True
+        if kind is WireKind.HERALD and self.gates:
+            synced = bool((payload >> (RULE_BITS + self.channels)) & 1)
         values, shift = {}, 0
-        for name, width in self.fields[kind]:
+        for name, width in self.layout(kind, synced):
             values[name] = (payload >> shift) & ((1 << width) - 1)
             shift += width
+        if not synced:
+            values["attempt"], values["sync_offset"] = 0, HERALD_UNSYNCED_OFFSET
         return values
+
+    def payload_width(self, kind, payload):
+        """Bits the fields of this payload's layout take (:attr:`payload_bits` but for a HERALD
+        without ``synced``)."""
+        if kind is WireKind.HERALD and self.gates \
+                and not (payload >> (RULE_BITS + self.channels)) & 1:
+            return sum(width for _, width in self.herald_unsynced)
+        return self.payload_bits[kind]
 
     def record_bytes(self, kind, payload):
         """The bytes of one record: minimal length, or ``fixed_bytes[kind]`` for control kinds."""
@@ -199,7 +229,7 @@ class WireFormat:
         if len(record) > self.max_bytes[kind] or (fixed is not None and len(record) != fixed):
             return None
         payload = self.payload_of(record)
-        if payload >> bits:
+        if payload >> self.payload_width(kind, payload):
             return None
         values = self.unpack(kind, payload)
         if kind is Kind.TAG and values["channel"] >= self.channels:
@@ -311,7 +341,9 @@ def encode_records(records, channels, rules, fine_bits=0, gates=False):
                 values = {"rule": rec["rule"], "pattern": rec["pattern"],
                           "offset": zigzag(rec["time"] - t_run)}
                 if gates:
-                    values |= {"attempt": rec["attempt"], "sync_offset": rec["offset"]}
+                    synced = not (rec["attempt"] == 0 and rec["offset"] == HERALD_UNSYNCED_OFFSET)
+                    values |= {"synced": int(synced), "attempt": rec["attempt"],
+                               "sync_offset": rec["offset"]}
                 t_run = rec["time"]
             else:
                 wire_kind = WireKind.LOSS

@@ -31,7 +31,8 @@ from ..protocol import (
     WIRE_OTHER_FIRST_BITS, WIRE_SEQ_BITS, WIRE_START, WIRE_TAG_FIRST_BITS, WIRE_TAG_FLAG,
     REGISTER_ADDRESS_BITS, REPLY_FIELD_BITS, Kind, LossCause, WireKind, reply_check_matrix,
 )
-from ..protocol import CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS
+from ..protocol import (CHECK_CRC_INIT, CHECK_CRC_POLY, CHECK_FIELD_BITS, GATE_BITS,
+                        HERALD_UNSYNCED_OFFSET)
 from ..wire import WireFormat
 from .events import EVENT_DTYPE
 
@@ -64,7 +65,7 @@ _P_SIZE = _P_REPLY_COLUMNS + REPLY_FIELD_BITS
  _S_DECODE_ERRORS, _S_SKIPPED, _S_UNVERIFIED, _S_PTR, _S_SEG_START, _S_SIDE, _S_LOSSES,
  _S_T_ANCHOR, _S_ANCHORED, _S_GROUP_FIRST, _S_SEED, _S_CUR_HI, _S_SIZE) = range(32)
 # A payload's bits from this one on go to a second word (``cur_hi``): a HERALD record of a core
-# with gates has up to 94 (docs/protocol.md); every other kind fits below it.
+# with gates has up to 100 (docs/protocol.md); every other kind fits below it.
 _LO_BITS = 62
 
 # Kernel tables, one row per kind code.
@@ -329,6 +330,10 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                         ok = (p & ch_mask) < n_ch
                     elif k == k_herald:
                         ok = (p & ((1 << rule_bits) - 1)) < n_rules
+                        if ok and attempt_pos >= 0 and ((p >> (rule_bits + n_ch)) & 1) == 0:
+                            # with gates, a HERALD without its synced bit has no attempt and
+                            # no sync offset: its payload is that much narrower
+                            ok = cur_hi == 0 and (p >> (bits - herald_sync_bits)) == 0
                     elif k == k_loss:
                         cause = p & ((1 << cause_bits) - 1)
                         index = (p >> cause_bits) & ((1 << index_bits) - 1)
@@ -474,12 +479,19 @@ def _decode_kernel(data, final, prm, tab, crc_tables, st, ev_time, ev_channel, e
                         elif k == k_herald:
                             channel = p & ((1 << rule_bits) - 1)
                             pattern = (p >> rule_bits) & pat_mask
+                            zpos = rule_bits + n_ch
                             if attempt_pos >= 0:
-                                # a core with gates: attempt and sync_offset, before the time
-                                # (both in the first word: __init__ checks)
-                                attempt = (p >> attempt_pos) & attempt_mask
-                                sync_offset = (p >> offset_pos) & offset_mask
-                            zpos = rule_bits + n_ch + herald_sync_bits
+                                # a core with gates: the synced bit, then attempt and
+                                # sync_offset before the time if it is set (both in the first
+                                # word: __init__ checks), else attempt 0 and the offset that
+                                # says no sync edge (all ones)
+                                if (p >> zpos) & 1:
+                                    attempt = (p >> attempt_pos) & attempt_mask
+                                    sync_offset = (p >> offset_pos) & offset_mask
+                                    zpos += 1 + herald_sync_bits
+                                else:
+                                    sync_offset = offset_mask
+                                    zpos += 1
                             z = (p >> zpos) | (cur_hi << (lo_bits - zpos))
                             t = t_run + ((z >> 1) if (z & 1) == 0 else -(z >> 1) - 1)
                             out_kind = out_herald
@@ -679,14 +691,16 @@ class StreamDecoder:
         prm[_P_HERALD_RECORD] = LossCause.HERALD_RECORD.value
         prm[_P_COINCIDENCE_RECORD] = LossCause.COINCIDENCE_RECORD.value
         prm[_P_FILTER_FULL] = LossCause.FILTER_FULL.value
-        # a core with gates: a HERALD's attempt and sync_offset fields, before its time
+        # a core with gates: a HERALD's synced bit, then (if set) its attempt and sync_offset
+        # fields, before its time
+        assert not gates or HERALD_UNSYNCED_OFFSET == (1 << GATE_BITS) - 1
         prm[_P_HERALD_SYNC_BITS] = sum(width for name, width in fmt.fields[WireKind.HERALD]
                                        if name in ("attempt", "sync_offset"))
         prm[_P_HERALD_ATTEMPT_POS] = prm[_P_HERALD_OFFSET_POS] = -1
         position = 0
         for name, width in fmt.fields[WireKind.HERALD]:
             if name in ("attempt", "sync_offset"):
-                # the kernel reads them from the payload's first word (at most 3 + 8 + 48 bits
+                # the kernel reads them from the payload's first word (at most 3 + 8 + 1 + 48 bits
                 # precede the time), into EVENT_DTYPE fields as wide as they are
                 assert position + width <= _LO_BITS
                 assert width <= 8 * EVENT_DTYPE[name].itemsize

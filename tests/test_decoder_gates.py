@@ -1,5 +1,5 @@
 """The fast decoder on the byte stream of a core with gates (HERALD records with attempt and
-sync_offset: up to 94 payload bits, beyond the kernel's first 62-bit word) against the reference
+sync_offset when synced: up to 100 payload bits, beyond the kernel's first 62-bit word) against the reference
 decoder, clean and damaged, in any chunking: every herald's time, rule, pattern, attempt and
 sync_offset (EVENT_DTYPE) equal to the reference decoder's."""
 
@@ -88,3 +88,56 @@ def test_gates_stream_under_damage(op):
         damaged = damage(rng, data, op, rate)
         got = assert_same(damaged, 4, 2, 4, cuts=random_cuts(rng, len(damaged), 200))
         assert got[4]["decode_errors"] + got[4]["skipped_bytes"] > 0
+
+
+def test_unsynced_heralds_leave_the_fields_out():
+    """docs/protocol.md: a HERALD with attempt 0 and sync offset 65535 (no sync edge since
+    clear: no sync channel) has its synced bit clear and no attempt or offset on the wire, so it
+    costs what it costs a core without gates; any other attempt or offset sends both. Lengths
+    from the layout: rule (3) + pattern (4) + synced (1) + zigzag(100) = 200 (8 bits) is 16
+    payload bits, 3 payload bits in the first byte and 7 in each next: 3 bytes; with the 48
+    bits of attempt and offset, 64 bits: 10 bytes; without gates, 15 bits: 3 bytes."""
+    from heraldry import wire
+    from heraldry.protocol import HERALD_UNSYNCED_OFFSET
+    assert HERALD_UNSYNCED_OFFSET == 2 ** 16 - 1
+
+    def herald_bytes(attempt, offset, gates=True):
+        rec = {"kind": Kind.HERALD, "rule": 1, "pattern": 0b1001, "time": 1100}
+        if gates:
+            rec |= {"attempt": attempt, "offset": offset}
+        data = wire.encode_records([{"kind": "anchor", "time": 1000}, rec], 4, 2, 4, gates)
+        return wire.split_records(data)[1]
+
+    assert len(herald_bytes(0, 2 ** 16 - 1)) == len(herald_bytes(0, 0, gates=False)) == 3
+    for attempt, offset in ((0, 0), (1, 2 ** 16 - 1), (2 ** 32 - 1, 12), (0, 2 ** 16 - 2)):
+        assert len(herald_bytes(attempt, offset)) == 10
+    # both decoders give back what was sent, the unsynced herald's attempt 0 and offset 65535
+    rng = np.random.default_rng(11)
+    records = random_records(rng, 4, 2, 4, n=1200, mean_gap=300)
+    sent = []
+    for i, rec in enumerate(records):
+        if rec["kind"] == Kind.HERALD:
+            rec = dict(rec, attempt=0, offset=2 ** 16 - 1) if i % 2 else dict(
+                rec, attempt=int(rng.integers(0, 2 ** 32)), offset=int(rng.integers(0, 2 ** 16)))
+            sent.append(rec)
+        records[i] = rec
+    data = encode_stream(records, 4, 2, 4, gates=True)
+    got = assert_same(data, 4, 2, 4)[0]
+    heralds = got[got["kind"] == Kind.HERALD.value]
+    assert heralds["attempt"].tolist() == [r["attempt"] for r in sent]
+    assert heralds["sync_offset"].tolist() == [r["offset"] for r in sent]
+    assert {(0, 2 ** 16 - 1)} < {(r["attempt"], r["offset"]) for r in sent}
+    # an unsynced HERALD with a bit above its narrower layout (3 + 4 + 1 + 36 time bits = 44;
+    # 8 bytes carry 52) is malformed for both decoders, though as long as a synced one may be
+    # (bit 52: read as time it would be a valid delta of 2**43 bins, far in the future)
+    bad = herald_bytes(0, 2 ** 16 - 1) + bytes([0, 0, 0, 0, 1])
+    assert len(bad) == 8 and wire.WireFormat(4, 2, 4, gates=True).well_formed(bad) is None
+    assert wire.WireFormat(4, 2, 4, gates=True).well_formed(herald_bytes(7, 7)) is not None
+    anchor = wire.encode_records([{"kind": "anchor", "time": 1000}], 4, 2, 4, True)
+    for herald, errors, events in ((bad, 3, 0), (herald_bytes(0, 2 ** 16 - 1), 0, 1)):
+        group = anchor + herald        # a segment of its own, its CHECK right for its bytes
+        data = group + wire.encode_records(
+            [{"kind": "check", "bytes": len(group), "crc": wire.crc16(group)}], 4, 2, 4, True)
+        got = assert_same(data, 4, 2, 4)
+        # the damaged segment's three records (ANCHOR, HERALD, CHECK) are decode errors
+        assert got[4]["decode_errors"] == errors and len(got[0]) == events

@@ -317,7 +317,7 @@ def test_reads_hydraharp_file_with_readme_figures():
 ACQUIRE_ARGS = ["--duration", "0.002", "--channels", "4", "--window", "20", "--delay", "0=30",
                 "--herald", "0b011", "--herald", "0b1010", "--record-coincidences", "0b0011",
                 "--record-coincidences", "0b1100", "--test-signal", "pairs", "--pair-rate",
-                "1e5", "--efficiency", "0.7", "--dark-rate", "5e4", "--pair-delay", "30",
+                "2e5", "--efficiency", "0.7", "--dark-rate", "5e4", "--pair-delay", "30",
                 "--seed", "5"]
 
 

@@ -185,6 +185,8 @@ def random_plan(seed, channels, rules, fine_bits=0, *, bundles=150, interval=200
                 for rec in records[-len(rules_fired):]:
                     rec["attempt"] = int(rng.choice([0, 1, 2**32 - 1, rng.integers(0, 2**32)]))
                     rec["offset"] = int(rng.choice([0, 2**16 - 1, rng.integers(0, 2**16)]))
+                    if rng.random() < 0.3:      # no sync edge: both fields left out
+                        rec["attempt"], rec["offset"] = 0, 2**16 - 1
         if rng.random() < 0.15:
             t0 = max(last_t0 + 1, plan_time - int(rng.integers(0, 2 ** 11)))
             if t0 <= plan_time:
@@ -294,7 +296,10 @@ def test_random_streams_with_gates_match_reference(channels, rules, fine_bits, s
     heralds = [rec for rec in records if rec["kind"] == Kind.HERALD]
     assert len(heralds) >= 10
     assert {2**32 - 1, 0} <= {rec["attempt"] for rec in heralds}
-    # the same stream without gates is shorter by the two fields of every herald record
+    # heralds with no sync edge (attempt 0, offset 65535: the synced bit clear) and with one
+    unsynced = [(rec["attempt"], rec["offset"]) == (0, 2**16 - 1) for rec in heralds]
+    assert any(unsynced) and not all(unsynced)
+    # the same stream without gates is shorter by the two fields of every synced herald record
     plain = wire.encode_stream([{k: v for k, v in rec.items() if k not in ("attempt", "offset")
                                  or rec["kind"] != Kind.HERALD} for rec in result.log],
                                channels, rules, fine_bits, anchor_interval=plan.interval)
