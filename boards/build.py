@@ -70,14 +70,20 @@ YOWASP_TOOLS = {
 #: the timing checks ("icetime", "crossing hold") only make ``timing_met`` false.
 FATAL_CHECKS = ("constraints", "pins")
 
-#: Yosys commands run right after the design is read, per FPGA family. ECP5: the wires whose
-#: names end in "]" (Amaranth names array elements and view fields so: ``config.channel[0]``)
-#: get private names. Yosys 0.70's abc9 stops on the 8-channel ULX3S build with gates
-#: (``Assert GetSize(conn.first) == GetSize(conn.second)`` in ``ABC_OPS_REINTEGRATE``), which
-#: names its mapped bits ``wire[bit]``, so that a wire ``x`` and a wire ``x[1]`` of several bits
-#: can meet under one name; with the bracketed names private it synthesises (as it does with
-#: Yosys 0.69). The names only change in the netlist; nextpnr's reports show them with a ``$``.
-YOSYS_AFTER_READ = {"ecp5": "rename -hide w:*]"}
+#: Yosys commands run right after the design is read, per FPGA family. ECP5:
+#:
+#: * the wires whose names end in "]" (Amaranth names array elements and view fields so:
+#:   ``config.channel[0]``) get private names. Yosys 0.70's abc9 stops on the 8-channel ULX3S
+#:   build with gates (``Assert GetSize(conn.first) == GetSize(conn.second)`` in
+#:   ``ABC_OPS_REINTEGRATE``), which names its mapped bits ``wire[bit]``, so that a wire ``x``
+#:   and a wire ``x[1]`` of several bits can meet under one name; with the bracketed names
+#:   private it synthesises (as it does with Yosys 0.69). The names only change in the
+#:   netlist; nextpnr's reports show them with a ``$``.
+#: * the core's per-block ``clear`` registers (``TaggerCore.clear_next``, wires
+#:   ``clear_copy_*``) are marked ``keep``: Yosys merges registers with the same input into one
+#:   otherwise, which would give back the one register fanned out to every block.
+YOSYS_AFTER_READ = {"ecp5": "rename -hide w:*]\n"
+                            "setattr -set keep 1 w:*clear_copy_* %ci1:+$dff[Q] c:* %i"}
 
 #: Seconds between "still running" progress lines of a step.
 HEARTBEAT_SECONDS = 30

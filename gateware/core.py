@@ -116,6 +116,16 @@ class TaggerCore(wiring.Component):
         where ``now == b + latency``.
     PIPELINE : int
         2: the input-stage register and the register behind the delay lines.
+    clear_next : Signal or None
+        None (default): every block takes ``clear``. Set before elaboration to the value
+        ``clear`` takes at the next edge (the :class:`~.top.Tagger` sets
+        ``RegisterFile.clear_next``): each block then takes a register of its own loaded from
+        it (``clear_copies``), high in the same cycles as ``clear``, on a short net to its
+        block. One register fanned out to every block was the start of the ULX3S's 8-channel
+        critical path (4.3 ns of routing to its first LUT). The board build keeps the copies
+        apart (``boards.build.YOSYS_AFTER_READ``): Yosys would merge identical registers.
+    clear_copies : dict
+        After elaboration with ``clear_next``: block name -> its ``clear`` register.
     """
 
     PIPELINE = 2
@@ -148,6 +158,8 @@ class TaggerCore(wiring.Component):
         self.stream_hold = stream_hold if self.stream_filter else 0
         self.latency = phy.latency + self.PIPELINE
         self.map = CounterMap(channels, rules)
+        self.clear_next = None
+        self.clear_copies = {}
         super().__init__({
             "pins":         In(channels),
             "config":       In(config_layout(channels, rules),
@@ -169,6 +181,16 @@ class TaggerCore(wiring.Component):
         n, r, f = self.channels, self.rules, self.fine_bits
         cfg = self.config
 
+        def clear_for(block):
+            """The `clear` strobe for `block`: `clear` itself, or with `clear_next` a register
+            of its own (the same value in the same cycle, on a short net to the block)."""
+            if self.clear_next is None:
+                return self.clear
+            copy = Signal(name=f"clear_copy_{block}")
+            m.d.sync += copy.eq(self.clear_next)
+            self.clear_copies[block] = copy
+            return copy
+
         # `now` starts `latency` ahead so that `ref` (the time every block downstream of the
         # input stages works in) starts at `counter_init` and does not wrap right after reset:
         # device time 0 is the reset, and the encoder's epoch counter starts at 0.
@@ -186,7 +208,7 @@ class TaggerCore(wiring.Component):
             m.d.comb += [
                 test.config.eq(cfg.test),
                 test.bsm.eq(cfg.test_bsm),
-                test.clear.eq(self.clear),
+                test.clear.eq(clear_for("test_signal")),
             ]
             for c in range(n):
                 m.d.comb += test.sources[c].eq(cfg.channel[c].source)
@@ -219,7 +241,7 @@ class TaggerCore(wiring.Component):
                 stage.config.eq(cfg.channel[c]),
                 stage.now.eq(now),
                 stage.run.eq(self.run),
-                stage.clear.eq(self.clear),
+                stage.clear.eq(clear_for(f"input{c}")),
             ]
 
             line = DelayLine(f, self.delay_depth)
@@ -229,7 +251,7 @@ class TaggerCore(wiring.Component):
                 line.i.time.eq(stage.time),
                 line.delay.eq(cfg.channel[c].delay),
                 line.now.eq(now),
-                line.clear.eq(self.clear),
+                line.clear.eq(clear_for(f"delay{c}")),
             ]
             delayed.append(line)
 
@@ -240,6 +262,7 @@ class TaggerCore(wiring.Component):
         events = Signal(n)
         overflow = Signal(n)
         fines = [Signal(f, name=f"fine{c}") for c in range(n)]
+        clear = clear_for("core")
         line_events = Cat(line.o.event for line in delayed)
         # With gates: `events` are the detector events kept by their gates (windows, heralds);
         # `streamed` adds the markers (merger), `counted` the sync and reference events
@@ -253,17 +276,17 @@ class TaggerCore(wiring.Component):
             m.d.comb += [
                 gate_unit.events.eq(line_events),
                 gate_unit.config.eq(cfg.gates),
-                gate_unit.clear.eq(self.clear),
+                gate_unit.clear.eq(clear_for("gates")),
             ]
             for c, line in enumerate(delayed):
                 m.d.comb += gate_unit.fine[c].eq(line.o.time[:f])
             clock = {name: Signal.like(getattr(gate_unit, name), name=f"clock_{name}")
                      for name in ("attempt", "base", "synced", "sync_now", "sync_fine")}
             m.d.sync += [
-                events.eq(Mux(self.clear, 0, gate_unit.detect)),
-                streamed.eq(Mux(self.clear, 0, gate_unit.stream)),
-                counted.eq(Mux(self.clear, 0, gate_unit.count)),
-                gated.eq(Mux(self.clear, 0, gate_unit.gated_out)),
+                events.eq(Mux(clear, 0, gate_unit.detect)),
+                streamed.eq(Mux(clear, 0, gate_unit.stream)),
+                counted.eq(Mux(clear, 0, gate_unit.count)),
+                gated.eq(Mux(clear, 0, gate_unit.gated_out)),
                 *(sig.eq(getattr(gate_unit, name)) for name, sig in clock.items()),
             ]
         elif self.references:
@@ -271,14 +294,14 @@ class TaggerCore(wiring.Component):
             # never in windows (the gate unit's `stream` and `count` without sync or gates).
             is_reference = Cat(cfg.gates.role[c] == Role.REFERENCE for c in range(n))
             m.d.sync += [
-                events.eq(Mux(self.clear, 0, line_events & ~is_reference)),
-                streamed.eq(Mux(self.clear, 0, line_events)),
+                events.eq(Mux(clear, 0, line_events & ~is_reference)),
+                streamed.eq(Mux(clear, 0, line_events)),
             ]
             m.d.comb += counted.eq(streamed)
         else:
-            m.d.sync += events.eq(Mux(self.clear, 0, line_events))
+            m.d.sync += events.eq(Mux(clear, 0, line_events))
             m.d.comb += [streamed.eq(events), counted.eq(events)]
-        m.d.sync += overflow.eq(Mux(self.clear, 0, Cat(line.overflow for line in delayed)))
+        m.d.sync += overflow.eq(Mux(clear, 0, Cat(line.overflow for line in delayed)))
         times = []
         for c, line in enumerate(delayed):
             m.d.sync += fines[c].eq(line.o.time[:f])
@@ -296,7 +319,7 @@ class TaggerCore(wiring.Component):
             coinc.events.eq(events),
             coinc.ref.eq(ref),
             coinc.window.eq(cfg.window),
-            coinc.clear.eq(self.clear),
+            coinc.clear.eq(clear_for("coincidence")),
             heralds.events.eq(events),
             heralds.ref.eq(ref),
             heralds.join.eq(coinc.join),
@@ -308,7 +331,7 @@ class TaggerCore(wiring.Component):
             heralds.herald_exact.eq(cfg.herald_exact),
             heralds.herald_pin.eq(cfg.herald_pin),
             heralds.herald_width.eq(cfg.herald_width),
-            heralds.clear.eq(self.clear),
+            heralds.clear.eq(clear_for("heralds")),
             self.herald.eq(heralds.herald),
         ]
 
@@ -330,7 +353,7 @@ class TaggerCore(wiring.Component):
                 stream_filter.last_cycle.eq(coinc.last_cycle),
                 stream_filter.opened_last_cycle.eq(coinc.opened_last_cycle),
                 stream_filter.mode.eq(cfg.stream),
-                stream_filter.clear.eq(self.clear),
+                stream_filter.clear.eq(clear_for("stream_filter")),
                 to_merger.eq(stream_filter.stream | (streamed & ~events)),
                 filter_idle.eq(stream_filter.idle),
             ]
@@ -340,8 +363,8 @@ class TaggerCore(wiring.Component):
             filtered = Signal.like(stream_filter.filtered)
             filter_dropped = Signal.like(stream_filter.dropped)
             m.d.sync += [
-                filtered.eq(Mux(self.clear, 0, stream_filter.filtered)),
-                filter_dropped.eq(Mux(self.clear, 0, stream_filter.dropped)),
+                filtered.eq(Mux(clear, 0, stream_filter.filtered)),
+                filter_dropped.eq(Mux(clear, 0, stream_filter.dropped)),
             ]
         else:
             m.d.comb += to_merger.eq(streamed)
@@ -375,7 +398,7 @@ class TaggerCore(wiring.Component):
                merger.held_channel.eq(stream_filter.held_channel),
                merger.held_offset.eq(stream_filter.held_offset),
                merger.filter_dropped.eq(filter_dropped)] if self.stream_filter else []),
-            merger.clear.eq(self.clear),
+            merger.clear.eq(clear_for("merger")),
             self.idle.eq(merger.idle & ~out.busy & filter_idle),
         ]
         wiring.connect(m, merger.o, out.i)
@@ -387,7 +410,7 @@ class TaggerCore(wiring.Component):
         # the iCEBreaker's critical one (icetime 23.87 MHz of 24). Zero in a clear cycle, so a
         # firing registered before a clear is not counted after it.
         herald_fire = Signal.like(heralds.fire)
-        m.d.sync += herald_fire.eq(Mux(self.clear, 0, heralds.fire))
+        m.d.sync += herald_fire.eq(Mux(clear, 0, heralds.fire))
         if self.stream_filter:
             m.d.comb += [
                 counters.filtered.eq(filtered),
@@ -404,7 +427,7 @@ class TaggerCore(wiring.Component):
             counters.merger_dropped.eq(merger.merger_dropped),
             counters.herald_dropped.eq(merger.herald_dropped),
             counters.coincidence_dropped.eq(merger.coincidence_dropped),
-            counters.clear.eq(self.clear),
+            counters.clear.eq(clear_for("counters")),
             counters.addr.eq(self.counter_addr),
             self.counter_data.eq(counters.data),
             self.busy.eq(counters.busy),

@@ -230,6 +230,9 @@ class RegisterFile(wiring.Component):
 
     Attributes
     ----------
+    clear_next : Signal(1)
+        The value ``clear`` takes at the next edge (combinational), for registered copies of
+        ``clear`` near their users (``TaggerCore.clear_next``).
     map : RegisterMap
     ident : dict[str, int]
         Value of every ``ident.*`` register.
@@ -245,6 +248,7 @@ class RegisterFile(wiring.Component):
         self.roles = self.gates or bool(capabilities & CAPABILITY_REFERENCES)
         self.stream_filter = bool(capabilities & CAPABILITY_STREAM_FILTER)
         self.map = RegisterMap(channels, rules)
+        self.clear_next = Signal(name="clear_next")
         if SIDE_LAYOUT["value"].width != VALUE_BITS:
             raise ValueError("SIDE_LAYOUT's value is not as wide as a command's value")
         fixed = {
@@ -368,7 +372,7 @@ class RegisterFile(wiring.Component):
         # Register writes, performed in EXEC.
         write = Signal()
         value = cmd.value
-        m.d.sync += self.clear.eq(0)
+        m.d.sync += self.clear.eq(self.clear_next)
         with m.If(write):
             with m.Switch(cmd.address):
                 for reg in rmap.config_registers():
@@ -384,7 +388,7 @@ class RegisterFile(wiring.Component):
                 with m.Case(rmap["control.run"].address):
                     m.d.sync += self.run.eq(value[0])
                 with m.Case(rmap["control.clear"].address):
-                    m.d.sync += self.clear.eq(value[0])
+                    m.d.comb += self.clear_next.eq(value[0])
                 with m.Case(rmap["control.status_period"].address):
                     m.d.sync += self.status_period.eq(value)
                 with m.Case(rmap["control.anchor_interval"].address):

@@ -133,6 +133,8 @@ class Tagger(wiring.Component):
                                       | (CAPABILITY_REFERENCES if references and not gates
                                          else 0)
                                       | (CAPABILITY_FAST_HERALD if fast_herald else 0))
+        # Every block of the core gets a register of its own for `clear` (TaggerCore.clear_next).
+        self.core.clear_next = self.registers.clear_next
         if link == "uart":
             # Built here so that a bad clock/baud pair fails at construction.
             self.uart_rx_unit = UARTRx(self.clock_hz, baud)

@@ -81,12 +81,14 @@ def test_plan(board, channels, tmp_path):
     assert len(set(re.findall(r"connect \\D \\(det_\d+)__io", il))) == channels
     assert "build_heraldry.sh" in plan.files
     assert len(DETECTOR_PINS) >= board.max_channels
-    # Yosys 0.70's abc9 needs the bracketed wire names private (build.YOSYS_AFTER_READ): right
-    # after the design is read, before synthesis.
+    # build.YOSYS_AFTER_READ right after the design is read, before synthesis: the bracketed
+    # wire names private (Yosys 0.70's abc9), the core's clear registers kept apart.
     ys = [line.strip() for line in (tmp_path / "heraldry.ys").read_text().splitlines()]
     read = ys.index("read_rtlil heraldry.il")
     assert ys[read + 1] == "rename -hide w:*]"
-    assert any(line.startswith("synth_ecp5") for line in ys[read + 2:])
+    assert ys[read + 2] == "setattr -set keep 1 w:*clear_copy_* %ci1:+$dff[Q] c:* %i"
+    assert any(line.startswith("synth_ecp5") for line in ys[read + 3:])
+    assert il.count("clear_copy_") >= 2 * channels + 7     # a register per core block
 
 
 class PHYProbe(Elaboratable):

@@ -176,6 +176,44 @@ def simulate(tagger, host, body):
     sim.run()
 
 
+@pytest.mark.parametrize("gates", [False, True])
+def test_every_core_block_has_its_own_clear_register(gates):
+    """The Tagger gives each block of its core a `clear` register of its own, loaded from the
+    register file's `clear_next` (TaggerCore.clear_next; the ULX3S build keeps them apart): one
+    per block, each high in exactly the cycles the register file's `clear` is, through writes
+    of control.clear 1 and 0 between other commands."""
+    channels = 3
+    tagger = Tagger(channels, 1, clock_hz=CLOCK_HZ, link="stream", gates=gates)
+    host = StreamHost(tagger, seed=5)
+    regs, core = tagger.registers, tagger.core
+    blocks = {"test_signal", "core", "coincidence", "heralds", "stream_filter", "merger",
+              "counters", *(f"input{c}" for c in range(channels)),
+              *(f"delay{c}" for c in range(channels))} | ({"gates"} if gates else set())
+    cycles = {"high": 0, "differ": 0}
+
+    async def watch(ctx):
+        assert set(core.clear_copies) == blocks
+        copies = list(core.clear_copies.values())
+        async for _, _, clear, *mine in ctx.tick().sample(regs.clear, *copies):
+            cycles["high"] += clear
+            cycles["differ"] += sum(copy != clear for copy in mine)
+
+    async def body(ctx):
+        for value in (1, 0, 1, 1):
+            await host.write(ctx, "control.clear", value)
+            await host.read(ctx, "control.busy")
+        await host.wait(ctx, 10)
+
+    sim = Simulator(tagger)
+    sim.add_clock(1e-8)
+    sim.add_testbench(host.link, background=True)
+    sim.add_testbench(watch, background=True)
+    sim.add_testbench(body)
+    sim.run()
+    assert cycles["high"] == 3          # one cycle per write of 1
+    assert cycles["differ"] == 0
+
+
 def test_identification_and_config_round_trip():
     """ident.* from the build's parameters; every config register written with a random value
     in the host's range reads back, and all hold together; a torn frame is dropped and counted;
