@@ -70,9 +70,10 @@ def run_board(acq, levels, *, phase, lossless=True, gap=None, run_at=None):
             fast_pins.append(ctx.get(fast.fast_herald))
             pins.append(ctx.get(fast.herald))
             core_pins.append(ctx.get(core.herald))
-            for c, stage in enumerate(fast.stages):
-                if ctx.get(stage.event):
-                    events[c].append(4 * j + (ctx.get(stage.time) & 3))
+            took = ctx.get(fast.events)
+            for c in range(acq.channels):
+                if took >> c & 1:
+                    events[c].append(4 * j + ctx.get(fast.fines[c]))
 
     async def watcher(ctx):
         ctx.set(core.config, acq.gateware_config())

@@ -91,18 +91,19 @@ def test_board_latency_simulates_the_board():
     ulx3s = latency.board_latency(BOARDS["ulx3s-85f"], phases=[0])
     assert ulx3s["window_ns"] == 20.0
     # The ULX3S's early pins come through the fast herald path where eligible.
-    assert ulx3s["early"] == {"min": 31.25, "max": 36.25}
+    assert ulx3s["early"] == {"min": 36.25, "max": 41.25}
     assert ulx3s["early_conditions"] == FAST_CONDITIONS
     assert ulx3s["early_core"]["min"] >= MEASURED["ECP5GearboxInputs"]["early"][0] * 20
     assert ulx3s["exact"]["min"] >= MEASURED["ECP5GearboxInputs"]["exact"][0] * 20
 
 
 # The fast herald path (gateware/fastherald.py), counted by hand: a sample at position p
-# (0..3) of sclk period k is presented by IDDRX2F at sclk edge k + 1 (SAMPLER_DELAY), then six
-# sclk registers (the word register, edge reports, input stage, window view, firing, pin): high
-# after edge k + 7, 7 - p/4 sclk periods = 7/4 - p/16 core periods after the sample instant,
-# whatever the core clock's phase (the path does not cross into it).
-FAST_PER_POSITION = [Fr(7, 4) - Fr(p, 16) for p in range(4)] * 4
+# (0..3) of sclk period k is presented by IDDRX2F at sclk edge k + 1 (SAMPLER_DELAY), then seven
+# sclk registers (the word register, the selected edge, the input stage, the window's view, the
+# per-event patterns, the firing, the pin): high after edge k + 8, 8 - p/4 sclk periods =
+# 2 - p/16 core periods after the sample instant, whatever the core clock's phase (the path
+# does not cross into it).
+FAST_PER_POSITION = [2 - Fr(p, 16) for p in range(4)] * 4
 
 
 def test_ulx3s_fast_path_latency_at_one_phase():
@@ -110,7 +111,7 @@ def test_ulx3s_fast_path_latency_at_one_phase():
     figures = result["per_phase"][Fr(0)]
     assert figures["early_per_position"] == FAST_PER_POSITION
     # From the pin edge: up to one sample (1/16 period) before the instant that sees it.
-    assert (result["early"] == (Fr(25, 16), Fr(29, 16))
+    assert (result["early"] == (Fr(29, 16), Fr(33, 16))
             == MEASURED_FAST["ECP5GearboxInputs"]["early"])
     # The exact rule's pin is the core's (not eligible): the same figures as without the path.
     core = measure("ECP5GearboxInputs", phases=[0])["per_phase"][Fr(0)]
@@ -131,7 +132,7 @@ def test_ulx3s_fast_path_latency_over_every_phase():
 
 
 def test_latency_seconds_claims_the_fast_figure_only_for_a_fast_pin():
-    assert herald_latency_seconds(50_000_000, 4, fast=True) == pytest.approx(36.25e-9)
+    assert herald_latency_seconds(50_000_000, 4, fast=True) == pytest.approx(41.25e-9)
     assert herald_latency_seconds(50_000_000, 4) == pytest.approx(7.5625 * 20e-9)
     assert herald_latency_seconds(50_000_000, 4, "exact", fast=True) == pytest.approx(9.5 * 20e-9)
     # Blocks without a fast path: the core's figure whatever `fast` says.
