@@ -29,6 +29,12 @@ is not checked here. If it is lower, ``_CLOCK_HZ = 39_062_500`` (312.5 MHz ECLK,
 Status (YoWASP nextpnr-ecp5, 85F, 4 channels, gates on, seed 1): timing met, ``sync`` 53.4 MHz
 of 50, ``sclk`` 325.5 MHz of 200, crossing 3.45 ns (limit 20 ns); docs/boards.md ("Build
 figures") has the figures.
+
+Fast herald path (:class:`heraldry.gateware.fastherald.FastHerald`, ``ULX3SBoard.fast_herald``):
+the herald pins of early rules from ``sclk``, 36.25-41.25 ns pin to pin in simulation against
+112.5-151.25 ns through the core. Off by default: with it ``sclk`` missed 200 MHz (68.9 MHz in
+the full build with the core's blocks reused; 149-168 MHz for the rebuilt path alone;
+docs/boards.md, "The ULX3S's fast herald path").
 """
 
 from amaranth.build import Attrs, Pins, Resource
@@ -234,8 +240,10 @@ class ULX3SBoard(Board):
     references = True
     #: The herald pins of early rules from the fast path in ``sclk``
     #: (:class:`~heraldry.gateware.fastherald.FastHerald`, capability bit 6) where exactly
-    #: equivalent to the core's (docs/boards.md, "The ULX3S's fast herald path").
-    fast_herald = True
+    #: equivalent to the core's (docs/boards.md, "The ULX3S's fast herald path"). Off: with it
+    #: ``sclk`` misses 200 MHz (68.9 MHz in the 4-channel build with the core's blocks reused;
+    #: 149-168 MHz for the rebuilt path alone), so the default build keeps the core's pins.
+    fast_herald = False
 
     @property
     def crossing_limits_ns(self):
