@@ -251,7 +251,8 @@ CAPABILITY_STREAM_FILTER = 0b10000
 #: Prefix of the stream-mode registers (not stored in a build without the stream filter).
 STREAM_REGISTERS = ("stream[",)
 #: ``ident.capabilities`` bit: the herald pins of ``early`` rules come from a fast path in the
-#: sampling clock domain (the ULX3S: ``heraldry.gateware.fastherald``) where that is exactly
+#: sampling clock domain (a ULX3S built with ``fast_herald``: ``heraldry.gateware.fastherald``;
+#: not its default build, which misses 200 MHz with it) where that is exactly
 #: equivalent to the core's pins (``heraldry.host.config.fast_herald_pins``); the records and
 #: counters are the core's either way. Only the pins' latency differs (docs/boards.md).
 CAPABILITY_FAST_HERALD = 0b1000000
