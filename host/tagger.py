@@ -31,7 +31,8 @@ Three layers, as in the command line (which is a thin user of this one):
   :attr:`Run.checks`). Measurement objects of :mod:`heraldry.host.measure` built with the run as
   their first argument are fed every block the run collects.
 
-Boards and baud rates: ``"sim"`` starts the Verilated virtual board (100 MHz, 12 Mbaud). A
+Boards and baud rates: ``"sim"`` starts the Verilated virtual board (100 MHz, 12 Mbaud; built
+with gates as the ULX3S: ``sync``, ``gates``, ``reference`` settings work on it). A
 serial port takes ``baud`` if given, else the baud of ``board`` (a name from
 :data:`BOARD_BAUDS`: ``icebreaker``, ``ulx3s-85f``, ``ulx3s-25f``), else tries the
 known rates (:func:`known_bauds`: the real boards' 3 Mbaud first, then the virtual board's 12
