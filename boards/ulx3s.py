@@ -26,9 +26,9 @@ maximum of the GDDRX2 receive interfaces; the per-grade figure for -6 in the dat
 is not checked here. If it is lower, ``_CLOCK_HZ = 39_062_500`` (312.5 MHz ECLK, VCO 625 MHz,
 ``CLKOS`` / 16; 1.6 ns bins) has exact dividers too. Not yet run on hardware.
 
-Status (YoWASP nextpnr-ecp5, 85F, 4 channels, gates on, seed 1): timing met, ``sync`` 53.4 MHz
-of 50, ``sclk`` 325.5 MHz of 200, crossing 3.45 ns (limit 20 ns); docs/boards.md ("Build
-figures") has the figures.
+Status (YoWASP nextpnr-ecp5, 85F, 4 channels, gates on, fast herald path off, seed 1): timing
+met, ``sync`` 51.5 MHz of 50, ``sclk`` 357.3 MHz of 200, crossing 3.31 ns (limit 20 ns);
+docs/boards.md ("Build figures") has the figures.
 
 Fast herald path (:class:`heraldry.gateware.fastherald.FastHerald`, ``ULX3SBoard.fast_herald``):
 the herald pins of early rules from ``sclk``, 36.25-41.25 ns pin to pin in simulation against
@@ -265,9 +265,9 @@ class ULX3SBoard(Board):
 
 #: The core's clock: 1/4 of the gearboxes' 200 MHz (16 samples a cycle, 1.25 ns bins).
 _CLOCK_HZ = 50_000_000
-#: Channels that meet timing at _CLOCK_HZ (seed 1): 4 does (53.4 MHz with gates); 8 does not
-#: (42.3 MHz and ``sclk`` 173.6 MHz with gates off, fan-out of the clear strobe and the
-#: gearboxes' reset; with gates on Yosys fails in synthesis). docs/boards.md, "Build figures".
+#: Channels that meet timing at _CLOCK_HZ (seed 1): 4 does (51.5 MHz with gates); 8 does not
+#: (with gates: ``sclk`` 285.2 MHz met, ``sync`` 45.6 MHz, 1.9 ns short on the path from a
+#: delay line's memory read into the gate unit). docs/boards.md, "Build figures".
 _MAX_CHANNELS = 4
 
 
