@@ -29,9 +29,11 @@ cycle late. ``tests/gateware/test_fastherald.py`` checks every stage against the
 model and the core's records.
 
 Pipeline in the fast domain from the sampler's fabric word register: the selected edge (edge
-kind, first of the group), the input stage (enable, ``run``, dead time), the window's per-cycle
-view, each event's window pattern before and after it, the rules' firings, the pin register:
-the pin is high after the 6th fast edge following the word register's (:attr:`LATENCY`).
+kind, first of the group), the input stage (enable, ``run``, dead time), the events again with
+per fine position whether any channel has one (so that the window's opening decision starts
+from 4 registered bits, not from the 4N positions through their OR), the window's per-cycle
+view, each event's window pattern before and after it, the firings per pin, the pin register:
+the pin is high after the 7th fast edge following the word register's (:attr:`LATENCY`).
 
 A pin is driven by the fast path only while :attr:`fast` says it is exactly equivalent to the
 core (:func:`heraldry.host.config.fast_herald_pins` is the same rule for the host): every rule
@@ -128,10 +130,10 @@ class FastHerald(wiring.Component):
     fines : list of Signal(2)
         Their fine positions in the word (0 earliest), valid with ``events``.
     LATENCY : int
-        Fast edges from the word register's edge to the pin register's edge (6).
+        Fast edges from the word register's edge to the pin register's edge (7).
     """
 
-    LATENCY = 6
+    LATENCY = 7
 
     def __init__(self, channels, rules, *, domain="sclk", roles=False, gates=False):
         self.channels = channels
@@ -182,7 +184,10 @@ class FastHerald(wiring.Component):
         # (InputStage's edge choice: RISING the first rise, FALLING the first fall, BOTH the
         # earlier, a rise on a tie), unless the group already had one of that kind (the core's
         # PHY reports only the group's first rise and first fall), as a one-hot position.
-        group_start = self.phase[0]
+        # The group flags are kept as the next word sees them: cleared after a group's last
+        # word (`phase` is a ring, one step a cycle; after a reset both start over), so that
+        # the word's own `phase` is not in the candidate's logic.
+        group_end = self.phase[3]
         candidate = [Signal(4, name=f"candidate{c}") for c in range(n)]
         for c in range(n):
             word = self.word[4 * c:4 * c + 4]
@@ -194,9 +199,9 @@ class FastHerald(wiring.Component):
             m.d.comb += [rises.eq(word & ~previous), falls.eq(~word & previous)]
             rise_seen = Signal(name=f"rise_seen{c}")
             fall_seen = Signal(name=f"fall_seen{c}")
-            seen_r = Mux(group_start, 0, rise_seen)
-            seen_f = Mux(group_start, 0, fall_seen)
-            fast += [rise_seen.eq(seen_r | rises.any()), fall_seen.eq(seen_f | falls.any())]
+            seen_r, seen_f = rise_seen, fall_seen
+            fast += [rise_seen.eq(Mux(group_end, 0, seen_r | rises.any())),
+                     fall_seen.eq(Mux(group_end, 0, seen_f | falls.any()))]
 
             def first(bits):
                 return Cat(bits[i] & ~bits[:i].any() if i else bits[0] for i in range(4))
@@ -264,15 +269,30 @@ class FastHerald(wiring.Component):
                     dq_is.eq(Cat(dq_is[0] | dq_is[1], dq == 2)),
                     ok.eq(Cat(dq_is[0] | (dq_is[1] & (dr <= j)) for j in range(4))),
                 ]
+        for c in range(n):
+            m.d.comb += [self.events[c].eq(events[c]),
+                         self.fines[c].eq(Cat(positions[c][1] | positions[c][3],
+                                              positions[c][2] | positions[c][3]))]
+
+        # Stage 3: the events again, and per fine position whether any channel has one (the
+        # window's opening decision then starts from these 4 bits and `inside`, not from the
+        # 4N positions through their OR).
+        events_d = Signal(n)
+        positions_d = [Signal(4, name=f"position_d{c}") for c in range(n)]
+        occupied_any = Signal(4)
+        fast += [
+            events_d.eq(events),
+            *(positions_d[c].eq(positions[c]) for c in range(n)),
+            occupied_any.eq(Cat(Cat(positions[c][i] for c in range(n)).any() for i in range(4))),
+        ]
         fines = []
         for c in range(n):
-            fine = Signal(2, name=f"fine{c}")
-            m.d.comb += fine.eq(Cat(positions[c][1] | positions[c][3],
-                                    positions[c][2] | positions[c][3]))
+            fine = Signal(2, name=f"fine_d{c}")
+            m.d.comb += fine.eq(Cat(positions_d[c][1] | positions_d[c][3],
+                                    positions_d[c][2] | positions_d[c][3]))
             fines.append(fine)
-            m.d.comb += [self.events[c].eq(events[c]), self.fines[c].eq(fine)]
 
-        # Stage 3: the window, cut as CoincidenceUnit cuts it (t0 the first event when none is
+        # Stage 4: the window, cut as CoincidenceUnit cuts it (t0 the first event when none is
         # open, every event before t0 + W joins), but built for 5 ns a cycle: W >= 16 bins (the
         # core's minimum at F = 4) lets a window's first two cycles after the one it opens in
         # use constant flags, so the bins left are loaded a cycle late from precomputed values
@@ -306,12 +326,11 @@ class FastHerald(wiring.Component):
         join = Signal(n)
         newcomer = Signal(n)
         m.d.comb += [
-            join.eq(Cat((positions[c] & inside).any() for c in range(n))),
-            newcomer.eq(Cat((positions[c] & ~inside).any() for c in range(n))),
+            join.eq(Cat((positions_d[c] & inside).any() for c in range(n))),
+            newcomer.eq(Cat((positions_d[c] & ~inside).any() for c in range(n))),
         ]
         # Newcomers by fine position, and the earliest position (one-hot).
-        occupied = Cat(Cat(positions[c][i] for c in range(n)).any() & ~inside[i]
-                       for i in range(4))
+        occupied = Cat(occupied_any[i] & ~inside[i] for i in range(4))
         first = Cat(occupied[i] & ~occupied[:i].any() if i else occupied[0] for i in range(4))
         opening = occupied.any()
         fast += least.eq(first)
@@ -352,13 +371,13 @@ class FastHerald(wiring.Component):
         prev_q = Signal(n)
         fines_q = [Signal(f, name=f"fine_q{c}") for c in range(n)]
         fast += [
-            events_q.eq(events),
+            events_q.eq(events_d),
             join_q.eq(join),
             prev_q.eq(acc),
             *(q_.eq(fine) for q_, fine in zip(fines_q, fines)),
         ]
 
-        # Stage 4: per event, its window's pattern before this cycle and right after the
+        # Stage 5: per event, its window's pattern before this cycle and right after the
         # event (with every event of its window at the same time), as HeraldGenerator has them.
         before = [Signal(n, name=f"before{c}") for c in range(n)]
         after = [Signal(n, name=f"after{c}") for c in range(n)]
@@ -371,24 +390,27 @@ class FastHerald(wiring.Component):
             fast += [before[c].eq(base), after[c].eq(base | same)]
         fast += events_qq.eq(Mux(clear, 0, events_q))
 
-        # Stage 5: every early rule's decision, registered (HeraldGenerator's early rule: an
+        # Stage 6: every early rule's decision, registered (HeraldGenerator's early rule: an
         # event after which the pattern contains `require` when it did not before, with no
         # `veto` channel in it). Exact rules get a mask of 0 (never fire): a pin with one is
         # not driven by this path.
         masks = [Signal(n, name=f"mask{k}") for k in range(r)]
         m.d.sync += [masks[k].eq(Mux(cfg.herald_exact[k], 0, cfg.herald_mask[k]))
                      for k in range(r)]
-        fire = [Signal(n, name=f"fire{k}") for k in range(r)]   # per rule, by event
-        for k in range(r):
-            mask, veto = masks[k], cfg.herald_veto[k]
-            fast += fire[k].eq(Cat(
-                events_qq[c] & ((before[c] & mask) != mask) & ((after[c] & mask) == mask)
-                & ((after[c] & veto) == 0) for c in range(n)) & Mux(clear, 0, (1 << n) - 1))
+        fires = [Cat(events_qq[c] & ((before[c] & masks[k]) != masks[k])
+                     & ((after[c] & masks[k]) == masks[k]) & ((after[c] & cfg.herald_veto[k]) == 0)
+                     for c in range(n)) for k in range(r)]             # per rule, by event
+        # Registered per pin (the firings of its rules, by event), so that the pin's stage
+        # has only their OR before the pulse's registers (which sit by the pin's I/O).
+        fire = [Signal(n, name=f"fire_pin{p}") for p in range(r)]
+        for p in range(r):
+            fast += fire[p].eq(Cat(Cat(fires[k][c] & on_pin[p][k] for k in range(r)).any()
+                                   for c in range(n)) & Mux(clear, 0, (1 << n) - 1))
 
-        # Stage 6: the pins, 4 * herald_width fast cycles a pulse, restarted by a firing (the
+        # Stage 7: the pins, 4 * herald_width fast cycles a pulse, restarted by a firing (the
         # firings by event are OR'ed here).
         for p in range(r):
-            hit = Cat(fire[k].any() & on_pin[p][k] for k in range(r)).any()
+            hit = fire[p].any()
             remaining = Signal(width_bits, name=f"remaining{p}")
             with m.If(clear):
                 fast += [remaining.eq(0), self.fast_herald[p].eq(0)]

@@ -61,7 +61,7 @@ MEASURED = {
 #: the core clock does not change it): :func:`measure` with ``fast=True``. Only for a pin the
 #: fast path drives (:func:`heraldry.host.config.fast_herald_pins`); other pins: :data:`MEASURED`.
 MEASURED_FAST = {
-    "ECP5GearboxInputs": {"early": (Fraction(29, 16), Fraction(33, 16))},
+    "ECP5GearboxInputs": {"early": (Fraction(33, 16), Fraction(37, 16))},
 }
 
 #: The input block a device has, told by its fine bits (``ident.fine_bits``): each known block

@@ -1264,7 +1264,7 @@ def test_with_loopback_reads_the_spare_input_and_refuses_a_loop():
 
 def test_herald_latency_gauge_is_the_fast_figure_only_for_fast_early_pins():
     """heraldry_herald_latency_seconds on a device with the fast herald path (the ULX3S,
-    ident.capabilities bit 6): the fast figure (41.25 ns) when every early rule's pin is driven
+    ident.capabilities bit 6): the fast figure (46.25 ns) when every early rule's pin is driven
     by it; the core's (151.25 ns) when a delayed channel, the test signal or an exact rule on
     the same pin leaves a pin to the core, or the device has no fast path."""
     from heraldry.host.serve import early_latency_seconds
@@ -1283,7 +1283,7 @@ def test_herald_latency_gauge_is_the_fast_figure_only_for_fast_early_pins():
         a.validate()
         return a
 
-    assert early_latency_seconds(fast_ulx3s, acq()) == pytest.approx(41.25e-9)
+    assert early_latency_seconds(fast_ulx3s, acq()) == pytest.approx(46.25e-9)
     assert early_latency_seconds(ulx3s, acq()) == pytest.approx(151.25e-9)
     assert early_latency_seconds(fast_ulx3s, acq(delays_bins=[0, 0, 0, 8])) == pytest.approx(
         151.25e-9)
