@@ -193,6 +193,7 @@ class ULX3STop(Elaboratable):
         self.tagger = tagger = Tagger(self.channels, rules=len(HERALD_PINS),
                                       clock_hz=board.clock_hz, baud=board.baud,
                                       phys=inputs.phys, gates=board.gates,
+                                      gate_stage=board.gate_stage(self.channels),
                                       references=board.references,
                                       fast_herald=board.fast_herald)
         m.submodules.tagger = tagger
@@ -244,6 +245,16 @@ class ULX3SBoard(Board):
     #: ``sclk`` misses 200 MHz (68.9 MHz in the 4-channel build with the core's blocks reused;
     #: 149-168 MHz for the rebuilt path alone), so the default build keeps the core's pins.
     fast_herald = False
+    #: Channels above which the core has a register stage between the delay lines and the gate
+    #: unit (``TaggerCore(gate_stage=True)``): one core cycle (20 ns) more of herald latency.
+    #: The 8-channel build with gates missed 50 MHz on the path from a delay line's memory read
+    #: through the gate unit's decision (21.92 ns); builds of up to 4 channels meet without it.
+    gate_stage_above = 4
+
+    def gate_stage(self, channels):
+        """Whether a build of ``channels`` inputs has the gate stage (:attr:`gate_stage_above`;
+        only with :attr:`gates`: the path it cuts runs through the gate unit)."""
+        return self.gates and channels > self.gate_stage_above
 
     @property
     def crossing_limits_ns(self):

@@ -74,6 +74,14 @@ class TaggerCore(wiring.Component):
         records are then ``record_layout(F, gates=True)`` (herald records with ``attempt`` and
         ``offset``). Without it (default) ``config.gates`` is ignored: every channel is a
         detector without gate, and the ``gated_out`` counters stay 0.
+    gate_stage : bool
+        A register stage between the delay lines and what takes their outputs (the gate unit
+        with ``gates``, else the register in front of the coincidence unit): the delay lines'
+        memory read and due compare, and the gate unit's decision, then have a cycle each. The
+        path through both into a channel's ``counted`` register was the ULX3S's 8-channel
+        critical one with gates (21.92 ns of 20). Every record, count and time is the same
+        (``ref`` and ``latency`` move with it); the price is one more cycle of ``latency``, so
+        of herald latency. Off by default.
     references : bool
         Without ``gates``: include the reference role alone (no sync, no gates, no attempt
         clock). A channel whose ``config.gates.role`` is ``REFERENCE`` has every event streamed
@@ -111,7 +119,7 @@ class TaggerCore(wiring.Component):
     ----------
     latency : int
         Cycles from the cycle after an edge's sampling clock edge to the cycle its event reaches
-        the coincidence unit with zero delay (``phy.latency + PIPELINE``): an event of bin ``b``
+        the coincidence unit with zero delay (``phy.latency + PIPELINE``, one more with ``gate_stage``): an event of bin ``b``
         (zero delay) reaches the coincidence unit, heralds, merger and counters in the cycle
         where ``now == b + latency``.
     PIPELINE : int
@@ -132,7 +140,8 @@ class TaggerCore(wiring.Component):
 
     def __init__(self, channels=4, rules=2, *, phy=GenericPHY, phys=None, fifo_depth=256,
                  delay_depth=16, counter_init=0, test_signal=True, gates=False,
-                 references=False, stream_filter=True, stream_hold=2, herald_stage=True):
+                 references=False, stream_filter=True, stream_hold=2, herald_stage=True,
+                 gate_stage=False):
         if phys is not None:
             phys = list(phys)
             if len(phys) != channels:
@@ -156,7 +165,8 @@ class TaggerCore(wiring.Component):
         if stream_hold < 1:
             raise ValueError(f"stream_hold must be >= 1, not {stream_hold}")
         self.stream_hold = stream_hold if self.stream_filter else 0
-        self.latency = phy.latency + self.PIPELINE
+        self.gate_stage = bool(gate_stage)
+        self.latency = phy.latency + self.PIPELINE + self.gate_stage
         self.map = CounterMap(channels, rules)
         self.clear_next = None
         self.clear_copies = {}
@@ -264,6 +274,16 @@ class TaggerCore(wiring.Component):
         fines = [Signal(f, name=f"fine{c}") for c in range(n)]
         clear = clear_for("core")
         line_events = Cat(line.o.event for line in delayed)
+        line_fines = [line.o.time[:f] for line in delayed]
+        if self.gate_stage:
+            # The lines' outputs registered (gate_stage): no clear needed, a line's output is
+            # already 0 in a clear cycle, and what this register holds in a clear cycle is
+            # discarded below as the lines' outputs would be.
+            staged = Signal(n, name="staged_events")
+            staged_fines = [Signal(f, name=f"staged_fine{c}") for c in range(n)]
+            m.d.sync += staged.eq(line_events)
+            m.d.sync += [staged_fines[c].eq(line_fines[c]) for c in range(n)]
+            line_events, line_fines = staged, staged_fines
         # With gates: `events` are the detector events kept by their gates (windows, heralds);
         # `streamed` adds the markers (merger), `counted` the sync and reference events
         # (singles counters), `gated` the events gated out. The gate unit works at the delay
@@ -278,8 +298,8 @@ class TaggerCore(wiring.Component):
                 gate_unit.config.eq(cfg.gates),
                 gate_unit.clear.eq(clear_for("gates")),
             ]
-            for c, line in enumerate(delayed):
-                m.d.comb += gate_unit.fine[c].eq(line.o.time[:f])
+            for c in range(n):
+                m.d.comb += gate_unit.fine[c].eq(line_fines[c])
             clock = {name: Signal.like(getattr(gate_unit, name), name=f"clock_{name}")
                      for name in ("attempt", "base", "synced", "sync_now", "sync_fine")}
             m.d.sync += [
@@ -303,8 +323,8 @@ class TaggerCore(wiring.Component):
             m.d.comb += [streamed.eq(events), counted.eq(events)]
         m.d.sync += overflow.eq(Mux(clear, 0, Cat(line.overflow for line in delayed)))
         times = []
-        for c, line in enumerate(delayed):
-            m.d.sync += fines[c].eq(line.o.time[:f])
+        for c in range(n):
+            m.d.sync += fines[c].eq(line_fines[c])
             times.append(Cat(fines[c], ref))
 
         m.submodules.coincidence = coinc = CoincidenceUnit(n, f)

@@ -67,6 +67,9 @@ class Tagger(wiring.Component):
     herald_stage : bool
         Herald records' time and pattern selected a cycle after the firing (``TaggerCore``;
         the same records, a few more flip-flops).
+    gate_stage : bool
+        A register stage between the delay lines and the gate unit (``TaggerCore``): one core
+        cycle more of herald latency; the ULX3S's 8-channel build has it.
     fast_herald : bool
         The board's top level drives the herald pins through a fast herald path
         (:class:`~.fastherald.FastHerald`, outside this component: it needs the sampler's
@@ -105,7 +108,7 @@ class Tagger(wiring.Component):
     def __init__(self, channels=4, rules=2, *, clock_hz=100_000_000, baud=12_000_000,
                  phy=GenericPHY, phys=None, fifo_depth=256, link="uart", test_signal=True,
                  stream_filter=True, gates=False, references=False,
-                 herald_stage=True, fast_herald=False):
+                 herald_stage=True, fast_herald=False, gate_stage=False):
         if link not in LINKS:
             raise ValueError(f"link must be one of {', '.join(LINKS)}, not {link!r}")
         self.channels = channels
@@ -116,7 +119,7 @@ class Tagger(wiring.Component):
         self.core = TaggerCore(channels, rules, phy=phy, phys=phys, fifo_depth=fifo_depth,
                                test_signal=test_signal, stream_filter=stream_filter,
                                gates=gates, references=references,
-                               herald_stage=herald_stage)
+                               herald_stage=herald_stage, gate_stage=gate_stage)
         self.fine_bits = self.core.fine_bits
         self.bin_fs = round(10 ** 15 / (self.clock_hz * 2 ** self.fine_bits))
         self.led_stretch = max(1, self.clock_hz // 20)

@@ -17,18 +17,24 @@ from test_core_sim import _DrivenPHY
 ROLES = {"detector": Role.DETECTOR, "sync": Role.SYNC, "reference": Role.REFERENCE}
 
 
-def run_core(settings, events, start_cycle, rules, *, gates=True, roles=None):
+def run_core(settings, events, start_cycle, rules, *, gates=True, roles=None, gate_stage=False,
+             herald_pins=None, lead=200):
     """``events[c]``: absolute bins of channel c (at most one per cycle). Returns tags, heralds
     (time, rule, pattern, attempt, offset) in stream order and the counters. ``gates=False``:
     the core with the reference role alone (``references=True``), heralds (time, rule,
-    pattern); ``roles``: the ``Role`` written to each channel instead of the settings' own."""
+    pattern); ``roles``: the ``Role`` written to each channel instead of the settings' own.
+    ``gate_stage``: the core's register stage in front of the gate unit. ``herald_pins``: a
+    list that receives ``(now, herald pins)`` after every clock edge from the first stimulus
+    cycle on (the stimulus of bin cycle ``b`` is on the pins while ``now == b``). ``lead``:
+    cycles from the core's ``ref`` after reset to ``start_cycle`` (clear takes longer with more
+    counters)."""
     n, f = settings.channels, settings.fine_bits
     acq = Acquisition(channels=n, rules=rules, fine_bits=f, window_bins=settings.window,
                       test_signal="off", herald_rules=list(settings.herald_rules),
                       delays_bins=[settings.channel_settings(c).delay for c in range(n)])
     phys = [_DrivenPHY(f) for _ in range(n)]
-    core = TaggerCore(n, rules, phys=phys, counter_init=start_cycle - 200, test_signal=False,
-                      gates=gates, references=not gates)
+    core = TaggerCore(n, rules, phys=phys, counter_init=start_cycle - lead, test_signal=False,
+                      gates=gates, references=not gates, gate_stage=gate_stage)
     cmap = core.map
     last = max((int(t[-1]) >> f for t in events if len(t)), default=start_cycle)
     per_cycle = {}
@@ -63,6 +69,8 @@ def run_core(settings, events, start_cycle, rules, *, gates=True, roles=None):
                 ctx.set(phys[c].fine, fine)
             await ctx.tick()
             now = ctx.get(core.now)
+            if herald_pins is not None:
+                herald_pins.append((now, ctx.get(core.herald)))
             if ctx.get(core.records.valid):
                 rec = ctx.get(core.records.payload)
                 if rec.kind == Kind.TAG:
@@ -154,6 +162,57 @@ def test_gates_through_the_whole_core(fine_bits, window, seed):
     assert expected.gated_out[:3].min() > 30 and expected.singles[:3].min() > 30
     assert np.bincount(expected.heralds["rule"], minlength=3).min() >= 2
     assert (expected.tags["channel"] == 3).sum() > 3 and (expected.tags["channel"] == 5).sum() > 3
+
+
+@pytest.mark.parametrize("fine_bits,window,seed", [(4, 16, 5), (0, 3, 6)])
+def test_gate_stage_same_records_pins_one_cycle_later(fine_bits, window, seed):
+    """``TaggerCore(gate_stage=True)`` (the ULX3S's 8-channel build: 8 channels, F = 4, gates):
+    every tag, herald record (attempt, offset), singles/gated_out/herald/delay counter equals the
+    model's, as without the stage; the herald pins are those of the core without the stage one
+    cycle later, and ``latency`` is one higher."""
+    rng = np.random.default_rng(seed)
+    f = fine_bits
+    cycle = 2 ** f
+    period = 19 * cycle + 5 if f else 19
+    gate = (3 * cycle + 2, 7 * cycle)
+    rules = (model.HeraldRule(0b00010001, 0b00000100, "exact", 0),
+             model.HeraldRule(0b01000010, 0, "early", 1))
+    channels = (model.ChannelSettings(gate=gate),
+                model.ChannelSettings(gate=(gate[0] - cycle, gate[1]), delay=cycle),
+                model.ChannelSettings(gate=gate),
+                model.ChannelSettings(role="sync", delay=2 * cycle),
+                model.ChannelSettings(),                          # no gate
+                model.ChannelSettings(role="reference"),
+                model.ChannelSettings(gate=gate, delay=3 * cycle),
+                model.ChannelSettings(gate=(0, 5 * cycle + 1)))
+    settings = model.CoreSettings(channels=8, fine_bits=f, window=window, channel=channels,
+                                  herald_rules=rules, sync_marker_every=3)
+    start = 200 + int(rng.integers(0, 50))
+    events = stimulus(rng, settings, start, 400, 0.3, period)
+    plain_pins, staged_pins = [], []
+    plain = run_core(settings, events, start, 2, herald_pins=plain_pins, lead=400)
+    staged = run_core(settings, events, start, 2, gate_stage=True, herald_pins=staged_pins,
+                      lead=400)
+    empty = [np.zeros(0, np.int64)] * settings.channels
+    expected = model.simulate(events, empty, settings)
+    tags, heralds, counters = staged
+    assert tags == [tuple(x) for x in expected.tags.tolist()]
+    assert heralds == [tuple(h) + tuple(s) for h, s in zip(expected.heralds.tolist(),
+                                                           expected.herald_sync.tolist())]
+    assert counters["singles"] == expected.singles.tolist()
+    assert counters["gated_out"] == expected.gated_out.tolist()
+    assert counters["heralds"] == expected.herald_counts.tolist()
+    assert staged == plain
+    # The pins by `now` (the stimulus' cycle): the staged core's at now + 1 are the plain's at now.
+    by_now = dict(staged_pins)
+    shifted = [(now, pins) for now, pins in plain_pins if now + 1 in by_now]
+    assert [by_now[now + 1] for now, _ in shifted] == [pins for _, pins in shifted]
+    assert len(shifted) > 300 and sum(1 for _, p in shifted if p & 1) >= 2 \
+        and sum(1 for _, p in shifted if p & 2) >= 2
+    assert np.bincount(expected.heralds["rule"], minlength=2).min() >= 2
+    assert expected.gated_out[[0, 1, 2, 6, 7]].min() > 10
+    core = TaggerCore(8, 2, gates=True, gate_stage=True)
+    assert core.latency == TaggerCore(8, 2, gates=True).latency + 1
 
 
 def test_references_alone_through_the_whole_core():

@@ -216,7 +216,8 @@ class _DrivenPHY(wiring.Component):
         return m
 
 
-def _run_subclock_core(fine_bits, rules, acq, events, start_cycle, herald_stage=True):
+def _run_subclock_core(fine_bits, rules, acq, events, start_cycle, herald_stage=True,
+                       gate_stage=False):
     """Run a core of ``_DrivenPHY`` s from cycle ``start_cycle`` (its ``now`` after clear) with
     ``events[c]`` = absolute bins of channel c (at most one per cycle). Returns the streamed
     (tags, heralds) as model dtypes."""
@@ -224,7 +225,7 @@ def _run_subclock_core(fine_bits, rules, acq, events, start_cycle, herald_stage=
     phys = [_DrivenPHY(fine_bits) for _ in range(channels)]
     # `now` starts at counter_init + latency (2 here); clear and busy take a few cycles more.
     core = TaggerCore(channels, rules, phys=phys, counter_init=start_cycle - 200,
-                      test_signal=False, herald_stage=herald_stage)
+                      test_signal=False, herald_stage=herald_stage, gate_stage=gate_stage)
     last = max((int(t[-1]) >> fine_bits for t in events if len(t)), default=start_cycle)
     tags, heralds = [], []
     per_cycle = {}
@@ -285,13 +286,13 @@ def _random_subclock_events(rng, channels, fine_bits, start_cycle, cycles, rate)
 
 
 def _check_subclock(fine_bits, window, masks, events, start_cycle, delays=None,
-                    herald_stage=True):
+                    herald_stage=True, gate_stage=False):
     channels = len(events)
     acq = Acquisition(channels=channels, rules=len(masks), fine_bits=fine_bits,
                       window_bins=window, test_signal="off", herald_rules=list(masks),
                       delays_bins=delays or [0] * channels)
     tags, heralds = _run_subclock_core(fine_bits, len(masks), acq, events, start_cycle,
-                                       herald_stage)
+                                       herald_stage, gate_stage)
     empty = [np.zeros(0, np.int64)] * channels
     expected = model.simulate(events, empty, acq.model_settings())
     np.testing.assert_array_equal(tags, expected.tags)
@@ -299,19 +300,21 @@ def _check_subclock(fine_bits, window, masks, events, start_cycle, delays=None,
     return expected
 
 
-@pytest.mark.parametrize("fine_bits,window,seed", [(0, 3, 5), (2, 7, 6), (4, 16, 7),
-                                                   (4, 29, 8)])
-def test_herald_rules_through_the_whole_core(fine_bits, window, seed):
+@pytest.mark.parametrize("fine_bits,window,seed,gate_stage",
+                         [(0, 3, 5, False), (2, 7, 6, False), (4, 16, 7, False),
+                          (4, 29, 8, False), (0, 3, 5, True), (4, 16, 7, True)])
+def test_herald_rules_through_the_whole_core(fine_bits, window, seed, gate_stage):
     """Veto masks, early and exact rules, two rules on one pin: every herald record (an exact
     rule's at its window's end and with its closed pattern, through the merger), in stream
-    order, against the model."""
+    order, against the model; also with the register stage behind the delay lines
+    (``gate_stage``, without gates here)."""
     rng = np.random.default_rng(seed)
     start = 200 + int(rng.integers(0, 50))
     events = _random_subclock_events(rng, 4, fine_bits, start, 500, 0.25)
     rules = [model.HeraldRule(0b1001, 0b0110, "exact", 0),
              model.HeraldRule(0b0110, 0b1001, "exact", 0),
              model.HeraldRule(0b0011, 0b0100, "early", 1)]
-    expected = _check_subclock(fine_bits, window, rules, events, start)
+    expected = _check_subclock(fine_bits, window, rules, events, start, gate_stage=gate_stage)
     counts = np.bincount(expected.heralds["rule"], minlength=3)
     assert counts.min() >= 3, counts
 

@@ -180,6 +180,27 @@ def test_board_builds_gates_and_says_so(board):
     assert not top.tagger.registers.ident["ident.capabilities"] & CAPABILITY_GATES
 
 
+def test_ulx3s_gate_stage_above_four_channels():
+    """The register stage in front of the gate unit (``TaggerCore(gate_stage=True)``, one core
+    cycle of latency) is in ULX3S builds of more than 4 channels only, not in the iCEBreaker's."""
+    import dataclasses
+    from amaranth.hdl import Fragment
+    from heraldry.boards import get_board
+    wide = dataclasses.replace(ULX3S_85F, max_channels=8)
+    cores = {}
+    for channels in (4, 5, 8):
+        top = wide.top(channels)
+        Fragment.get(top, wide.platform())
+        cores[channels] = top.tagger.core
+    assert [cores[c].gate_stage for c in (4, 5, 8)] == [False, True, True]
+    assert cores[8].latency == cores[4].latency + 1
+    assert not ULX3S_25F.gate_stage(4) and ULX3S_25F.gate_stage(6)
+    icebreaker = get_board("icebreaker")
+    top = icebreaker.top(icebreaker.max_channels)
+    Fragment.get(top, icebreaker.platform())
+    assert not top.tagger.core.gate_stage
+
+
 def fast_ulx3s(board=ULX3S_85F):
     """The board with its fast herald path on (``ULX3SBoard.fast_herald``, off by default)."""
     import dataclasses
