@@ -615,7 +615,7 @@ def build(board, channels=None, out=None, *, seed=None, progress=None, env=None)
         "bin_fs": board.bin_fs,
         "bin_ps": board.bin_ps,
         "phy": board.phy.__name__,
-        "herald_latency_ns": board_latency(board),
+        "herald_latency_ns": board_latency(board, channels=channels),
         "clocks": clocks,
         "crossings": crossings,
         "timing_met": timing_met,

@@ -82,7 +82,7 @@ def _block(name, channels):
             "ECP5GearboxInputs": ECP5GearboxInputs}[name](channels=channels, sim=True)
 
 
-def measure(block="ECP5GearboxInputs", *, phases=None, channels=2, fast=False):
+def measure(block="ECP5GearboxInputs", *, phases=None, channels=2, fast=False, gate_stage=False):
     """Herald latency of ``block`` (a name in :data:`SAMPLER_DELAY`) in core clock periods.
 
     ``phases``: the core clock's phase against the sampling clock, in sampling-clock periods
@@ -98,18 +98,22 @@ def measure(block="ECP5GearboxInputs", *, phases=None, channels=2, fast=False):
     ECP5 block has one), watched at every sampling-clock edge; ``exact`` is the core's as
     without it (its pin is not eligible).
 
+    ``gate_stage``: the core with its register stage behind the delay lines
+    (``TaggerCore(gate_stage=True)``, the ULX3S's builds of more than 4 channels): one core
+    period more on each figure of the core's pins.
+
     Raises RuntimeError if a herald did not rise once per pin edge (a broken core)."""
     if fast and block not in MEASURED_FAST:
         raise ValueError(f"{block} has no fast herald path")
     per_phase = {}
     first = Fraction(0) if phases is None else Fraction(phases[0])
-    per_phase[first], ratio, elastic = _measure_phase(block, first, channels, fast)
+    per_phase[first], ratio, elastic = _measure_phase(block, first, channels, fast, gate_stage)
     if phases is None:
         phases = [Fraction(k, 4) for k in range(4 * ratio)] if elastic else [first]
     for phase in phases:
         if Fraction(phase) not in per_phase:
             per_phase[Fraction(phase)] = _measure_phase(block, Fraction(phase), channels,
-                                                        fast)[0]
+                                                        fast, gate_stage)[0]
     result = {"per_phase": per_phase}
     for mode in ("early", "exact"):
         result[mode] = (min(p[mode][0] for p in per_phase.values()),
@@ -117,7 +121,7 @@ def measure(block="ECP5GearboxInputs", *, phases=None, channels=2, fast=False):
     return result
 
 
-def _measure_phase(block, phase, channels, fast_block=False):
+def _measure_phase(block, phase, channels, fast_block=False, gate_stage=False):
     from amaranth.hdl import Module
     from amaranth.sim import Simulator
 
@@ -128,10 +132,11 @@ def _measure_phase(block, phase, channels, fast_block=False):
     inputs = _block(block, channels)
     m = Module()
     if inputs is None:
-        core = TaggerCore(channels, 2, test_signal=False)
+        core = TaggerCore(channels, 2, test_signal=False, gate_stage=gate_stage)
         fine_bits, per_fast, ratio, fast, elastic = 0, 1, 1, "sync", False
     else:
-        core = TaggerCore(channels, 2, phys=inputs.phys, test_signal=False)
+        core = TaggerCore(channels, 2, phys=inputs.phys, test_signal=False,
+                          gate_stage=gate_stage)
         m.submodules.inputs = inputs
         fine_bits, per_fast, fast = inputs.fine_bits, 2 ** inputs.sample_bits, inputs.fast
         ratio = 2 ** (fine_bits - inputs.sample_bits)
@@ -239,14 +244,18 @@ def latency_ns(periods, clock_hz, window_cycles=WINDOW_CYCLES):
     return out
 
 
-def board_latency(board, *, phases=None):
+def board_latency(board, *, phases=None, channels=None):
     """:func:`latency_ns` of :func:`measure` for a :class:`heraldry.boards.Board` (its ``phy``
     and ``clock_hz``), simulated now: the figure ``report.json`` carries as
     ``herald_latency_ns``. A board with a fast herald path (``board.fast_herald``) gives
     ``early`` through it, the core's early figure as ``early_core`` (a pin the fast path does
-    not drive) and the fast path's conditions as ``early_conditions``."""
+    not drive) and the fast path's conditions as ``early_conditions``. ``channels``: the
+    build's (None: the board's default), for a board whose core has the gate stage at some
+    channel counts (``board.gate_stage(channels)``, the ULX3S above 4)."""
     block = board.phy.__name__
-    out = latency_ns(measure(block, phases=phases), board.clock_hz)
+    channels = board.default_channels if channels is None else channels
+    stage = bool(getattr(board, "gate_stage", None) and board.gate_stage(channels))
+    out = latency_ns(measure(block, phases=phases, gate_stage=stage), board.clock_hz)
     if getattr(board, "fast_herald", False):
         fast = latency_ns(measure(block, phases=phases, fast=True), board.clock_hz)
         out["early_core"] = out["early"]

@@ -100,6 +100,28 @@ def test_board_latency_simulates_the_board():
     assert fast["early_core"] == ulx3s["early"] and fast["exact"] == ulx3s["exact"]
 
 
+def test_gate_stage_adds_one_core_period():
+    """``TaggerCore(gate_stage=True)``: one register more between the delay lines and the
+    coincidence unit, so each pin is high one core edge later: the generic PHY's 4-5 / 5-6
+    periods (architecture.md's count plus one) become 5-6 / 6-7; the ULX3S's per sample
+    position, one period more at a phase; the 8-channel ULX3S build's report says so (20 ns
+    more than the 4-channel one's), the 4-channel one's is unchanged."""
+    import dataclasses
+    from heraldry.boards import BOARDS
+    staged = measure("GenericPHY", gate_stage=True)
+    assert staged["early"] == (5, 6) and staged["exact"] == (6, 7)
+    plain = measure("ECP5GearboxInputs", phases=[0])["per_phase"][Fr(0)]
+    with_stage = measure("ECP5GearboxInputs", phases=[0], gate_stage=True)["per_phase"][Fr(0)]
+    for mode in ("early", "exact"):
+        assert with_stage[mode + "_per_position"] == [x + 1 for x in plain[mode + "_per_position"]]
+    board = dataclasses.replace(BOARDS["ulx3s-85f"], max_channels=8)
+    four = latency.board_latency(board, phases=[0], channels=4)
+    eight = latency.board_latency(board, phases=[0], channels=8)
+    assert four == latency.board_latency(board, phases=[0])
+    for mode in ("early", "exact"):
+        assert eight[mode] == {k: v + 20.0 for k, v in four[mode].items()}
+
+
 # The fast herald path (gateware/fastherald.py), counted by hand: a sample at position p
 # (0..3) of sclk period k is presented by IDDRX2F at sclk edge k + 1 (SAMPLER_DELAY), then eight
 # sclk registers (the word register, the selected edge, the input stage, the events and their
