@@ -33,8 +33,8 @@ docs/boards.md ("Build figures") has the figures.
 Fast herald path (:class:`heraldry.gateware.fastherald.FastHerald`, ``ULX3SBoard.fast_herald``):
 the herald pins of early rules from ``sclk``, 41.25-46.25 ns pin to pin in simulation against
 112.5-151.25 ns through the core. Off by default: with it ``sclk`` missed 200 MHz (68.9 MHz in
-the full build with the core's blocks reused; 149-168 MHz for the rebuilt path alone;
-docs/boards.md, "The ULX3S's fast herald path").
+the full build with the core's blocks reused; 141.2 MHz with the rebuilt, pipelined path, 153-169
+MHz for that path alone; docs/boards.md, "The ULX3S's fast herald path").
 """
 
 from amaranth.build import Attrs, Pins, Resource
@@ -243,7 +243,7 @@ class ULX3SBoard(Board):
     #: (:class:`~heraldry.gateware.fastherald.FastHerald`, capability bit 6) where exactly
     #: equivalent to the core's (docs/boards.md, "The ULX3S's fast herald path"). Off: with it
     #: ``sclk`` misses 200 MHz (68.9 MHz in the 4-channel build with the core's blocks reused;
-    #: 149-168 MHz for the rebuilt path alone), so the default build keeps the core's pins.
+    #: 141.2 MHz with the rebuilt, pipelined path), so the default build keeps the core's pins.
     fast_herald = False
     #: Channels above which the core has a register stage between the delay lines and the gate
     #: unit (``TaggerCore(gate_stage=True)``): one core cycle (20 ns) more of herald latency.
