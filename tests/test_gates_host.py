@@ -9,7 +9,7 @@ import pytest
 from heraldry import protocol
 from heraldry.host import cli
 from heraldry.host.config import ConfigError
-from heraldry.host.tagger import Settings, settings_to_acquisition, sim_identity
+from heraldry.host.tagger import VIRTUAL_BOARDS, Settings, settings_to_acquisition, sim_identity
 
 
 def gates_identity(channels=5):
@@ -55,10 +55,14 @@ def test_bad_values_are_refused_in_one_line(settings, fragment):
 
 
 def test_a_board_without_gates_refuses_them():
+    # the in-process board is built without gates (the Verilated one, "sim", with them)
+    plain = sim_identity(5, VIRTUAL_BOARDS["sim-inprocess"])
+    assert not plain.capabilities & protocol.CAPABILITY_GATES
+    assert sim_identity(5).capabilities & protocol.CAPABILITY_GATES
     with pytest.raises(ConfigError, match="no sync, gates or reference inputs"):
-        settings_to_acquisition(Settings(sync=4), sim_identity(5))
+        settings_to_acquisition(Settings(sync=4), plain)
     # plain settings still pass
-    acq, _ = settings_to_acquisition(Settings(), sim_identity(5))
+    acq, _ = settings_to_acquisition(Settings(), plain)
     assert acq.roles == ["detector"] * 5 and not acq.gated
 
 
@@ -68,7 +72,8 @@ def test_a_board_with_references_alone_takes_references_only():
     line that says what the board has."""
     identity = sim_identity(2)
     identity = dataclasses.replace(
-        identity, capabilities=identity.capabilities | protocol.CAPABILITY_REFERENCES)
+        identity, capabilities=(identity.capabilities & ~protocol.CAPABILITY_GATES)
+        | protocol.CAPABILITY_REFERENCES)
     acq, _ = settings_to_acquisition(Settings(references=(1,)), identity)
     assert acq.roles == ["detector", "reference"] and acq.references_only
     assert acq.roles_refusal(identity.capabilities) is None
@@ -88,7 +93,7 @@ def test_a_board_with_references_alone_takes_references_only():
     (["--gate", "0:40:wide"], "width 'wide' is not a number"),
     (["--gate", "7:40:20"], "no channel 7"),
     (["--gate", "0:40:20", "--gate", "0:10:20"], "given twice"),
-    (["--sync", "1"], "no sync, gates or reference inputs"),
+    (["--sync", "1", "--board", "sim-inprocess"], "no sync, gates or reference inputs"),
 ])
 def test_command_line_refusals(options, fragment, capsys):
     status = cli.main(["acquire", "--channels", "2", "--duration", "1e-6", "--quiet"] + options)

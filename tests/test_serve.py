@@ -914,21 +914,22 @@ def test_herald_publish_latency_histogram():
         run = tagger.runs[-1]
         run.device_seconds = 0.3
         events = np.zeros(3, EVENT_DTYPE)
-        events["time_ps"] = [100 * 10 ** 9, 150 * 10 ** 9, 290 * 10 ** 9]     # 0.1, 0.15, 0.29 s
+        events["time_ps"] = [90 * 10 ** 9, 150 * 10 ** 9, 279 * 10 ** 9]     # 0.09, 0.15, 0.279 s
         events["kind"] = [Kind.HERALD.value, Kind.TAG.value, Kind.HERALD.value]
         run.blocks.append(Block(events, {}))
         began = time.monotonic()
         server._step()
         wall = time.monotonic() - began     # bounds each herald's wall part
-        assert wall < 0.005
+        # (a loaded machine may take tens of ms; the buckets below hold up to 0.179 s)
+        assert wall < 0.15
         _, samples = _scrape({"metrics": f"http://127.0.0.1:{server.metrics_port}/metrics"})
         name = "heraldry_herald_publish_latency_seconds"
         buckets = {le: samples[f'{name}_bucket{{le="{le}"}}']
                    for le in ("0.01", "0.02", "0.2", "0.5", "+Inf")}
-        # 0.2 s and 0.01 s plus under 5 ms: buckets (0.2, 0.5] and (0.01, 0.02].
-        assert buckets == {"0.01": 0, "0.02": 1, "0.2": 1, "0.5": 2, "+Inf": 2}
+        # 0.21 s and 0.021 s plus the wall part: buckets (0.2, 0.5] and (0.02, 0.2].
+        assert buckets == {"0.01": 0, "0.02": 0, "0.2": 1, "0.5": 2, "+Inf": 2}
         assert samples[f"{name}_count"] == 2
-        assert 0.21 <= samples[f"{name}_sum"] <= 0.21 + 2 * wall
+        assert 0.231 - 1e-9 <= samples[f"{name}_sum"] <= 0.231 + 2 * wall
     finally:
         server.close()
 
