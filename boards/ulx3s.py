@@ -277,8 +277,10 @@ class ULX3SBoard(Board):
 #: The core's clock: 1/4 of the gearboxes' 200 MHz (16 samples a cycle, 1.25 ns bins).
 _CLOCK_HZ = 50_000_000
 #: Channels that meet timing at _CLOCK_HZ (seed 1): 4 does (51.5 MHz with gates); 8 does not
-#: (with gates: ``sclk`` 285.2 MHz met, ``sync`` 45.6 MHz, 1.9 ns short on the path from a
-#: delay line's memory read into the gate unit). docs/boards.md, "Build figures".
+#: (with gates, without the gate stage: ``sync`` 45.6 MHz, 1.9 ns short on the path from a
+#: delay line's memory read into the gate unit; with it (:meth:`ULX3SBoard.gate_stage`):
+#: ``sclk`` 211.0 MHz met, ``sync`` 47.1 MHz, 1.2 ns short on the path from the coincidence
+#: unit's window into the stream filter's ``filtered`` count). docs/boards.md, "Build figures".
 _MAX_CHANNELS = 4
 
 
