@@ -203,15 +203,7 @@ class ULX3STop(Elaboratable):
             self.fast_herald = fast = FastHerald(self.channels, tagger.rules, domain="sclk",
                                                  roles=board.references, gates=board.gates)
             m.submodules.fast_herald = fast
-            core = tagger.core
-            m.d.comb += [
-                fast.word.eq(inputs.fast_word),
-                fast.phase.eq(inputs.gearbox.phase),
-                fast.config.eq(core.config),
-                fast.run.eq(core.run),
-                fast.clear.eq(core.clear),
-                fast.core_herald.eq(tagger.herald),
-            ]
+            fast.attach(m, inputs, tagger.core)
             pins = fast.herald
         for r in range(tagger.rules):
             m.submodules[f"herald{r}"] = herald = io.Buffer(

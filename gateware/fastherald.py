@@ -156,6 +156,19 @@ class FastHerald(wiring.Component):
             "fast_herald": Out(rules),
         })
 
+    def attach(self, m, inputs, core):
+        """Drive every input of this path in ``m``: ``word`` and ``phase`` from the input block
+        ``inputs`` (a :class:`~.gearbox.GearedInputs`), ``config``, ``run``, ``clear`` and
+        ``core_herald`` from ``core`` (the :class:`~.core.TaggerCore` it feeds)."""
+        m.d.comb += [
+            self.word.eq(inputs.fast_word),
+            self.phase.eq(inputs.gearbox.phase),
+            self.config.eq(core.config),
+            self.run.eq(core.run),
+            self.clear.eq(core.clear),
+            self.core_herald.eq(core.herald),
+        ]
+
     def elaborate(self, platform):
         m = Module()
         n, r, f = self.channels, self.rules, FINE_BITS

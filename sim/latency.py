@@ -146,14 +146,7 @@ def _measure_phase(block, phase, channels, fast_block=False, gate_stage=False):
     if fast_block:
         from ..gateware.fastherald import FastHerald
         m.submodules.fast = fh = FastHerald(channels, 2, domain=fast)
-        m.d.comb += [
-            fh.word.eq(inputs.fast_word),
-            fh.phase.eq(inputs.gearbox.phase),
-            fh.config.eq(core.config),
-            fh.run.eq(core.run),
-            fh.clear.eq(core.clear),
-            fh.core_herald.eq(core.herald),
-        ]
+        fh.attach(m, inputs, core)
         pins = fh.herald
     acq = Acquisition(channels=channels, rules=2, fine_bits=fine_bits,
                       window_bins=WINDOW_CYCLES * 2 ** fine_bits, test_signal="off",

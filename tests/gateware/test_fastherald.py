@@ -34,14 +34,7 @@ def build(channels, rules, gates=False):
     m.submodules.inputs = inputs
     m.submodules.core = core
     m.submodules.fast = fast
-    m.d.comb += [
-        fast.word.eq(inputs.fast_word),
-        fast.phase.eq(inputs.gearbox.phase),
-        fast.config.eq(core.config),
-        fast.run.eq(core.run),
-        fast.clear.eq(core.clear),
-        fast.core_herald.eq(core.herald),
-    ]
+    fast.attach(m, inputs, core)
     return m, inputs, core, fast
 
 
