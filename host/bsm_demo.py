@@ -16,7 +16,9 @@ option given here replaces the demo's own (:data:`DEMO_OPTIONS`). Exit status: t
 the model cannot place the run (events dropped).
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -142,6 +144,17 @@ def expected_heralds(acq, attempts):
     return out
 
 
+def _channels(args):
+    """The channel count ``args`` (acquire's) give, as acquire's parser reads it; 0 if they do
+    not parse (acquire then says why)."""
+    from . import cli
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):     # acquire says it, once
+            return cli.build_parser().parse_args(args).channels or 0
+    except SystemExit:
+        return 0
+
+
 def _demo_args(argv):
     given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
     args = ["acquire"]
@@ -151,13 +164,7 @@ def _demo_args(argv):
     if "--herald" not in given:
         for rule in PSI_MINUS_RULES:
             args += ["--herald", rule]
-    channels = int(DEMO_OPTIONS["--channels"])
-    for i, arg in enumerate(argv):
-        if arg.startswith("--channels"):
-            value = arg.split("=", 1)[1] if "=" in arg else (
-                argv[i + 1] if i + 1 < len(argv) else "")
-            channels = int(value) if value.isdigit() else 0
-    if not {"--sync", "--gate"} & given and channels > SYNC_CHANNEL:
+    if not {"--sync", "--gate"} & given and _channels(args + list(argv)) > SYNC_CHANNEL:
         # The attempt clock gates the detectors: dark counts herald only inside the gate.
         args += ["--sync", str(SYNC_CHANNEL)]
         for c in range(4):
