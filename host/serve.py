@@ -66,7 +66,8 @@ from .config import ConfigError, fast_herald_pins
 from .events import EVENT_DTYPE
 
 __all__ = ["Server", "ServeError", "SequenceTracker", "check_bind", "is_loopback",
-           "decode_events", "request", "early_latency_seconds", "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
+           "decode_events", "request", "early_latency_seconds",
+           "DEFAULT_PUB_PORT", "DEFAULT_CONTROL_PORT",
            "DEFAULT_METRICS_PORT", "DROP_CAUSES", "METRIC_NAMES", "CONTROL_COMMANDS",
            "LATENCY_BUCKETS_S", "PAIR_DELAY_BUCKETS_S", "PAIR_DELAY_RANGE_S", "pair_delays",
            "LOOPBACK_BUCKET_PERIODS", "LOOPBACK_GUARD_CYCLES", "loopback_latencies",

@@ -1,7 +1,7 @@
 """The fast decoder on the byte stream of a core with gates (HERALD records with attempt and
-sync_offset when synced: up to 100 payload bits, beyond the kernel's first 62-bit word) against the reference
-decoder, clean and damaged, in any chunking: every herald's time, rule, pattern, attempt and
-sync_offset (EVENT_DTYPE) equal to the reference decoder's."""
+sync_offset when synced: up to 100 payload bits, beyond the kernel's first 62-bit word) against
+the reference decoder, clean and damaged, in any chunking: every herald's time, rule, pattern,
+attempt and sync_offset (EVENT_DTYPE) equal to the reference decoder's."""
 
 import numpy as np
 import pytest

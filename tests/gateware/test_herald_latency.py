@@ -161,6 +161,7 @@ def test_latency_seconds_claims_the_fast_figure_only_for_a_fast_pin():
     assert herald_latency_seconds(50_000_000, 4) == pytest.approx(7.5625 * 20e-9)
     assert herald_latency_seconds(50_000_000, 4, "exact", fast=True) == pytest.approx(9.5 * 20e-9)
     # Blocks without a fast path: the core's figure whatever `fast` says.
-    assert herald_latency_seconds(24_000_000, 2, fast=True) == herald_latency_seconds(24_000_000, 2)
+    assert (herald_latency_seconds(24_000_000, 2, fast=True)
+            == herald_latency_seconds(24_000_000, 2))
     with pytest.raises(ValueError, match="no fast herald path"):
         measure("ICE40DDRInputs", fast=True)
