@@ -5,7 +5,7 @@ It sits beside the counters, between the coincidence unit and the merger: the co
 event, the merger only the streamed ones.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,9 +22,22 @@ OFFSET_BITS = WINDOW_BITS + 1
 OVER_BITS = WINDOW_BITS
 
 
+def _any_and_two(bits):
+    """(any, two or more) of a list of 1-bit values, as a balanced tree of halves: a half's
+    pair combines as ``any = a | b`` and ``two = two_a | two_b | (a & b)``, so the depth grows
+    with log2 of the width and no carry chain is used (``p & (p - 1)`` was a carry chain on the
+    ULX3S's critical path)."""
+    if len(bits) == 1:
+        return bits[0], C(0, 1)
+    half = len(bits) // 2
+    any_a, two_a = _any_and_two(bits[:half])
+    any_b, two_b = _any_and_two(bits[half:])
+    return any_a | any_b, two_a | two_b | (any_a & any_b)
+
+
 def _two_or_more(pattern):
-    """At least two bits of ``pattern`` set: it is not 0 and not a power of two."""
-    return pattern.any() & ((pattern & (pattern - 1)[:len(pattern)]) != 0)
+    """At least two bits of ``pattern`` set."""
+    return _any_and_two([pattern[i] for i in range(len(pattern))])[1]
 
 
 class StreamFilter(wiring.Component):
@@ -171,11 +184,16 @@ class StreamFilter(wiring.Component):
             need_channel = need_channel | Mux(need[c], c, 0)
         needed = need.any()
 
+        # The late signals (``keep``, ``needed``, ``room``) only select among values computed
+        # from the registers alone: an adder after them was on the ULX3S's critical path.
+        over_1 = Signal(OVER_BITS)
+        count_1 = Signal.like(count)
+        m.d.comb += [over_1.eq(over + 1), count_1.eq(count + 1)]
         with m.If(self.clear):
             m.d.sync += [count.eq(0), over.eq(0)]
         with m.Else():
-            m.d.sync += [count.eq(base_count + (needed & room)),
-                         over.eq(base_over + (needed & ~room))]
+            m.d.sync += [count.eq(Mux(needed & room, Mux(keep, count_1, 1), base_count)),
+                         over.eq(Mux(needed & ~room, Mux(keep, over_1, 1), base_over))]
             with m.If(needed):
                 m.d.sync += channel.eq(need_channel)
             for i in range(k):
@@ -191,10 +209,17 @@ class StreamFilter(wiring.Component):
                 self.held_offset[i].eq((start - slot[i])[:OFFSET_BITS]),
             ]
         m.d.comb += [self.held_channel.eq(channel), self.idle.eq(~holding)]
+        # Likewise the filtered counts: ``count + over`` (and one more) from the registers,
+        # selected by this cycle's decisions.
+        held_total = Signal(OVER_BITS + 1)
+        held_total_1 = Signal(OVER_BITS + 1)
+        m.d.comb += [held_total.eq(count + over), held_total_1.eq(count + over + 1)]
         for c in range(n):
             mine = channel == c
             m.d.comb += [
-                self.filtered[c].eq(decided_out[c] + Mux(discard & mine, count + over, 0)),
+                self.filtered[c].eq(Mux(discard & mine,
+                                        Mux(decided_out[c], held_total_1, held_total),
+                                        decided_out[c])),
                 self.dropped[c].eq(Mux(release & mine, over, 0)),
             ]
         return m
