@@ -209,7 +209,6 @@ class CoincidenceUnit(wiring.Component):
         m.d.comb += [
             self.was_open.eq(is_open),
             self.last_cycle.eq(ending),
-            self.opened_last_cycle.eq(opened_ending.bit_select(least_fine, 1)),
         ]
 
         cur_open = is_open | opening
@@ -224,15 +223,37 @@ class CoincidenceUnit(wiring.Component):
 
         # The window after this cycle's events has no bin left in the next cycle once
         # t0 + W <= Cat(0, ref + 1), i.e. its `left` this cycle is <= 2**F.
-        expire = cur_open & Mux(opening, opened_ending.bit_select(least_fine, 1), ending)
+        #
+        # A value the new window's fine position selects (a table of 2**F entries): with F > 0
+        # each channel's entry at its own fine time is looked up from the registered times and
+        # the configuration alone, and the earliest newcomer's (one-hot) is OR'ed out, so the
+        # cycle's events only drive one AND-OR level (looking the table up by `least_fine`, an
+        # encoding of that selection, was on the 8-channel ULX3S's critical path). No newcomer:
+        # 0 (every use is under `opening`, and `opened_last_cycle` is valid only then).
+        def at_least_fine(table, width):
+            if f == 0:
+                return table[0]
+            value = Signal(width)
+            picked = 0
+            for i in range(n):
+                entry = Signal(width, name=f"entry{i}")
+                m.d.comb += entry.eq(Array(table)[fine[i]])
+                picked = picked | Mux(newcomer_first[i], entry, 0)
+            m.d.comb += value.eq(picked)
+            return value
+
+        opened_ending_now = at_least_fine([opened_ending[i] for i in range(step)], 1)
+        m.d.comb += self.opened_last_cycle.eq(opened_ending_now)
+        expire = cur_open & Mux(opening, opened_ending_now, ending)
         next_left = Signal(left_bits)
         next_above = Signal(step)
         next_ending = Signal()
         m.d.comb += [
-            next_left.eq(Mux(opening, Array(opened_next)[least_fine], carried_next)),
-            next_above.eq(Mux(opening, Array(opened_next_above)[least_fine],
+            next_left.eq(Mux(opening, at_least_fine(opened_next, left_bits), carried_next)),
+            next_above.eq(Mux(opening, at_least_fine(opened_next_above, step),
                               carried_next_above)),
-            next_ending.eq(Mux(opening, opened_next_ending.bit_select(least_fine, 1),
+            next_ending.eq(Mux(opening,
+                               at_least_fine([opened_next_ending[i] for i in range(step)], 1),
                                carried_next_ending)),
         ]
         update_left = [left.eq(next_left), above.eq(next_above), ending.eq(next_ending)]
