@@ -17,8 +17,9 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .. import __version__
-from ..protocol import (CAPABILITY_FAST_HERALD, CAPABILITY_GATES, CAPABILITY_REFERENCES,
-                        CAPABILITY_STREAM_FILTER, CAPABILITY_TEST_SIGNAL, Kind)
+from ..protocol import (CAPABILITY_FAST_HERALD, CAPABILITY_GATE_STAGE, CAPABILITY_GATES,
+                        CAPABILITY_REFERENCES, CAPABILITY_STREAM_FILTER, CAPABILITY_TEST_SIGNAL,
+                        Kind)
 from .core import TaggerCore
 from .encoder import Encoder
 from .phy import GenericPHY
@@ -69,7 +70,8 @@ class Tagger(wiring.Component):
         the same records, a few more flip-flops).
     gate_stage : bool
         A register stage between the delay lines and the gate unit (``TaggerCore``): one core
-        cycle more of herald latency; the ULX3S's 8-channel build has it.
+        cycle more of herald latency (``ident.capabilities`` bit 7,
+        ``CAPABILITY_GATE_STAGE``); the ULX3S's builds of more than 4 channels have it.
     fast_herald : bool
         The board's top level drives the herald pins through a fast herald path
         (:class:`~.fastherald.FastHerald`, outside this component: it needs the sampler's
@@ -135,7 +137,8 @@ class Tagger(wiring.Component):
                                       | (CAPABILITY_GATES if gates else 0)
                                       | (CAPABILITY_REFERENCES if references and not gates
                                          else 0)
-                                      | (CAPABILITY_FAST_HERALD if fast_herald else 0))
+                                      | (CAPABILITY_FAST_HERALD if fast_herald else 0)
+                                      | (CAPABILITY_GATE_STAGE if gate_stage else 0))
         # Every block of the core gets a register of its own for `clear` (TaggerCore.clear_next).
         self.core.clear_next = self.registers.clear_next
         if link == "uart":

@@ -23,6 +23,7 @@ __all__ = [
     "GATE_BITS", "ATTEMPT_BITS", "HERALD_UNSYNCED_OFFSET",
     "MARKER_EVERY_BITS", "CAPABILITY_GATES", "GATES_REGISTERS", "Role",
     "CAPABILITY_REFERENCES", "ROLE_REGISTERS", "CAPABILITY_FAST_HERALD",
+    "CAPABILITY_GATE_STAGE",
     "gates_layout",
     "time_bits", "record_layout", "record_fields", "decode_record",
     "channel_config_layout", "test_signal_layout", "bsm_layout", "BSM_DETECTORS",
@@ -257,6 +258,11 @@ STREAM_REGISTERS = ("stream[",)
 #: equivalent to the core's pins (``heraldry.host.config.fast_herald_pins``); the records and
 #: counters are the core's either way. Only the pins' latency differs (docs/boards.md).
 CAPABILITY_FAST_HERALD = 0b1000000
+#: ``ident.capabilities`` bit: the core has a register stage between the delay lines and the
+#: gate unit (``TaggerCore(gate_stage=True)``, the ULX3S's builds of more than 4 channels): its
+#: herald pins are one core clock period later than :data:`heraldry.sim.latency.MEASURED` gives
+#: (the host adds it to every latency figure it quotes); records and counters are unchanged.
+CAPABILITY_GATE_STAGE = 0b10000000
 
 
 def test_signal_layout(channels):
@@ -616,7 +622,8 @@ _FIXED_REGISTERS = [
      "filter (clear: the stream[c] registers keep their reset value, all), bit 5 the "
      "reference role alone (gates.role[c] stored, REFERENCE honoured; no sync or gates), "
      "bit 6 fast herald pins (early rules' pins from the sampling clock domain where exactly "
-     "equivalent to the core's; records unchanged)"),
+     "equivalent to the core's; records unchanged), bit 7 gate stage (the core's herald pins "
+     "one clock period later; records unchanged)"),
     ("ident.counters",         0x009, "ro", 0, 0, 2**32 - 1, "number of hardware counters"),
     ("control.run",            0x010, "rw", 0, 0, 1, "run gate: 1 = acquiring"),
     ("control.clear",          0x011, "wo", 0, 0, 1,

@@ -50,6 +50,7 @@ records``, ``herald rule 0`` and ``model`` above:
 import warnings
 from dataclasses import dataclass, field
 
+from .. import protocol
 from .config import ConfigError, rule_text
 
 __all__ = ["selftest", "SelftestReport", "Check", "selftest_settings", "loopback_settings",
@@ -233,8 +234,9 @@ def selftest(tagger, *, duration_s=None, test_signal="pairs", loopback=None, pai
     summary = summarise(result, board=board)
     checks = selftest_checks(summary, result, test_signal=loopback is None)
     if loopback is not None:
-        checks += loopback_checks(summary, result, loopback[0], loopback[1],
-                                  real_board=real_board)
+        checks += loopback_checks(
+            summary, result, loopback[0], loopback[1], real_board=real_board,
+            gate_stage=bool(tagger.capabilities & protocol.CAPABILITY_GATE_STAGE))
     return SelftestReport(board=board, what=what, checks=checks, summary=summary,
                           result=result, notes=notes)
 
@@ -348,16 +350,17 @@ def selftest_checks(summary, result, test_signal=True):
     return checks
 
 
-def _latency_bounds(fine_bits, bin_ps, real_board):
+def _latency_bounds(fine_bits, bin_ps, real_board, gate_stage=False):
     """``(lo, hi, spread, text)`` in bins: the loopback delay from a channel-0 tag to the
-    returned rise, and its largest spread, for a board of these fine bits; ``None`` for an
-    input block with no simulated figure."""
+    returned rise, and its largest spread, for a board of these fine bits (``gate_stage``: its
+    core has the gate stage, ``ident.capabilities`` bit 7, one core period later); ``None``
+    for an input block with no simulated figure."""
     import math
-    from ..sim.latency import BLOCK_BY_FINE_BITS, MEASURED
+    from ..sim.latency import BLOCK_BY_FINE_BITS, core_periods
     block = BLOCK_BY_FINE_BITS.get(fine_bits)
     if block is None:
         return None
-    low, high = MEASURED[block]["early"]
+    low, high = core_periods(block, "early", gate_stage=gate_stage)
     per = 2 ** fine_bits
     io_bins = math.ceil(LOOPBACK_IO_NS * 1000 / bin_ps) if real_board else 0
     s = LOOPBACK_SLACK_BINS
@@ -367,14 +370,16 @@ def _latency_bounds(fine_bits, bin_ps, real_board):
     hi = math.ceil(high * per) + 1 + io_bins + s
     spread = math.ceil((high - low) * per) + s
     text = (f"pin to pin {float(low):g}..{float(high):g} core periods simulated"
+            + (" (with the gate stage)" if gate_stage else "")
             + (f" + up to {LOOPBACK_IO_NS:g} ns of buffers and wire" if real_board else "")
             + f", {s} bins slack")
     return lo, hi, spread, text
 
 
-def loopback_checks(summary, result, herald, channel, real_board=True):
+def loopback_checks(summary, result, herald, channel, real_board=True, gate_stage=False):
     """The loopback checks (list of :class:`Check`) of a ``--loopback`` run (herald pin
-    ``herald`` wired to input ``channel``, channel 0 the source; module docstring)."""
+    ``herald`` wired to input ``channel``, channel 0 the source; module docstring).
+    ``gate_stage``: the board's core has the gate stage (``ident.capabilities`` bit 7)."""
     import numpy as np
     from ..protocol import Kind
     acq = result.acquisition
@@ -423,7 +428,7 @@ def loopback_checks(summary, result, herald, channel, real_board=True):
     else:
         delay = widths = np.zeros(0, np.int64)
     paired = len(delay)
-    bounds = _latency_bounds(acq.fine_bits, bin_ps, real_board)
+    bounds = _latency_bounds(acq.fine_bits, bin_ps, real_board, gate_stage)
     ns = bin_ps / 1000
     if not paired:
         checks.append(Check("latency", False, "no returned pulse to time"))

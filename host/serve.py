@@ -60,7 +60,7 @@ import time
 
 import numpy as np
 
-from ..protocol import CAPABILITY_FAST_HERALD, Kind, LossCause
+from ..protocol import CAPABILITY_FAST_HERALD, CAPABILITY_GATE_STAGE, Kind, LossCause
 from ..sim.latency import herald_latency_seconds
 from .config import ConfigError, fast_herald_pins
 from .events import EVENT_DTYPE
@@ -260,7 +260,8 @@ def early_latency_seconds(identity, acq):
     device ``identity`` (its clock, fine bits and capabilities), run with ``acq``: the fast
     herald path's figure only if the device has one (``CAPABILITY_FAST_HERALD``) and it drives
     the pin of every early rule of ``acq`` (:func:`~.config.fast_herald_pins`), else the
-    core's; None for an input block not measured."""
+    core's (one core period more on a device with the gate stage, ``CAPABILITY_GATE_STAGE``);
+    None for an input block not measured."""
     fast = False
     if acq is not None and identity.capabilities & CAPABILITY_FAST_HERALD:
         early = 0
@@ -268,7 +269,8 @@ def early_latency_seconds(identity, acq):
             if rule.mode == "early":
                 early |= 1 << rule.pin
         fast = bool(early) and fast_herald_pins(acq) & early == early
-    return herald_latency_seconds(identity.clock_hz, identity.fine_bits, fast=fast)
+    return herald_latency_seconds(identity.clock_hz, identity.fine_bits, fast=fast,
+                                  gate_stage=bool(identity.capabilities & CAPABILITY_GATE_STAGE))
 
 
 def _attempts(acq, counters):

@@ -32,7 +32,7 @@ through it (the measurement's settings qualify); :data:`MEASURED_FAST` holds its
 from fractions import Fraction
 
 __all__ = ["measure", "board_latency", "latency_ns", "herald_latency_seconds", "MEASURED",
-           "MEASURED_FAST", "FAST_CONDITIONS", "SAMPLER_DELAY", "WINDOW_CYCLES",
+           "MEASURED_FAST", "FAST_CONDITIONS", "core_periods", "SAMPLER_DELAY", "WINDOW_CYCLES",
            "BLOCK_BY_FINE_BITS"]
 
 #: The exact rule's window in the measurement, in core cycles (the smallest window: one cycle).
@@ -263,15 +263,27 @@ FAST_CONDITIONS = ("fast herald path: every rule on the pin early; every enabled
                    "pin (no test signal), delay 0, a detector without gate")
 
 
-def herald_latency_seconds(clock_hz, fine_bits, mode="early", *, fast=False):
+def herald_latency_seconds(clock_hz, fine_bits, mode="early", *, fast=False, gate_stage=False):
     """The worst-case pin-to-pin herald latency in seconds (:data:`MEASURED` ``max``) of a
     device with this ``clock_hz`` and ``fine_bits`` (its identity), for ``mode`` rules (exact:
     with a one-cycle window); None for fine bits of no measured input block. ``fast``: the pin
     is driven by the device's fast herald path (``ident.capabilities`` bit 6 and
     :func:`heraldry.host.config.fast_herald_pins` for the run's settings): ``early`` then
-    comes from :data:`MEASURED_FAST` (where the block has one)."""
+    comes from :data:`MEASURED_FAST` (where the block has one). ``gate_stage``: the device's
+    core has the gate stage (``ident.capabilities`` bit 7): a core pin is one core period
+    later (:func:`core_periods`)."""
     block = BLOCK_BY_FINE_BITS.get(fine_bits)
     if block is None:
         return None
-    table = MEASURED_FAST.get(block, {}) if fast else {}
-    return float(table.get(mode, MEASURED[block][mode])[1] / clock_hz)
+    if fast and mode in MEASURED_FAST.get(block, {}):
+        return float(MEASURED_FAST[block][mode][1] / clock_hz)
+    return float(core_periods(block, mode, gate_stage=gate_stage)[1] / clock_hz)
+
+
+def core_periods(block, mode="early", *, gate_stage=False):
+    """``(min, max)`` pin-to-pin latency of a core herald pin in core clock periods
+    (:data:`MEASURED`), one period more with the gate stage (``TaggerCore(gate_stage=True)``,
+    ``ident.capabilities`` bit 7: its register delays every event, and so every pin, by one
+    cycle; :func:`measure` with ``gate_stage=True`` gives the same)."""
+    low, high = MEASURED[block][mode]
+    return (low + 1, high + 1) if gate_stage else (low, high)

@@ -660,6 +660,9 @@ def test_tagger_without_test_signal_says_so():
     tagger = Tagger(2, 1, clock_hz=12_000_000, baud=3_000_000, fast_herald=True)
     assert tagger.registers.ident["ident.capabilities"] == 0b1010111    # bit 6: fast herald
     Fragment.get(tagger, None)
+    tagger = Tagger(2, 1, clock_hz=12_000_000, baud=3_000_000, gates=True, gate_stage=True)
+    assert tagger.registers.ident["ident.capabilities"] == 0b10011111   # bit 7: gate stage
+    Fragment.get(tagger, None)
 
 
 def test_tool_env_keeps_user_choices(monkeypatch):

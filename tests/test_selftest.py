@@ -329,3 +329,7 @@ def test_loopback_latency_bounds_of_the_real_boards():
     # The virtual board: 4..5 periods of one 10 ns bin, no buffers.
     assert _latency_bounds(0, 10_000, False)[:3] == (4 - 2, 5 + 1 + 2, 1 + 2)
     assert _latency_bounds(3, 1000, True) is None
+    # A ULX3S with the gate stage (ident.capabilities bit 7, builds of more than 4 channels):
+    # 6.625..8.5625 periods, one more, the spread unchanged.
+    assert _latency_bounds(4, 1250, True, gate_stage=True)[:3] == (106 - 2, 137 + 1 + 12 + 2,
+                                                                   31 + 2)

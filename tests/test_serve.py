@@ -745,7 +745,8 @@ class _ScriptedTagger:
     def __init__(self):
         from types import SimpleNamespace
         self.identity = SimpleNamespace(channels=2, rules=1, clock_hz=100_000_000, fine_bits=0,
-                                        bin_fs=10_000_000, gateware_version=1)
+                                        bin_fs=10_000_000, gateware_version=1,
+                                        capabilities=0)
         self.groups = {"singles": 2, "patterns": 3, "heralds": 1, "delay_dropped": 2,
                        "merger_dropped": 2, "herald_dropped": 1, "coincidence_dropped": 1}
         anchor = SimpleNamespace(minimum=2 ** 8, maximum=2 ** 30)
@@ -1294,3 +1295,13 @@ def test_herald_latency_gauge_is_the_fast_figure_only_for_fast_early_pins():
     assert early_latency_seconds(fast_ulx3s, acq(herald_rules=shared)) == pytest.approx(
         151.25e-9)
     assert early_latency_seconds(fast_ulx3s, None) == pytest.approx(151.25e-9)
+
+
+def test_herald_latency_gauge_adds_the_gate_stage():
+    """A device whose core has the gate stage (ident.capabilities bit 7, the ULX3S's builds of
+    more than 4 channels): the core's figure one core period (20 ns) later."""
+    from heraldry.host.serve import early_latency_seconds
+    from heraldry.protocol import CAPABILITY_GATE_STAGE
+    staged = SimpleNamespace(clock_hz=50_000_000, fine_bits=4,
+                             capabilities=0b11111 | CAPABILITY_GATE_STAGE)
+    assert early_latency_seconds(staged, None) == pytest.approx(171.25e-9)

@@ -187,12 +187,16 @@ def test_ulx3s_gate_stage_above_four_channels():
     from amaranth.hdl import Fragment
     from heraldry.boards import get_board
     wide = dataclasses.replace(ULX3S_85F, max_channels=8)
-    cores = {}
+    from heraldry.protocol import CAPABILITY_GATE_STAGE
+    cores, said = {}, {}
     for channels in (4, 5, 8):
         top = wide.top(channels)
         Fragment.get(top, wide.platform())
         cores[channels] = top.tagger.core
+        said[channels] = bool(top.tagger.registers.ident["ident.capabilities"]
+                              & CAPABILITY_GATE_STAGE)
     assert [cores[c].gate_stage for c in (4, 5, 8)] == [False, True, True]
+    assert said == {4: False, 5: True, 8: True}          # ident.capabilities bit 7
     assert cores[8].latency == cores[4].latency + 1
     assert not ULX3S_25F.gate_stage(4) and ULX3S_25F.gate_stage(6)
     icebreaker = get_board("icebreaker")

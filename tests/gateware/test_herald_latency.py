@@ -120,6 +120,9 @@ def test_gate_stage_adds_one_core_period():
     assert four == latency.board_latency(board, phases=[0])
     for mode in ("early", "exact"):
         assert eight[mode] == {k: v + 20.0 for k, v in four[mode].items()}
+    # What the host quotes for a device with the gate stage (ident.capabilities bit 7).
+    assert latency.core_periods("GenericPHY", "early", gate_stage=True) == staged["early"]
+    assert latency.core_periods("GenericPHY", "exact", gate_stage=True) == staged["exact"]
 
 
 # The fast herald path (gateware/fastherald.py), counted by hand: a sample at position p
