@@ -81,9 +81,12 @@ FATAL_CHECKS = ("constraints", "pins")
 #:   netlist; nextpnr's reports show them with a ``$``.
 #: * the core's per-block ``clear`` registers (``TaggerCore.clear_next``, wires
 #:   ``clear_copy_*``) are marked ``keep``: Yosys merges registers with the same input into one
-#:   otherwise, which would give back the one register fanned out to every block.
+#:   otherwise, which would give back the one register fanned out to every block; likewise the
+#:   gearbox's per-channel slot write enables (``WordGearbox(lanes=...)``, wires
+#:   ``enable_copy_*``).
 YOSYS_AFTER_READ = {"ecp5": "rename -hide w:*]\n"
-                            "setattr -set keep 1 w:*clear_copy_* %ci1:+$dff[Q] c:* %i"}
+                            "setattr -set keep 1 w:*clear_copy_* %ci1:+$dff[Q] c:* %i\n"
+                            "setattr -set keep 1 w:*enable_copy_* %ci1:+$dff[Q] c:* %i"}
 
 #: Seconds between "still running" progress lines of a step.
 HEARTBEAT_SECONDS = 30

@@ -52,6 +52,12 @@ class WordGearbox(wiring.Component):
         edges of ``sync`` must coincide with rising edges of ``fast``.
     depth : int
         Slots of the elastic ring (``elastic=True``), at least 8.
+    lanes : int
+        Elastic: copies of the slots' write enables, each for an equal share of every word's
+        bits (one per channel in :class:`GearedInputs`), so that each copy drives one
+        channel's slot bits, placed near them, rather than one enable all of them across the
+        chip (the ECP5's ``sclk`` critical path). Divides ``width``. The board build keeps the
+        copies (wires ``enable_copy_*``; Yosys would merge them back into one otherwise).
 
     Members
     -------
@@ -75,9 +81,11 @@ class WordGearbox(wiring.Component):
         (:class:`~heraldry.gateware.fastherald.FastHerald`).
     """
 
-    def __init__(self, width, ratio, *, fast="fast", elastic=False, depth=8):
+    def __init__(self, width, ratio, *, fast="fast", elastic=False, depth=8, lanes=1):
         if not isinstance(ratio, int) or ratio < 2:
             raise ValueError(f"ratio must be an integer of at least 2, not {ratio!r}")
+        if not isinstance(lanes, int) or lanes < 1 or width % lanes:
+            raise ValueError(f"lanes must be a positive divisor of width {width}, not {lanes!r}")
         if elastic and (not isinstance(depth, int) or depth < 8 or depth & (depth - 1)):
             raise ValueError(f"depth must be a power of 2 of at least 8, not {depth!r}")
         self.width = width
@@ -85,6 +93,7 @@ class WordGearbox(wiring.Component):
         self.fast = fast
         self.elastic = elastic
         self.depth = depth
+        self.lanes = lanes
         self.phase = Signal(ratio, init=1, name="phase") if elastic else None
         super().__init__({
             "i":       In(width),
@@ -118,20 +127,25 @@ class WordGearbox(wiring.Component):
         # The slots have no reset: the read side only reads a slot written since the last
         # reset (tests/gateware/test_gearbox.py, a lost PLL lock mid-run), and the reset's
         # fan-out to every slot bit (1024 at 8 channels) was `sclk`'s critical path.
+        # `enable` has one copy per lane (`lanes`), each writing its share of every word.
         slots = [Signal(w * r, name=f"slot{s}", reset_less=True) for s in range(self.depth)]
         phase = self.phase
         where = Signal(self.depth, init=1)
-        enable = Signal(self.depth, reset_less=True)    # 0 after a cycle of reset (phase)
+        # 0 after a cycle of reset (phase)
+        enables = [Signal(self.depth, reset_less=True, name=f"enable_copy_{lane}")
+                   for lane in range(self.lanes)]
         started = Signal()
-        fast += [
-            phase.eq(phase.rotate_left(1)),
-            enable.eq(Mux(phase[r - 2], where, 0)),
-        ]
+        fast += phase.eq(phase.rotate_left(1))
+        fast += [enable.eq(Mux(phase[r - 2], where, 0)) for enable in enables]
         with m.If(phase[r - 1]):
             fast += [where.eq(where.rotate_left(1)), started.eq(1)]
+        lane_bits = w // self.lanes
         for s, slot in enumerate(slots):
-            with m.If(enable[s]):
-                fast += slot.eq(group)
+            for lane, enable in enumerate(enables):
+                with m.If(enable[s]):
+                    for k in range(r):
+                        low = k * w + lane * lane_bits
+                        fast += slot[low:low + lane_bits].eq(group[low:low + lane_bits])
         slots = Array(slots)
 
         # Slow side: start once the fast side has started, then one slot per cycle.
@@ -197,8 +211,10 @@ class GearedInputs(wiring.Component):
         self.fine_bits = fine_bits
         self.latency = latency
         self.fast = fast
+        # One write enable copy per channel (elastic: WordGearbox's `lanes`).
         self.gearbox = WordGearbox(channels * 2 ** sample_bits, ratio, fast=fast,
-                                   elastic=elastic, depth=depth)
+                                   elastic=elastic, depth=depth,
+                                   lanes=channels if elastic else 1)
         self.phys = []
         for _ in range(channels):
             phy = WordEdges(self.fine_bits)

@@ -84,13 +84,16 @@ def test_plan(board, channels, tmp_path):
     assert "build_heraldry.sh" in plan.files
     assert len(DETECTOR_PINS) >= board.max_channels
     # build.YOSYS_AFTER_READ right after the design is read, before synthesis: the bracketed
-    # wire names private (Yosys 0.70's abc9), the core's clear registers kept apart.
+    # wire names private (Yosys 0.70's abc9), the core's clear registers and the gearbox's
+    # per-channel write enables kept apart.
     ys = [line.strip() for line in (tmp_path / "heraldry.ys").read_text().splitlines()]
     read = ys.index("read_rtlil heraldry.il")
     assert ys[read + 1] == "rename -hide w:*]"
     assert ys[read + 2] == "setattr -set keep 1 w:*clear_copy_* %ci1:+$dff[Q] c:* %i"
-    assert any(line.startswith("synth_ecp5") for line in ys[read + 3:])
+    assert ys[read + 3] == "setattr -set keep 1 w:*enable_copy_* %ci1:+$dff[Q] c:* %i"
+    assert any(line.startswith("synth_ecp5") for line in ys[read + 4:])
     assert il.count("clear_copy_") >= 2 * channels + 7     # a register per core block
+    assert all(f"enable_copy_{c}" in il for c in range(channels))
 
 
 class PHYProbe(Elaboratable):
