@@ -27,8 +27,8 @@ is not checked here. If it is lower, ``_CLOCK_HZ = 39_062_500`` (312.5 MHz ECLK,
 ``CLKOS`` / 16; 1.6 ns bins) has exact dividers too. Not yet run on hardware.
 
 Status (YoWASP nextpnr-ecp5, 85F, gates on, fast herald path off, seed 1): timing met at 4
-channels (``sync`` 57.4 MHz of 50, ``sclk`` 213.9 MHz of 200, crossing 3.75 ns, limit 20 ns)
-and at 8 (with the gate stage: ``sync`` 53.6 MHz, ``sclk`` 201.6 MHz, crossing 4.31 ns);
+channels (``sync`` 60.8 MHz of 50, ``sclk`` 276.9 MHz of 200, crossing 3.56 ns, limit 20 ns)
+and at 8 (with the gate stage: ``sync`` 51.9 MHz, ``sclk`` 216.4 MHz, crossing 3.83 ns);
 docs/boards.md ("Build figures") has the figures.
 
 Fast herald path (:class:`heraldry.gateware.fastherald.FastHerald`, ``ULX3SBoard.fast_herald``):
