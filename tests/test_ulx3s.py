@@ -17,6 +17,7 @@ from heraldry.boards import BOARDS, BoardError, build
 from heraldry.boards.ulx3s import (DETECTOR_PINS, ULX3S_25F, ULX3S_85F, add_clocking,
                                    ecp5_pll_params)
 from heraldry.gateware.phy_ecp5 import ECP5GearboxInputs
+from heraldry.sim import latency
 
 #: FPGA pins of the header's right-bank pairs gpio 14..21 (the ULX3S schematic, independently
 #: of amaranth-boards' connector table).
@@ -165,6 +166,24 @@ def test_build_full_tagger_meets_timing(tmp_path):
                                                                "pins": True}
     assert "does not exist in design" not in (tmp_path / "heraldry.tim").read_text()
     assert report["icetime_mhz"] is None and report["crossing_hold"] == []
+
+
+@pytest.mark.slow
+def test_build_eight_channels_meets_timing(tmp_path):
+    """The 85F's largest build (about 12 minutes here: synthesis 3, place and route 9): 8
+    channels with gates and the gate stage meet both clocks at the board's seed, use all 8
+    input blocks, and the report's herald latency is the 4-channel figure plus one core period
+    (the gate stage; ident.capabilities bit 7 tells the host)."""
+    report = build.build(ULX3S_85F, 8, tmp_path)
+    assert report["channels"] == 8
+    assert report["timing_met"], (report["clocks"], report["crossings"])
+    assert report["resources"]["IOLOGIC"]["used"] == 8
+    assert {c["check"]: c["ok"] for c in report["checks"]} == {"constraints": True,
+                                                               "pins": True}
+    four = latency.board_latency(ULX3S_85F, channels=4)
+    for mode in ("early", "exact"):
+        assert report["herald_latency_ns"][mode] == {k: v + 20.0
+                                                     for k, v in four[mode].items()}
 
 
 @pytest.mark.parametrize("board", [ULX3S_85F, ULX3S_25F])
