@@ -120,8 +120,8 @@ class TaggerCore(wiring.Component):
     latency : int
         Cycles from the cycle after an edge's sampling clock edge to the cycle its event reaches
         the coincidence unit with zero delay (``phy.latency + PIPELINE``, one more with
-        ``gate_stage``): an event of bin ``b`` (zero delay) reaches the coincidence unit, heralds, merger and counters in the cycle
-        where ``now == b + latency``.
+        ``gate_stage``): an event of bin ``b`` (zero delay) reaches the coincidence unit,
+        heralds, merger and counters in the cycle where ``now == b + latency``.
     PIPELINE : int
         2: the input-stage register and the register behind the delay lines.
     clear_next : Signal or None
